@@ -1,0 +1,413 @@
+//! The messages. Field numbers are the wire contract: never reuse or renumber one.
+
+use crate::{DecodeError, MAX_HEADERS, MAX_PIECES, MAX_URL_LEN, PROTOCOL_VERSION};
+
+/// One HTTP header forwarded to the origin (e.g. a registry bearer token).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Header {
+    /// Header name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Header value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// Peer → supernode: join the task for `url`, starting the origin fetch if it is new.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RegisterRequest {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The origin URL of the content.
+    #[prost(string, tag = "2")]
+    pub url: String,
+    /// Headers sent with origin requests made on this peer's behalf.
+    #[prost(message, repeated, tag = "3")]
+    pub headers: Vec<Header>,
+    /// Expected content digest `sha256:<hex>`, empty if unknown.
+    #[prost(string, tag = "4")]
+    pub digest: String,
+    /// The peer's random identity for this process.
+    #[prost(uint64, tag = "5")]
+    pub peer_id: u64,
+    /// Where other peers reach this peer's QUIC piece server (`ip:port`, IPv6 bracketed).
+    #[prost(string, tag = "6")]
+    pub peer_addr: String,
+}
+
+/// Supernode → peer: the task the peer joined.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RegisterResponse {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The task key (`sha256:<hex>` for content-addressed blobs).
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    /// Total bytes.
+    #[prost(uint64, tag = "3")]
+    pub content_length: u64,
+    /// Bytes per piece (the last piece may be shorter).
+    #[prost(uint32, tag = "4")]
+    pub piece_size: u32,
+    /// Number of pieces.
+    #[prost(uint32, tag = "5")]
+    pub piece_count: u32,
+    /// Whole-content digest `sha256:<hex>` the result must match, empty if unknown.
+    #[prost(string, tag = "6")]
+    pub digest: String,
+}
+
+/// A piece that failed its sha256 check, and who sent it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BadPiece {
+    /// The peer that served the bytes.
+    #[prost(uint64, tag = "1")]
+    pub offender: u64,
+    /// The piece index.
+    #[prost(uint32, tag = "2")]
+    pub piece: u32,
+}
+
+/// Peer → supernode: progress report, and a request for parents and piece digests.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SyncRequest {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The task.
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    /// The reporting peer.
+    #[prost(uint64, tag = "3")]
+    pub peer_id: u64,
+    /// The peer's QUIC address, so an expired peer can be re-admitted.
+    #[prost(string, tag = "4")]
+    pub peer_addr: String,
+    /// Pieces verified and stored since the last sync.
+    #[prost(uint32, repeated, tag = "5")]
+    pub new_pieces: Vec<u32>,
+    /// Uploads the peer is serving right now.
+    #[prost(uint32, tag = "6")]
+    pub uploading: u32,
+    /// The peer holds every piece.
+    #[prost(bool, tag = "7")]
+    pub done: bool,
+    /// Pieces that failed verification since the last sync.
+    #[prost(message, repeated, tag = "8")]
+    pub bad_pieces: Vec<BadPiece>,
+    /// The peer already knows the digests of pieces `0..digests_from`.
+    #[prost(uint32, tag = "9")]
+    pub digests_from: u32,
+}
+
+/// The supernode's view of its own origin fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum TaskState {
+    /// Unknown value from a newer peer.
+    Unspecified = 0,
+    /// The origin fetch is in progress.
+    Running = 1,
+    /// The supernode holds every piece.
+    Complete = 2,
+    /// The origin fetch failed; `error` says why. Peers must give up on this task.
+    Failed = 3,
+}
+
+/// A parent the peer may fetch from.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ParentInfo {
+    /// The parent's identity.
+    #[prost(uint64, tag = "1")]
+    pub peer_id: u64,
+    /// Its QUIC address.
+    #[prost(string, tag = "2")]
+    pub addr: String,
+    /// Pieces it holds, bit `i` = byte `i/8`, bit `i%8` (LSB first).
+    #[prost(bytes = "vec", tag = "3")]
+    pub pieces: Vec<u8>,
+}
+
+/// Supernode → peer: the answer to a [`SyncRequest`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SyncResponse {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The supernode's fetch state.
+    #[prost(enumeration = "TaskState", tag = "2")]
+    pub state: i32,
+    /// Why the task failed, when `state` is `Failed`.
+    #[prost(string, tag = "3")]
+    pub error: String,
+    /// Pieces the supernode can serve (same bit layout as [`ParentInfo::pieces`]).
+    #[prost(bytes = "vec", tag = "4")]
+    pub seed_pieces: Vec<u8>,
+    /// sha256 of pieces `digests_from ..`, 32 bytes each, in index order.
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub digests: Vec<Vec<u8>>,
+    /// Index of the first digest in `digests` (echoes the request's `digests_from`).
+    #[prost(uint32, tag = "6")]
+    pub digests_from: u32,
+    /// Parents to fetch from.
+    #[prost(message, repeated, tag = "7")]
+    pub parents: Vec<ParentInfo>,
+}
+
+/// Peer → supernode: the peer stops serving this task.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LeaveRequest {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The task.
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    /// The leaving peer.
+    #[prost(uint64, tag = "3")]
+    pub peer_id: u64,
+}
+
+/// Why a request was refused; the body of every non-2xx supernode API answer.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ErrorResponse {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// A stable machine-readable code, e.g. `ORIGIN_STATUS`, `UNKNOWN_TASK`, `BAD_REQUEST`.
+    #[prost(string, tag = "2")]
+    pub code: String,
+    /// Human-readable cause.
+    #[prost(string, tag = "3")]
+    pub message: String,
+    /// The origin's HTTP status when `code` is `ORIGIN_STATUS`, else 0.
+    #[prost(uint32, tag = "4")]
+    pub origin_status: u32,
+}
+
+/// Peer → peer (QUIC): send me this piece.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PieceRequest {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The task.
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    /// The piece index.
+    #[prost(uint32, tag = "3")]
+    pub piece: u32,
+    /// The requester, for logs and fault reports.
+    #[prost(uint64, tag = "4")]
+    pub peer_id: u64,
+}
+
+/// Outcome of a [`PieceRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PieceStatus {
+    /// Unknown value from a newer peer.
+    Unspecified = 0,
+    /// `length` raw bytes follow the frame.
+    Ok = 1,
+    /// The server does not hold that piece (yet).
+    NotFound = 2,
+    /// The server's upload slots are full; try another parent.
+    Busy = 3,
+    /// The server does not know the task.
+    UnknownTask = 4,
+    /// The request was malformed.
+    BadRequest = 5,
+}
+
+/// Peer → peer (QUIC): the answer header; on `Ok`, `length` raw bytes follow.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PieceResponse {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Outcome.
+    #[prost(enumeration = "PieceStatus", tag = "2")]
+    pub status: i32,
+    /// Bytes that follow.
+    #[prost(uint64, tag = "3")]
+    pub length: u64,
+}
+
+fn check_version(version: u32) -> Result<(), DecodeError> {
+    if version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(DecodeError::Version {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        })
+    }
+}
+
+fn check_task_id(task_id: &str) -> Result<(), DecodeError> {
+    if task_id.is_empty() || task_id.len() > 256 {
+        return Err(DecodeError::invalid("task_id", "empty or over 256 bytes"));
+    }
+    Ok(())
+}
+
+fn check_peer_addr(addr: &str) -> Result<(), DecodeError> {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|e| DecodeError::invalid("peer_addr", format!("{addr:?}: {e}")))
+}
+
+impl RegisterRequest {
+    /// Checks version, URL, header count and addresses.
+    ///
+    /// # Errors
+    /// [`DecodeError::Version`] or [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        if self.url.is_empty() || self.url.len() > MAX_URL_LEN {
+            return Err(DecodeError::invalid("url", "empty or too long"));
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(DecodeError::invalid(
+                "headers",
+                format!("{} headers, at most {MAX_HEADERS}", self.headers.len()),
+            ));
+        }
+        if let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| h.name.is_empty() || h.name.len() + h.value.len() > 16 << 10)
+        {
+            return Err(DecodeError::invalid(
+                "headers",
+                format!("bad header {:?}", h.name),
+            ));
+        }
+        if self.peer_id == 0 {
+            return Err(DecodeError::invalid("peer_id", "must not be 0"));
+        }
+        check_peer_addr(&self.peer_addr)
+    }
+}
+
+impl RegisterResponse {
+    /// Checks version and the task geometry.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] when length, piece size and piece count disagree.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        check_task_id(&self.task_id)?;
+        if self.piece_size == 0 || !self.piece_size.is_power_of_two() {
+            return Err(DecodeError::invalid("piece_size", "not a power of two"));
+        }
+        let expected = self.content_length.div_ceil(u64::from(self.piece_size));
+        if expected != u64::from(self.piece_count) || self.piece_count > MAX_PIECES {
+            return Err(DecodeError::invalid(
+                "piece_count",
+                format!(
+                    "{} pieces for {} bytes at {} per piece",
+                    self.piece_count, self.content_length, self.piece_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SyncRequest {
+    /// Checks version, ids and counts.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        check_task_id(&self.task_id)?;
+        check_peer_addr(&self.peer_addr)?;
+        if self.peer_id == 0 {
+            return Err(DecodeError::invalid("peer_id", "must not be 0"));
+        }
+        if self.new_pieces.len() > MAX_PIECES as usize {
+            return Err(DecodeError::invalid("new_pieces", "too many"));
+        }
+        if self.bad_pieces.len() > MAX_PIECES as usize {
+            return Err(DecodeError::invalid("bad_pieces", "too many"));
+        }
+        Ok(())
+    }
+}
+
+impl SyncResponse {
+    /// Checks version and that every digest is 32 bytes.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        if self.digests.iter().any(|d| d.len() != 32) {
+            return Err(DecodeError::invalid("digests", "a digest is not 32 bytes"));
+        }
+        for p in &self.parents {
+            check_peer_addr(&p.addr)?;
+        }
+        Ok(())
+    }
+}
+
+impl LeaveRequest {
+    /// Checks version and ids.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        check_task_id(&self.task_id)
+    }
+}
+
+impl PieceRequest {
+    /// Checks version and the task id.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        check_task_id(&self.task_id)?;
+        if self.piece >= MAX_PIECES {
+            return Err(DecodeError::invalid("piece", "index out of range"));
+        }
+        Ok(())
+    }
+}
+
+impl PieceResponse {
+    /// Checks version and that `length` is a plausible piece length (at most 64 MiB).
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        if self.length > 64 << 20 {
+            return Err(DecodeError::invalid("length", "over 64 MiB"));
+        }
+        Ok(())
+    }
+}
+
+impl ErrorResponse {
+    /// An error answer with our version.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            code: code.to_owned(),
+            message: message.into(),
+            origin_status: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
