@@ -1,0 +1,205 @@
+use std::collections::HashSet;
+
+use super::*;
+
+fn bits(len: u32, ones: &[u32]) -> Bitmap {
+    let mut b = Bitmap::new(len);
+    for &i in ones {
+        b.set(i);
+    }
+    b
+}
+
+fn picker(n: u32) -> (Picker, Instant) {
+    (Picker::new(n, PickerConfig::default(), 3), Instant::now())
+}
+
+fn drain(p: &mut Picker, now: Instant) -> Vec<Request> {
+    std::iter::from_fn(|| p.poll_request(now)).collect()
+}
+
+#[test]
+fn rarest_first() {
+    let (mut p, t) = picker(4);
+    // Piece 3 is held by one parent, 0..=2 by all three.
+    p.handle_parents(
+        t,
+        vec![
+            (PeerId(1), bits(4, &[0, 1, 2, 3])),
+            (PeerId(2), bits(4, &[0, 1, 2])),
+            (PeerId(3), bits(4, &[0, 1, 2])),
+        ],
+    );
+    let first = p.poll_request(t).unwrap();
+    assert_eq!(
+        first,
+        Request {
+            piece: 3,
+            source: Source::Peer(PeerId(1))
+        }
+    );
+    // The next ones go to the least-loaded holders.
+    let next = p.poll_request(t).unwrap();
+    assert_ne!(next.source, Source::Peer(PeerId(1)));
+}
+
+#[test]
+fn random_tie_break_differs_between_peers() {
+    let t = Instant::now();
+    let firsts: HashSet<u32> = (0..20)
+        .map(|seed| {
+            let mut p = Picker::new(64, PickerConfig::default(), seed);
+            p.handle_parents(t, vec![(PeerId(1), Bitmap::full(64))]);
+            p.poll_request(t).unwrap().piece
+        })
+        .collect();
+    assert!(firsts.len() > 10, "{firsts:?}");
+}
+
+#[test]
+fn limits_and_no_duplicates() {
+    let (mut p, t) = picker(64);
+    p.handle_parents(t, (1..=3).map(|i| (PeerId(i), Bitmap::full(64))).collect());
+    p.handle_seed_pieces(Bitmap::full(64));
+    let reqs = drain(&mut p, t);
+    // Three parents at two each; the seed is not needed while parents hold everything.
+    assert_eq!(reqs.len(), 6);
+    assert!(reqs.iter().all(|r| r.source != Source::Seed));
+    let pieces: HashSet<u32> = reqs.iter().map(|r| r.piece).collect();
+    assert_eq!(pieces.len(), 6);
+    assert_eq!(p.in_flight(), 6);
+    // More parents: capped by max_in_flight, still no duplicates.
+    p.handle_parents(t, (1..=10).map(|i| (PeerId(i), Bitmap::full(64))).collect());
+    let more = drain(&mut p, t);
+    assert_eq!(more.len(), 2);
+    assert_eq!(p.in_flight(), 8);
+    for r in &more {
+        assert!(!pieces.contains(&r.piece));
+    }
+}
+
+#[test]
+fn seed_only_for_pieces_no_parent_has() {
+    let (mut p, t) = picker(8);
+    p.handle_parents(t, vec![(PeerId(1), bits(8, &[0, 1, 2, 3]))]);
+    let reqs = drain(&mut p, t);
+    assert_eq!(reqs.len(), 2, "nothing from the seed before it has pieces");
+    p.handle_seed_pieces(Bitmap::full(8));
+    let seed = drain(&mut p, t);
+    assert_eq!(seed.len(), 4);
+    for r in &seed {
+        assert_eq!(r.source, Source::Seed);
+        assert!(r.piece >= 4, "{r:?}");
+    }
+    // Seed limit reached and nothing else available.
+    assert_eq!(p.poll_request(t), None);
+    assert_eq!(p.in_flight(), 6);
+}
+
+#[test]
+fn never_from_a_source_without_the_piece() {
+    let (mut p, t) = picker(8);
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), bits(8, &[0])), (PeerId(2), bits(8, &[1]))],
+    );
+    p.handle_seed_pieces(bits(8, &[7]));
+    let reqs = drain(&mut p, t);
+    assert_eq!(reqs.len(), 3);
+    for r in reqs {
+        let ok = match r.source {
+            Source::Peer(PeerId(1)) => r.piece == 0,
+            Source::Peer(PeerId(2)) => r.piece == 1,
+            Source::Seed => r.piece == 7,
+            Source::Peer(_) => false,
+        };
+        assert!(ok, "{r:?}");
+    }
+}
+
+#[test]
+fn corrupt_bans_parent() {
+    let (mut p, t) = picker(2);
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), bits(2, &[0])), (PeerId(2), bits(2, &[1]))],
+    );
+    let reqs = drain(&mut p, t);
+    let bad = reqs.iter().find(|r| r.piece == 0).unwrap();
+    p.handle_piece_failed(t, 0, bad.source, FailReason::Corrupt);
+    assert_eq!(p.banned().collect::<Vec<_>>(), vec![PeerId(1)]);
+    assert_eq!(p.poll_request(t), None);
+    // Stays banned when the scheduler hands it out again.
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), bits(2, &[0])), (PeerId(3), bits(2, &[0]))],
+    );
+    assert_eq!(
+        p.poll_request(t),
+        Some(Request {
+            piece: 0,
+            source: Source::Peer(PeerId(3))
+        })
+    );
+}
+
+#[test]
+fn backoff_then_retry() {
+    let (mut p, t) = picker(1);
+    p.handle_seed_pieces(Bitmap::full(1));
+    let r = p.poll_request(t).unwrap();
+    assert_eq!(r.source, Source::Seed);
+    assert_eq!(p.poll_request(t), None, "never the same piece twice");
+    p.handle_piece_failed(t, 0, Source::Seed, FailReason::Busy);
+    assert_eq!(p.in_flight(), 0);
+    assert_eq!(p.poll_request(t), None);
+    let until = t + Duration::from_millis(500);
+    assert_eq!(p.poll_timeout(), Some(until));
+    // A parent that has the piece can be used meanwhile.
+    p.handle_parents(t, vec![(PeerId(5), Bitmap::full(1))]);
+    let r = p.poll_request(t).unwrap();
+    assert_eq!(r.source, Source::Peer(PeerId(5)));
+    p.handle_piece_failed(t, 0, r.source, FailReason::Timeout);
+    assert_eq!(p.poll_request(t + Duration::from_millis(499)), None);
+    let r = p.poll_request(until).unwrap();
+    assert_eq!(r.piece, 0);
+    p.handle_piece_done(until, 0, r.source);
+    assert!(p.is_complete());
+    assert_eq!(p.poll_timeout(), None);
+    assert_eq!(p.poll_request(until), None);
+}
+
+#[test]
+fn completes_and_ignores_stray_reports() {
+    let (mut p, t) = picker(20);
+    p.handle_have(3);
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), Bitmap::full(20)), (PeerId(2), Bitmap::full(20))],
+    );
+    p.handle_seed_pieces(Bitmap::full(20));
+    // A report for a piece never requested does not free a slot.
+    p.handle_piece_done(t, 7, Source::Peer(PeerId(1)));
+    let mut rounds = 0;
+    while !p.is_complete() {
+        let reqs = drain(&mut p, t);
+        assert!(!reqs.is_empty());
+        assert!(reqs.len() <= 4);
+        for r in reqs {
+            assert!(r.piece != 3 && r.piece != 7);
+            p.handle_piece_done(t, r.piece, r.source);
+        }
+        rounds += 1;
+    }
+    assert_eq!(p.have().count(), 20);
+    assert_eq!(p.in_flight(), 0);
+    assert!(rounds >= 5);
+}
+
+#[test]
+fn wrong_length_bitmaps_ignored() {
+    let (mut p, t) = picker(4);
+    p.handle_parents(t, vec![(PeerId(1), Bitmap::full(5))]);
+    p.handle_seed_pieces(Bitmap::full(3));
+    assert_eq!(p.poll_request(t), None);
+}

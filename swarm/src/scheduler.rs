@@ -1,0 +1,614 @@
+//! Supernode side: who is in a task's swarm, what each peer holds, and which parents each
+//! peer gets.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tracing::debug;
+
+use crate::{Bitmap, PeerId};
+
+#[cfg(test)]
+mod tests;
+
+/// Knobs for [`TaskScheduler`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Parents handed to each peer. Default 6. More parents spread load better and make rare
+    /// pieces easier to find, at the cost of bigger replies and more connections per peer.
+    pub parents_per_peer: usize,
+    /// Concurrent uploads each peer serves; used to normalise the reported `uploading` into a
+    /// load in `0.0..=1.0`. Default 4. Must match the peers' own setting.
+    pub upload_slots: u32,
+    /// A peer that has neither joined nor synced for this long is dropped. Default 15 s; peers
+    /// should sync at least three times per timeout.
+    pub peer_timeout: Duration,
+    /// Distinct reporters of bad pieces needed to ban an offender. Default 2, so a single
+    /// lying reporter cannot get an honest peer banned.
+    pub ban_after_reports: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            parents_per_peer: 6,
+            upload_slots: 4,
+            peer_timeout: Duration::from_secs(15),
+            ban_after_reports: 2,
+        }
+    }
+}
+
+/// One parent handed to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// The parent's identity.
+    pub id: PeerId,
+    /// Where the parent serves pieces.
+    pub addr: SocketAddr,
+    /// Pieces the parent had reported at the time of the call.
+    pub pieces: Bitmap,
+}
+
+/// Something the scheduler decided on its own, drained with [`TaskScheduler::poll_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedEvent {
+    /// The peer missed its sync deadline and was dropped.
+    PeerExpired(PeerId),
+    /// Enough distinct peers reported bad pieces from this peer; it is dropped for good.
+    PeerBanned(PeerId),
+}
+
+/// Why a [`TaskScheduler`] call was refused. Nothing changes when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedError {
+    /// The peer never joined, left, or expired; it should join again.
+    #[error("peer {0} is not part of this task")]
+    UnknownPeer(PeerId),
+    /// The peer was banned for serving corrupt pieces and may not rejoin.
+    #[error("peer {0} is banned from this task")]
+    Banned(PeerId),
+    /// The peer reported a piece index that does not exist.
+    #[error("piece {piece} out of range (task has {piece_count} pieces)")]
+    PieceOutOfRange {
+        /// The offending index.
+        piece: u32,
+        /// Pieces in the task.
+        piece_count: u32,
+    },
+}
+
+#[derive(Debug)]
+struct PeerState {
+    addr: SocketAddr,
+    pieces: Bitmap,
+    uploading: u32,
+    done: bool,
+    last_seen: Instant,
+    /// Index into `TaskScheduler::live`.
+    slot: usize,
+    parents: Vec<PeerId>,
+    /// Peers that currently list this one among their parents (approximate after churn).
+    children: u32,
+}
+
+/// The scheduler for one task (one blob), run by the supernode.
+///
+/// ```text
+///  peer ──join──────────▶ handle_join      ┐
+///  peer ──sync(pieces)──▶ handle_sync      │  TaskScheduler ──▶ poll_event (expired/banned)
+///  peer ──get parents───▶ parents ─────────┤
+///  peer ──bad piece─────▶ handle_bad_piece │
+///  timer ───────────────▶ handle_timeout ◀─┘── poll_timeout
+/// ```
+///
+/// Call order: `handle_join` once per peer, then `handle_sync` periodically (it doubles as the
+/// keep-alive) and `parents` whenever the peer asks. After every input, drain `poll_event` and
+/// re-arm one timer from `poll_timeout`; when it fires call `handle_timeout`.
+///
+/// Parent selection samples at most `8 * parents_per_peer` random live peers per call, so its
+/// cost does not grow with the swarm. Candidates are ranked by what they can give the asking
+/// peer (pieces it lacks, or still downloading), minus their reported upload load and the
+/// number of children already assigned to them, with a seeded random tie-break so that a flash
+/// crowd spreads over the whole swarm. Parents that still hold pieces the peer lacks are kept
+/// across calls, so peers do not reconnect needlessly.
+#[derive(Debug)]
+pub struct TaskScheduler {
+    piece_count: u32,
+    config: SchedulerConfig,
+    rng: SmallRng,
+    peers: HashMap<PeerId, PeerState>,
+    /// Live peers, for O(1) random sampling.
+    live: Vec<PeerId>,
+    /// `(last_seen, peer)` ordered by time, for expiry.
+    expiry: BTreeSet<(Instant, PeerId)>,
+    banned: HashSet<PeerId>,
+    /// Offender → distinct reporters. Survives the offender leaving so rejoining does not
+    /// wipe its record.
+    reports: HashMap<PeerId, HashSet<PeerId>>,
+    holders: Vec<u32>,
+    /// Per piece, a few live holders (validated lazily), to seed candidate lists with peers
+    /// holding the rarest pieces.
+    recent_holders: Vec<Vec<PeerId>>,
+    /// Per piece, who the seed last offered it to and until when.
+    seed_offers: Vec<Option<(PeerId, Instant)>>,
+    events: VecDeque<SchedEvent>,
+}
+
+/// Score floor of a candidate that covers pieces no chosen parent has.
+const NEW_COVERAGE: f64 = 2.0;
+/// How long a piece offered by [`TaskScheduler::seed_pieces`] stays reserved for one peer.
+pub const SEED_OFFER_TTL: Duration = Duration::from_secs(5);
+/// How many holder ids are remembered per piece.
+const RECENT_HOLDERS: usize = 4;
+/// Candidates sampled per parent slot.
+const SAMPLE_FACTOR: usize = 8;
+
+impl TaskScheduler {
+    /// A scheduler for a task of `piece_count` pieces. `rng_seed` makes tie-breaks
+    /// reproducible.
+    pub fn new(piece_count: u32, config: SchedulerConfig, rng_seed: u64) -> Self {
+        Self {
+            piece_count,
+            config,
+            rng: SmallRng::seed_from_u64(rng_seed),
+            peers: HashMap::new(),
+            live: Vec::new(),
+            expiry: BTreeSet::new(),
+            banned: HashSet::new(),
+            reports: HashMap::new(),
+            holders: vec![0; piece_count as usize],
+            recent_holders: vec![Vec::new(); piece_count as usize],
+            seed_offers: vec![None; piece_count as usize],
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A peer joins, or a known peer re-joins (updating its address and liveness, keeping its
+    /// pieces). Banned peers are ignored.
+    pub fn handle_join(&mut self, now: Instant, peer: PeerId, addr: SocketAddr) {
+        if self.banned.contains(&peer) {
+            debug!(%peer, "banned peer tried to join");
+            return;
+        }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.addr = addr;
+            let old = state.last_seen;
+            state.last_seen = now;
+            self.expiry.remove(&(old, peer));
+            self.expiry.insert((now, peer));
+            return;
+        }
+        self.peers.insert(
+            peer,
+            PeerState {
+                addr,
+                pieces: Bitmap::new(self.piece_count),
+                uploading: 0,
+                done: false,
+                last_seen: now,
+                slot: self.live.len(),
+                parents: Vec::new(),
+                children: 0,
+            },
+        );
+        self.live.push(peer);
+        self.expiry.insert((now, peer));
+        debug!(%peer, %addr, peers = self.live.len(), "peer joined");
+    }
+
+    /// A peer's periodic report: pieces it newly holds (verified), how many uploads it is
+    /// serving right now, and whether it has finished (which implies holding every piece).
+    /// Also refreshes the peer's liveness. Re-reporting a held piece is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownPeer`] or [`SchedError::Banned`] for a peer not in the swarm, and
+    /// [`SchedError::PieceOutOfRange`] for a bad index. Nothing changes on error.
+    pub fn handle_sync(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        new_pieces: &[u32],
+        uploading: u32,
+        done: bool,
+    ) -> Result<(), SchedError> {
+        self.check_peer(peer)?;
+        if let Some(&piece) = new_pieces.iter().find(|&&p| p >= self.piece_count) {
+            return Err(SchedError::PieceOutOfRange {
+                piece,
+                piece_count: self.piece_count,
+            });
+        }
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Err(SchedError::UnknownPeer(peer));
+        };
+        let all: Vec<u32>;
+        let pieces = if done && !state.done {
+            all = (0..self.piece_count).collect();
+            &all[..]
+        } else {
+            new_pieces
+        };
+        for &p in pieces {
+            if state.pieces.get(p) {
+                continue;
+            }
+            state.pieces.set(p);
+            self.holders[p as usize] += 1;
+            let recent = &mut self.recent_holders[p as usize];
+            if recent.len() < RECENT_HOLDERS {
+                recent.push(peer);
+            } else {
+                let i = self.rng.random_range(0..recent.len());
+                recent[i] = peer;
+            }
+        }
+        state.uploading = uploading;
+        let finished = done && !state.done;
+        state.done |= done;
+        let old = state.last_seen;
+        state.last_seen = now;
+        let parents = if finished {
+            std::mem::take(&mut state.parents)
+        } else {
+            Vec::new()
+        };
+        self.expiry.remove(&(old, peer));
+        self.expiry.insert((now, peer));
+        // A finished peer no longer downloads, so it stops counting against its parents.
+        self.release_parents(&parents);
+        Ok(())
+    }
+
+    /// A peer leaves the task cleanly. Unknown peers are ignored.
+    pub fn handle_leave(&mut self, _now: Instant, peer: PeerId) {
+        if self.remove(peer) {
+            debug!(%peer, "peer left");
+        }
+    }
+
+    /// `reporter` got a piece from `offender` that failed its sha256 check.
+    ///
+    /// The offender is banned once `ban_after_reports` distinct live reporters have accused it.
+    /// Reports from unknown peers, about unknown peers, or self-reports are ignored, so a
+    /// stranger cannot get anyone banned and memory stays bounded by the swarm.
+    pub fn handle_bad_piece(
+        &mut self,
+        _now: Instant,
+        reporter: PeerId,
+        offender: PeerId,
+        piece: u32,
+    ) {
+        if reporter == offender
+            || !self.peers.contains_key(&reporter)
+            || !self.peers.contains_key(&offender)
+        {
+            return;
+        }
+        let reporters = self.reports.entry(offender).or_default();
+        reporters.insert(reporter);
+        debug!(%reporter, %offender, piece, reports = reporters.len(), "bad piece reported");
+        if reporters.len() >= self.config.ban_after_reports as usize {
+            self.remove(offender);
+            self.banned.insert(offender);
+            self.events.push_back(SchedEvent::PeerBanned(offender));
+            debug!(%offender, "peer banned");
+        }
+    }
+
+    /// Drops every peer whose last join or sync is at least `peer_timeout` old.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(seen, peer)) = self.expiry.first() {
+            if seen + self.config.peer_timeout > now {
+                break;
+            }
+            self.remove(peer);
+            self.events.push_back(SchedEvent::PeerExpired(peer));
+            debug!(%peer, "peer expired");
+        }
+    }
+
+    /// When the next peer expires, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiry
+            .first()
+            .map(|&(seen, _)| seen + self.config.peer_timeout)
+    }
+
+    /// Next event the driver should act on (close connections, update metrics).
+    pub fn poll_event(&mut self) -> Option<SchedEvent> {
+        self.events.pop_front()
+    }
+
+    /// Parents for `peer`: up to `parents_per_peer` live, non-banned peers other than `peer`,
+    /// each with its current bitmap. See the type docs for the ranking.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownPeer`] or [`SchedError::Banned`] when `peer` is not in the swarm.
+    pub fn parents(&mut self, _now: Instant, peer: PeerId) -> Result<Vec<Parent>, SchedError> {
+        self.check_peer(peer)?;
+        let Some(me) = self.peers.get(&peer) else {
+            return Err(SchedError::UnknownPeer(peer));
+        };
+        let k = self.config.parents_per_peer;
+        let old = me.parents.clone();
+        // Pieces the peer has or that the chosen parents already cover.
+        let mut covered = me.pieces.clone();
+
+        // Sticky: keep old parents that still have something this peer lacks.
+        let mut chosen: Vec<PeerId> = Vec::with_capacity(k);
+        for p in &old {
+            if chosen.len() == k {
+                break;
+            }
+            let Some(s) = self.peers.get(p) else { continue };
+            if *p != peer && s.pieces.count_not_in(&me.pieces) > 0 {
+                chosen.push(*p);
+                covered.union_with(&s.pieces);
+            }
+        }
+        let sticky = chosen.len();
+
+        let mut cands: Vec<(PeerId, u64)> = self
+            .candidates(peer, &chosen, &old)
+            .into_iter()
+            .map(|c| (c, self.rng.random()))
+            .collect();
+        // Greedy fill: each step takes the candidate adding the most, given what is covered.
+        while chosen.len() < k {
+            let Some((i, _)) = self.best_candidate(peer, &cands, &covered, &old) else {
+                break;
+            };
+            let (c, _) = cands.swap_remove(i);
+            covered.union_with(&self.peers[&c].pieces);
+            chosen.push(c);
+        }
+        // Every slot kept: swap the least useful old parent for one candidate that covers pieces
+        // none of the parents has, so rare pieces reach this peer without unsettling the rest.
+        if sticky == k
+            && let Some((i, score)) = self.best_candidate(peer, &cands, &covered, &old)
+            && score >= NEW_COVERAGE
+        {
+            let me = &self.peers[&peer].pieces;
+            let worst =
+                (0..chosen.len()).min_by_key(|&j| self.peers[&chosen[j]].pieces.count_not_in(me));
+            if let Some(j) = worst {
+                chosen[j] = cands[i].0;
+            }
+        }
+
+        // Keep children counts in step with the new assignment.
+        for p in old.iter().filter(|p| !chosen.contains(p)) {
+            if let Some(s) = self.peers.get_mut(p) {
+                s.children = s.children.saturating_sub(1);
+            }
+        }
+        for p in chosen.iter().filter(|p| !old.contains(p)) {
+            if let Some(s) = self.peers.get_mut(p) {
+                s.children += 1;
+            }
+        }
+        let parents = chosen
+            .iter()
+            .filter_map(|p| {
+                let s = self.peers.get(p)?;
+                Some(Parent {
+                    id: *p,
+                    addr: s.addr,
+                    pieces: s.pieces.clone(),
+                })
+            })
+            .collect();
+        if let Some(me) = self.peers.get_mut(&peer) {
+            me.parents = chosen;
+        }
+        Ok(parents)
+    }
+
+    /// Pieces `peer` may ask the supernode for, out of `seed_has` (what the supernode holds).
+    ///
+    /// Optional but recommended: pass the result to `Picker::handle_seed_pieces` instead of
+    /// the supernode's full bitmap. It offers only pieces no live peer holds yet, each to one
+    /// peer at a time (for `SEED_OFFER_TTL`, 5 s, or until someone reports it), and at most
+    /// `upload_slots` new pieces per call. The supernode then sends each piece about once and
+    /// different peers pull different pieces into the swarm; everything else flows between
+    /// peers. Pieces already offered to `peer` and not yet held are offered again.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::UnknownPeer`] or [`SchedError::Banned`] when `peer` is not in the swarm.
+    pub fn seed_pieces(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        seed_has: &Bitmap,
+    ) -> Result<Bitmap, SchedError> {
+        self.check_peer(peer)?;
+        let Some(me) = self.peers.get(&peer) else {
+            return Err(SchedError::UnknownPeer(peer));
+        };
+        let mut out = Bitmap::new(self.piece_count);
+        let mut fresh = 0;
+        let start = if self.piece_count == 0 {
+            0
+        } else {
+            self.rng.random_range(0..self.piece_count)
+        };
+        // Start at a random piece so concurrent askers spread over the blob.
+        for p in (start..self.piece_count).chain(0..start) {
+            if !seed_has.get(p) || me.pieces.get(p) || self.holders[p as usize] > 0 {
+                continue;
+            }
+            match self.seed_offers[p as usize] {
+                Some((to, _)) if to == peer => out.set(p),
+                Some((_, until)) if until > now => {}
+                _ if fresh < self.config.upload_slots => {
+                    fresh += 1;
+                    self.seed_offers[p as usize] = Some((peer, now + SEED_OFFER_TTL));
+                    out.set(p);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live peers in the task.
+    pub fn peer_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether `p` has been banned from this task.
+    pub fn is_banned(&self, p: PeerId) -> bool {
+        self.banned.contains(&p)
+    }
+
+    /// Number of live peers holding `piece` (0 for an out-of-range index).
+    pub fn holders(&self, piece: u32) -> u32 {
+        self.holders.get(piece as usize).copied().unwrap_or(0)
+    }
+
+    /// Pieces in the task.
+    pub fn piece_count(&self) -> u32 {
+        self.piece_count
+    }
+
+    fn check_peer(&self, peer: PeerId) -> Result<(), SchedError> {
+        if self.banned.contains(&peer) {
+            return Err(SchedError::Banned(peer));
+        }
+        if !self.peers.contains_key(&peer) {
+            return Err(SchedError::UnknownPeer(peer));
+        }
+        Ok(())
+    }
+
+    /// The best candidate's index and score given the `covered` pieces; higher is better.
+    fn best_candidate(
+        &self,
+        peer: PeerId,
+        cands: &[(PeerId, u64)],
+        covered: &Bitmap,
+        old: &[PeerId],
+    ) -> Option<(usize, f64)> {
+        let me = self.peers.get(&peer)?;
+        let mut best: Option<(usize, f64, u64)> = None;
+        for (i, &(c, tie)) in cands.iter().enumerate() {
+            let Some(s) = self.peers.get(&c) else {
+                continue;
+            };
+            let score = self.score(me, s, covered, old.contains(&c));
+            let better = match best {
+                None => true,
+                Some((_, bs, bt)) => score > bs || (score == bs && tie < bt),
+            };
+            if better {
+                best = Some((i, score, tie));
+            }
+        }
+        best.map(|(i, s, _)| (i, s))
+    }
+
+    /// What `cand` is worth as a parent of `me`: what it adds beyond `covered`, then what it
+    /// holds that `me` lacks, then whether it is still downloading; minus its reported upload
+    /// load and how many children it already has.
+    fn score(&self, me: &PeerState, cand: &PeerState, covered: &Bitmap, was_parent: bool) -> f64 {
+        let missing = f64::from((self.piece_count - me.pieces.count()).max(1));
+        let new = f64::from(cand.pieces.count_not_in(covered));
+        let offer = f64::from(cand.pieces.count_not_in(&me.pieces));
+        let gain = if new > 0.0 {
+            NEW_COVERAGE + new / missing
+        } else if offer > 0.0 {
+            1.0 + offer / missing
+        } else if !cand.done {
+            0.5
+        } else {
+            0.0
+        };
+        let load =
+            (f64::from(cand.uploading) / f64::from(self.config.upload_slots.max(1))).min(1.0);
+        let crowd = f64::from(cand.children) / self.config.parents_per_peer.max(1) as f64;
+        let sticky = if was_parent { 0.25 } else { 0.0 };
+        gain - load - 0.5 * crowd + sticky
+    }
+
+    /// Random live peers plus holders of the rarest pieces `peer` lacks and its old parents,
+    /// excluding `peer` and `chosen`. At most about `(SAMPLE_FACTOR + 1) * k + old` ids.
+    fn candidates(&mut self, peer: PeerId, chosen: &[PeerId], old: &[PeerId]) -> Vec<PeerId> {
+        let k = self.config.parents_per_peer;
+        let want = SAMPLE_FACTOR * k;
+        let mut out: Vec<PeerId> = Vec::with_capacity(want + 2 * k);
+        if self.live.len() <= want + 1 {
+            out.extend(self.live.iter().copied());
+        } else {
+            for i in rand::seq::index::sample(&mut self.rng, self.live.len(), want) {
+                out.push(self.live[i]);
+            }
+        }
+        out.extend(old.iter().copied());
+        self.add_rare_holders(peer, k, &mut out);
+        let mut seen: HashSet<PeerId> = chosen.iter().copied().collect();
+        seen.insert(peer);
+        out.retain(|p| seen.insert(*p) && self.peers.contains_key(p));
+        out
+    }
+
+    /// Adds up to `k` holders of the globally rarest pieces `peer` lacks, so a piece held by a
+    /// handful of peers (typically fresh from the seed) reaches more of the swarm than random
+    /// sampling alone would allow.
+    fn add_rare_holders(&mut self, peer: PeerId, k: usize, out: &mut Vec<PeerId>) {
+        let Some(me) = self.peers.get(&peer) else {
+            return;
+        };
+        let mut rare: Vec<(u32, u32)> = (0..self.piece_count)
+            .filter(|&p| !me.pieces.get(p) && self.holders[p as usize] > 0)
+            .map(|p| (self.holders[p as usize], p))
+            .collect();
+        rare.sort_unstable();
+        for &(_, p) in rare.iter().take(k) {
+            let recent = &self.recent_holders[p as usize];
+            let live: Vec<PeerId> = recent
+                .iter()
+                .copied()
+                .filter(|h| *h != peer && self.peers.get(h).is_some_and(|s| s.pieces.get(p)))
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            out.push(live[self.rng.random_range(0..live.len())]);
+        }
+    }
+
+    /// Releases a finished peer's parents: they lose one child each.
+    fn release_parents(&mut self, parents: &[PeerId]) {
+        for p in parents {
+            if let Some(s) = self.peers.get_mut(p) {
+                s.children = s.children.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Removes a live peer; false if it was not live.
+    fn remove(&mut self, peer: PeerId) -> bool {
+        let Some(state) = self.peers.remove(&peer) else {
+            return false;
+        };
+        self.live.swap_remove(state.slot);
+        if let Some(moved) = self.live.get(state.slot).copied()
+            && let Some(m) = self.peers.get_mut(&moved)
+        {
+            m.slot = state.slot;
+        }
+        self.expiry.remove(&(state.last_seen, peer));
+        for p in state.pieces.iter_ones() {
+            self.holders[p as usize] -= 1;
+        }
+        self.release_parents(&state.parents);
+        true
+    }
+}
