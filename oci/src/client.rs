@@ -1,0 +1,282 @@
+//! [`Origin`]: streaming GET and credential-check HEAD against an origin.
+
+use std::{pin::Pin, time::Duration};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::{
+    StatusCode,
+    header::{HeaderMap, HeaderName, HeaderValue},
+    redirect,
+};
+
+/// Origin client settings.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a body before the fetch is abandoned.
+    pub read_timeout: Duration,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            max_redirects: 10,
+        }
+    }
+}
+
+/// Why an origin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The origin answered with a non-2xx status.
+    #[error("origin answered {status}: {message}")]
+    Status {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The registry's error message, or the start of the body.
+        message: String,
+    },
+    /// The origin could not be reached or the connection broke.
+    #[error("origin unreachable: {0}")]
+    Transport(String),
+    /// The answer lacks a usable `Content-Length`.
+    #[error("origin sent no Content-Length; Damselfly needs the size up front to cut pieces")]
+    NoLength,
+    /// A header given by the user is not a valid HTTP header.
+    #[error("invalid header {name:?}")]
+    BadHeader {
+        /// The header name.
+        name: String,
+    },
+    /// The URL is not an http(s) URL.
+    #[error("invalid origin URL {0:?}")]
+    BadUrl(String),
+}
+
+/// A stream of body chunks.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, OriginError>> + Send>>;
+
+/// A successful GET: the size, and the body still to be read.
+pub struct OriginResponse {
+    /// Body length in bytes.
+    pub content_length: u64,
+    /// The body.
+    pub body: BodyStream,
+}
+
+impl std::fmt::Debug for OriginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginResponse")
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP client for origins (registries, file servers).
+///
+/// Cheap to clone; clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    client: reqwest::Client,
+}
+
+impl Origin {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// The TLS backend failed to initialise.
+    pub fn new(config: &OriginConfig) -> Result<Self, OriginError> {
+        // reqwest drops Authorization, Cookie and Proxy-Authorization when a redirect changes
+        // host, port or scheme, which is exactly the rule registries' signed storage URLs need.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .redirect(redirect::Policy::limited(config.max_redirects))
+            .user_agent(concat!("damselfly/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// Starts a GET of `url` with `headers`, returning once the status and headers are in.
+    ///
+    /// # Errors
+    /// [`OriginError::Status`] for a non-2xx answer (with the registry's message),
+    /// [`OriginError::NoLength`] without `Content-Length`, [`OriginError::Transport`] if the
+    /// origin is unreachable.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<OriginResponse, OriginError> {
+        let url = parse_url(url)?;
+        let resp = self
+            .client
+            .get(url)
+            .headers(header_map(headers)?)
+            // Pieces are hashed as they arrive; a transparently decompressed body would not
+            // match the digest.
+            .header(reqwest::header::ACCEPT_ENCODING, "identity")
+            .send()
+            .await
+            .map_err(transport)?;
+        let resp = check_status(resp).await?;
+        let content_length = resp.content_length().ok_or(OriginError::NoLength)?;
+        let body = resp.bytes_stream().map(|r| r.map_err(transport)).boxed();
+        Ok(OriginResponse {
+            content_length,
+            body,
+        })
+    }
+
+    /// Asks whether the origin would serve `url` to a requester sending `headers`, with a HEAD.
+    ///
+    /// Returns `Ok(())` on 2xx.
+    ///
+    /// # Errors
+    /// [`OriginError::Status`] with the refusal (401/403/404…), or a transport error.
+    pub async fn check_access(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<(), OriginError> {
+        let url = parse_url(url)?;
+        let resp = self
+            .client
+            .head(url)
+            .headers(header_map(headers)?)
+            .send()
+            .await
+            .map_err(transport)?;
+        check_status(resp).await.map(drop)
+    }
+}
+
+fn parse_url(url: &str) -> Result<reqwest::Url, OriginError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| OriginError::BadUrl(url.to_owned()))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(parsed),
+        _ => Err(OriginError::BadUrl(url.to_owned())),
+    }
+}
+
+fn transport(e: reqwest::Error) -> OriginError {
+    // The chain says what failed: "connection refused", "dns error"…
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    OriginError::Transport(msg)
+}
+
+fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, OriginError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let bad = || OriginError::BadHeader { name: name.clone() };
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let v = HeaderValue::from_str(value).map_err(|_| bad())?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, OriginError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    // Read at most 64 KiB of the error body for the message.
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= 64 << 10 {
+            break;
+        }
+    }
+    Err(OriginError::Status {
+        status,
+        message: error_message(status, &body),
+    })
+}
+
+/// The registry's own explanation: the OCI error JSON's messages, else the start of the body,
+/// else the status's reason phrase.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct OciErrors {
+        errors: Vec<OciError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OciError {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(parsed) = serde_json::from_slice::<OciErrors>(body) {
+        let joined: Vec<String> = parsed
+            .errors
+            .iter()
+            .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                (false, false) => format!("{} ({})", e.message, e.code),
+                (true, false) => e.message.clone(),
+                _ => e.code.clone(),
+            })
+            .collect();
+        if !joined.is_empty() {
+            return joined.join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.len() > 300 {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_error_json_is_summarised() {
+        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
+        assert_eq!(
+            error_message(StatusCode::UNAUTHORIZED, body),
+            "authentication required (UNAUTHORIZED)"
+        );
+    }
+
+    #[test]
+    fn plain_or_empty_bodies_fall_back() {
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, b"no such file\n"),
+            "no such file"
+        );
+        assert_eq!(error_message(StatusCode::FORBIDDEN, b""), "Forbidden");
+    }
+
+    #[test]
+    fn bad_headers_and_urls_are_refused() {
+        assert!(matches!(
+            header_map(&[("bad name".into(), "v".into())]),
+            Err(OriginError::BadHeader { .. })
+        ));
+        assert!(matches!(
+            parse_url("file:///etc/passwd"),
+            Err(OriginError::BadUrl(_))
+        ));
+    }
+}

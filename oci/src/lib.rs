@@ -1,0 +1,21 @@
+//! The origin client: how Damselfly talks to registries and other HTTP origins.
+//!
+//! [`Origin`] issues the few requests the swarm needs of an origin: a streaming `GET` of a blob
+//! (with the requester's headers, so registry bearer tokens work) and a `HEAD` that asks whether
+//! the origin would serve a given requester. Redirects (registries answer blob GETs with 307 to
+//! signed storage URLs) are followed, and credentials never follow a redirect to another host.
+//! A non-2xx answer becomes [`OriginError::Status`] carrying the registry's own error message
+//! (parsed from the OCI error JSON) so users see *why* ("401 Unauthorized: authentication
+//! required"), not just a number.
+//!
+//! [`blob_digest`] recognises OCI blob URLs (`/v2/<name>/blobs/sha256:<hex>`), whose content is
+//! addressed by digest.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod url_kind;
+
+pub use client::{BodyStream, Origin, OriginConfig, OriginError, OriginResponse};
+pub use url_kind::blob_digest;
