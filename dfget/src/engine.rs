@@ -1,0 +1,902 @@
+//! The engine: one QUIC endpoint and piece server per process, and the download driver.
+//!
+//! ```text
+//!  download()
+//!    ├─ register with the supernode ──(unreachable & back_source)──▶ back_source(): origin GET
+//!    ├─ temp file + ServedTask (others may fetch our pieces from now on)
+//!    └─ loop: sync (report pieces, get parents/digests) ─▶ Picker ─▶ fetch tasks
+//!             fetch task: QUIC from a parent, or HTTP from the supernode
+//!                         → sha256 must match the supernode's digest → pwrite → mark servable
+//!       → whole-file digest → rename into place
+//! ```
+//!
+//! Decisions (which piece, from whom, backoffs, bans) are the sans-IO
+//! [`damselfly_swarm::Picker`]'s; this module only moves bytes and time.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
+use damselfly_oci::{Origin, OriginConfig, OriginError};
+use damselfly_proto::{
+    BadPiece, Header, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
+    SyncResponse, TaskState,
+};
+use damselfly_swarm::{Bitmap, FailReason, PeerId, Picker, PickerConfig, Source, piece_range};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use crate::{
+    fetch::{FetchError, Fetcher},
+    output::{IoError, OutputFile},
+    quic,
+    report::{Progress, Report},
+    server::{Fault, PieceServer, ServedTask},
+    supernode::{SupernodeClient, SupernodeError},
+};
+
+/// Engine settings. Every field has a default; see each.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Supernode `host:port`; `None` means always fetch from the origin.
+    pub supernode: Option<String>,
+    /// UDP address of the piece server. Default `[::]:0` (any free port, IPv4 and IPv6),
+    /// falling back to `0.0.0.0:0` where IPv6 is off.
+    pub peer_listen: Option<SocketAddr>,
+    /// IP advertised to other peers. Default: the local address that routes to the supernode.
+    pub advertise_ip: Option<IpAddr>,
+    /// Fetch from the origin directly when the supernode is unreachable. Default on.
+    pub back_source: bool,
+    /// Download limit in bytes per second; 0 = unlimited. Default 0.
+    pub download_rate: u64,
+    /// Upload limit in bytes per second; 0 = unlimited. Default 0.
+    pub upload_rate: u64,
+    /// Concurrent uploads to other peers. Default 4.
+    pub upload_slots: u32,
+    /// Piece picking limits.
+    pub picker: PickerConfig,
+    /// Longest time for one piece transfer before it is retried elsewhere. Default 30 s.
+    pub piece_timeout: Duration,
+    /// Sync period with the supernode. Default 200 ms.
+    pub sync_interval: Duration,
+    /// How long the supernode may stay unreachable mid-download before giving up on the swarm
+    /// (and going back to the origin if allowed). Default 10 s.
+    pub supernode_timeout: Duration,
+    /// No verified byte for this long fails the download. Default 120 s.
+    pub stall_timeout: Duration,
+    /// Origin client settings.
+    pub origin: OriginConfig,
+    /// Test-only misbehaviour.
+    pub fault: Fault,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            supernode: None,
+            peer_listen: None,
+            advertise_ip: None,
+            back_source: true,
+            download_rate: 0,
+            upload_rate: 0,
+            upload_slots: 4,
+            picker: PickerConfig::default(),
+            piece_timeout: Duration::from_secs(30),
+            sync_interval: Duration::from_millis(200),
+            supernode_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(120),
+            origin: OriginConfig::default(),
+            fault: Fault::None,
+        }
+    }
+}
+
+/// One download's inputs.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    /// Origin URL.
+    pub url: String,
+    /// Headers for origin requests (e.g. `Authorization`).
+    pub headers: Vec<(String, String)>,
+    /// Expected sha256; for OCI blob URLs it is taken from the URL when not given.
+    pub digest: Option<Digest>,
+    /// Where the content ends up.
+    pub output: PathBuf,
+}
+
+/// Why a download failed. The `Display` form is the one-line cause a CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The origin refused or failed (e.g. 401 without credentials).
+    #[error("origin answered {status}: {message}")]
+    Origin {
+        /// The origin's HTTP status.
+        status: u16,
+        /// The origin's reason.
+        message: String,
+    },
+    /// The supernode holds the blob but the origin would not serve it to this requester.
+    #[error("access denied: origin answered {status} for these credentials: {message}")]
+    Denied {
+        /// The origin's status for these credentials.
+        status: u16,
+        /// The origin's reason.
+        message: String,
+    },
+    /// Neither the swarm nor the origin could be reached.
+    #[error("no route to the content: {0}")]
+    NoRoute(String),
+    /// The content does not hash to its digest.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Expected digest.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The supernode's origin fetch failed.
+    #[error("the supernode could not fetch the content: {0}")]
+    TaskFailed(String),
+    /// No verified byte arrived for too long.
+    #[error("download stalled: no verified data for {0:?}")]
+    Stalled(Duration),
+    /// The supernode broke the protocol or refused the request.
+    #[error("supernode error: {0}")]
+    Supernode(SupernodeError),
+    /// A local file operation failed (disk full, permissions).
+    #[error("local I/O failed: {0}")]
+    Io(#[from] IoError),
+    /// Engine set-up failed.
+    #[error("setting up the peer endpoint failed: {0}")]
+    Setup(String),
+}
+
+/// Internal: why the swarm path ended without the content.
+enum SwarmError {
+    /// The supernode is gone; the origin may still work.
+    SupernodeLost(String),
+    Fatal(DownloadError),
+}
+
+impl From<DownloadError> for SwarmError {
+    fn from(e: DownloadError) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+/// The P2P download engine of one process.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    peer_id: u64,
+    advertise: SocketAddr,
+    server: Arc<PieceServer>,
+    fetcher: Arc<Fetcher>,
+    supernode: Option<SupernodeClient>,
+    origin: Origin,
+    download_limiter: Option<Arc<RateLimiter>>,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    joined: parking_lot::Mutex<HashSet<String>>,
+}
+
+impl Engine {
+    /// Binds the piece server and prepares clients.
+    ///
+    /// # Errors
+    /// The UDP socket cannot be bound or TLS set-up failed.
+    pub async fn start(config: EngineConfig) -> Result<Self, DownloadError> {
+        let setup = |e: &dyn std::fmt::Display| DownloadError::Setup(e.to_string());
+        let endpoint = match config.peer_listen {
+            Some(addr) => quic::endpoint(addr).map_err(|e| setup(&e))?,
+            None => quic::endpoint(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+                .or_else(|_| quic::endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
+                .map_err(|e| setup(&e))?,
+        };
+        let local = endpoint.local_addr().map_err(|e| setup(&e))?;
+        let supernode = match &config.supernode {
+            Some(addr) => {
+                Some(SupernodeClient::new(addr, Duration::from_secs(60)).map_err(|e| setup(&e))?)
+            }
+            None => None,
+        };
+        let ip = match config.advertise_ip {
+            Some(ip) => ip,
+            None if !local.ip().is_unspecified() => local.ip(),
+            None => route_ip(config.supernode.as_deref()).await,
+        };
+        let advertise = SocketAddr::new(ip, local.port());
+        let server = Arc::new(PieceServer::new(
+            config.upload_slots,
+            config.upload_rate,
+            config.fault,
+        ));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(
+            server
+                .clone()
+                .run(endpoint.clone(), shutdown.clone(), tracker.clone()),
+        );
+        let origin = Origin::new(&config.origin).map_err(|e| setup(&e))?;
+        let mut peer_id = rand::random::<u64>();
+        if peer_id == 0 {
+            peer_id = 1;
+        }
+        info!(peer = %PeerId(peer_id), addr = %advertise, "peer piece server listening");
+        Ok(Self {
+            download_limiter: (config.download_rate > 0)
+                .then(|| Arc::new(RateLimiter::new(config.download_rate))),
+            config,
+            peer_id,
+            advertise,
+            server,
+            fetcher: Arc::new(Fetcher::new(endpoint.clone())),
+            supernode,
+            origin,
+            endpoint,
+            shutdown,
+            tracker,
+            joined: parking_lot::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The address other peers reach this one at.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// This process's peer id.
+    pub fn peer_id(&self) -> u64 {
+        self.peer_id
+    }
+
+    /// Bytes uploaded to other peers so far.
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.server.bytes_served()
+    }
+
+    /// Keeps serving for `dur` while reporting liveness to the supernode, so peers still
+    /// downloading can use this one.
+    pub async fn linger(&self, dur: Duration) {
+        let deadline = tokio::time::Instant::now() + dur;
+        let joined: Vec<String> = self.joined.lock().iter().cloned().collect();
+        while tokio::time::Instant::now() < deadline {
+            if let Some(sn) = &self.supernode {
+                for task_id in &joined {
+                    let _ = sn
+                        .sync(&self.sync_request(task_id, Vec::new(), Vec::new(), true, u32::MAX))
+                        .await;
+                }
+            }
+            let step = Duration::from_secs(1).min(deadline - tokio::time::Instant::now());
+            tokio::time::sleep(step).await;
+        }
+    }
+
+    /// Leaves every task, stops the piece server and waits (up to `grace`) for uploads to end.
+    pub async fn shutdown(self, grace: Duration) {
+        if let Some(sn) = &self.supernode {
+            let joined: Vec<String> = self.joined.lock().drain().collect();
+            for task_id in joined {
+                if let Err(e) = sn.leave(&task_id, self.peer_id).await {
+                    debug!(error = %e, "leave failed");
+                }
+            }
+        }
+        self.shutdown.cancel();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("uploads still running at shutdown");
+        }
+    }
+
+    fn sync_request(
+        &self,
+        task_id: &str,
+        new_pieces: Vec<u32>,
+        bad_pieces: Vec<BadPiece>,
+        done: bool,
+        digests_from: u32,
+    ) -> SyncRequest {
+        SyncRequest {
+            version: PROTOCOL_VERSION,
+            task_id: task_id.to_owned(),
+            peer_id: self.peer_id,
+            peer_addr: self.advertise.to_string(),
+            new_pieces,
+            uploading: self.server.uploading(),
+            done,
+            bad_pieces,
+            digests_from,
+        }
+    }
+
+    /// Downloads `req.url` to `req.output` through the swarm (or the origin when the swarm is
+    /// unreachable and back-to-source is on).
+    ///
+    /// # Errors
+    /// See [`DownloadError`]; on error no output file is left behind.
+    pub async fn download(
+        &self,
+        req: &DownloadRequest,
+        progress: &dyn Progress,
+    ) -> Result<Report, DownloadError> {
+        let started = Instant::now();
+        let digest = req.digest.or_else(|| damselfly_oci::blob_digest(&req.url));
+        let Some(sn) = &self.supernode else {
+            return self
+                .back_source(req, digest, started, progress, "no supernode configured")
+                .await;
+        };
+        let register = RegisterRequest {
+            version: PROTOCOL_VERSION,
+            url: req.url.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            digest: req.digest.map(|d| d.to_string()).unwrap_or_default(),
+            peer_id: self.peer_id,
+            peer_addr: self.advertise.to_string(),
+        };
+        let task = match sn.register(&register).await {
+            Ok(t) => t,
+            Err(SupernodeError::Unreachable { reason, .. }) if self.config.back_source => {
+                let why = format!("supernode unreachable ({reason})");
+                return self.back_source(req, digest, started, progress, &why).await;
+            }
+            Err(SupernodeError::Unreachable { addr, reason }) => {
+                return Err(DownloadError::NoRoute(format!(
+                    "supernode {addr} unreachable ({reason}) and back-to-source is off"
+                )));
+            }
+            Err(e) => return Err(refusal(e)),
+        };
+        self.joined.lock().insert(task.task_id.clone());
+        progress.set_total(task.content_length);
+        let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
+        let served = Arc::new(ServedTask::new(
+            out.file(),
+            task.content_length,
+            task.piece_size,
+            task.piece_count,
+        ));
+        self.server.add(&task.task_id, served.clone());
+        let mut report = Report {
+            task_id: task.task_id.clone(),
+            bytes: task.content_length,
+            ..Report::default()
+        };
+        let result = self
+            .swarm_download(sn, &task, &out, &served, progress, &mut report)
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
+                self.server.remove(&task.task_id);
+                drop(out);
+                let why = format!("supernode lost mid-download ({why})");
+                return self.back_source(req, digest, started, progress, &why).await;
+            }
+            Err(SwarmError::SupernodeLost(why)) => {
+                self.server.remove(&task.task_id);
+                return Err(DownloadError::NoRoute(why));
+            }
+            Err(SwarmError::Fatal(e)) => {
+                self.server.remove(&task.task_id);
+                return Err(e);
+            }
+        }
+        let expected = digest.or_else(|| task.digest.parse().ok());
+        let file_digest = check_digest(&out, expected).await.inspect_err(|_| {
+            self.server.remove(&task.task_id);
+        })?;
+        out.commit()?;
+        report.digest = file_digest.to_string();
+        report.elapsed = started.elapsed();
+        // Tell the supernode at once that this peer is complete: it is now a full parent.
+        let _ = sn
+            .sync(&self.sync_request(&task.task_id, Vec::new(), Vec::new(), true, u32::MAX))
+            .await;
+        Ok(report)
+    }
+
+    async fn swarm_download(
+        &self,
+        sn: &SupernodeClient,
+        task: &RegisterResponse,
+        out: &OutputFile,
+        served: &Arc<ServedTask>,
+        progress: &dyn Progress,
+        report: &mut Report,
+    ) -> Result<(), SwarmError> {
+        let mut picker = Picker::new(task.piece_count, self.config.picker.clone(), rand::random());
+        let mut digests: Vec<[u8; 32]> = Vec::new();
+        let mut parents: HashMap<PeerId, SocketAddr> = HashMap::new();
+        let mut new_pieces = Vec::new();
+        let mut bad = Vec::new();
+        let mut liars = HashSet::new();
+        let mut inflight: JoinSet<PieceOutcome> = JoinSet::new();
+        let mut next_sync = Instant::now();
+        let mut unreachable_since: Option<Instant> = None;
+        let mut last_progress = Instant::now();
+        let path: Arc<Path> = Arc::from(out.temp_path());
+
+        while !picker.is_complete() {
+            let now = Instant::now();
+            if now >= next_sync {
+                let req = self.sync_request(
+                    &task.task_id,
+                    std::mem::take(&mut new_pieces),
+                    std::mem::take(&mut bad),
+                    false,
+                    digests.len() as u32,
+                );
+                match sn.sync(&req).await {
+                    Ok(resp) => {
+                        unreachable_since = None;
+                        apply_sync(
+                            &resp,
+                            task.piece_count,
+                            &mut digests,
+                            &mut parents,
+                            &mut picker,
+                            now,
+                        )?;
+                    }
+                    Err(SupernodeError::Unreachable { reason, .. }) => {
+                        // Keep what we must report for the next successful sync.
+                        new_pieces = req.new_pieces;
+                        bad = req.bad_pieces;
+                        let since = *unreachable_since.get_or_insert(now);
+                        if now.duration_since(since) > self.config.supernode_timeout {
+                            return Err(SwarmError::SupernodeLost(reason));
+                        }
+                    }
+                    Err(e)
+                        if e.code() == Some("UNKNOWN_TASK") || e.code() == Some("NOT_ADMITTED") =>
+                    {
+                        return Err(SwarmError::SupernodeLost(e.to_string()));
+                    }
+                    Err(e) => return Err(refusal(e).into()),
+                }
+                next_sync = now + self.config.sync_interval;
+            }
+
+            while let Some(request) = picker.poll_request(now) {
+                let Some(&expected) = digests.get(request.piece as usize) else {
+                    // The picker only sees pieces whose digest is known; be safe anyway.
+                    picker.handle_piece_failed(
+                        now,
+                        request.piece,
+                        request.source,
+                        FailReason::Unavailable,
+                    );
+                    continue;
+                };
+                let job = PieceJob {
+                    task_id: task.task_id.clone(),
+                    piece: request.piece,
+                    source: request.source,
+                    addr: match request.source {
+                        Source::Peer(p) => parents.get(&p).copied(),
+                        Source::Seed => None,
+                    },
+                    range: piece_range(task.content_length, task.piece_size, request.piece),
+                    expected,
+                    peer_id: self.peer_id,
+                    timeout: self.config.piece_timeout,
+                };
+                inflight.spawn(job.run(
+                    sn.clone(),
+                    self.fetcher.clone(),
+                    served.clone(),
+                    path.clone(),
+                    self.download_limiter.clone(),
+                ));
+            }
+
+            let wake = picker
+                .poll_timeout()
+                .map_or(next_sync, |t| t.min(next_sync));
+            tokio::select! {
+                Some(joined) = inflight.join_next() => {
+                    let now = Instant::now();
+                    let outcome = match joined {
+                        Ok(o) => o,
+                        Err(e) => return Err(DownloadError::Setup(format!("piece worker failed: {e}")).into()),
+                    };
+                    match outcome.result {
+                        Ok(len) => {
+                            picker.handle_piece_done(now, outcome.piece, outcome.source);
+                            new_pieces.push(outcome.piece);
+                            match outcome.source {
+                                Source::Seed => report.from_supernode += len,
+                                Source::Peer(_) => report.from_peers += len,
+                            }
+                            progress.advance(len);
+                            last_progress = now;
+                            // Announce new pieces soon so others can fetch them from us.
+                            next_sync = next_sync.min(now + self.config.sync_interval / 4);
+                        }
+                        Err(PieceFailure::Local(e)) => return Err(DownloadError::Io(e).into()),
+                        Err(failure) => {
+                            let reason = failure.reason();
+                            if let (FailReason::Corrupt, Source::Peer(p)) = (reason, outcome.source) {
+                                warn!(peer = %p, piece = outcome.piece, "piece failed verification; avoiding that peer");
+                                report.corrupt_pieces += 1;
+                                liars.insert(p.0);
+                                bad.push(BadPiece { offender: p.0, piece: outcome.piece });
+                                next_sync = now;
+                            } else {
+                                debug!(piece = outcome.piece, source = ?outcome.source, error = %failure, "piece fetch failed");
+                            }
+                            if let PieceFailure::Fetch(FetchError::Transport { addr, .. }) = &failure {
+                                self.fetcher.drop_connection(*addr);
+                            }
+                            picker.handle_piece_failed(now, outcome.piece, outcome.source, reason);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.max(Instant::now()).into()) => {}
+            }
+            if last_progress.elapsed() > self.config.stall_timeout {
+                return Err(DownloadError::Stalled(self.config.stall_timeout).into());
+            }
+        }
+        report.liars = liars.into_iter().collect();
+        // Report the last pieces (and any liar) before declaring completion.
+        let req = self.sync_request(&task.task_id, new_pieces, bad, true, u32::MAX);
+        let _ = sn.sync(&req).await;
+        Ok(())
+    }
+
+    async fn back_source(
+        &self,
+        req: &DownloadRequest,
+        digest: Option<Digest>,
+        started: Instant,
+        progress: &dyn Progress,
+        why: &str,
+    ) -> Result<Report, DownloadError> {
+        if !self.config.back_source {
+            return Err(DownloadError::NoRoute(format!(
+                "{why} and back-to-source is off"
+            )));
+        }
+        warn!(reason = why, url = %req.url, "fetching from the origin directly");
+        let resp = self
+            .origin
+            .get(&req.url, &req.headers)
+            .await
+            .map_err(origin_error)?;
+        progress.set_total(resp.content_length);
+        let out = OutputFile::create(&req.output, resp.content_length, self.peer_id)?;
+        let file = out.file();
+        let path = out.temp_path().to_path_buf();
+        let mut hasher = Sha256Hasher::new();
+        let mut offset = 0u64;
+        let mut body = resp.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(origin_error)?;
+            if offset + chunk.len() as u64 > resp.content_length {
+                return Err(DownloadError::Origin {
+                    status: 200,
+                    message: "origin sent more bytes than its Content-Length".into(),
+                });
+            }
+            if let Some(l) = &self.download_limiter {
+                l.acquire(chunk.len() as u64).await;
+            }
+            hasher.update(&chunk);
+            OutputFile::write_at(&file, &path, offset, &chunk)?;
+            offset += chunk.len() as u64;
+            progress.advance(chunk.len() as u64);
+        }
+        if offset != resp.content_length {
+            return Err(DownloadError::Origin {
+                status: 200,
+                message: format!(
+                    "origin closed after {offset} of {} bytes",
+                    resp.content_length
+                ),
+            });
+        }
+        let actual = hasher.finish();
+        if let Some(expected) = digest
+            && expected != actual
+        {
+            return Err(DownloadError::DigestMismatch { expected, actual });
+        }
+        out.commit()?;
+        Ok(Report {
+            task_id: digest.map(|d| d.to_string()).unwrap_or_default(),
+            bytes: offset,
+            elapsed: started.elapsed(),
+            from_origin: offset,
+            back_source: Some(why.to_owned()),
+            digest: actual.to_string(),
+            ..Report::default()
+        })
+    }
+}
+
+fn apply_sync(
+    resp: &SyncResponse,
+    pieces: u32,
+    digests: &mut Vec<[u8; 32]>,
+    parents: &mut HashMap<PeerId, SocketAddr>,
+    picker: &mut Picker,
+    now: Instant,
+) -> Result<(), SwarmError> {
+    if resp.state == TaskState::Failed as i32 {
+        return Err(DownloadError::TaskFailed(resp.error.clone()).into());
+    }
+    if resp.digests_from as usize == digests.len() {
+        for d in &resp.digests {
+            if digests.len() >= pieces as usize {
+                break;
+            }
+            let mut arr = [0u8; 32];
+            // validate() checked every digest is 32 bytes.
+            arr.copy_from_slice(d);
+            digests.push(arr);
+        }
+    }
+    let known = digests.len() as u32;
+    // Only pieces whose digest we know can be verified, so only those are requested.
+    let masked = |bytes: &[u8]| -> Option<Bitmap> {
+        let all = Bitmap::from_bytes(pieces, bytes).ok()?;
+        let mut m = Bitmap::new(pieces);
+        for i in all.iter_ones().filter(|&i| i < known) {
+            m.set(i);
+        }
+        Some(m)
+    };
+    if let Some(seed) = masked(&resp.seed_pieces) {
+        picker.handle_seed_pieces(seed);
+    }
+    parents.clear();
+    let mut views = Vec::with_capacity(resp.parents.len());
+    for p in &resp.parents {
+        let (Ok(addr), Some(bits)) = (p.addr.parse::<SocketAddr>(), masked(&p.pieces)) else {
+            continue;
+        };
+        parents.insert(PeerId(p.peer_id), addr);
+        views.push((PeerId(p.peer_id), bits));
+    }
+    picker.handle_parents(now, views);
+    Ok(())
+}
+
+/// One piece transfer, run as its own task.
+struct PieceJob {
+    task_id: String,
+    piece: u32,
+    source: Source,
+    addr: Option<SocketAddr>,
+    range: std::ops::Range<u64>,
+    expected: [u8; 32],
+    peer_id: u64,
+    timeout: Duration,
+}
+
+struct PieceOutcome {
+    piece: u32,
+    source: Source,
+    result: Result<u64, PieceFailure>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PieceFailure {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("supernode: {0}")]
+    Supernode(SupernodeError),
+    #[error("bytes do not match the piece digest")]
+    Corrupt,
+    #[error("timed out")]
+    Timeout,
+    #[error("unknown parent address")]
+    NoAddr,
+    #[error(transparent)]
+    Local(IoError),
+}
+
+impl PieceFailure {
+    fn reason(&self) -> FailReason {
+        match self {
+            Self::Corrupt => FailReason::Corrupt,
+            Self::Timeout => FailReason::Timeout,
+            Self::Fetch(FetchError::Busy) => FailReason::Busy,
+            Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
+            Self::Fetch(FetchError::Unavailable) | Self::NoAddr => FailReason::Unavailable,
+            Self::Supernode(e) if e.code() == Some("PIECE_ABSENT") => FailReason::Unavailable,
+            // A parent that breaks the protocol is as bad as one that lies.
+            Self::Fetch(FetchError::Protocol(_)) => FailReason::Corrupt,
+            Self::Fetch(FetchError::Transport { .. }) | Self::Supernode(_) | Self::Local(_) => {
+                FailReason::Io
+            }
+        }
+    }
+}
+
+impl PieceJob {
+    async fn run(
+        self,
+        sn: SupernodeClient,
+        fetcher: Arc<Fetcher>,
+        served: Arc<ServedTask>,
+        path: Arc<Path>,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> PieceOutcome {
+        let (piece, source) = (self.piece, self.source);
+        let result = self.transfer(sn, fetcher, served, path, limiter).await;
+        PieceOutcome {
+            piece,
+            source,
+            result,
+        }
+    }
+
+    async fn transfer(
+        self,
+        sn: SupernodeClient,
+        fetcher: Arc<Fetcher>,
+        served: Arc<ServedTask>,
+        path: Arc<Path>,
+        limiter: Option<Arc<RateLimiter>>,
+    ) -> Result<u64, PieceFailure> {
+        let len = self.range.end - self.range.start;
+        if let Some(l) = &limiter {
+            l.acquire(len).await;
+        }
+        let fetch = async {
+            match self.source {
+                Source::Seed => sn
+                    .piece(&self.task_id, self.piece, self.peer_id)
+                    .await
+                    .map(Vec::from)
+                    .map_err(PieceFailure::Supernode),
+                Source::Peer(_) => {
+                    let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
+                    Ok(fetcher
+                        .fetch(addr, &self.task_id, self.piece, self.peer_id, len)
+                        .await?)
+                }
+            }
+        };
+        let data = tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| PieceFailure::Timeout)??;
+        if data.len() as u64 != len {
+            return Err(PieceFailure::Corrupt);
+        }
+        let offset = self.range.start;
+        let piece = self.piece;
+        let expected = self.expected;
+        // Hash and write off the async threads: a 16 MiB piece takes milliseconds.
+        tokio::task::spawn_blocking(move || {
+            if Digest::of(&data).0 != expected {
+                return Err(PieceFailure::Corrupt);
+            }
+            OutputFile::write_at(served.file(), &path, offset, &data)
+                .map_err(PieceFailure::Local)?;
+            served.mark(piece);
+            Ok(len)
+        })
+        .await
+        .map_err(|e| {
+            PieceFailure::Local(IoError {
+                path: PathBuf::from("<worker>"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?
+    }
+}
+
+async fn check_digest(out: &OutputFile, expected: Option<Digest>) -> Result<Digest, DownloadError> {
+    let path = out.temp_path().to_path_buf();
+    let actual = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256Hasher::new();
+        let mut f = std::fs::File::open(&path).map_err(|source| IoError {
+            path: path.clone(),
+            source,
+        })?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(|source| IoError {
+                path: path.clone(),
+                source,
+            })?;
+            if n == 0 {
+                return Ok::<_, IoError>(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| DownloadError::Setup(e.to_string()))??;
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(DownloadError::DigestMismatch { expected, actual })
+        }
+        _ => Ok(actual),
+    }
+}
+
+fn refusal(e: SupernodeError) -> DownloadError {
+    match e {
+        SupernodeError::Refused(r) if r.code == "ORIGIN_STATUS" => DownloadError::Origin {
+            status: r.origin_status as u16,
+            message: strip_prefix(&r.message),
+        },
+        SupernodeError::Refused(r) if r.code == "DENIED" => DownloadError::Denied {
+            status: r.origin_status as u16,
+            message: r.message,
+        },
+        SupernodeError::Refused(r) if r.code == "ORIGIN_UNREACHABLE" => {
+            DownloadError::NoRoute(r.message)
+        }
+        other => DownloadError::Supernode(other),
+    }
+}
+
+/// The supernode's message repeats "origin answered <status>:"; keep the reason only.
+fn strip_prefix(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest)) if head.starts_with("origin answered") => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+fn origin_error(e: OriginError) -> DownloadError {
+    match e {
+        OriginError::Status { status, message } => DownloadError::Origin {
+            status: status.as_u16(),
+            message,
+        },
+        other => DownloadError::NoRoute(other.to_string()),
+    }
+}
+
+/// The local IP that routes to the supernode (no packet is sent), else loopback.
+async fn route_ip(supernode: Option<&str>) -> IpAddr {
+    let fallback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let Some(sn) = supernode else { return fallback };
+    let Ok(mut addrs) = tokio::net::lookup_host(sn).await else {
+        return fallback;
+    };
+    let Some(target) = addrs.next() else {
+        return fallback;
+    };
+    let bind = if target.is_ipv6() {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let Ok(sock) = std::net::UdpSocket::bind(bind) else {
+        return fallback;
+    };
+    if sock.connect(target).is_err() {
+        return fallback;
+    }
+    sock.local_addr().map_or(fallback, |a| a.ip())
+}

@@ -1,0 +1,207 @@
+//! `dfget`: download a URL through the Damselfly swarm.
+
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use bytesize::ByteSize;
+use clap::Parser;
+use damselfly_common::Digest;
+use dfget::{DownloadRequest, Engine, EngineConfig, Fault, NoProgress, Progress, Report};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Download a URL through the Damselfly swarm: pieces come from other peers and the supernode,
+/// every piece is verified, and the file appears only once complete.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// The URL (e.g. a registry blob URL `http://reg:5000/v2/app/blobs/sha256:…`).
+    url: String,
+    /// Output file.
+    #[arg(short = 'O', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Supernode `HOST:PORT`. Without it, dfget fetches from the origin.
+    #[arg(long, value_name = "HOST:PORT")]
+    supernode: Option<String>,
+    /// Header sent to the origin, `Name: value` (repeatable), e.g. an `Authorization` token.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Expected content digest `sha256:<hex>` (taken from the URL for OCI blob URLs).
+    #[arg(long, value_name = "DIGEST")]
+    digest: Option<Digest>,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+    /// UDP address for serving pieces to other peers (default: any free port).
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+    /// IP other peers use to reach this one (default: the address that routes to the supernode).
+    #[arg(long, value_name = "IP")]
+    advertise_ip: Option<IpAddr>,
+    /// Keep serving pieces to other peers this long after finishing.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    keep_serving: Duration,
+    /// Fail instead of fetching from the origin when the supernode is unreachable.
+    #[arg(long)]
+    no_back_source: bool,
+    /// Download bandwidth limit per second, e.g. `20MiB` (0 = unlimited).
+    #[arg(long, value_name = "BYTES", default_value = "0")]
+    download_rate: ByteSize,
+    /// Upload bandwidth limit per second (0 = unlimited).
+    #[arg(long, value_name = "BYTES", default_value = "0")]
+    upload_rate: ByteSize,
+    /// Concurrent uploads to other peers.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    upload_slots: u32,
+    /// Concurrent piece downloads.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_in_flight: usize,
+    /// Write a JSON report (bytes by source, time) to this file.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// Test only: corrupt every piece served to other peers.
+    #[arg(long, hide = true)]
+    fault_corrupt_uploads: bool,
+}
+
+fn parse_header(h: &str) -> Result<(String, String), String> {
+    let (name, value) = h
+        .split_once(':')
+        .ok_or_else(|| format!("header {h:?} is not `Name: value`"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("header {h:?} has no name"));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    damselfly_common::telemetry::init("warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfget: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfget: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let headers = cli
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let mut config = EngineConfig {
+        supernode: cli.supernode.clone(),
+        peer_listen: cli.peer_listen,
+        advertise_ip: cli.advertise_ip,
+        back_source: !cli.no_back_source,
+        download_rate: cli.download_rate.as_u64(),
+        upload_rate: cli.upload_rate.as_u64(),
+        upload_slots: cli.upload_slots,
+        fault: if cli.fault_corrupt_uploads {
+            Fault::CorruptUploads
+        } else {
+            Fault::None
+        },
+        ..EngineConfig::default()
+    };
+    config.picker.max_in_flight = cli.max_in_flight.max(1);
+    let engine = Engine::start(config).await?;
+    let request = DownloadRequest {
+        url: cli.url.clone(),
+        headers,
+        digest: cli.digest,
+        output: cli.output.clone(),
+    };
+    let bar = (!cli.no_progress && std::io::stderr().is_terminal()).then(Bar::new);
+    let progress: &dyn Progress = match &bar {
+        Some(b) => b,
+        None => &NoProgress,
+    };
+    let result = engine.download(&request, progress).await;
+    if let Some(b) = &bar {
+        b.0.finish_and_clear();
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            engine.shutdown(Duration::from_secs(1)).await;
+            return Err(e.into());
+        }
+    };
+    summarise(&cli, &report);
+    if let Some(path) = &cli.report_json {
+        let mut report = serde_json::to_value(&report)?;
+        report["uploaded"] = engine.bytes_uploaded().into();
+        report["peer_id"] = engine.peer_id().into();
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if !cli.keep_serving.is_zero() && cli.supernode.is_some() {
+        engine.linger(cli.keep_serving).await;
+    }
+    engine.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+fn summarise(cli: &Cli, r: &Report) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let mut line = format!(
+        "dfget: {} ({}) in {:.2}s ({}/s): peers {}, supernode {}, origin {}",
+        cli.output.display(),
+        ByteSize::b(r.bytes),
+        secs,
+        ByteSize::b((r.bytes as f64 / secs) as u64),
+        ByteSize::b(r.from_peers),
+        ByteSize::b(r.from_supernode),
+        ByteSize::b(r.from_origin),
+    );
+    if let Some(why) = &r.back_source {
+        line.push_str(&format!(" [back to source: {why}]"));
+    }
+    if r.corrupt_pieces > 0 {
+        line.push_str(&format!(
+            " [{} corrupt pieces from {} peers rejected]",
+            r.corrupt_pieces,
+            r.liars.len()
+        ));
+    }
+    eprintln!("{line}");
+}
+
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        Self(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}

@@ -1,0 +1,54 @@
+//! What a download did: where its bytes came from and how long it took.
+
+use std::time::Duration;
+
+/// The outcome of one download.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// The task key (`sha256:<hex>` for blobs).
+    pub task_id: String,
+    /// Content length.
+    pub bytes: u64,
+    /// Wall time from start to the output in place.
+    #[serde(with = "secs")]
+    pub elapsed: Duration,
+    /// Verified bytes received from other peers.
+    pub from_peers: u64,
+    /// Verified bytes received from the supernode.
+    pub from_supernode: u64,
+    /// Bytes received from the origin directly (back to source).
+    pub from_origin: u64,
+    /// Pieces that failed verification (and were fetched again elsewhere).
+    pub corrupt_pieces: u32,
+    /// Distinct peers whose pieces failed verification.
+    pub liars: Vec<u64>,
+    /// Whether the download went back to the origin, and why.
+    pub back_source: Option<String>,
+    /// The sha256 of the output.
+    pub digest: String,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Receives progress as verified bytes land.
+pub trait Progress: Send + Sync {
+    /// The total is known.
+    fn set_total(&self, bytes: u64);
+    /// `bytes` more are verified and written.
+    fn advance(&self, bytes: u64);
+}
+
+/// Ignores progress.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn set_total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+}

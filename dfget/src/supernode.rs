@@ -1,0 +1,184 @@
+//! The client side of the supernode API.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use damselfly_proto::{
+    ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
+    SyncResponse, decode,
+};
+use prost::Message;
+
+/// Why a supernode call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupernodeError {
+    /// The supernode could not be reached.
+    #[error("supernode {addr} unreachable: {reason}")]
+    Unreachable {
+        /// The supernode address.
+        addr: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The supernode refused the request.
+    #[error("{}", .0.message)]
+    Refused(ErrorResponse),
+    /// The supernode answered something that is not the protocol.
+    #[error("supernode answered malformed data: {0}")]
+    Protocol(String),
+}
+
+impl SupernodeError {
+    /// The refusal's code, if the supernode refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A supernode API client.
+#[derive(Debug, Clone)]
+pub struct SupernodeClient {
+    addr: String,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl SupernodeClient {
+    /// A client for the supernode at `addr` (`host:port`, IPv6 bracketed).
+    ///
+    /// # Errors
+    /// The HTTP client could not be built.
+    pub fn new(addr: &str, timeout: Duration) -> Result<Self, SupernodeError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| SupernodeError::Unreachable {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            addr: addr.to_owned(),
+            base: format!("http://{addr}"),
+            http,
+        })
+    }
+
+    /// The supernode address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> SupernodeError {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        SupernodeError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
+    async fn call(&self, path: &str, body: Vec<u8>) -> Result<Bytes, SupernodeError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        match decode::<ErrorResponse>(&bytes) {
+            Ok(e) if !e.code.is_empty() => Err(SupernodeError::Refused(e)),
+            _ => Err(SupernodeError::Protocol(format!(
+                "HTTP {status} without an error body"
+            ))),
+        }
+    }
+
+    /// Registers for a task.
+    ///
+    /// # Errors
+    /// Unreachable, refused (origin error, denied), or a malformed answer.
+    pub async fn register(
+        &self,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, SupernodeError> {
+        let bytes = self.call("/api/v1/register", req.encode_to_vec()).await?;
+        let resp: RegisterResponse =
+            decode(&bytes).map_err(|e| SupernodeError::Protocol(e.to_string()))?;
+        resp.validate()
+            .map_err(|e| SupernodeError::Protocol(e.to_string()))?;
+        Ok(resp)
+    }
+
+    /// Reports progress and gets parents and digests.
+    ///
+    /// # Errors
+    /// Unreachable, refused (unknown task), or a malformed answer.
+    pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, SupernodeError> {
+        let bytes = self.call("/api/v1/sync", req.encode_to_vec()).await?;
+        let resp: SyncResponse =
+            decode(&bytes).map_err(|e| SupernodeError::Protocol(e.to_string()))?;
+        resp.validate()
+            .map_err(|e| SupernodeError::Protocol(e.to_string()))?;
+        Ok(resp)
+    }
+
+    /// Leaves a task (best effort).
+    ///
+    /// # Errors
+    /// Unreachable or refused.
+    pub async fn leave(&self, task_id: &str, peer_id: u64) -> Result<(), SupernodeError> {
+        let req = LeaveRequest {
+            version: PROTOCOL_VERSION,
+            task_id: task_id.to_owned(),
+            peer_id,
+        };
+        self.call("/api/v1/leave", req.encode_to_vec())
+            .await
+            .map(drop)
+    }
+
+    /// Downloads one piece from the supernode.
+    ///
+    /// # Errors
+    /// Unreachable, or refused (`BUSY`, `PIECE_ABSENT`…).
+    pub async fn piece(
+        &self,
+        task_id: &str,
+        index: u32,
+        peer_id: u64,
+    ) -> Result<Bytes, SupernodeError> {
+        let url = format!(
+            "{}/api/v1/tasks/{task_id}/pieces/{index}?peer={peer_id}",
+            self.base
+        );
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        match decode::<ErrorResponse>(&bytes) {
+            Ok(e) if !e.code.is_empty() => Err(SupernodeError::Refused(e)),
+            _ => Err(SupernodeError::Protocol(format!("HTTP {status}"))),
+        }
+    }
+}
