@@ -1,0 +1,244 @@
+//! Running the Damselfly daemons themselves: a [`Supernode`] and [`Dfget`] peers.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{daemon::Daemon, http, util::bin};
+
+/// A running `supernode` process on a free port.
+#[derive(Debug)]
+pub struct Supernode {
+    daemon: Daemon,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    _owned: Option<tempfile::TempDir>,
+}
+
+/// Builder for [`Supernode`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct SupernodeBuilder {
+    ip: Option<IpAddr>,
+    data_dir: Option<PathBuf>,
+    args: Vec<String>,
+}
+
+impl SupernodeBuilder {
+    /// Listen on this IP (default 127.0.0.1).
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// Use this data directory (kept by the caller, e.g. across a restart).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Extra command-line flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts it and waits until `/healthy` answers.
+    pub fn start(self) -> Supernode {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("cannot start the supernode: {e:#}"))
+    }
+
+    /// Starts it and waits until `/healthy` answers.
+    ///
+    /// # Errors
+    /// The process did not start or become healthy.
+    pub fn try_start(self) -> Result<Supernode> {
+        let (data_dir, owned) = match self.data_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let ip = self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let mut daemon = Daemon::builder(bin("supernode"))
+            .name("supernode")
+            .arg("--listen")
+            .arg(SocketAddr::new(ip, 0).to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info,damselfly=debug")
+            .spawn()?;
+        let addr = daemon.wait_for_listen_addr("api=", Duration::from_secs(30))?;
+        daemon.wait_for_http_ok(&format!("http://{addr}/healthy"), Duration::from_secs(10))?;
+        Ok(Supernode {
+            daemon,
+            addr,
+            data_dir,
+            _owned: owned,
+        })
+    }
+}
+
+impl Supernode {
+    /// A builder.
+    pub fn builder() -> SupernodeBuilder {
+        SupernodeBuilder::default()
+    }
+
+    /// The API address (`host:port`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process.
+    pub fn daemon_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+
+    /// The process's log.
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+
+    /// The `/metrics` text.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(http::get(&format!("http://{}/metrics", self.addr), None)?.text())
+    }
+
+    /// Sum of the samples of metric `name` (all label sets).
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                let base = key.split('{').next()?;
+                (base == name).then(|| value.parse::<f64>().ok())?
+            })
+            .sum())
+    }
+
+    /// SIGTERM and wait.
+    ///
+    /// # Errors
+    /// It did not exit in time.
+    pub fn stop(mut self) -> Result<()> {
+        self.daemon.terminate(Duration::from_secs(15)).map(drop)
+    }
+}
+
+/// A `dfget` invocation.
+#[derive(Debug)]
+#[must_use]
+pub struct Dfget {
+    url: String,
+    output: PathBuf,
+    args: Vec<String>,
+}
+
+/// A running or finished `dfget`.
+#[derive(Debug)]
+pub struct DfgetRun {
+    /// The process.
+    pub daemon: Daemon,
+    /// The output file.
+    pub output: PathBuf,
+    /// Where the JSON report goes.
+    pub report: PathBuf,
+}
+
+impl Dfget {
+    /// Downloads `url` into `output`.
+    pub fn new(url: &str, output: &Path) -> Self {
+        Self {
+            url: url.to_owned(),
+            output: output.to_path_buf(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Through this supernode.
+    pub fn supernode(self, addr: SocketAddr) -> Self {
+        self.args(["--supernode".to_owned(), addr.to_string()])
+    }
+
+    /// Extra flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts the process.
+    ///
+    /// # Errors
+    /// It could not be spawned.
+    pub fn spawn(self) -> Result<DfgetRun> {
+        let report = self.output.with_extension("report.json");
+        let name = self
+            .output
+            .file_name()
+            .map_or_else(|| "dfget".to_owned(), |n| n.to_string_lossy().into_owned());
+        let daemon = Daemon::builder(bin("dfget"))
+            .name(format!("dfget-{name}"))
+            .arg(&self.url)
+            .arg("-O")
+            .arg(&self.output)
+            .arg("--no-progress")
+            .arg("--report-json")
+            .arg(&report)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .spawn()?;
+        Ok(DfgetRun {
+            daemon,
+            output: self.output,
+            report,
+        })
+    }
+}
+
+impl DfgetRun {
+    /// Waits for exit; returns the JSON report on success, the log on failure.
+    ///
+    /// # Errors
+    /// Exit code non-zero (the error holds the stderr), or timeout.
+    pub fn wait(&mut self, timeout: Duration) -> Result<serde_json::Value> {
+        let status = self.daemon.wait_exit(timeout)?;
+        if !status.success() {
+            bail!(
+                "dfget failed ({status}): {}",
+                self.daemon.stderr_text().trim()
+            );
+        }
+        let text = std::fs::read_to_string(&self.report)
+            .with_context(|| format!("reading {}", self.report.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// `report[key]` as a number (0 if absent).
+pub fn num(report: &serde_json::Value, key: &str) -> u64 {
+    report
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! Small helpers: binaries, ports, blobs, hashing, polling.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Path of a workspace binary (`supernode`, `dfget`, ...) built by `cargo build --workspace --bins`.
+///
+/// The test executable is `<target>/<profile>/deps/<test>-<hash>`, so binaries of the same
+/// profile live two directories up. Panics with instructions if the binary is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot determine the current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap_or_else(|| panic!("unexpected test executable location {}", exe.display()));
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "binary `{name}` not found at {}; the end-to-end tests need the workspace binaries: \
+         run `cargo build --workspace --bins` (with the same CARGO_TARGET_DIR and profile) first",
+        path.display()
+    );
+    path
+}
+
+/// Whether the machine can bind TCP on the IPv6 loopback `[::1]`.
+pub fn ipv6_loopback_available() -> bool {
+    TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// A TCP port that was free on `ip` a moment ago (the listener is closed before returning).
+///
+/// Prefer letting a program bind port 0 and reading the address from its log when it supports it:
+/// another process may take the port between this call and the program's bind.
+pub fn free_tcp_port(ip: IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or_else(|error| panic!("cannot find a free TCP port on {ip}: {error}"))
+        .port()
+}
+
+/// A UDP port (e.g. for QUIC) that was free on `ip` a moment ago. See [`free_tcp_port`].
+pub fn free_udp_port(ip: IpAddr) -> u16 {
+    UdpSocket::bind(SocketAddr::new(ip, 0))
+        .and_then(|socket| socket.local_addr())
+        .unwrap_or_else(|error| panic!("cannot find a free UDP port on {ip}: {error}"))
+        .port()
+}
+
+/// `size` pseudo-random, incompressible bytes, the same for the same `seed` (SplitMix64 stream).
+pub fn random_blob(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed ^ 0x5DEE_CE66_D1CE_B00C;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut blob = vec![0u8; size];
+    let mut chunks = blob.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        chunk.copy_from_slice(&next().to_le_bytes());
+    }
+    let tail = chunks.into_remainder();
+    let last = next().to_le_bytes();
+    tail.copy_from_slice(&last[..tail.len()]);
+    blob
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// OCI digest of `data`: `sha256:<hex>`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// Polls `condition` every 20 ms until it returns true; returns false after `timeout`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `max_lines` lines of `text`.
+pub(crate) fn tail(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_blob_is_deterministic_and_sized() {
+        let a = random_blob(1001, 7);
+        assert_eq!(a.len(), 1001);
+        assert_eq!(a, random_blob(1001, 7));
+        assert_ne!(a, random_blob(1001, 8));
+        assert_eq!(random_blob(0, 1).len(), 0);
+        // Prefix-stable: a shorter blob is a prefix of a longer one with the same seed.
+        assert_eq!(&random_blob(5000, 3)[..1001], &random_blob(1001, 3)[..]);
+    }
+
+    #[test]
+    fn sha256_of_hello() {
+        assert_eq!(
+            sha256_digest(b"hello"),
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! The P2P foundation, end to end: real `docker-registry`, a real `supernode`, real `dfget`
+//! processes talking QUIC to each other.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+    sync::Mutex,
+    time::Duration,
+};
+
+use damselfly_e2e::{
+    Dfget, DfgetRun, Supernode, TestRegistry, http, ipv6_loopback_available, num, random_blob,
+    sha256_hex, wait_until,
+};
+
+/// These tests each run many processes; on a 2-core machine they run one at a time.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const WAIT: Duration = Duration::from_secs(180);
+
+fn file_sha(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+fn received(r: &serde_json::Value) -> u64 {
+    num(r, "from_peers") + num(r, "from_supernode") + num(r, "from_origin")
+}
+
+#[test]
+fn eight_peers_share_a_64mib_blob_and_the_registry_sends_it_once() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(64 << 20, 1);
+    let digest = registry.push_blob("app/big", &blob);
+    let url = registry.blob_url("app/big", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut runs: Vec<DfgetRun> = (0..8)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("out{i}")))
+                .supernode(sn.addr())
+                .args(["--keep-serving", "5s"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = runs.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
+
+    let want = sha256_hex(&blob);
+    for run in &runs {
+        assert_eq!(file_sha(&run.output), want, "{}", run.output.display());
+    }
+    assert_eq!(
+        registry.blob_get_count(&digest),
+        1,
+        "the registry must send the blob once"
+    );
+    let from_peers: u64 = reports.iter().map(|r| num(r, "from_peers")).sum();
+    let total: u64 = reports.iter().map(received).sum();
+    assert_eq!(total, 8 * blob.len() as u64);
+    assert!(
+        from_peers * 2 >= total,
+        "only {from_peers} of {total} bytes came from peers"
+    );
+    assert_eq!(
+        sn.metric("damselfly_supernode_origin_bytes_total").unwrap(),
+        blob.len() as f64
+    );
+}
+
+#[test]
+fn a_parent_killed_mid_transfer_does_not_stop_the_others() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(32 << 20, 2);
+    let digest = registry.push_blob("app/kill", &blob);
+    let url = registry.blob_url("app/kill", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    // Slow downloads so the victim is still a parent when it dies.
+    let slow = ["--download-rate", "8MiB", "--keep-serving", "10s"];
+    let mut runs: Vec<DfgetRun> = (0..5)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("out{i}")))
+                .supernode(sn.addr())
+                .args(slow)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut victim = runs.remove(0);
+    victim.daemon.kill();
+    for run in &mut runs {
+        run.wait(WAIT).unwrap();
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    assert!(
+        !victim.output.exists(),
+        "a killed download leaves no output"
+    );
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
+#[test]
+fn a_lying_peer_is_detected_reported_and_avoided() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(16 << 20, 3);
+    let digest = registry.push_blob("app/liar", &blob);
+    let url = registry.blob_url("app/liar", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The liar downloads honestly, then serves corrupt bytes to everyone for a while.
+    let liar = Dfget::new(&url, &dir.path().join("liar"))
+        .supernode(sn.addr())
+        .args(["--fault-corrupt-uploads", "--keep-serving", "60s"])
+        .spawn()
+        .unwrap();
+    let liar_report = liar.report.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || liar_report.exists()),
+        "the liar never finished its own download"
+    );
+    let liar_id =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&liar.report).unwrap())
+            .unwrap()["peer_id"]
+            .as_u64()
+            .unwrap();
+
+    let mut honest: Vec<DfgetRun> = (0..4)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("honest{i}")))
+                .supernode(sn.addr())
+                .args(["--keep-serving", "3s"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = honest.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
+    for run in &honest {
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    let caught: u64 = reports.iter().map(|r| num(r, "corrupt_pieces")).sum();
+    assert!(
+        caught > 0,
+        "nobody was served the liar's bytes: {reports:?}"
+    );
+    for r in &reports {
+        for l in r["liars"].as_array().unwrap() {
+            assert_eq!(l.as_u64(), Some(liar_id), "only the liar is blamed");
+        }
+    }
+    assert!(sn.metric("damselfly_supernode_banned_peers_total").unwrap() >= 1.0);
+
+    // Once banned, a newcomer is never sent to the liar.
+    let mut late = Dfget::new(&url, &dir.path().join("late"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    let late_report = late.wait(WAIT).unwrap();
+    assert_eq!(num(&late_report, "corrupt_pieces"), 0);
+    assert_eq!(file_sha(&late.output), sha256_hex(&blob));
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
+#[test]
+fn a_restarted_supernode_serves_its_cache_without_the_origin() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(8 << 20, 4);
+    let digest = registry.push_blob("app/restart", &blob);
+    let url = registry.blob_url("app/restart", &digest);
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let sn = Supernode::builder().data_dir(data.path()).start();
+    let mut first = Dfget::new(&url, &dir.path().join("first"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    first.wait(WAIT).unwrap();
+    sn.stop().unwrap();
+    let requests_before = registry.access_log().len();
+
+    let sn = Supernode::builder().data_dir(data.path()).start();
+    let mut wave: Vec<DfgetRun> = (0..3)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("wave{i}")))
+                .supernode(sn.addr())
+                .args(["--keep-serving", "2s", "--no-back-source"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in &mut wave {
+        let r = run.wait(WAIT).unwrap();
+        assert_eq!(num(&r, "from_origin"), 0);
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    assert_eq!(registry.blob_get_count(&digest), 1);
+    // The log sync marker requests are the only new lines: nothing for the blob.
+    let new_blob_requests = registry.access_log()[requests_before..]
+        .iter()
+        .filter(|e| e.is_blob(&digest))
+        .count();
+    assert_eq!(
+        new_blob_requests, 0,
+        "the origin was contacted after the restart"
+    );
+    assert_eq!(
+        sn.metric("damselfly_supernode_origin_requests_total")
+            .unwrap(),
+        0.0
+    );
+}
+
+#[test]
+fn credentials_are_forwarded_and_enforced() {
+    let _g = heavy();
+    let registry = TestRegistry::builder().htpasswd("alice", "s3cret").start();
+    let blob = random_blob(4 << 20, 5);
+    let digest = registry.push_blob("private/app", &blob);
+    let url = registry.blob_url("private/app", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = format!("Authorization: Basic {}", base64("alice:s3cret"));
+
+    // Without credentials: a clear 401, no output.
+    let mut anon = Dfget::new(&url, &dir.path().join("anon"))
+        .supernode(sn.addr())
+        .spawn()
+        .unwrap();
+    let err = anon.wait(WAIT).unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    assert!(!dir.path().join("anon").exists());
+
+    // With credentials: success.
+    let mut ok = Dfget::new(&url, &dir.path().join("ok"))
+        .supernode(sn.addr())
+        .args(["-H", &auth, "--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    ok.wait(WAIT).unwrap();
+    assert_eq!(file_sha(&dir.path().join("ok")), sha256_hex(&blob));
+
+    // The blob is now cached, but a requester without (or with wrong) credentials is refused.
+    for (name, extra) in [
+        ("anon2", vec![]),
+        (
+            "wrong",
+            vec![
+                "-H".to_owned(),
+                format!("Authorization: Basic {}", base64("alice:nope")),
+            ],
+        ),
+    ] {
+        let mut run = Dfget::new(&url, &dir.path().join(name))
+            .supernode(sn.addr())
+            .args(extra)
+            .spawn()
+            .unwrap();
+        let err = run.wait(WAIT).unwrap_err().to_string();
+        assert!(err.contains("401"), "{name}: {err}");
+        assert!(!dir.path().join(name).exists());
+    }
+    // Another holder of valid credentials is let in from the cache.
+    let mut again = Dfget::new(&url, &dir.path().join("again"))
+        .supernode(sn.addr())
+        .args(["-H", &auth, "--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    again.wait(WAIT).unwrap();
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
+fn base64(s: &str) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn distribution_works_over_ipv6() {
+    if !ipv6_loopback_available() {
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let _g = heavy();
+    let registry = TestRegistry::builder().ipv6(true).start();
+    let blob = random_blob(8 << 20, 6);
+    let digest = registry.push_blob("app/v6", &blob);
+    let url = registry.blob_url("app/v6", &digest);
+    assert!(url.contains("[::1]"), "{url}");
+    let sn = Supernode::builder()
+        .ip(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        .start();
+    assert!(sn.addr().is_ipv6());
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs: Vec<DfgetRun> = (0..3)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("v6-{i}")))
+                .supernode(sn.addr())
+                .args([
+                    "--peer-listen",
+                    "[::1]:0",
+                    "--keep-serving",
+                    "3s",
+                    "--no-back-source",
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in &mut runs {
+        run.wait(WAIT).unwrap();
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    assert_eq!(registry.blob_get_count(&digest), 1);
+    assert!(sn.log_text().contains("[::1]"));
+}
+
+#[test]
+fn malformed_requests_get_errors_not_panics() {
+    let sn = Supernode::builder().start();
+    let base = format!("http://{}", sn.addr());
+    for path in ["/api/v1/register", "/api/v1/sync", "/api/v1/leave"] {
+        let resp = http::Request::post(format!("{base}{path}"))
+            .body(vec![
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ])
+            .send()
+            .unwrap();
+        assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+    }
+    // Oversize body: refused before it is decoded.
+    let resp = http::Request::post(format!("{base}/api/v1/register"))
+        .body(vec![0u8; 5 << 20])
+        .send()
+        .unwrap();
+    assert!(resp.status == 413 || resp.status == 400, "{}", resp.status);
+    // Unknown task.
+    let resp = http::get(
+        &format!("{base}/api/v1/tasks/sha256:00/pieces/0?peer=1"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 404);
+    // Still healthy afterwards.
+    assert!(
+        http::get(&format!("{base}/healthy"), None)
+            .unwrap()
+            .is_success()
+    );
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs all checks and tests: formatting, clippy, build, unit + end-to-end tests.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+section() {
+    printf '\n\033[1m==== %s ====\033[0m\n' "$*"
+}
+
+section "setup"
+bash scripts/setup.sh
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/damselfly-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-always}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo build (binaries, needed by the e2e tests)"
+cargo build --workspace --bins
+
+section "cargo test"
+cargo test --workspace
+
+section "all tests passed"
