@@ -1,0 +1,131 @@
+//! The store's error type.
+//!
+//! Two failure classes are kept apart (style §6.5):
+//!
+//! * *The data was bad*: [`Error::PieceLength`] and [`Error::DigestMismatch`] mean the bytes
+//!   handed to [`Store::write_piece`](crate::Store::write_piece) did not match what the task
+//!   expects, so whoever supplied them (peer or origin) misbehaved. [`Error::is_bad_data`]
+//!   answers this.
+//! * *We failed locally*: [`Error::Io`], [`Error::Db`], [`Error::Config`] and friends. A full
+//!   disk surfaces as [`Error::Io`] and never marks anything present.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the piece store.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    /// RocksDB failed (open, read, write or iterate).
+    #[error("metadata database: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A filesystem operation on `path` failed (includes `ENOSPC`).
+    #[error("{path}: {source}")]
+    Io {
+        /// File or directory the operation was on.
+        path: PathBuf,
+        /// Underlying OS error.
+        source: std::io::Error,
+    },
+    /// The [`StoreConfig`](crate::StoreConfig) is invalid.
+    #[error("invalid store config `{key}`: {reason}")]
+    Config {
+        /// Field name, e.g. `low_watermark`.
+        key: &'static str,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// No task with this ID is stored.
+    #[error("unknown task {0}")]
+    UnknownTask(String),
+    /// [`Store::create_task`](crate::Store::create_task) was called for an ID that exists.
+    #[error("task {0} already exists")]
+    TaskExists(String),
+    /// The [`TaskMeta`](crate::TaskMeta) given to `create_task` is unusable.
+    #[error("invalid task {id}: {reason}")]
+    InvalidTask {
+        /// Task ID.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The piece index is `>= piece_count`.
+    #[error("task {id}: piece {index} out of range (task has {count} pieces)")]
+    PieceOutOfRange {
+        /// Task ID.
+        id: String,
+        /// Requested index.
+        index: u32,
+        /// Number of pieces in the task.
+        count: u32,
+    },
+    /// The data has the wrong length for this piece index (bad data).
+    #[error("piece {index}: expected {expected} bytes, got {actual}")]
+    PieceLength {
+        /// Piece index.
+        index: u32,
+        /// Length the task's layout requires.
+        expected: u64,
+        /// Length supplied.
+        actual: u64,
+    },
+    /// The data's sha256 differs from the expected digest (bad data). Nothing was recorded.
+    #[error("piece {index}: digest mismatch, expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Piece index.
+        index: u32,
+        /// Expected sha256, lowercase hex.
+        expected: String,
+        /// Computed sha256, lowercase hex.
+        actual: String,
+    },
+    /// The piece has not been written (or was dropped after corruption).
+    #[error("task {id}: piece {index} is not present")]
+    PieceAbsent {
+        /// Task ID.
+        id: String,
+        /// Piece index.
+        index: u32,
+    },
+    /// The bytes on disk no longer match the recorded sha256. The piece has been marked absent
+    /// and must be fetched again.
+    #[error("task {id}: piece {index} is corrupt on disk and was dropped")]
+    Corrupt {
+        /// Task ID.
+        id: String,
+        /// Piece index.
+        index: u32,
+    },
+    /// [`Store::complete_task`](crate::Store::complete_task) found absent pieces.
+    #[error("task {id}: {missing} of {count} pieces missing")]
+    Incomplete {
+        /// Task ID.
+        id: String,
+        /// Number of absent pieces.
+        missing: u32,
+        /// Number of pieces in the task.
+        count: u32,
+    },
+    /// Persisted metadata under `key` could not be used.
+    #[error("metadata {key}: {reason}")]
+    Metadata {
+        /// Printable form of the RocksDB key.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// True if the error means the supplied piece bytes were wrong (penalise the source and
+    /// fetch the piece elsewhere), false for local failures and caller mistakes.
+    #[must_use]
+    pub fn is_bad_data(&self) -> bool {
+        matches!(self, Self::PieceLength { .. } | Self::DigestMismatch { .. })
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
