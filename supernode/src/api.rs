@@ -1,0 +1,368 @@
+//! The HTTP API: protobuf bodies for the peer protocol, raw bytes for pieces, text for
+//! `/metrics` and `/healthy`.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /api/v1/register` | `RegisterRequest` | `RegisterResponse` |
+//! | `POST /api/v1/sync` | `SyncRequest` | `SyncResponse` |
+//! | `POST /api/v1/leave` | `LeaveRequest` | 204 |
+//! | `GET /api/v1/tasks/{task}/pieces/{index}?peer={id}` | – | piece bytes |
+//! | `GET /healthy`, `GET /metrics` | – | text |
+//!
+//! Every refusal is an `ErrorResponse` with a stable `code`; [`ApiError`] is the one place
+//! errors become HTTP answers.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use damselfly_common::Digest;
+use damselfly_proto::{
+    DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
+    RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
+};
+use damselfly_swarm::{PeerId, SchedError};
+use prost::Message;
+use tracing::{debug, warn};
+
+use crate::{
+    Shared,
+    metrics::RegisterOutcome,
+    task::CdnState,
+    tasks::{self, RegisterError, Wanted},
+};
+
+/// Builds the router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/register", post(register))
+        .route("/api/v1/sync", post(sync))
+        .route("/api/v1/leave", post(leave))
+        .route("/api/v1/tasks/{task}/pieces/{index}", get(piece))
+        .route("/healthy", get(healthy))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_LEN))
+        .with_state(shared)
+}
+
+/// A protobuf answer.
+struct Proto<M>(M);
+
+impl<M: Message> IntoResponse for Proto<M> {
+    fn into_response(self) -> Response {
+        (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            self.0.encode_to_vec(),
+        )
+            .into_response()
+    }
+}
+
+/// Every way an API call can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body did not decode or validate.
+    #[error("bad request: {0}")]
+    BadRequest(#[from] DecodeError),
+    /// The request names an invalid value.
+    #[error("bad request: {0}")]
+    Invalid(String),
+    /// No such task in memory.
+    #[error("unknown task {0}")]
+    UnknownTask(String),
+    /// The peer did not register for this task.
+    #[error("peer {0} is not registered for this task")]
+    NotAdmitted(PeerId),
+    /// Registration failed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// All upload slots are busy.
+    #[error("all upload slots are busy")]
+    Busy,
+    /// The piece is not (yet) stored here.
+    #[error("piece {0} is not available")]
+    PieceAbsent(u32),
+    /// Reading the store failed.
+    #[error("storage failed: {0}")]
+    Store(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, u32) {
+        match self {
+            Self::BadRequest(_) | Self::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", 0),
+            Self::UnknownTask(_) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
+            Self::NotAdmitted(_) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
+            Self::Register(RegisterError::Origin(damselfly_oci::OriginError::Status {
+                status,
+                ..
+            })) => (
+                StatusCode::BAD_GATEWAY,
+                "ORIGIN_STATUS",
+                u32::from(status.as_u16()),
+            ),
+            Self::Register(RegisterError::Origin(_)) => {
+                (StatusCode::BAD_GATEWAY, "ORIGIN_UNREACHABLE", 0)
+            }
+            Self::Register(RegisterError::Denied { status, .. }) => {
+                (StatusCode::FORBIDDEN, "DENIED", u32::from(*status))
+            }
+            Self::Register(RegisterError::TooLarge(_)) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", 0)
+            }
+            Self::Register(RegisterError::Store(_) | RegisterError::Join(_)) | Self::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "STORAGE", 0)
+            }
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "BUSY", 0),
+            Self::PieceAbsent(_) => (StatusCode::NOT_FOUND, "PIECE_ABSENT", 0),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, origin_status) = self.parts();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            warn!(error = %self, "request failed");
+        } else {
+            debug!(error = %self, "request refused");
+        }
+        let mut body = ErrorResponse::new(code, self.to_string());
+        body.origin_status = origin_status;
+        (status, Proto(body)).into_response()
+    }
+}
+
+fn peer_addr(s: &str) -> Result<std::net::SocketAddr, ApiError> {
+    // validate() already parsed it; parse again to get the value.
+    s.parse()
+        .map_err(|_| ApiError::Invalid(format!("peer_addr {s:?}")))
+}
+
+async fn register(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Proto<RegisterResponse>, ApiError> {
+    let req: RegisterRequest =
+        decode(&body).inspect_err(|_| shared.metrics.registration(RegisterOutcome::BadRequest))?;
+    req.validate()
+        .inspect_err(|_| shared.metrics.registration(RegisterOutcome::BadRequest))?;
+    let addr = peer_addr(&req.peer_addr)?;
+    let named = if req.digest.is_empty() {
+        None
+    } else {
+        Some(
+            req.digest
+                .parse::<Digest>()
+                .map_err(|e| ApiError::Invalid(e.to_string()))?,
+        )
+    };
+    let from_url = damselfly_oci::blob_digest(&req.url);
+    if let (Some(a), Some(b)) = (named, from_url)
+        && a != b
+    {
+        return Err(ApiError::Invalid(format!(
+            "digest {a} contradicts the blob URL's digest {b}"
+        )));
+    }
+    let digest = named.or(from_url);
+    let id = match digest {
+        Some(d) => d.to_string(),
+        None => format!("url:{}", Digest::of(req.url.as_bytes()).hex()),
+    };
+    let wanted = Wanted {
+        id,
+        url: req.url,
+        digest,
+        headers: req.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+    };
+    let (task, created) = match shared.tasks.register(&shared, &wanted).await {
+        Ok(v) => v,
+        Err(e) => {
+            let outcome = match e {
+                RegisterError::Denied { .. } => RegisterOutcome::Denied,
+                _ => RegisterOutcome::OriginError,
+            };
+            shared.metrics.registration(outcome);
+            return Err(e.into());
+        }
+    };
+    shared.metrics.registration(if created {
+        RegisterOutcome::New
+    } else {
+        RegisterOutcome::Joined
+    });
+    let peer = PeerId(req.peer_id);
+    let now = Instant::now();
+    task.admit(peer);
+    task.touch(now);
+    task.sched.lock().handle_join(now, peer, addr);
+    let (store, id) = (shared.store.clone(), task.id().to_owned());
+    // LRU bookkeeping for cache GC; a failure only affects eviction order.
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || store.touch(&id, tasks::unix_now())).await
+    {
+        debug!(error = %e, "could not record cache access");
+    }
+    let meta = &task.meta;
+    Ok(Proto(RegisterResponse {
+        version: PROTOCOL_VERSION,
+        task_id: meta.id.clone(),
+        content_length: meta.content_length,
+        piece_size: meta.piece_size,
+        piece_count: meta.piece_count(),
+        digest: meta.digest.clone().unwrap_or_default(),
+    }))
+}
+
+async fn sync(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Proto<SyncResponse>, ApiError> {
+    let started = Instant::now();
+    let req: SyncRequest = decode(&body)?;
+    req.validate()?;
+    let addr = peer_addr(&req.peer_addr)?;
+    let task = shared
+        .tasks
+        .get(&req.task_id)
+        .ok_or_else(|| ApiError::UnknownTask(req.task_id.clone()))?;
+    let peer = PeerId(req.peer_id);
+    if !task.is_admitted(peer) {
+        return Err(ApiError::NotAdmitted(peer));
+    }
+    task.touch(started);
+    let seed_has = task.cdn.lock().have.clone();
+    let (parents, seed_offer) = {
+        let mut sched = task.sched.lock();
+        let mut result = sched.handle_sync(started, peer, &req.new_pieces, req.uploading, req.done);
+        if matches!(result, Err(SchedError::UnknownPeer(_))) {
+            // Expired after a pause, but it registered before: re-admit it.
+            sched.handle_join(started, peer, addr);
+            result = sched.handle_sync(started, peer, &req.new_pieces, req.uploading, req.done);
+        }
+        result.map_err(|e| ApiError::Invalid(e.to_string()))?;
+        for bad in &req.bad_pieces {
+            shared.metrics.bad_pieces.inc();
+            sched.handle_bad_piece(started, peer, PeerId(bad.offender), bad.piece);
+        }
+        let parents = sched
+            .parents(started, peer)
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        // Offer each piece the swarm lacks to one peer at a time, so the supernode sends each
+        // piece about once and peers spread it.
+        let offer = sched
+            .seed_pieces(started, peer, &seed_has)
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        (parents, offer)
+    };
+    let cdn = task.cdn.lock();
+    let (state, error) = match &cdn.state {
+        CdnState::Running => (TaskState::Running, String::new()),
+        CdnState::Complete => (TaskState::Complete, String::new()),
+        CdnState::Failed(e) => (TaskState::Failed, e.clone()),
+    };
+    let from = (req.digests_from as usize).min(cdn.digests.len());
+    let resp = SyncResponse {
+        version: PROTOCOL_VERSION,
+        state: state as i32,
+        error,
+        seed_pieces: seed_offer.to_bytes(),
+        digests: cdn.digests[from..].iter().map(|d| d.to_vec()).collect(),
+        digests_from: from as u32,
+        parents: parents
+            .into_iter()
+            .map(|p| ParentInfo {
+                peer_id: p.id.0,
+                addr: p.addr.to_string(),
+                pieces: p.pieces.to_bytes(),
+            })
+            .collect(),
+    };
+    drop(cdn);
+    shared
+        .metrics
+        .schedule_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Proto(resp))
+}
+
+async fn leave(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let req: LeaveRequest = decode(&body)?;
+    req.validate()?;
+    if let Some(task) = shared.tasks.get(&req.task_id) {
+        task.sched
+            .lock()
+            .handle_leave(Instant::now(), PeerId(req.peer_id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct PieceQuery {
+    peer: u64,
+}
+
+async fn piece(
+    State(shared): State<Arc<Shared>>,
+    Path((task_id, index)): Path<(String, u32)>,
+    Query(q): Query<PieceQuery>,
+) -> Result<Response, ApiError> {
+    let task = shared
+        .tasks
+        .get(&task_id)
+        .ok_or_else(|| ApiError::UnknownTask(task_id.clone()))?;
+    let peer = PeerId(q.peer);
+    if !task.is_admitted(peer) {
+        return Err(ApiError::NotAdmitted(peer));
+    }
+    if !task.cdn.lock().have.get(index) {
+        return Err(ApiError::PieceAbsent(index));
+    }
+    let Ok(_permit) = shared.upload_slots.clone().try_acquire_owned() else {
+        shared.metrics.busy_refusals.inc();
+        return Err(ApiError::Busy);
+    };
+    task.touch(Instant::now());
+    let store = shared.store.clone();
+    let data = tokio::task::spawn_blocking(move || store.read_piece(&task_id, index))
+        .await
+        .map_err(|e| ApiError::Store(e.to_string()))?
+        .map_err(|e| match e {
+            damselfly_store::Error::PieceAbsent { .. } | damselfly_store::Error::UnknownTask(_) => {
+                ApiError::PieceAbsent(index)
+            }
+            other => ApiError::Store(other.to_string()),
+        })?;
+    if let Some(limiter) = &shared.upload_limiter {
+        limiter.acquire(data.len() as u64).await;
+    }
+    shared.metrics.served_bytes.inc_by(data.len() as u64);
+    shared.metrics.served_pieces.inc();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+async fn healthy() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

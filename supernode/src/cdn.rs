@@ -1,0 +1,154 @@
+//! The CDN fetch: stream a blob from its origin once, cut it into pieces, store each piece and
+//! publish its digest as soon as it is on disk, so peers start before the blob has arrived.
+//!
+//! ```text
+//!  origin ──chunks──▶ piece buffer ──full piece──▶ store.write_piece ──▶ task.piece_stored
+//!                        │                                                  (peers may fetch it)
+//!                        └──▶ whole-blob sha256 ──end──▶ matches the OCI digest? complete : fail
+//! ```
+//!
+//! A failed fetch (origin error, short body, digest mismatch) drops every stored piece: nothing
+//! unverified outlives the fetch.
+
+use std::{sync::Arc, time::Duration};
+
+use damselfly_common::{Digest, Sha256Hasher};
+use damselfly_oci::BodyStream;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use crate::{
+    Shared,
+    task::{CdnState, Task},
+};
+
+/// Why a fetch failed, as shown to peers.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The origin failed mid-stream.
+    #[error(transparent)]
+    Origin(#[from] damselfly_oci::OriginError),
+    /// The origin sent fewer or more bytes than it announced.
+    #[error("origin sent {got} bytes, announced {expected}")]
+    Length {
+        /// Bytes received.
+        got: u64,
+        /// Content-Length.
+        expected: u64,
+    },
+    /// The blob does not hash to its digest.
+    #[error("content digest mismatch: expected {expected}, origin sent {actual}")]
+    DigestMismatch {
+        /// The digest the URL or requester named.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The origin went silent.
+    #[error("origin sent nothing for {0:?}")]
+    Stalled(Duration),
+    /// Storing failed locally (disk full, I/O error).
+    #[error("local storage failed: {0}")]
+    Store(#[from] damselfly_store::Error),
+    /// A blocking store call panicked or was cancelled.
+    #[error("storage worker failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the fetch to its end and records the outcome on `task` and in the store.
+pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
+    let id = task.id().to_owned();
+    let result = fetch(&shared, &task, body).await;
+    match result {
+        Ok(()) => {
+            info!(task = %id, bytes = task.meta.content_length, "origin fetch complete");
+            task.finish(CdnState::Complete);
+        }
+        Err(e) => {
+            warn!(task = %id, error = %e, "origin fetch failed; dropping its data");
+            let store = shared.store.clone();
+            let rid = id.clone();
+            match tokio::task::spawn_blocking(move || store.remove_task(&rid)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(task = %id, error = %e, "could not remove failed task data"),
+                Err(e) => warn!(task = %id, error = %e, "could not remove failed task data"),
+            }
+            task.finish(CdnState::Failed(e.to_string()));
+        }
+    }
+}
+
+async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(), FetchError> {
+    let meta = &task.meta;
+    let stall = shared.config.origin.read_timeout;
+    let mut hasher = Sha256Hasher::new();
+    let mut index = 0u32;
+    let mut piece: Vec<u8> = Vec::new();
+    let mut received = 0u64;
+    loop {
+        let next = tokio::time::timeout(stall, body.next())
+            .await
+            .map_err(|_| FetchError::Stalled(stall))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk?;
+        received += chunk.len() as u64;
+        if received > meta.content_length {
+            return Err(FetchError::Length {
+                got: received,
+                expected: meta.content_length,
+            });
+        }
+        shared.metrics.origin_bytes.inc_by(chunk.len() as u64);
+        hasher.update(&chunk);
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            // piece_len is Some for every index below piece_count, and received <= length
+            // guarantees index < piece_count while bytes remain.
+            let want = meta.piece_len(index).unwrap_or(0) as usize;
+            if piece.capacity() < want {
+                piece.reserve_exact(want - piece.len());
+            }
+            let take = rest.len().min(want - piece.len());
+            piece.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if piece.len() == want {
+                let data = std::mem::take(&mut piece);
+                store_piece(shared, task, index, data).await?;
+                index += 1;
+            }
+        }
+    }
+    if received != meta.content_length {
+        return Err(FetchError::Length {
+            got: received,
+            expected: meta.content_length,
+        });
+    }
+    let actual = hasher.finish();
+    if let Some(expected) = meta
+        .digest
+        .as_deref()
+        .and_then(|d| d.parse::<Digest>().ok())
+        && expected != actual
+    {
+        return Err(FetchError::DigestMismatch { expected, actual });
+    }
+    let store = shared.store.clone();
+    let id = meta.id.clone();
+    tokio::task::spawn_blocking(move || store.complete_task(&id)).await??;
+    Ok(())
+}
+
+async fn store_piece(
+    shared: &Shared,
+    task: &Task,
+    index: u32,
+    data: Vec<u8>,
+) -> Result<(), FetchError> {
+    let store = shared.store.clone();
+    let id = task.id().to_owned();
+    let digest =
+        tokio::task::spawn_blocking(move || store.write_piece(&id, index, &data, None)).await??;
+    task.piece_stored(index, digest);
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! Supernode configuration: one TOML file, every key also a command-line flag.
+//!
+//! ```toml
+//! version = 1
+//! listen = "0.0.0.0:8002"
+//! data_dir = "/var/lib/damselfly/supernode"
+//! [storage]
+//! capacity = "0 B"        # 0 = unlimited
+//! ```
+//! `supernode config default` prints the full default file.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use bytesize::ByteSize;
+use damselfly_common::config::{CONFIG_VERSION, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// The whole supernode config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// Address of the HTTP API (registration, sync, pieces, `/metrics`, `/healthy`).
+    /// Default `0.0.0.0:8002`. Port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// Directory for content files and the RocksDB metadata. Default
+    /// `/var/lib/damselfly/supernode`.
+    pub data_dir: PathBuf,
+    /// Cache storage.
+    pub storage: StorageConfig,
+    /// Piece scheduling between peers.
+    pub scheduler: SchedulerSection,
+    /// The supernode as a source of pieces (the CDN).
+    pub cdn: CdnConfig,
+    /// Requests to origins.
+    pub origin: OriginSection,
+    /// Longest wait for connections and tasks to drain on SIGTERM. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Cache storage limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Cache size limit in bytes; `0 B` means unlimited. Default unlimited.
+    pub capacity: ByteSize,
+    /// GC starts when the cache holds more than this fraction of `capacity`. Default 0.9.
+    pub high_watermark: f64,
+    /// GC evicts least recently used blobs down to this fraction. Default 0.7.
+    pub low_watermark: f64,
+    /// How often GC checks the watermarks. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+}
+
+/// Parent selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Parents handed to a peer per sync. Default 6.
+    pub parents_per_peer: usize,
+    /// Concurrent uploads a peer is expected to serve; a peer reporting this many is avoided.
+    /// Default 4.
+    pub peer_upload_slots: u32,
+    /// A peer that has not synced for this long is considered gone. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// Distinct peers that must report a corrupt piece from a peer before it is banned.
+    /// Default 2.
+    pub ban_after_reports: u32,
+}
+
+/// The supernode's own piece uploads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdnConfig {
+    /// Piece size in bytes, a power of two between 64 KiB and 64 MiB; `0 B` picks by content
+    /// length (about 256 pieces, 1–16 MiB). Default `0 B`.
+    pub piece_size: ByteSize,
+    /// Concurrent piece uploads to peers; further requests get 503 and go to other parents.
+    /// Default 8.
+    pub upload_slots: u32,
+    /// Upload bandwidth limit to peers in bytes per second; `0 B` = unlimited. Default unlimited.
+    pub upload_rate: ByteSize,
+}
+
+/// Origin (registry) requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginSection {
+    /// Connect timeout. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence while reading an origin body. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long a requester's access check (a HEAD to the origin with its credentials) is
+    /// remembered. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            data_dir: PathBuf::from("/var/lib/damselfly/supernode"),
+            storage: StorageConfig::default(),
+            scheduler: SchedulerSection::default(),
+            cdn: CdnConfig::default(),
+            origin: OriginSection::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize::b(0),
+            high_watermark: 0.9,
+            low_watermark: 0.7,
+            gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            parents_per_peer: 6,
+            peer_upload_slots: 4,
+            peer_timeout: Duration::from_secs(15),
+            ban_after_reports: 2,
+        }
+    }
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        Self {
+            piece_size: ByteSize::b(0),
+            upload_slots: 8,
+            upload_rate: ByteSize::b(0),
+        }
+    }
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            auth_cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but make no sense, returning every problem.
+    ///
+    /// # Errors
+    /// One [`ConfigError`] per bad key.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let s = &self.storage;
+        if !(0.0 < s.low_watermark
+            && s.low_watermark <= s.high_watermark
+            && s.high_watermark <= 1.0)
+        {
+            errs.push(ConfigError::new(
+                "storage.low_watermark",
+                format!(
+                    "need 0 < low_watermark ({}) <= high_watermark ({}) <= 1",
+                    s.low_watermark, s.high_watermark
+                ),
+            ));
+        }
+        if s.gc_interval.is_zero() {
+            errs.push(ConfigError::new("storage.gc_interval", "must be > 0"));
+        }
+        if self.scheduler.parents_per_peer == 0 || self.scheduler.parents_per_peer > 64 {
+            errs.push(ConfigError::new(
+                "scheduler.parents_per_peer",
+                "must be 1..=64",
+            ));
+        }
+        if self.scheduler.peer_upload_slots == 0 {
+            errs.push(ConfigError::new(
+                "scheduler.peer_upload_slots",
+                "must be > 0",
+            ));
+        }
+        if self.scheduler.peer_timeout < Duration::from_secs(1) {
+            errs.push(ConfigError::new("scheduler.peer_timeout", "must be >= 1s"));
+        }
+        if self.scheduler.ban_after_reports == 0 {
+            errs.push(ConfigError::new(
+                "scheduler.ban_after_reports",
+                "must be > 0",
+            ));
+        }
+        let ps = self.cdn.piece_size.as_u64();
+        if ps != 0 && (!ps.is_power_of_two() || !(64 << 10..=64 << 20).contains(&ps)) {
+            errs.push(ConfigError::new(
+                "cdn.piece_size",
+                "must be 0 (auto) or a power of two from 64 KiB to 64 MiB",
+            ));
+        }
+        if self.cdn.upload_slots == 0 {
+            errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The default config as TOML, for `supernode config default`.
+    pub fn default_toml() -> String {
+        toml::to_string(&Self::default()).unwrap_or_default()
+    }
+}
+
+/// Command-line flags; each overrides the config key it names.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// `listen`: API address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `storage.capacity`, e.g. `50GiB`.
+    #[arg(long, value_name = "BYTES")]
+    pub storage_capacity: Option<ByteSize>,
+    /// `storage.high_watermark`.
+    #[arg(long, value_name = "FRACTION")]
+    pub storage_high_watermark: Option<f64>,
+    /// `storage.low_watermark`.
+    #[arg(long, value_name = "FRACTION")]
+    pub storage_low_watermark: Option<f64>,
+    /// `storage.gc_interval`, e.g. `60s`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub storage_gc_interval: Option<Duration>,
+    /// `scheduler.parents_per_peer`.
+    #[arg(long, value_name = "N")]
+    pub scheduler_parents_per_peer: Option<usize>,
+    /// `scheduler.peer_upload_slots`.
+    #[arg(long, value_name = "N")]
+    pub scheduler_peer_upload_slots: Option<u32>,
+    /// `scheduler.peer_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub scheduler_peer_timeout: Option<Duration>,
+    /// `scheduler.ban_after_reports`.
+    #[arg(long, value_name = "N")]
+    pub scheduler_ban_after_reports: Option<u32>,
+    /// `cdn.piece_size`.
+    #[arg(long, value_name = "BYTES")]
+    pub cdn_piece_size: Option<ByteSize>,
+    /// `cdn.upload_slots`.
+    #[arg(long, value_name = "N")]
+    pub cdn_upload_slots: Option<u32>,
+    /// `cdn.upload_rate` (bytes per second).
+    #[arg(long, value_name = "BYTES")]
+    pub cdn_upload_rate: Option<ByteSize>,
+    /// `origin.connect_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_connect_timeout: Option<Duration>,
+    /// `origin.read_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_read_timeout: Option<Duration>,
+    /// `origin.auth_cache_ttl`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_auth_cache_ttl: Option<Duration>,
+    /// `shutdown_grace`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+impl Overrides {
+    /// Applies every flag that was given.
+    pub fn apply(self, c: &mut Config) {
+        fn set<T>(slot: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        set(&mut c.listen, self.listen);
+        set(&mut c.data_dir, self.data_dir);
+        set(&mut c.storage.capacity, self.storage_capacity);
+        set(&mut c.storage.high_watermark, self.storage_high_watermark);
+        set(&mut c.storage.low_watermark, self.storage_low_watermark);
+        set(&mut c.storage.gc_interval, self.storage_gc_interval);
+        set(
+            &mut c.scheduler.parents_per_peer,
+            self.scheduler_parents_per_peer,
+        );
+        set(
+            &mut c.scheduler.peer_upload_slots,
+            self.scheduler_peer_upload_slots,
+        );
+        set(&mut c.scheduler.peer_timeout, self.scheduler_peer_timeout);
+        set(
+            &mut c.scheduler.ban_after_reports,
+            self.scheduler_ban_after_reports,
+        );
+        set(&mut c.cdn.piece_size, self.cdn_piece_size);
+        set(&mut c.cdn.upload_slots, self.cdn_upload_slots);
+        set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
+        set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
+        set(&mut c.origin.read_timeout, self.origin_read_timeout);
+        set(&mut c.origin.auth_cache_ttl, self.origin_auth_cache_ttl);
+        set(&mut c.shutdown_grace, self.shutdown_grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use damselfly_common::config::parse;
+
+    use super::*;
+
+    #[test]
+    fn default_file_round_trips() {
+        let text = Config::default_toml();
+        let back: Config = parse(&text).unwrap();
+        assert_eq!(back, Config::default());
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn sections_deserialize() {
+        let c: Config = parse(
+            "version = 1\nlisten = \"[::1]:9000\"\n[storage]\ncapacity = \"10 GiB\"\n\
+             [scheduler]\nparents_per_peer = 3\npeer_timeout = \"5s\"\n\
+             [cdn]\npiece_size = \"4 MiB\"\n[origin]\nauth_cache_ttl = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.storage.capacity, ByteSize::gib(10));
+        assert_eq!(c.scheduler.parents_per_peer, 3);
+        assert_eq!(c.scheduler.peer_timeout, Duration::from_secs(5));
+        assert_eq!(c.cdn.piece_size, ByteSize::mib(4));
+        assert_eq!(c.origin.auth_cache_ttl, Duration::from_secs(120));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_in_every_section() {
+        for text in [
+            "version = 1\nlisen = \"0.0.0.0:1\"\n",
+            "version = 1\n[storage]\ncapacty = 1\n",
+            "version = 1\n[scheduler]\nparents = 1\n",
+            "version = 1\n[cdn]\nslots = 1\n",
+            "version = 1\n[origin]\nttl = \"1s\"\n",
+        ] {
+            assert!(parse::<Config>(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let mut c = Config::default();
+        c.storage.low_watermark = 0.95;
+        c.scheduler.parents_per_peer = 0;
+        c.cdn.piece_size = ByteSize::b(1000);
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "storage.low_watermark",
+                "scheduler.parents_per_peer",
+                "cdn.piece_size"
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let mut c = Config::default();
+        Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            cdn_upload_slots: Some(2),
+            ..Default::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.cdn.upload_slots, 2);
+        assert_eq!(c.scheduler, SchedulerSection::default());
+    }
+}

@@ -1,0 +1,231 @@
+//! The supernode: the cluster's seed and tracker.
+//!
+//! ```text
+//!            register/sync/leave (protobuf over HTTP)
+//!   peers ─────────────────────────────────────────▶ api ──▶ tasks (single-flight) ──▶ cdn fetch ──▶ origin
+//!     ▲                                               │           │                     │
+//!     └──── piece bytes (HTTP GET, upload slots) ◀────┘     TaskScheduler (swarm)     store (files + RocksDB)
+//! ```
+//!
+//! * [`tasks`] finds or creates a task per blob: the first registration starts one streaming
+//!   origin fetch with the requester's headers; concurrent registrations share it; a restarted
+//!   supernode reloads cached blobs from the [`damselfly_store::Store`]. A requester is handed a
+//!   blob someone else fetched only if the origin would serve it (a cached HEAD check).
+//! * [`cdn`] cuts the origin stream into pieces, stores each and publishes its sha256 the moment
+//!   it is on disk; an OCI blob must hash to its digest or the task fails and its data is dropped.
+//! * Each task's [`damselfly_swarm::TaskScheduler`] (pure logic, shared with the simulator)
+//!   knows which peer holds which piece and hands out parents.
+//! * [`api`] is the HTTP surface; [`App`] binds it and runs the maintenance loop (peer expiry,
+//!   cache GC, idle-task sweep, gauges).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cdn;
+pub mod config;
+pub mod metrics;
+pub mod task;
+pub mod tasks;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use damselfly_common::RateLimiter;
+use damselfly_oci::{Origin, OriginConfig};
+use damselfly_store::{Store, StoreConfig};
+use damselfly_swarm::SchedEvent;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+pub use config::Config;
+use metrics::Metrics;
+
+/// State shared by handlers, fetches and the maintenance loop.
+#[derive(Debug)]
+pub struct Shared {
+    /// The effective config.
+    pub config: Config,
+    /// The piece store.
+    pub store: Arc<Store>,
+    /// The origin client.
+    pub origin: Origin,
+    /// Tasks in memory.
+    pub tasks: tasks::Tasks,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The registry the metrics live in.
+    pub registry: Registry,
+    /// Concurrent piece uploads to peers.
+    pub upload_slots: Arc<Semaphore>,
+    /// Upload bandwidth limit, if any.
+    pub upload_limiter: Option<RateLimiter>,
+    /// Background work (origin fetches) to wait for at shutdown.
+    pub tracker: TaskTracker,
+}
+
+/// A bound, ready-to-run supernode.
+#[derive(Debug)]
+pub struct App {
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Opens the store and binds the API listener.
+    ///
+    /// # Errors
+    /// The store cannot be opened or the address cannot be bound.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store_config = StoreConfig {
+            dir: config.data_dir.clone(),
+            capacity: config.storage.capacity.as_u64(),
+            high_watermark: config.storage.high_watermark,
+            low_watermark: config.storage.low_watermark,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+            .await?
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let origin = Origin::new(&OriginConfig {
+            connect_timeout: config.origin.connect_timeout,
+            read_timeout: config.origin.read_timeout,
+            ..OriginConfig::default()
+        })
+        .context("building the origin client")?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the API on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.cache_bytes.set(store.used_bytes() as i64);
+        let rate = config.cdn.upload_rate.as_u64();
+        let shared = Arc::new(Shared {
+            upload_slots: Arc::new(Semaphore::new(config.cdn.upload_slots as usize)),
+            upload_limiter: (rate > 0).then(|| RateLimiter::new(rate)),
+            config,
+            store: Arc::new(store),
+            origin,
+            tasks: tasks::Tasks::default(),
+            metrics,
+            registry,
+            tracker: TaskTracker::new(),
+        });
+        Ok(Self {
+            shared,
+            listener,
+            addr,
+        })
+    }
+
+    /// The bound API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains within the configured grace.
+    ///
+    /// # Errors
+    /// The HTTP server failed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let grace = shared.config.shutdown_grace;
+        let maintenance = tokio::spawn(maintain(shared.clone(), shutdown.clone()));
+        let router = api::router(shared.clone());
+        let stop = shutdown.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("API server failed");
+        shutdown.cancel();
+        maintenance.abort();
+        shared.tracker.close();
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                ?grace,
+                "origin fetches still running at the end of the grace period"
+            );
+        }
+        if let Err(e) = shared.store.flush() {
+            warn!(error = %e, "flushing the store at shutdown failed");
+        }
+        info!("supernode stopped");
+        served
+    }
+}
+
+/// Peer expiry, idle-task sweep, cache GC and gauges.
+async fn maintain(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_gc = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let mut peers = 0usize;
+        let all = shared.tasks.all();
+        for task in &all {
+            let mut sched = task.sched.lock();
+            sched.handle_timeout(now);
+            while let Some(event) = sched.poll_event() {
+                match event {
+                    SchedEvent::PeerExpired(p) => {
+                        debug!(task = %task.id(), peer = %p, "peer expired")
+                    }
+                    SchedEvent::PeerBanned(p) => {
+                        warn!(task = %task.id(), peer = %p, "peer banned for serving corrupt pieces");
+                        shared.metrics.banned_peers.inc();
+                    }
+                }
+            }
+            peers += sched.peer_count();
+        }
+        shared.metrics.tasks.set(all.len() as i64);
+        shared.metrics.peers.set(peers as i64);
+        tasks::sweep(&shared.tasks, now, Duration::from_secs(600));
+
+        if last_gc.elapsed() >= shared.config.storage.gc_interval {
+            last_gc = tokio::time::Instant::now();
+            gc(&shared).await;
+        }
+    }
+}
+
+async fn gc(shared: &Arc<Shared>) {
+    let in_use: std::collections::HashSet<String> = shared
+        .tasks
+        .all()
+        .into_iter()
+        .filter(|t| t.fetching() || t.sched.lock().peer_count() > 0)
+        .map(|t| t.id().to_owned())
+        .collect();
+    let store = shared.store.clone();
+    let report = tokio::task::spawn_blocking(move || store.gc(&|id| in_use.contains(id))).await;
+    match report {
+        Ok(Ok(r)) => {
+            for id in &r.removed {
+                if let Some(t) = shared.tasks.get(id) {
+                    shared.tasks.forget(&t);
+                }
+            }
+            if !r.removed.is_empty() {
+                info!(evicted = r.removed.len(), freed = r.freed_bytes, "cache GC");
+                shared.metrics.gc_evictions.inc_by(r.removed.len() as u64);
+            }
+        }
+        Ok(Err(e)) => warn!(error = %e, "cache GC failed"),
+        Err(e) => warn!(error = %e, "cache GC worker failed"),
+    }
+    shared
+        .metrics
+        .cache_bytes
+        .set(shared.store.used_bytes() as i64);
+}

@@ -1,0 +1,94 @@
+//! `supernode`: the cluster's seed and tracker. See the library docs.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use supernode::{App, Config, config::Overrides};
+use tokio_util::sync::CancellationToken;
+
+/// Damselfly supernode: caches registry blobs once and schedules piece transfers between peers.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Config file (TOML). Flags override its keys.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the default config file.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", Config::default_toml());
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match &cli.config {
+        Some(path) => match damselfly_common::config::load_file::<Config>(path) {
+            Ok(c) => c,
+            Err(errs) => return config_failed(&errs),
+        },
+        None => Config::default(),
+    };
+    cli.overrides.apply(&mut config);
+    if let Err(errs) = config.validate() {
+        return config_failed(&errs);
+    }
+    damselfly_common::telemetry::init("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supernode: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("supernode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_failed(errs: &[damselfly_common::config::ConfigError]) -> ExitCode {
+    for e in errs {
+        eprintln!("config error: {e}");
+    }
+    ExitCode::from(64)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let app = App::build(config).await?;
+    tracing::info!(api = %app.addr(), data_dir = %data_dir.display(), "supernode listening");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = damselfly_common::shutdown::signal().await {
+            tracing::error!(error = %e, "cannot watch for signals");
+        }
+        signal.cancel();
+    });
+    app.run(shutdown).await
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics of the supernode. Labels are bounded enums, never task ids or URLs.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// What kind of origin request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum OriginKind {
+    /// A blob GET (the CDN fetch).
+    Get,
+    /// A credential check.
+    Head,
+}
+
+/// Label set for origin requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    /// Request kind.
+    pub kind: OriginKind,
+}
+
+/// Outcome of a registration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RegisterOutcome {
+    /// Joined a task that was new (started an origin fetch).
+    New,
+    /// Joined a task that was running or cached.
+    Joined,
+    /// The requester may not read the blob.
+    Denied,
+    /// The origin refused or failed.
+    OriginError,
+    /// The request was malformed.
+    BadRequest,
+}
+
+/// Label set for registrations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegisterLabels {
+    /// Outcome.
+    pub outcome: RegisterOutcome,
+}
+
+/// All supernode metrics; cheap to clone (each metric is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Bytes received from origins.
+    pub origin_bytes: Counter,
+    /// Requests sent to origins, by kind.
+    pub origin_requests: Family<OriginLabels, Counter>,
+    /// Piece bytes served to peers.
+    pub served_bytes: Counter,
+    /// Pieces served to peers.
+    pub served_pieces: Counter,
+    /// Piece requests refused because every upload slot was busy.
+    pub busy_refusals: Counter,
+    /// Registrations by outcome.
+    pub registrations: Family<RegisterLabels, Counter>,
+    /// Tasks held in memory (running or cached and recently used).
+    pub tasks: Gauge,
+    /// Live peers over all tasks.
+    pub peers: Gauge,
+    /// Corrupt pieces reported by peers.
+    pub bad_pieces: Counter,
+    /// Peers banned for serving corrupt pieces.
+    pub banned_peers: Counter,
+    /// Blobs evicted by cache GC.
+    pub gc_evictions: Counter,
+    /// Bytes in the cache.
+    pub cache_bytes: Gauge,
+    /// Time to answer a sync (scheduling parents), in seconds.
+    pub schedule_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `damselfly_supernode_`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            origin_bytes: Counter::default(),
+            origin_requests: Family::default(),
+            served_bytes: Counter::default(),
+            served_pieces: Counter::default(),
+            busy_refusals: Counter::default(),
+            registrations: Family::default(),
+            tasks: Gauge::default(),
+            peers: Gauge::default(),
+            bad_pieces: Counter::default(),
+            banned_peers: Counter::default(),
+            gc_evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
+            schedule_seconds: Histogram::new(
+                [
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+                ]
+                .into_iter(),
+            ),
+        };
+        let r = registry.sub_registry_with_prefix("damselfly_supernode");
+        r.register(
+            "origin_bytes",
+            "Bytes received from origins",
+            m.origin_bytes.clone(),
+        );
+        r.register(
+            "origin_requests",
+            "Requests sent to origins",
+            m.origin_requests.clone(),
+        );
+        r.register(
+            "served_bytes",
+            "Piece bytes served to peers",
+            m.served_bytes.clone(),
+        );
+        r.register(
+            "served_pieces",
+            "Pieces served to peers",
+            m.served_pieces.clone(),
+        );
+        r.register(
+            "busy_refusals",
+            "Piece requests refused because all upload slots were busy",
+            m.busy_refusals.clone(),
+        );
+        r.register(
+            "registrations",
+            "Task registrations by outcome",
+            m.registrations.clone(),
+        );
+        r.register("tasks", "Tasks held in memory", m.tasks.clone());
+        r.register("peers", "Live peers over all tasks", m.peers.clone());
+        r.register(
+            "bad_pieces",
+            "Corrupt pieces reported by peers",
+            m.bad_pieces.clone(),
+        );
+        r.register(
+            "banned_peers",
+            "Peers banned for serving corrupt pieces",
+            m.banned_peers.clone(),
+        );
+        r.register(
+            "gc_evictions",
+            "Blobs evicted by cache GC",
+            m.gc_evictions.clone(),
+        );
+        r.register("cache_bytes", "Bytes in the cache", m.cache_bytes.clone());
+        r.register(
+            "schedule_duration_seconds",
+            "Time to schedule parents for a sync",
+            m.schedule_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts one origin request of `kind`.
+    pub fn origin_request(&self, kind: OriginKind) {
+        self.origin_requests
+            .get_or_create(&OriginLabels { kind })
+            .inc();
+    }
+
+    /// Counts one registration with `outcome`.
+    pub fn registration(&self, outcome: RegisterOutcome) {
+        self.registrations
+            .get_or_create(&RegisterLabels { outcome })
+            .inc();
+    }
+}

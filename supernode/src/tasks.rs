@@ -1,0 +1,325 @@
+//! The task table: finds or creates the task for a registration (one origin fetch per task,
+//! however many peers register at once), reloads cached tasks after a restart, and decides
+//! whether a requester may be handed a blob someone else fetched.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use damselfly_common::Digest;
+use damselfly_oci::OriginError;
+use damselfly_store::{TaskMeta, TaskState};
+use damselfly_swarm::{SchedulerConfig, TaskScheduler, piece_count, piece_size_for};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+use tracing::{debug, info};
+
+use crate::{
+    Shared, cdn,
+    metrics::OriginKind,
+    task::{CdnState, Task},
+};
+
+/// Why a registration could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The origin refused the requester or failed.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The requester's credentials do not open the blob at the origin.
+    #[error("origin refuses this requester: {status} {message}")]
+    Denied {
+        /// The origin's status for the requester (502 if it could not be asked).
+        status: u16,
+        /// The origin's reason.
+        message: String,
+    },
+    /// The blob is too large for the piece table.
+    #[error("blob of {0} bytes is larger than Damselfly supports")]
+    TooLarge(u64),
+    /// Local storage failed.
+    #[error("local storage failed: {0}")]
+    Store(#[from] damselfly_store::Error),
+    /// A blocking store call failed.
+    #[error("storage worker failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What a registration asks for.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// Task key.
+    pub id: String,
+    /// Origin URL.
+    pub url: String,
+    /// Expected content digest.
+    pub digest: Option<Digest>,
+    /// Headers for origin requests.
+    pub headers: Vec<(String, String)>,
+}
+
+type Slot = Arc<OnceCell<Arc<Task>>>;
+
+/// A remembered access check: when, and the refusal `(status, message)` if refused.
+type Access = (Instant, Option<(u16, String)>);
+
+/// All tasks known in memory, with single-flight creation.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    slots: Mutex<HashMap<String, Slot>>,
+    /// `(task id, credential fingerprint)` → (checked at, refusal if refused).
+    access: Mutex<HashMap<(String, [u8; 32]), Access>>,
+}
+
+impl Tasks {
+    /// The task `id` if it is in memory and initialised.
+    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+        self.slots.lock().get(id).and_then(|s| s.get().cloned())
+    }
+
+    /// Every initialised task.
+    pub fn all(&self) -> Vec<Arc<Task>> {
+        self.slots
+            .lock()
+            .values()
+            .filter_map(|s| s.get().cloned())
+            .collect()
+    }
+
+    /// Forgets `task` if it is still the one in its slot.
+    pub fn forget(&self, task: &Arc<Task>) {
+        let mut slots = self.slots.lock();
+        if let Some(slot) = slots.get(task.id())
+            && slot.get().is_some_and(|t| Arc::ptr_eq(t, task))
+        {
+            slots.remove(task.id());
+        }
+    }
+
+    /// Finds or creates the task for `wanted`, and checks the requester may read it.
+    ///
+    /// The first registration of a new task starts the origin fetch with its headers; its
+    /// success proves access. Later requesters are checked against the origin unless the blob
+    /// is public.
+    ///
+    /// # Errors
+    /// The origin refused, or the requester may not read the blob.
+    pub async fn register(
+        &self,
+        shared: &Arc<Shared>,
+        wanted: &Wanted,
+    ) -> Result<(Arc<Task>, bool), RegisterError> {
+        loop {
+            let slot = self
+                .slots
+                .lock()
+                .entry(wanted.id.clone())
+                .or_default()
+                .clone();
+            let proved = AtomicBool::new(false);
+            let task = match slot
+                .get_or_try_init(|| async {
+                    let (task, fetched) = create(shared, wanted).await?;
+                    proved.store(fetched, Ordering::Relaxed);
+                    Ok::<_, RegisterError>(task)
+                })
+                .await
+            {
+                Ok(task) => task.clone(),
+                Err(e) => {
+                    // Leave no empty slot behind for a URL that failed.
+                    let mut slots = self.slots.lock();
+                    if slots
+                        .get(&wanted.id)
+                        .is_some_and(|s| Arc::ptr_eq(s, &slot) && !s.initialized())
+                    {
+                        slots.remove(&wanted.id);
+                    }
+                    return Err(e);
+                }
+            };
+            let created = proved.load(Ordering::Relaxed);
+            if task.failed() && !created {
+                // A failed fetch is not final for a new requester: retry with its headers.
+                self.forget(&task);
+                continue;
+            }
+            if !created {
+                self.authorize(shared, &task, wanted).await?;
+            }
+            return Ok((task, created));
+        }
+    }
+
+    async fn authorize(
+        &self,
+        shared: &Shared,
+        task: &Task,
+        wanted: &Wanted,
+    ) -> Result<(), RegisterError> {
+        if task.meta.public {
+            return Ok(());
+        }
+        let fp = fingerprint(&wanted.headers);
+        if task.creator == Some(fp) {
+            return Ok(());
+        }
+        let key = (task.id().to_owned(), fp);
+        let ttl = shared.config.origin.auth_cache_ttl;
+        let now = Instant::now();
+        if let Some((at, refusal)) = self.access.lock().get(&key).cloned()
+            && now.duration_since(at) < ttl
+        {
+            return match refusal {
+                None => Ok(()),
+                Some((status, message)) => Err(RegisterError::Denied { status, message }),
+            };
+        }
+        shared.metrics.origin_request(OriginKind::Head);
+        let refusal = match shared
+            .origin
+            .check_access(&task.meta.url, &wanted.headers)
+            .await
+        {
+            Ok(()) => None,
+            Err(OriginError::Status { status, message }) => Some((status.as_u16(), message)),
+            Err(other) => Some((502, other.to_string())),
+        };
+        debug!(task = %task.id(), allowed = refusal.is_none(), "checked requester access at the origin");
+        let mut access = self.access.lock();
+        access.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+        access.insert(key, (now, refusal.clone()));
+        match refusal {
+            None => Ok(()),
+            Some((status, message)) => Err(RegisterError::Denied { status, message }),
+        }
+    }
+}
+
+/// A fingerprint of the credentials among `headers` (`Authorization`, `Cookie`), so the access
+/// cache never holds secrets.
+pub fn fingerprint(headers: &[(String, String)]) -> [u8; 32] {
+    let mut creds: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| {
+            n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("cookie")
+        })
+        .map(|(n, v)| format!("{}:{v}", n.to_ascii_lowercase()))
+        .collect();
+    creds.sort();
+    Digest::of(creds.join("\n").as_bytes()).0
+}
+
+fn has_credentials(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("cookie"))
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn scheduler(shared: &Shared, pieces: u32) -> TaskScheduler {
+    let s = &shared.config.scheduler;
+    TaskScheduler::new(
+        pieces,
+        SchedulerConfig {
+            parents_per_peer: s.parents_per_peer,
+            upload_slots: s.peer_upload_slots,
+            peer_timeout: s.peer_timeout,
+            ban_after_reports: s.ban_after_reports,
+        },
+        rand_seed(),
+    )
+}
+
+fn rand_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
+/// Loads the task from the cache, or starts its origin fetch. Returns whether this requester's
+/// own origin GET proved its access.
+async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, bool), RegisterError> {
+    let store = shared.store.clone();
+    let id = wanted.id.clone();
+    let record = tokio::task::spawn_blocking(move || store.task(&id)).await??;
+    let now = Instant::now();
+    if let Some(record) = record {
+        let digests: Option<Vec<[u8; 32]>> = record.pieces.iter().copied().collect();
+        if let (TaskState::Complete, Some(digests)) = (&record.meta.state, digests) {
+            info!(task = %wanted.id, "serving from cache");
+            let sched = scheduler(shared, record.meta.piece_count());
+            let task = Arc::new(Task::cached(record.meta, digests, sched, now));
+            return Ok((task, false));
+        }
+        // A partial leftover: start over.
+        let store = shared.store.clone();
+        let id = wanted.id.clone();
+        tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
+    }
+
+    shared.metrics.origin_request(OriginKind::Get);
+    let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
+    let length = resp.content_length;
+    let configured = shared.config.cdn.piece_size.as_u64();
+    let piece_size = if configured == 0 {
+        piece_size_for(length)
+    } else {
+        // Validated to be a power of two <= 64 MiB.
+        configured as u32
+    };
+    let pieces = piece_count(length, piece_size);
+    if pieces > damselfly_proto::MAX_PIECES {
+        return Err(RegisterError::TooLarge(length));
+    }
+    let meta = TaskMeta {
+        id: wanted.id.clone(),
+        url: wanted.url.clone(),
+        content_length: length,
+        piece_size,
+        digest: wanted.digest.map(|d| d.to_string()),
+        public: !has_credentials(&wanted.headers),
+        state: TaskState::Running,
+        created_unix: unix_now(),
+        last_access_unix: unix_now(),
+    };
+    let store = shared.store.clone();
+    let m = meta.clone();
+    tokio::task::spawn_blocking(move || store.create_task(m)).await??;
+    let creator = Some(fingerprint(&wanted.headers));
+    let task = Arc::new(Task::running(meta, scheduler(shared, pieces), creator, now));
+    info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
+    shared
+        .tracker
+        .spawn(cdn::run(shared.clone(), task.clone(), resp.body));
+    Ok((task, true))
+}
+
+/// Drops idle tasks from memory: failed ones after a minute, finished ones with no live peer
+/// after `idle`.
+pub fn sweep(tasks: &Tasks, now: Instant, idle: Duration) {
+    for task in tasks.all() {
+        let quiet = now.saturating_duration_since(task.last_active());
+        let state = task.cdn.lock().state.clone();
+        let drop_it = match state {
+            CdnState::Failed(_) => quiet > Duration::from_secs(60),
+            CdnState::Complete => quiet > idle && task.sched.lock().peer_count() == 0,
+            CdnState::Running => false,
+        };
+        if drop_it {
+            tasks.forget(&task);
+        }
+    }
+}
