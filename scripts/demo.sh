@@ -14,5 +14,5 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/damselfly-target}
 
 echo "== building (the first build compiles RocksDB: about 20 minutes on 2 cores)"
-cargo build --workspace --bins
+cargo build --workspace --all-targets
 exec "$CARGO_TARGET_DIR/debug/damselfly-demo" "$@"

@@ -23,11 +23,11 @@ echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 section "cargo fmt --check"
 cargo fmt --all -- --check
 
+section "cargo build (binaries for the e2e tests; --all-targets keeps one feature set, so RocksDB builds once)"
+cargo build --workspace --all-targets
+
 section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-
-section "cargo build (binaries, needed by the e2e tests)"
-cargo build --workspace --bins
 
 section "cargo test"
 cargo test --workspace

@@ -62,7 +62,7 @@ pub struct EngineConfig {
     pub upload_slots: u32,
     /// Piece picking limits.
     pub picker: PickerConfig,
-    /// Longest time for one piece transfer before it is retried elsewhere. Default 30 s.
+    /// Longest time for one piece transfer before it is retried elsewhere. Default 10 s.
     pub piece_timeout: Duration,
     /// Sync period with the supernode. Default 200 ms.
     pub sync_interval: Duration,
@@ -88,7 +88,7 @@ impl Default for EngineConfig {
             upload_rate: 0,
             upload_slots: 4,
             picker: PickerConfig::default(),
-            piece_timeout: Duration::from_secs(30),
+            piece_timeout: Duration::from_secs(10),
             sync_interval: Duration::from_millis(200),
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
@@ -548,8 +548,11 @@ impl Engine {
                             } else {
                                 debug!(piece = outcome.piece, source = ?outcome.source, error = %failure, "piece fetch failed");
                             }
-                            if let PieceFailure::Fetch(FetchError::Transport { addr, .. }) = &failure {
-                                self.fetcher.drop_connection(*addr);
+                            // A silent parent is probably dead: make the next attempt
+                            // reconnect (and fail fast) instead of waiting on a stale
+                            // connection. A single failed stream leaves the connection alone.
+                            if let (PieceFailure::Timeout, Some(addr)) = (&failure, outcome.addr) {
+                                self.fetcher.drop_connection(addr);
                             }
                             picker.handle_piece_failed(now, outcome.piece, outcome.source, reason);
                         }
@@ -701,6 +704,7 @@ struct PieceJob {
 struct PieceOutcome {
     piece: u32,
     source: Source,
+    addr: Option<SocketAddr>,
     result: Result<u64, PieceFailure>,
 }
 
@@ -747,11 +751,12 @@ impl PieceJob {
         path: Arc<Path>,
         limiter: Option<Arc<RateLimiter>>,
     ) -> PieceOutcome {
-        let (piece, source) = (self.piece, self.source);
+        let (piece, source, addr) = (self.piece, self.source, self.addr);
         let result = self.transfer(sn, fetcher, served, path, limiter).await;
         PieceOutcome {
             piece,
             source,
+            addr,
             result,
         }
     }

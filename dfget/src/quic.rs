@@ -54,8 +54,9 @@ fn transport() -> Arc<TransportConfig> {
     t.send_window(128 << 20);
     t.max_concurrent_bidi_streams(VarInt::from_u32(64));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = Duration::from_secs(30).try_into() {
+    // Notice a vanished peer within seconds, not minutes.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = Duration::from_secs(10).try_into() {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)

@@ -175,18 +175,18 @@ impl PieceServer {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "malformed piece request");
-                return write_all(&mut send, &reply(PieceStatus::BadRequest, 0)).await;
+                return answer(&mut send, &reply(PieceStatus::BadRequest, 0), &[]).await;
             }
         };
         let task = self.tasks.read().get(&request.task_id).cloned();
         let Some(task) = task else {
-            return write_all(&mut send, &reply(PieceStatus::UnknownTask, 0)).await;
+            return answer(&mut send, &reply(PieceStatus::UnknownTask, 0), &[]).await;
         };
         if !task.have.read().get(request.piece) {
-            return write_all(&mut send, &reply(PieceStatus::NotFound, 0)).await;
+            return answer(&mut send, &reply(PieceStatus::NotFound, 0), &[]).await;
         }
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
-            return write_all(&mut send, &reply(PieceStatus::Busy, 0)).await;
+            return answer(&mut send, &reply(PieceStatus::Busy, 0), &[]).await;
         };
         self.uploading.fetch_add(1, Ordering::Relaxed);
         let result = self.upload(&task, request.piece, &mut send, reply).await;
@@ -222,11 +222,7 @@ impl PieceServer {
         if let Some(limiter) = &self.limiter {
             limiter.acquire(len).await;
         }
-        write_all(send, &reply(PieceStatus::Ok, len)).await?;
-        send.write_all(&data)
-            .await
-            .map_err(|e| StreamError(e.to_string()))?;
-        let _ = send.finish();
+        answer(send, &reply(PieceStatus::Ok, len), &data).await?;
         self.bytes_served.fetch_add(len, Ordering::Relaxed);
         trace!(piece, bytes = len, "piece served");
         Ok(())
@@ -250,10 +246,17 @@ fn parse_request(raw: &[u8]) -> Result<PieceRequest, damselfly_proto::DecodeErro
     Ok(req)
 }
 
-async fn write_all(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), StreamError> {
-    send.write_all(bytes)
+/// Writes a whole answer (`header`, then `body`) and finishes the stream.
+async fn answer(
+    send: &mut quinn::SendStream,
+    header: &[u8],
+    body: &[u8],
+) -> Result<(), StreamError> {
+    send.write_all(header)
         .await
         .map_err(|e| StreamError(e.to_string()))?;
-    let _ = send.finish();
-    Ok(())
+    send.write_all(body)
+        .await
+        .map_err(|e| StreamError(e.to_string()))?;
+    send.finish().map_err(|e| StreamError(e.to_string()))
 }

@@ -94,7 +94,10 @@ fn main() -> Result<()> {
     let sn = Supernode::builder().start();
     println!("   supernode API on {}", sn.addr());
 
-    println!("== {} peers pull every blob of the image at once", args.peers);
+    println!(
+        "== {} peers pull every blob of the image at once",
+        args.peers
+    );
     let out = tempfile::tempdir()?;
     let started = Instant::now();
     let nodes: Vec<std::thread::JoinHandle<Result<NodeTotals>>> = (0..args.peers)
@@ -162,7 +165,10 @@ fn main() -> Result<()> {
         .iter()
         .map(|(d, _)| registry.blob_bytes_served(d))
         .sum();
-    let gets: Vec<usize> = blobs.iter().map(|(d, _)| registry.blob_get_count(d)).collect();
+    let gets: Vec<usize> = blobs
+        .iter()
+        .map(|(d, _)| registry.blob_get_count(d))
+        .collect();
     println!();
     println!(
         "image {:.1} MiB x {} nodes = {:.1} MiB delivered in {:.2}s",
