@@ -94,6 +94,11 @@ impl SupernodeClient {
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
+        self.body(resp).await
+    }
+
+    /// The body of a 2xx answer, or the refusal it carries.
+    async fn body(&self, resp: reqwest::Response) -> Result<Bytes, SupernodeError> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         if status.is_success() {
@@ -171,14 +176,6 @@ impl SupernodeClient {
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        match decode::<ErrorResponse>(&bytes) {
-            Ok(e) if !e.code.is_empty() => Err(SupernodeError::Refused(e)),
-            _ => Err(SupernodeError::Protocol(format!("HTTP {status}"))),
-        }
+        self.body(resp).await
     }
 }

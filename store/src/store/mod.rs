@@ -159,7 +159,7 @@ impl Store {
         debug!(task = %meta.id, len = meta.content_length, "task created");
         let mut inner = self.inner.lock();
         inner.used += meta.content_length;
-        inner.files.insert(meta.id.clone(), Arc::new(file));
+        cache_file(&mut inner.files, &meta.id, Arc::new(file));
         inner.tasks.insert(
             meta.id.clone(),
             Entry {
@@ -501,13 +501,7 @@ impl Store {
             .open(&path)
             .map_err(|e| Error::io(path, e))?;
         let file = Arc::new(file);
-        if inner.files.len() >= FILE_CACHE_CAP {
-            let victim = inner.files.keys().next().cloned();
-            if let Some(victim) = victim {
-                inner.files.remove(&victim);
-            }
-        }
-        inner.files.insert(id.to_owned(), Arc::clone(&file));
+        cache_file(&mut inner.files, id, Arc::clone(&file));
         Ok(file)
     }
 
@@ -574,6 +568,19 @@ fn encode_meta(meta: &TaskMeta) -> Result<Vec<u8>, Error> {
 fn watermark_bytes(capacity: u64, fraction: f64) -> u64 {
     // Both factors are finite and non-negative (validated), so the cast saturates sanely.
     (capacity as f64 * fraction) as u64
+}
+
+/// Caches an open content file, evicting an arbitrary handle beyond [`FILE_CACHE_CAP`] so a
+/// cache of many blobs does not run out of file descriptors. Evicted handles stay valid for
+/// whoever still holds them.
+fn cache_file(files: &mut HashMap<String, Arc<File>>, id: &str, file: Arc<File>) {
+    if files.len() >= FILE_CACHE_CAP && !files.contains_key(id) {
+        let victim = files.keys().next().cloned();
+        if let Some(victim) = victim {
+            files.remove(&victim);
+        }
+    }
+    files.insert(id.to_owned(), file);
 }
 
 #[cfg(test)]
