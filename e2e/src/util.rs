@@ -7,24 +7,28 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// Path of a workspace binary (`supernode`, `dfget`, ...) built by `cargo build --workspace --bins`.
+/// Path of a workspace binary (`supernode`, `dfget`, ...) built by `cargo build --workspace`.
 ///
-/// The test executable is `<target>/<profile>/deps/<test>-<hash>`, so binaries of the same
-/// profile live two directories up. Panics with instructions if the binary is missing.
+/// A test executable is `<target>/<profile>/deps/<test>-<hash>` and a workspace binary (the
+/// demo) is `<target>/<profile>/<bin>`, so the binaries of the same profile are in the
+/// executable's directory or its parent. Panics with instructions if the binary is missing.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("cannot determine the current test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap_or_else(|| panic!("unexpected test executable location {}", exe.display()));
-    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "binary `{name}` not found at {}; the end-to-end tests need the workspace binaries: \
-         run `cargo build --workspace --bins` (with the same CARGO_TARGET_DIR and profile) first",
-        path.display()
-    );
-    path
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(&file))
+        .collect();
+    let found = candidates.iter().find(|p| p.is_file());
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "binary `{name}` not found in {candidates:?}; the end-to-end tests need the \
+             workspace binaries: run `cargo build --workspace --all-targets` (with the same \
+             CARGO_TARGET_DIR and profile) first"
+        )
+    })
 }
 
 /// Whether the machine can bind TCP on the IPv6 loopback `[::1]`.
