@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     fetch::{FetchError, Fetcher},
-    output::{IoError, OutputFile},
+    output::{self, IoError, OutputFile},
     quic,
     report::{Progress, Report},
     server::{Fault, PieceServer, ServedTask},
@@ -819,26 +819,9 @@ impl PieceJob {
 
 async fn check_digest(out: &OutputFile, expected: Option<Digest>) -> Result<Digest, DownloadError> {
     let path = out.temp_path().to_path_buf();
-    let actual = tokio::task::spawn_blocking(move || {
-        let mut hasher = Sha256Hasher::new();
-        let mut f = std::fs::File::open(&path).map_err(|source| IoError {
-            path: path.clone(),
-            source,
-        })?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = std::io::Read::read(&mut f, &mut buf).map_err(|source| IoError {
-                path: path.clone(),
-                source,
-            })?;
-            if n == 0 {
-                return Ok::<_, IoError>(hasher.finish());
-            }
-            hasher.update(&buf[..n]);
-        }
-    })
-    .await
-    .map_err(|e| DownloadError::Setup(e.to_string()))??;
+    let actual = tokio::task::spawn_blocking(move || output::file_digest(&path))
+        .await
+        .map_err(|e| DownloadError::Setup(e.to_string()))??;
     match expected {
         Some(expected) if expected != actual => {
             Err(DownloadError::DigestMismatch { expected, actual })

@@ -91,21 +91,7 @@ impl OutputFile {
     /// # Errors
     /// Reading failed.
     pub fn digest(&self) -> Result<Digest, IoError> {
-        let io = |source| IoError {
-            path: self.temp.clone(),
-            source,
-        };
-        let mut reader = File::open(&self.temp).map_err(io)?;
-        let mut hasher = Sha256Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finish())
+        file_digest(&self.temp)
     }
 
     /// Flushes and renames the temp file onto the target.
@@ -131,5 +117,26 @@ impl Drop for OutputFile {
         if !self.committed {
             let _ = std::fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// sha256 of the file at `path`, read in 1 MiB blocks.
+///
+/// # Errors
+/// Opening or reading failed.
+pub fn file_digest(path: &Path) -> Result<Digest, IoError> {
+    let io = |source| IoError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = File::open(path).map_err(io)?;
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
     }
 }

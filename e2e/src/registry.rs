@@ -318,17 +318,6 @@ impl TestRegistry {
             .unwrap_or_else(|error| panic!("push_image {repo}:{tag} failed: {error:#}"))
     }
 
-    /// Alias of [`TestRegistry::push_image`].
-    pub fn push_manifest(
-        &self,
-        repo: &str,
-        tag: &str,
-        config: &[u8],
-        layers: &[&[u8]],
-    ) -> PushedImage {
-        self.push_image(repo, tag, config, layers)
-    }
-
     pub fn try_push_image(
         &self,
         repo: &str,

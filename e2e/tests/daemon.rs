@@ -65,7 +65,7 @@ fn timeout_error() {
 }
 
 #[test]
-#[should_panic(expected = "cargo build --workspace --bins")]
+#[should_panic(expected = "cargo build --workspace --all-targets")]
 fn missing_binary_explains_how_to_build() {
     let _ = damselfly_e2e::bin("no-such-damselfly-binary");
 }
