@@ -91,12 +91,9 @@ impl Metrics {
             banned_peers: Counter::default(),
             gc_evictions: Counter::default(),
             cache_bytes: Gauge::default(),
-            schedule_seconds: Histogram::new(
-                [
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
-                ]
-                .into_iter(),
-            ),
+            schedule_seconds: Histogram::new([
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+            ]),
         };
         let r = registry.sub_registry_with_prefix("damselfly_supernode");
         r.register(
