@@ -77,6 +77,17 @@ pub enum Error {
         /// Computed sha256, lowercase hex.
         actual: String,
     },
+    /// A whole file handed to [`Store::import_file`](crate::Store::import_file) does not hash
+    /// to the task's digest.
+    #[error("task {id}: content hashes to {actual}, expected {expected}")]
+    WholeDigestMismatch {
+        /// Task ID.
+        id: String,
+        /// Expected `sha256:<hex>`.
+        expected: String,
+        /// Computed `sha256:<hex>`.
+        actual: String,
+    },
     /// The piece has not been written (or was dropped after corruption).
     #[error("task {id}: piece {index} is not present")]
     PieceAbsent {
@@ -119,7 +130,12 @@ impl Error {
     /// fetch the piece elsewhere), false for local failures and caller mistakes.
     #[must_use]
     pub fn is_bad_data(&self) -> bool {
-        matches!(self, Self::PieceLength { .. } | Self::DigestMismatch { .. })
+        matches!(
+            self,
+            Self::PieceLength { .. }
+                | Self::DigestMismatch { .. }
+                | Self::WholeDigestMismatch { .. }
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

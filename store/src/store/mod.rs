@@ -170,6 +170,86 @@ impl Store {
         Ok(())
     }
 
+    /// Adopts a complete file as task `meta.id`: hashes it piece by piece (and as a whole,
+    /// checked against `meta.digest` when set), moves it into the content directory and
+    /// records the task as [`TaskState::Complete`] with every piece present. `src` must be on
+    /// the same filesystem as the store (it is renamed, not copied). On error `src` is left
+    /// where it was and nothing is recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTask`], [`Error::TaskExists`], [`Error::PieceLength`] if the file is
+    /// not `content_length` bytes, [`Error::WholeDigestMismatch`] if it does not hash to
+    /// `meta.digest`, or [`Error::Io`]/[`Error::Db`].
+    pub fn import_file(&self, mut meta: TaskMeta, src: &Path) -> Result<(), Error> {
+        use sha2::Digest as _;
+        if let Some(reason) = meta.invalid_reason() {
+            return Err(Error::InvalidTask {
+                id: meta.id,
+                reason,
+            });
+        }
+        let file = File::open(src).map_err(|e| Error::io(src, e))?;
+        let len = file.metadata().map_err(|e| Error::io(src, e))?.len();
+        if len != meta.content_length {
+            return Err(Error::PieceLength {
+                index: 0,
+                expected: meta.content_length,
+                actual: len,
+            });
+        }
+        // Hash outside every lock: this reads the whole file.
+        let mut whole = sha2::Sha256::new();
+        let mut pieces = Vec::with_capacity(meta.piece_count() as usize);
+        let mut buf = vec![0u8; meta.piece_size as usize];
+        for index in 0..meta.piece_count() {
+            let piece_len = meta.piece_len(index).unwrap_or(0) as usize;
+            let chunk = &mut buf[..piece_len];
+            file.read_exact_at(chunk, meta.piece_offset(index))
+                .map_err(|e| Error::io(src, e))?;
+            whole.update(&*chunk);
+            pieces.push(sha256(chunk));
+        }
+        let actual = format!("sha256:{}", hex::encode(whole.finalize()));
+        if let Some(expected) = meta.digest.as_deref().filter(|d| *d != actual) {
+            return Err(Error::WholeDigestMismatch {
+                id: meta.id,
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+        file.sync_data().map_err(|e| Error::io(src, e))?;
+        meta.state = TaskState::Complete;
+        let _gate = self.gate.write();
+        if self.inner.lock().tasks.contains_key(&meta.id) {
+            return Err(Error::TaskExists(meta.id));
+        }
+        let path = self.content_path(&meta.id);
+        std::fs::rename(src, &path).map_err(|e| Error::io(&path, e))?;
+        let mut batch = WriteBatch::default();
+        self.delete_pieces(&mut batch, &meta.id)?;
+        batch.put(keys::task_key(&meta.id), encode_meta(&meta)?);
+        for (index, digest) in pieces.iter().enumerate() {
+            batch.put(keys::piece_key(&meta.id, index as u32), digest);
+        }
+        if let Err(e) = self.db.write(batch) {
+            // Give the file back rather than leave an unrecorded content file.
+            let _ = std::fs::rename(&path, src);
+            return Err(e.into());
+        }
+        debug!(task = %meta.id, len = meta.content_length, "file imported");
+        let mut inner = self.inner.lock();
+        inner.used += meta.content_length;
+        inner.tasks.insert(
+            meta.id.clone(),
+            Entry {
+                meta,
+                access_dirty: false,
+            },
+        );
+        Ok(())
+    }
+
     /// The task's metadata and piece digests, or `None` if unknown.
     ///
     /// # Errors
@@ -193,6 +273,12 @@ impl Store {
             }
         }
         Ok(Some(TaskRecord { meta, pieces }))
+    }
+
+    /// The task's metadata (without the piece scan of [`task`](Self::task)), or `None`.
+    #[must_use]
+    pub fn task_meta(&self, id: &str) -> Option<TaskMeta> {
+        self.meta(id)
     }
 
     /// Metadata of every stored task, in no particular order.

@@ -509,3 +509,49 @@ fn config_validation() {
     }
     assert!(bad(1.0, 1.0).validate().is_ok());
 }
+
+#[test]
+fn imported_file_is_complete_verified_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..40u32).map(|i| (i * 7) as u8).collect();
+    let src = dir.path().join("incoming");
+    std::fs::write(&src, &content).unwrap();
+    let mut m = meta("sha256:imp", content.len() as u64);
+    m.digest = Some(format!("sha256:{}", hex::encode(sha256(&content))));
+    {
+        let store = open(dir.path());
+        store.import_file(m.clone(), &src).unwrap();
+        assert!(!src.exists(), "the file is moved, not copied");
+        let record = store.task(&m.id).unwrap().unwrap();
+        assert_eq!(record.meta.state, TaskState::Complete);
+        assert!(record.is_full());
+        assert_eq!(store.used_bytes(), 40);
+    }
+    let store = open(dir.path());
+    let mut read = Vec::new();
+    for i in 0..m.piece_count() {
+        read.extend(store.read_piece(&m.id, i).unwrap());
+    }
+    assert_eq!(read, content);
+}
+
+#[test]
+fn import_refuses_wrong_digest_or_length_and_leaves_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let src = dir.path().join("incoming");
+    std::fs::write(&src, b"0123456789").unwrap();
+    let mut m = meta("sha256:bad", 10);
+    m.digest = Some(format!("sha256:{}", "0".repeat(64)));
+    let err = store.import_file(m.clone(), &src).unwrap_err();
+    assert!(matches!(err, Error::WholeDigestMismatch { .. }), "{err}");
+    assert!(err.is_bad_data());
+    let short = meta("sha256:short", 11);
+    assert!(matches!(
+        store.import_file(short, &src),
+        Err(Error::PieceLength { .. })
+    ));
+    assert!(src.exists());
+    assert!(store.task(&m.id).unwrap().is_none());
+    assert_eq!(store.used_bytes(), 0);
+}
