@@ -45,8 +45,10 @@ use crate::{
 /// Engine settings. Every field has a default; see each.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Supernode `host:port`; `None` means always fetch from the origin.
-    pub supernode: Option<String>,
+    /// Supernodes (`host:port`); empty means always fetch from the origin. Each download
+    /// goes to the supernode its URL hashes to (so every peer of a blob meets at the same
+    /// one), then to the others in order while that one is unreachable.
+    pub supernodes: Vec<String>,
     /// UDP address of the piece server. Default `[::]:0` (any free port, IPv4 and IPv6),
     /// falling back to `0.0.0.0:0` where IPv6 is off.
     pub peer_listen: Option<SocketAddr>,
@@ -80,7 +82,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            supernode: None,
+            supernodes: Vec::new(),
             peer_listen: None,
             advertise_ip: None,
             back_source: true,
@@ -179,13 +181,14 @@ pub struct Engine {
     advertise: SocketAddr,
     server: Arc<PieceServer>,
     fetcher: Arc<Fetcher>,
-    supernode: Option<SupernodeClient>,
+    supernodes: Vec<SupernodeClient>,
     origin: Origin,
     download_limiter: Option<Arc<RateLimiter>>,
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    joined: parking_lot::Mutex<HashSet<String>>,
+    /// Tasks this peer joined, with the index of their supernode.
+    joined: parking_lot::Mutex<HashMap<String, usize>>,
 }
 
 impl Engine {
@@ -202,16 +205,16 @@ impl Engine {
                 .map_err(|e| setup(&e))?,
         };
         let local = endpoint.local_addr().map_err(|e| setup(&e))?;
-        let supernode = match &config.supernode {
-            Some(addr) => {
-                Some(SupernodeClient::new(addr, Duration::from_secs(60)).map_err(|e| setup(&e))?)
-            }
-            None => None,
-        };
+        let supernodes = config
+            .supernodes
+            .iter()
+            .map(|addr| SupernodeClient::new(addr, Duration::from_secs(60)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup(&e))?;
         let ip = match config.advertise_ip {
             Some(ip) => ip,
             None if !local.ip().is_unspecified() => local.ip(),
-            None => route_ip(config.supernode.as_deref()).await,
+            None => route_ip(config.supernodes.first().map(String::as_str)).await,
         };
         let advertise = SocketAddr::new(ip, local.port());
         let server = Arc::new(PieceServer::new(
@@ -240,12 +243,12 @@ impl Engine {
             advertise,
             server,
             fetcher: Arc::new(Fetcher::new(endpoint.clone())),
-            supernode,
+            supernodes,
             origin,
             endpoint,
             shutdown,
             tracker,
-            joined: parking_lot::Mutex::new(HashSet::new()),
+            joined: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -259,6 +262,18 @@ impl Engine {
         self.peer_id
     }
 
+    /// Stops serving `task_id` to other peers and leaves its swarm (the content is gone
+    /// locally, e.g. evicted from a cache).
+    pub async fn forget(&self, task_id: &str) {
+        self.server.remove(task_id);
+        let joined = self.joined.lock().remove(task_id);
+        if let Some(sn) = joined.and_then(|i| self.supernodes.get(i))
+            && let Err(e) = sn.leave(task_id, self.peer_id).await
+        {
+            debug!(error = %e, task = task_id, "leave failed");
+        }
+    }
+
     /// Bytes uploaded to other peers so far.
     pub fn bytes_uploaded(&self) -> u64 {
         self.server.bytes_served()
@@ -268,28 +283,47 @@ impl Engine {
     /// downloading can use this one.
     pub async fn linger(&self, dur: Duration) {
         let deadline = tokio::time::Instant::now() + dur;
-        let joined: Vec<String> = self.joined.lock().iter().cloned().collect();
         while tokio::time::Instant::now() < deadline {
-            if let Some(sn) = &self.supernode {
-                for task_id in &joined {
-                    let _ = sn
-                        .sync(&self.sync_request(task_id, Vec::new(), Vec::new(), true, u32::MAX))
-                        .await;
-                }
-            }
+            self.keepalive().await;
             let step = Duration::from_secs(1).min(deadline - tokio::time::Instant::now());
             tokio::time::sleep(step).await;
         }
     }
 
+    /// Tells the supernode once that this peer is alive and complete for every task it
+    /// serves, so it stays a parent. A long-running peer calls this well within the
+    /// supernode's peer timeout. Tasks the supernode no longer knows are dropped from the
+    /// list (their content is still served to anyone who asks).
+    pub async fn keepalive(&self) {
+        let joined: Vec<(String, usize)> = self
+            .joined
+            .lock()
+            .iter()
+            .map(|(t, i)| (t.clone(), *i))
+            .collect();
+        for (task_id, index) in joined {
+            let Some(sn) = self.supernodes.get(index) else {
+                continue;
+            };
+            let req = self.sync_request(&task_id, Vec::new(), Vec::new(), true, u32::MAX);
+            match sn.sync(&req).await {
+                Err(e) if e.code() == Some("UNKNOWN_TASK") => {
+                    self.joined.lock().remove(&task_id);
+                }
+                Err(e) => debug!(error = %e, task = %task_id, "keepalive failed"),
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Leaves every task, stops the piece server and waits (up to `grace`) for uploads to end.
     pub async fn shutdown(self, grace: Duration) {
-        if let Some(sn) = &self.supernode {
-            let joined: Vec<String> = self.joined.lock().drain().collect();
-            for task_id in joined {
-                if let Err(e) = sn.leave(&task_id, self.peer_id).await {
-                    debug!(error = %e, "leave failed");
-                }
+        let joined: Vec<(String, usize)> = self.joined.lock().drain().collect();
+        for (task_id, index) in joined {
+            if let Some(sn) = self.supernodes.get(index)
+                && let Err(e) = sn.leave(&task_id, self.peer_id).await
+            {
+                debug!(error = %e, "leave failed");
             }
         }
         self.shutdown.cancel();
@@ -336,11 +370,11 @@ impl Engine {
     ) -> Result<Report, DownloadError> {
         let started = Instant::now();
         let digest = req.digest.or_else(|| damselfly_oci::blob_digest(&req.url));
-        let Some(sn) = &self.supernode else {
+        if self.supernodes.is_empty() {
             return self
                 .back_source(req, digest, started, progress, "no supernode configured")
                 .await;
-        };
+        }
         let register = RegisterRequest {
             version: PROTOCOL_VERSION,
             url: req.url.clone(),
@@ -356,22 +390,31 @@ impl Engine {
             peer_id: self.peer_id,
             peer_addr: self.advertise.to_string(),
         };
-        let task = match sn.register(&register).await {
-            Ok(t) => t,
-            Err(SupernodeError::Unreachable { reason, .. }) if self.config.back_source => {
-                let why = format!("supernode unreachable ({reason})");
-                return self.back_source(req, digest, started, progress, &why).await;
+        let first = home_index(&req.url, self.supernodes.len());
+        let mut unreachable = Vec::new();
+        let mut registered = None;
+        for index in (0..self.supernodes.len()).map(|i| (first + i) % self.supernodes.len()) {
+            match self.supernodes[index].register(&register).await {
+                Ok(t) => {
+                    registered = Some((index, t));
+                    break;
+                }
+                Err(SupernodeError::Unreachable { addr, reason }) => {
+                    debug!(supernode = %addr, %reason, "supernode unreachable, trying the next");
+                    unreachable.push(format!("{addr}: {reason}"));
+                }
+                Err(e) => return Err(refusal(e)),
             }
-            Err(SupernodeError::Unreachable { addr, reason }) => {
-                return Err(DownloadError::NoRoute(format!(
-                    "supernode {addr} unreachable ({reason}) and back-to-source is off"
-                )));
-            }
-            Err(e) => return Err(refusal(e)),
+        }
+        let Some((index, task)) = registered else {
+            let why = format!("supernode unreachable ({})", unreachable.join("; "));
+            return self.back_source(req, digest, started, progress, &why).await;
         };
-        self.joined.lock().insert(task.task_id.clone());
+        let sn = &self.supernodes[index];
+        self.joined.lock().insert(task.task_id.clone(), index);
         progress.set_total(task.content_length);
         let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
+        progress.started(&out.file(), task.content_length);
         let served = Arc::new(ServedTask::new(
             out.file(),
             task.content_length,
@@ -532,6 +575,7 @@ impl Engine {
                                 Source::Peer(_) => report.from_peers += len,
                             }
                             progress.advance(len);
+                            progress.written(piece_range(task.content_length, task.piece_size, outcome.piece));
                             last_progress = now;
                             // Announce new pieces soon so others can fetch them from us.
                             next_sync = next_sync.min(now + self.config.sync_interval / 4);
@@ -593,6 +637,7 @@ impl Engine {
         progress.set_total(resp.content_length);
         let out = OutputFile::create(&req.output, resp.content_length, self.peer_id)?;
         let file = out.file();
+        progress.started(&file, resp.content_length);
         let path = out.temp_path().to_path_buf();
         let mut hasher = Sha256Hasher::new();
         let mut offset = 0u64;
@@ -610,6 +655,7 @@ impl Engine {
             }
             hasher.update(&chunk);
             OutputFile::write_at(&file, &path, offset, &chunk)?;
+            progress.written(offset..offset + chunk.len() as u64);
             offset += chunk.len() as u64;
             progress.advance(chunk.len() as u64);
         }
@@ -863,6 +909,17 @@ fn origin_error(e: OriginError) -> DownloadError {
         },
         other => DownloadError::NoRoute(other.to_string()),
     }
+}
+
+/// Which of `n` supernodes a URL belongs to: the same on every peer, spread evenly.
+fn home_index(url: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let key = damselfly_oci::blob_digest(url).unwrap_or_else(|| Digest::of(url.as_bytes()));
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&key.0[..8]);
+    (u64::from_be_bytes(head) % n as u64) as usize
 }
 
 /// The local IP that routes to the supernode (no packet is sent), else loopback.

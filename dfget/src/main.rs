@@ -24,9 +24,10 @@ struct Cli {
     /// Output file.
     #[arg(short = 'O', long = "output", value_name = "FILE")]
     output: PathBuf,
-    /// Supernode `HOST:PORT`. Without it, dfget fetches from the origin.
+    /// Supernode `HOST:PORT` (repeatable: a download uses the one its URL hashes to, the
+    /// others while that one is down). Without any, dfget fetches from the origin.
     #[arg(long, value_name = "HOST:PORT")]
-    supernode: Option<String>,
+    supernode: Vec<String>,
     /// Header sent to the origin, `Name: value` (repeatable), e.g. an `Authorization` token.
     #[arg(short = 'H', long = "header", value_name = "HEADER")]
     headers: Vec<String>,
@@ -106,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     let mut config = EngineConfig {
-        supernode: cli.supernode.clone(),
+        supernodes: cli.supernode.clone(),
         peer_listen: cli.peer_listen,
         advertise_ip: cli.advertise_ip,
         back_source: !cli.no_back_source,
@@ -151,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         report["peer_id"] = engine.peer_id().into();
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
-    if !cli.keep_serving.is_zero() && cli.supernode.is_some() {
+    if !cli.keep_serving.is_zero() && !cli.supernode.is_empty() {
         engine.linger(cli.keep_serving).await;
     }
     engine.shutdown(Duration::from_secs(2)).await;

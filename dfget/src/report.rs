@@ -1,6 +1,6 @@
 //! What a download did: where its bytes came from and how long it took.
 
-use std::time::Duration;
+use std::{fs::File, ops::Range, sync::Arc, time::Duration};
 
 /// The outcome of one download.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -42,6 +42,13 @@ pub trait Progress: Send + Sync {
     fn set_total(&self, bytes: u64);
     /// `bytes` more are verified and written.
     fn advance(&self, bytes: u64);
+    /// The download writes into `file` (`total` bytes long). Called again if the download
+    /// starts over in a new file (e.g. back to the origin after the swarm failed); bytes
+    /// reported before then are to be forgotten.
+    fn started(&self, _file: &Arc<File>, _total: u64) {}
+    /// Bytes `range` of the file passed to [`Progress::started`] are verified and written, so
+    /// a reader may stream them before the download ends.
+    fn written(&self, _range: Range<u64>) {}
 }
 
 /// Ignores progress.
