@@ -8,10 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 bash scripts/setup.sh
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/damselfly-target}
+source scripts/env.sh
 
 echo "== building (the first build compiles RocksDB: about 20 minutes on 2 cores)"
 cargo build --workspace --all-targets

@@ -3,7 +3,11 @@
 # Idempotent: does nothing (not even `apt-get update`) when everything is already there.
 set -euo pipefail
 
-PACKAGES=(docker-registry apache2-utils libclang-dev clang iproute2 ca-certificates curl)
+# docker-registry: the reference registry; containerd + runc: the runtime the mirror tests pull
+# and run through; skopeo: the registries.conf (path-prefix) client; busybox-static: the
+# test image's userland; ccache: lets `cargo clippy` reuse `cargo build`'s RocksDB C++ objects.
+PACKAGES=(docker-registry apache2-utils libclang-dev clang iproute2 ca-certificates curl
+    containerd runc skopeo busybox-static ccache)
 
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=()
@@ -44,7 +48,7 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${SUDO[@]}" systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
-for tool in docker-registry htpasswd; do
+for tool in docker-registry htpasswd containerd ctr runc skopeo ccache; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool not found on PATH after install" >&2; exit 1; }
 done
 

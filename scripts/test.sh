@@ -11,13 +11,7 @@ section() {
 
 section "setup"
 bash scripts/setup.sh
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
-
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/damselfly-target}
-export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-always}
-export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+source scripts/env.sh
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 section "cargo fmt --check"
