@@ -1,4 +1,28 @@
-//! dfdaemon: the per-node registry mirror (containerd, Docker, Podman pull through it; blob
-//! GETs go through the dfget engine). Not built yet: see the project's issue for the mirror.
+//! dfdaemon: the per-node registry mirror.
+//!
+//! Container runtimes pull through it (containerd `hosts.toml`, Docker `registry-mirrors`,
+//! Podman/CRI-O `registries.conf`). Blob GETs go through the P2P engine of [`dfget`] into a
+//! node cache ([`cache`]) and are streamed to the client while pieces arrive ([`flight`]);
+//! everything else is passed to the registry unchanged ([`proxy`]). [`upstream`] decides
+//! which registry a request is for.
+//!
+//! ```text
+//! runtime ──HTTP──▶ App::handle ─ route() ─┬─ GET blob ─ registry HEAD (credentials) ─┬─ cache hit ─▶ stream pieces
+//!                                          │                                        └─ Flight ◀── Engine::download (peers, supernode, origin)
+//!                                          └─ anything else ─▶ proxy::forward ─▶ registry
+//! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod app;
+pub mod cache;
+pub mod config;
+pub mod flight;
+pub mod init;
+pub mod metrics;
+pub mod proxy;
+pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

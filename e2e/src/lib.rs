@@ -7,6 +7,9 @@
 //!
 //! * [`bin`] locates workspace binaries (build them first with `cargo build --workspace --bins`).
 //! * [`Daemon`] wraps any long-running process: log capture, waiting for log lines or HTTP.
+//! * [`Supernode`], [`Dfget`], [`Dfdaemon`] run the Damselfly programs themselves.
+//! * [`Containerd`] runs a real containerd in a temp dir; `ctr` pulls through hosts.toml
+//!   files ([`write_hosts_toml`]) and runs containers of [`TestImage`]s (busybox + data).
 //! * [`TestRegistry`] runs a throw-away OCI registry, pushes blobs/images, and counts from its
 //!   access log how many times each blob was actually served.
 //! * [`http`] is a tiny synchronous HTTP client usable from plain and `#[tokio::test]` tests.
@@ -14,19 +17,27 @@
 
 #![forbid(unsafe_code)]
 
+mod containerd;
 mod daemon;
+mod dfdaemon;
 pub mod http;
+mod image;
 mod registry;
 mod swarm;
 mod util;
 
+pub use containerd::{
+    CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
+};
 pub use daemon::{Daemon, DaemonBuilder};
+pub use dfdaemon::{Dfdaemon, DfdaemonBuilder};
+pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
     PushedImage, TestRegistry, TestRegistryBuilder,
 };
 pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
 pub use util::{
-    bin, free_tcp_port, free_udp_port, ipv6_loopback_available, random_blob, sha256_digest,
-    sha256_hex, wait_until,
+    bin, describe_output, free_tcp_port, free_udp_port, ipv6_loopback_available, metric_sum,
+    random_blob, running_as_root, sha256_digest, sha256_hex, wait_until,
 };

@@ -125,16 +125,7 @@ impl Supernode {
     /// # Errors
     /// The request failed.
     pub fn metric(&self, name: &str) -> Result<f64> {
-        let text = self.metrics()?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (key, value) = l.rsplit_once(' ')?;
-                let base = key.split('{').next()?;
-                (base == name).then(|| value.parse::<f64>().ok())?
-            })
-            .sum())
+        Ok(crate::util::metric_sum(&self.metrics()?, name, None))
     }
 
     /// SIGTERM and wait.

@@ -106,6 +106,42 @@ pub(crate) fn tail(text: &str, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
+/// Sum of the samples of metric `name` in a Prometheus/OpenMetrics text, over the label sets
+/// containing `label` (e.g. `source="peer"`), or all label sets.
+pub fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (base, labels) = key.split_once('{').unwrap_or((key, ""));
+            (base == name && label.is_none_or(|want| labels.contains(want)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Whether this process runs as root; prints why `test` is skipped if not (containerd
+/// mounts snapshots and runs containers, which needs root).
+pub fn running_as_root(test: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    // The owner of /proc/self is the process's effective uid.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        eprintln!("skipping {test}: it must run as root");
+    }
+    root
+}
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn describe_output(output: &std::process::Output) -> String {
+    format!(
+        "status {}\n---- stdout ----\n{}\n---- stderr ----\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,740 @@
+//! The mirror: routing, the blob path through the P2P engine and the node cache, and the
+//! pass-through for everything else.
+
+use std::{collections::HashMap, net::SocketAddr, ops::Range, sync::Arc, time::Instant};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use damselfly_common::Digest;
+use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use sha2::{Digest as _, Sha256};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Config,
+    cache::{CachedBlob, NodeCache},
+    flight::{self, Failure, Flight},
+    metrics::{Metrics, Source},
+    proxy::{self, oci_error},
+    upstream::{self, Kind, REGISTRY_HEADER, Route},
+};
+
+/// A running dfdaemon: the mirror's listener, the engine and the cache.
+pub struct App {
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+}
+
+struct AppState {
+    config: Config,
+    engine: Engine,
+    cache: NodeCache,
+    upstreams: Upstreams,
+    flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Credential checks that passed: key → when they expire.
+    access: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Blob digest → the swarm task it was downloaded as (to leave it on eviction).
+    tasks: Mutex<HashMap<String, String>>,
+    metrics: Metrics,
+    registry: Registry,
+    /// Running downloads, waited for at shutdown so finished ones reach the cache.
+    downloads: TaskTracker,
+}
+
+/// A reqwest client per configured registry plus one for all others.
+struct Upstreams {
+    default: reqwest::Client,
+    per_registry: HashMap<String, reqwest::Client>,
+}
+
+impl Upstreams {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let build = |r: Option<&crate::config::RegistryConfig>| -> anyhow::Result<reqwest::Client> {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(config.upstream.connect_timeout)
+                .read_timeout(config.upstream.read_timeout)
+                .redirect(reqwest::redirect::Policy::limited(10))
+                .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")));
+            if let Some(r) = r {
+                if let Some(ca) = &r.ca_file {
+                    let pem = std::fs::read(ca)
+                        .with_context(|| format!("reading CA file {}", ca.display()))?;
+                    for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                        .with_context(|| format!("parsing CA file {}", ca.display()))?
+                    {
+                        b = b.add_root_certificate(cert);
+                    }
+                }
+                if r.skip_verify {
+                    b = b.danger_accept_invalid_certs(true);
+                }
+            }
+            b.build().context("building the registry client")
+        };
+        let mut per_registry = HashMap::new();
+        for r in &config.registries {
+            per_registry.insert(r.host.clone(), build(Some(r))?);
+        }
+        Ok(Self {
+            default: build(None)?,
+            per_registry,
+        })
+    }
+}
+
+impl AppState {
+    /// Base URL and client for a route's registry.
+    fn upstream(&self, route: &Route) -> (String, &reqwest::Client) {
+        match &route.registry {
+            None => (
+                upstream::parse_base(&self.config.default_upstream)
+                    .unwrap_or_else(|| self.config.default_upstream.clone()),
+                &self.upstreams.default,
+            ),
+            Some(host) => {
+                let rc = self.config.registry(host);
+                let base = upstream::base_url(
+                    host,
+                    rc.and_then(|r| r.endpoint.as_deref()),
+                    rc.is_some_and(|r| r.plain_http),
+                );
+                let client = self
+                    .upstreams
+                    .per_registry
+                    .get(host)
+                    .unwrap_or(&self.upstreams.default);
+                (base, client)
+            }
+        }
+    }
+}
+
+impl App {
+    /// Opens the cache, starts the engine and binds the mirror.
+    ///
+    /// # Errors
+    /// A port is taken, the data directory is unusable, or a CA file cannot be read.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let cache = NodeCache::open(
+            &config.data_dir,
+            config.cache.capacity.as_u64(),
+            config.cache.high_watermark,
+            config.cache.low_watermark,
+        )
+        .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
+        let engine = Engine::start(EngineConfig {
+            supernodes: config.supernodes.clone(),
+            peer_listen: Some(config.peer_listen),
+            advertise_ip: config.advertise_ip,
+            back_source: config.back_source,
+            download_rate: config.p2p.download_rate.as_u64(),
+            upload_rate: config.p2p.upload_rate.as_u64(),
+            upload_slots: config.p2p.upload_slots,
+            piece_timeout: config.p2p.piece_timeout,
+            supernode_timeout: config.p2p.supernode_timeout,
+            origin: damselfly_oci::OriginConfig {
+                connect_timeout: config.upstream.connect_timeout,
+                read_timeout: config.upstream.read_timeout,
+                ..damselfly_oci::OriginConfig::default()
+            },
+            ..EngineConfig::default()
+        })
+        .await
+        .context("starting the peer engine")?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the mirror to {}", config.listen))?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.cache_bytes.set(cache.used_bytes() as i64);
+        let upstreams = Upstreams::new(&config)?;
+        Ok(Self {
+            state: Arc::new(AppState {
+                config,
+                engine,
+                cache,
+                upstreams,
+                flights: Mutex::new(HashMap::new()),
+                access: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(HashMap::new()),
+                metrics,
+                registry,
+                downloads: TaskTracker::new(),
+            }),
+            listener,
+        })
+    }
+
+    /// The mirror's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    /// The piece server's address as advertised to peers.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.state.engine.peer_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    ///
+    /// # Errors
+    /// The listener failed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let background = tokio::spawn(maintain(state.clone(), shutdown.clone()));
+        let router = Router::new()
+            .route("/healthy", get(|| async { "ok" }))
+            .route("/metrics", get(metrics))
+            .fallback(handle)
+            .with_state(state.clone());
+        let grace = state.config.shutdown_grace;
+        let token = shutdown.clone();
+        let serve = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await });
+        let result = serve.await.context("serving the mirror");
+        background.abort();
+        state.downloads.close();
+        if tokio::time::timeout(grace, state.downloads.wait())
+            .await
+            .is_err()
+        {
+            warn!("blob downloads still running at shutdown; they start over next time");
+        }
+        state.cache.flush();
+        if let Ok(state) = Arc::try_unwrap(state) {
+            state.engine.shutdown(grace).await;
+        }
+        info!("dfdaemon stopped");
+        result
+    }
+}
+
+/// Keepalives to the supernode and cache GC.
+async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut keepalive = tokio::time::interval(state.config.p2p.keepalive_interval);
+    let mut gc = tokio::time::interval(state.config.cache.gc_interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = keepalive.tick() => state.engine.keepalive().await,
+            _ = gc.tick() => {
+                let in_use: Vec<String> = state.flights.lock().keys().map(ToString::to_string).collect();
+                match state.cache.gc(in_use).await {
+                    Ok(evicted) => {
+                        for digest in evicted {
+                            state.metrics.evictions.inc();
+                            let task = state.tasks.lock().remove(&digest);
+                            if let Some(task) = task {
+                                state.engine.forget(&task).await;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        state.metrics.error("cache_gc");
+                        warn!(error = %e, "cache GC failed");
+                    }
+                }
+                state.metrics.cache_bytes.set(state.cache.used_bytes() as i64);
+            }
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &state.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let header = parts
+        .headers
+        .get(REGISTRY_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let route = match upstream::route(parts.uri.path(), parts.uri.query(), header) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.request("invalid", 400);
+            let status = if matches!(e, upstream::RouteError::NotRegistryApi(_)) {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return oci_error(status, "UNSUPPORTED", &e.to_string());
+        }
+    };
+    let kind = route.kind.label();
+    let resp = match (&route.kind, &parts.method) {
+        (Kind::Blob { repo, digest }, &Method::GET) => {
+            let (repo, digest) = (repo.clone(), *digest);
+            serve_blob(&state, &route, &repo, digest, &parts.headers).await
+        }
+        (Kind::Base, _) if route.registry.is_none() => {
+            mirror_ping(&state, &route, parts.method.clone(), &parts.headers).await
+        }
+        _ => pass_through(&state, &route, parts.method.clone(), &parts.headers, body).await,
+    };
+    state.metrics.request(kind, resp.status().as_u16());
+    debug!(
+        method = %parts.method,
+        path = %parts.uri.path(),
+        registry = route.registry.as_deref().unwrap_or("<default>"),
+        by = ?route.selected_by,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+fn upstream_url(base: &str, route: &Route) -> String {
+    match &route.query {
+        Some(q) => format!("{base}{}?{q}", route.path),
+        None => format!("{base}{}", route.path),
+    }
+}
+
+async fn pass_through(
+    state: &AppState,
+    route: &Route,
+    method: Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let (base, client) = state.upstream(route);
+    let url = upstream_url(&base, route);
+    match proxy::forward(client, method, &url, headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.error("upstream_unreachable");
+            warn!(error = %e, "upstream unreachable");
+            oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
+        }
+    }
+}
+
+/// `/v2/` with no registry named: the version check of the mirror itself. Clients using
+/// the path-prefix form (Podman, skopeo) ask it of the mirror before any prefixed request,
+/// so it must not depend on the default upstream: its answer (and auth challenge) is passed
+/// on when it can be reached, otherwise the mirror answers that it speaks the API.
+async fn mirror_ping(
+    state: &AppState,
+    route: &Route,
+    method: Method,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let (base, client) = state.upstream(route);
+    let url = upstream_url(&base, route);
+    match proxy::forward(client, method, &url, headers, Body::empty()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            debug!(error = %e, "default upstream unreachable; answering the version check");
+            let mut resp = Response::new(Body::from("{}"));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                "docker-distribution-api-version",
+                HeaderValue::from_static("registry/2.0"),
+            );
+            resp
+        }
+    }
+}
+
+/// `GET /v2/<repo>/blobs/<digest>`: the registry decides who may read it; the bytes come
+/// from this node's cache, a download already running here, or a new P2P download.
+async fn serve_blob(
+    state: &Arc<AppState>,
+    route: &Route,
+    repo: &str,
+    digest: Digest,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let (base, client) = state.upstream(route);
+    let url = upstream_url(&base, route);
+    let auth = headers.get(header::AUTHORIZATION);
+    // 1. May this requester read the blob? Ask the registry (cached briefly per credential).
+    let key = access_key(&base, repo, &digest, auth);
+    let allowed = state
+        .access
+        .lock()
+        .get(&key)
+        .is_some_and(|exp| *exp > Instant::now());
+    if !allowed {
+        let mut check = client.head(&url);
+        if let Some(a) = auth {
+            check = check.header(header::AUTHORIZATION, a);
+        }
+        match check.send().await {
+            Ok(r) if r.status().is_success() => {
+                let ttl = state.config.upstream.access_cache_ttl;
+                let mut access = state.access.lock();
+                let now = Instant::now();
+                access.retain(|_, exp| *exp > now);
+                access.insert(key, now + ttl);
+            }
+            Ok(r) => {
+                // Refused (401 with a challenge, 403, 404...): let the registry answer the
+                // real request itself, so the client sees its exact status, headers and body.
+                debug!(status = r.status().as_u16(), %digest, "registry refused the blob check");
+                return pass_through(state, route, Method::GET, headers, Body::empty()).await;
+            }
+            Err(e) => {
+                state.metrics.error("upstream_unreachable");
+                let msg = format!("registry unreachable: {}", proxy::error_chain(&e));
+                warn!(%digest, error = %msg, "cannot check access to blob");
+                return oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &msg);
+            }
+        }
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // 2. This node already holds it.
+    if let Some(blob) = state.cache.get(&digest) {
+        return serve_cached(state, digest, &blob, range);
+    }
+    // 3. Join or start the download.
+    let flight = {
+        let mut flights = state.flights.lock();
+        match flights.get(&digest) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(Flight::default());
+                flights.insert(digest, f.clone());
+                let mut origin_headers = Vec::new();
+                if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
+                    origin_headers.push(("Authorization".to_owned(), a.to_owned()));
+                }
+                state.downloads.spawn(download(
+                    state.clone(),
+                    digest,
+                    format!("{base}{}", route.path),
+                    origin_headers,
+                    f.clone(),
+                ));
+                f
+            }
+        }
+    };
+    let mut rx = flight.subscribe();
+    drop(flight);
+    let ready = rx
+        .wait_for(|s| s.total.is_some() || s.outcome.is_some())
+        .await
+        .map(|s| (s.total, s.outcome.clone()));
+    let total = match ready {
+        Ok((Some(total), _)) => total,
+        Ok((None, Some(Err(f)))) => {
+            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return oci_error(status, f.code, &f.message);
+        }
+        // Finished before we looked, or the flight vanished: the cache has it now.
+        _ => match state.cache.get(&digest) {
+            Some(blob) => return serve_cached(state, digest, &blob, range),
+            None => {
+                return oci_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    "the download ended without the blob",
+                );
+            }
+        },
+    };
+    let (status, span) = match parse_range(range, total) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let body = Body::from_stream(flight::stream(rx, span.clone()));
+    blob_response(status, &digest, span, total, body)
+}
+
+fn serve_cached(
+    state: &AppState,
+    digest: Digest,
+    blob: &CachedBlob,
+    range: Option<&str>,
+) -> Response<Body> {
+    let (status, span) = match parse_range(range, blob.size) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let metrics = state.metrics.clone();
+    let cache = state.cache.clone();
+    let stream = state
+        .cache
+        .read(&digest, blob, span.clone())
+        .map(move |r| match r {
+            Ok(chunk) => {
+                metrics.bytes(Source::Local, chunk.len() as u64);
+                Ok(chunk)
+            }
+            Err(e) => {
+                // A piece failed verification on disk: drop the blob so the next request
+                // downloads it again, and cut this response short (the client retries).
+                metrics.error("cache_corrupt");
+                warn!(%digest, error = %e, "cached blob unreadable; removing it");
+                cache.remove(&digest);
+                Err(std::io::Error::other(e.to_string()))
+            }
+        });
+    blob_response(status, &digest, span, blob.size, Body::from_stream(stream))
+}
+
+fn blob_response(
+    status: StatusCode,
+    digest: &Digest,
+    span: Range<u64>,
+    total: u64,
+    body: Body,
+) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(span.end - span.start),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {}-{}/{total}",
+            span.start,
+            span.end.saturating_sub(1)
+        ))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
+/// A single `bytes=` range (RFC 9110 §14.1.2). Several ranges or an unparsable header are
+/// answered with the whole blob, as the RFC allows; an unsatisfiable one is a 416.
+#[allow(clippy::result_large_err)]
+fn parse_range(
+    header: Option<&str>,
+    total: u64,
+) -> Result<(StatusCode, Range<u64>), Response<Body>> {
+    let whole = Ok((StatusCode::OK, 0..total));
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return whole;
+    };
+    if spec.contains(',') {
+        return whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let span = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(last)) if start <= last => Some(start..(last + 1).min(total)),
+        (Ok(_), Ok(_)) => return whole,
+        (Ok(start), Err(_)) if b.is_empty() => Some(start..total),
+        (Err(_), Ok(n)) if a.is_empty() => Some(total.saturating_sub(n)..total),
+        _ => return whole,
+    };
+    match span {
+        Some(r) if r.start < total && r.start < r.end => Ok((StatusCode::PARTIAL_CONTENT, r)),
+        _ => {
+            let mut resp = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_INVALID",
+                "requested range not satisfiable",
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            Err(resp)
+        }
+    }
+}
+
+fn access_key(base: &str, repo: &str, digest: &Digest, auth: Option<&HeaderValue>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [base.as_bytes(), repo.as_bytes(), digest.0.as_slice()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(auth.map_or(&b""[..], HeaderValue::as_bytes));
+    h.finalize().into()
+}
+
+/// Runs one blob download to the end and adopts the result into the cache.
+async fn download(
+    state: Arc<AppState>,
+    digest: Digest,
+    url: String,
+    headers: Vec<(String, String)>,
+    flight: Arc<Flight>,
+) {
+    state.metrics.downloads.inc();
+    let req = DownloadRequest {
+        url: url.clone(),
+        headers,
+        digest: Some(digest),
+        output: state.cache.incoming_path(&digest),
+    };
+    let outcome = match state.engine.download(&req, flight.as_ref()).await {
+        Ok(report) => {
+            let m = &state.metrics;
+            m.bytes(Source::Peer, report.from_peers);
+            m.bytes(Source::Supernode, report.from_supernode);
+            m.bytes(Source::Origin, report.from_origin);
+            if let Some(why) = &report.back_source {
+                m.fallback(fallback_reason(why));
+            }
+            info!(
+                %digest,
+                bytes = report.bytes,
+                from_peers = report.from_peers,
+                from_supernode = report.from_supernode,
+                from_origin = report.from_origin,
+                secs = report.elapsed.as_secs_f64(),
+                "blob downloaded"
+            );
+            state
+                .tasks
+                .lock()
+                .insert(digest.to_string(), report.task_id.clone());
+            match state.cache.adopt(digest, url, req.output.clone()).await {
+                Ok(()) => {
+                    state
+                        .metrics
+                        .cache_bytes
+                        .set(state.cache.used_bytes() as i64);
+                    Ok(())
+                }
+                Err(e) => {
+                    // The requests already streaming still have the file open; later ones
+                    // download again.
+                    state.metrics.error("cache_write");
+                    warn!(%digest, error = %e, "cannot keep the blob in the node cache");
+                    Ok(())
+                }
+            }
+        }
+        Err(e) => {
+            let failure = failure(&e);
+            state.metrics.error(failure.code_reason());
+            if matches!(e, DownloadError::NoRoute(_)) {
+                state.metrics.fallback("refused_back_source_off");
+            }
+            warn!(%digest, error = %e, "blob download failed");
+            Err(failure)
+        }
+    };
+    flight.finish(outcome);
+    {
+        let mut flights = state.flights.lock();
+        if flights
+            .get(&digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
+            flights.remove(&digest);
+        }
+    }
+    state.metrics.downloads.dec();
+}
+
+fn fallback_reason(why: &str) -> &'static str {
+    if why.starts_with("no supernode") {
+        "no_supernode"
+    } else if why.starts_with("supernode lost") {
+        "supernode_lost"
+    } else {
+        "supernode_unreachable"
+    }
+}
+
+impl Failure {
+    fn code_reason(&self) -> &'static str {
+        match self.code {
+            "DENIED" => "download_denied",
+            "BLOB_UNKNOWN" => "download_not_found",
+            "UNAVAILABLE" => "download_unavailable",
+            _ => "download_failed",
+        }
+    }
+}
+
+fn failure(e: &DownloadError) -> Failure {
+    let (status, code) = match e {
+        DownloadError::Origin { status: 404, .. } => (404, "BLOB_UNKNOWN"),
+        DownloadError::Origin { status, .. } if (400..500).contains(status) => (*status, "DENIED"),
+        DownloadError::Denied { status, .. } => (*status, "DENIED"),
+        DownloadError::NoRoute(_) => (502, "UNAVAILABLE"),
+        DownloadError::Io(_) => (500, "UNKNOWN"),
+        _ => (502, "UNKNOWN"),
+    };
+    Failure {
+        status,
+        code,
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(h: &str, total: u64) -> Result<(u16, Range<u64>), u16> {
+        parse_range(Some(h), total)
+            .map(|(s, r)| (s.as_u16(), r))
+            .map_err(|r| r.status().as_u16())
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(range("bytes=0-9", 100), Ok((206, 0..10)));
+        assert_eq!(range("bytes=90-", 100), Ok((206, 90..100)));
+        assert_eq!(range("bytes=-5", 100), Ok((206, 95..100)));
+        assert_eq!(range("bytes=50-500", 100), Ok((206, 50..100)));
+        assert_eq!(range("bytes=100-", 100), Err(416));
+        assert_eq!(range("bytes=0-1,5-6", 100), Ok((200, 0..100)));
+        assert_eq!(range("items=0-1", 100), Ok((200, 0..100)));
+        assert_eq!(range("bytes=9-3", 100), Ok((200, 0..100)));
+        assert_eq!(parse_range(None, 7).unwrap().1, 0..7);
+    }
+
+    #[test]
+    fn access_keys_differ_by_credential_and_repo() {
+        let d = Digest::of(b"x");
+        let a = HeaderValue::from_static("Basic YTpi");
+        let k = access_key("http://r", "repo", &d, Some(&a));
+        assert_ne!(k, access_key("http://r", "repo", &d, None));
+        assert_ne!(k, access_key("http://r", "other", &d, Some(&a)));
+        assert_eq!(k, access_key("http://r", "repo", &d, Some(&a)));
+    }
+}

@@ -1,0 +1,218 @@
+//! The node cache: complete, verified blobs keyed by digest, in the shared piece store
+//! (RocksDB metadata + one content file per blob, LRU GC). Every read re-verifies the piece
+//! it returns, so a blob damaged on disk is never served.
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use damselfly_common::Digest;
+use damselfly_store::{Store, StoreConfig, TaskMeta, TaskState};
+use futures::Stream;
+use tracing::warn;
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed (I/O, RocksDB, corrupt data).
+    #[error(transparent)]
+    Store(#[from] damselfly_store::Error),
+    /// A blocking worker died.
+    #[error("cache worker failed: {0}")]
+    Worker(String),
+}
+
+/// What the cache holds for one blob.
+#[derive(Debug, Clone)]
+pub struct CachedBlob {
+    /// Blob size.
+    pub size: u64,
+    /// Piece size of the stored layout.
+    pub piece_size: u32,
+}
+
+/// The node cache. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeCache {
+    store: Arc<Store>,
+    incoming: PathBuf,
+}
+
+impl std::fmt::Debug for NodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCache")
+            .field("dir", &self.store.config().dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCache {
+    /// Opens the cache under `dir` (`db/`, `content/`, and `incoming/` for downloads in
+    /// progress, which is emptied: a download cut short by a restart is started again).
+    ///
+    /// # Errors
+    /// The store cannot be opened or the directories created.
+    pub fn open(dir: &Path, capacity: u64, high: f64, low: f64) -> Result<Self, CacheError> {
+        let store = Store::open(StoreConfig {
+            dir: dir.to_path_buf(),
+            capacity,
+            high_watermark: high,
+            low_watermark: low,
+        })?;
+        let incoming = dir.join("incoming");
+        if incoming.exists() {
+            let _ = std::fs::remove_dir_all(&incoming);
+        }
+        std::fs::create_dir_all(&incoming).map_err(|e| damselfly_store::Error::Io {
+            path: incoming.clone(),
+            source: e,
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            incoming,
+        })
+    }
+
+    /// Where a download of `digest` writes before it is adopted.
+    pub fn incoming_path(&self, digest: &Digest) -> PathBuf {
+        self.incoming.join(digest.hex())
+    }
+
+    /// The blob, if this node holds all of it.
+    pub fn get(&self, digest: &Digest) -> Option<CachedBlob> {
+        let id = digest.to_string();
+        let meta = self
+            .store
+            .task_meta(&id)
+            .filter(|m| m.state == TaskState::Complete)?;
+        let _ = self.store.touch(&id, now_unix());
+        Some(CachedBlob {
+            size: meta.content_length,
+            piece_size: meta.piece_size,
+        })
+    }
+
+    /// Adopts a downloaded file (checked against `digest` while hashing its pieces).
+    ///
+    /// # Errors
+    /// The file does not match `digest`, or local I/O failed.
+    pub async fn adopt(
+        &self,
+        digest: Digest,
+        url: String,
+        path: PathBuf,
+    ) -> Result<(), CacheError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let len = std::fs::metadata(&path)
+                .map_err(|e| damselfly_store::Error::Io {
+                    path: path.clone(),
+                    source: e,
+                })?
+                .len();
+            let now = now_unix();
+            let meta = TaskMeta {
+                id: digest.to_string(),
+                url,
+                content_length: len,
+                piece_size: damselfly_swarm::piece_size_for(len),
+                digest: Some(digest.to_string()),
+                public: false,
+                state: TaskState::Complete,
+                created_unix: now,
+                last_access_unix: now,
+            };
+            match store.import_file(meta, &path) {
+                // Another request adopted the same blob first: keep that one.
+                Err(damselfly_store::Error::TaskExists(_)) => {
+                    let _ = std::fs::remove_file(&path);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(e.into())
+                }
+                Ok(()) => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| CacheError::Worker(e.to_string()))?
+    }
+
+    /// Streams bytes `range` of a cached blob, piece by piece, each piece verified.
+    pub fn read(
+        &self,
+        digest: &Digest,
+        blob: &CachedBlob,
+        range: Range<u64>,
+    ) -> impl Stream<Item = Result<Bytes, CacheError>> + Send + 'static {
+        let store = self.store.clone();
+        let id = digest.to_string();
+        let piece_size = u64::from(blob.piece_size.max(1));
+        futures::stream::try_unfold(range.start, move |pos| {
+            let store = store.clone();
+            let id = id.clone();
+            let end = range.end;
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let index = (pos / piece_size) as u32;
+                let piece_start = u64::from(index) * piece_size;
+                let data = tokio::task::spawn_blocking(move || store.read_piece(&id, index))
+                    .await
+                    .map_err(|e| CacheError::Worker(e.to_string()))??;
+                let from = (pos - piece_start) as usize;
+                let to = ((end - piece_start) as usize).min(data.len());
+                if from >= to {
+                    return Err(CacheError::Worker("piece shorter than its layout".into()));
+                }
+                let chunk = Bytes::from(data).slice(from..to);
+                Ok(Some((chunk, piece_start + to as u64)))
+            }
+        })
+    }
+
+    /// Removes a blob (after it was found corrupt).
+    pub fn remove(&self, digest: &Digest) {
+        if let Err(e) = self.store.remove_task(&digest.to_string()) {
+            warn!(error = %e, %digest, "cannot remove blob from the cache");
+        }
+    }
+
+    /// One GC pass; returns the evicted digests.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn gc(&self, in_use: Vec<String>) -> Result<Vec<String>, CacheError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = store.gc(&|id| in_use.iter().any(|u| u == id))?;
+            Ok(report.removed)
+        })
+        .await
+        .map_err(|e| CacheError::Worker(e.to_string()))?
+    }
+
+    /// Bytes held.
+    pub fn used_bytes(&self) -> u64 {
+        self.store.used_bytes()
+    }
+
+    /// Persists access times.
+    pub fn flush(&self) {
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "cannot persist cache access times");
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,479 @@
+//! dfdaemon configuration: one TOML file, every key also a command-line flag.
+//!
+//! ```toml
+//! version = 1
+//! listen = "0.0.0.0:65001"
+//! peer_listen = "0.0.0.0:65000"
+//! supernodes = ["supernode.example:8002"]
+//! default_upstream = "https://registry-1.docker.io"
+//! [[registries]]
+//! host = "registry.local:5000"
+//! plain_http = true
+//! ```
+//! `dfdaemon config default` prints the full default file.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use bytesize::ByteSize;
+use damselfly_common::config::{CONFIG_VERSION, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// The whole dfdaemon config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// The registry mirror (plain HTTP) that runtimes pull through, plus `/healthy` and
+    /// `/metrics`. Default `0.0.0.0:65001`; port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// UDP address of the QUIC piece server other peers fetch from. Default `0.0.0.0:65000`.
+    pub peer_listen: SocketAddr,
+    /// IP advertised to other peers. Default: the local address that routes to the supernode.
+    pub advertise_ip: Option<IpAddr>,
+    /// Node cache (RocksDB metadata and blob files). Default `/var/lib/damselfly/dfdaemon`.
+    pub data_dir: PathBuf,
+    /// Supernodes (`host:port`). A blob goes to the one its digest hashes to, the others
+    /// while it is down. Empty: every blob comes from the origin (a plain caching mirror).
+    pub supernodes: Vec<String>,
+    /// Upstream for requests that name no registry (Docker's `registry-mirrors` form).
+    /// Default `https://registry-1.docker.io`.
+    pub default_upstream: String,
+    /// Fetch a blob from the origin itself when the swarm cannot serve it. When off, such a
+    /// request fails at once (502) so the runtime moves on to its next host. Default on.
+    pub back_source: bool,
+    /// The node cache.
+    pub cache: CacheConfig,
+    /// Transfers to and from other peers.
+    pub p2p: P2pConfig,
+    /// Requests to registries.
+    pub upstream: UpstreamConfig,
+    /// Per-registry settings.
+    pub registries: Vec<RegistryConfig>,
+    /// Longest wait for requests to drain on SIGTERM. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Node cache limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache size limit; `0 B` means unlimited. Default 20 GiB.
+    pub capacity: ByteSize,
+    /// GC starts above this fraction of `capacity`. Default 0.9.
+    pub high_watermark: f64,
+    /// GC evicts least recently used blobs down to this fraction. Default 0.7.
+    pub low_watermark: f64,
+    /// How often GC checks the watermarks. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+}
+
+/// Peer-to-peer transfer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Download limit per second; `0 B` = unlimited. Default unlimited.
+    pub download_rate: ByteSize,
+    /// Upload limit per second to other peers; `0 B` = unlimited. Default unlimited.
+    pub upload_rate: ByteSize,
+    /// Concurrent uploads to other peers. Default 4.
+    pub upload_slots: u32,
+    /// Longest time for one piece transfer before it is retried elsewhere. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    /// How long the supernode may stay silent mid-download before the blob goes back to the
+    /// origin (or fails). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub supernode_timeout: Duration,
+    /// How often this node tells the supernode it still serves what it holds. Must stay
+    /// well under the supernode's `scheduler.peer_timeout`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+/// Registry client settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TCP/TLS connect timeout. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence while reading an answer. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long a registry's "yes, these credentials may read this blob" is trusted before
+    /// it is asked again. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub access_cache_ttl: Duration,
+}
+
+/// Settings for one registry, matched by the host name runtimes use for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry host as in image references: `docker.io`, `registry.local:5000`.
+    pub host: String,
+    /// Where to send its requests, e.g. `https://registry-1.docker.io`. Default:
+    /// `https://<host>` (`http://` with `plain_http`; `docker.io` maps to Docker Hub).
+    pub endpoint: Option<String>,
+    /// The registry speaks plain HTTP. Registries on loopback addresses are assumed plain
+    /// HTTP unless an `endpoint` says otherwise.
+    pub plain_http: bool,
+    /// PEM file with extra CA certificates to trust for this registry.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate from this registry. For tests only.
+    pub skip_verify: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            listen: SocketAddr::from(([0, 0, 0, 0], 65001)),
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 65000)),
+            advertise_ip: None,
+            data_dir: PathBuf::from("/var/lib/damselfly/dfdaemon"),
+            supernodes: Vec::new(),
+            default_upstream: "https://registry-1.docker.io".into(),
+            back_source: true,
+            cache: CacheConfig::default(),
+            p2p: P2pConfig::default(),
+            upstream: UpstreamConfig::default(),
+            registries: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize::gib(20),
+            high_watermark: 0.9,
+            low_watermark: 0.7,
+            gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            download_rate: ByteSize::b(0),
+            upload_rate: ByteSize::b(0),
+            upload_slots: 4,
+            piece_timeout: Duration::from_secs(10),
+            supernode_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            access_cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every key; returns all problems at once.
+    ///
+    /// # Errors
+    /// One [`ConfigError`] per bad key.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        if self.version != CONFIG_VERSION {
+            errs.push(ConfigError::new(
+                "version",
+                format!("must be {CONFIG_VERSION}"),
+            ));
+        }
+        for (i, sn) in self.supernodes.iter().enumerate() {
+            if sn.is_empty() || sn.contains('/') || !sn.contains(':') {
+                errs.push(ConfigError::new(
+                    format!("supernodes[{i}]"),
+                    "must be HOST:PORT",
+                ));
+            }
+        }
+        if crate::upstream::parse_base(&self.default_upstream).is_none() {
+            errs.push(ConfigError::new(
+                "default_upstream",
+                "must be an http:// or https:// URL without a path",
+            ));
+        }
+        let c = &self.cache;
+        let (low, high) = (c.low_watermark, c.high_watermark);
+        if !(low > 0.0 && low <= high && high <= 1.0) {
+            errs.push(ConfigError::new(
+                "cache",
+                "watermarks must satisfy 0 < low_watermark <= high_watermark <= 1",
+            ));
+        }
+        if c.gc_interval.is_zero() {
+            errs.push(ConfigError::new("cache.gc_interval", "must be > 0"));
+        }
+        if self.p2p.upload_slots == 0 {
+            errs.push(ConfigError::new("p2p.upload_slots", "must be > 0"));
+        }
+        if self.p2p.keepalive_interval.is_zero() {
+            errs.push(ConfigError::new("p2p.keepalive_interval", "must be > 0"));
+        }
+        for (i, r) in self.registries.iter().enumerate() {
+            if r.host.is_empty() || r.host.contains('/') {
+                errs.push(ConfigError::new(
+                    format!("registries[{i}].host"),
+                    "must be a registry host such as registry.local:5000",
+                ));
+            }
+            if let Some(e) = &r.endpoint
+                && crate::upstream::parse_base(e).is_none()
+            {
+                errs.push(ConfigError::new(
+                    format!("registries[{i}].endpoint"),
+                    "must be an http:// or https:// URL without a path",
+                ));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The default config as TOML, for `dfdaemon config default`.
+    pub fn default_toml() -> String {
+        toml::to_string(&Self::default()).unwrap_or_default()
+    }
+
+    /// The settings for registry `host`, if configured.
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries.iter().find(|r| r.host == host)
+    }
+}
+
+/// Command-line flags; each overrides the config key it names.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// `listen`: the mirror's address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// `peer_listen`: the piece server's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// `advertise_ip`.
+    #[arg(long, value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `supernodes` (repeatable; replaces the file's list).
+    #[arg(long = "supernode", value_name = "HOST:PORT")]
+    pub supernodes: Vec<String>,
+    /// `default_upstream`.
+    #[arg(long, value_name = "URL")]
+    pub default_upstream: Option<String>,
+    /// `back_source`.
+    #[arg(long, value_name = "BOOL")]
+    pub back_source: Option<bool>,
+    /// `cache.capacity`, e.g. `50GiB`.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_capacity: Option<ByteSize>,
+    /// `cache.high_watermark`.
+    #[arg(long, value_name = "FRACTION")]
+    pub cache_high_watermark: Option<f64>,
+    /// `cache.low_watermark`.
+    #[arg(long, value_name = "FRACTION")]
+    pub cache_low_watermark: Option<f64>,
+    /// `cache.gc_interval`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cache_gc_interval: Option<Duration>,
+    /// `p2p.download_rate` (per second).
+    #[arg(long, value_name = "BYTES")]
+    pub p2p_download_rate: Option<ByteSize>,
+    /// `p2p.upload_rate` (per second).
+    #[arg(long, value_name = "BYTES")]
+    pub p2p_upload_rate: Option<ByteSize>,
+    /// `p2p.upload_slots`.
+    #[arg(long, value_name = "N")]
+    pub p2p_upload_slots: Option<u32>,
+    /// `p2p.piece_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub p2p_piece_timeout: Option<Duration>,
+    /// `p2p.supernode_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub p2p_supernode_timeout: Option<Duration>,
+    /// `p2p.keepalive_interval`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub p2p_keepalive_interval: Option<Duration>,
+    /// `upstream.connect_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_connect_timeout: Option<Duration>,
+    /// `upstream.read_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_read_timeout: Option<Duration>,
+    /// `upstream.access_cache_ttl`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_access_cache_ttl: Option<Duration>,
+    /// Adds a `[[registries]]` entry with `plain_http = true` for HOST (repeatable).
+    #[arg(long = "plain-http-registry", value_name = "HOST")]
+    pub plain_http_registries: Vec<String>,
+    /// Adds (or updates) a `[[registries]]` entry: requests for HOST go to URL, e.g.
+    /// `docker.io=https://mirror.gcr.io` (repeatable).
+    #[arg(long = "registry-endpoint", value_name = "HOST=URL", value_parser = parse_endpoint)]
+    pub registry_endpoints: Vec<(String, String)>,
+    /// `shutdown_grace`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+fn parse_endpoint(s: &str) -> Result<(String, String), String> {
+    let (host, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected HOST=URL, got {s:?}"))?;
+    Ok((host.trim().to_owned(), url.trim().to_owned()))
+}
+
+impl Overrides {
+    /// Applies every flag that was given.
+    pub fn apply(self, c: &mut Config) {
+        fn set<T>(slot: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        set(&mut c.listen, self.listen);
+        set(&mut c.peer_listen, self.peer_listen);
+        if self.advertise_ip.is_some() {
+            c.advertise_ip = self.advertise_ip;
+        }
+        set(&mut c.data_dir, self.data_dir);
+        if !self.supernodes.is_empty() {
+            c.supernodes = self.supernodes;
+        }
+        set(&mut c.default_upstream, self.default_upstream);
+        set(&mut c.back_source, self.back_source);
+        set(&mut c.cache.capacity, self.cache_capacity);
+        set(&mut c.cache.high_watermark, self.cache_high_watermark);
+        set(&mut c.cache.low_watermark, self.cache_low_watermark);
+        set(&mut c.cache.gc_interval, self.cache_gc_interval);
+        set(&mut c.p2p.download_rate, self.p2p_download_rate);
+        set(&mut c.p2p.upload_rate, self.p2p_upload_rate);
+        set(&mut c.p2p.upload_slots, self.p2p_upload_slots);
+        set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
+        set(&mut c.p2p.supernode_timeout, self.p2p_supernode_timeout);
+        set(&mut c.p2p.keepalive_interval, self.p2p_keepalive_interval);
+        set(
+            &mut c.upstream.connect_timeout,
+            self.upstream_connect_timeout,
+        );
+        set(&mut c.upstream.read_timeout, self.upstream_read_timeout);
+        set(
+            &mut c.upstream.access_cache_ttl,
+            self.upstream_access_cache_ttl,
+        );
+        for host in self.plain_http_registries {
+            match c.registries.iter_mut().find(|r| r.host == host) {
+                Some(r) => r.plain_http = true,
+                None => c.registries.push(RegistryConfig {
+                    host,
+                    plain_http: true,
+                    ..RegistryConfig::default()
+                }),
+            }
+        }
+        for (host, url) in self.registry_endpoints {
+            match c.registries.iter_mut().find(|r| r.host == host) {
+                Some(r) => r.endpoint = Some(url),
+                None => c.registries.push(RegistryConfig {
+                    host,
+                    endpoint: Some(url),
+                    ..RegistryConfig::default()
+                }),
+            }
+        }
+        set(&mut c.shutdown_grace, self.shutdown_grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use damselfly_common::config::parse;
+
+    use super::*;
+
+    #[test]
+    fn default_file_round_trips_and_matches_the_documented_defaults() {
+        let text = Config::default_toml();
+        let back: Config = parse(&text).unwrap();
+        assert_eq!(back, Config::default());
+        back.validate().unwrap();
+        assert_eq!(back.listen.port(), 65001);
+        assert_eq!(back.peer_listen.port(), 65000);
+        assert_eq!(back.data_dir, PathBuf::from("/var/lib/damselfly/dfdaemon"));
+        assert_eq!(back.default_upstream, "https://registry-1.docker.io");
+    }
+
+    #[test]
+    fn registries_and_flags_combine() {
+        let mut c: Config = parse(
+            "version = 1\nsupernodes = [\"sn:8002\"]\n\
+             [[registries]]\nhost = \"reg.local:5000\"\nca_file = \"/etc/ca.pem\"\n",
+        )
+        .unwrap();
+        Overrides {
+            supernodes: vec!["a:1".into(), "b:2".into()],
+            plain_http_registries: vec!["reg.local:5000".into(), "other:80".into()],
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        c.validate().unwrap();
+        assert_eq!(c.supernodes, ["a:1", "b:2"]);
+        let r = c.registry("reg.local:5000").unwrap();
+        assert!(r.plain_http);
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(c.registry("other:80").unwrap().plain_http);
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let mut c: Config = parse(
+            "version = 1\nsupernodes = [\"no-port\"]\ndefault_upstream = \"ftp://x\"\n\
+             [cache]\nlow_watermark = 0.95\n[[registries]]\nhost = \"a/b\"\n",
+        )
+        .unwrap();
+        c.version = 2;
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "version",
+                "supernodes[0]",
+                "default_upstream",
+                "cache",
+                "registries[0].host"
+            ]
+        );
+        let unknown = parse::<Config>("version = 1\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(
+            unknown[0].to_string().contains("listen_addr"),
+            "{}",
+            unknown[0]
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! `dfdaemon init containerd|docker|podman`: the runtime's mirror configuration for this
+//! node, printed or written.
+
+use std::path::{Path, PathBuf};
+
+use crate::Config;
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// Where it goes.
+    pub path: PathBuf,
+    /// Its full contents.
+    pub contents: String,
+}
+
+/// The mirror URL runtimes on this node use: the listen address, with a wildcard IP
+/// replaced by loopback.
+pub fn mirror_url(config: &Config) -> String {
+    let addr = config.listen;
+    let port = addr.port();
+    if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{port}")
+    } else if addr.is_ipv6() {
+        format!("http://[{}]:{port}", addr.ip())
+    } else {
+        format!("http://{}:{port}", addr.ip())
+    }
+}
+
+/// Registries named in the config plus `docker.io`, in a stable order.
+fn registries(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = vec!["docker.io".into()];
+    for r in &config.registries {
+        if !hosts.contains(&r.host) {
+            hosts.push(r.host.clone());
+        }
+    }
+    hosts
+}
+
+/// containerd `hosts.toml` files: one per configured registry (so its `server` is right)
+/// and `_default` for every other registry.
+pub fn containerd(config: &Config, mirror: &str, hosts_dir: &Path) -> Vec<ConfigFile> {
+    let host_block = format!("[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+    let mut files = vec![ConfigFile {
+        path: hosts_dir.join("_default").join("hosts.toml"),
+        contents: format!(
+            "# Written by `dfdaemon init containerd`: every registry is pulled through the \
+             Damselfly mirror,\n# then directly when the mirror cannot help.\n{host_block}"
+        ),
+    }];
+    for host in registries(config) {
+        let rc = config.registry(&host);
+        let server = crate::upstream::base_url(
+            &host,
+            rc.and_then(|r| r.endpoint.as_deref()),
+            rc.is_some_and(|r| r.plain_http),
+        );
+        files.push(ConfigFile {
+            path: hosts_dir.join(&host).join("hosts.toml"),
+            contents: format!(
+                "# Written by `dfdaemon init containerd`.\nserver = \"{server}\"\n\n{host_block}"
+            ),
+        });
+    }
+    files
+}
+
+/// Docker's `daemon.json` with the mirror first in `registry-mirrors`, keeping every other
+/// setting of `existing` (Docker only mirrors Docker Hub).
+///
+/// # Errors
+/// `existing` is not a JSON object.
+pub fn docker(mirror: &str, existing: Option<&str>, path: &Path) -> Result<ConfigFile, String> {
+    let mut doc: serde_json::Value = match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?,
+        None => serde_json::json!({}),
+    };
+    let obj = doc
+        .as_object_mut()
+        .ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
+    let mut mirrors: Vec<serde_json::Value> = obj
+        .get("registry-mirrors")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    mirrors.retain(|m| m.as_str() != Some(mirror));
+    mirrors.insert(0, serde_json::Value::from(mirror));
+    obj.insert("registry-mirrors".into(), serde_json::Value::from(mirrors));
+    let contents = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
+    Ok(ConfigFile {
+        path: path.to_path_buf(),
+        contents,
+    })
+}
+
+/// A `registries.conf` drop-in: each registry gets the mirror with its host as path prefix.
+pub fn podman(config: &Config, mirror: &str, path: &Path) -> ConfigFile {
+    let mirror_host = mirror
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let mut out = String::from(
+        "# Written by `dfdaemon init podman`: pulls go through the Damselfly mirror first.\n",
+    );
+    for host in registries(config) {
+        let location = if host == "docker.io" {
+            "registry-1.docker.io".to_owned()
+        } else {
+            host.clone()
+        };
+        let insecure = config.registry(&host).is_some_and(|r| r.plain_http);
+        out.push_str(&format!(
+            "\n[[registry]]\nprefix = \"{host}\"\nlocation = \"{location}\"\n{}\
+             [[registry.mirror]]\nlocation = \"{mirror_host}/{host}\"\ninsecure = true\n",
+            if insecure { "insecure = true\n" } else { "" }
+        ));
+    }
+    ConfigFile {
+        path: path.to_path_buf(),
+        contents: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegistryConfig;
+
+    fn config() -> Config {
+        Config {
+            registries: vec![RegistryConfig {
+                host: "reg.local:5000".into(),
+                plain_http: true,
+                ..RegistryConfig::default()
+            }],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn containerd_gets_a_default_and_one_file_per_registry() {
+        let c = config();
+        let files = containerd(&c, &mirror_url(&c), Path::new("/etc/containerd/certs.d"));
+        let paths: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/containerd/certs.d/_default/hosts.toml",
+                "/etc/containerd/certs.d/docker.io/hosts.toml",
+                "/etc/containerd/certs.d/reg.local:5000/hosts.toml",
+            ]
+        );
+        for f in &files {
+            let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
+            let host = parsed["host"]["http://127.0.0.1:65001"].as_table().unwrap();
+            assert_eq!(host["capabilities"].as_array().unwrap().len(), 2);
+        }
+        let reg: toml::Table = toml::from_str(&files[2].contents).unwrap();
+        assert_eq!(reg["server"].as_str(), Some("http://reg.local:5000"));
+        let hub: toml::Table = toml::from_str(&files[1].contents).unwrap();
+        assert_eq!(hub["server"].as_str(), Some("https://registry-1.docker.io"));
+    }
+
+    #[test]
+    fn docker_keeps_other_settings_and_does_not_duplicate() {
+        let p = Path::new("/etc/docker/daemon.json");
+        let existing = r#"{"log-driver":"journald","registry-mirrors":["http://other"]}"#;
+        let once = docker("http://127.0.0.1:65001", Some(existing), p).unwrap();
+        let twice = docker("http://127.0.0.1:65001", Some(&once.contents), p).unwrap();
+        assert_eq!(once, twice);
+        let v: serde_json::Value = serde_json::from_str(&twice.contents).unwrap();
+        assert_eq!(v["log-driver"], "journald");
+        assert_eq!(
+            v["registry-mirrors"],
+            serde_json::json!(["http://127.0.0.1:65001", "http://other"])
+        );
+        assert!(docker("http://m", Some("[1]"), p).is_err());
+        assert!(docker("http://m", Some("{oops"), p).is_err());
+    }
+
+    #[test]
+    fn podman_uses_the_path_prefix_form() {
+        let c = config();
+        let f = podman(&c, &mirror_url(&c), Path::new("/x.conf"));
+        let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
+        let regs = parsed["registry"].as_array().unwrap();
+        assert_eq!(regs.len(), 2);
+        assert_eq!(regs[0]["location"].as_str(), Some("registry-1.docker.io"));
+        assert_eq!(
+            regs[1]["mirror"][0]["location"].as_str(),
+            Some("127.0.0.1:65001/reg.local:5000")
+        );
+        assert_eq!(regs[1]["insecure"].as_bool(), Some(true));
+    }
+}

@@ -1,0 +1,187 @@
+//! `dfdaemon`: the per-node registry mirror. See the library docs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dfdaemon::{App, Config, config::Overrides, init};
+use tokio_util::sync::CancellationToken;
+
+/// Damselfly dfdaemon: a registry mirror for containerd, Docker and Podman that fetches
+/// blobs through the peer-to-peer swarm.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Config file (TOML). Flags override its keys.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+    /// Print (or write) a container runtime's configuration for pulling through this mirror.
+    Init {
+        /// The runtime.
+        runtime: Runtime,
+        /// Write the files instead of printing them.
+        #[arg(long)]
+        write: bool,
+        /// Mirror URL the runtime uses. Default: from `listen` (a wildcard becomes 127.0.0.1).
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// containerd's hosts directory (`config_path`).
+        #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
+        hosts_dir: PathBuf,
+        /// Docker's daemon.json.
+        #[arg(long, value_name = "FILE", default_value = "/etc/docker/daemon.json")]
+        docker_config: PathBuf,
+        /// Podman's registries.conf drop-in.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/containers/registries.conf.d/50-damselfly.conf"
+        )]
+        podman_config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the default config file.
+    Default,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Runtime {
+    Containerd,
+    Docker,
+    Podman,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", Config::default_toml());
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match &cli.config {
+        Some(path) => match damselfly_common::config::load_file::<Config>(path) {
+            Ok(c) => c,
+            Err(errs) => return config_failed(&errs),
+        },
+        None => Config::default(),
+    };
+    cli.overrides.apply(&mut config);
+    if let Err(errs) = config.validate() {
+        return config_failed(&errs);
+    }
+    if let Some(Command::Init {
+        runtime,
+        write,
+        mirror,
+        hosts_dir,
+        docker_config,
+        podman_config,
+    }) = cli.command
+    {
+        let mirror = mirror.unwrap_or_else(|| init::mirror_url(&config));
+        let files = match runtime {
+            Runtime::Containerd => init::containerd(&config, &mirror, &hosts_dir),
+            Runtime::Docker => {
+                let existing = std::fs::read_to_string(&docker_config).ok();
+                match init::docker(&mirror, existing.as_deref(), &docker_config) {
+                    Ok(f) => vec![f],
+                    Err(e) => {
+                        eprintln!("dfdaemon init: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Runtime::Podman => vec![init::podman(&config, &mirror, &podman_config)],
+        };
+        return emit(&files, write);
+    }
+    damselfly_common::telemetry::init("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfdaemon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfdaemon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit(files: &[init::ConfigFile], write: bool) -> ExitCode {
+    for f in files {
+        if !write {
+            println!("# {}\n{}", f.path.display(), f.contents);
+            continue;
+        }
+        if let Err(e) = write_file(&f.path, &f.contents) {
+            eprintln!("dfdaemon init: writing {}: {e}", f.path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", f.path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes via a temp file and rename, so a runtime never reads half a file.
+fn write_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("damselfly-tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn config_failed(errs: &[damselfly_common::config::ConfigError]) -> ExitCode {
+    for e in errs {
+        eprintln!("config error: {e}");
+    }
+    ExitCode::from(64)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let supernodes = config.supernodes.join(",");
+    let app = App::build(config).await?;
+    tracing::info!(
+        mirror = %app.addr(),
+        peer = %app.peer_addr(),
+        supernodes = %supernodes,
+        data_dir = %data_dir.display(),
+        "dfdaemon listening"
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = damselfly_common::shutdown::signal().await {
+            tracing::error!(error = %e, "cannot watch for signals");
+        }
+        signal.cancel();
+    });
+    app.run(shutdown).await
+}

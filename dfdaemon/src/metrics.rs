@@ -1,0 +1,149 @@
+//! Prometheus metrics of dfdaemon (prefix `damselfly_dfdaemon_`). Labels are bounded sets,
+//! never repositories, digests or URLs.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Labels of a handled request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `base`, `manifest`, `blob`, `other`, `invalid`.
+    pub kind: &'static str,
+    /// Status class: `2xx`, `3xx`, `4xx`, `5xx`.
+    pub status: &'static str,
+}
+
+/// Where blob bytes came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Source {
+    /// The registry, fetched by this node (back to source).
+    Origin,
+    /// Other peers.
+    Peer,
+    /// The supernode (which fetched from the registry once for everyone).
+    Supernode,
+    /// This node's cache.
+    Local,
+}
+
+impl Source {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Origin => "origin",
+            Self::Peer => "peer",
+            Self::Supernode => "supernode",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// Label set for bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `origin`, `peer`, `supernode` or `local`.
+    pub source: &'static str,
+}
+
+/// Label set for fallbacks and errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A short, fixed reason.
+    pub reason: &'static str,
+}
+
+/// All dfdaemon metrics; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Requests answered, by kind and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Blob bytes obtained, by source. Local bytes count every cache read served.
+    pub bytes: Family<SourceLabels, Counter>,
+    /// Blobs that went to the origin instead of the swarm, by reason.
+    pub fallbacks: Family<ReasonLabels, Counter>,
+    /// Failures, by reason.
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Blob downloads in progress.
+    pub downloads: Gauge,
+    /// Bytes held in the node cache.
+    pub cache_bytes: Gauge,
+    /// Blobs evicted by GC.
+    pub evictions: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `damselfly_dfdaemon_`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("damselfly_dfdaemon");
+        r.register(
+            "requests",
+            "Registry API requests answered",
+            m.requests.clone(),
+        );
+        r.register(
+            "blob_bytes",
+            "Blob bytes obtained, by source",
+            m.bytes.clone(),
+        );
+        r.register(
+            "p2p_fallbacks",
+            "Blobs fetched from the origin because the swarm could not serve them",
+            m.fallbacks.clone(),
+        );
+        r.register("errors", "Failures, by reason", m.errors.clone());
+        r.register(
+            "downloads",
+            "Blob downloads in progress",
+            m.downloads.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes in the node cache",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Blobs evicted from the node cache",
+            m.evictions.clone(),
+        );
+        m
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, kind: &'static str, status: u16) {
+        let status = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { kind, status })
+            .inc();
+    }
+
+    /// Counts blob bytes from `source`.
+    pub fn bytes(&self, source: Source, n: u64) {
+        if n > 0 {
+            self.bytes
+                .get_or_create(&SourceLabels {
+                    source: source.label(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts an error.
+    pub fn error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a fallback to the origin.
+    pub fn fallback(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

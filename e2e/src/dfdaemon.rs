@@ -1,0 +1,143 @@
+//! Running `dfdaemon`, the per-node registry mirror.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{daemon::Daemon, http, util::bin};
+
+/// A running `dfdaemon` on free loopback ports.
+#[derive(Debug)]
+pub struct Dfdaemon {
+    daemon: Daemon,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    _owned: Option<tempfile::TempDir>,
+}
+
+/// Builder for [`Dfdaemon`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct DfdaemonBuilder {
+    name: Option<String>,
+    supernodes: Vec<String>,
+    data_dir: Option<PathBuf>,
+    args: Vec<String>,
+}
+
+impl DfdaemonBuilder {
+    /// Process name in logs.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Through this supernode (repeatable).
+    pub fn supernode(mut self, addr: impl ToString) -> Self {
+        self.supernodes.push(addr.to_string());
+        self
+    }
+
+    /// Use this data directory (kept by the caller, e.g. across a restart).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Extra flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts it and waits until `/healthy` answers. Panics on failure.
+    pub fn start(self) -> Dfdaemon {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("cannot start dfdaemon: {e:#}"))
+    }
+
+    /// Starts it and waits until `/healthy` answers.
+    ///
+    /// # Errors
+    /// The process did not start or become healthy.
+    pub fn try_start(self) -> Result<Dfdaemon> {
+        let (data_dir, owned) = match self.data_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut builder = Daemon::builder(bin("dfdaemon"))
+            .name(self.name.as_deref().unwrap_or("dfdaemon"))
+            .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "info,dfdaemon=debug,dfget=debug");
+        for sn in &self.supernodes {
+            builder = builder.args(["--supernode", sn]);
+        }
+        let mut daemon = builder.args(&self.args).spawn()?;
+        let addr = daemon.wait_for_listen_addr("mirror=", Duration::from_secs(30))?;
+        daemon.wait_for_http_ok(&format!("http://{addr}/healthy"), Duration::from_secs(10))?;
+        Ok(Dfdaemon {
+            daemon,
+            addr,
+            data_dir,
+            _owned: owned,
+        })
+    }
+}
+
+impl Dfdaemon {
+    /// A builder.
+    pub fn builder() -> DfdaemonBuilder {
+        DfdaemonBuilder::default()
+    }
+
+    /// The mirror's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The node cache directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process.
+    pub fn daemon_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+
+    /// The process's log.
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+
+    /// Sum of metric `name` over label sets containing `label` (or all).
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn metric(&self, name: &str, label: Option<&str>) -> Result<f64> {
+        let text = http::get(&format!("{}/metrics", self.url()), None)?.text();
+        Ok(crate::util::metric_sum(&text, name, label))
+    }
+
+    /// SIGTERM and wait.
+    ///
+    /// # Errors
+    /// It did not exit in time.
+    pub fn stop(mut self) -> Result<()> {
+        self.daemon.terminate(Duration::from_secs(15)).map(drop)
+    }
+}

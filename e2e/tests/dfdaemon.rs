@@ -1,0 +1,417 @@
+//! dfdaemon as a registry mirror, with real clients: containerd (`ctr` with `hosts.toml`),
+//! skopeo (`registries.conf` path-prefix form) and plain HTTP, against the Debian
+//! `docker-registry`, a real supernode and several dfdaemons.
+//!
+//! The containerd tests need root; they are skipped (with a message) otherwise.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use damselfly_e2e::{
+    Containerd, Dfdaemon, PushedImage, Supernode, TestImage, TestRegistry, describe_output,
+    free_tcp_port, http, running_as_root, sha256_digest, write_hosts_toml,
+};
+
+const MIB: usize = 1024 * 1024;
+
+/// These tests start several processes each; one at a time keeps them fast and their
+/// timings meaningful on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn push(registry: &TestRegistry, repo: &str, hello: &str, seed: u64) -> (TestImage, PushedImage) {
+    let image = TestImage::busybox(hello, 6 * MIB, seed).unwrap();
+    let pushed = registry.push_test_image(repo, "1", &image).unwrap();
+    (image, pushed)
+}
+
+/// A hosts dir that sends the registry's pulls to `mirror` first, then to the registry.
+fn hosts_dir(registry: &TestRegistry, mirror: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_hosts_toml(dir.path(), &registry.host(), mirror, Some(&registry.url())).unwrap();
+    dir
+}
+
+fn blob_requests(d: &Dfdaemon) -> f64 {
+    d.metric("damselfly_dfdaemon_requests_total", Some("kind=\"blob\""))
+        .unwrap()
+}
+
+fn bytes_from(d: &Dfdaemon, source: &str) -> f64 {
+    d.metric(
+        "damselfly_dfdaemon_blob_bytes_total",
+        Some(&format!("source=\"{source}\"")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn containerd_pulls_through_the_mirror_and_runs_the_image() {
+    if !running_as_root("containerd_pulls_through_the_mirror_and_runs_the_image") {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/app", "hello through the mirror", 11);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let containerd = Containerd::start().unwrap();
+    let hosts = hosts_dir(&registry, &dfdaemon.url());
+    let reference = format!("{}/e2e/app:1", registry.host());
+
+    let pull = containerd.pull(&reference, hosts.path()).unwrap();
+    assert!(
+        pull.status.success(),
+        "pull failed: {}",
+        describe_output(&pull)
+    );
+    let run = containerd.run(&reference, "hello", &[]).unwrap();
+    assert!(
+        run.status.success(),
+        "run failed: {}",
+        describe_output(&run)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+
+    // Every layer and the config went through the mirror, and the registry sent each once
+    // (to the supernode).
+    assert!(
+        blob_requests(&dfdaemon) >= 4.0,
+        "containerd did not fetch the blobs through dfdaemon:\n{}",
+        dfdaemon.log_text()
+    );
+    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
+    }
+    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
+    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
+    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+}
+
+#[test]
+fn three_nodes_pull_the_same_image_and_the_registry_sends_each_blob_once() {
+    if !running_as_root("three_nodes_pull_the_same_image_and_the_registry_sends_each_blob_once") {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/shared", "shared", 12);
+    let supernode = Supernode::builder().start();
+    let nodes: Vec<(Dfdaemon, Containerd)> = (0..3)
+        .map(|i| {
+            let d = Dfdaemon::builder()
+                .name(&format!("dfdaemon-{i}"))
+                .supernode(supernode.addr())
+                .start();
+            (d, Containerd::start().unwrap())
+        })
+        .collect();
+    let reference = format!("{}/e2e/shared:1", registry.host());
+    for (i, (dfdaemon, containerd)) in nodes.iter().enumerate() {
+        let hosts = hosts_dir(&registry, &dfdaemon.url());
+        let pull = containerd.pull(&reference, hosts.path()).unwrap();
+        assert!(
+            pull.status.success(),
+            "node {i}: {}",
+            describe_output(&pull)
+        );
+        let run = containerd.run(&reference, &format!("n{i}"), &[]).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            image.hello,
+            "node {i}"
+        );
+    }
+    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
+    }
+    // The first node got everything from the supernode; later ones from peers.
+    for (i, (dfdaemon, _)) in nodes.iter().enumerate().skip(1) {
+        let peer = bytes_from(dfdaemon, "peer");
+        assert!(
+            peer > 0.0,
+            "node {i} got no bytes from peers:\n{}",
+            dfdaemon.log_text()
+        );
+        assert_eq!(bytes_from(dfdaemon, "origin"), 0.0, "node {i}");
+    }
+}
+
+#[test]
+fn skopeo_pulls_through_the_path_prefix_form() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (_, pushed) = push(&registry, "e2e/skopeo", "skopeo", 13);
+    let supernode = Supernode::builder().start();
+    // containers/image cannot put a `host:port` in a mirror's path, so the registry gets a
+    // name (as in production: `docker.io`) that dfdaemon maps to its address. The name
+    // does not resolve, so only the mirror can serve this pull.
+    let name = "registry.e2e.invalid";
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args([
+            "--registry-endpoint".to_owned(),
+            format!("{name}={}", registry.url()),
+        ])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{name}\"\nlocation = \"{name}\"\n\
+             [[registry.mirror]]\nlocation = \"{}/{name}\"\ninsecure = true\n",
+            dfdaemon.addr()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("--registries-conf")
+        .arg(&conf)
+        .arg("copy")
+        .arg(format!("docker://{name}/e2e/skopeo:1"))
+        .arg(format!("oci:{}:1", dir.path().join("layout").display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(out.status.success(), "{}", describe_output(&out));
+    for digest in &pushed.layer_digests {
+        let hex = digest.trim_start_matches("sha256:");
+        let data = std::fs::read(dir.path().join("layout/blobs/sha256").join(hex)).unwrap();
+        assert_eq!(&sha256_digest(&data), digest);
+    }
+    assert!(
+        blob_requests(&dfdaemon) >= 4.0,
+        "skopeo did not fetch the blobs through dfdaemon:\n{}",
+        dfdaemon.log_text()
+    );
+    assert!(
+        dfdaemon.log_text().contains("by=PathPrefix"),
+        "no path-prefix route in the log"
+    );
+    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
+    }
+}
+
+#[test]
+fn requests_without_ns_go_to_the_default_upstream_and_blobs_honour_the_registry_api() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "library/web", "docker form", 14);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--default-upstream", &registry.url()])
+        .start();
+    let mirror = dfdaemon.url();
+
+    // Docker's form: no ns, no prefix.
+    let manifest = http::Request::get(format!("{mirror}/v2/library/web/manifests/1"))
+        .header("accept", damselfly_e2e::OCI_MANIFEST_MEDIA_TYPE)
+        .send()
+        .unwrap();
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    assert_eq!(manifest.body, pushed.manifest);
+    assert_eq!(
+        manifest.header("docker-content-digest"),
+        Some(pushed.manifest_digest.as_str())
+    );
+
+    let layer = &pushed.layer_digests[2];
+    let data = &image.layers[2];
+    let url = format!("{mirror}/v2/library/web/blobs/{layer}");
+    // HEAD: the registry's headers.
+    let head = http::Request::head(&url).send().unwrap();
+    let direct = http::Request::head(registry.blob_url("library/web", layer))
+        .send()
+        .unwrap();
+    assert_eq!(head.status, 200);
+    for h in ["content-length", "docker-content-digest", "content-type"] {
+        assert_eq!(head.header(h), direct.header(h), "{h}");
+    }
+    // GET: the whole blob with the registry's headers.
+    let full = http::get(&url, None).unwrap();
+    assert_eq!(full.status, 200);
+    assert_eq!(&full.body, data);
+    assert_eq!(full.header("docker-content-digest"), Some(layer.as_str()));
+    assert_eq!(
+        full.header("content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    // Range: exactly those bytes, 206 and Content-Range (also from the cache now).
+    for (spec, range) in [
+        ("bytes=100-1099", 100..1100),
+        ("bytes=-10", data.len() - 10..data.len()),
+    ] {
+        let r = http::Request::get(&url)
+            .header("range", spec)
+            .send()
+            .unwrap();
+        assert_eq!(r.status, 206, "{spec}");
+        assert_eq!(r.body, &data[range.clone()], "{spec}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {}-{}/{}", range.start, range.end - 1, data.len()).as_str())
+        );
+    }
+    let past_end = http::Request::get(&url)
+        .header("range", format!("bytes={}-", data.len()))
+        .send()
+        .unwrap();
+    assert_eq!(past_end.status, 416);
+    // An unknown blob: the registry's 404 with an OCI error body.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let r = http::get(&format!("{mirror}/v2/library/web/blobs/{missing}"), None).unwrap();
+    assert_eq!(r.status, 404);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN", "{}", r.text());
+    // The registry sent the layer once, however many times it was asked for.
+    assert_eq!(registry.blob_get_count(layer), 1);
+}
+
+#[test]
+fn a_private_blob_needs_credentials_even_when_cached() {
+    let _serial = serial();
+    let registry = TestRegistry::builder().htpasswd("alice", "s3cret").start();
+    let (image, pushed) = push(&registry, "private/app", "private", 15);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let layer = &pushed.layer_digests[2];
+    let url = format!(
+        "{}/v2/private/app/blobs/{layer}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    let with = http::get(&url, Some(("alice", "s3cret"))).unwrap();
+    assert_eq!(with.status, 200, "{}", with.text());
+    assert_eq!(&with.body, &image.layers[2]);
+    // Cached on this node now; without credentials the registry's 401 comes back.
+    let without = http::get(&url, None).unwrap();
+    assert_eq!(without.status, 401);
+    assert!(without.header("www-authenticate").is_some());
+    assert!(without.body.len() < 1024, "blob bytes leaked");
+    let wrong = http::get(&url, Some(("alice", "wrong"))).unwrap();
+    assert_eq!(wrong.status, 401);
+
+    // A runtime with credentials pulls the whole image through the mirror.
+    if running_as_root("a_private_blob_needs_credentials_even_when_cached (containerd part)") {
+        let containerd = Containerd::start().unwrap();
+        let hosts = hosts_dir(&registry, &dfdaemon.url());
+        let hosts_path = hosts.path().to_str().unwrap();
+        let reference = format!("{}/private/app:1", registry.host());
+        let pull = containerd
+            .ctr(&[
+                "image",
+                "pull",
+                "--snapshotter",
+                containerd.snapshotter(),
+                "--hosts-dir",
+                hosts_path,
+                "--user",
+                "alice:s3cret",
+                &reference,
+            ])
+            .unwrap();
+        assert!(pull.status.success(), "{}", describe_output(&pull));
+        let run = containerd.run(&reference, "private", &[]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    }
+}
+
+#[test]
+fn without_p2p_and_back_to_source_the_mirror_fails_fast_and_containerd_falls_back() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/fallback", "fallback", 16);
+    // A supernode address nobody listens on.
+    let dead = format!("127.0.0.1:{}", free_tcp_port([127, 0, 0, 1].into()));
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(&dead)
+        .args(["--back-source", "false"])
+        .start();
+    let layer = &pushed.layer_digests[2];
+    let url = format!(
+        "{}/v2/e2e/fallback/blobs/{layer}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    let started = Instant::now();
+    let r = http::get(&url, None).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+    assert_eq!(registry.blob_get_count(layer), 0);
+    assert!(
+        dfdaemon
+            .metric("damselfly_dfdaemon_p2p_fallbacks_total", None)
+            .unwrap()
+            >= 1.0
+    );
+
+    if !running_as_root("without_p2p_... (containerd part)") {
+        return;
+    }
+    let reference = format!("{}/e2e/fallback:1", registry.host());
+    // dfdaemon up but unable to help: containerd moves on to the registry.
+    let containerd = Containerd::start().unwrap();
+    let hosts = hosts_dir(&registry, &dfdaemon.url());
+    let pull = containerd.pull(&reference, hosts.path()).unwrap();
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    let run = containerd.run(&reference, "fb", &[]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    assert_eq!(
+        registry.blob_get_count(layer),
+        1,
+        "containerd fetched it itself"
+    );
+
+    // dfdaemon stopped: same.
+    let mirror = dfdaemon.url();
+    dfdaemon.stop().unwrap();
+    let containerd = Containerd::start().unwrap();
+    let hosts = hosts_dir(&registry, &mirror);
+    let pull = containerd.pull(&reference, hosts.path()).unwrap();
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    assert_eq!(registry.blob_get_count(layer), 2);
+}
+
+#[test]
+fn the_node_cache_survives_a_restart() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/restart", "restart", 17);
+    let supernode = Supernode::builder().start();
+    let data = tempfile::tempdir().unwrap();
+    let layer = &pushed.layer_digests[2];
+    let path = format!("/v2/e2e/restart/blobs/{layer}?ns={}", registry.host());
+    let first = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .data_dir(data.path())
+        .start();
+    assert_eq!(
+        &http::get(&format!("{}{path}", first.url()), None)
+            .unwrap()
+            .body,
+        &image.layers[2]
+    );
+    first.stop().unwrap();
+    supernode.stop().unwrap();
+    // No supernode any more, and back-to-source off: only the cache can answer.
+    let second = Dfdaemon::builder()
+        .data_dir(data.path())
+        .args(["--back-source", "false"])
+        .start();
+    let again = http::get(&format!("{}{path}", second.url()), None).unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(&again.body, &image.layers[2]);
+    assert_eq!(bytes_from(&second, "local"), image.layers[2].len() as f64);
+    assert_eq!(registry.blob_get_count(layer), 1);
+}
