@@ -11,7 +11,7 @@ use std::{
 };
 
 use damselfly_e2e::{
-    Containerd, Dfdaemon, PushedImage, Supernode, TestImage, TestRegistry, describe_output,
+    Containerd, Dfdaemon, PushedImage, Supernode, TestImage, TestRegistry, bin, describe_output,
     free_tcp_port, http, running_as_root, sha256_digest, write_hosts_toml,
 };
 
@@ -64,7 +64,19 @@ fn containerd_pulls_through_the_mirror_and_runs_the_image() {
     let supernode = Supernode::builder().start();
     let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
     let containerd = Containerd::start().unwrap();
-    let hosts = hosts_dir(&registry, &dfdaemon.url());
+    // The node is configured the way an operator does it: `dfdaemon init containerd`.
+    let hosts = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(bin("dfdaemon"))
+        .args(["--plain-http-registry", &registry.host()])
+        .args(["init", "containerd", "--write", "--mirror", &dfdaemon.url()])
+        .arg("--hosts-dir")
+        .arg(hosts.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let written =
+        std::fs::read_to_string(hosts.path().join(registry.host()).join("hosts.toml")).unwrap();
+    assert!(written.contains(&registry.url()), "{written}");
     let reference = format!("{}/e2e/app:1", registry.host());
 
     let pull = containerd.pull(&reference, hosts.path()).unwrap();
