@@ -142,6 +142,7 @@ impl App {
             upload_rate: config.p2p.upload_rate.as_u64(),
             upload_slots: config.p2p.upload_slots,
             piece_timeout: config.p2p.piece_timeout,
+            supernode_connect_timeout: config.p2p.supernode_connect_timeout,
             supernode_timeout: config.p2p.supernode_timeout,
             origin: damselfly_oci::OriginConfig {
                 connect_timeout: config.upstream.connect_timeout,

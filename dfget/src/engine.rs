@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub piece_timeout: Duration,
     /// Sync period with the supernode. Default 200 ms.
     pub sync_interval: Duration,
+    /// TCP connect timeout to a supernode: how long an unreachable (not refusing) supernode
+    /// delays a download before the next one or the origin is tried. Default 3 s.
+    pub supernode_connect_timeout: Duration,
     /// How long the supernode may stay unreachable mid-download before giving up on the swarm
     /// (and going back to the origin if allowed). Default 10 s.
     pub supernode_timeout: Duration,
@@ -92,6 +95,7 @@ impl Default for EngineConfig {
             picker: PickerConfig::default(),
             piece_timeout: Duration::from_secs(10),
             sync_interval: Duration::from_millis(200),
+            supernode_connect_timeout: Duration::from_secs(3),
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
             origin: OriginConfig::default(),
@@ -208,7 +212,13 @@ impl Engine {
         let supernodes = config
             .supernodes
             .iter()
-            .map(|addr| SupernodeClient::new(addr, Duration::from_secs(60)))
+            .map(|addr| {
+                SupernodeClient::new(
+                    addr,
+                    config.supernode_connect_timeout,
+                    Duration::from_secs(60),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| setup(&e))?;
         let ip = match config.advertise_ip {

@@ -51,9 +51,13 @@ impl SupernodeClient {
     ///
     /// # Errors
     /// The HTTP client could not be built.
-    pub fn new(addr: &str, timeout: Duration) -> Result<Self, SupernodeError> {
+    pub fn new(
+        addr: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, SupernodeError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(connect_timeout)
             .timeout(timeout)
             .build()
             .map_err(|e| SupernodeError::Unreachable {
