@@ -427,3 +427,40 @@ fn the_node_cache_survives_a_restart() {
     assert_eq!(bytes_from(&second, "local"), image.layers[2].len() as f64);
     assert_eq!(registry.blob_get_count(layer), 1);
 }
+
+#[test]
+fn the_node_cache_stays_under_its_capacity() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--cache-capacity", "10MiB", "--cache-gc-interval", "200ms"])
+        .start();
+    let blobs: Vec<Vec<u8>> = (0..3)
+        .map(|i| damselfly_e2e::random_blob(6 * MIB, 90 + i))
+        .collect();
+    for blob in &blobs {
+        let digest = registry.push_blob("e2e/gc", blob);
+        let url = format!(
+            "{}/v2/e2e/gc/blobs/{digest}?ns={}",
+            dfdaemon.url(),
+            registry.host()
+        );
+        let r = http::get(&url, None).unwrap();
+        assert_eq!(&r.body, blob);
+    }
+    // 18 MiB went through a 10 MiB cache: GC evicted the oldest down to the low watermark.
+    let evicted = damselfly_e2e::wait_until(Duration::from_secs(10), || {
+        dfdaemon
+            .metric("damselfly_dfdaemon_cache_evictions_total", None)
+            .unwrap()
+            >= 1.0
+    });
+    assert!(evicted, "no eviction:\n{}", dfdaemon.log_text());
+    let held = dfdaemon
+        .metric("damselfly_dfdaemon_cache_bytes", None)
+        .unwrap();
+    assert!(held <= (10 * MIB) as f64, "cache holds {held} bytes");
+    assert!(held > 0.0);
+}
