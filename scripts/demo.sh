@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job, end to end: a local docker-registry holding a sample image, a supernode and
-# several dfget peers that pull every blob of the image at once, and a report of where the
-# bytes came from. Usage: scripts/demo.sh [--peers N] [--layer-mib 48,24,8]
+# The main job, end to end: a local docker-registry holding a runnable sample image, a
+# supernode, and several nodes (each a dfdaemon mirror and a containerd) that all pull the image
+# at once with `ctr image pull` and run it, then a report of where the bytes came from.
+# Needs root (containerd). Usage: scripts/demo.sh [--nodes N] [--random-mib M]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
