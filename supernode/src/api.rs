@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks/{task}/pieces/{index}", get(piece))
         .route("/healthy", get(healthy))
         .route("/metrics", get(metrics))
+        .merge(crate::preheat::api::routes())
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_LEN))
         .with_state(shared)
 }

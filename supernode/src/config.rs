@@ -35,6 +35,8 @@ pub struct Config {
     pub cdn: CdnConfig,
     /// Requests to origins.
     pub origin: OriginSection,
+    /// Harbor preheat jobs (`/preheats`, `/oapi/v1/jobs`).
+    pub preheat: PreheatConfig,
     /// Longest wait for connections and tasks to drain on SIGTERM. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -112,7 +114,39 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             cdn: CdnConfig::default(),
             origin: OriginSection::default(),
+            preheat: PreheatConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Harbor preheat settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatConfig {
+    /// Bearer token Harbor (2.12+) must send to `/oapi/v1/jobs`: the "personal access token"
+    /// of the provider instance. Empty (the default) refuses every generation-2 request.
+    pub token: String,
+    /// Blobs fetched at once per job when the job does not say. Default 4.
+    pub concurrency: usize,
+    /// Longest run of one job when the job does not say. Default 30 min (Harbor stops
+    /// polling after about that long).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Platform an index is resolved to, `os/arch[/variant]`. Default `linux/amd64`.
+    pub platform: String,
+    /// Name this supernode reports in job results. Default: the machine's hostname.
+    pub hostname: String,
+}
+
+impl Default for PreheatConfig {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            concurrency: 4,
+            timeout: Duration::from_secs(30 * 60),
+            platform: "linux/amd64".into(),
+            hostname: String::new(),
         }
     }
 }
@@ -210,6 +244,18 @@ impl Config {
                 "must be 0 (auto) or a power of two from 64 KiB to 64 MiB",
             ));
         }
+        if self.preheat.concurrency == 0 || self.preheat.concurrency > 64 {
+            errs.push(ConfigError::new("preheat.concurrency", "must be 1..=64"));
+        }
+        if self.preheat.timeout.is_zero() {
+            errs.push(ConfigError::new("preheat.timeout", "must be > 0"));
+        }
+        if self.preheat.platform.split('/').count() < 2 {
+            errs.push(ConfigError::new(
+                "preheat.platform",
+                "must be os/arch[/variant], e.g. linux/amd64",
+            ));
+        }
         if self.cdn.upload_slots == 0 {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
@@ -273,6 +319,21 @@ pub struct Overrides {
     /// `origin.auth_cache_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_auth_cache_ttl: Option<Duration>,
+    /// `preheat.token`: the Bearer token Harbor 2.12+ must present.
+    #[arg(long, value_name = "TOKEN", env = "DAMSELFLY_PREHEAT_TOKEN")]
+    pub preheat_token: Option<String>,
+    /// `preheat.concurrency`.
+    #[arg(long, value_name = "N")]
+    pub preheat_concurrency: Option<usize>,
+    /// `preheat.timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub preheat_timeout: Option<Duration>,
+    /// `preheat.platform`.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub preheat_platform: Option<String>,
+    /// `preheat.hostname`.
+    #[arg(long, value_name = "NAME")]
+    pub preheat_hostname: Option<String>,
     /// `shutdown_grace`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -311,6 +372,11 @@ impl Overrides {
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
         set(&mut c.origin.auth_cache_ttl, self.origin_auth_cache_ttl);
+        set(&mut c.preheat.token, self.preheat_token);
+        set(&mut c.preheat.concurrency, self.preheat_concurrency);
+        set(&mut c.preheat.timeout, self.preheat_timeout);
+        set(&mut c.preheat.platform, self.preheat_platform);
+        set(&mut c.preheat.hostname, self.preheat_hostname);
         set(&mut c.shutdown_grace, self.shutdown_grace);
     }
 }

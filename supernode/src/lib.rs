@@ -15,6 +15,8 @@
 //!   it is on disk; an OCI blob must hash to its digest or the task fails and its data is dropped.
 //! * Each task's [`damselfly_swarm::TaskScheduler`] (pure logic, shared with the simulator)
 //!   knows which peer holds which piece and hands out parents.
+//! * [`preheat`] runs Harbor preheat jobs (both API generations) and remembers the nodes
+//!   (dfdaemons) that announce themselves, for `all_peers` jobs.
 //! * [`api`] is the HTTP surface; [`App`] binds it and runs the maintenance loop (peer expiry,
 //!   cache GC, idle-task sweep, gauges).
 
@@ -25,6 +27,7 @@ pub mod api;
 pub mod cdn;
 pub mod config;
 pub mod metrics;
+pub mod preheat;
 pub mod task;
 pub mod tasks;
 
@@ -64,6 +67,10 @@ pub struct Shared {
     pub upload_limiter: Option<RateLimiter>,
     /// Background work (origin fetches) to wait for at shutdown.
     pub tracker: TaskTracker,
+    /// Harbor preheat jobs.
+    pub jobs: preheat::Jobs,
+    /// Nodes (dfdaemons) that announced themselves, by hostname.
+    pub nodes: parking_lot::Mutex<std::collections::HashMap<String, preheat::Node>>,
 }
 
 /// A bound, ready-to-run supernode.
@@ -95,6 +102,10 @@ impl App {
             ..OriginConfig::default()
         })
         .context("building the origin client")?;
+        let jobs_dir = config.data_dir.join("preheat");
+        let jobs = tokio::task::spawn_blocking(move || preheat::Jobs::open(&jobs_dir))
+            .await?
+            .context("opening the preheat job table")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the API on {}", config.listen))?;
@@ -113,7 +124,10 @@ impl App {
             metrics,
             registry,
             tracker: TaskTracker::new(),
+            jobs,
+            nodes: parking_lot::Mutex::new(std::collections::HashMap::new()),
         });
+        shared.metrics.preheat_states(&shared.jobs.counts());
         Ok(Self {
             shared,
             listener,

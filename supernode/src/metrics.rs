@@ -44,6 +44,13 @@ pub struct RegisterLabels {
     pub outcome: RegisterOutcome,
 }
 
+/// Label set for preheat job states.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `pending`, `running`, `success`, `failure`.
+    pub state: &'static str,
+}
+
 /// All supernode metrics; cheap to clone (each metric is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -73,6 +80,10 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Time to answer a sync (scheduling parents), in seconds.
     pub schedule_seconds: Histogram,
+    /// Preheat jobs per state.
+    pub preheat_jobs: Family<StateLabels, Gauge>,
+    /// Blob bytes fetched from registries by preheat jobs.
+    pub preheat_bytes: Counter,
 }
 
 impl Metrics {
@@ -94,6 +105,8 @@ impl Metrics {
             schedule_seconds: Histogram::new([
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
             ]),
+            preheat_jobs: Family::default(),
+            preheat_bytes: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("damselfly_supernode");
         r.register(
@@ -149,7 +162,37 @@ impl Metrics {
             "Time to schedule parents for a sync",
             m.schedule_seconds.clone(),
         );
+        r.register(
+            "preheat_jobs",
+            "Preheat jobs by state",
+            m.preheat_jobs.clone(),
+        );
+        r.register(
+            "preheat_bytes",
+            "Blob bytes fetched from registries by preheat jobs",
+            m.preheat_bytes.clone(),
+        );
         m
+    }
+
+    /// Sets the preheat job gauges from a count per state.
+    pub fn preheat_states(
+        &self,
+        counts: &std::collections::HashMap<crate::preheat::JobState, i64>,
+    ) {
+        use crate::preheat::JobState;
+        for state in [
+            JobState::Pending,
+            JobState::Running,
+            JobState::Success,
+            JobState::Failure,
+        ] {
+            self.preheat_jobs
+                .get_or_create(&StateLabels {
+                    state: state.label(),
+                })
+                .set(counts.get(&state).copied().unwrap_or(0));
+        }
     }
 
     /// Counts one origin request of `kind`.

@@ -1,0 +1,400 @@
+//! Harbor preheat, replayed: the requests Harbor's two provider generations send (health,
+//! create, poll), against a real supernode and a real registry with authentication.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use damselfly_e2e::{Dfget, PushedImage, Supernode, TestImage, TestRegistry, http, sha256_digest};
+use serde_json::{Value, json};
+
+const MIB: usize = 1024 * 1024;
+const TOKEN: &str = "harbor-provider-token";
+const USER: (&str, &str) = ("harbor", "s3cret");
+
+fn basic(user: &str, pass: &str) -> String {
+    use std::io::Write as _;
+    let mut raw = Vec::new();
+    write!(raw, "{user}:{pass}").unwrap();
+    format!("Basic {}", base64(&raw))
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct Setup {
+    registry: TestRegistry,
+    supernode: Supernode,
+    pushed: PushedImage,
+    api: String,
+}
+
+fn setup(repo: &str, seed: u64) -> Setup {
+    let registry = TestRegistry::builder().htpasswd(USER.0, USER.1).start();
+    let image = TestImage::busybox("preheated", 3 * MIB, seed).unwrap();
+    let pushed = registry.push_test_image(repo, "1", &image).unwrap();
+    let supernode = Supernode::builder()
+        .args(["--preheat-token", TOKEN])
+        .start();
+    let api = format!("http://{}", supernode.addr());
+    Setup {
+        registry,
+        supernode,
+        pushed,
+        api,
+    }
+}
+
+fn blobs(p: &PushedImage) -> Vec<String> {
+    let mut v = vec![p.config_digest.clone()];
+    v.extend(p.layer_digests.iter().cloned());
+    v
+}
+
+fn json_of(r: &http::Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+/// Harbor polls every 10 s; tests poll faster.
+fn poll(url: &str, auth: Option<&str>, field: &str, done: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut req = http::Request::get(url).header("accept", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = json_of(&r);
+        if done.contains(&v[field].as_str().unwrap_or_default()) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job never finished: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn post_json(url: &str, body: &Value, auth: Option<&str>) -> http::Response {
+    let mut req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.to_string());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    req.send().unwrap()
+}
+
+#[test]
+fn generation_1_preheats_then_pulls_make_no_origin_requests() {
+    let s = setup("library/app1", 31);
+    let manifest_url = s.registry.manifest_url("library/app1", "1");
+    let auth = basic(USER.0, USER.1);
+    assert!(
+        http::get(&format!("{}/_ping", s.api), None)
+            .unwrap()
+            .is_success()
+    );
+    let create = json!({
+        "type": "image", "url": manifest_url, "headers": {"Authorization": auth},
+        "image": "library/app1", "tag": "1", "digest": s.pushed.manifest_digest,
+    });
+    let r = post_json(&format!("{}/preheats", s.api), &create, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
+    let v = poll(
+        &format!("{}/preheats/{id}", s.api),
+        None,
+        "status",
+        &["SUCCESS", "FAIL"],
+    );
+    assert_eq!(v["status"], "SUCCESS", "{v}");
+    assert!(v["startTime"].as_str().unwrap().ends_with('Z'));
+    assert!(v["finishTime"].as_str().unwrap().ends_with('Z'));
+    for d in blobs(&s.pushed) {
+        assert_eq!(s.registry.blob_get_count(&d), 1, "{d}");
+    }
+    let before = s.registry.access_log().len();
+
+    // Nodes pull every blob now: the registry is not asked again.
+    let dir = tempfile::tempdir().unwrap();
+    for d in blobs(&s.pushed) {
+        let out = dir.path().join(d.trim_start_matches("sha256:"));
+        let run = Dfget::new(&s.registry.blob_url("library/app1", &d), &out)
+            .supernode(s.supernode.addr())
+            .args(["-H".to_owned(), format!("Authorization: {auth}")])
+            .spawn()
+            .unwrap();
+        let mut daemon = run.daemon;
+        let status = daemon.wait_exit(Duration::from_secs(60)).unwrap();
+        assert!(status.success(), "{}", daemon.log_text());
+        assert_eq!(sha256_digest(&std::fs::read(&out).unwrap()), d);
+    }
+    let after: Vec<_> = s.registry.access_log()[before..]
+        .iter()
+        .filter(|e| !e.path.starts_with("/v2/damselfly-e2e-sync/"))
+        .cloned()
+        .collect();
+    assert!(
+        after.is_empty(),
+        "origin requests after the preheat: {after:?}"
+    );
+
+    // The same image again: 208, as Harbor expects for an already preheated image.
+    let again = post_json(&format!("{}/preheats", s.api), &create, None);
+    assert_eq!(again.status, 208, "{}", again.text());
+    assert_eq!(json_of(&again)["ID"], id);
+}
+
+#[test]
+fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
+    let s = setup("library/app2", 32);
+    let manifest_url = s.registry.manifest_url("library/app2", "1");
+    let jobs = format!("{}/oapi/v1/jobs", s.api);
+    let bearer = format!("Bearer {TOKEN}");
+    assert!(
+        http::get(&format!("{}/healthy", s.api), None)
+            .unwrap()
+            .is_success()
+    );
+    // Exactly what Harbor's Go client marshals, zero values included.
+    let create = json!({
+        "type": "preheat",
+        "args": {"type": "image", "url": manifest_url, "tag": "", "filtered_query_params": "",
+                 "headers": {"Authorization": basic(USER.0, USER.1)},
+                 "scope": "single_seed_peer", "concurrent_count": 0, "timeout": 0},
+        "scheduler_cluster_ids": [1],
+    });
+    // No token, a wrong token: 401 and nothing fetched.
+    for auth in [None, Some("Bearer wrong")] {
+        let r = post_json(&jobs, &create, auth);
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(json_of(&r)["error"].is_string());
+    }
+    let fetched: Vec<_> = s
+        .registry
+        .access_log()
+        .into_iter()
+        .filter(|e| e.method != "PUT" && e.path.contains("/manifests/"))
+        .collect();
+    assert!(fetched.is_empty(), "a refused job fetched: {fetched:?}");
+    let r = post_json(&jobs, &create, Some(&bearer));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let created = json_of(&r);
+    let id = created["id"].as_u64().expect("numeric id");
+    assert_eq!(created["state"], "PENDING");
+    assert!(humantime::parse_rfc3339(created["created_at"].as_str().unwrap()).is_ok());
+    let v = poll(
+        &format!("{jobs}/{id}"),
+        Some(&bearer),
+        "state",
+        &["SUCCESS", "FAILURE"],
+    );
+    assert_eq!(v["state"], "SUCCESS", "{v}");
+    let tasks = &v["result"]["job_states"][0]["results"][0]["success_tasks"];
+    let mut urls: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["url"].as_str().unwrap())
+        .collect();
+    urls.sort_unstable();
+    let mut want: Vec<String> = blobs(&s.pushed)
+        .iter()
+        .map(|d| s.registry.blob_url("library/app2", d))
+        .collect();
+    want.sort();
+    assert_eq!(urls, want);
+
+    // A second job for the cached image succeeds without fetching any blob again.
+    let r = post_json(&jobs, &create, Some(&bearer));
+    let id2 = json_of(&r)["id"].as_u64().unwrap();
+    assert_ne!(id2, id);
+    let v = poll(
+        &format!("{jobs}/{id2}"),
+        Some(&bearer),
+        "state",
+        &["SUCCESS", "FAILURE"],
+    );
+    assert_eq!(v["state"], "SUCCESS", "{v}");
+    for d in blobs(&s.pushed) {
+        assert_eq!(s.registry.blob_get_count(&d), 1, "{d}");
+    }
+}
+
+#[test]
+fn a_token_the_registry_rejects_fails_the_job_with_its_reason() {
+    let s = setup("library/app3", 33);
+    let manifest_url = s.registry.manifest_url("library/app3", "1");
+    let wrong = basic(USER.0, "expired");
+    let r = post_json(
+        &format!("{}/preheats", s.api),
+        &json!({"type": "image", "url": manifest_url, "headers": {"Authorization": wrong}}),
+        None,
+    );
+    let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
+    let v = poll(
+        &format!("{}/preheats/{id}", s.api),
+        None,
+        "status",
+        &["SUCCESS", "FAIL"],
+    );
+    assert_eq!(v["status"], "FAIL");
+    let msg = v["errorMsg"].as_str().unwrap();
+    assert!(
+        msg.contains("401") && msg.contains("authentication required"),
+        "{msg}"
+    );
+
+    let bearer = format!("Bearer {TOKEN}");
+    let jobs = format!("{}/oapi/v1/jobs", s.api);
+    let r = post_json(
+        &jobs,
+        &json!({"type": "preheat", "args": {"type": "image", "url": manifest_url,
+                "headers": {"Authorization": wrong}, "scope": "", "concurrent_count": 0, "timeout": 0},
+                "scheduler_cluster_ids": null}),
+        Some(&bearer),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = json_of(&r)["id"].as_u64().unwrap();
+    let v = poll(
+        &format!("{jobs}/{id}"),
+        Some(&bearer),
+        "state",
+        &["SUCCESS", "FAILURE"],
+    );
+    assert_eq!(v["state"], "FAILURE");
+    let err = v["result"]["job_states"][0]["error"].as_str().unwrap();
+    assert!(err.contains("authentication required"), "{err}");
+    for d in blobs(&s.pushed) {
+        assert_eq!(s.registry.blob_get_count(&d), 0, "{d}");
+    }
+}
+
+#[test]
+fn an_index_is_resolved_to_the_requested_platform() {
+    let s = setup("library/multi", 34);
+    // A second image for arm64 in the same repository, and an index over both.
+    let arm = TestImage::busybox("arm", MIB, 35).unwrap();
+    let arm_pushed = s
+        .registry
+        .push_test_image("library/multi", "arm", &arm)
+        .unwrap();
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": damselfly_e2e::OCI_MANIFEST_MEDIA_TYPE, "digest": arm_pushed.manifest_digest,
+             "size": arm_pushed.manifest.len(), "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": damselfly_e2e::OCI_MANIFEST_MEDIA_TYPE, "digest": s.pushed.manifest_digest,
+             "size": s.pushed.manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    })
+    .to_string();
+    let put = s
+        .registry
+        .request(
+            http::Method::PUT,
+            &s.registry.manifest_url("library/multi", "multi"),
+        )
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    let r = post_json(
+        &format!("{}/preheats", s.api),
+        &json!({"type": "image", "url": s.registry.manifest_url("library/multi", "multi"),
+                "headers": {"Authorization": basic(USER.0, USER.1)}}),
+        None,
+    );
+    let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
+    let v = poll(
+        &format!("{}/preheats/{id}", s.api),
+        None,
+        "status",
+        &["SUCCESS", "FAIL"],
+    );
+    assert_eq!(v["status"], "SUCCESS", "{v}");
+    for d in blobs(&s.pushed) {
+        assert_eq!(s.registry.blob_get_count(&d), 1, "amd64 blob {d}");
+    }
+    // arm64's own layers (the busybox layer is shared) were not fetched.
+    for d in &arm_pushed.layer_digests[1..] {
+        assert_eq!(s.registry.blob_get_count(d), 0, "arm64 blob {d}");
+    }
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_fetch_nothing() {
+    let s = setup("library/bad", 36);
+    let bearer = format!("Bearer {TOKEN}");
+    let cases: Vec<(String, String, Option<&str>, u16)> = vec![
+        (format!("{}/preheats", s.api), "{not json".into(), None, 400),
+        (
+            format!("{}/preheats", s.api),
+            json!({"type": "image", "url": s.registry.blob_url("library/bad", &s.pushed.config_digest)}).to_string(),
+            None,
+            400,
+        ),
+        (
+            format!("{}/oapi/v1/jobs", s.api),
+            json!({"type": "preheat", "args": {"url": "ftp://x/v2/a/manifests/1"}}).to_string(),
+            Some(bearer.as_str()),
+            400,
+        ),
+        (
+            format!("{}/oapi/v1/jobs", s.api),
+            json!({"type": "preheat", "args": {"url": s.registry.manifest_url("library/bad", "1"), "scope": "everyone"}}).to_string(),
+            Some(bearer.as_str()),
+            400,
+        ),
+    ];
+    for (url, body, auth, status) in cases {
+        let mut req = http::Request::post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status, status, "{url} {body}: {}", r.text());
+        assert!(json_of(&r)["error"].is_string(), "{}", r.text());
+    }
+    for url in [
+        format!("{}/preheats/999", s.api),
+        format!("{}/preheats/x", s.api),
+    ] {
+        let r = http::get(&url, None).unwrap();
+        assert_eq!(r.status, 404);
+        assert!(json_of(&r)["error"].is_string());
+    }
+    let r = http::Request::get(format!("{}/oapi/v1/jobs/999", s.api))
+        .header("authorization", bearer.as_str())
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(
+        s.registry
+            .access_log()
+            .iter()
+            .all(|e| !e.path.contains("/manifests/") || e.method == "PUT")
+    );
+}
