@@ -24,6 +24,7 @@ pub mod http;
 mod image;
 mod registry;
 mod swarm;
+mod token;
 mod util;
 
 pub use containerd::{
@@ -37,6 +38,7 @@ pub use registry::{
     PushedImage, TestRegistry, TestRegistryBuilder,
 };
 pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
+pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer};
 pub use util::{
     bin, describe_output, free_tcp_port, free_udp_port, ipv6_loopback_available, metric_sum,
     random_blob, running_as_root, sha256_digest, sha256_hex, wait_until,

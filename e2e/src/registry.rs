@@ -35,6 +35,7 @@ pub const OCI_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+g
 #[must_use]
 pub struct TestRegistryBuilder {
     htpasswd: Option<(String, String)>,
+    token_auth: bool,
     ipv6: bool,
 }
 
@@ -42,6 +43,13 @@ impl TestRegistryBuilder {
     /// Require HTTP Basic auth with this single user (bcrypt htpasswd file, plain HTTP).
     pub fn htpasswd(mut self, user: &str, pass: &str) -> Self {
         self.htpasswd = Some((user.to_owned(), pass.to_owned()));
+        self
+    }
+
+    /// Require registry tokens (Docker's token spec) signed by a key the test holds; see
+    /// [`TestRegistry::token`]. The harness's own requests carry suitable tokens.
+    pub fn token_auth(mut self) -> Self {
+        self.token_auth = true;
         self
     }
 
@@ -86,6 +94,24 @@ impl TestRegistryBuilder {
             }
             None => String::new(),
         };
+        let issuer = if self.token_auth {
+            let issuer = crate::token::TokenIssuer::new()?;
+            let bundle = dir.join("token-ca.pem");
+            std::fs::write(&bundle, issuer.cert_pem())?;
+            Some((issuer, bundle))
+        } else {
+            None
+        };
+        let auth = match &issuer {
+            Some((_, bundle)) => format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:9/token\n    service: {}\n    \
+                 issuer: {}\n    rootcertbundle: {}\n",
+                crate::token::TOKEN_SERVICE,
+                crate::token::TOKEN_ISSUER,
+                yaml_str(&bundle.display().to_string())
+            ),
+            None => auth,
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
@@ -116,6 +142,7 @@ impl TestRegistryBuilder {
             addr,
             url,
             credentials: self.htpasswd,
+            issuer: issuer.map(|(i, _)| i),
             config_path,
             storage,
             sync_counter: AtomicU64::new(0),
@@ -130,6 +157,7 @@ pub struct TestRegistry {
     addr: SocketAddr,
     url: String,
     credentials: Option<(String, String)>,
+    issuer: Option<crate::token::TokenIssuer>,
     config_path: PathBuf,
     storage: PathBuf,
     sync_counter: AtomicU64,
@@ -260,7 +288,30 @@ impl TestRegistry {
 
     /// A request with the registry's credentials (if any) attached.
     pub fn request(&self, method: http::Method, url: &str) -> Request {
-        Request::new(method, url).basic_auth_opt(self.credentials())
+        let req = Request::new(method, url).basic_auth_opt(self.credentials());
+        match &self.issuer {
+            Some(_) => {
+                let path = url.strip_prefix(&self.url).unwrap_or(url);
+                let repo = crate::token::repo_of(path).unwrap_or_default();
+                req.header(
+                    "authorization",
+                    format!("Bearer {}", self.token(repo, &["pull", "push"])),
+                )
+            }
+            None => req,
+        }
+    }
+
+    /// With [`TestRegistryBuilder::token_auth`]: a token for `actions` on `repo`, valid for
+    /// ten minutes. Panics without token auth.
+    pub fn token(&self, repo: &str, actions: &[&str]) -> String {
+        let issuer = self
+            .issuer
+            .as_ref()
+            .expect("token() needs a registry started with token_auth()");
+        issuer
+            .token(repo, actions, Duration::from_secs(600))
+            .unwrap_or_else(|e| panic!("cannot mint a registry token: {e:#}"))
     }
 
     /// Monolithic upload of `data` to `repo`; returns its digest `sha256:<hex>`. Panics on failure.

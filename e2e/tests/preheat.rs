@@ -9,34 +9,10 @@ use serde_json::{Value, json};
 
 const MIB: usize = 1024 * 1024;
 const TOKEN: &str = "harbor-provider-token";
-const USER: (&str, &str) = ("harbor", "s3cret");
 
-fn basic(user: &str, pass: &str) -> String {
-    use std::io::Write as _;
-    let mut raw = Vec::new();
-    write!(raw, "{user}:{pass}").unwrap();
-    format!("Basic {}", base64(&raw))
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// What Harbor puts in a job's headers: a short-lived registry token scoped to the repository.
+fn harbor_token(s: &Setup, repo: &str) -> String {
+    format!("Bearer {}", s.registry.token(repo, &["pull"]))
 }
 
 struct Setup {
@@ -47,7 +23,7 @@ struct Setup {
 }
 
 fn setup(repo: &str, seed: u64) -> Setup {
-    let registry = TestRegistry::builder().htpasswd(USER.0, USER.1).start();
+    let registry = TestRegistry::builder().token_auth().start();
     let image = TestImage::busybox("preheated", 3 * MIB, seed).unwrap();
     let pushed = registry.push_test_image(repo, "1", &image).unwrap();
     let supernode = Supernode::builder()
@@ -106,7 +82,7 @@ fn post_json(url: &str, body: &Value, auth: Option<&str>) -> http::Response {
 fn generation_1_preheats_then_pulls_make_no_origin_requests() {
     let s = setup("library/app1", 31);
     let manifest_url = s.registry.manifest_url("library/app1", "1");
-    let auth = basic(USER.0, USER.1);
+    let auth = harbor_token(&s, "library/app1");
     assert!(
         http::get(&format!("{}/_ping", s.api), None)
             .unwrap()
@@ -178,7 +154,7 @@ fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
     let create = json!({
         "type": "preheat",
         "args": {"type": "image", "url": manifest_url, "tag": "", "filtered_query_params": "",
-                 "headers": {"Authorization": basic(USER.0, USER.1)},
+                 "headers": {"Authorization": harbor_token(&s, "library/app2")},
                  "scope": "single_seed_peer", "concurrent_count": 0, "timeout": 0},
         "scheduler_cluster_ids": [1],
     });
@@ -243,7 +219,8 @@ fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
 fn a_token_the_registry_rejects_fails_the_job_with_its_reason() {
     let s = setup("library/app3", 33);
     let manifest_url = s.registry.manifest_url("library/app3", "1");
-    let wrong = basic(USER.0, "expired");
+    // A token for another repository: the registry refuses it for this one.
+    let wrong = harbor_token(&s, "library/other");
     let r = post_json(
         &format!("{}/preheats", s.api),
         &json!({"type": "image", "url": manifest_url, "headers": {"Authorization": wrong}}),
@@ -322,7 +299,7 @@ fn an_index_is_resolved_to_the_requested_platform() {
     let r = post_json(
         &format!("{}/preheats", s.api),
         &json!({"type": "image", "url": s.registry.manifest_url("library/multi", "multi"),
-                "headers": {"Authorization": basic(USER.0, USER.1)}}),
+                "headers": {"Authorization": harbor_token(&s, "library/multi")}}),
         None,
     );
     let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
