@@ -375,3 +375,54 @@ fn bad_requests_get_json_errors_and_fetch_nothing() {
             .all(|e| !e.path.contains("/manifests/") || e.method == "PUT")
     );
 }
+
+#[test]
+fn finished_jobs_survive_a_supernode_restart() {
+    let registry = TestRegistry::builder().token_auth().start();
+    let image = TestImage::busybox("kept", MIB, 37).unwrap();
+    registry
+        .push_test_image("library/kept", "1", &image)
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Supernode::builder()
+            .data_dir(data.path())
+            .args(["--preheat-token", TOKEN])
+            .start()
+    };
+    let supernode = start();
+    let api = format!("http://{}", supernode.addr());
+    let bearer = format!("Bearer {TOKEN}");
+    let token = format!("Bearer {}", registry.token("library/kept", &["pull"]));
+    let r = post_json(
+        &format!("{api}/oapi/v1/jobs"),
+        &json!({"type": "preheat", "args": {"type": "image",
+                "url": registry.manifest_url("library/kept", "1"),
+                "headers": {"Authorization": token}, "scope": "", "concurrent_count": 0, "timeout": 0},
+                "scheduler_cluster_ids": [1]}),
+        Some(&bearer),
+    );
+    let id = json_of(&r)["id"].as_u64().unwrap();
+    let before = poll(
+        &format!("{api}/oapi/v1/jobs/{id}"),
+        Some(&bearer),
+        "state",
+        &["SUCCESS", "FAILURE"],
+    );
+    assert_eq!(before["state"], "SUCCESS", "{before}");
+    supernode.stop().unwrap();
+
+    let supernode = start();
+    let api = format!("http://{}", supernode.addr());
+    let r = http::Request::get(format!("{api}/oapi/v1/jobs/{id}"))
+        .header("authorization", bearer.as_str())
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = json_of(&r);
+    assert_eq!(after["state"], "SUCCESS");
+    assert_eq!(after["result"], before["result"]);
+    // Generation 1 sees the same job under its string id.
+    let v1 = json_of(&http::get(&format!("{api}/preheats/{id}"), None).unwrap());
+    assert_eq!(v1["status"], "SUCCESS");
+}
