@@ -18,13 +18,14 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
     Config,
     cache::{CachedBlob, NodeCache},
-    flight::{self, Failure, Flight},
+    flight::{self, Failure, Flight, FlightState},
     metrics::{Metrics, Source},
     proxy::{self, oci_error},
     upstream::{self, Kind, REGISTRY_HEADER, Route},
@@ -416,35 +417,16 @@ async fn serve_blob(
         }
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    // 2. This node already holds it.
-    if let Some(blob) = state.cache.get(&digest) {
-        return serve_cached(state, digest, &blob, range);
+    // 2. This node already holds it, or 3. joins or starts its download.
+    let mut origin_headers = Vec::new();
+    if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
+        origin_headers.push(("Authorization".to_owned(), a.to_owned()));
     }
-    // 3. Join or start the download.
-    let flight = {
-        let mut flights = state.flights.lock();
-        match flights.get(&digest) {
-            Some(f) => f.clone(),
-            None => {
-                let f = Arc::new(Flight::default());
-                flights.insert(digest, f.clone());
-                let mut origin_headers = Vec::new();
-                if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
-                    origin_headers.push(("Authorization".to_owned(), a.to_owned()));
-                }
-                state.downloads.spawn(download(
-                    state.clone(),
-                    digest,
-                    format!("{base}{}", route.path),
-                    origin_headers,
-                    f.clone(),
-                ));
-                f
-            }
-        }
+    let url = format!("{base}{}", route.path);
+    let mut rx = match acquire(state, digest, url, origin_headers) {
+        Holding::Cached(blob) => return serve_cached(state, digest, &blob, range),
+        Holding::Downloading(rx) => rx,
     };
-    let mut rx = flight.subscribe();
-    drop(flight);
     let ready = rx
         .wait_for(|s| s.total.is_some() || s.outcome.is_some())
         .await
@@ -473,6 +455,45 @@ async fn serve_blob(
     };
     let body = Body::from_stream(flight::stream(rx, span.clone()));
     blob_response(status, &digest, span, total, body)
+}
+
+/// Where a blob is on this node, as [`acquire`] found it.
+enum Holding {
+    /// Complete in the node cache.
+    Cached(CachedBlob),
+    /// Being downloaded: a download that was running already, or one just started.
+    Downloading(watch::Receiver<FlightState>),
+}
+
+/// The one way a blob gets onto this node, shared by every blob request: the node
+/// cache if it holds the blob, else the download of this digest already running here, else
+/// a new download of `url` with `origin_headers`, which runs on its own task to the end
+/// (adopted into the cache) whoever stops waiting for it.
+fn acquire(
+    state: &Arc<AppState>,
+    digest: Digest,
+    url: String,
+    origin_headers: Vec<(String, String)>,
+) -> Holding {
+    if let Some(blob) = state.cache.get(&digest) {
+        return Holding::Cached(blob);
+    }
+    let mut flights = state.flights.lock();
+    if let Some(f) = flights.get(&digest) {
+        return Holding::Downloading(f.subscribe());
+    }
+    // A download may have ended since the look-up above; it adopts its blob into the
+    // cache before it leaves `flights`, so the cache has it now.
+    if let Some(blob) = state.cache.get(&digest) {
+        return Holding::Cached(blob);
+    }
+    let f = Arc::new(Flight::default());
+    flights.insert(digest, f.clone());
+    let rx = f.subscribe();
+    state
+        .downloads
+        .spawn(download(state.clone(), digest, url, origin_headers, f));
+    Holding::Downloading(rx)
 }
 
 fn serve_cached(
