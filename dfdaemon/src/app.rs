@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Config,
+    announce::{Announcer, NodeAnnouncement},
     cache::{CachedBlob, NodeCache},
     flight::{self, Failure, Flight, FlightState},
     metrics::{Metrics, Source},
@@ -196,6 +197,14 @@ impl App {
     /// The listener failed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let node = NodeAnnouncement::new(
+            state.config.node_name(),
+            self.peer_addr(),
+            self.addr().port(),
+        );
+        let announcer = Announcer::new(&state.config.supernodes, node)?;
+        let announce =
+            tokio::spawn(announcer.run(state.config.p2p.keepalive_interval, shutdown.clone()));
         let background = tokio::spawn(maintain(state.clone(), shutdown.clone()));
         let router = Router::new()
             .route("/healthy", get(|| async { "ok" }))
@@ -208,6 +217,7 @@ impl App {
             .with_graceful_shutdown(async move { token.cancelled().await });
         let result = serve.await.context("serving the mirror");
         background.abort();
+        announce.abort();
         state.downloads.close();
         if tokio::time::timeout(grace, state.downloads.wait())
             .await

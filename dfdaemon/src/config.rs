@@ -104,8 +104,9 @@ pub struct P2pConfig {
     /// origin (or fails). Default 10 s.
     #[serde(with = "humantime_serde")]
     pub supernode_timeout: Duration,
-    /// How often this node tells the supernode it still serves what it holds. Must stay
-    /// well under the supernode's `scheduler.peer_timeout`. Default 5 s.
+    /// How often this node tells the supernode it still serves what it holds, and
+    /// announces itself to every supernode (`POST /api/v1/nodes`). Must stay well under the
+    /// supernode's `scheduler.peer_timeout`. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
 }

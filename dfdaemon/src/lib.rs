@@ -4,7 +4,8 @@
 //! Podman/CRI-O `registries.conf`). Blob GETs go through the P2P engine of [`dfget`] into a
 //! node cache ([`cache`]) and are streamed to the client while pieces arrive ([`flight`]);
 //! everything else is passed to the registry unchanged ([`proxy`]). [`upstream`] decides
-//! which registry a request is for.
+//! which registry a request is for. The node announces itself to the supernodes
+//! ([`announce`]).
 //!
 //! ```text
 //! runtime ──HTTP──▶ App::handle ─ route() ─┬─ GET blob ─ registry HEAD (credentials) ─┬─ cache hit ─▶ stream pieces
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod announce;
 mod app;
 pub mod cache;
 pub mod config;
