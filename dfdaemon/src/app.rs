@@ -6,11 +6,11 @@ use std::{collections::HashMap, net::SocketAddr, ops::Range, sync::Arc, time::In
 use anyhow::Context as _;
 use axum::{
     Router,
-    body::Body,
-    extract::{Request, State},
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header},
     response::IntoResponse,
-    routing::get,
+    routing::{get, post},
 };
 use damselfly_common::Digest;
 use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig};
@@ -18,14 +18,17 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
     Config,
+    announce::{Announcer, NodeAnnouncement},
     cache::{CachedBlob, NodeCache},
-    flight::{self, Failure, Flight},
+    flight::{self, Failure, Flight, FlightState},
     metrics::{Metrics, Source},
+    preheat::{self, PreheatError, PreheatResponse, PreheatSource},
     proxy::{self, oci_error},
     upstream::{self, Kind, REGISTRY_HEADER, Route},
 };
@@ -50,6 +53,8 @@ struct AppState {
     registry: Registry,
     /// Running downloads, waited for at shutdown so finished ones reach the cache.
     downloads: TaskTracker,
+    /// Cancelled when the mirror starts shutting down, so long waits (preheats) end.
+    stopping: CancellationToken,
 }
 
 /// A reqwest client per configured registry plus one for all others.
@@ -172,6 +177,7 @@ impl App {
                 metrics,
                 registry,
                 downloads: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
             listener,
         })
@@ -195,18 +201,34 @@ impl App {
     /// The listener failed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let node = NodeAnnouncement::new(
+            state.config.node_name(),
+            self.peer_addr(),
+            self.addr().port(),
+        );
+        let announcer = Announcer::new(&state.config.supernodes, node)?;
+        let announce =
+            tokio::spawn(announcer.run(state.config.p2p.keepalive_interval, shutdown.clone()));
         let background = tokio::spawn(maintain(state.clone(), shutdown.clone()));
         let router = Router::new()
             .route("/healthy", get(|| async { "ok" }))
             .route("/metrics", get(metrics))
+            .route(
+                "/api/v1/preheat",
+                post(preheat).layer(DefaultBodyLimit::max(preheat::BODY_LIMIT)),
+            )
             .fallback(handle)
             .with_state(state.clone());
         let grace = state.config.shutdown_grace;
         let token = shutdown.clone();
-        let serve = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await });
+        let stopping = state.stopping.clone();
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            token.cancelled().await;
+            stopping.cancel();
+        });
         let result = serve.await.context("serving the mirror");
         background.abort();
+        announce.abort();
         state.downloads.close();
         if tokio::time::timeout(grace, state.downloads.wait())
             .await
@@ -416,35 +438,16 @@ async fn serve_blob(
         }
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    // 2. This node already holds it.
-    if let Some(blob) = state.cache.get(&digest) {
-        return serve_cached(state, digest, &blob, range);
+    // 2. This node already holds it, or 3. joins or starts its download.
+    let mut origin_headers = Vec::new();
+    if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
+        origin_headers.push(("Authorization".to_owned(), a.to_owned()));
     }
-    // 3. Join or start the download.
-    let flight = {
-        let mut flights = state.flights.lock();
-        match flights.get(&digest) {
-            Some(f) => f.clone(),
-            None => {
-                let f = Arc::new(Flight::default());
-                flights.insert(digest, f.clone());
-                let mut origin_headers = Vec::new();
-                if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
-                    origin_headers.push(("Authorization".to_owned(), a.to_owned()));
-                }
-                state.downloads.spawn(download(
-                    state.clone(),
-                    digest,
-                    format!("{base}{}", route.path),
-                    origin_headers,
-                    f.clone(),
-                ));
-                f
-            }
-        }
+    let url = format!("{base}{}", route.path);
+    let mut rx = match acquire(state, digest, url, origin_headers) {
+        Holding::Cached(blob) => return serve_cached(state, digest, &blob, range),
+        Holding::Downloading(rx) => rx,
     };
-    let mut rx = flight.subscribe();
-    drop(flight);
     let ready = rx
         .wait_for(|s| s.total.is_some() || s.outcome.is_some())
         .await
@@ -473,6 +476,145 @@ async fn serve_blob(
     };
     let body = Body::from_stream(flight::stream(rx, span.clone()));
     blob_response(status, &digest, span, total, body)
+}
+
+/// Where a blob is on this node, as [`acquire`] found it.
+enum Holding {
+    /// Complete in the node cache.
+    Cached(CachedBlob),
+    /// Being downloaded: a download that was running already, or one just started.
+    Downloading(watch::Receiver<FlightState>),
+}
+
+/// The one way a blob gets onto this node, shared by blob GETs and preheats: the node
+/// cache if it holds the blob, else the download of this digest already running here, else
+/// a new download of `url` with `origin_headers`, which runs on its own task to the end
+/// (adopted into the cache) whoever stops waiting for it.
+fn acquire(
+    state: &Arc<AppState>,
+    digest: Digest,
+    url: String,
+    origin_headers: Vec<(String, String)>,
+) -> Holding {
+    if let Some(blob) = state.cache.get(&digest) {
+        return Holding::Cached(blob);
+    }
+    let mut flights = state.flights.lock();
+    if let Some(f) = flights.get(&digest) {
+        return Holding::Downloading(f.subscribe());
+    }
+    // A download may have ended since the look-up above; it adopts its blob into the
+    // cache before it leaves `flights`, so the cache has it now.
+    if let Some(blob) = state.cache.get(&digest) {
+        return Holding::Cached(blob);
+    }
+    let f = Arc::new(Flight::default());
+    flights.insert(digest, f.clone());
+    let rx = f.subscribe();
+    state
+        .downloads
+        .spawn(download(state.clone(), digest, url, origin_headers, f));
+    Holding::Downloading(rx)
+}
+
+/// `POST /api/v1/preheat` (see [`crate::preheat`]): makes sure the blob is in this node's
+/// cache, by the same path as a blob GET, and answers once it is (or the download failed,
+/// or `preheat_timeout` passed: the download goes on regardless).
+async fn preheat(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (status, resp) = match ensure_preheated(&state, body).await {
+        Ok(done) => (StatusCode::OK, serde_json::to_vec(&done)),
+        Err((status, error)) => (status, serde_json::to_vec(&PreheatError { error })),
+    };
+    let mut resp = match resp {
+        Ok(json) => {
+            let mut r = Response::new(Body::from(json));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    state.metrics.request("preheat", resp.status().as_u16());
+    debug!(
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "preheat"
+    );
+    resp
+}
+
+/// The work of [`preheat`]; a failure is its status and reason.
+async fn ensure_preheated(
+    state: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<PreheatResponse, (StatusCode, String)> {
+    let body = body.map_err(|e| (e.status(), e.body_text()))?;
+    let req = preheat::parse(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let digest = req.blob.digest;
+    let answer = |bytes, source| PreheatResponse {
+        digest: digest.to_string(),
+        bytes,
+        source,
+    };
+    let mut rx = match acquire(state, digest, req.blob.url.clone(), req.headers) {
+        Holding::Cached(blob) => {
+            debug!(%digest, host = %req.blob.host, "preheat: already cached");
+            return Ok(answer(blob.size, PreheatSource::Cache));
+        }
+        Holding::Downloading(rx) => rx,
+    };
+    let timeout = state.config.preheat_timeout;
+    let finished = tokio::time::timeout(timeout, async {
+        rx.wait_for(|s| s.outcome.is_some())
+            .await
+            .map(|s| s.outcome.clone())
+    });
+    let outcome = tokio::select! {
+        r = finished => r,
+        () = state.stopping.cancelled() => {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dfdaemon is shutting down".to_owned(),
+            ));
+        }
+    };
+    match outcome {
+        Err(_) => {
+            state.metrics.error("preheat_timeout");
+            warn!(%digest, ?timeout, "preheat: blob not cached in time; its download goes on");
+            Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the blob was not cached within {}; its download goes on",
+                    humantime::format_duration(timeout)
+                ),
+            ))
+        }
+        Ok(Ok(Some(Err(f)))) => Err((
+            StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            f.message,
+        )),
+        // Done (or the flight vanished after finishing): it counts once it is cached.
+        Ok(_) => match state.cache.get(&digest) {
+            Some(blob) => {
+                info!(%digest, bytes = blob.size, host = %req.blob.host, "preheat: blob cached");
+                Ok(answer(blob.size, PreheatSource::Download))
+            }
+            None => Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the blob was downloaded but could not be kept in the node cache".to_owned(),
+            )),
+        },
+    }
 }
 
 fn serve_cached(

@@ -57,6 +57,14 @@ pub struct Config {
     /// Longest wait for requests to drain on SIGTERM. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Name this node announces to the supernodes (`POST /api/v1/nodes`). Default (unset):
+    /// the machine's host name, read when dfdaemon starts, so one config file fits every
+    /// node.
+    pub hostname: Option<String>,
+    /// Longest time `POST /api/v1/preheat` waits for its blob before answering 504; the
+    /// download itself goes on. Default 30 min.
+    #[serde(with = "humantime_serde")]
+    pub preheat_timeout: Duration,
 }
 
 /// Node cache limits.
@@ -96,8 +104,9 @@ pub struct P2pConfig {
     /// origin (or fails). Default 10 s.
     #[serde(with = "humantime_serde")]
     pub supernode_timeout: Duration,
-    /// How often this node tells the supernode it still serves what it holds. Must stay
-    /// well under the supernode's `scheduler.peer_timeout`. Default 5 s.
+    /// How often this node tells the supernode it still serves what it holds, and
+    /// announces itself to every supernode (`POST /api/v1/nodes`). Must stay well under the
+    /// supernode's `scheduler.peer_timeout`. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
 }
@@ -152,6 +161,8 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             registries: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            hostname: None,
+            preheat_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -235,6 +246,17 @@ impl Config {
         if self.p2p.keepalive_interval.is_zero() {
             errs.push(ConfigError::new("p2p.keepalive_interval", "must be > 0"));
         }
+        if let Some(h) = &self.hostname
+            && !valid_hostname(h)
+        {
+            errs.push(ConfigError::new(
+                "hostname",
+                "must be 1 to 253 printable characters without spaces",
+            ));
+        }
+        if self.preheat_timeout.is_zero() {
+            errs.push(ConfigError::new("preheat_timeout", "must be > 0"));
+        }
         for (i, r) in self.registries.iter().enumerate() {
             if r.host.is_empty() || r.host.contains('/') {
                 errs.push(ConfigError::new(
@@ -263,6 +285,27 @@ impl Config {
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries.iter().find(|r| r.host == host)
     }
+
+    /// The name announced to the supernodes: `hostname`, else the machine's.
+    pub fn node_name(&self) -> String {
+        self.hostname.clone().unwrap_or_else(machine_hostname)
+    }
+}
+
+/// The kernel's host name (`/proc/sys/kernel/hostname`, trimmed), or `localhost` when it
+/// cannot be read or is not a usable name.
+pub fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| valid_hostname(h))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A name that fits a DNS host name's length and carries no whitespace or control
+/// characters (it ends up in JSON, logs and the supernode's node list).
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 253 && !h.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Command-line flags; each overrides the config key it names.
@@ -341,6 +384,12 @@ pub struct Overrides {
     /// `shutdown_grace`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// `hostname`: the name announced to the supernodes.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// `preheat_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub preheat_timeout: Option<Duration>,
 }
 
 fn parse_endpoint(s: &str) -> Result<(String, String), String> {
@@ -413,6 +462,10 @@ impl Overrides {
             }
         }
         set(&mut c.shutdown_grace, self.shutdown_grace);
+        if self.hostname.is_some() {
+            c.hostname = self.hostname;
+        }
+        set(&mut c.preheat_timeout, self.preheat_timeout);
     }
 }
 
@@ -432,6 +485,37 @@ mod tests {
         assert_eq!(back.peer_listen.port(), 65000);
         assert_eq!(back.data_dir, PathBuf::from("/var/lib/damselfly/dfdaemon"));
         assert_eq!(back.default_upstream, "https://registry-1.docker.io");
+        // No machine's name is baked into the default file.
+        assert_eq!(back.hostname, None);
+        assert_eq!(back.preheat_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn hostname_and_preheat_timeout_come_from_file_or_flags() {
+        let mut c: Config =
+            parse("version = 1\nhostname = \"node-a\"\npreheat_timeout = \"5m\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node_name(), "node-a");
+        assert_eq!(c.preheat_timeout, Duration::from_secs(300));
+        Overrides {
+            hostname: Some("node-b".into()),
+            preheat_timeout: Some(Duration::from_secs(7)),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.node_name(), "node-b");
+        assert_eq!(c.preheat_timeout, Duration::from_secs(7));
+        c.hostname = Some("two words".into());
+        c.preheat_timeout = Duration::ZERO;
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["hostname", "preheat_timeout"]);
+        let machine = Config::default().node_name();
+        assert!(!machine.is_empty() && !machine.contains(char::is_whitespace));
     }
 
     #[test]

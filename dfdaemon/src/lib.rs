@@ -4,23 +4,27 @@
 //! Podman/CRI-O `registries.conf`). Blob GETs go through the P2P engine of [`dfget`] into a
 //! node cache ([`cache`]) and are streamed to the client while pieces arrive ([`flight`]);
 //! everything else is passed to the registry unchanged ([`proxy`]). [`upstream`] decides
-//! which registry a request is for.
+//! which registry a request is for. The node announces itself to the supernodes
+//! ([`announce`]), which can then have it fetch blobs ahead of any pull ([`preheat`]).
 //!
 //! ```text
 //! runtime ──HTTP──▶ App::handle ─ route() ─┬─ GET blob ─ registry HEAD (credentials) ─┬─ cache hit ─▶ stream pieces
 //!                                          │                                        └─ Flight ◀── Engine::download (peers, supernode, origin)
 //!                                          └─ anything else ─▶ proxy::forward ─▶ registry
+//! supernode ──POST /api/v1/preheat──▶ same path as a blob GET, minus the streaming (no access check)
 //! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod announce;
 mod app;
 pub mod cache;
 pub mod config;
 pub mod flight;
 pub mod init;
 pub mod metrics;
+pub mod preheat;
 pub mod proxy;
 pub mod upstream;
 

@@ -10,7 +10,7 @@ use prometheus_client::{
 /// Labels of a handled request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `base`, `manifest`, `blob`, `other`, `invalid`.
+    /// `base`, `manifest`, `blob`, `other`, `invalid`, `preheat`.
     pub kind: &'static str,
     /// Status class: `2xx`, `3xx`, `4xx`, `5xx`.
     pub status: &'static str,

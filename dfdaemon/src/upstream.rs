@@ -212,6 +212,70 @@ fn kind(rest: &str) -> Kind {
     Kind::Other
 }
 
+/// A blob named by its full registry URL, as a preheat request gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobUrl {
+    /// The URL to fetch, as given.
+    pub url: String,
+    /// The registry host (`host[:port]`).
+    pub host: String,
+    /// Repository name.
+    pub repo: String,
+    /// The blob digest from the path.
+    pub digest: Digest,
+}
+
+/// Why a URL does not name a registry blob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobUrlError {
+    /// Not `http://` or `https://`.
+    #[error("not an http:// or https:// URL: {0:?}")]
+    Scheme(String),
+    /// The host part is empty or holds characters a host cannot (credentials included:
+    /// they belong in headers).
+    #[error("invalid registry host {0:?} (credentials go in headers, not in the URL)")]
+    Host(String),
+    /// The path is not `/v2/<name>/blobs/sha256:<hex>`.
+    #[error("not a registry blob URL (/v2/<name>/blobs/sha256:<hex>): {0:?}")]
+    NotBlob(String),
+}
+
+/// Parses `http(s)://host[:port]/v2/<name>/blobs/sha256:<hex>[?query]`.
+///
+/// # Errors
+/// [`BlobUrlError`] for anything else, including fragments and `..` path segments.
+pub fn parse_blob_url(url: &str) -> Result<BlobUrl, BlobUrlError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| BlobUrlError::Scheme(url.to_owned()))?;
+    let (host, path_and_query) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if !valid_host(host) {
+        return Err(BlobUrlError::Host(host.to_owned()));
+    }
+    let not_blob = || BlobUrlError::NotBlob(url.to_owned());
+    if path_and_query.contains('#') {
+        return Err(not_blob());
+    }
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    // The host is explicit, so the path is taken as it is (no registry prefix).
+    match route(path, query, Some(host)) {
+        Ok(Route {
+            kind: Kind::Blob { repo, digest },
+            ..
+        }) => Ok(BlobUrl {
+            url: url.to_owned(),
+            host: host.to_owned(),
+            repo,
+            digest,
+        }),
+        _ => Err(not_blob()),
+    }
+}
+
 /// Parses a base URL (`http(s)://host[:port]`, optional trailing `/`), returning it without
 /// the trailing slash.
 pub fn parse_base(url: &str) -> Option<String> {
@@ -349,6 +413,33 @@ mod tests {
             route("/v2/a/blobs/sha256:zz", None, None).unwrap().kind,
             Kind::Other
         );
+    }
+
+    #[test]
+    fn blob_urls_for_preheat() {
+        let b = parse_blob_url(&format!("http://127.0.0.1:5000/v2/library/web/blobs/{D}")).unwrap();
+        assert_eq!(b.host, "127.0.0.1:5000");
+        assert_eq!(b.repo, "library/web");
+        assert_eq!(b.digest, D.parse().unwrap());
+        let b = parse_blob_url(&format!("https://harbor.local/v2/p/app/blobs/{D}?x=1")).unwrap();
+        assert_eq!(b.host, "harbor.local");
+        assert_eq!(
+            b.url,
+            format!("https://harbor.local/v2/p/app/blobs/{D}?x=1")
+        );
+        for bad in [
+            format!("ftp://r/v2/a/blobs/{D}"),
+            format!("http://user:pw@r/v2/a/blobs/{D}"),
+            format!("http:///v2/a/blobs/{D}"),
+            "http://r/v2/a/manifests/1".to_owned(),
+            "http://r/v2/a/blobs/sha256:zz".to_owned(),
+            format!("http://r/v2/../a/blobs/{D}"),
+            format!("http://r/v2/a/blobs/{D}#frag"),
+            format!("http://r/a/blobs/{D}"),
+            "not a url".to_owned(),
+        ] {
+            assert!(parse_blob_url(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

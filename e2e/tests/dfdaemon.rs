@@ -464,3 +464,129 @@ fn the_node_cache_stays_under_its_capacity() {
     assert!(held <= (10 * MIB) as f64, "cache holds {held} bytes");
     assert!(held > 0.0);
 }
+
+/// `POST /api/v1/preheat` with a JSON `body`; the status and the JSON answer.
+fn preheat(d: &Dfdaemon, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
+    let r = http::Request::post(format!("{}/api/v1/preheat", d.url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let json = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("status {}: not JSON ({e}): {}", r.status, r.text()));
+    (r.status, json)
+}
+
+#[test]
+fn a_preheat_puts_the_blob_in_the_node_cache_through_the_swarm_before_any_pull() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let blob = damselfly_e2e::random_blob(6 * MIB, 40);
+    let digest = registry.push_blob("e2e/preheat", &blob);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let request = serde_json::json!({
+        "url": registry.blob_url("e2e/preheat", &digest),
+        "digest": digest,
+    })
+    .to_string();
+
+    let (status, first) = preheat(&dfdaemon, request.clone());
+    assert_eq!(status, 200, "{first}\n{}", dfdaemon.log_text());
+    assert_eq!(first["digest"], digest.as_str());
+    assert_eq!(first["bytes"], blob.len());
+    assert_eq!(first["source"], "download");
+    // Through the swarm: the supernode fetched it from the registry, this node from it.
+    assert!(
+        bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer") >= blob.len() as f64
+    );
+    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+    let (status, second) = preheat(&dfdaemon, request);
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["source"], "cache");
+    assert_eq!(second["bytes"], blob.len());
+
+    // A runtime's pull is now served from the node cache; the registry sent the blob once.
+    let url = format!(
+        "{}/v2/e2e/preheat/blobs/{digest}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    let pulled = http::get(&url, None).unwrap();
+    assert_eq!(pulled.status, 200, "{}", pulled.text());
+    assert_eq!(pulled.body, blob);
+    assert_eq!(bytes_from(&dfdaemon, "local"), blob.len() as f64);
+    assert_eq!(registry.blob_get_count(&digest), 1);
+
+    // Bad requests: 400 with a reason, and nothing is fetched.
+    let manifest_url = registry.manifest_url("e2e/preheat", "1");
+    let other = format!("sha256:{}", "0".repeat(64));
+    for (body, why) in [
+        ("{\"url\": ".to_owned(), "malformed"),
+        (
+            serde_json::json!({ "url": manifest_url }).to_string(),
+            "not a registry blob URL",
+        ),
+        (
+            serde_json::json!({ "url": registry.blob_url("e2e/preheat", &digest), "digest": other })
+                .to_string(),
+            "does not match",
+        ),
+    ] {
+        let (status, answer) = preheat(&dfdaemon, body.clone());
+        assert_eq!(status, 400, "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(why), "{body}: {answer}");
+    }
+    let (status, answer) = preheat(&dfdaemon, vec![b' '; MIB + 1]);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+    assert_eq!(registry.blob_get_count(&digest), 1);
+    assert_eq!(
+        dfdaemon
+            .metric(
+                "damselfly_dfdaemon_requests_total",
+                Some("kind=\"preheat\"")
+            )
+            .unwrap(),
+        6.0
+    );
+}
+
+#[test]
+fn a_preheat_of_a_private_blob_gets_the_registrys_refusal_without_credentials() {
+    let _serial = serial();
+    let registry = TestRegistry::builder().htpasswd("alice", "s3cret").start();
+    let blob = damselfly_e2e::random_blob(2 * MIB, 41);
+    let digest = registry.push_blob("private/preheat", &blob);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let url = registry.blob_url("private/preheat", &digest);
+
+    let (status, answer) = preheat(&dfdaemon, serde_json::json!({ "url": url }).to_string());
+    assert_eq!(status, 401, "{answer}\n{}", dfdaemon.log_text());
+    assert!(
+        answer["error"].as_str().unwrap_or_default().contains("401"),
+        "{answer}"
+    );
+
+    // With the header the caller was given (Basic alice:s3cret), the blob is fetched.
+    let with = serde_json::json!({
+        "url": url,
+        "headers": { "Authorization": "Basic YWxpY2U6czNjcmV0" },
+    })
+    .to_string();
+    let (status, answer) = preheat(&dfdaemon, with);
+    assert_eq!(status, 200, "{answer}\n{}", dfdaemon.log_text());
+    assert_eq!(answer["source"], "download");
+    assert_eq!(answer["bytes"], blob.len());
+    // Cached now, but a pull without credentials still gets the registry's 401.
+    let pull = format!(
+        "{}/v2/private/preheat/blobs/{digest}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    assert_eq!(http::get(&pull, None).unwrap().status, 401);
+    let with = http::get(&pull, Some(("alice", "s3cret"))).unwrap();
+    assert_eq!(with.body, blob);
+}
