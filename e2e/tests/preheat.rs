@@ -199,6 +199,22 @@ fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
     want.sort();
     assert_eq!(urls, want);
 
+    let fetched: u64 = blobs(&s.pushed)
+        .iter()
+        .map(|d| s.registry.blob_bytes_served(d))
+        .sum();
+    assert_eq!(
+        s.supernode
+            .metric("damselfly_supernode_preheat_bytes_total")
+            .unwrap(),
+        fetched as f64
+    );
+    assert_eq!(
+        s.supernode
+            .metric("damselfly_supernode_preheat_jobs")
+            .unwrap(),
+        1.0
+    );
     // A second job for the cached image succeeds without fetching any blob again.
     let r = post_json(&jobs, &create, Some(&bearer));
     let id2 = json_of(&r)["id"].as_u64().unwrap();
@@ -425,4 +441,96 @@ fn finished_jobs_survive_a_supernode_restart() {
     // Generation 1 sees the same job under its string id.
     let v1 = json_of(&http::get(&format!("{api}/preheats/{id}"), None).unwrap());
     assert_eq!(v1["status"], "SUCCESS");
+}
+
+#[test]
+fn all_peers_fills_every_announced_node_through_the_swarm() {
+    let s = setup("library/everywhere", 38);
+    let nodes: Vec<damselfly_e2e::Dfdaemon> = ["node-a", "node-b"]
+        .iter()
+        .map(|name| {
+            let mut d = damselfly_e2e::Dfdaemon::builder()
+                .name(name)
+                .supernode(s.supernode.addr())
+                .args(["--hostname", name, "--p2p-keepalive-interval", "200ms"])
+                .start();
+            d.daemon_mut()
+                .wait_for_log("announced", Duration::from_secs(10))
+                .unwrap();
+            d
+        })
+        .collect();
+    let bearer = format!("Bearer {TOKEN}");
+    let jobs = format!("{}/oapi/v1/jobs", s.api);
+    let token = harbor_token(&s, "library/everywhere");
+    let r = post_json(
+        &jobs,
+        &json!({"type": "preheat", "args": {"type": "image",
+                "url": s.registry.manifest_url("library/everywhere", "1"), "tag": "",
+                "filtered_query_params": "", "headers": {"Authorization": token},
+                "scope": "all_peers", "concurrent_count": 0, "timeout": 0},
+                "scheduler_cluster_ids": [1]}),
+        Some(&bearer),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = json_of(&r)["id"].as_u64().unwrap();
+    let v = poll(
+        &format!("{jobs}/{id}"),
+        Some(&bearer),
+        "state",
+        &["SUCCESS", "FAILURE"],
+    );
+    assert_eq!(v["state"], "SUCCESS", "{v}");
+    let tasks = v["result"]["job_states"][0]["results"][0]["success_tasks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for d in blobs(&s.pushed) {
+        let url = s.registry.blob_url("library/everywhere", &d);
+        for host in ["node-a", "node-b"] {
+            assert!(
+                tasks
+                    .iter()
+                    .any(|t| t["url"] == url.as_str() && t["hostname"] == host),
+                "{host} missing for {d}: {v}"
+            );
+        }
+        // The registry sent it once, to the supernode.
+        assert_eq!(s.registry.blob_get_count(&d), 1, "{d}");
+    }
+    // Every node now answers the pull from its own cache.
+    for node in &nodes {
+        let mut served = 0usize;
+        for (i, d) in blobs(&s.pushed).iter().enumerate() {
+            let r = http::Request::get(format!(
+                "{}/v2/library/everywhere/blobs/{d}?ns={}",
+                node.url(),
+                s.registry.host()
+            ))
+            .header("authorization", token.as_str())
+            .send()
+            .unwrap();
+            assert_eq!(r.status, 200, "blob {i}: {}", r.text());
+            assert_eq!(&sha256_digest(&r.body), d);
+            served += r.body.len();
+        }
+        let local = node
+            .metric(
+                "damselfly_dfdaemon_blob_bytes_total",
+                Some("source=\"local\""),
+            )
+            .unwrap();
+        assert_eq!(
+            local, served as f64,
+            "not every byte came from the node cache"
+        );
+        assert_eq!(
+            node.metric(
+                "damselfly_dfdaemon_blob_bytes_total",
+                Some("source=\"origin\"")
+            )
+            .unwrap(),
+            0.0
+        );
+    }
 }
