@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod placement;
 pub mod rate;
 pub mod shutdown;
 pub mod telemetry;

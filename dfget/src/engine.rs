@@ -47,7 +47,8 @@ use crate::{
 pub struct EngineConfig {
     /// Supernodes (`host:port`); empty means always fetch from the origin. Each download
     /// goes to the supernode its URL hashes to (so every peer of a blob meets at the same
-    /// one), then to the others in order while that one is unreachable.
+    /// one; the list's order does not matter), then to the others while that one is
+    /// unreachable.
     pub supernodes: Vec<String>,
     /// UDP address of the piece server. Default `[::]:0` (any free port, IPv4 and IPv6),
     /// falling back to `0.0.0.0:0` where IPv6 is off.
@@ -209,8 +210,7 @@ impl Engine {
                 .map_err(|e| setup(&e))?,
         };
         let local = endpoint.local_addr().map_err(|e| setup(&e))?;
-        let supernodes = config
-            .supernodes
+        let supernodes = damselfly_common::placement::normalize(&config.supernodes)
             .iter()
             .map(|addr| {
                 SupernodeClient::new(
@@ -921,15 +921,10 @@ fn origin_error(e: OriginError) -> DownloadError {
     }
 }
 
-/// Which of `n` supernodes a URL belongs to: the same on every peer, spread evenly.
+/// Which supernode a URL belongs to (see [`damselfly_common::placement`]).
 fn home_index(url: &str, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
     let key = damselfly_oci::blob_digest(url).unwrap_or_else(|| Digest::of(url.as_bytes()));
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&key.0[..8]);
-    (u64::from_be_bytes(head) % n as u64) as usize
+    damselfly_common::placement::home_index(&key, n)
 }
 
 /// The local IP that routes to the supernode (no packet is sent), else loopback.

@@ -24,6 +24,7 @@ pub struct Supernode {
 #[must_use]
 pub struct SupernodeBuilder {
     ip: Option<IpAddr>,
+    port: u16,
     data_dir: Option<PathBuf>,
     args: Vec<String>,
 }
@@ -38,6 +39,13 @@ impl SupernodeBuilder {
     /// Use this data directory (kept by the caller, e.g. across a restart).
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Listen on this port (default: any free one), e.g. when other supernodes must be
+    /// told the address before it starts.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 
@@ -69,7 +77,7 @@ impl SupernodeBuilder {
         let mut daemon = Daemon::builder(bin("supernode"))
             .name("supernode")
             .arg("--listen")
-            .arg(SocketAddr::new(ip, 0).to_string())
+            .arg(SocketAddr::new(ip, self.port).to_string())
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)

@@ -534,3 +534,92 @@ fn all_peers_fills_every_announced_node_through_the_swarm() {
         );
     }
 }
+
+#[test]
+fn with_several_supernodes_each_blob_is_seeded_where_nodes_will_look_for_it() {
+    let registry = TestRegistry::builder().token_auth().start();
+    let image = TestImage::busybox("two supernodes", 2 * MIB, 39).unwrap();
+    let pushed = registry
+        .push_test_image("library/two", "1", &image)
+        .unwrap();
+    let ports = [
+        damselfly_e2e::free_tcp_port([127, 0, 0, 1].into()),
+        damselfly_e2e::free_tcp_port([127, 0, 0, 1].into()),
+    ];
+    let cluster: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let supernodes: Vec<Supernode> = ports
+        .iter()
+        .map(|&port| {
+            let mut args = vec!["--preheat-token".to_owned(), TOKEN.to_owned()];
+            for sn in &cluster {
+                args.extend(["--preheat-supernode".to_owned(), sn.clone()]);
+            }
+            Supernode::builder().port(port).args(args).start()
+        })
+        .collect();
+    // The node lists the supernodes in the other order: placement must not depend on it.
+    let node = damselfly_e2e::Dfdaemon::builder()
+        .supernode(&cluster[1])
+        .supernode(&cluster[0])
+        .start();
+    let api = format!("http://{}", supernodes[0].addr());
+    let bearer = format!("Bearer {TOKEN}");
+    let token = format!("Bearer {}", registry.token("library/two", &["pull"]));
+    let job = |scope: &str| {
+        let r = post_json(
+            &format!("{api}/oapi/v1/jobs"),
+            &json!({"type": "preheat", "args": {"type": "image",
+                    "url": registry.manifest_url("library/two", "1"),
+                    "headers": {"Authorization": token}, "scope": scope,
+                    "concurrent_count": 0, "timeout": 0}, "scheduler_cluster_ids": [1]}),
+            Some(&bearer),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = json_of(&r)["id"].as_u64().unwrap();
+        let v = poll(
+            &format!("{api}/oapi/v1/jobs/{id}"),
+            Some(&bearer),
+            "state",
+            &["SUCCESS", "FAILURE"],
+        );
+        assert_eq!(v["state"], "SUCCESS", "{v}");
+        v["result"]["job_states"][0]["results"][0]["success_tasks"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    // Default scope: each blob once, at its home supernode.
+    let tasks = job("");
+    assert_eq!(tasks.len(), blobs(&pushed).len(), "{tasks:?}");
+    let homes: std::collections::HashSet<&str> = tasks
+        .iter()
+        .map(|t| t["hostname"].as_str().unwrap())
+        .collect();
+    assert!(
+        homes.iter().all(|h| cluster.iter().any(|c| c == h)),
+        "{homes:?}"
+    );
+    // The node's pulls find every blob where they look: the registry is not asked again.
+    for d in blobs(&pushed) {
+        let r = http::Request::get(format!(
+            "{}/v2/library/two/blobs/{d}?ns={}",
+            node.url(),
+            registry.host()
+        ))
+        .header("authorization", token.as_str())
+        .send()
+        .unwrap();
+        assert_eq!(&sha256_digest(&r.body), &d);
+        assert_eq!(registry.blob_get_count(&d), 1, "{d} fetched twice");
+    }
+    // all_seed_peers: every supernode keeps every blob.
+    let tasks = job("all_seed_peers");
+    assert_eq!(tasks.len(), 2 * blobs(&pushed).len(), "{tasks:?}");
+    for d in blobs(&pushed) {
+        assert_eq!(
+            registry.blob_get_count(&d),
+            2,
+            "{d}: one fetch per supernode"
+        );
+    }
+}

@@ -137,6 +137,12 @@ pub struct PreheatConfig {
     pub platform: String,
     /// Name this supernode reports in job results. Default: the machine's hostname.
     pub hostname: String,
+    /// Every supernode of the cluster (`host:port`, this one included), as dfdaemons list
+    /// them. Empty (the default): this supernode is the only one and caches every blob
+    /// itself. Otherwise each blob is seeded at its home supernode (where the nodes'
+    /// downloads of it will go), and `all_seed_peers` seeds it at every one, through their
+    /// `/api/v1/seed`.
+    pub supernodes: Vec<String>,
 }
 
 impl Default for PreheatConfig {
@@ -147,6 +153,7 @@ impl Default for PreheatConfig {
             timeout: Duration::from_secs(30 * 60),
             platform: "linux/amd64".into(),
             hostname: String::new(),
+            supernodes: Vec::new(),
         }
     }
 }
@@ -334,6 +341,9 @@ pub struct Overrides {
     /// `preheat.hostname`.
     #[arg(long, value_name = "NAME")]
     pub preheat_hostname: Option<String>,
+    /// `preheat.supernodes` (repeatable; replaces the file's list).
+    #[arg(long = "preheat-supernode", value_name = "HOST:PORT")]
+    pub preheat_supernodes: Vec<String>,
     /// `shutdown_grace`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -377,6 +387,9 @@ impl Overrides {
         set(&mut c.preheat.timeout, self.preheat_timeout);
         set(&mut c.preheat.platform, self.preheat_platform);
         set(&mut c.preheat.hostname, self.preheat_hostname);
+        if !self.preheat_supernodes.is_empty() {
+            c.preheat.supernodes = self.preheat_supernodes;
+        }
         set(&mut c.shutdown_grace, self.shutdown_grace);
     }
 }

@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/oapi/v1/jobs", post(create_v2))
         .route("/oapi/v1/jobs/{id}", get(status_v2))
         .route("/api/v1/nodes", post(announce))
+        .route("/api/v1/seed", post(seed))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -376,4 +377,43 @@ async fn announce(
         },
     );
     StatusCode::NO_CONTENT.into_response()
+}
+
+// ---- seeding on behalf of another supernode ----
+
+#[derive(Deserialize)]
+struct SeedRequest {
+    url: String,
+    digest: String,
+    #[serde(default)]
+    headers: Option<HashMap<String, String>>,
+}
+
+/// Another supernode's preheat asks this one to fetch and keep a blob (it is the blob's home,
+/// or the job's scope is `all_seed_peers`). Answers once the blob is cached.
+async fn seed(
+    State(shared): State<Arc<Shared>>,
+    parsed: Result<Json<SeedRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(parsed) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Ok(digest) = req.digest.parse::<damselfly_common::Digest>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid digest {:?}", req.digest),
+        );
+    };
+    if damselfly_oci::blob_digest(&req.url) != Some(digest) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not the blob URL of {digest}", req.url),
+        );
+    }
+    let headers = headers_vec(req.headers.unwrap_or_default());
+    match super::seed(&shared, &req.url, digest, &headers).await {
+        Ok(()) => Json(json!({ "digest": digest.to_string() })).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
 }

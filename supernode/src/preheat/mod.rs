@@ -474,15 +474,30 @@ async fn execute(
             let (hostname, ip, nodes, client) = (&hostname, &ip, &nodes, &client);
             async move {
                 let mut out = Vec::new();
-                let seeded = seed(shared, &url, digest, &req.headers).await;
-                let ok = seeded.is_ok();
-                out.push(TaskResult {
-                    url: url.clone(),
-                    hostname: hostname.clone(),
-                    ip: ip.clone(),
-                    ok,
-                    description: seeded.err().unwrap_or_default(),
-                });
+                for target in seed_targets(shared, job.scope, &digest) {
+                    let (name, addr, seeded) = match &target {
+                        None => (
+                            hostname.clone(),
+                            ip.clone(),
+                            seed(shared, &url, digest, &req.headers).await,
+                        ),
+                        Some(sn) => (
+                            sn.clone(),
+                            sn.rsplit_once(':')
+                                .map_or(sn.as_str(), |(h, _)| h)
+                                .to_owned(),
+                            remote_seed(client, sn, &url, digest, &req.headers).await,
+                        ),
+                    };
+                    out.push(TaskResult {
+                        url: url.clone(),
+                        hostname: name,
+                        ip: addr,
+                        ok: seeded.is_ok(),
+                        description: seeded.err().unwrap_or_default(),
+                    });
+                }
+                let ok = out.iter().all(|r| r.ok);
                 if ok {
                     for (name, node) in nodes {
                         let r = node_fetch(client, node, &url, digest, &req.headers).await;
@@ -504,6 +519,38 @@ async fn execute(
     Ok(results.into_iter().flatten().collect())
 }
 
+/// Where a blob must be seeded: `None` is this supernode (no cluster configured), `Some`
+/// a supernode of `preheat.supernodes` reached over HTTP (possibly this one).
+fn seed_targets(shared: &Shared, scope: Scope, digest: &Digest) -> Vec<Option<String>> {
+    let cluster = damselfly_common::placement::normalize(&shared.config.preheat.supernodes);
+    if cluster.is_empty() {
+        return vec![None];
+    }
+    if scope == Scope::AllSeedPeers {
+        return cluster.into_iter().map(Some).collect();
+    }
+    let home = damselfly_common::placement::home_index(digest, cluster.len());
+    vec![cluster.get(home).cloned()]
+}
+
+/// Asks supernode `sn` to fetch and keep a blob (`POST /api/v1/seed`).
+async fn remote_seed(
+    client: &reqwest::Client,
+    sn: &str,
+    url: &str,
+    digest: Digest,
+    headers: &[(String, String)],
+) -> Result<(), String> {
+    post_and_check(
+        client,
+        &format!("http://{sn}/api/v1/seed"),
+        url,
+        digest,
+        headers,
+    )
+    .await
+}
+
 /// This supernode's name and IP for results.
 fn self_identity(shared: &Shared) -> (String, String) {
     let configured = &shared.config.preheat.hostname;
@@ -518,7 +565,7 @@ fn self_identity(shared: &Shared) -> (String, String) {
 }
 
 /// Has the supernode fetch and keep one blob; waits until it is complete.
-async fn seed(
+pub(crate) async fn seed(
     shared: &Arc<Shared>,
     url: &str,
     digest: Digest,
@@ -567,18 +614,36 @@ async fn node_fetch(
     digest: Digest,
     headers: &[(String, String)],
 ) -> Result<(), String> {
+    post_and_check(
+        client,
+        &format!("{}/api/v1/preheat", node.mirror),
+        url,
+        digest,
+        headers,
+    )
+    .await
+}
+
+/// POSTs `{url, digest, headers}` to `endpoint`; a 2xx is success, anything else the reason.
+async fn post_and_check(
+    client: &reqwest::Client,
+    endpoint: &str,
+    url: &str,
+    digest: Digest,
+    headers: &[(String, String)],
+) -> Result<(), String> {
     let headers: HashMap<&str, &str> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let body = serde_json::json!({ "url": url, "digest": digest.to_string(), "headers": headers });
     let resp = client
-        .post(format!("{}/api/v1/preheat", node.mirror))
+        .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| format!("node unreachable: {e}"))?;
+        .map_err(|e| format!("{endpoint} unreachable: {e}"))?;
     if resp.status().is_success() {
         return Ok(());
     }
@@ -588,7 +653,7 @@ async fn node_fetch(
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or(text);
-    Err(format!("node answered {status}: {reason}"))
+    Err(format!("{endpoint} answered {status}: {reason}"))
 }
 
 #[cfg(test)]
