@@ -1,4 +1,27 @@
-//! nydus-fs: the lazy, merkle-verified image format, converter and FUSE mount. Not built yet:
-//! see the project's issue for lazy images.
+//! nydus-fs: the lazy, merkle-verified image format.
+//!
+//! This crate so far holds the pure format layer, with no I/O:
+//!
+//! - [`tree`]: the in-memory model of a merged image tree ([`Tree`], [`Inode`], [`ChunkRef`]),
+//!   with hard links as shared [`InodeId`]s, plus the validation and canonical numbering that
+//!   both the encoder and the decoder rely on.
+//! - [`merkle`]: the domain-separated sha256 digests of chunks, inodes and the whole tree
+//!   ([`merkle::root_digest`]). The root goes into the image manifest.
+//! - [`bootstrap`]: the byte layout ([`bootstrap::encode`], [`bootstrap::decode`]). `decode`
+//!   refuses anything that is not the canonical encoding of a valid tree with the expected root.
+//! - [`error`]: [`FormatError`], every reason a tree or a bootstrap is refused.
+//!
+//! The byte-for-byte specification is `docs/format.md`. The converter and the FUSE mount will be
+//! built on top of these types.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bootstrap;
+pub mod error;
+pub mod merkle;
+pub mod tree;
+
+pub use error::FormatError;
+pub use merkle::Digest;
+pub use tree::{ChunkRef, ChunkSize, Inode, InodeId, InodeKind, Timestamp, Tree};
