@@ -1,6 +1,6 @@
 //! nydus-fs: the lazy, merkle-verified image format.
 //!
-//! This crate so far holds the pure format layer, with no I/O:
+//! This crate holds the pure format layer, with no I/O, and the converter built on it:
 //!
 //! - [`tree`]: the in-memory model of a merged image tree ([`Tree`], [`Inode`], [`ChunkRef`]),
 //!   with hard links as shared [`InodeId`]s, plus the validation and canonical numbering that
@@ -10,14 +10,17 @@
 //! - [`bootstrap`]: the byte layout ([`bootstrap::encode`], [`bootstrap::decode`]). `decode`
 //!   refuses anything that is not the canonical encoding of a valid tree with the expected root.
 //! - [`error`]: [`FormatError`], every reason a tree or a bootstrap is refused.
+//! - [`convert`]: OCI layers (tar, plain or gzip) to one merged [`Tree`] and per-layer data
+//!   blobs of zstd-compressed, deduplicated chunks ([`convert::Merger`]); sync `Read`/`Write`.
 //!
-//! The byte-for-byte specification is `docs/format.md`. The converter and the FUSE mount will be
-//! built on top of these types.
+//! The byte-for-byte specification is `docs/format.md`. The FUSE mount will be built on top of
+//! these types.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod convert;
 pub mod error;
 pub mod merkle;
 pub mod tree;
