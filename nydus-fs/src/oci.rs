@@ -1,0 +1,408 @@
+//! Local OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/...`): the JSON types the
+//! CLI needs, content-verified blob reads, and atomic (temp file + rename) writes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nydus_fs::Digest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// OCI image index.
+pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
+pub(crate) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A nydus data blob: independently zstd-compressed chunks (one zstd frame each) back to back,
+/// addressed by the bootstrap's chunk table. Not a tar; as a whole it is still a valid zstd
+/// stream (concatenated frames) that decompresses to the deduplicated chunks, hence `+zstd`.
+pub(crate) const MT_NYDUS_BLOB: &str = "application/vnd.damselfly.nydus.blob.v1+zstd";
+/// A nydus bootstrap (`docs/format.md`).
+pub(crate) const MT_NYDUS_BOOTSTRAP: &str = "application/vnd.damselfly.nydus.bootstrap.v1";
+/// Bootstrap annotation: the merkle root digest (`sha256:...`).
+pub(crate) const ANN_ROOT: &str = "io.damselfly.nydus.root";
+/// Bootstrap annotation: the chunk size in bytes.
+pub(crate) const ANN_CHUNK_SIZE: &str = "io.damselfly.nydus.chunk-size";
+/// Bootstrap annotation: the bootstrap format version.
+pub(crate) const ANN_FORMAT: &str = "io.damselfly.nydus.format";
+/// Manifest annotation: digest of the manifest the image was converted from.
+pub(crate) const ANN_SOURCE: &str = "io.damselfly.nydus.source-manifest";
+/// The tag of an `index.json` entry.
+pub(crate) const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Largest JSON blob (manifest, index, config) read into memory.
+const MAX_JSON_BLOB: u64 = 16 << 20;
+
+/// An OCI content descriptor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) platform: Option<Platform>,
+}
+
+/// Platform of an index entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) variant: Option<String>,
+}
+
+/// An image index (`index.json` or a multi-platform index blob).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Index {
+    pub(crate) schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) media_type: Option<String>,
+    pub(crate) manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) annotations: BTreeMap<String, String>,
+}
+
+/// An image manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Manifest {
+    pub(crate) schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) media_type: Option<String>,
+    pub(crate) config: Descriptor,
+    pub(crate) layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) annotations: BTreeMap<String, String>,
+}
+
+/// Parses `sha256:<64 lowercase hex>`.
+pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
+    let hex_part = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| anyhow!("digest {s:?} is not sha256"))?;
+    ensure!(
+        hex_part.len() == 64
+            && hex_part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "digest {s:?} is not 64 lowercase hex digits"
+    );
+    let mut d = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut d).with_context(|| format!("digest {s:?}"))?;
+    Ok(Digest(d))
+}
+
+/// A reader that hashes and counts what goes through it.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Reads the rest of the input, then returns its digest and length.
+    pub(crate) fn finish(mut self) -> io::Result<(Digest, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((Digest(self.hasher.finalize().into()), self.len))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// An OCI image layout directory.
+pub(crate) struct OciDir {
+    root: PathBuf,
+}
+
+impl OciDir {
+    /// An existing layout: `oci-layout` must be present.
+    pub(crate) fn open(root: &Path) -> Result<Self> {
+        let marker = root.join("oci-layout");
+        let text = fs::read_to_string(&marker)
+            .with_context(|| format!("{} is not an OCI image layout", root.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", marker.display()))?;
+        ensure!(
+            v.get("imageLayoutVersion").and_then(|v| v.as_str()) == Some("1.0.0"),
+            "{}: unsupported imageLayoutVersion",
+            marker.display()
+        );
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// A layout to write into (created if missing).
+    pub(crate) fn create(root: &Path) -> Result<Self> {
+        let dir = root.join("blobs").join("sha256");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    pub(crate) fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(hex::encode(digest.0))
+    }
+
+    /// Opens the blob of `desc` (its digest validated first).
+    pub(crate) fn open_blob(&self, desc: &Descriptor) -> Result<(File, PathBuf)> {
+        let digest = parse_digest(&desc.digest)?;
+        let path = self.blob_path(&digest);
+        let file = File::open(&path)
+            .with_context(|| format!("opening blob {} ({})", desc.digest, path.display()))?;
+        Ok((file, path))
+    }
+
+    /// Reads the whole blob of `desc`, checking its size and sha256.
+    pub(crate) fn read_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        ensure!(
+            desc.size <= max,
+            "blob {} is {} bytes, over the limit of {max}",
+            desc.digest,
+            desc.size
+        );
+        let expected = parse_digest(&desc.digest)?;
+        let (file, path) = self.open_blob(desc)?;
+        let mut data = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut data)
+            .with_context(|| format!("reading blob {} ({})", desc.digest, path.display()))?;
+        ensure!(
+            data.len() as u64 == desc.size,
+            "blob {} ({}) is {} bytes, its descriptor says {}",
+            desc.digest,
+            path.display(),
+            data.len(),
+            desc.size
+        );
+        let actual = Digest(Sha256::digest(&data).into());
+        ensure!(
+            actual == expected,
+            "blob {} ({}) is corrupt: its content hashes to {actual}",
+            desc.digest,
+            path.display()
+        );
+        Ok(data)
+    }
+
+    /// `index.json`, if present.
+    pub(crate) fn read_index(&self) -> Result<Option<Index>> {
+        let path = self.root.join("index.json");
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let index: Index =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Some(index))
+    }
+
+    /// Resolves `tag` (or the first entry of `index.json`) to an image manifest, descending
+    /// into a nested index for linux/amd64. Returns the tag found, the manifest descriptor and
+    /// the manifest.
+    pub(crate) fn resolve(
+        &self,
+        tag: Option<&str>,
+    ) -> Result<(Option<String>, Descriptor, Manifest)> {
+        let index = self
+            .read_index()?
+            .ok_or_else(|| anyhow!("{}: no index.json", self.root.display()))?;
+        let entry = match tag {
+            Some(tag) => index
+                .manifests
+                .iter()
+                .find(|d| d.annotations.get(ANN_REF_NAME).map(String::as_str) == Some(tag))
+                .ok_or_else(|| {
+                    let tags: Vec<&str> = index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.annotations.get(ANN_REF_NAME).map(String::as_str))
+                        .collect();
+                    anyhow!(
+                        "{}: no manifest tagged {tag:?} (tags: {tags:?})",
+                        self.root.display()
+                    )
+                })?,
+            None => index
+                .manifests
+                .first()
+                .ok_or_else(|| anyhow!("{}: index.json lists no manifest", self.root.display()))?,
+        };
+        let found_tag = entry.annotations.get(ANN_REF_NAME).cloned();
+        let mut desc = entry.clone();
+        if desc.media_type == MT_OCI_INDEX || desc.media_type == MT_DOCKER_LIST {
+            let bytes = self.read_blob(&desc, MAX_JSON_BLOB)?;
+            let nested: Index = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing image index {}", desc.digest))?;
+            desc = nested
+                .manifests
+                .iter()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!("image index {} has no linux/amd64 manifest", desc.digest)
+                })?;
+        }
+        ensure!(
+            desc.media_type == MT_OCI_MANIFEST || desc.media_type == MT_DOCKER_MANIFEST,
+            "{} has unsupported media type {:?} (want an image manifest)",
+            desc.digest,
+            desc.media_type
+        );
+        let bytes = self.read_blob(&desc, MAX_JSON_BLOB)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing image manifest {}", desc.digest))?;
+        Ok((found_tag, desc, manifest))
+    }
+
+    /// Reads the config blob of `manifest` (verified).
+    pub(crate) fn read_config(&self, manifest: &Manifest) -> Result<Vec<u8>> {
+        self.read_blob(&manifest.config, MAX_JSON_BLOB)
+    }
+
+    /// Stores `data` as a blob (atomically) and returns its descriptor.
+    pub(crate) fn write_blob(&self, media_type: &str, data: &[u8]) -> Result<Descriptor> {
+        let digest = Digest(Sha256::digest(data).into());
+        let mut tmp = self.temp_blob()?;
+        tmp.file()
+            .write_all(data)
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        tmp.persist(&self.blob_path(&digest))?;
+        Ok(Descriptor {
+            media_type: media_type.to_owned(),
+            digest: digest.to_string(),
+            size: data.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        })
+    }
+
+    /// A new temporary file in the blob directory.
+    pub(crate) fn temp_blob(&self) -> Result<TempFile> {
+        TempFile::new(&self.blob_dir())
+    }
+
+    /// Writes `oci-layout` and then `index.json`, each atomically.
+    pub(crate) fn write_index(&self, index: &Index) -> Result<()> {
+        let marker = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        write_atomic(&self.root, "oci-layout", marker)?;
+        let json = serde_json::to_vec_pretty(index).context("serialising index.json")?;
+        write_atomic(&self.root, "index.json", &json)
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let mut tmp = TempFile::new(dir)?;
+    tmp.file()
+        .write_all(data)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(&dir.join(name))
+}
+
+/// A temporary file, removed on drop unless [`TempFile::persist`]ed.
+pub(crate) struct TempFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn new(dir: &Path) -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            file: Some(file),
+            path,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn file(&mut self) -> &mut File {
+        // Only `persist` takes the file, and it consumes `self`.
+        self.file.as_mut().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Syncs the file and renames it to `dest`.
+    pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
+        let file = self.file.take().unwrap_or_else(|| unreachable!());
+        file.sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        drop(file);
+        fs::rename(&self.path, dest)
+            .with_context(|| format!("renaming {} to {}", self.path.display(), dest.display()))?;
+        // Renamed: nothing left to remove.
+        self.path = PathBuf::new();
+        if let Some(parent) = dest.parent() {
+            // Best effort: make the rename durable.
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Fails unless `name` is a safe tag (OCI reference tag grammar, loosely).
+pub(crate) fn check_tag(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'/'))
+    {
+        bail!("invalid tag {name:?}");
+    }
+    Ok(())
+}
