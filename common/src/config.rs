@@ -64,6 +64,34 @@ pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, Vec<ConfigError>
     })
 }
 
+/// The config at `path`, or the defaults when no file is given.
+///
+/// # Errors
+/// As [`load_file`].
+pub fn load_or_default<T: DeserializeOwned + Default>(
+    path: Option<&Path>,
+) -> Result<T, Vec<ConfigError>> {
+    path.map_or_else(|| Ok(T::default()), load_file)
+}
+
+/// Prints every config error to stderr, for a binary about to exit with
+/// [`EXIT_CONFIG`].
+pub fn print_errors(errs: &[ConfigError]) {
+    for e in errs {
+        eprintln!("config error: {e}");
+    }
+}
+
+/// Exit status of a binary refusing its config (`EX_CONFIG`-like, as sysexits' 64).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Sets `slot` to the value of a command-line flag that was given.
+pub fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
+    }
+}
+
 /// Parses TOML text into `T`, checking the `version` key first.
 ///
 /// # Errors

@@ -142,7 +142,7 @@ impl Announcer {
                 false
             }
             Err(e) => {
-                debug!(supernode, error = %crate::proxy::error_chain(&e), "node announce failed");
+                debug!(supernode, error = %damselfly_oci::error_chain(&e), "node announce failed");
                 false
             }
         }

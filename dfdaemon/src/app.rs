@@ -431,7 +431,7 @@ async fn serve_blob(
             }
             Err(e) => {
                 state.metrics.error("upstream_unreachable");
-                let msg = format!("registry unreachable: {}", proxy::error_chain(&e));
+                let msg = format!("registry unreachable: {}", damselfly_oci::error_chain(&e));
                 warn!(%digest, error = %msg, "cannot check access to blob");
                 return oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &msg);
             }

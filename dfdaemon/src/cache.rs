@@ -6,12 +6,11 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
 use damselfly_common::Digest;
-use damselfly_store::{Store, StoreConfig, TaskMeta, TaskState};
+use damselfly_store::{Store, StoreConfig, TaskMeta, TaskState, unix_now};
 use futures::Stream;
 use tracing::warn;
 
@@ -89,17 +88,19 @@ impl NodeCache {
             .store
             .task_meta(&id)
             .filter(|m| m.state == TaskState::Complete)?;
-        let _ = self.store.touch(&id, now_unix());
+        let _ = self.store.touch(&id, unix_now());
         Some(CachedBlob {
             size: meta.content_length,
             piece_size: meta.piece_size,
         })
     }
 
-    /// Adopts a downloaded file (checked against `digest` while hashing its pieces).
+    /// Adopts a file the engine downloaded and has already checked against `digest` (the
+    /// task id here). The store reads it once to record its piece digests; it is not hashed
+    /// as a whole a second time.
     ///
     /// # Errors
-    /// The file does not match `digest`, or local I/O failed.
+    /// Local I/O failed.
     pub async fn adopt(
         &self,
         digest: Digest,
@@ -114,13 +115,14 @@ impl NodeCache {
                     source: e,
                 })?
                 .len();
-            let now = now_unix();
+            let now = unix_now();
             let meta = TaskMeta {
                 id: digest.to_string(),
                 url,
                 content_length: len,
                 piece_size: damselfly_swarm::piece_size_for(len),
-                digest: Some(digest.to_string()),
+                // Verified by the engine moments ago; the id names it.
+                digest: None,
                 public: false,
                 state: TaskState::Complete,
                 created_unix: now,
@@ -209,10 +211,4 @@ impl NodeCache {
             warn!(error = %e, "cannot persist cache access times");
         }
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

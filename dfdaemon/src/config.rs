@@ -402,11 +402,7 @@ fn parse_endpoint(s: &str) -> Result<(String, String), String> {
 impl Overrides {
     /// Applies every flag that was given.
     pub fn apply(self, c: &mut Config) {
-        fn set<T>(slot: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
+        use damselfly_common::config::set;
         set(&mut c.listen, self.listen);
         set(&mut c.peer_listen, self.peer_listen);
         if self.advertise_ip.is_some() {

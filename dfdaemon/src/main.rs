@@ -78,12 +78,10 @@ fn main() -> ExitCode {
         print!("{}", Config::default_toml());
         return ExitCode::SUCCESS;
     }
-    let mut config = match &cli.config {
-        Some(path) => match damselfly_common::config::load_file::<Config>(path) {
-            Ok(c) => c,
-            Err(errs) => return config_failed(&errs),
-        },
-        None => Config::default(),
+    let mut config: Config = match damselfly_common::config::load_or_default(cli.config.as_deref())
+    {
+        Ok(c) => c,
+        Err(errs) => return config_failed(&errs),
     };
     cli.overrides.apply(&mut config);
     if let Err(errs) = config.validate() {
@@ -158,10 +156,8 @@ fn write_file(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 fn config_failed(errs: &[damselfly_common::config::ConfigError]) -> ExitCode {
-    for e in errs {
-        eprintln!("config error: {e}");
-    }
-    ExitCode::from(64)
+    damselfly_common::config::print_errors(errs);
+    ExitCode::from(damselfly_common::config::EXIT_CONFIG)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -74,7 +74,7 @@ pub async fn forward(
     }
     let resp = req.send().await.map_err(|e| Unreachable {
         url: url.to_owned(),
-        reason: error_chain(&e),
+        reason: damselfly_oci::error_chain(&e),
     })?;
     Ok(into_response(resp))
 }
@@ -109,18 +109,6 @@ pub fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<Body
         header::HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// "error: cause: cause" for a reqwest error.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

@@ -67,6 +67,16 @@ fn poll(url: &str, auth: Option<&str>, field: &str, done: &[&str]) -> Value {
     }
 }
 
+/// Polls a generation-1 job until it is SUCCESS or FAIL.
+fn poll_v1(url: &str) -> Value {
+    poll(url, None, "status", &["SUCCESS", "FAIL"])
+}
+
+/// Polls a generation-2 job until it is SUCCESS or FAILURE.
+fn poll_v2(url: &str, bearer: &str) -> Value {
+    poll(url, Some(bearer), "state", &["SUCCESS", "FAILURE"])
+}
+
 fn post_json(url: &str, body: &Value, auth: Option<&str>) -> http::Response {
     let mut req = http::Request::post(url)
         .header("content-type", "application/json")
@@ -95,12 +105,7 @@ fn generation_1_preheats_then_pulls_make_no_origin_requests() {
     let r = post_json(&format!("{}/preheats", s.api), &create, None);
     assert_eq!(r.status, 200, "{}", r.text());
     let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
-    let v = poll(
-        &format!("{}/preheats/{id}", s.api),
-        None,
-        "status",
-        &["SUCCESS", "FAIL"],
-    );
+    let v = poll_v1(&format!("{}/preheats/{id}", s.api));
     assert_eq!(v["status"], "SUCCESS", "{v}");
     assert!(v["startTime"].as_str().unwrap().ends_with('Z'));
     assert!(v["finishTime"].as_str().unwrap().ends_with('Z'));
@@ -177,12 +182,7 @@ fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
     let id = created["id"].as_u64().expect("numeric id");
     assert_eq!(created["state"], "PENDING");
     assert!(humantime::parse_rfc3339(created["created_at"].as_str().unwrap()).is_ok());
-    let v = poll(
-        &format!("{jobs}/{id}"),
-        Some(&bearer),
-        "state",
-        &["SUCCESS", "FAILURE"],
-    );
+    let v = poll_v2(&format!("{jobs}/{id}"), &bearer);
     assert_eq!(v["state"], "SUCCESS", "{v}");
     let tasks = &v["result"]["job_states"][0]["results"][0]["success_tasks"];
     let mut urls: Vec<&str> = tasks
@@ -219,12 +219,7 @@ fn generation_2_preheats_with_the_bearer_token_and_lists_every_blob() {
     let r = post_json(&jobs, &create, Some(&bearer));
     let id2 = json_of(&r)["id"].as_u64().unwrap();
     assert_ne!(id2, id);
-    let v = poll(
-        &format!("{jobs}/{id2}"),
-        Some(&bearer),
-        "state",
-        &["SUCCESS", "FAILURE"],
-    );
+    let v = poll_v2(&format!("{jobs}/{id2}"), &bearer);
     assert_eq!(v["state"], "SUCCESS", "{v}");
     for d in blobs(&s.pushed) {
         assert_eq!(s.registry.blob_get_count(&d), 1, "{d}");
@@ -243,12 +238,7 @@ fn a_token_the_registry_rejects_fails_the_job_with_its_reason() {
         None,
     );
     let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
-    let v = poll(
-        &format!("{}/preheats/{id}", s.api),
-        None,
-        "status",
-        &["SUCCESS", "FAIL"],
-    );
+    let v = poll_v1(&format!("{}/preheats/{id}", s.api));
     assert_eq!(v["status"], "FAIL");
     let msg = v["errorMsg"].as_str().unwrap();
     assert!(
@@ -267,12 +257,7 @@ fn a_token_the_registry_rejects_fails_the_job_with_its_reason() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let id = json_of(&r)["id"].as_u64().unwrap();
-    let v = poll(
-        &format!("{jobs}/{id}"),
-        Some(&bearer),
-        "state",
-        &["SUCCESS", "FAILURE"],
-    );
+    let v = poll_v2(&format!("{jobs}/{id}"), &bearer);
     assert_eq!(v["state"], "FAILURE");
     let err = v["result"]["job_states"][0]["error"].as_str().unwrap();
     assert!(err.contains("authentication required"), "{err}");
@@ -319,12 +304,7 @@ fn an_index_is_resolved_to_the_requested_platform() {
         None,
     );
     let id = json_of(&r)["ID"].as_str().unwrap().to_owned();
-    let v = poll(
-        &format!("{}/preheats/{id}", s.api),
-        None,
-        "status",
-        &["SUCCESS", "FAIL"],
-    );
+    let v = poll_v1(&format!("{}/preheats/{id}", s.api));
     assert_eq!(v["status"], "SUCCESS", "{v}");
     for d in blobs(&s.pushed) {
         assert_eq!(s.registry.blob_get_count(&d), 1, "amd64 blob {d}");
@@ -419,12 +399,7 @@ fn finished_jobs_survive_a_supernode_restart() {
         Some(&bearer),
     );
     let id = json_of(&r)["id"].as_u64().unwrap();
-    let before = poll(
-        &format!("{api}/oapi/v1/jobs/{id}"),
-        Some(&bearer),
-        "state",
-        &["SUCCESS", "FAILURE"],
-    );
+    let before = poll_v2(&format!("{api}/oapi/v1/jobs/{id}"), &bearer);
     assert_eq!(before["state"], "SUCCESS", "{before}");
     supernode.stop().unwrap();
 
@@ -474,12 +449,7 @@ fn all_peers_fills_every_announced_node_through_the_swarm() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let id = json_of(&r)["id"].as_u64().unwrap();
-    let v = poll(
-        &format!("{jobs}/{id}"),
-        Some(&bearer),
-        "state",
-        &["SUCCESS", "FAILURE"],
-    );
+    let v = poll_v2(&format!("{jobs}/{id}"), &bearer);
     assert_eq!(v["state"], "SUCCESS", "{v}");
     let tasks = v["result"]["job_states"][0]["results"][0]["success_tasks"]
         .as_array()
@@ -576,12 +546,7 @@ fn with_several_supernodes_each_blob_is_seeded_where_nodes_will_look_for_it() {
         );
         assert_eq!(r.status, 200, "{}", r.text());
         let id = json_of(&r)["id"].as_u64().unwrap();
-        let v = poll(
-            &format!("{api}/oapi/v1/jobs/{id}"),
-            Some(&bearer),
-            "state",
-            &["SUCCESS", "FAILURE"],
-        );
+        let v = poll_v2(&format!("{api}/oapi/v1/jobs/{id}"), &bearer);
         assert_eq!(v["state"], "SUCCESS", "{v}");
         v["result"]["job_states"][0]["results"][0]["success_tasks"]
             .as_array()

@@ -167,15 +167,20 @@ fn parse_url(url: &str) -> Result<reqwest::Url, OriginError> {
 }
 
 fn transport(e: reqwest::Error) -> OriginError {
-    // The chain says what failed: "connection refused", "dns error"…
+    OriginError::Transport(error_chain(&e))
+}
+
+/// An error and its causes, `"error: cause: cause"`: the chain says what failed
+/// ("connection refused", "dns error"…), which the top-level message of an HTTP error omits.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
         source = s.source();
     }
-    OriginError::Transport(msg)
+    msg
 }
 
 fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, OriginError> {

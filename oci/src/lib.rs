@@ -17,5 +17,5 @@
 mod client;
 mod url_kind;
 
-pub use client::{BodyStream, Origin, OriginConfig, OriginError, OriginResponse};
+pub use client::{BodyStream, Origin, OriginConfig, OriginError, OriginResponse, error_chain};
 pub use url_kind::blob_digest;

@@ -55,3 +55,12 @@ pub use config::StoreConfig;
 pub use error::Error;
 pub use meta::{GcReport, TaskMeta, TaskRecord, TaskState};
 pub use store::Store;
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the unit of
+/// [`TaskMeta::created_unix`] and [`Store::touch`].
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -352,11 +352,7 @@ pub struct Overrides {
 impl Overrides {
     /// Applies every flag that was given.
     pub fn apply(self, c: &mut Config) {
-        fn set<T>(slot: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
+        use damselfly_common::config::set;
         set(&mut c.listen, self.listen);
         set(&mut c.data_dir, self.data_dir);
         set(&mut c.storage.capacity, self.storage_capacity);

@@ -221,12 +221,7 @@ fn has_credentials(headers: &[(String, String)]) -> bool {
         .any(|(n, _)| n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("cookie"))
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use damselfly_store::unix_now;
 
 fn scheduler(shared: &Shared, pieces: u32) -> TaskScheduler {
     let s = &shared.config.scheduler;
