@@ -18,16 +18,16 @@ use crate::oci::{
 const MAX_BOOTSTRAP: u64 = 4 << 30;
 
 /// A nydus image whose bootstrap has been verified against its annotated root.
-struct Image {
-    dir: OciDir,
-    root: Digest,
-    bootstrap: Descriptor,
+pub(crate) struct Image {
+    pub(crate) dir: OciDir,
+    pub(crate) root: Digest,
+    pub(crate) bootstrap: Descriptor,
     /// Data blob descriptors, in [`Tree::blobs`] order.
-    blobs: Vec<Descriptor>,
-    tree: Tree,
+    pub(crate) blobs: Vec<Descriptor>,
+    pub(crate) tree: Tree,
 }
 
-fn load(path: &Path, tag: Option<&str>) -> Result<Image> {
+pub(crate) fn load(path: &Path, tag: Option<&str>) -> Result<Image> {
     let dir = OciDir::open(path)?;
     let (_, manifest_desc, manifest) = dir.resolve(tag)?;
     let boot: Vec<&Descriptor> = manifest

@@ -13,16 +13,22 @@
 //! - [`convert`]: OCI layers (tar, plain or gzip) to one merged [`Tree`] and per-layer data
 //!   blobs of zstd-compressed, deduplicated chunks ([`convert::Merger`]); sync `Read`/`Write`.
 //!
-//! The byte-for-byte specification is `docs/format.md`. The FUSE mount will be built on top of
-//! these types.
+//! - [`chunk`]: decoding + verifying one chunk, planning a read over chunks and holes, grouping
+//!   adjacent chunks into ranged requests (shared by `check` and the mount).
+//! - [`prefetch`]: the prefetch list format (files in first-access order).
+//!
+//! The byte-for-byte specification is `docs/format.md`. The FUSE mount (`nydus-fs mount`) lives
+//! in the binary and is built on these types.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod chunk;
 pub mod convert;
 pub mod error;
 pub mod merkle;
+pub mod prefetch;
 pub mod tree;
 
 pub use error::FormatError;

@@ -4,6 +4,7 @@
 //! nydus-fs convert SOURCE_DIR TARGET_DIR [--tag TAG] [--chunk-size 1MiB]
 //! nydus-fs inspect TARGET_DIR [--tag TAG] [--files]
 //! nydus-fs check   TARGET_DIR [--tag TAG]
+//! nydus-fs mount   IMAGE MOUNTPOINT [--tag TAG] [--cache-dir DIR] [--record-trace FILE]
 //! ```
 //!
 //! A converted image is an OCI image manifest whose config is the source's config blob, and
@@ -22,6 +23,7 @@ use nydus_fs::ChunkSize;
 
 mod convert_cmd;
 mod image;
+mod mount;
 mod oci;
 
 #[derive(Parser)]
@@ -70,6 +72,56 @@ enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Mount a nydus image read-only over FUSE, fetching each chunk on first read. Runs in the
+    /// foreground until SIGTERM/SIGINT (which unmount) or an external unmount.
+    Mount {
+        /// The image: an OCI image layout directory holding the nydus image.
+        image: String,
+        /// Where to mount it (an existing directory).
+        mountpoint: PathBuf,
+        /// Tag of the image in a layout (default: the first manifest).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Directory of verified chunks kept across mounts (shared by images; chunks are named
+        /// by digest). Without it chunks are kept in memory only.
+        #[arg(long, env = "NYDUS_FS_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Memory for recently used chunks.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        memory_cache: u64,
+        /// Largest ranged request (compressed bytes): a read is widened to the following
+        /// chunks of the same file up to this, and adjacent chunks share one request.
+        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        fetch_size: u64,
+        /// Ranged requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        max_requests: usize,
+        /// Record the regular files opened, in first-open order, to FILE (a prefetch list for
+        /// `convert --prefetch`).
+        #[arg(long, value_name = "FILE")]
+        record_trace: Option<PathBuf>,
+        /// Do not fetch the image's prefetch list in the background.
+        #[arg(long)]
+        no_prefetch: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 512KiB, 4096)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
@@ -97,6 +149,14 @@ fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
         Command::Convert {
             source,
@@ -108,6 +168,28 @@ fn main() -> ExitCode {
             image::inspect(&dir, tag.as_deref(), files).map(|()| true)
         }
         Command::Check { dir, tag } => image::check(&dir, tag.as_deref()),
+        Command::Mount {
+            image,
+            mountpoint,
+            tag,
+            cache_dir,
+            memory_cache,
+            fetch_size,
+            max_requests,
+            record_trace,
+            no_prefetch,
+        } => mount::run(&mount::MountArgs {
+            image,
+            tag,
+            mountpoint,
+            cache_dir,
+            memory_cache,
+            fetch_size,
+            max_requests,
+            record_trace,
+            prefetch: !no_prefetch,
+        })
+        .map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

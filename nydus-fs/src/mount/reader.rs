@@ -1,0 +1,412 @@
+//! Reads file bytes for the mount: chunk cache first, then ranged fetches from the blob
+//! source, each chunk verified before use and fetched once however many readers want it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use nydus_fs::chunk::{self, Fetch, Segment};
+use nydus_fs::{ChunkRef, Digest, InodeId, Tree};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, watch};
+
+use super::cache::{ChunkCache, Hit};
+use super::source::BlobSource;
+
+/// Why a read failed. Every variant becomes `EIO` for the caller, with this message logged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The source could not deliver the bytes.
+    #[error("fetching bytes {start}..{end} of blob {blob} from {source_name}: {cause}")]
+    Fetch {
+        blob: Digest,
+        start: u64,
+        end: u64,
+        source_name: String,
+        cause: String,
+    },
+    /// The bytes arrived but the chunk did not verify.
+    #[error("chunk {digest} at bytes {start}..{end} of blob {blob} is corrupt: {reason}")]
+    BadChunk {
+        digest: Digest,
+        blob: Digest,
+        start: u64,
+        end: u64,
+        reason: String,
+    },
+    /// A worker task died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+type ChunkResult = Option<Result<Bytes, ReadError>>;
+
+/// Counters, printed at unmount.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) requests: AtomicU64,
+    pub(crate) bytes_fetched: AtomicU64,
+    pub(crate) chunks_fetched: AtomicU64,
+    pub(crate) memory_hits: AtomicU64,
+    pub(crate) disk_hits: AtomicU64,
+    pub(crate) failures: AtomicU64,
+}
+
+/// See the module docs.
+pub(crate) struct Reader {
+    tree: Arc<Tree>,
+    source: Arc<dyn BlobSource>,
+    cache: Arc<ChunkCache>,
+    inflight: Mutex<HashMap<Digest, watch::Receiver<ChunkResult>>>,
+    /// Largest ranged request, in compressed bytes; reads are widened up to it.
+    fetch_size: u64,
+    /// On-demand reads in progress; prefetch waits while there are any.
+    on_demand: AtomicUsize,
+    /// Parallel ranged requests (on-demand and prefetch together).
+    requests: Semaphore,
+    pub(crate) stats: Stats,
+}
+
+impl Reader {
+    pub(crate) fn new(
+        tree: Arc<Tree>,
+        source: Arc<dyn BlobSource>,
+        cache: Arc<ChunkCache>,
+        fetch_size: u64,
+        max_requests: usize,
+    ) -> Self {
+        Self {
+            tree,
+            source,
+            cache,
+            inflight: Mutex::new(HashMap::new()),
+            fetch_size,
+            on_demand: AtomicUsize::new(0),
+            requests: Semaphore::new(max_requests.max(1)),
+            stats: Stats::default(),
+        }
+    }
+
+    pub(crate) fn source_name(&self) -> String {
+        self.source.describe()
+    }
+
+    /// Reads `size` bytes at `offset` of file `id` (clipped at its end).
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        id: InodeId,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, ReadError> {
+        self.on_demand.fetch_add(1, Ordering::SeqCst);
+        let result = self.read_inner(id, offset, size).await;
+        self.on_demand.fetch_sub(1, Ordering::SeqCst);
+        if result.is_err() {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn read_inner(
+        self: &Arc<Self>,
+        id: InodeId,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, ReadError> {
+        let Some(inode) = self.tree.inode(id) else {
+            return Err(ReadError::Internal(format!("no inode {}", id.0)));
+        };
+        let plan = chunk::plan_read(&inode.chunks, inode.size, offset, u64::from(size));
+        let wanted: Vec<ChunkRef> = plan
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Chunk { index, .. } => inode.chunks.get(*index).copied(),
+                Segment::Zeros { .. } => None,
+            })
+            .collect();
+        // Widen: the chunks after the last one wanted, up to one fetch unit, come along in the
+        // same ranged request (sequential readers then find them cached).
+        let mut extra = Vec::new();
+        if let Some(Segment::Chunk { index, .. }) = plan
+            .iter()
+            .rev()
+            .find(|s| matches!(s, Segment::Chunk { .. }))
+        {
+            let mut budget: u64 = wanted.iter().map(|c| u64::from(c.compressed_size)).sum();
+            for c in inode.chunks.iter().skip(index + 1) {
+                budget += u64::from(c.compressed_size);
+                if budget > self.fetch_size {
+                    break;
+                }
+                extra.push(*c);
+            }
+        }
+        let got = self.chunks(&wanted, &extra).await?;
+        let mut out = Vec::with_capacity(size as usize);
+        for s in plan {
+            match s {
+                Segment::Zeros { len } => out.resize(out.len() + len, 0),
+                Segment::Chunk { index, range } => {
+                    let data = inode
+                        .chunks
+                        .get(index)
+                        .and_then(|c| got.get(&c.digest))
+                        .ok_or_else(|| ReadError::Internal("chunk missing after fetch".into()))?;
+                    let part = data.get(range.clone()).ok_or_else(|| {
+                        ReadError::Internal(format!("chunk shorter than {range:?}"))
+                    })?;
+                    out.extend_from_slice(part);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches every chunk of the files `ids` that is not cached yet, a fetch unit at a time,
+    /// only while no on-demand read is waiting. Errors are logged and skipped.
+    pub(crate) async fn prefetch(self: Arc<Self>, ids: Vec<InodeId>) {
+        let mut fetched = 0u64;
+        for id in ids {
+            let Some(inode) = self.tree.inode(id) else {
+                continue;
+            };
+            let cache = self.cache.clone();
+            let chunks = inode.chunks.clone();
+            let Ok(todo) = tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .filter(|c| !cache.contains(&c.digest))
+                    .collect::<Vec<ChunkRef>>()
+            })
+            .await
+            else {
+                continue;
+            };
+            let mut start = 0;
+            while start < todo.len() {
+                let mut end = start;
+                let mut bytes = 0u64;
+                while end < todo.len()
+                    && (end == start
+                        || bytes + u64::from(todo[end].compressed_size) <= self.fetch_size)
+                {
+                    bytes += u64::from(todo[end].compressed_size);
+                    end += 1;
+                }
+                // On-demand reads first: prefetch only uses an idle link.
+                while self.on_demand.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                match self.chunks(&todo[start..end], &[]).await {
+                    Ok(_) => fetched += bytes,
+                    Err(e) => tracing::warn!(error = %e, "prefetch skipped a range"),
+                }
+                start = end;
+            }
+        }
+        tracing::info!(compressed_bytes = fetched, "prefetch finished");
+    }
+
+    /// The verified bytes of every chunk in `wanted` (by digest); chunks in `extra` are fetched
+    /// along if missing but not waited for.
+    async fn chunks(
+        self: &Arc<Self>,
+        wanted: &[ChunkRef],
+        extra: &[ChunkRef],
+    ) -> Result<HashMap<Digest, Bytes>, ReadError> {
+        let mut got: HashMap<Digest, Bytes> = HashMap::new();
+        let mut missing: Vec<ChunkRef> = Vec::new();
+        for c in wanted {
+            if got.contains_key(&c.digest) {
+                continue;
+            }
+            if let Some(b) = self.cache.get_memory(&c.digest) {
+                self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                got.insert(c.digest, b);
+            } else {
+                missing.push(*c);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(got);
+        }
+        // The disk layer, for the wanted chunks still missing and for the extras.
+        let probe: Vec<(ChunkRef, bool)> = missing
+            .iter()
+            .map(|c| (*c, true))
+            .chain(extra.iter().map(|c| (*c, false)))
+            .collect();
+        let cache = self.cache.clone();
+        let probed = tokio::task::spawn_blocking(move || {
+            probe
+                .into_iter()
+                .map(|(c, w)| {
+                    let hit = cache.get(&c.digest);
+                    (c, w, hit)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ReadError::Internal(format!("cache task: {e}")))?;
+
+        let mut to_fetch: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
+        let mut waits: Vec<(Digest, watch::Receiver<ChunkResult>)> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock();
+            for (c, is_wanted, hit) in probed {
+                if let Some((b, h)) = hit {
+                    if is_wanted {
+                        let counter = match h {
+                            Hit::Memory => &self.stats.memory_hits,
+                            Hit::Disk => &self.stats.disk_hits,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        got.insert(c.digest, b);
+                    }
+                    continue;
+                }
+                if let Some(rx) = inflight.get(&c.digest) {
+                    if is_wanted {
+                        waits.push((c.digest, rx.clone()));
+                    }
+                    continue;
+                }
+                // A fetch may have finished between the probe and this lock.
+                if let Some(b) = self.cache.get_memory(&c.digest) {
+                    if is_wanted {
+                        got.insert(c.digest, b);
+                    }
+                    continue;
+                }
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(c.digest, rx.clone());
+                if is_wanted {
+                    waits.push((c.digest, rx));
+                }
+                to_fetch.push((c, tx));
+            }
+        }
+        if !to_fetch.is_empty() {
+            let refs: Vec<ChunkRef> = to_fetch.iter().map(|(c, _)| *c).collect();
+            let mut senders: HashMap<Digest, watch::Sender<ChunkResult>> =
+                to_fetch.into_iter().map(|(c, tx)| (c.digest, tx)).collect();
+            for fetch in chunk::group_fetches(&refs, self.fetch_size) {
+                let txs: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = fetch
+                    .chunks
+                    .iter()
+                    .filter_map(|c| senders.remove(&c.digest).map(|tx| (*c, tx)))
+                    .collect();
+                // Spawned, so the fetch completes (and is cached) even if this reader gives up.
+                let this = self.clone();
+                tokio::spawn(async move { this.fetch(fetch, txs).await });
+            }
+        }
+        for (digest, mut rx) in waits {
+            let result = rx
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ReadError::Internal("fetch task vanished".into()))?
+                .clone();
+            match result {
+                Some(Ok(b)) => {
+                    got.insert(digest, b);
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(ReadError::Internal("empty fetch result".into())),
+            }
+        }
+        Ok(got)
+    }
+
+    async fn fetch(
+        self: Arc<Self>,
+        fetch: Fetch,
+        txs: Vec<(ChunkRef, watch::Sender<ChunkResult>)>,
+    ) {
+        let blob_index = fetch.blob_index as usize;
+        let blob = self
+            .tree
+            .blobs
+            .get(blob_index)
+            .copied()
+            .unwrap_or(Digest([0; 32]));
+        let permit = self.requests.acquire().await;
+        let result = self
+            .source
+            .read_range(blob_index, fetch.range.clone())
+            .await;
+        drop(permit);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let results: Vec<(ChunkRef, Result<Bytes, ReadError>)> = match result {
+            Err(e) => {
+                let err = ReadError::Fetch {
+                    blob,
+                    start: fetch.range.start,
+                    end: fetch.range.end,
+                    source_name: self.source.describe(),
+                    cause: e.0,
+                };
+                txs.iter().map(|(c, _)| (*c, Err(err.clone()))).collect()
+            }
+            Ok(bytes) => {
+                self.stats
+                    .bytes_fetched
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let this = self.clone();
+                let refs: Vec<ChunkRef> = txs.iter().map(|(c, _)| *c).collect();
+                let start = fetch.range.start;
+                tokio::task::spawn_blocking(move || {
+                    refs.into_iter()
+                        .map(|c| (c, this.verify_and_store(&bytes, start, &c, blob)))
+                        .collect()
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    txs.iter()
+                        .map(|(c, _)| (*c, Err(ReadError::Internal(format!("verify task: {e}")))))
+                        .collect()
+                })
+            }
+        };
+        let by_digest: HashMap<Digest, Result<Bytes, ReadError>> =
+            results.into_iter().map(|(c, r)| (c.digest, r)).collect();
+        let mut inflight = self.inflight.lock();
+        for (c, tx) in txs {
+            let r = by_digest
+                .get(&c.digest)
+                .cloned()
+                .unwrap_or_else(|| Err(ReadError::Internal("chunk not verified".into())));
+            tx.send_replace(Some(r));
+            inflight.remove(&c.digest);
+        }
+    }
+
+    /// Blocking: decompress + verify one chunk out of a fetched range, then cache it.
+    fn verify_and_store(
+        &self,
+        bytes: &Bytes,
+        range_start: u64,
+        c: &ChunkRef,
+        blob: Digest,
+    ) -> Result<Bytes, ReadError> {
+        let bad = |reason: String| ReadError::BadChunk {
+            digest: c.digest,
+            blob,
+            start: c.compressed_offset,
+            end: c.compressed_offset + u64::from(c.compressed_size),
+            reason,
+        };
+        let off = usize::try_from(c.compressed_offset - range_start)
+            .map_err(|_| bad("offset overflow".into()))?;
+        let slice = bytes
+            .get(off..off + c.compressed_size as usize)
+            .ok_or_else(|| bad(format!("the source returned only {} bytes", bytes.len())))?;
+        let data = chunk::decode(slice, c).map_err(|e| bad(e.to_string()))?;
+        let data = Bytes::from(data);
+        self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+        self.cache.put(c.digest, data.clone());
+        Ok(data)
+    }
+}

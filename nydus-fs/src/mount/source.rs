@@ -1,0 +1,76 @@
+//! Where a mount's data blob bytes come from: a local OCI layout or (through
+//! `oci::registry`) a registry, directly or via dfdaemon.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+/// Why a range of a blob could not be read. The message names the blob and the cause (HTTP
+/// status and the registry's message, connection error, short file).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct SourceError(pub(crate) String);
+
+/// Reads byte ranges of the image's data blobs (by index into the tree's blob table).
+pub(crate) trait BlobSource: Send + Sync + 'static {
+    /// Returns exactly the bytes `range` of blob `blob`.
+    fn read_range(
+        &self,
+        blob: usize,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, Result<Bytes, SourceError>>;
+
+    /// A short description for logs: `oci layout /path` or `registry host/repo via URL`.
+    fn describe(&self) -> String;
+}
+
+/// Blobs in a local OCI image layout, read with `pread`.
+#[derive(Debug)]
+pub(crate) struct LayoutSource {
+    /// Blob file paths, in tree blob order.
+    pub(crate) paths: Vec<PathBuf>,
+    /// The layout directory, for messages.
+    pub(crate) root: PathBuf,
+}
+
+impl BlobSource for LayoutSource {
+    fn read_range(
+        &self,
+        blob: usize,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, Result<Bytes, SourceError>> {
+        let path = self.paths.get(blob).cloned();
+        Box::pin(async move {
+            let path = path.ok_or_else(|| SourceError(format!("no blob #{blob} in the image")))?;
+            tokio::task::spawn_blocking(move || read_file_range(&path, range))
+                .await
+                .map_err(|e| SourceError(format!("reader task failed: {e}")))?
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("OCI layout {}", self.root.display())
+    }
+}
+
+fn read_file_range(path: &std::path::Path, range: Range<u64>) -> Result<Bytes, SourceError> {
+    let err =
+        |what: &str, e: std::io::Error| SourceError(format!("{what} {}: {e}", path.display()));
+    let file = File::open(path).map_err(|e| err("opening", e))?;
+    let len = usize::try_from(range.end - range.start)
+        .map_err(|_| SourceError(format!("range {range:?} too large")))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, range.start).map_err(|e| {
+        SourceError(format!(
+            "reading bytes {}..{} of {}: {e}",
+            range.start,
+            range.end,
+            path.display()
+        ))
+    })?;
+    Ok(Bytes::from(buf))
+}

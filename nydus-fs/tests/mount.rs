@@ -1,0 +1,498 @@
+//! `nydus-fs mount` over real FUSE (`/dev/fuse`), on OCI layouts built here: contents and
+//! metadata, single-flight fetching, corrupt chunks, tampered and truncated bootstraps, the
+//! chunk cache across remounts, the access trace and SIGTERM.
+//!
+//! These need root and `/dev/fuse` (CI has both); elsewhere they say so and pass.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{blob_path, header, noise, put_blob, read_json, run, target_manifest, text};
+use nydus_fs::{Digest, bootstrap};
+use serde_json::json;
+
+const BIG: usize = 3 * 1024 * 1024 + 1234;
+
+fn fuse_ready(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("skipping {test}: needs root and /dev/fuse");
+    }
+    ok
+}
+
+fn makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
+/// Layer 0 (gzip): /etc/small, /etc/gone, /big, /sparse, /empty, /link -> big, /hard (hard
+/// link to /etc/small), /fifo, /null (char 1:3), an xattr on /big. Layer 1: deletes /etc/gone,
+/// adds /etc/new. Chunk size 64 KiB.
+fn build(dir: &Path) -> (PathBuf, PathBuf) {
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let mut l0 = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Directory, 0o750, 0);
+    l0.append_data(&mut h, "etc/", &[][..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o640, 12);
+    h.set_uid(1234);
+    h.set_gid(5678);
+    l0.append_data(&mut h, "etc/small", &b"hello small\n"[..])
+        .unwrap();
+    common::file(&mut l0, "etc/gone", b"deleted by layer 1");
+    l0.append_pax_extensions([("SCHILY.xattr.user.color", &b"blue"[..])])
+        .unwrap();
+    let big = noise(7, BIG);
+    let mut h = header(tar::EntryType::Regular, 0o755, BIG as u64);
+    l0.append_data(&mut h, "big", &big[..]).unwrap();
+    let mut sparse = vec![0u8; 8 * 65536];
+    sparse[3 * 65536 + 17] = 9;
+    common::file(&mut l0, "sparse", &sparse);
+    common::file(&mut l0, "empty", b"");
+    common::special(&mut l0, tar::EntryType::Symlink, "link", "big");
+    common::special(&mut l0, tar::EntryType::Link, "hard", "etc/small");
+    let mut h = header(tar::EntryType::Fifo, 0o600, 0);
+    l0.append_data(&mut h, "fifo", &[][..]).unwrap();
+    let mut h = header(tar::EntryType::Char, 0o666, 0);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    l0.append_data(&mut h, "null", &[][..]).unwrap();
+    let l0 = l0.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &l0).unwrap();
+    let l0 = gz.finish().unwrap();
+
+    let mut l1 = tar::Builder::new(Vec::new());
+    common::file(&mut l1, "etc/.wh.gone", b"");
+    common::file(&mut l1, "etc/new", b"new in layer 1\n");
+    let l1 = l1.into_inner().unwrap();
+
+    common::write_layout(&src, &[(l0, true), (l1, false)], "v1");
+    let out = run(&[
+        "convert",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--chunk-size",
+        "64KiB",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    (src, dst)
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*mp))
+}
+
+/// A running `nydus-fs mount`; SIGTERMed (and force-detached if need be) on drop.
+struct Mounted {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl Mounted {
+    fn try_start(image: &Path, mp: &Path, extra: &[&str]) -> Result<Self, String> {
+        fs::create_dir_all(mp).unwrap();
+        let log = mp.with_extension(format!("log{}", rand_suffix()));
+        let child = Command::new(env!("CARGO_BIN_EXE_nydus-fs"))
+            .arg("mount")
+            .arg(image)
+            .arg(mp)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Self {
+            child: Some(child),
+            mountpoint: mp.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if is_mounted(mp) {
+                return Ok(m);
+            }
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                m.child = None;
+                return Err(format!("exit {status}: {}", m.log_text()));
+            }
+            assert!(Instant::now() < deadline, "not mounted: {}", m.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start(image: &Path, mp: &Path, extra: &[&str]) -> Self {
+        Self::try_start(image, mp, extra).unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait; returns the exit status and the log.
+    fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        (status, self.log_text())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+/// `name=N` from the "unmounted" summary line.
+fn stat(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("unmounted"))
+        .unwrap_or_else(|| panic!("no summary in {log}"));
+    let key = format!("{name}=");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+        + key.len();
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    xattr::get(path, name).unwrap()
+}
+
+fn manifest_and_tree(dst: &Path) -> (serde_json::Value, PathBuf, nydus_fs::Tree) {
+    let manifest = target_manifest(dst);
+    let boot = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let root = boot["annotations"]["io.damselfly.nydus.root"]
+        .as_str()
+        .unwrap();
+    let root = Digest(hex::decode(&root[7..]).unwrap().try_into().unwrap());
+    let path = blob_path(dst, boot["digest"].as_str().unwrap());
+    let tree = bootstrap::decode(&fs::read(&path).unwrap(), &root).unwrap();
+    (manifest, path, tree)
+}
+
+/// Replaces the bootstrap blob with `bytes`, fixing the manifest and index digests so that
+/// only the merkle root annotation can tell.
+fn replace_bootstrap(dst: &Path, bytes: &[u8]) {
+    let mut manifest = target_manifest(dst);
+    let n = manifest["layers"].as_array().unwrap().len();
+    manifest["layers"][n - 1]["digest"] = json!(put_blob(dst, bytes));
+    manifest["layers"][n - 1]["size"] = json!(bytes.len());
+    let m = serde_json::to_vec(&manifest).unwrap();
+    let index_path = dst.join("index.json");
+    let mut index = read_json(&index_path);
+    index["manifests"][0]["digest"] = json!(put_blob(dst, &m));
+    index["manifests"][0]["size"] = json!(m.len());
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn mounted_tree_has_the_image_contents_and_metadata() {
+    if !fuse_ready("mounted_tree_has_the_image_contents_and_metadata") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::start(&dst, &mp, &[]);
+
+    let mut names: Vec<String> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "big", "empty", "etc", "fifo", "hard", "link", "null", "sparse"
+        ]
+    );
+    let mut etc: Vec<String> = fs::read_dir(mp.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    etc.sort();
+    assert_eq!(etc, ["new", "small"], "the whiteout deleted etc/gone");
+
+    assert_eq!(fs::read(mp.join("big")).unwrap(), noise(7, BIG));
+    assert_eq!(fs::read(mp.join("etc/new")).unwrap(), b"new in layer 1\n");
+    let sparse = fs::read(mp.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 8 * 65536);
+    assert_eq!(sparse.iter().filter(|&&b| b != 0).count(), 1);
+    assert_eq!(sparse[3 * 65536 + 17], 9);
+    assert!(fs::read(mp.join("empty")).unwrap().is_empty());
+    // A read at an offset in the middle of a chunk, spanning two chunks.
+    let mut f = File::open(mp.join("big")).unwrap();
+    f.seek(SeekFrom::Start(65536 - 10)).unwrap();
+    let mut buf = [0u8; 30];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..], &noise(7, BIG)[65526..65556]);
+
+    let small = fs::symlink_metadata(mp.join("etc/small")).unwrap();
+    assert_eq!(small.mode() & 0o7777, 0o640);
+    assert_eq!((small.uid(), small.gid()), (1234, 5678));
+    assert_eq!(small.size(), 12);
+    assert_eq!(small.mtime(), 1_700_000_000);
+    assert_eq!(small.nlink(), 2);
+    let hard = fs::symlink_metadata(mp.join("hard")).unwrap();
+    assert_eq!(hard.ino(), small.ino(), "hard links share an inode");
+    assert_eq!(fs::read(mp.join("hard")).unwrap(), b"hello small\n");
+    assert_eq!(
+        fs::read_link(mp.join("link")).unwrap(),
+        PathBuf::from("big")
+    );
+    assert!(
+        fs::symlink_metadata(mp.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let null = fs::symlink_metadata(mp.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), makedev(1, 3));
+    assert_eq!(null.mode() & 0o7777, 0o666);
+    assert_eq!(
+        fs::symlink_metadata(mp.join("etc")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        getxattr(&mp.join("big"), "user.color").as_deref(),
+        Some(&b"blue"[..])
+    );
+    assert_eq!(getxattr(&mp.join("etc/small"), "user.color"), None);
+
+    // Read-only: no writes, no new files.
+    assert!(fs::write(mp.join("etc/small"), b"x").is_err());
+    assert!(fs::write(mp.join("newfile"), b"x").is_err());
+
+    let (status, log) = m.stop();
+    assert!(status.success(), "{log}");
+    assert!(!is_mounted(&mp), "SIGTERM unmounts");
+    assert!(log.contains("unmounted"), "{log}");
+}
+
+#[test]
+fn concurrent_readers_fetch_each_chunk_once() {
+    if !fuse_ready("concurrent_readers_fetch_each_chunk_once") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let (_, _, tree) = manifest_and_tree(&dst);
+    let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
+    let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
+    let mp = tmp.path().join("mnt");
+    // One chunk per request, so eight readers race for every chunk.
+    let m = Mounted::start(&dst, &mp, &["--fetch-size", "64KiB"]);
+    let expected = noise(7, BIG);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| assert!(fs::read(mp.join("big")).unwrap() == expected));
+        }
+    });
+    let (status, log) = m.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(stat(&log, "chunks_fetched"), distinct.len() as u64, "{log}");
+    assert_eq!(stat(&log, "requests"), distinct.len() as u64, "{log}");
+    assert_eq!(stat(&log, "failed_reads"), 0);
+}
+
+#[test]
+fn corrupt_chunk_reads_as_eio_and_check_names_it() {
+    if !fuse_ready("corrupt_chunk_reads_as_eio_and_check_names_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let (_, _, tree) = manifest_and_tree(&dst);
+    let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
+    let bad_chunk = big.chunks[5];
+    let blob = blob_path(&dst, &tree.blobs[bad_chunk.blob_index as usize].to_string());
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[(bad_chunk.compressed_offset + u64::from(bad_chunk.compressed_size) / 2) as usize] ^=
+        0x10;
+    fs::write(&blob, &bytes).unwrap();
+
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::start(&dst, &mp, &["--fetch-size", "64KiB"]);
+    let err = fs::read(mp.join("big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "EIO, got {err}");
+    // The chunks before it are served, and correct.
+    let expected = noise(7, BIG);
+    let mut f = File::open(mp.join("big")).unwrap();
+    let mut head = vec![0u8; 5 * 65536];
+    f.read_exact(&mut head).unwrap();
+    assert_eq!(head, expected[..5 * 65536]);
+    // No byte of the bad chunk, even a read of one byte of it.
+    let mut one = [0u8; 1];
+    f.seek(SeekFrom::Start(5 * 65536 + 100)).unwrap();
+    assert_eq!(f.read(&mut one).unwrap_err().raw_os_error(), Some(5));
+    assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
+    let (_, log) = m.stop();
+    assert!(log.contains("is corrupt"), "{log}");
+    assert!(log.contains(&bad_chunk.digest.to_string()), "{log}");
+    assert!(log.contains("path=/big"), "{log}");
+
+    let out = run(&["check", dst.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains(&format!("/big {} ", bad_chunk.file_offset))
+            && text(&out).contains(&format!("want {}", bad_chunk.digest)),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
+    if !fuse_ready("tampered_or_truncated_bootstrap_is_refused_at_mount") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let (_, _, mut tree) = manifest_and_tree(&dst);
+    let id = tree.lookup(b"etc/small").unwrap();
+    tree.inodes[id.0 as usize].mode ^= 0o001;
+    let tampered = bootstrap::encode(&tree).unwrap();
+    replace_bootstrap(&dst, &tampered);
+    let mp = tmp.path().join("mnt");
+    let err = Mounted::try_start(&dst, &mp, &[]).err().expect("refused");
+    assert!(err.contains("exit exit status: 1"), "{err}");
+    assert!(
+        err.contains("does not decode to the annotated root"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mp));
+
+    let truncated = &tampered[..tampered.len() / 2];
+    replace_bootstrap(&dst, truncated);
+    let err = Mounted::try_start(&dst, &mp, &[]).err().expect("refused");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!is_mounted(&mp));
+}
+
+#[test]
+fn remount_reads_from_the_cache_with_zero_fetches() {
+    if !fuse_ready("remount_reads_from_the_cache_with_zero_fetches") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let cache = tmp.path().join("cache");
+    let args = ["--cache-dir", cache.to_str().unwrap()];
+    let expected = noise(7, BIG);
+
+    let m = Mounted::start(&dst, &mp, &args);
+    assert_eq!(fs::read(mp.join("big")).unwrap(), expected);
+    assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
+    let (_, log) = m.stop();
+    assert!(stat(&log, "requests") > 0, "{log}");
+
+    let m = Mounted::start(&dst, &mp, &args);
+    assert_eq!(fs::read(mp.join("big")).unwrap(), expected);
+    assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
+    let (_, log) = m.stop();
+    assert_eq!(stat(&log, "requests"), 0, "{log}");
+    assert!(stat(&log, "disk_hits") > 0, "{log}");
+
+    // A damaged cache file is detected, dropped and fetched again.
+    let (_, _, tree) = manifest_and_tree(&dst);
+    let c = tree
+        .inode(tree.lookup(b"etc/small").unwrap())
+        .unwrap()
+        .chunks[0];
+    let hex = hex::encode(c.digest.0);
+    let cached = cache.join("chunks").join(&hex[..2]).join(&hex);
+    fs::write(&cached, b"HELLO SMALL\n").unwrap();
+    let m = Mounted::start(&dst, &mp, &args);
+    assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
+    let (_, log) = m.stop();
+    assert_eq!(stat(&log, "requests"), 1, "{log}");
+    assert!(log.contains("does not match its digest"), "{log}");
+    assert_eq!(fs::read(&cached).unwrap(), b"hello small\n");
+}
+
+#[test]
+fn trace_records_files_in_first_open_order() {
+    if !fuse_ready("trace_records_files_in_first_open_order") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let trace = tmp.path().join("trace.txt");
+    let m = Mounted::start(&dst, &mp, &["--record-trace", trace.to_str().unwrap()]);
+    fs::read(mp.join("etc/small")).unwrap();
+    fs::read(mp.join("big")).unwrap();
+    fs::read(mp.join("hard")).unwrap(); // the same inode as etc/small
+    fs::read(mp.join("etc/new")).unwrap();
+    fs::read(mp.join("etc/small")).unwrap();
+    fs::symlink_metadata(mp.join("sparse")).unwrap(); // a stat is not an open
+    let (status, log) = m.stop();
+    assert!(status.success(), "{log}");
+    // A hard-linked file is recorded once, under its first name in breadth-first order.
+    let text = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(["/hard", "/etc/small"].contains(&lines[0]), "{text}");
+    assert_eq!(lines[1..], ["/big", "/etc/new"]);
+}
