@@ -496,3 +496,102 @@ fn trace_records_files_in_first_open_order() {
     assert!(["/hard", "/etc/small"].contains(&lines[0]), "{text}");
     assert_eq!(lines[1..], ["/big", "/etc/new"]);
 }
+
+/// The documented way to run a container from a lazily mounted image (README, "Run a
+/// container from a lazy image"): the mount as the read-only lower layer of an overlay, and
+/// runc with a generated bundle.
+#[test]
+fn container_runs_from_the_mounted_image() {
+    if !fuse_ready("container_runs_from_the_mounted_image") {
+        return;
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        eprintln!("skipping: runc is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let busybox = fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh)");
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    layer.append_data(&mut h, "bin/", &[][..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    h.set_uid(0);
+    h.set_gid(0);
+    layer
+        .append_data(&mut h, "bin/busybox", &busybox[..])
+        .unwrap();
+    common::special(&mut layer, tar::EntryType::Symlink, "bin/sh", "busybox");
+    for d in ["etc/", "tmp/", "proc/", "dev/", "sys/"] {
+        let mut h = header(tar::EntryType::Directory, 0o1777, 0);
+        layer.append_data(&mut h, d, &[][..]).unwrap();
+    }
+    common::file(&mut layer, "etc/greeting", b"hello from a lazy image\n");
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    common::write_layout(&src, &[(layer.into_inner().unwrap(), false)], "v1");
+    let out = run(&["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let lower = tmp.path().join("lower");
+    let m = Mounted::start(&dst, &lower, &[]);
+    let bundle = tmp.path().join("bundle");
+    let (upper, work, rootfs) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        bundle.join("rootfs"),
+    );
+    for d in [&upper, &work, &rootfs] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "overlay mount");
+    let st = Command::new("runc")
+        .arg("spec")
+        .arg("--bundle")
+        .arg(&bundle)
+        .status()
+        .unwrap();
+    assert!(st.success(), "runc spec");
+    let config_path = bundle.join("config.json");
+    let mut config = read_json(&config_path);
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!([
+        "/bin/sh",
+        "-c",
+        "cat /etc/greeting; echo written > /tmp/out; cat /tmp/out"
+    ]);
+    config["root"]["readonly"] = json!(false);
+    fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let id = format!("nydus-test-{}", rand_suffix());
+    let out = Command::new("runc")
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new("runc").args(["delete", "-f", &id]).status();
+    let _ = Command::new("umount").arg(&rootfs).status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runc: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "hello from a lazy image\nwritten\n");
+    // The write went to the overlay's upper layer; the image is untouched.
+    assert_eq!(fs::read(upper.join("tmp/out")).unwrap(), b"written\n");
+    assert!(!lower.join("tmp/out").exists());
+    let (status, log) = m.stop();
+    assert!(status.success(), "{log}");
+}
