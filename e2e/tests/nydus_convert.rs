@@ -408,3 +408,70 @@ fn reads_through_dfdaemon() {
         .unwrap();
     assert!(manifests >= 2.0, "{manifests}");
 }
+
+#[test]
+fn an_index_resolves_to_a_platform() {
+    let registry = TestRegistry::start();
+    let image = LayeredImage::rich(0).unwrap();
+    let pushed = image.push(&registry, "src/multi", "single").unwrap();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    // Both entries name the same manifest: which one is picked does not change the result,
+    // only whether one is found.
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": ACCEPT, "digest": pushed.manifest_digest, "size": pushed.manifest.len(),
+             "platform": {"os": "linux", "architecture": "riscv64"}},
+            {"mediaType": ACCEPT, "digest": pushed.manifest_digest, "size": pushed.manifest.len(),
+             "platform": {"os": "linux", "architecture": arch}},
+        ],
+    }))
+    .unwrap();
+    let response = registry
+        .request(http::Method::PUT, &registry.manifest_url("src/multi", "v1"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let host = registry.host();
+    let source = format!("{host}/src/multi:v1");
+    nydus_convert(&source, &format!("{host}/nydus/multi:host"), &[], &[]);
+    nydus_convert(
+        &source,
+        &format!("{host}/nydus/multi:riscv"),
+        &["--platform", "linux/riscv64"],
+        &[],
+    );
+    let out = nydus_fs(
+        &[
+            "convert",
+            &source,
+            &format!("{host}/nydus/multi:win"),
+            "--plain-http",
+            "--platform",
+            "windows/amd64",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("no windows/amd64 manifest"),
+        "{}",
+        text(&out)
+    );
+    let host_manifest = registry_manifest(&registry, "nydus/multi", "host");
+    assert_eq!(
+        host_manifest["annotations"]["io.damselfly.nydus.source-manifest"],
+        pushed.manifest_digest
+    );
+    assert_eq!(
+        host_manifest,
+        registry_manifest(&registry, "nydus/multi", "riscv")
+    );
+}

@@ -506,3 +506,70 @@ pub(crate) fn check_tag(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "arm64"));
+        assert_eq!(p.variant.as_deref(), Some("v8"));
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", ""] {
+            assert!(Platform::parse(bad).is_err(), "{bad}");
+        }
+        let entry = |os: &str, arch: &str, variant: Option<&str>| Descriptor {
+            media_type: MT_OCI_MANIFEST.to_owned(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 1,
+            annotations: BTreeMap::new(),
+            platform: Some(Platform {
+                os: os.to_owned(),
+                architecture: arch.to_owned(),
+                variant: variant.map(str::to_owned),
+            }),
+        };
+        let mut arm = entry("linux", "arm64", Some("v8"));
+        arm.digest = format!("sha256:{}", "a".repeat(64));
+        let index = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![entry("linux", "amd64", None), arm],
+            annotations: BTreeMap::new(),
+        };
+        let pick = |s: &str| pick_platform(&index, "sha256:idx", &Platform::parse(s).unwrap());
+        assert!(pick("linux/arm64").unwrap().digest.contains("aaaa"));
+        assert!(pick("linux/arm64/v8").unwrap().digest.contains("aaaa"));
+        assert!(pick("linux/arm64/v7").is_err());
+        assert!(pick("linux/amd64").unwrap().digest.contains("0000"));
+        let err = pick("windows/amd64").unwrap_err().to_string();
+        assert!(err.contains("no windows/amd64 manifest"), "{err}");
+        assert!(err.contains("linux/arm64/v8"), "{err}");
+    }
+
+    #[test]
+    fn verifying_reader_checks_at_the_end() {
+        let data = b"some layer bytes".to_vec();
+        let digest = Digest(Sha256::digest(&data).into());
+        let read = |bytes: &[u8], size: u64| {
+            let mut out = Vec::new();
+            VerifyingReader::new(bytes, size, digest, "blob x".to_owned())
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
+        assert_eq!(read(&data, data.len() as u64).unwrap(), data);
+        let mut bad = data.clone();
+        bad[3] ^= 1;
+        let err = read(&bad, data.len() as u64).unwrap_err().to_string();
+        assert!(
+            err.contains("blob x does not match its descriptor"),
+            "{err}"
+        );
+        assert!(read(&data[..5], data.len() as u64).is_err());
+        assert!(read(&data, 5).is_err());
+    }
+}
