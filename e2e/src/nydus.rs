@@ -315,6 +315,34 @@ impl LayeredImage {
     }
 }
 
+impl LayeredImage {
+    /// Pushes the image to `registry` as `{repo}:src` and converts it with `nydus-fs convert
+    /// --plain-http` (plus `args`, e.g. `--chunk-size 64KiB`) to `{repo}:nydus`. Returns what
+    /// was pushed and the converted image's reference (`127.0.0.1:PORT/{repo}:nydus`).
+    ///
+    /// # Errors
+    /// The push or the conversion failed.
+    pub fn push_converted(
+        &self,
+        registry: &TestRegistry,
+        repo: &str,
+        args: &[&str],
+    ) -> Result<(PushedImage, String)> {
+        let pushed = self.push(registry, repo, "src")?;
+        let source = format!("{}/{repo}:src", registry.host());
+        let target = format!("{}/{repo}:nydus", registry.host());
+        let mut all = vec!["convert", &source, &target, "--plain-http"];
+        all.extend_from_slice(args);
+        let out = nydus_fs(&all, &[]);
+        ensure!(
+            out.status.success(),
+            "nydus-fs convert {source} {target}: {}",
+            describe_output(&out)
+        );
+        Ok((pushed, target))
+    }
+}
+
 /// Converts `source` to `target` (registry references or layout directories) with
 /// `nydus-fs convert --plain-http` and the extra `args`; panics unless it succeeds.
 pub fn nydus_convert(source: &str, target: &str, args: &[&str], env: &[(&str, &str)]) -> Output {

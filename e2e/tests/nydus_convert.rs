@@ -182,17 +182,11 @@ fn assert_layout_matches(dir: &Path, image: &LayeredImage) {
 fn registry_to_registry_to_layout_and_back() {
     let registry = TestRegistry::start();
     let image = LayeredImage::rich(3 << 20).unwrap();
-    image.push(&registry, "src/rich", "v1").unwrap();
+    let (_, target) = image
+        .push_converted(&registry, "rich", &["--chunk-size", "64KiB"])
+        .unwrap();
     let host = registry.host();
-    let source = format!("{host}/src/rich:v1");
-    let target = format!("{host}/nydus/rich:v1");
-
-    let out = nydus_convert(&source, &target, &["--chunk-size", "64KiB"], &[]);
-    let summary = text(&out);
-    assert!(
-        summary.contains(&format!("converted 3 layers to {target}")),
-        "{summary}"
-    );
+    let source = format!("{host}/rich:src");
 
     // The pushed image is a nydus image whose tree is the source image's.
     let out = nydus_fs(&["check", &target, "--plain-http"], &[]);
@@ -207,7 +201,7 @@ fn registry_to_registry_to_layout_and_back() {
         text(&out).matches("(hard link to ").count(),
         image.hard_links.len()
     );
-    let pushed = registry_manifest(&registry, "nydus/rich", "v1");
+    let pushed = registry_manifest(&registry, "rich", "nydus");
     let (pushed_layers, pushed_root) = layers_and_root(&pushed);
     assert_eq!(
         pushed["annotations"]["io.damselfly.nydus.source-manifest"],
@@ -239,14 +233,14 @@ fn registry_to_registry_to_layout_and_back() {
     // Source as a layout → registry: again the same image.
     let source_layout = tmp.path().join("source");
     image.write_layout(&source_layout, "v1").unwrap();
-    let back = format!("{host}/nydus/rich:from-layout");
+    let back = format!("{host}/rich:from-layout");
     nydus_convert(
         source_layout.to_str().unwrap(),
         &back,
         &["--chunk-size", "64KiB"],
         &[],
     );
-    let again = registry_manifest(&registry, "nydus/rich", "from-layout");
+    let again = registry_manifest(&registry, "rich", "from-layout");
     assert_eq!(again, pushed);
     assert_eq!(layers_and_root(&again), (pushed_layers, pushed_root));
     assert!(
