@@ -12,6 +12,8 @@
 //!   files ([`write_hosts_toml`]) and runs containers of [`TestImage`]s (busybox + data).
 //! * [`TestRegistry`] runs a throw-away OCI registry, pushes blobs/images, and counts from its
 //!   access log how many times each blob was actually served.
+//! * [`LayeredImage`] is a multi-layer image with every kind of file and the tree it unpacks
+//!   to; [`nydus_fs`] and [`nydus_convert`] run the lazy-image converter on it.
 //! * [`http`] is a tiny synchronous HTTP client usable from plain and `#[tokio::test]` tests.
 //! * [`random_blob`], [`sha256_hex`], [`free_tcp_port`], [`ipv6_loopback_available`], ...
 
@@ -22,6 +24,7 @@ mod daemon;
 mod dfdaemon;
 pub mod http;
 mod image;
+mod nydus;
 mod registry;
 mod swarm;
 mod token;
@@ -33,12 +36,16 @@ pub use containerd::{
 pub use daemon::{Daemon, DaemonBuilder};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
+pub use nydus::{
+    EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, RICH_LARGE_PATH, RICH_MTIME,
+    RICH_SMALL_PATH, TreeEntry, nydus_convert, nydus_fs, nydus_fs_bin, registry_blob_path,
+};
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
     PushedImage, TestRegistry, TestRegistryBuilder,
 };
 pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
-pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer};
+pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest, TokenServer};
 pub use util::{
     bin, describe_output, free_tcp_port, free_udp_port, ipv6_loopback_available, metric_sum,
     random_blob, running_as_root, sha256_digest, sha256_hex, wait_until,

@@ -36,6 +36,7 @@ pub const OCI_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+g
 pub struct TestRegistryBuilder {
     htpasswd: Option<(String, String)>,
     token_auth: bool,
+    token_credentials: Option<(String, String)>,
     ipv6: bool,
 }
 
@@ -50,6 +51,15 @@ impl TestRegistryBuilder {
     /// [`TestRegistry::token`]. The harness's own requests carry suitable tokens.
     pub fn token_auth(mut self) -> Self {
         self.token_auth = true;
+        self
+    }
+
+    /// [`token_auth`](Self::token_auth), with a token endpoint ([`crate::TokenServer`], the
+    /// registry's realm) that hands out tokens only to requests carrying these Basic
+    /// credentials. Without this, the endpoint serves anyone.
+    pub fn token_credentials(mut self, user: &str, pass: &str) -> Self {
+        self.token_auth = true;
+        self.token_credentials = Some((user.to_owned(), pass.to_owned()));
         self
     }
 
@@ -95,17 +105,21 @@ impl TestRegistryBuilder {
             None => String::new(),
         };
         let issuer = if self.token_auth {
-            let issuer = crate::token::TokenIssuer::new()?;
+            let issuer = std::sync::Arc::new(crate::token::TokenIssuer::new()?);
             let bundle = dir.join("token-ca.pem");
             std::fs::write(&bundle, issuer.cert_pem())?;
-            Some((issuer, bundle))
+            let server =
+                crate::token::TokenServer::start(issuer.clone(), self.token_credentials.clone())
+                    .context("starting the token server")?;
+            Some((issuer, bundle, server))
         } else {
             None
         };
         let auth = match &issuer {
-            Some((_, bundle)) => format!(
-                "auth:\n  token:\n    realm: http://127.0.0.1:9/token\n    service: {}\n    \
+            Some((_, bundle, server)) => format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    \
                  issuer: {}\n    rootcertbundle: {}\n",
+                yaml_str(&server.url()),
                 crate::token::TOKEN_SERVICE,
                 crate::token::TOKEN_ISSUER,
                 yaml_str(&bundle.display().to_string())
@@ -142,7 +156,8 @@ impl TestRegistryBuilder {
             addr,
             url,
             credentials: self.htpasswd,
-            issuer: issuer.map(|(i, _)| i),
+            token_server: issuer.as_ref().map(|(_, _, server)| server.url()),
+            issuer: issuer.map(|(i, _, server)| (i, server)),
             config_path,
             storage,
             sync_counter: AtomicU64::new(0),
@@ -157,7 +172,11 @@ pub struct TestRegistry {
     addr: SocketAddr,
     url: String,
     credentials: Option<(String, String)>,
-    issuer: Option<crate::token::TokenIssuer>,
+    issuer: Option<(
+        std::sync::Arc<crate::token::TokenIssuer>,
+        crate::token::TokenServer,
+    )>,
+    token_server: Option<String>,
     config_path: PathBuf,
     storage: PathBuf,
     sync_counter: AtomicU64,
@@ -305,13 +324,26 @@ impl TestRegistry {
     /// With [`TestRegistryBuilder::token_auth`]: a token for `actions` on `repo`, valid for
     /// ten minutes. Panics without token auth.
     pub fn token(&self, repo: &str, actions: &[&str]) -> String {
-        let issuer = self
+        let (issuer, _) = self
             .issuer
             .as_ref()
             .expect("token() needs a registry started with token_auth()");
         issuer
             .token(repo, actions, Duration::from_secs(600))
             .unwrap_or_else(|e| panic!("cannot mint a registry token: {e:#}"))
+    }
+
+    /// With token auth: the token endpoint's URL (the registry's realm).
+    pub fn token_server_url(&self) -> Option<&str> {
+        self.token_server.as_deref()
+    }
+
+    /// With token auth: every request the token endpoint answered so far.
+    pub fn token_requests(&self) -> Vec<crate::token::TokenRequest> {
+        self.issuer
+            .as_ref()
+            .map(|(_, server)| server.requests())
+            .unwrap_or_default()
     }
 
     /// Monolithic upload of `data` to `repo`; returns its digest `sha256:<hex>`. Panics on failure.

@@ -1,42 +1,78 @@
 //! `nydus-fs convert`.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter};
-use std::path::Path;
+use std::io::{self, BufWriter};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 use nydus_fs::convert::{BlobWriter, Merger};
 use nydus_fs::{ChunkSize, InodeKind, bootstrap, merkle};
 
+use crate::location::{Location, RegistryArgs};
 use crate::oci::{
-    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_REF_NAME, ANN_ROOT, ANN_SOURCE, HashingReader, Index,
-    MT_NYDUS_BLOB, MT_NYDUS_BOOTSTRAP, MT_OCI_INDEX, MT_OCI_MANIFEST, Manifest, OciDir, check_tag,
-    parse_digest,
+    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, ANN_SOURCE, MAX_JSON_BLOB, MT_NYDUS_BLOB,
+    MT_NYDUS_BOOTSTRAP, MT_NYDUS_PREFETCH, MT_OCI_MANIFEST, Manifest, Platform, check_tag,
 };
+use crate::source::ImageSource;
+use crate::target::ImageTarget;
 
 /// Bootstrap format version written in [`ANN_FORMAT`].
 pub(crate) const FORMAT_VERSION: &str = "1";
 
-pub(crate) fn run(
-    source: &Path,
-    target: &Path,
-    tag: Option<&str>,
-    chunk_size: ChunkSize,
-) -> Result<()> {
-    let src = OciDir::open(source)?;
-    let (found_tag, manifest_desc, manifest) = src.resolve(tag)?;
-    let out_tag = tag
-        .map(str::to_owned)
-        .or(found_tag)
-        .unwrap_or_else(|| "latest".to_owned());
+/// What `nydus-fs convert` was asked to do.
+pub(crate) struct ConvertArgs<'a> {
+    /// Source: a layout directory or a registry reference.
+    pub(crate) source: &'a str,
+    /// Target: a layout directory or a registry reference.
+    pub(crate) target: &'a str,
+    /// The layout tag to convert, and the target's tag unless the target reference has one.
+    pub(crate) tag: Option<&'a str>,
+    pub(crate) chunk_size: ChunkSize,
+    /// `os/arch[/variant]` to pick from an index (default: this machine's).
+    pub(crate) platform: Option<&'a str>,
+    pub(crate) registry: &'a RegistryArgs,
+    /// A prefetch list (as `mount --record-trace` writes) to store in the image.
+    pub(crate) prefetch: Option<&'a std::path::Path>,
+}
+
+pub(crate) fn run(args: &ConvertArgs<'_>) -> Result<()> {
+    let prefetch = match args.prefetch {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the prefetch list {}", path.display()))?;
+            Some(
+                nydus_fs::prefetch::parse_list(&text)
+                    .with_context(|| format!("prefetch list {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let platform = match args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let source_loc = Location::parse(args.source)?;
+    let target_loc = Location::parse(args.target)?;
+    let src = ImageSource::open(&source_loc, args.registry)?;
+    let layout_tag = match source_loc {
+        Location::Layout(_) => args.tag,
+        Location::Registry(_) => None,
+    };
+    let resolved = src.resolve(layout_tag, &platform)?;
+    let manifest = &resolved.manifest;
+    let out_tag = match &target_loc {
+        Location::Registry(r) => r.tag.clone(),
+        Location::Layout(_) => None,
+    }
+    .or_else(|| args.tag.map(str::to_owned))
+    .or_else(|| resolved.tag.clone())
+    .unwrap_or_else(|| "latest".to_owned());
     check_tag(&out_tag)?;
-    let config = src.read_config(&manifest)?;
+    let config = src
+        .read_blob(&manifest.config, MAX_JSON_BLOB)
+        .context("reading the image config")?;
 
-    let dst = OciDir::create(target)?;
-    // Read the existing index first: a corrupt one fails before any work.
-    let old_index = dst.read_index()?;
-
-    let mut merger = Merger::new(chunk_size);
+    let mut dst = ImageTarget::open(&target_loc, args.registry)?;
+    let mut merger = Merger::new(args.chunk_size);
     let (mut written, mut dedup, mut holes, mut bytes_in) = (0u64, 0u64, 0u64, 0u64);
     let mut blob_descs = BTreeMap::new();
     for (i, layer) in manifest.layers.iter().enumerate() {
@@ -47,35 +83,38 @@ pub(crate) fn run(
                 layer.digest
             );
         }
-        let expected = parse_digest(&layer.digest)?;
-        let (file, path) = src.open_blob(layer)?;
-        let mut reader = HashingReader::new(BufReader::new(file));
+        let mut reader = src
+            .open_blob(layer)
+            .with_context(|| format!("opening layer {i} ({})", layer.digest))?;
         let mut tmp = dst.temp_blob()?;
         let mut blob = BlobWriter::new(BufWriter::new(tmp.file()));
-        let stats = merger
-            .apply_layer(&mut reader, &mut blob)
-            .with_context(|| format!("converting layer {i} ({})", layer.digest))?;
-        let (digest, len) = blob
+        let applied = merger.apply_layer(&mut reader, &mut blob);
+        // Reading to the end verifies the layer's size and digest (see `open_blob`); after a
+        // failed conversion it tells a corrupt layer from a hostile one.
+        let stats = match (applied, io::copy(&mut reader, &mut io::sink())) {
+            (Ok(stats), Ok(_)) => stats,
+            (Err(e), Ok(_)) => {
+                return Err(e).with_context(|| format!("converting layer {i} ({})", layer.digest));
+            }
+            (applied, Err(e)) => {
+                let mut err = anyhow::Error::new(e)
+                    .context(format!("layer {i} ({}) is corrupt", layer.digest));
+                if let Err(a) = applied {
+                    err = err.context(format!("converting layer {i} failed ({a})"));
+                }
+                return Err(err);
+            }
+        };
+        let (digest, _) = blob
             .finish()
             .with_context(|| format!("writing the data blob of layer {i}"))?;
-        let (actual, size) = reader
-            .finish()
-            .with_context(|| format!("reading layer {i} ({})", path.display()))?;
-        ensure!(
-            actual == expected && size == layer.size,
-            "layer {i}: blob {} ({}) does not match its descriptor: content is {size} bytes \
-             with digest {actual}, descriptor says {} bytes",
-            layer.digest,
-            path.display(),
-            layer.size
-        );
         written += stats.chunks_written;
         dedup += stats.chunks_deduplicated;
         holes += stats.holes;
-        bytes_in += size;
+        bytes_in += layer.size;
         if stats.blob.blob_index.is_some() {
-            tmp.persist(&dst.blob_path(&digest))?;
-            blob_descs.insert(digest, len);
+            dst.add_data_blob(tmp, &digest)?;
+            blob_descs.insert(digest, stats.blob.len);
         }
     }
     let (tree, _) = merger.finish().context("finishing the merged tree")?;
@@ -95,7 +134,26 @@ pub(crate) fn run(
             platform: None,
         });
     }
-    let mut boot_desc = dst.write_blob(MT_NYDUS_BOOTSTRAP, &boot)?;
+    if let Some(list) = &prefetch {
+        // Keep the regular files this image has; a trace from another version of the image
+        // may name files that are gone.
+        let (kept, dropped): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = list.iter().partition(|p| {
+            tree.lookup(p)
+                .and_then(|id| tree.inode(id))
+                .is_some_and(|i| i.kind == InodeKind::File)
+        });
+        for p in &dropped {
+            eprintln!(
+                "warning: prefetch list: {} is not a regular file of this image; skipped",
+                nydus_fs::prefetch::escape_path(p)
+            );
+        }
+        let text = nydus_fs::prefetch::format_list(kept.iter().map(|p| p.as_slice()));
+        let desc = dst.add_blob(MT_NYDUS_PREFETCH, text.as_bytes())?;
+        bytes_out += desc.size;
+        layers.push(desc);
+    }
+    let mut boot_desc = dst.add_blob(MT_NYDUS_BOOTSTRAP, &boot)?;
     bytes_out += boot_desc.size;
     boot_desc.annotations = BTreeMap::from([
         (ANN_ROOT.to_owned(), root.to_string()),
@@ -107,44 +165,31 @@ pub(crate) fn run(
     ]);
     layers.push(boot_desc);
 
-    let mut config_desc = dst.write_blob(&manifest.config.media_type, &config)?;
+    let mut config_desc = dst.add_blob(&manifest.config.media_type, &config)?;
     config_desc.annotations = manifest.config.annotations.clone();
     let new_manifest = Manifest {
         schema_version: 2,
         media_type: Some(MT_OCI_MANIFEST.to_owned()),
         config: config_desc,
         layers,
-        annotations: BTreeMap::from([(ANN_SOURCE.to_owned(), manifest_desc.digest.clone())]),
+        annotations: BTreeMap::from([(ANN_SOURCE.to_owned(), resolved.desc.digest.clone())]),
     };
-    let json = serde_json::to_vec_pretty(&new_manifest).context("serialising the manifest")?;
-    let mut manifest_out = dst.write_blob(MT_OCI_MANIFEST, &json)?;
-    manifest_out.annotations = BTreeMap::from([(ANN_REF_NAME.to_owned(), out_tag.clone())]);
-    manifest_out.platform = manifest_desc.platform.clone();
-
-    let mut index = old_index.unwrap_or_else(|| Index {
-        schema_version: 2,
-        media_type: Some(MT_OCI_INDEX.to_owned()),
-        manifests: Vec::new(),
-        annotations: BTreeMap::new(),
-    });
-    index
-        .manifests
-        .retain(|d| d.annotations.get(ANN_REF_NAME) != Some(&out_tag));
-    index.manifests.push(manifest_out.clone());
-    dst.write_index(&index)?;
+    let manifest_digest = dst.commit(&new_manifest, &out_tag, resolved.desc.platform.clone())?;
 
     let files = tree
         .inodes
         .iter()
         .filter(|i| i.kind == InodeKind::File)
         .count();
+    let where_to = match &target_loc {
+        Location::Layout(p) => format!("{}:{out_tag}", p.display()),
+        Location::Registry(r) => r.with_tag(&out_tag).to_string(),
+    };
     println!(
-        "converted {} layers to {}:{out_tag}: {files} files, {written} chunks written, \
+        "converted {} layers to {where_to}: {files} files, {written} chunks written, \
          {dedup} deduplicated, {holes} holes, {bytes_in} bytes in, {bytes_out} bytes out \
-         (root {root}, manifest {})",
+         (root {root}, manifest {manifest_digest})",
         manifest.layers.len(),
-        target.display(),
-        manifest_out.digest
     );
     Ok(())
 }

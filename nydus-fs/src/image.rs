@@ -1,35 +1,44 @@
 //! `nydus-fs inspect` and `nydus-fs check`: loading a converted image and verifying it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use nydus_fs::{ChunkRef, Digest, InodeId, InodeKind, Tree, bootstrap, merkle};
+use nydus_fs::{ChunkRef, Digest, InodeId, InodeKind, Tree, bootstrap};
 
 use crate::convert_cmd::FORMAT_VERSION;
+use crate::location::{Location, RegistryArgs};
 use crate::oci::{
-    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, Descriptor, MT_NYDUS_BLOB, MT_NYDUS_BOOTSTRAP, OciDir,
-    parse_digest,
+    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, Descriptor, MT_NYDUS_BLOB, MT_NYDUS_BOOTSTRAP,
+    MT_NYDUS_PREFETCH, Platform, parse_digest,
 };
+use crate::source::ImageSource;
+
+/// Largest prefetch list read into memory.
+const MAX_PREFETCH_LIST: u64 = 16 << 20;
 
 /// Largest bootstrap read into memory.
 const MAX_BOOTSTRAP: u64 = 4 << 30;
 
+/// Largest span of a data blob fetched at once by `check` (neighbouring chunks are read
+/// together: one request per window rather than one per chunk).
+const CHECK_WINDOW: u64 = 8 << 20;
+
 /// A nydus image whose bootstrap has been verified against its annotated root.
 pub(crate) struct Image {
-    pub(crate) dir: OciDir,
+    pub(crate) source: ImageSource,
     pub(crate) root: Digest,
     pub(crate) bootstrap: Descriptor,
     /// Data blob descriptors, in [`Tree::blobs`] order.
     pub(crate) blobs: Vec<Descriptor>,
     pub(crate) tree: Tree,
+    /// Paths to fetch in the background after a mount (empty without a prefetch list).
+    pub(crate) prefetch: Vec<Vec<u8>>,
 }
 
-pub(crate) fn load(path: &Path, tag: Option<&str>) -> Result<Image> {
-    let dir = OciDir::open(path)?;
-    let (_, manifest_desc, manifest) = dir.resolve(tag)?;
+pub(crate) fn load(image: &str, tag: Option<&str>, registry: &RegistryArgs) -> Result<Image> {
+    let source = ImageSource::open(&Location::parse(image)?, registry)?;
+    let resolved = source.resolve(tag, &Platform::host())?;
+    let (manifest_desc, manifest) = (resolved.desc, resolved.manifest);
     let boot: Vec<&Descriptor> = manifest
         .layers
         .iter()
@@ -62,7 +71,7 @@ pub(crate) fn load(path: &Path, tag: Option<&str>) -> Result<Image> {
     let chunk_size: u64 = ann(ANN_CHUNK_SIZE)?
         .parse()
         .with_context(|| format!("annotation {ANN_CHUNK_SIZE}"))?;
-    let bytes = dir
+    let bytes = source
         .read_blob(boot, MAX_BOOTSTRAP)
         .context("refusing the bootstrap")?;
     let tree = bootstrap::decode(&bytes, &root).with_context(|| {
@@ -96,12 +105,29 @@ pub(crate) fn load(path: &Path, tag: Option<&str>) -> Result<Image> {
             })
         })
         .collect::<Result<_>>()?;
+    let prefetch = match manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type == MT_NYDUS_PREFETCH)
+    {
+        None => Vec::new(),
+        Some(desc) => {
+            let bytes = source
+                .read_blob(desc, MAX_PREFETCH_LIST)
+                .context("reading the prefetch list")?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow!("prefetch list {} is not UTF-8", desc.digest))?;
+            nydus_fs::prefetch::parse_list(&text)
+                .with_context(|| format!("prefetch list {}", desc.digest))?
+        }
+    };
     Ok(Image {
-        dir,
+        source,
         root,
         bootstrap: boot.clone(),
         blobs,
         tree,
+        prefetch,
     })
 }
 
@@ -186,8 +212,13 @@ fn summarise(img: &Image) {
     println!("dedup ratio: {ratio:.2}");
 }
 
-pub(crate) fn inspect(path: &Path, tag: Option<&str>, files: bool) -> Result<()> {
-    let img = load(path, tag)?;
+pub(crate) fn inspect(
+    image: &str,
+    tag: Option<&str>,
+    files: bool,
+    registry: &RegistryArgs,
+) -> Result<()> {
+    let img = load(image, tag, registry)?;
     summarise(&img);
     if files {
         let mut first: HashMap<InodeId, String> = HashMap::new();
@@ -219,80 +250,135 @@ pub(crate) fn inspect(path: &Path, tag: Option<&str>, files: bool) -> Result<()>
     Ok(())
 }
 
-/// Verifies one chunk; `Err` is the reason it is bad.
-fn verify_chunk(file: &mut File, blob_len: u64, c: &ChunkRef) -> Result<(), String> {
-    let end = c.compressed_offset + u64::from(c.compressed_size);
-    if end > blob_len {
-        return Err(format!("range ends beyond the blob ({blob_len} bytes)"));
+/// Verifies one chunk, given its compressed bytes; `Err` is the reason it is bad.
+fn verify_chunk(compressed: &[u8], c: &ChunkRef) -> Result<(), String> {
+    nydus_fs::chunk::decode(compressed, c)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A distinct stored chunk: (blob, offset, size, digest).
+type ChunkKey = (u32, u64, u32, Digest);
+
+fn key_of(c: &ChunkRef) -> ChunkKey {
+    (
+        c.blob_index,
+        c.compressed_offset,
+        c.compressed_size,
+        c.digest,
+    )
+}
+
+/// Reads and verifies `chunks` (distinct chunks of `blob`, sorted by offset), fetching
+/// neighbours together in windows of up to [`CHECK_WINDOW`] bytes: one read (one `Range`
+/// request for a registry) per window rather than per chunk.
+fn verify_blob_chunks(
+    img: &Image,
+    blob: &Descriptor,
+    blob_len: &Result<u64, String>,
+    chunks: &[ChunkRef],
+    results: &mut HashMap<ChunkKey, Result<(), String>>,
+) {
+    let mut i = 0;
+    while i < chunks.len() {
+        let start = chunks[i].compressed_offset;
+        let mut end = start;
+        let mut j = i;
+        while j < chunks.len() {
+            let chunk_end = chunks[j]
+                .compressed_offset
+                .saturating_add(u64::from(chunks[j].compressed_size));
+            if j > i && chunk_end.max(end) - start > CHECK_WINDOW {
+                break;
+            }
+            end = end.max(chunk_end);
+            j += 1;
+        }
+        let window = read_checked(img, blob, blob_len, start..end);
+        for c in &chunks[i..j] {
+            let result = match &window {
+                // A window that failed as a whole is retried chunk by chunk, so that only the
+                // chunks really out of range or unreadable are reported.
+                Err(_) if j - i > 1 => {
+                    let end = c
+                        .compressed_offset
+                        .saturating_add(u64::from(c.compressed_size));
+                    read_checked(img, blob, blob_len, c.compressed_offset..end)
+                        .and_then(|bytes| verify_chunk(&bytes, c))
+                }
+                Err(e) => Err(e.clone()),
+                Ok(bytes) => {
+                    // In range: the window covers every chunk of [i, j).
+                    let from = (c.compressed_offset - start) as usize;
+                    verify_chunk(&bytes[from..from + c.compressed_size as usize], c)
+                }
+            };
+            results.insert(key_of(c), result);
+        }
+        i = j;
     }
-    let mut buf = vec![0u8; c.compressed_size as usize];
-    file.seek(SeekFrom::Start(c.compressed_offset))
-        .and_then(|_| file.read_exact(&mut buf))
-        .map_err(|e| format!("read error: {e}"))?;
-    let data = zstd::bulk::decompress(&buf, c.uncompressed_size as usize)
-        .map_err(|e| format!("zstd error: {e}"))?;
-    if data.len() != c.uncompressed_size as usize {
-        return Err(format!(
-            "decompressed to {} bytes, want {}",
-            data.len(),
-            c.uncompressed_size
-        ));
+}
+
+/// Bytes `range` of `blob`, if the blob is there and long enough.
+fn read_checked(
+    img: &Image,
+    blob: &Descriptor,
+    blob_len: &Result<u64, String>,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, String> {
+    match blob_len {
+        Err(e) => Err(e.clone()),
+        Ok(len) if range.end > *len => Err(format!("range ends beyond the blob ({len} bytes)")),
+        Ok(_) => img
+            .source
+            .read_range(blob, range)
+            .map_err(|e| format!("read error: {e:#}")),
     }
-    let actual = merkle::chunk_digest(&data);
-    if actual != c.digest {
-        return Err(format!("sha256 is {actual}, want {}", c.digest));
-    }
-    Ok(())
 }
 
 /// Returns whether every chunk verified.
-pub(crate) fn check(path: &Path, tag: Option<&str>) -> Result<bool> {
-    let img = load(path, tag)?;
+pub(crate) fn check(image: &str, tag: Option<&str>, registry: &RegistryArgs) -> Result<bool> {
+    let img = load(image, tag, registry)?;
     summarise(&img);
-    let mut files: Vec<Result<(File, u64), String>> = Vec::new();
     let mut ok = true;
-    for b in &img.blobs {
-        let opened = img
-            .dir
-            .open_blob(b)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|(f, _)| {
-                let len = f.metadata().map_err(|e| e.to_string())?.len();
-                Ok((f, len))
-            });
-        if let Ok((_, len)) = &opened
-            && *len != b.size
-        {
-            println!("blob {}: {len} bytes, descriptor says {}", b.digest, b.size);
-            ok = false;
+    // Every distinct chunk, per blob, in offset order.
+    let mut per_blob: Vec<BTreeMap<ChunkKey, ChunkRef>> = vec![BTreeMap::new(); img.blobs.len()];
+    let paths = walk(&img.tree);
+    for (_, id) in &paths {
+        let Some(inode) = img.tree.inode(*id) else {
+            continue;
+        };
+        for c in &inode.chunks {
+            per_blob[c.blob_index as usize].insert(key_of(c), *c);
         }
-        files.push(opened);
     }
-    // (blob, offset, size, digest) -> result, so a shared chunk is read once.
-    let mut seen: HashMap<(u32, u64, u32, Digest), Result<(), String>> = HashMap::new();
-    for (p, id) in walk(&img.tree) {
-        let Some(inode) = img.tree.inode(id) else {
+    let mut results: HashMap<ChunkKey, Result<(), String>> = HashMap::new();
+    for (b, chunks) in img.blobs.iter().zip(&per_blob) {
+        let blob_len = match img.source.blob_len(b) {
+            Ok(Some(len)) => {
+                if len != b.size {
+                    println!("blob {}: {len} bytes, descriptor says {}", b.digest, b.size);
+                    ok = false;
+                }
+                Ok(len)
+            }
+            Ok(None) => Err("cannot open the blob: it is missing".to_owned()),
+            Err(e) => Err(format!("cannot open the blob: {e:#}")),
+        };
+        let chunks: Vec<ChunkRef> = chunks.values().copied().collect();
+        verify_blob_chunks(&img, b, &blob_len, &chunks, &mut results);
+    }
+    for (p, id) in &paths {
+        let Some(inode) = img.tree.inode(*id) else {
             continue;
         };
         // A hard-linked file is visited once per name, so a bad chunk is reported under each
-        // of its paths; the cache reads it only once.
+        // of its paths; it was read only once.
         if inode.kind != InodeKind::File {
             continue;
         }
         for c in &inode.chunks {
-            let key = (
-                c.blob_index,
-                c.compressed_offset,
-                c.compressed_size,
-                c.digest,
-            );
-            let result =
-                seen.entry(key)
-                    .or_insert_with(|| match &mut files[c.blob_index as usize] {
-                        Ok((f, len)) => verify_chunk(f, *len, c),
-                        Err(e) => Err(format!("cannot open the blob: {e}")),
-                    });
-            if let Err(reason) = result {
+            if let Some(Err(reason)) = results.get(&key_of(c)) {
                 ok = false;
                 println!(
                     "{p} {} {}:{}+{}: {reason}",
@@ -305,10 +391,10 @@ pub(crate) fn check(path: &Path, tag: Option<&str>) -> Result<bool> {
         }
     }
     if ok {
-        println!("ok: {} chunks verified", seen.len());
+        println!("ok: {} chunks verified", results.len());
     } else {
-        let bad = seen.values().filter(|r| r.is_err()).count();
-        println!("FAILED: {bad} of {} chunks bad", seen.len());
+        let bad = results.values().filter(|r| r.is_err()).count();
+        println!("FAILED: {bad} of {} chunks bad", results.len());
     }
     Ok(ok)
 }

@@ -1,11 +1,15 @@
-//! `nydus-fs`: convert local OCI image layouts to the lazy nydus format, inspect and check them.
+//! `nydus-fs`: convert OCI images to the lazy nydus format, inspect and check them.
 //!
 //! ```text
-//! nydus-fs convert SOURCE_DIR TARGET_DIR [--tag TAG] [--chunk-size 1MiB]
-//! nydus-fs inspect TARGET_DIR [--tag TAG] [--files]
-//! nydus-fs check   TARGET_DIR [--tag TAG]
+//! nydus-fs convert SOURCE TARGET [--tag TAG] [--chunk-size 1MiB] [--platform OS/ARCH]
+//! nydus-fs inspect IMAGE [--tag TAG] [--files]
+//! nydus-fs check   IMAGE [--tag TAG]
 //! nydus-fs mount   IMAGE MOUNTPOINT [--tag TAG] [--cache-dir DIR] [--record-trace FILE]
+//!     registry flags: [--plain-http] [--creds USER:PASSWORD] [--via URL] [--ca-file PEM]
 //! ```
+//!
+//! SOURCE, TARGET and IMAGE are OCI image layout directories or registry references
+//! (`localhost:5000/app:v1`); see `location.rs` for how an argument is classified.
 //!
 //! A converted image is an OCI image manifest whose config is the source's config blob, and
 //! whose layers are the nydus data blobs (`application/vnd.damselfly.nydus.blob.v1+zstd`) in
@@ -23,8 +27,13 @@ use nydus_fs::ChunkSize;
 
 mod convert_cmd;
 mod image;
+mod location;
 mod mount;
 mod oci;
+mod source;
+mod target;
+
+use location::RegistryArgs;
 
 #[derive(Parser)]
 #[command(
@@ -39,43 +48,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert an OCI image layout to a nydus image in another OCI image layout.
+    /// Convert an OCI image to a nydus image. SOURCE and TARGET are each an OCI image layout
+    /// directory or a registry reference (`localhost:5000/app:v1`, `docker://…`; `oci:DIR`
+    /// forces a directory).
     Convert {
-        /// Source OCI image layout directory.
-        source: PathBuf,
-        /// Target OCI image layout directory (created if missing; other tags are kept).
-        target: PathBuf,
-        /// Tag to convert (`org.opencontainers.image.ref.name`), also the target's tag.
-        /// Default: the source's first manifest, tagged with its own name or `latest`.
+        /// Source: OCI image layout directory or registry reference.
+        source: String,
+        /// Target: OCI image layout directory (created if missing; other tags are kept) or
+        /// registry reference (the manifest is pushed last, after every blob).
+        target: String,
+        /// Tag to convert in a layout source (default: its first manifest), and the target's
+        /// tag unless the target reference names one (default: the source's tag, or
+        /// `latest`).
         #[arg(long)]
         tag: Option<String>,
         /// Chunk size: a power of two from 4KiB to 16MiB (suffixes K, KiB, M, MiB or bytes).
         #[arg(long, default_value = "1MiB", value_parser = parse_chunk_size)]
         chunk_size: ChunkSize,
+        /// Platform to take from a multi-platform source, `os/arch[/variant]` (default: this
+        /// machine's).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// Store this prefetch list (files in first-access order, as `mount --record-trace`
+        /// writes) in the image; `mount` fetches those files in the background.
+        #[arg(long, value_name = "FILE")]
+        prefetch: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Verify the bootstrap of a nydus image against its annotated root and summarise it.
     Inspect {
-        /// OCI image layout directory holding the nydus image.
-        dir: PathBuf,
-        /// Tag of the image (default: the first manifest).
+        /// The nydus image: OCI image layout directory or registry reference.
+        image: String,
+        /// Tag of the image in a layout (default: the first manifest).
         #[arg(long)]
         tag: Option<String>,
         /// Also list every path: path, kind, mode, uid:gid, size, target.
         #[arg(long)]
         files: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// As inspect, then read, decompress and verify every chunk of every file.
     Check {
-        /// OCI image layout directory holding the nydus image.
-        dir: PathBuf,
-        /// Tag of the image (default: the first manifest).
+        /// The nydus image: OCI image layout directory or registry reference.
+        image: String,
+        /// Tag of the image in a layout (default: the first manifest).
         #[arg(long)]
         tag: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Mount a nydus image read-only over FUSE, fetching each chunk on first read. Runs in the
     /// foreground until SIGTERM/SIGINT (which unmount) or an external unmount.
     Mount {
-        /// The image: an OCI image layout directory holding the nydus image.
+        /// The nydus image: OCI image layout directory or registry reference.
         image: String,
         /// Where to mount it (an existing directory).
         mountpoint: PathBuf,
@@ -103,6 +130,8 @@ enum Command {
         /// Do not fetch the image's prefetch list in the background.
         #[arg(long)]
         no_prefetch: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -163,11 +192,30 @@ fn main() -> ExitCode {
             target,
             tag,
             chunk_size,
-        } => convert_cmd::run(&source, &target, tag.as_deref(), chunk_size).map(|()| true),
-        Command::Inspect { dir, tag, files } => {
-            image::inspect(&dir, tag.as_deref(), files).map(|()| true)
-        }
-        Command::Check { dir, tag } => image::check(&dir, tag.as_deref()),
+            platform,
+            prefetch,
+            registry,
+        } => convert_cmd::run(&convert_cmd::ConvertArgs {
+            source: &source,
+            target: &target,
+            tag: tag.as_deref(),
+            chunk_size,
+            platform: platform.as_deref(),
+            registry: &registry,
+            prefetch: prefetch.as_deref(),
+        })
+        .map(|()| true),
+        Command::Inspect {
+            image,
+            tag,
+            files,
+            registry,
+        } => image::inspect(&image, tag.as_deref(), files, &registry).map(|()| true),
+        Command::Check {
+            image,
+            tag,
+            registry,
+        } => image::check(&image, tag.as_deref(), &registry),
         Command::Mount {
             image,
             mountpoint,
@@ -178,6 +226,7 @@ fn main() -> ExitCode {
             max_requests,
             record_trace,
             no_prefetch,
+            registry,
         } => mount::run(&mount::MountArgs {
             image,
             tag,
@@ -188,6 +237,7 @@ fn main() -> ExitCode {
             max_requests,
             record_trace,
             prefetch: !no_prefetch,
+            registry,
         })
         .map(|()| true),
     };

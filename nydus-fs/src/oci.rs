@@ -16,8 +16,8 @@ use sha2::{Digest as _, Sha256};
 pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// OCI image manifest.
 pub(crate) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// A nydus data blob: independently zstd-compressed chunks (one zstd frame each) back to back,
 /// addressed by the bootstrap's chunk table. Not a tar; as a whole it is still a valid zstd
@@ -25,6 +25,8 @@ const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v
 pub(crate) const MT_NYDUS_BLOB: &str = "application/vnd.damselfly.nydus.blob.v1+zstd";
 /// A nydus bootstrap (`docs/format.md`).
 pub(crate) const MT_NYDUS_BOOTSTRAP: &str = "application/vnd.damselfly.nydus.bootstrap.v1";
+/// A prefetch list (`nydus_fs::prefetch`): files to fetch in the background after a mount.
+pub(crate) const MT_NYDUS_PREFETCH: &str = "application/vnd.damselfly.nydus.prefetch.v1";
 /// Bootstrap annotation: the merkle root digest (`sha256:...`).
 pub(crate) const ANN_ROOT: &str = "io.damselfly.nydus.root";
 /// Bootstrap annotation: the chunk size in bytes.
@@ -37,7 +39,7 @@ pub(crate) const ANN_SOURCE: &str = "io.damselfly.nydus.source-manifest";
 pub(crate) const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Largest JSON blob (manifest, index, config) read into memory.
-const MAX_JSON_BLOB: u64 = 16 << 20;
+pub(crate) const MAX_JSON_BLOB: u64 = 16 << 20;
 
 /// An OCI content descriptor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,12 +55,99 @@ pub(crate) struct Descriptor {
 }
 
 /// Platform of an index entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Platform {
     pub(crate) architecture: String,
     pub(crate) os: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) variant: Option<String>,
+}
+
+impl Platform {
+    /// `os/arch[/variant]`, e.g. `linux/amd64`, `linux/arm64/v8`.
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts[..] {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Self {
+                os: os.to_owned(),
+                architecture: arch.to_owned(),
+                variant: parts
+                    .get(2)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*v).to_owned()),
+            }),
+            _ => bail!("platform {s:?} is not os/arch[/variant] (e.g. linux/amd64)"),
+        }
+    }
+
+    /// This machine's platform in OCI (Go) naming: `linux/amd64`, `linux/arm64`, ...
+    pub(crate) fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "x86" => "386",
+            "aarch64" => "arm64",
+            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        Self {
+            os: std::env::consts::OS.to_owned(),
+            architecture: arch.to_owned(),
+            variant: None,
+        }
+    }
+
+    /// Whether an index entry's platform `p` satisfies this one (a variant is compared only
+    /// when this one names it).
+    fn accepts(&self, p: &Self) -> bool {
+        p.os == self.os
+            && p.architecture == self.architecture
+            && (self.variant.is_none() || p.variant == self.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `media_type` is an image index or manifest list.
+pub(crate) fn is_index(media_type: &str) -> bool {
+    media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
+}
+
+/// Whether `media_type` is an image manifest this tool reads.
+pub(crate) fn is_manifest(media_type: &str) -> bool {
+    media_type == MT_OCI_MANIFEST || media_type == MT_DOCKER_MANIFEST
+}
+
+/// The entry of `index` (whose digest is `index_digest`) for `platform`.
+pub(crate) fn pick_platform(
+    index: &Index,
+    index_digest: &str,
+    platform: &Platform,
+) -> Result<Descriptor> {
+    index
+        .manifests
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p)))
+        .cloned()
+        .ok_or_else(|| {
+            let have: Vec<String> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
+                .collect();
+            anyhow!(
+                "image index {index_digest} has no {platform} manifest (it has {have:?}; \
+                 choose one with --platform)"
+            )
+        })
 }
 
 /// An image index (`index.json` or a multi-platform index blob).
@@ -103,34 +192,61 @@ pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
     Ok(Digest(d))
 }
 
-/// A reader that hashes and counts what goes through it.
-pub(crate) struct HashingReader<R> {
+/// A reader that hashes and counts what goes through it and, at the end of its input, fails
+/// unless exactly `size` bytes with `digest` came through. Reading to the end therefore proves
+/// the content is what the descriptor says.
+pub(crate) struct VerifyingReader<R> {
     inner: R,
     hasher: Sha256,
     len: u64,
+    size: u64,
+    digest: Digest,
+    /// What the blob is, for the error ("blob sha256:… (path)").
+    what: String,
 }
 
-impl<R: Read> HashingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+impl<R: Read> VerifyingReader<R> {
+    pub(crate) fn new(inner: R, size: u64, digest: Digest, what: String) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
             len: 0,
+            size,
+            digest,
+            what,
         }
     }
 
-    /// Reads the rest of the input, then returns its digest and length.
-    pub(crate) fn finish(mut self) -> io::Result<(Digest, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok((Digest(self.hasher.finalize().into()), self.len))
+    fn mismatch(&self, actual: Option<Digest>) -> io::Error {
+        let found = match actual {
+            Some(d) => format!("{} bytes with digest {d}", self.len),
+            None => format!("over {} bytes", self.size),
+        };
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} does not match its descriptor: content is {found}, descriptor says {} \
+                 bytes with digest {}",
+                self.what, self.size, self.digest
+            ),
+        )
     }
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
+        if self.len > self.size {
+            return Err(self.mismatch(None));
+        }
+        if n == 0 && !buf.is_empty() {
+            let actual = Digest(self.hasher.clone().finalize().into());
+            if actual != self.digest || self.len != self.size {
+                return Err(self.mismatch(Some(actual)));
+            }
+        }
         Ok(n)
     }
 }
@@ -230,11 +346,12 @@ impl OciDir {
     }
 
     /// Resolves `tag` (or the first entry of `index.json`) to an image manifest, descending
-    /// into a nested index for linux/amd64. Returns the tag found, the manifest descriptor and
+    /// into a nested index for `platform`. Returns the tag found, the manifest descriptor and
     /// the manifest.
     pub(crate) fn resolve(
         &self,
         tag: Option<&str>,
+        platform: &Platform,
     ) -> Result<(Option<String>, Descriptor, Manifest)> {
         let index = self
             .read_index()?
@@ -262,25 +379,14 @@ impl OciDir {
         };
         let found_tag = entry.annotations.get(ANN_REF_NAME).cloned();
         let mut desc = entry.clone();
-        if desc.media_type == MT_OCI_INDEX || desc.media_type == MT_DOCKER_LIST {
+        if is_index(&desc.media_type) {
             let bytes = self.read_blob(&desc, MAX_JSON_BLOB)?;
             let nested: Index = serde_json::from_slice(&bytes)
                 .with_context(|| format!("parsing image index {}", desc.digest))?;
-            desc = nested
-                .manifests
-                .iter()
-                .find(|d| {
-                    d.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-                })
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow!("image index {} has no linux/amd64 manifest", desc.digest)
-                })?;
+            desc = pick_platform(&nested, &desc.digest, platform)?;
         }
         ensure!(
-            desc.media_type == MT_OCI_MANIFEST || desc.media_type == MT_DOCKER_MANIFEST,
+            is_manifest(&desc.media_type),
             "{} has unsupported media type {:?} (want an image manifest)",
             desc.digest,
             desc.media_type
@@ -289,11 +395,6 @@ impl OciDir {
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("parsing image manifest {}", desc.digest))?;
         Ok((found_tag, desc, manifest))
-    }
-
-    /// Reads the config blob of `manifest` (verified).
-    pub(crate) fn read_config(&self, manifest: &Manifest) -> Result<Vec<u8>> {
-        self.read_blob(&manifest.config, MAX_JSON_BLOB)
     }
 
     /// Stores `data` as a blob (atomically) and returns its descriptor.
@@ -342,7 +443,8 @@ pub(crate) struct TempFile {
 }
 
 impl TempFile {
-    fn new(dir: &Path) -> Result<Self> {
+    /// A new temporary file in `dir`.
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
@@ -405,4 +507,71 @@ pub(crate) fn check_tag(name: &str) -> Result<()> {
         bail!("invalid tag {name:?}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "arm64"));
+        assert_eq!(p.variant.as_deref(), Some("v8"));
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", ""] {
+            assert!(Platform::parse(bad).is_err(), "{bad}");
+        }
+        let entry = |os: &str, arch: &str, variant: Option<&str>| Descriptor {
+            media_type: MT_OCI_MANIFEST.to_owned(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 1,
+            annotations: BTreeMap::new(),
+            platform: Some(Platform {
+                os: os.to_owned(),
+                architecture: arch.to_owned(),
+                variant: variant.map(str::to_owned),
+            }),
+        };
+        let mut arm = entry("linux", "arm64", Some("v8"));
+        arm.digest = format!("sha256:{}", "a".repeat(64));
+        let index = Index {
+            schema_version: 2,
+            media_type: None,
+            manifests: vec![entry("linux", "amd64", None), arm],
+            annotations: BTreeMap::new(),
+        };
+        let pick = |s: &str| pick_platform(&index, "sha256:idx", &Platform::parse(s).unwrap());
+        assert!(pick("linux/arm64").unwrap().digest.contains("aaaa"));
+        assert!(pick("linux/arm64/v8").unwrap().digest.contains("aaaa"));
+        assert!(pick("linux/arm64/v7").is_err());
+        assert!(pick("linux/amd64").unwrap().digest.contains("0000"));
+        let err = pick("windows/amd64").unwrap_err().to_string();
+        assert!(err.contains("no windows/amd64 manifest"), "{err}");
+        assert!(err.contains("linux/arm64/v8"), "{err}");
+    }
+
+    #[test]
+    fn verifying_reader_checks_at_the_end() {
+        let data = b"some layer bytes".to_vec();
+        let digest = Digest(Sha256::digest(&data).into());
+        let read = |bytes: &[u8], size: u64| {
+            let mut out = Vec::new();
+            VerifyingReader::new(bytes, size, digest, "blob x".to_owned())
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
+        assert_eq!(read(&data, data.len() as u64).unwrap(), data);
+        let mut bad = data.clone();
+        bad[3] ^= 1;
+        let err = read(&bad, data.len() as u64).unwrap_err().to_string();
+        assert!(
+            err.contains("blob x does not match its descriptor"),
+            "{err}"
+        );
+        assert!(read(&data[..5], data.len() as u64).is_err());
+        assert!(read(&data, 5).is_err());
+    }
 }

@@ -216,7 +216,7 @@ async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, Orig
 
 /// The registry's own explanation: the OCI error JSON's messages, else the start of the body,
 /// else the status's reason phrase.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
+pub(crate) fn error_message(status: StatusCode, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct OciErrors {
         errors: Vec<OciError>,

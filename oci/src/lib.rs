@@ -8,6 +8,10 @@
 //! (parsed from the OCI error JSON) so users see *why* ("401 Unauthorized: authentication
 //! required"), not just a number.
 //!
+//! [`registry::RegistryClient`] is the client for tools that read and write whole images
+//! (`nydus-fs convert` and `mount`): image references, manifests, verified blob streams, exact
+//! `Range` reads, pushes, Basic and Bearer-token auth, and reads through a dfdaemon mirror.
+//!
 //! [`blob_digest`] recognises OCI blob URLs (`/v2/<name>/blobs/sha256:<hex>`), whose content is
 //! addressed by digest.
 
@@ -15,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod registry;
 mod url_kind;
 
 pub use client::{BodyStream, Origin, OriginConfig, OriginError, OriginResponse, error_chain};

@@ -26,7 +26,9 @@ use self::cache::ChunkCache;
 use self::fs::{NydusFs, Trace};
 use self::paths::Paths;
 use self::reader::Reader;
-use self::source::{BlobSource, LayoutSource};
+use self::source::{BlobSource, LayoutSource, RegistrySource};
+use crate::location::RegistryArgs;
+use crate::source::ImageSource;
 
 /// Options of `nydus-fs mount`.
 #[derive(Debug)]
@@ -40,6 +42,7 @@ pub(crate) struct MountArgs {
     pub(crate) max_requests: usize,
     pub(crate) record_trace: Option<PathBuf>,
     pub(crate) prefetch: bool,
+    pub(crate) registry: RegistryArgs,
 }
 
 /// A loaded image ready to mount.
@@ -51,27 +54,33 @@ struct Loaded {
 }
 
 fn load(args: &MountArgs) -> Result<Loaded> {
-    let path = Path::new(&args.image);
-    if !path.is_dir() {
-        bail!(
-            "{} is not an OCI image layout directory (registry references are not supported yet)",
-            args.image
-        );
-    }
-    let img = crate::image::load(path, args.tag.as_deref())?;
-    let paths = img
-        .tree
-        .blobs
-        .iter()
-        .map(|d| img.dir.blob_path(d))
-        .collect();
+    let img = crate::image::load(&args.image, args.tag.as_deref(), &args.registry)?;
+    let source: Arc<dyn BlobSource> = match img.source {
+        ImageSource::Layout(dir) => {
+            let paths = img.tree.blobs.iter().map(|d| dir.blob_path(d)).collect();
+            Arc::new(LayoutSource {
+                paths,
+                root: PathBuf::from(&args.image),
+            })
+        }
+        ImageSource::Registry(remote) => {
+            let blobs = img
+                .tree
+                .blobs
+                .iter()
+                .map(|d| damselfly_common::Digest(d.0))
+                .collect();
+            Arc::new(RegistrySource {
+                client: remote.client,
+                reference: remote.reference,
+                blobs,
+            })
+        }
+    };
     Ok(Loaded {
-        source: Arc::new(LayoutSource {
-            paths,
-            root: path.to_owned(),
-        }),
+        source,
         tree: Arc::new(img.tree),
-        prefetch: Vec::new(),
+        prefetch: img.prefetch,
         name: args.image.clone(),
     })
 }
@@ -95,11 +104,7 @@ pub(crate) fn run(args: &MountArgs) -> Result<()> {
     }
 
     let loaded = load(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("nydus-fs")
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::location::runtime()?;
     let cache = ChunkCache::open(
         args.cache_dir.as_deref(),
         usize::try_from(args.memory_cache).unwrap_or(usize::MAX),
@@ -234,7 +239,6 @@ pub(crate) fn run(args: &MountArgs) -> Result<()> {
         failed_reads = s.failures.load(Ordering::Relaxed),
         "unmounted"
     );
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result.context("FUSE session")
 }
 

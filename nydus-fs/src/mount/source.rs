@@ -57,6 +57,41 @@ impl BlobSource for LayoutSource {
     }
 }
 
+/// Blobs in a registry repository, through `--via` (dfdaemon) when given. Every response must
+/// be a 206 for exactly the range asked (`RegistryClient::blob_range`).
+pub(crate) struct RegistrySource {
+    pub(crate) client: damselfly_oci::registry::RegistryClient,
+    pub(crate) reference: damselfly_oci::registry::Reference,
+    /// Blob digests, in tree blob order.
+    pub(crate) blobs: Vec<damselfly_common::Digest>,
+}
+
+impl BlobSource for RegistrySource {
+    fn read_range(
+        &self,
+        blob: usize,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, Result<Bytes, SourceError>> {
+        Box::pin(async move {
+            let digest = self
+                .blobs
+                .get(blob)
+                .ok_or_else(|| SourceError(format!("no blob #{blob} in the image")))?;
+            self.client
+                .blob_range(&self.reference, digest, range)
+                .await
+                .map_err(|e| SourceError(damselfly_oci::error_chain(&e)))
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.client.options().via {
+            Some(via) => format!("registry {} via {via}", self.reference.name()),
+            None => format!("registry {}", self.reference.name()),
+        }
+    }
+}
+
 fn read_file_range(path: &std::path::Path, range: Range<u64>) -> Result<Bytes, SourceError> {
     let err =
         |what: &str, e: std::io::Error| SourceError(format!("{what} {}: {e}", path.display()));
