@@ -37,8 +37,9 @@ pub use daemon::{Daemon, DaemonBuilder};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{
-    EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, RICH_LARGE_PATH, RICH_MTIME,
-    RICH_SMALL_PATH, TreeEntry, nydus_convert, nydus_fs, nydus_fs_bin, registry_blob_path,
+    EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, NydusMount, RICH_LARGE_PATH,
+    RICH_MTIME, RICH_SMALL_PATH, TreeEntry, fuse_available, is_mounted, mount_stat, nydus_convert,
+    nydus_fs, nydus_fs_bin, registry_blob_path,
 };
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,

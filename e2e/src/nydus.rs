@@ -619,3 +619,133 @@ mod tests {
         );
     }
 }
+
+/// A running `nydus-fs mount IMAGE MOUNTPOINT ARGS…`, its log in a file. Dropping it sends
+/// SIGTERM, waits, and force-detaches the mount if it is somehow still there.
+#[derive(Debug)]
+pub struct NydusMount {
+    child: Option<std::process::Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl NydusMount {
+    /// Starts the mount and waits (up to 20 s) until the kernel lists it.
+    ///
+    /// # Errors
+    /// `nydus-fs` exited first: the error holds its exit status and log.
+    pub fn start(image: &str, mountpoint: &Path, args: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(mountpoint)
+            .with_context(|| format!("creating {}", mountpoint.display()))?;
+        let log = mountpoint.with_extension(format!("{}.log", std::process::id()));
+        let child = Command::new(nydus_fs_bin())
+            .arg("mount")
+            .arg(image)
+            .arg(mountpoint)
+            .args(args)
+            .env_remove("DAMSELFLY_REGISTRY_CREDS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating the mount log")?)
+            .spawn()
+            .context("starting nydus-fs mount")?;
+        let mut m = Self {
+            child: Some(child),
+            mountpoint: mountpoint.to_owned(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if is_mounted(mountpoint) {
+                return Ok(m);
+            }
+            if let Some(child) = m.child.as_mut()
+                && let Some(status) = child.try_wait().context("waiting for nydus-fs")?
+            {
+                m.child = None;
+                anyhow::bail!("nydus-fs mount exited ({status}): {}", m.log_text());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "not mounted after 20 s: {}",
+                m.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// What `nydus-fs` has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit. Returns whether it exited with status 0, and the log.
+    ///
+    /// # Errors
+    /// The process could not be signalled or waited for.
+    pub fn stop(mut self) -> Result<(bool, String)> {
+        let Some(mut child) = self.child.take() else {
+            return Ok((false, self.log_text()));
+        };
+        terminate(&child);
+        let status = child.wait().context("waiting for nydus-fs")?;
+        Ok((status.success(), self.log_text()))
+    }
+}
+
+impl Drop for NydusMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+fn terminate(child: &std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// Whether something is mounted exactly at `path` (per `/proc/self/mountinfo`).
+pub fn is_mounted(path: &Path) -> bool {
+    let path = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*path))
+}
+
+/// `name=N` from the summary line `nydus-fs mount` logs when it unmounts (`requests`,
+/// `bytes_fetched`, `chunks_fetched`, `memory_hits`, `disk_hits`, `failed_reads`).
+pub fn mount_stat(log: &str, name: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("unmounted"))?;
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether this machine can run FUSE tests (root and `/dev/fuse`); says why not otherwise.
+pub fn fuse_available(test: &str) -> bool {
+    let ok = crate::util::running_as_root(test) && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("skipping {test}: needs root and /dev/fuse");
+    }
+    ok
+}

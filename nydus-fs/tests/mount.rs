@@ -12,26 +12,14 @@ use std::fs::{self, File};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::{blob_path, header, noise, put_blob, read_json, run, target_manifest, text};
+use damselfly_e2e::{NydusMount, fuse_available, is_mounted, mount_stat};
 use nydus_fs::{Digest, bootstrap};
 use serde_json::json;
 
 const BIG: usize = 3 * 1024 * 1024 + 1234;
-
-fn fuse_ready(test: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let ok = root && Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("skipping {test}: needs root and /dev/fuse");
-    }
-    ok
-}
 
 fn makedev(major: u64, minor: u64) -> u64 {
     ((major & 0xffff_f000) << 32)
@@ -93,120 +81,6 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
     (src, dst)
 }
 
-fn is_mounted(mp: &Path) -> bool {
-    let mp = mp.to_string_lossy();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*mp))
-}
-
-/// A running `nydus-fs mount`; SIGTERMed (and force-detached if need be) on drop.
-struct Mounted {
-    child: Option<Child>,
-    mountpoint: PathBuf,
-    log: PathBuf,
-}
-
-impl Mounted {
-    fn try_start(image: &Path, mp: &Path, extra: &[&str]) -> Result<Self, String> {
-        fs::create_dir_all(mp).unwrap();
-        let log = mp.with_extension(format!("log{}", rand_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_nydus-fs"))
-            .arg("mount")
-            .arg(image)
-            .arg(mp)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut m = Self {
-            child: Some(child),
-            mountpoint: mp.to_owned(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if is_mounted(mp) {
-                return Ok(m);
-            }
-            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                m.child = None;
-                return Err(format!("exit {status}: {}", m.log_text()));
-            }
-            assert!(Instant::now() < deadline, "not mounted: {}", m.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn start(image: &Path, mp: &Path, extra: &[&str]) -> Self {
-        Self::try_start(image, mp, extra).unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, wait; returns the exit status and the log.
-    fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().unwrap();
-        (status, self.log_text())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.mountpoint) {
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
-fn rand_suffix() -> String {
-    format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
-/// `name=N` from the "unmounted" summary line.
-fn stat(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("unmounted"))
-        .unwrap_or_else(|| panic!("no summary in {log}"));
-    let key = format!("{name}=");
-    let start = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("{name} in {line}"))
-        + key.len();
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     xattr::get(path, name).unwrap()
 }
@@ -245,13 +119,13 @@ fn replace_bootstrap(dst: &Path, bytes: &[u8]) {
 
 #[test]
 fn mounted_tree_has_the_image_contents_and_metadata() {
-    if !fuse_ready("mounted_tree_has_the_image_contents_and_metadata") {
+    if !fuse_available("mounted_tree_has_the_image_contents_and_metadata") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_, dst) = build(tmp.path());
     let mp = tmp.path().join("mnt");
-    let m = Mounted::start(&dst, &mp, &[]);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &[]).unwrap();
 
     let mut names: Vec<String> = fs::read_dir(&mp)
         .unwrap()
@@ -322,15 +196,15 @@ fn mounted_tree_has_the_image_contents_and_metadata() {
     assert!(fs::write(mp.join("etc/small"), b"x").is_err());
     assert!(fs::write(mp.join("newfile"), b"x").is_err());
 
-    let (status, log) = m.stop();
-    assert!(status.success(), "{log}");
+    let (ok, log) = m.stop().unwrap();
+    assert!(ok, "{log}");
     assert!(!is_mounted(&mp), "SIGTERM unmounts");
     assert!(log.contains("unmounted"), "{log}");
 }
 
 #[test]
 fn concurrent_readers_fetch_each_chunk_once() {
-    if !fuse_ready("concurrent_readers_fetch_each_chunk_once") {
+    if !fuse_available("concurrent_readers_fetch_each_chunk_once") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -340,23 +214,31 @@ fn concurrent_readers_fetch_each_chunk_once() {
     let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
     let mp = tmp.path().join("mnt");
     // One chunk per request, so eight readers race for every chunk.
-    let m = Mounted::start(&dst, &mp, &["--fetch-size", "64KiB"]);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &["--fetch-size", "64KiB"]).unwrap();
     let expected = noise(7, BIG);
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| assert!(fs::read(mp.join("big")).unwrap() == expected));
         }
     });
-    let (status, log) = m.stop();
-    assert!(status.success(), "{log}");
-    assert_eq!(stat(&log, "chunks_fetched"), distinct.len() as u64, "{log}");
-    assert_eq!(stat(&log, "requests"), distinct.len() as u64, "{log}");
-    assert_eq!(stat(&log, "failed_reads"), 0);
+    let (ok, log) = m.stop().unwrap();
+    assert!(ok, "{log}");
+    assert_eq!(
+        mount_stat(&log, "chunks_fetched").unwrap(),
+        distinct.len() as u64,
+        "{log}"
+    );
+    assert_eq!(
+        mount_stat(&log, "requests").unwrap(),
+        distinct.len() as u64,
+        "{log}"
+    );
+    assert_eq!(mount_stat(&log, "failed_reads").unwrap(), 0);
 }
 
 #[test]
 fn corrupt_chunk_reads_as_eio_and_check_names_it() {
-    if !fuse_ready("corrupt_chunk_reads_as_eio_and_check_names_it") {
+    if !fuse_available("corrupt_chunk_reads_as_eio_and_check_names_it") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -371,7 +253,7 @@ fn corrupt_chunk_reads_as_eio_and_check_names_it() {
     fs::write(&blob, &bytes).unwrap();
 
     let mp = tmp.path().join("mnt");
-    let m = Mounted::start(&dst, &mp, &["--fetch-size", "64KiB"]);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &["--fetch-size", "64KiB"]).unwrap();
     let err = fs::read(mp.join("big")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "EIO, got {err}");
     // The chunks before it are served, and correct.
@@ -385,7 +267,7 @@ fn corrupt_chunk_reads_as_eio_and_check_names_it() {
     f.seek(SeekFrom::Start(5 * 65536 + 100)).unwrap();
     assert_eq!(f.read(&mut one).unwrap_err().raw_os_error(), Some(5));
     assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
-    let (_, log) = m.stop();
+    let (_, log) = m.stop().unwrap();
     assert!(log.contains("is corrupt"), "{log}");
     assert!(log.contains(&bad_chunk.digest.to_string()), "{log}");
     assert!(log.contains("path=/big"), "{log}");
@@ -402,7 +284,7 @@ fn corrupt_chunk_reads_as_eio_and_check_names_it() {
 
 #[test]
 fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
-    if !fuse_ready("tampered_or_truncated_bootstrap_is_refused_at_mount") {
+    if !fuse_available("tampered_or_truncated_bootstrap_is_refused_at_mount") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -413,8 +295,10 @@ fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
     let tampered = bootstrap::encode(&tree).unwrap();
     replace_bootstrap(&dst, &tampered);
     let mp = tmp.path().join("mnt");
-    let err = Mounted::try_start(&dst, &mp, &[]).err().expect("refused");
-    assert!(err.contains("exit exit status: 1"), "{err}");
+    let err = NydusMount::start(dst.to_str().unwrap(), &mp, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("exit status: 1"), "{err}");
     assert!(
         err.contains("does not decode to the annotated root"),
         "{err}"
@@ -423,7 +307,9 @@ fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
 
     let truncated = &tampered[..tampered.len() / 2];
     replace_bootstrap(&dst, truncated);
-    let err = Mounted::try_start(&dst, &mp, &[]).err().expect("refused");
+    let err = NydusMount::start(dst.to_str().unwrap(), &mp, &[])
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains("truncated"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!is_mounted(&mp));
@@ -431,7 +317,7 @@ fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
 
 #[test]
 fn remount_reads_from_the_cache_with_zero_fetches() {
-    if !fuse_ready("remount_reads_from_the_cache_with_zero_fetches") {
+    if !fuse_available("remount_reads_from_the_cache_with_zero_fetches") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -441,18 +327,18 @@ fn remount_reads_from_the_cache_with_zero_fetches() {
     let args = ["--cache-dir", cache.to_str().unwrap()];
     let expected = noise(7, BIG);
 
-    let m = Mounted::start(&dst, &mp, &args);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &args).unwrap();
     assert_eq!(fs::read(mp.join("big")).unwrap(), expected);
     assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
-    let (_, log) = m.stop();
-    assert!(stat(&log, "requests") > 0, "{log}");
+    let (_, log) = m.stop().unwrap();
+    assert!(mount_stat(&log, "requests").unwrap() > 0, "{log}");
 
-    let m = Mounted::start(&dst, &mp, &args);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &args).unwrap();
     assert_eq!(fs::read(mp.join("big")).unwrap(), expected);
     assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
-    let (_, log) = m.stop();
-    assert_eq!(stat(&log, "requests"), 0, "{log}");
-    assert!(stat(&log, "disk_hits") > 0, "{log}");
+    let (_, log) = m.stop().unwrap();
+    assert_eq!(mount_stat(&log, "requests").unwrap(), 0, "{log}");
+    assert!(mount_stat(&log, "disk_hits").unwrap() > 0, "{log}");
 
     // A damaged cache file is detected, dropped and fetched again.
     let (_, _, tree) = manifest_and_tree(&dst);
@@ -463,32 +349,37 @@ fn remount_reads_from_the_cache_with_zero_fetches() {
     let hex = hex::encode(c.digest.0);
     let cached = cache.join("chunks").join(&hex[..2]).join(&hex);
     fs::write(&cached, b"HELLO SMALL\n").unwrap();
-    let m = Mounted::start(&dst, &mp, &args);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &args).unwrap();
     assert_eq!(fs::read(mp.join("etc/small")).unwrap(), b"hello small\n");
-    let (_, log) = m.stop();
-    assert_eq!(stat(&log, "requests"), 1, "{log}");
+    let (_, log) = m.stop().unwrap();
+    assert_eq!(mount_stat(&log, "requests").unwrap(), 1, "{log}");
     assert!(log.contains("does not match its digest"), "{log}");
     assert_eq!(fs::read(&cached).unwrap(), b"hello small\n");
 }
 
 #[test]
 fn trace_records_files_in_first_open_order() {
-    if !fuse_ready("trace_records_files_in_first_open_order") {
+    if !fuse_available("trace_records_files_in_first_open_order") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_, dst) = build(tmp.path());
     let mp = tmp.path().join("mnt");
     let trace = tmp.path().join("trace.txt");
-    let m = Mounted::start(&dst, &mp, &["--record-trace", trace.to_str().unwrap()]);
+    let m = NydusMount::start(
+        dst.to_str().unwrap(),
+        &mp,
+        &["--record-trace", trace.to_str().unwrap()],
+    )
+    .unwrap();
     fs::read(mp.join("etc/small")).unwrap();
     fs::read(mp.join("big")).unwrap();
     fs::read(mp.join("hard")).unwrap(); // the same inode as etc/small
     fs::read(mp.join("etc/new")).unwrap();
     fs::read(mp.join("etc/small")).unwrap();
     fs::symlink_metadata(mp.join("sparse")).unwrap(); // a stat is not an open
-    let (status, log) = m.stop();
-    assert!(status.success(), "{log}");
+    let (ok, log) = m.stop().unwrap();
+    assert!(ok, "{log}");
     // A hard-linked file is recorded once, under its first name in breadth-first order.
     let text = fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -502,7 +393,7 @@ fn trace_records_files_in_first_open_order() {
 /// runc with a generated bundle.
 #[test]
 fn container_runs_from_the_mounted_image() {
-    if !fuse_ready("container_runs_from_the_mounted_image") {
+    if !fuse_available("container_runs_from_the_mounted_image") {
         return;
     }
     if Command::new("runc").arg("--version").output().is_err() {
@@ -532,7 +423,7 @@ fn container_runs_from_the_mounted_image() {
     assert!(out.status.success(), "{}", text(&out));
 
     let lower = tmp.path().join("lower");
-    let m = Mounted::start(&dst, &lower, &[]);
+    let m = NydusMount::start(dst.to_str().unwrap(), &lower, &[]).unwrap();
     let bundle = tmp.path().join("bundle");
     let (upper, work, rootfs) = (
         tmp.path().join("upper"),
@@ -571,7 +462,7 @@ fn container_runs_from_the_mounted_image() {
     ]);
     config["root"]["readonly"] = json!(false);
     fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let id = format!("nydus-test-{}", rand_suffix());
+    let id = format!("nydus-test-{}", std::process::id());
     let out = Command::new("runc")
         .arg("run")
         .arg("--bundle")
@@ -592,6 +483,6 @@ fn container_runs_from_the_mounted_image() {
     // The write went to the overlay's upper layer; the image is untouched.
     assert_eq!(fs::read(upper.join("tmp/out")).unwrap(), b"written\n");
     assert!(!lower.join("tmp/out").exists());
-    let (status, log) = m.stop();
-    assert!(status.success(), "{log}");
+    let (ok, log) = m.stop().unwrap();
+    assert!(ok, "{log}");
 }
