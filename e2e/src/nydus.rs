@@ -33,7 +33,8 @@ pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const RICH_MTIME: u64 = 1_704_067_200;
 /// Path of the optional large random file of [`LayeredImage::rich`].
 pub const RICH_LARGE_PATH: &str = "/data/large.bin";
-/// A small file of [`LayeredImage::rich`] (replaced in layer 1: content `nydus\n`, mode 0600).
+/// A small file of [`LayeredImage::rich`] (replaced in layer 1: content `nydus\n`, mode 0600, then
+/// 0644 from the hard link entry naming it, as containerd applies it).
 pub const RICH_SMALL_PATH: &str = "/etc/hostname";
 
 /// Path of the `nydus-fs` binary (built by `cargo build --workspace`).
@@ -506,12 +507,18 @@ impl<'a> LayerWriter<'a> {
     fn hard_link(&mut self, path: &str, target: &str) -> Result<()> {
         let mut h = Self::header(EntryType::Link, 0o644, 0, 0);
         self.tar.append_link(&mut h, path, target)?;
-        let existing = self
+        let mut existing = self
             .model
             .tree
             .get(&format!("/{target}"))
             .cloned()
             .with_context(|| format!("hard link {path} to missing {target}"))?;
+        // containerd and Docker apply the link entry's mode, owner and time to the inode.
+        existing.mode = 0o644;
+        existing.uid = 0;
+        existing.gid = 0;
+        existing.mtime = RICH_MTIME;
+        self.model.put(&format!("/{target}"), existing.clone());
         self.model.put(&format!("/{path}"), existing);
         self.model
             .hard_links
@@ -595,7 +602,10 @@ mod tests {
             tree["/etc/hostname"].content.as_deref(),
             Some(&b"nydus\n"[..])
         );
-        assert_eq!(tree["/etc/hostname"].mode, 0o600);
+        assert_eq!(
+            tree["/etc/hostname"].mode, 0o644,
+            "the hard link's header mode wins"
+        );
         assert_eq!(tree["/etc/hostname.link"], tree["/etc/hostname"]);
         assert_eq!(tree["/opaque/new"].kind, EntryKind::File);
         assert_eq!(tree["/run/fifo"].kind, EntryKind::Fifo);

@@ -18,7 +18,9 @@
 //!   path is an error (symlinks are never followed).
 //! - A hard link (tar `Link`) names the same inode as its target, which must exist in the merged
 //!   tree at that point (lower layers or earlier in this layer) and not be a directory. Replacing
-//!   or deleting one name keeps the inode under its other names.
+//!   or deleting one name keeps the inode under its other names. As containerd and Docker do when
+//!   they unpack (and unlike GNU tar), the link entry's mode, owner and mtime are applied to the
+//!   shared inode: the result is what a runtime would have on disk.
 //! - Regular files are cut into chunks of the tree's chunk size. All-zero chunks become holes.
 //!   Other chunks are looked up by sha256 among every chunk stored so far (any layer) and
 //!   reused, or zstd-compressed and appended to this layer's blob.
@@ -364,7 +366,7 @@ impl Merger {
 
     fn hard_link<R: Read, W: Write>(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        entry: &mut tar::Entry<'_, R>,
         shown: &str,
         parents: &[&[u8]],
         name: &[u8],
@@ -385,9 +387,15 @@ impl Merger {
         let target = self
             .find(&target_parts)
             .ok_or_else(|| bad("target does not exist (or was deleted)".into()))?;
-        if self.tree.inodes[target.0 as usize].kind == InodeKind::Dir {
+        let kind = self.tree.inodes[target.0 as usize].kind;
+        if kind == InodeKind::Dir {
             return Err(bad("target is a directory".into()));
         }
+        let attrs = read_attrs(entry, kind).map_err(|reason| ConvertError::InvalidEntry {
+            layer: index,
+            path: shown.to_owned(),
+            reason,
+        })?;
         let dir = self
             .parents(parents, layer)
             .map_err(|reason| ConvertError::InvalidEntry {
@@ -400,7 +408,13 @@ impl Merger {
         layer.touched.insert((dir, name.to_vec()));
         self.tree
             .link(dir, name, target)
-            .map_err(|e| bad(e.to_string()))
+            .map_err(|e| bad(e.to_string()))?;
+        let inode = &mut self.tree.inodes[target.0 as usize];
+        inode.mode = attrs.mode;
+        inode.uid = attrs.uid;
+        inode.gid = attrs.gid;
+        inode.mtime = attrs.mtime;
+        Ok(())
     }
 
     /// The directory holding an entry: walks `parents` from the root, creating missing
