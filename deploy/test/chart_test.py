@@ -15,16 +15,14 @@
     the init container's `dfdaemon init containerd` into a temporary hosts directory;
   * checks what the chart promises: several supernodes listed alike for the dfdaemons and the
     supernodes' preheat placement, the token only through the Secret, probes on /healthy;
-and that deploy/kubernetes/ is exactly the default render, that values the chart refuses are
-refused with a clear message, and that every metric name in deploy/grafana/ and
-docs/operations.md is one the daemons really export (and every exported one is documented).
+and that deploy/kubernetes/ is exactly the default render, and that values the chart refuses
+are refused with a clear message.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import signal
@@ -315,7 +313,7 @@ def stop_cleanly(proc: subprocess.Popen, log: Path) -> None:
     assert code == 0, f"exit {code} after SIGTERM:\n{log.read_text()[-3000:]}"
 
 
-def run_rendered_daemons(docs: list[dict], bin_dir: Path, metrics: dict[str, str]) -> None:
+def run_rendered_daemons(docs: list[dict], bin_dir: Path) -> None:
     files = configs(docs)
     with tempfile.TemporaryDirectory(prefix="damselfly-chart-") as tmp:
         tmp = Path(tmp)
@@ -333,7 +331,7 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path, metrics: dict[str, str
             argv += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "supernode")]
             log = tmp / "supernode.log"
             with daemon(argv, log) as proc:
-                metrics["supernode"] = wait_healthy(proc, port, log)
+                assert "damselfly_supernode_" in wait_healthy(proc, port, log)
                 stop_cleanly(proc, log)
         for ds in find(docs, "DaemonSet"):
             pod = ds["spec"]["template"]["spec"]
@@ -352,14 +350,14 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path, metrics: dict[str, str
             argv += ["--data-dir", str(tmp / "dfdaemon")]
             log = tmp / "dfdaemon.log"
             with daemon(argv, log) as proc:
-                metrics["dfdaemon"] = wait_healthy(proc, port, log)
+                assert "damselfly_dfdaemon_" in wait_healthy(proc, port, log)
                 stop_cleanly(proc, log)
 
 
 def run_init(bin_dir: Path, args: list[str], hosts: Path, files: dict[str, str]) -> None:
     """The init container's command, writing into a temporary hosts directory."""
     out = subprocess.run([str(bin_dir / "dfdaemon"), *args], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, f"dfdaemon {' '.join(args)}: {out.stderr}"
+    assert out.returncode == 0, f"dfdaemon {' '.join(args)}: exit {out.returncode}: {out.stdout}{out.stderr}"
     df = tomllib.loads(files["dfdaemon.toml"])
     selected = [args[i + 1] for i, a in enumerate(args) if a == "--registry"]
     if not selected:
@@ -371,42 +369,6 @@ def run_init(bin_dir: Path, args: list[str], hosts: Path, files: dict[str, str])
         parsed = tomllib.loads((hosts / host / "hosts.toml").read_text())
         assert f"http://127.0.0.1:{port}" in parsed["host"], parsed
         assert ("server" in parsed) == (host != "_default"), parsed
-
-
-# ---- metric names ---------------------------------------------------------------------------
-
-
-def exported_names(metrics: dict[str, str]) -> tuple[set[str], set[str]]:
-    """(sample names a query can use, family names) from /metrics texts."""
-    samples, families = set(), set()
-    for text in metrics.values():
-        for name, kind in re.findall(r"(?m)^# TYPE (\S+) (\S+)$", text):
-            families.add(name)
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
-            samples.update(name + s for s in suffixes.get(kind, [""]))
-    return samples, families
-
-
-def check_metric_names(metrics: dict[str, str]) -> None:
-    assert set(metrics) == {"supernode", "dfdaemon"}, "need both daemons' /metrics"
-    samples, families = exported_names(metrics)
-    dashboards = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
-    assert dashboards, "no Grafana dashboard"
-    used = set()
-    for path in dashboards:
-        dash = json.loads(path.read_text())
-        exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-        assert exprs, f"{path.name}: no queries"
-        for e in exprs:
-            used.update(re.findall(r"damselfly_[a-z0-9_]+", e))
-    unknown = sorted(used - samples)
-    assert not unknown, f"dashboard queries metrics the daemons do not export: {unknown}"
-    ops = (ROOT / "docs" / "operations.md").read_text()
-    named = set(re.findall(r"damselfly_[a-z0-9_]+", ops))
-    unknown = sorted(n for n in named if n not in samples and n not in families)
-    assert not unknown, f"docs/operations.md names metrics the daemons do not export: {unknown}"
-    undocumented = sorted(f for f in families if f not in named and not (samples & {f + "_total"}) & named)
-    assert not undocumented, f"metrics missing from docs/operations.md: {undocumented}"
 
 
 # ---- entry points ---------------------------------------------------------------------------
@@ -426,7 +388,6 @@ def cmd_check(bin_dir: Path) -> int:
             return 1
     print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {', '.join(KUBE_VERSIONS)}")
     checks = Checks()
-    metrics: dict[str, str] = {}
     cases = [("default values", {})] + [
         (p.relative_to(ROOT).as_posix(), yaml.safe_load(p.read_text())) for p in CI_VALUES
     ]
@@ -439,11 +400,10 @@ def cmd_check(bin_dir: Path) -> int:
             continue
         checks.run(f"schemas of {len(docs)} objects ({label})", validate_objects, docs)
         checks.run(f"chart promises ({label})", check_promises, values, docs)
-        checks.run(f"daemons start with the rendered configs ({label})", run_rendered_daemons, docs, bin_dir, metrics)
+        checks.run(f"daemons start with the rendered configs ({label})", run_rendered_daemons, docs, bin_dir)
     checks.run("refused values name the key", check_refusals)
     checks.run("deploy/kubernetes/damselfly.yaml equals the default render", check_manifests_in_sync)
-    checks.run("metric names in dashboards and docs are exported", check_metric_names, metrics)
-    print(f"chart tests: {checks.passed} passed, {len(checks.failed)} failed")
+    print(f"deploy: {checks.passed} passed, {len(checks.failed)} failed")
     return 1 if checks.failed else 0
 
 
