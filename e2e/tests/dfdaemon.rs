@@ -437,9 +437,7 @@ fn the_node_cache_stays_under_its_capacity() {
         .supernode(supernode.addr())
         .args(["--cache-capacity", "10MiB", "--cache-gc-interval", "200ms"])
         .start();
-    let blobs: Vec<Vec<u8>> = (0..3)
-        .map(|i| damselfly_e2e::random_blob(6 * MIB, 90 + i))
-        .collect();
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| random_blob(6 * MIB, 90 + i)).collect();
     for blob in &blobs {
         let digest = registry.push_blob("e2e/gc", blob);
         let url = format!(
@@ -486,7 +484,7 @@ fn preheat(d: &Dfdaemon, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
 fn a_preheat_puts_the_blob_in_the_node_cache_through_the_swarm_before_any_pull() {
     let _serial = serial();
     let registry = TestRegistry::start();
-    let blob = damselfly_e2e::random_blob(6 * MIB, 40);
+    let blob = random_blob(6 * MIB, 40);
     let digest = registry.push_blob("e2e/preheat", &blob);
     let supernode = Supernode::builder().start();
     let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
@@ -562,7 +560,7 @@ fn a_preheat_puts_the_blob_in_the_node_cache_through_the_swarm_before_any_pull()
 fn a_preheat_of_a_private_blob_gets_the_registrys_refusal_without_credentials() {
     let _serial = serial();
     let registry = TestRegistry::builder().htpasswd("alice", "s3cret").start();
-    let blob = damselfly_e2e::random_blob(2 * MIB, 41);
+    let blob = random_blob(2 * MIB, 41);
     let digest = registry.push_blob("private/preheat", &blob);
     let supernode = Supernode::builder().start();
     let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
