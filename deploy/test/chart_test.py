@@ -249,6 +249,31 @@ def check_refusals() -> None:
             raise AssertionError(f"{values} rendered; expected a refusal naming {message}")
 
 
+def check_values_documented() -> None:
+    """Every value in values.yaml has a comment right above it, or sits under a documented one
+    (e.g. the keys of a `resources` default)."""
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    previous = ""
+    missing = []
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        m = re.match(r"^( *)([A-Za-z0-9_]+):(.*)$", line)
+        if m:
+            indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = previous.lstrip().startswith("#")
+            inherited = any(d for _, d in stack)
+            following = next((x for x in lines[n:] if x.strip()), "")
+            is_parent = rest == "" and len(following) - len(following.lstrip()) > indent
+            if not (documented or inherited or is_parent):
+                missing.append(f"line {n}: {key}")
+            stack.append((indent, documented))
+        if line.strip():
+            previous = line
+    assert not missing, f"values.yaml values without a comment: {missing}"
+
+
 def check_manifests_in_sync() -> None:
     want = manifest_text(render(None))
     have = MANIFESTS.read_text() if MANIFESTS.exists() else ""
@@ -401,6 +426,7 @@ def cmd_check(bin_dir: Path) -> int:
         checks.run(f"schemas of {len(docs)} objects ({label})", validate_objects, docs)
         checks.run(f"chart promises ({label})", check_promises, values, docs)
         checks.run(f"daemons start with the rendered configs ({label})", run_rendered_daemons, docs, bin_dir)
+    checks.run("values.yaml documents every value", check_values_documented)
     checks.run("refused values name the key", check_refusals)
     checks.run("deploy/kubernetes/damselfly.yaml equals the default render", check_manifests_in_sync)
     print(f"deploy: {checks.passed} passed, {len(checks.failed)} failed")
