@@ -26,4 +26,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo test"
 cargo test --workspace
 
+section "deploy: Helm chart, plain manifests, systemd units (scripts/test-deploy.sh)"
+bash scripts/test-deploy.sh
+
 section "all tests passed"

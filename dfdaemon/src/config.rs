@@ -486,6 +486,58 @@ mod tests {
         assert_eq!(back.preheat_timeout, Duration::from_secs(1800));
     }
 
+    /// deploy/config/dfdaemon.toml is the default file with comments: the same keys, each
+    /// with its default value, accepted as it is; the keys without a default (optional ones
+    /// and a `[[registries]]` entry) are there commented out, and accepted once uncommented.
+    #[test]
+    fn deploy_example_holds_every_key_with_its_default() {
+        let example = include_str!("../../deploy/config/dfdaemon.toml");
+        let parsed: Config = parse(example).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+        let keys: toml::Table = toml::from_str(example).unwrap();
+        let defaults: toml::Table = toml::from_str(&Config::default_toml()).unwrap();
+        assert_eq!(keys, defaults);
+
+        let commented: Vec<&str> = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+            .collect();
+        let optional = commented
+            .iter()
+            .filter(|l| l.starts_with("advertise_ip") || l.starts_with("hostname"));
+        let mut text = String::from("version = 1\n");
+        for line in optional {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("[[registries]]\n");
+        let entry_at = example.find("# [[registries]]").unwrap();
+        for line in example[entry_at..].lines().skip(1) {
+            let line = line.strip_prefix("# ").unwrap();
+            if !line.starts_with('#') {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let c: Config = parse(&text).unwrap();
+        c.validate().unwrap();
+        assert!(c.advertise_ip.is_some() && c.hostname.is_some(), "{text}");
+        let r = &c.registries[0];
+        assert!(r.endpoint.is_some() && r.ca_file.is_some(), "{text}");
+        let all_registry_keys = toml::to_string(r).unwrap();
+        let written: toml::Table = toml::from_str(&all_registry_keys).unwrap();
+        let entry: toml::Table =
+            toml::from_str(text.split("[[registries]]\n").nth(1).unwrap()).unwrap();
+        let keys = |t: &toml::Table| t.keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(
+            keys(&written),
+            keys(&entry),
+            "every [[registries]] key is in the example"
+        );
+    }
+
     #[test]
     fn hostname_and_preheat_timeout_come_from_file_or_flags() {
         let mut c: Config =

@@ -39,18 +39,50 @@ fn registries(config: &Config) -> Vec<String> {
     hosts
 }
 
-/// containerd `hosts.toml` files: one per configured registry (so its `server` is right)
-/// and `_default` for every other registry.
-pub fn containerd(config: &Config, mirror: &str, hosts_dir: &Path) -> Vec<ConfigFile> {
+/// The name of containerd's catch-all hosts directory, accepted in `only`.
+pub const CONTAINERD_DEFAULT: &str = "_default";
+
+/// The registries `init` configures: `only` without repeats when given, else (`_default`
+/// when `with_default`,) `docker.io` and every configured registry.
+fn selection(config: &Config, only: &[String], with_default: bool) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    if only.is_empty() {
+        if with_default {
+            hosts.push(CONTAINERD_DEFAULT.to_owned());
+        }
+        hosts.extend(registries(config));
+        return hosts;
+    }
+    for h in only {
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
+    hosts
+}
+
+/// containerd `hosts.toml` files: by default `_default` for every registry plus one per
+/// configured registry and `docker.io` (so their `server` is right); with `only`, exactly
+/// the registries named there (`_default` for the catch-all).
+pub fn containerd(
+    config: &Config,
+    mirror: &str,
+    hosts_dir: &Path,
+    only: &[String],
+) -> Vec<ConfigFile> {
     let host_block = format!("[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
-    let mut files = vec![ConfigFile {
-        path: hosts_dir.join("_default").join("hosts.toml"),
-        contents: format!(
-            "# Written by `dfdaemon init containerd`: every registry is pulled through the \
-             Damselfly mirror,\n# then directly when the mirror cannot help.\n{host_block}"
-        ),
-    }];
-    for host in registries(config) {
+    let mut files = Vec::new();
+    for host in selection(config, only, true) {
+        if host == CONTAINERD_DEFAULT {
+            files.push(ConfigFile {
+                path: hosts_dir.join(CONTAINERD_DEFAULT).join("hosts.toml"),
+                contents: format!(
+                    "# Written by `dfdaemon init containerd`: every registry is pulled through the \
+                     Damselfly mirror,\n# then directly when the mirror cannot help.\n{host_block}"
+                ),
+            });
+            continue;
+        }
         let rc = config.registry(&host);
         let server = crate::upstream::base_url(
             &host,
@@ -65,6 +97,31 @@ pub fn containerd(config: &Config, mirror: &str, hosts_dir: &Path) -> Vec<Config
         });
     }
     files
+}
+
+/// Checks the registries named for `init` (`--registry`): each a registry host, or
+/// `_default` where the runtime has a catch-all (`allow_default`).
+///
+/// # Errors
+/// The first unusable name, with the reason.
+pub fn check_selection(only: &[String], allow_default: bool) -> Result<(), String> {
+    for h in only {
+        if h == CONTAINERD_DEFAULT {
+            if !allow_default {
+                return Err(format!(
+                    "{CONTAINERD_DEFAULT} is containerd's catch-all; name each registry instead"
+                ));
+            }
+            continue;
+        }
+        if h.is_empty() || h.contains('/') || h.contains(char::is_whitespace) || h.starts_with('.')
+        {
+            return Err(format!(
+                "--registry {h:?}: expected a registry host such as docker.io or registry.local:5000"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Docker's `daemon.json` with the mirror first in `registry-mirrors`, keeping every other
@@ -96,15 +153,16 @@ pub fn docker(mirror: &str, existing: Option<&str>, path: &Path) -> Result<Confi
     })
 }
 
-/// A `registries.conf` drop-in: each registry gets the mirror with its host as path prefix.
-pub fn podman(config: &Config, mirror: &str, path: &Path) -> ConfigFile {
+/// A `registries.conf` drop-in: each registry (`docker.io` and the configured ones, or
+/// exactly `only` when given) gets the mirror with its host as path prefix.
+pub fn podman(config: &Config, mirror: &str, path: &Path, only: &[String]) -> ConfigFile {
     let mirror_host = mirror
         .trim_start_matches("http://")
         .trim_start_matches("https://");
     let mut out = String::from(
         "# Written by `dfdaemon init podman`: pulls go through the Damselfly mirror first.\n",
     );
-    for host in registries(config) {
+    for host in selection(config, only, false) {
         let location = if host == "docker.io" {
             "registry-1.docker.io".to_owned()
         } else {
@@ -142,7 +200,12 @@ mod tests {
     #[test]
     fn containerd_gets_a_default_and_one_file_per_registry() {
         let c = config();
-        let files = containerd(&c, &mirror_url(&c), Path::new("/etc/containerd/certs.d"));
+        let files = containerd(
+            &c,
+            &mirror_url(&c),
+            Path::new("/etc/containerd/certs.d"),
+            &[],
+        );
         let paths: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
         assert_eq!(
             paths,
@@ -183,7 +246,7 @@ mod tests {
     #[test]
     fn podman_uses_the_path_prefix_form() {
         let c = config();
-        let f = podman(&c, &mirror_url(&c), Path::new("/x.conf"));
+        let f = podman(&c, &mirror_url(&c), Path::new("/x.conf"), &[]);
         let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
         let regs = parsed["registry"].as_array().unwrap();
         assert_eq!(regs.len(), 2);
@@ -193,5 +256,55 @@ mod tests {
             Some("127.0.0.1:65001/reg.local:5000")
         );
         assert_eq!(regs[1]["insecure"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn only_the_selected_registries_are_configured() {
+        let c = config();
+        let only =
+            |hosts: &[&str]| -> Vec<String> { hosts.iter().map(|h| (*h).to_owned()).collect() };
+        let dir = Path::new("/hosts");
+        let files = containerd(
+            &c,
+            "http://127.0.0.1:65001",
+            dir,
+            &only(&["reg.local:5000", "ghcr.io", "ghcr.io"]),
+        );
+        let paths: Vec<_> = files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/hosts/reg.local:5000/hosts.toml",
+                "/hosts/ghcr.io/hosts.toml"
+            ]
+        );
+        // A configured registry keeps its settings; another gets its https:// server.
+        let reg: toml::Table = toml::from_str(&files[0].contents).unwrap();
+        assert_eq!(reg["server"].as_str(), Some("http://reg.local:5000"));
+        let ghcr: toml::Table = toml::from_str(&files[1].contents).unwrap();
+        assert_eq!(ghcr["server"].as_str(), Some("https://ghcr.io"));
+
+        let files = containerd(&c, "http://127.0.0.1:65001", dir, &only(&["_default"]));
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, dir.join("_default/hosts.toml"));
+        let catch_all: toml::Table = toml::from_str(&files[0].contents).unwrap();
+        assert!(catch_all.get("server").is_none());
+
+        let f = podman(
+            &c,
+            "http://127.0.0.1:65001",
+            Path::new("/x.conf"),
+            &only(&["quay.io"]),
+        );
+        let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
+        let regs = parsed["registry"].as_array().unwrap();
+        assert_eq!(regs.len(), 1);
+        assert_eq!(regs[0]["prefix"].as_str(), Some("quay.io"));
+
+        assert!(check_selection(&only(&["_default", "docker.io", "reg:5000"]), true).is_ok());
+        assert!(check_selection(&only(&["_default"]), false).is_err());
+        for bad in ["", "a/b", "../etc", "two words"] {
+            assert!(check_selection(&only(&[bad]), true).is_err(), "{bad:?}");
+        }
     }
 }

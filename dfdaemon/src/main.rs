@@ -46,6 +46,11 @@ enum Command {
         /// Docker's daemon.json.
         #[arg(long, value_name = "FILE", default_value = "/etc/docker/daemon.json")]
         docker_config: PathBuf,
+        /// Configure only these registries (repeatable), `_default` being containerd's
+        /// catch-all. Default: `_default` (containerd), `docker.io` and every configured
+        /// registry. Not for Docker, which mirrors Docker Hub only.
+        #[arg(long = "registry", value_name = "HOST")]
+        registries: Vec<String>,
         /// Podman's registries.conf drop-in.
         #[arg(
             long,
@@ -94,11 +99,22 @@ fn main() -> ExitCode {
         hosts_dir,
         docker_config,
         podman_config,
+        registries,
     }) = cli.command
     {
         let mirror = mirror.unwrap_or_else(|| init::mirror_url(&config));
+        let checked = match runtime {
+            Runtime::Containerd => init::check_selection(&registries, true),
+            Runtime::Podman => init::check_selection(&registries, false),
+            Runtime::Docker if registries.is_empty() => Ok(()),
+            Runtime::Docker => Err("--registry: Docker mirrors Docker Hub only".to_owned()),
+        };
+        if let Err(e) = checked {
+            eprintln!("dfdaemon init: {e}");
+            return ExitCode::from(damselfly_common::config::EXIT_CONFIG);
+        }
         let files = match runtime {
-            Runtime::Containerd => init::containerd(&config, &mirror, &hosts_dir),
+            Runtime::Containerd => init::containerd(&config, &mirror, &hosts_dir, &registries),
             Runtime::Docker => {
                 let existing = std::fs::read_to_string(&docker_config).ok();
                 match init::docker(&mirror, existing.as_deref(), &docker_config) {
@@ -109,7 +125,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Runtime::Podman => vec![init::podman(&config, &mirror, &podman_config)],
+            Runtime::Podman => vec![init::podman(&config, &mirror, &podman_config, &registries)],
         };
         return emit(&files, write);
     }

@@ -194,6 +194,10 @@ pub struct Engine {
     tracker: TaskTracker,
     /// Tasks this peer joined, with the index of their supernode.
     joined: parking_lot::Mutex<HashMap<String, usize>>,
+    /// Joined tasks whose whole content is here and verified: the only ones `keepalive`
+    /// reports as complete. A download still running must not be: the supernode would count
+    /// it as holding every piece, hand it out as a full parent and stop seeding it.
+    complete: parking_lot::Mutex<HashSet<String>>,
 }
 
 impl Engine {
@@ -259,6 +263,7 @@ impl Engine {
             shutdown,
             tracker,
             joined: parking_lot::Mutex::new(HashMap::new()),
+            complete: parking_lot::Mutex::new(HashSet::new()),
         })
     }
 
@@ -276,6 +281,7 @@ impl Engine {
     /// locally, e.g. evicted from a cache).
     pub async fn forget(&self, task_id: &str) {
         self.server.remove(task_id);
+        self.complete.lock().remove(task_id);
         let joined = self.joined.lock().remove(task_id);
         if let Some(sn) = joined.and_then(|i| self.supernodes.get(i))
             && let Err(e) = sn.leave(task_id, self.peer_id).await
@@ -305,12 +311,15 @@ impl Engine {
     /// supernode's peer timeout. Tasks the supernode no longer knows are dropped from the
     /// list (their content is still served to anyone who asks).
     pub async fn keepalive(&self) {
-        let joined: Vec<(String, usize)> = self
-            .joined
-            .lock()
-            .iter()
-            .map(|(t, i)| (t.clone(), *i))
-            .collect();
+        let joined: Vec<(String, usize)> = {
+            let complete = self.complete.lock();
+            self.joined
+                .lock()
+                .iter()
+                .filter(|(t, _)| complete.contains(*t))
+                .map(|(t, i)| (t.clone(), *i))
+                .collect()
+        };
         for (task_id, index) in joined {
             let Some(sn) = self.supernodes.get(index) else {
                 continue;
@@ -319,6 +328,7 @@ impl Engine {
             match sn.sync(&req).await {
                 Err(e) if e.code() == Some("UNKNOWN_TASK") => {
                     self.joined.lock().remove(&task_id);
+                    self.complete.lock().remove(&task_id);
                 }
                 Err(e) => debug!(error = %e, task = %task_id, "keepalive failed"),
                 Ok(_) => {}
@@ -444,24 +454,32 @@ impl Engine {
             Ok(()) => {}
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
                 self.server.remove(&task.task_id);
+                self.joined.lock().remove(&task.task_id);
                 drop(out);
                 let why = format!("supernode lost mid-download ({why})");
                 return self.back_source(req, digest, started, progress, &why).await;
             }
             Err(SwarmError::SupernodeLost(why)) => {
                 self.server.remove(&task.task_id);
+                self.joined.lock().remove(&task.task_id);
                 return Err(DownloadError::NoRoute(why));
             }
             Err(SwarmError::Fatal(e)) => {
-                self.server.remove(&task.task_id);
+                // Leave at once: the pieces it reported are no longer served here.
+                self.forget(&task.task_id).await;
                 return Err(e);
             }
         }
         let expected = digest.or_else(|| task.digest.parse().ok());
-        let file_digest = check_digest(&out, expected).await.inspect_err(|_| {
-            self.server.remove(&task.task_id);
-        })?;
+        let file_digest = match check_digest(&out, expected).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.forget(&task.task_id).await;
+                return Err(e);
+            }
+        };
         out.commit()?;
+        self.complete.lock().insert(task.task_id.clone());
         report.digest = file_digest.to_string();
         report.elapsed = started.elapsed();
         // Tell the supernode at once that this peer is complete: it is now a full parent.

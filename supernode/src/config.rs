@@ -404,6 +404,19 @@ mod tests {
         back.validate().unwrap();
     }
 
+    /// deploy/config/supernode.toml is the default file with comments: the same keys, each
+    /// with its default value, and accepted as it is.
+    #[test]
+    fn deploy_example_holds_every_key_with_its_default() {
+        let example = include_str!("../../deploy/config/supernode.toml");
+        let parsed: Config = parse(example).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+        let keys: toml::Table = toml::from_str(example).unwrap();
+        let defaults: toml::Table = toml::from_str(&Config::default_toml()).unwrap();
+        assert_eq!(keys, defaults);
+    }
+
     #[test]
     fn sections_deserialize() {
         let c: Config = parse(
