@@ -7,9 +7,10 @@ set -euo pipefail
 # and run through; skopeo: the registries.conf (path-prefix) client; busybox-static: the
 # test image's userland; ccache: lets `cargo clippy` reuse `cargo build`'s RocksDB C++ objects;
 # python3-venv: the deploy checks' pinned PyPI packages (Helm SDK, Kubernetes schemas);
-# systemd: `systemd-analyze verify` of the units in deploy/systemd.
+# systemd: `systemd-analyze verify` of the units in deploy/systemd; fuse3: fusermount3 for the
+# nydus-fs mounts (the tests mount as root through /dev/fuse, and detach with fusermount3).
 PACKAGES=(docker-registry apache2-utils libclang-dev clang iproute2 ca-certificates curl
-    containerd runc skopeo busybox-static ccache python3-venv systemd)
+    containerd runc skopeo busybox-static ccache python3-venv systemd fuse3)
 
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=()
@@ -50,7 +51,7 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${SUDO[@]}" systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
-for tool in docker-registry htpasswd containerd ctr runc skopeo ccache systemd-analyze; do
+for tool in docker-registry htpasswd containerd ctr runc skopeo ccache systemd-analyze fusermount3; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool not found on PATH after install" >&2; exit 1; }
 done
 
