@@ -22,8 +22,9 @@
 //!   carries more than its capacity, the supernode's included.
 //! - **Pieces.** A piece is served only once it has been fully received (store and forward).
 //!   A request reaches its source after the latency; a source answers `Busy` when all its
-//!   upload slots are taken (4 per peer, `cdn.upload_slots` = 8 for the supernode, as the
-//!   daemons do, without a queue) and "absent" when it does not hold the piece; the last byte
+//!   upload slots are taken (4 per peer, as `dfget` does, without a queue; the supernode's
+//!   sends are not slot-bound, see [`SimConfig::seed_slots`]) and "absent" when it does not
+//!   hold the piece; the last byte
 //!   reaches the requester one latency after the flow ends.
 //! - **Peers** follow `dfget`'s loop: sync every `sync_interval` (200 ms), sooner
 //!   (`sync_interval / 4`) after a new piece, at once after a corrupt one; while a sync is in
@@ -112,7 +113,10 @@ pub struct SimConfig {
     pub scheduler: SchedulerConfig,
     /// Every peer's picker settings.
     pub picker: PickerConfig,
-    /// Concurrent uploads of the supernode (`cdn.upload_slots`, default 8).
+    /// Concurrent uploads of the supernode; beyond them it answers `Busy`. Default unlimited:
+    /// the supernode's `cdn.upload_slots` permit covers reading a piece from disk and is
+    /// released before the body is sent, so its sends are bounded only by the scheduler's
+    /// offers and the peers' `seed_in_flight`.
     pub seed_slots: u32,
     /// Peers' sync period (`dfget`'s `sync_interval`, default 200 ms).
     pub sync_interval: Duration,
@@ -140,7 +144,7 @@ impl SimConfig {
             seed: 1,
             scheduler: SchedulerConfig::default(),
             picker: PickerConfig::default(),
-            seed_slots: 8,
+            seed_slots: u32::MAX,
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
         }

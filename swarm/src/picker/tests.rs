@@ -153,16 +153,30 @@ fn backoff_then_retry() {
     p.handle_piece_failed(t, 0, Source::Seed, FailReason::Busy);
     assert_eq!(p.in_flight(), 0);
     assert_eq!(p.poll_request(t), None);
-    let until = t + Duration::from_millis(500);
-    assert_eq!(p.poll_timeout(), Some(until));
+    // Busy is skipped briefly, other failures for longer.
+    let busy_until = t + Duration::from_millis(50);
+    assert_eq!(p.poll_timeout(), Some(busy_until));
     // A parent that has the piece can be used meanwhile.
     p.handle_parents(t, vec![(PeerId(5), Bitmap::full(1))]);
     let r = p.poll_request(t).unwrap();
     assert_eq!(r.source, Source::Peer(PeerId(5)));
     p.handle_piece_failed(t, 0, r.source, FailReason::Timeout);
-    assert_eq!(p.poll_request(t + Duration::from_millis(499)), None);
+    assert_eq!(p.poll_request(t + Duration::from_millis(49)), None);
+    // The seed is back first; the parent only after 500 ms.
+    let r = p.poll_request(busy_until).unwrap();
+    assert_eq!(r.source, Source::Seed);
+    p.handle_piece_failed(busy_until, 0, r.source, FailReason::Io);
+    let until = t + Duration::from_millis(500);
+    assert_eq!(p.poll_timeout(), Some(until));
+    assert_eq!(p.poll_request(until - Duration::from_millis(1)), None);
     let r = p.poll_request(until).unwrap();
-    assert_eq!(r.piece, 0);
+    assert_eq!(
+        r,
+        Request {
+            piece: 0,
+            source: Source::Peer(PeerId(5))
+        }
+    );
     p.handle_piece_done(until, 0, r.source);
     assert!(p.is_complete());
     assert_eq!(p.poll_timeout(), None);
