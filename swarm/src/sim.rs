@@ -298,6 +298,8 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// Peers the scheduler banned.
     pub banned: usize,
+    /// When the supernode had sent every piece at least once; `None` if it never did.
+    pub injected: Option<Duration>,
 }
 
 impl SimReport {
@@ -349,7 +351,8 @@ impl SimReport {
             .max()
     }
 
-    fn ratio(&self, q: f64) -> f64 {
+    /// The `q` quantile (0.0–1.0) of completion times divided by the bound.
+    pub fn ratio(&self, q: f64) -> f64 {
         let t = self.completion_times();
         if t.is_empty() || self.bound.is_zero() {
             return f64::NAN;

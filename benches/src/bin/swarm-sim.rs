@@ -28,6 +28,27 @@ struct Cli {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// What-if: parents per peer (scheduler's `parents_per_peer`).
+    #[arg(long)]
+    parents: Option<usize>,
+    /// What-if: requests in flight per peer (picker's `max_in_flight`).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// What-if: requests in flight per parent (picker's `per_parent_in_flight`).
+    #[arg(long)]
+    per_parent: Option<usize>,
+    /// What-if: unreported supernode offers (scheduler's `seed_offers`).
+    #[arg(long)]
+    seed_offers: Option<u32>,
+    /// What-if: upload slots per peer.
+    #[arg(long)]
+    upload_slots: Option<u32>,
+    /// What-if: how long a Busy parent is skipped, in milliseconds.
+    #[arg(long)]
+    busy_backoff_ms: Option<u64>,
+    /// What-if: peers' sync period in milliseconds (a quarter of it after a new piece).
+    #[arg(long)]
+    sync_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +77,27 @@ fn main() -> anyhow::Result<()> {
             c.seed = cli.seed;
             if let Some(p) = piece_size {
                 c.piece_size = p.max(1);
+            }
+            if let Some(v) = cli.parents {
+                c.scheduler.parents_per_peer = v;
+            }
+            if let Some(v) = cli.max_in_flight {
+                c.picker.max_in_flight = v;
+            }
+            if let Some(v) = cli.per_parent {
+                c.picker.per_parent_in_flight = v;
+            }
+            if let Some(v) = cli.seed_offers {
+                c.scheduler.seed_offers = v;
+            }
+            if let Some(v) = cli.upload_slots {
+                c.scheduler.upload_slots = v;
+            }
+            if let Some(v) = cli.busy_backoff_ms {
+                c.picker.busy_backoff = std::time::Duration::from_millis(v);
+            }
+            if let Some(v) = cli.sync_ms {
+                c.sync_interval = std::time::Duration::from_millis(v.max(1));
             }
         });
         if !cli.json {

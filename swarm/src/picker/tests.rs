@@ -58,7 +58,12 @@ fn random_tie_break_differs_between_peers() {
 
 #[test]
 fn limits_and_no_duplicates() {
-    let (mut p, t) = picker(64);
+    let cfg = PickerConfig {
+        max_in_flight: 8,
+        per_parent_in_flight: 2,
+        ..PickerConfig::default()
+    };
+    let (mut p, t) = (Picker::new(64, cfg, 3), Instant::now());
     p.handle_parents(t, (1..=3).map(|i| (PeerId(i), Bitmap::full(64))).collect());
     p.handle_seed_pieces(Bitmap::full(64));
     let reqs = drain(&mut p, t);
@@ -83,7 +88,7 @@ fn seed_only_for_pieces_no_parent_has() {
     let (mut p, t) = picker(8);
     p.handle_parents(t, vec![(PeerId(1), bits(8, &[0, 1, 2, 3]))]);
     let reqs = drain(&mut p, t);
-    assert_eq!(reqs.len(), 2, "nothing from the seed before it has pieces");
+    assert_eq!(reqs.len(), 1, "one at a time per parent, nothing from the seed yet");
     p.handle_seed_pieces(Bitmap::full(8));
     let seed = drain(&mut p, t);
     assert_eq!(seed.len(), 4);
@@ -93,7 +98,26 @@ fn seed_only_for_pieces_no_parent_has() {
     }
     // Seed limit reached and nothing else available.
     assert_eq!(p.poll_request(t), None);
-    assert_eq!(p.in_flight(), 6);
+    assert_eq!(p.in_flight(), 5);
+}
+
+#[test]
+fn seed_pieces_first_and_outside_the_parent_budget() {
+    let (mut p, t) = picker(16);
+    // Four parents fill max_in_flight (4) ...
+    p.handle_parents(t, (1..=4).map(|i| (PeerId(i), bits(16, &[0, 1, 2, 3, 4, 5]))).collect());
+    assert_eq!(drain(&mut p, t).len(), 4);
+    // ... and a piece only the seed has is still fetched, on its own budget.
+    p.handle_seed_pieces(bits(16, &[9]));
+    assert_eq!(
+        p.poll_request(t),
+        Some(Request {
+            piece: 9,
+            source: Source::Seed
+        })
+    );
+    assert_eq!(p.in_flight(), 5);
+    assert_eq!(p.poll_request(t), None);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::net::{FlowId, Net, NodeIdx, Reschedule};
+use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
 use super::{Arrivals, Link, PeerOutcome, SimConfig, SimReport, kumar_ross};
 use crate::{
     Bitmap, FailReason, PeerId, Picker, SchedError, SchedEvent, Source, TaskScheduler, piece_count,
@@ -135,6 +135,7 @@ pub(super) struct Sim {
     net: Net,
     transfers: Vec<Option<Transfer>>,
     seed_has: Bitmap,
+    seed_sent: Bitmap,
     seed_uploads: u32,
     peers: Vec<Peer>,
     slots: u32,
@@ -213,6 +214,7 @@ impl Sim {
             net,
             transfers: Vec::new(),
             seed_has: Bitmap::full(pieces),
+            seed_sent: Bitmap::new(pieces),
             seed_uploads: 0,
             peers: Vec::with_capacity(n),
             slots: config.scheduler.upload_slots,
@@ -231,6 +233,7 @@ impl Sim {
                 events: 0,
                 elapsed: Duration::ZERO,
                 banned: 0,
+                injected: None,
             },
             config: config.clone(),
         };
@@ -585,13 +588,13 @@ impl Sim {
     }
 
     fn flow_done(&mut self, id: FlowId) {
-        if !self.net.is_current(id) {
-            return;
-        }
         let mut out = std::mem::take(&mut self.resched);
-        self.net.end(self.now, id, &mut out);
+        let wake = self.net.wake(self.now, id, &mut out);
         self.schedule_flows(&mut out);
         self.resched = out;
+        if wake != Wake::Done {
+            return;
+        }
         let Some(t) = self.transfers[id.slot as usize].take() else {
             return;
         };
@@ -601,6 +604,10 @@ impl Sim {
             Node::Seed => {
                 self.seed_uploads -= 1;
                 self.report.seed_bytes_sent += bytes;
+                self.seed_sent.set(t.piece);
+                if self.seed_sent.is_full() && self.report.injected.is_none() {
+                    self.report.injected = Some(Duration::from_nanos(self.now));
+                }
             }
             Node::Peer(j) => {
                 self.peers[j as usize].uploads -= 1;

@@ -18,15 +18,16 @@ use std::fmt;
 /// Index of a node (the driver decides what the numbers mean).
 pub(crate) type NodeIdx = u32;
 
-/// Handle of a running flow; `version` changes whenever its finish time does.
+/// Handle of a running flow; `version` changes when the slot is reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FlowId {
     pub(crate) slot: u32,
     pub(crate) version: u32,
 }
 
-/// A flow whose finish time changed: the driver schedules `finish_ns` for `id` and ignores
-/// events for older versions.
+/// A flow that may now finish earlier than its pending wake-up: the driver schedules a call
+/// to [`Net::wake`] at `finish_ns`. Flows that slow down keep their wake-up, which then
+/// finds bytes left and asks for a later one (fewer events than rescheduling every change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reschedule {
     pub(crate) id: FlowId,
@@ -50,8 +51,19 @@ struct Flow {
     /// Bytes per second.
     rate: f64,
     at_ns: u64,
+    /// The earliest wake-up scheduled for this flow.
+    due_ns: u64,
     version: u32,
     live: bool,
+}
+
+/// What a wake-up found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The flow delivered its last byte and is gone.
+    Done,
+    /// Not this flow's current wake-up, or bytes are left (a later one was requested).
+    NotYet,
 }
 
 /// The network: nodes with capacities and the flows between them.
@@ -114,6 +126,7 @@ impl Net {
             left: bytes as f64,
             rate: 0.0,
             at_ns: now_ns,
+            due_ns: u64::MAX,
             version: 0,
             live: true,
         };
@@ -142,6 +155,26 @@ impl Net {
         self.flows
             .get(id.slot as usize)
             .is_some_and(|f| f.live && f.version == id.version)
+    }
+
+    /// A wake-up scheduled for `id` at `now_ns` fired: ends the flow if its bytes are all
+    /// sent, otherwise asks (through `out`) for a later wake-up.
+    pub(crate) fn wake(&mut self, now_ns: u64, id: FlowId, out: &mut Vec<Reschedule>) -> Wake {
+        if !self.is_current(id) || self.flows[id.slot as usize].due_ns != now_ns {
+            return Wake::NotYet;
+        }
+        self.settle(id.slot, now_ns);
+        let f = &mut self.flows[id.slot as usize];
+        if f.left > 0.0 {
+            f.due_ns = now_ns + finish_after_ns(f.left, f.rate).max(1);
+            out.push(Reschedule {
+                id,
+                finish_ns: f.due_ns,
+            });
+            return Wake::NotYet;
+        }
+        self.end(now_ns, id, out);
+        Wake::Done
     }
 
     /// Ends a flow (finished or aborted) at `now_ns` and re-shares its nodes' capacity.
@@ -233,10 +266,9 @@ impl Net {
     ) {
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
-        for node in [a, b] {
-            let n = &self.nodes[node as usize];
-            touched.extend(n.ups.iter().chain(&n.downs).copied());
-        }
+        // Only the uplink of `a` and the downlink of `b` changed.
+        touched.extend(&self.nodes[a as usize].ups);
+        touched.extend(&self.nodes[b as usize].downs);
         touched.sort_unstable();
         touched.dedup();
         let mut old = std::mem::take(&mut self.old_rates);
@@ -266,20 +298,19 @@ impl Net {
             }
         }
         // 2. Spare capacity of the dirty nodes to flows whose other end has room.
-        for node in [a, b] {
-            self.fill(node, true);
-            self.fill(node, false);
-        }
+        self.fill(a, true);
+        self.fill(b, false);
         for (k, &s) in touched.iter().enumerate() {
             let f = &mut self.flows[s as usize];
-            let changed = (f.rate - old[k]).abs() > EPS || Some(s) == new;
-            if !changed {
+            let faster = f.rate > old[k] + EPS || Some(s) == new;
+            if !faster {
                 continue;
             }
-            if Some(s) != new {
-                f.version = f.version.wrapping_add(1);
-            }
             let finish_ns = now_ns + finish_after_ns(f.left, f.rate);
+            if finish_ns >= f.due_ns {
+                continue;
+            }
+            f.due_ns = finish_ns;
             out.push(Reschedule {
                 id: FlowId {
                     slot: s,
@@ -378,18 +409,25 @@ mod tests {
         let f1 = net.start(0, s, x, 100, &mut out);
         assert_eq!(finish(&out, f1), 1_000_000_000);
         out.clear();
-        // Half a second later a second flow halves the first one's rate: 50 bytes left at
-        // 50 B/s is 1 s more.
+        // Half a second later a second flow halves the first one's rate. The first keeps its
+        // wake-up at 1 s, which finds 25 bytes left at 50 B/s: a new one at 1.5 s.
         let f2 = net.start(500_000_000, s, y, 100, &mut out);
-        let f1 = *out.iter().find(|r| r.id.slot == f1.slot).unwrap();
-        assert_eq!(f1.finish_ns, 1_500_000_000);
+        assert_eq!(out.len(), 1, "only the new flow is scheduled: {out:?}");
         assert_eq!(finish(&out, f2), 2_500_000_000);
+        out.clear();
+        assert_eq!(net.wake(1_000_000_000, f1, &mut out), Wake::NotYet);
+        assert_eq!(finish(&out, f1), 1_500_000_000);
         net.check_caps();
         out.clear();
-        // When the first ends, the second gets the whole uplink: 50 bytes left at 100 B/s.
-        net.end(1_500_000_000, f1.id, &mut out).unwrap();
+        // A stale wake-up is ignored.
+        assert_eq!(net.wake(1_200_000_000, f1, &mut out), Wake::NotYet);
+        assert!(out.is_empty());
+        // When the first ends, the second gets the whole uplink: 50 bytes left at 100 B/s,
+        // earlier than its pending wake-up, so it is rescheduled.
+        assert_eq!(net.wake(1_500_000_000, f1, &mut out), Wake::Done);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].finish_ns, 2_000_000_000);
+        assert_eq!(net.wake(2_000_000_000, f2, &mut out), Wake::Done);
         net.check_caps();
     }
 
