@@ -125,6 +125,7 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                 "min_over_floor": min_over_floor,
                 "banned": rep.banned,
                 "injected_secs": rep.injected.map(|d| d.as_secs_f64()),
+                "delivered_per_100ms": rep.delivered,
                 "busy": rep.busy,
                 "syncs": rep.syncs,
                 "requests": rep.requests,

@@ -147,12 +147,36 @@ pub struct TaskScheduler {
     /// Per piece, a few slots of recent holders (validated on use), to seed candidate lists
     /// with peers holding the rarest pieces.
     recent_holders: Vec<Vec<u32>>,
-    /// Per piece, who the seed last offered it to and until when.
-    seed_offers: Vec<Option<(PeerId, Instant)>>,
+    /// Per piece, the supernode's current offer.
+    seed_offers: Vec<Option<SeedOffer>>,
     events: VecDeque<SchedEvent>,
     /// Per slot, the call that last saw it as a candidate (deduplication without hashing).
     seen: Vec<u64>,
     call: u64,
+}
+
+/// A piece the supernode offered to one peer.
+#[derive(Debug, Clone, Copy)]
+struct SeedOffer {
+    to: PeerId,
+    until: Instant,
+    /// The supernode has sent it ([`TaskScheduler::handle_seed_sent`]); it no longer counts
+    /// against `seed_offers` but stays reserved until reported or expired.
+    sent: bool,
+}
+
+/// A parent candidate during one [`TaskScheduler::parents`] call.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    slot: u32,
+    /// Random tie-break.
+    tie: u64,
+    /// Pieces it holds that the asking peer lacks.
+    offer: u32,
+    downloading: bool,
+    /// Reported upload load plus half its children per parent slot, minus a bonus for an
+    /// existing parent.
+    penalty: f64,
 }
 
 /// Score floor of a candidate that covers pieces no chosen parent has.
@@ -389,30 +413,31 @@ impl TaskScheduler {
         }
         let sticky = chosen.len();
 
-        let mut cands: Vec<(u32, u64)> = self
+        let mut cands: Vec<Cand> = self
             .candidates(me, &chosen, &old)
             .into_iter()
-            .map(|c| (c, self.rng.random()))
+            .map(|c| self.cand(&my_pieces, c, old.contains(&c)))
             .collect();
+        let missing = f64::from((self.piece_count - my_pieces.count()).max(1));
         // Greedy fill: each step takes the candidate adding the most, given what is covered.
         while chosen.len() < k {
-            let Some((i, _)) = self.best_candidate(me, &cands, &covered, &old) else {
+            let Some((i, _)) = self.best_candidate(&cands, &covered, missing) else {
                 break;
             };
-            let (c, _) = cands.swap_remove(i);
+            let c = cands.swap_remove(i).slot;
             covered.union_with(&self.state(c).pieces);
             chosen.push(c);
         }
         // Every slot kept: swap the least useful old parent for one candidate that covers pieces
         // none of the parents has, so rare pieces reach this peer without unsettling the rest.
         if sticky == k
-            && let Some((i, score)) = self.best_candidate(me, &cands, &covered, &old)
+            && let Some((i, score)) = self.best_candidate(&cands, &covered, missing)
             && score >= NEW_COVERAGE
         {
             let worst = (0..chosen.len())
                 .min_by_key(|&j| self.state(chosen[j]).pieces.count_not_in(&my_pieces));
             if let Some(j) = worst {
-                chosen[j] = cands[i].0;
+                chosen[j] = cands[i].slot;
             }
         }
 
@@ -475,9 +500,9 @@ impl TaskScheduler {
                 continue;
             }
             match self.seed_offers[p as usize] {
-                Some((to, until)) if until > now => {
-                    open += 1;
-                    if to == peer && !mine.get(p) && seed_has.get(p) {
+                Some(o) if o.until > now => {
+                    open += u32::from(!o.sent);
+                    if o.to == peer && !mine.get(p) && seed_has.get(p) {
                         out.set(p);
                     }
                 }
@@ -485,20 +510,37 @@ impl TaskScheduler {
                 _ => {}
             }
         }
-        let room = self
-            .config
-            .seed_offers
-            .saturating_sub(open)
-            .min(self.config.upload_slots) as usize;
+        // Slow start: while few pieces are out, few concurrent sends get each one out sooner
+        // (the first at full rate instead of a sixteenth of it); later, more are needed to
+        // keep the uplink busy as the receivers' downlinks fill up.
+        let held = self.piece_count - fresh.len() as u32 - open;
+        let cap = self.config.seed_offers.min(1 + held);
+        let room = cap.saturating_sub(open).min(self.config.upload_slots) as usize;
         if room > 0 && !fresh.is_empty() {
             // Start at a random piece so concurrent askers spread over the blob.
             let start = self.rng.random_range(0..fresh.len());
             for &p in fresh[start..].iter().chain(&fresh[..start]).take(room) {
-                self.seed_offers[p as usize] = Some((peer, now + SEED_OFFER_TTL));
+                self.seed_offers[p as usize] = Some(SeedOffer {
+                    to: peer,
+                    until: now + SEED_OFFER_TTL,
+                    sent: false,
+                });
                 out.set(p);
             }
         }
         Ok(out)
+    }
+
+    /// The supernode finished sending `piece` to `peer` (optional; call it when the last
+    /// byte has left). The piece then stops counting against `seed_offers`, so the next
+    /// offer goes out at once instead of after `peer`'s next report. Calls that do not match
+    /// a current offer are ignored.
+    pub fn handle_seed_sent(&mut self, _now: Instant, peer: PeerId, piece: u32) {
+        if let Some(Some(o)) = self.seed_offers.get_mut(piece as usize)
+            && o.to == peer
+        {
+            o.sent = true;
+        }
     }
 
     /// Live peers in the task.
@@ -546,52 +588,60 @@ impl TaskScheduler {
         self.slots[slot as usize].as_mut()
     }
 
-    /// The best candidate's index and score given the `covered` pieces; higher is better.
-    fn best_candidate(
-        &self,
-        me: u32,
-        cands: &[(u32, u64)],
-        covered: &Bitmap,
-        old: &[u32],
-    ) -> Option<(usize, f64)> {
-        let me = self.state(me);
-        let mut best: Option<(usize, f64, u64)> = None;
-        for (i, &(c, tie)) in cands.iter().enumerate() {
-            let score = self.score(me, self.state(c), covered, old.contains(&c));
-            let better = match best {
-                None => true,
-                Some((_, bs, bt)) => score > bs || (score == bs && tie < bt),
-            };
-            if better {
-                best = Some((i, score, tie));
-            }
+    /// What a candidate is worth apart from coverage (computed once per `parents` call).
+    fn cand(&mut self, me: &Bitmap, slot: u32, was_parent: bool) -> Cand {
+        let tie = self.rng.random();
+        let s = self.state(slot);
+        let load = (f64::from(s.uploading) / f64::from(self.config.upload_slots.max(1))).min(1.0);
+        let crowd = f64::from(s.children) / self.config.parents_per_peer.max(1) as f64;
+        let sticky = if was_parent { 0.25 } else { 0.0 };
+        Cand {
+            slot,
+            tie,
+            offer: s.pieces.count_not_in(me),
+            downloading: !s.done,
+            penalty: load + 0.5 * crowd - sticky,
         }
-        best.map(|(i, s, _)| (i, s))
     }
 
-    /// What `cand` is worth as a parent of `me`: what it adds beyond `covered`, then what it
-    /// holds that `me` lacks, then whether it is still downloading; minus its reported upload
-    /// load and how many children it already has.
-    fn score(&self, me: &PeerState, cand: &PeerState, covered: &Bitmap, was_parent: bool) -> f64 {
-        let missing = f64::from((self.piece_count - me.pieces.count()).max(1));
-        let new = f64::from(cand.pieces.count_not_in(covered));
-        let gain = if new > 0.0 {
-            NEW_COVERAGE + new / missing
-        } else {
-            let offer = f64::from(cand.pieces.count_not_in(&me.pieces));
-            if offer > 0.0 {
-                1.0 + offer / missing
-            } else if !cand.done {
+    /// The best candidate's index and score given the `covered` pieces; higher is better.
+    ///
+    /// A candidate's score is what it adds beyond `covered`, else what it holds that the peer
+    /// lacks, else whether it is still downloading; minus its reported upload load and how
+    /// many children it already has.
+    fn best_candidate(
+        &self,
+        cands: &[Cand],
+        covered: &Bitmap,
+        missing: f64,
+    ) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64, u64)> = None;
+        for (i, c) in cands.iter().enumerate() {
+            // `covered` includes the peer's own pieces, so nothing offered means nothing new.
+            let new = if c.offer > 0 {
+                self.state(c.slot).pieces.count_not_in(covered)
+            } else {
+                0
+            };
+            let gain = if new > 0 {
+                NEW_COVERAGE + f64::from(new) / missing
+            } else if c.offer > 0 {
+                1.0 + f64::from(c.offer) / missing
+            } else if c.downloading {
                 0.5
             } else {
                 0.0
+            };
+            let score = gain - c.penalty;
+            let better = match best {
+                None => true,
+                Some((_, bs, bt)) => score > bs || (score == bs && c.tie < bt),
+            };
+            if better {
+                best = Some((i, score, c.tie));
             }
-        };
-        let load =
-            (f64::from(cand.uploading) / f64::from(self.config.upload_slots.max(1))).min(1.0);
-        let crowd = f64::from(cand.children) / self.config.parents_per_peer.max(1) as f64;
-        let sticky = if was_parent { 0.25 } else { 0.0 };
-        gain - load - 0.5 * crowd + sticky
+        }
+        best.map(|(i, s, _)| (i, s))
     }
 
     /// Random live peers plus holders of the rarest pieces `me` lacks and its old parents,

@@ -300,6 +300,9 @@ pub struct SimReport {
     pub banned: usize,
     /// When the supernode had sent every piece at least once; `None` if it never did.
     pub injected: Option<Duration>,
+    /// Bytes delivered to peers (from anyone) in each 100 ms of the run: divided by the
+    /// peers' total download capacity it shows how busy the swarm was over time.
+    pub delivered: Vec<u64>,
 }
 
 impl SimReport {

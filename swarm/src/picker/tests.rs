@@ -88,7 +88,11 @@ fn seed_only_for_pieces_no_parent_has() {
     let (mut p, t) = picker(8);
     p.handle_parents(t, vec![(PeerId(1), bits(8, &[0, 1, 2, 3]))]);
     let reqs = drain(&mut p, t);
-    assert_eq!(reqs.len(), 1, "one at a time per parent, nothing from the seed yet");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "one at a time per parent, nothing from the seed yet"
+    );
     p.handle_seed_pieces(Bitmap::full(8));
     let seed = drain(&mut p, t);
     assert_eq!(seed.len(), 4);
@@ -105,7 +109,12 @@ fn seed_only_for_pieces_no_parent_has() {
 fn seed_pieces_first_and_outside_the_parent_budget() {
     let (mut p, t) = picker(16);
     // Four parents fill max_in_flight (4) ...
-    p.handle_parents(t, (1..=4).map(|i| (PeerId(i), bits(16, &[0, 1, 2, 3, 4, 5]))).collect());
+    p.handle_parents(
+        t,
+        (1..=4)
+            .map(|i| (PeerId(i), bits(16, &[0, 1, 2, 3, 4, 5])))
+            .collect(),
+    );
     assert_eq!(drain(&mut p, t).len(), 4);
     // ... and a piece only the seed has is still fetched, on its own budget.
     p.handle_seed_pieces(bits(16, &[9]));

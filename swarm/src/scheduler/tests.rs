@@ -240,21 +240,29 @@ fn seed_offers_each_missing_piece_once() {
     let (mut s, t) = sched(8);
     join_all(&mut s, t, 1..=3);
     let all = Bitmap::full(8);
+    // Slow start: nothing is out yet, so one piece at a time.
     let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    assert_eq!(a.count(), 1);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    // Sent: it no longer holds up the next offers, and one piece out allows two.
+    let p = a.iter_ones().next().unwrap();
+    s.handle_seed_sent(t, PeerId(2), p); // not peer 2's offer: ignored
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    s.handle_seed_sent(t, PeerId(1), p);
     let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
-    assert_eq!((a.count(), b.count()), (4, 4));
-    assert_eq!(a.count_not_in(&b), 4, "offers overlap: {a:?} {b:?}");
-    // Repeated asks get the same reservation back; nothing is left for peer 3.
+    assert_eq!(b.count(), 2);
+    assert_eq!(a.count_not_in(&b), 1, "offers overlap: {a:?} {b:?}");
+    // Repeated asks get the same reservation back.
     assert_eq!(s.seed_pieces(t, PeerId(1), &all).unwrap(), a);
-    assert_eq!(s.seed_pieces(t, PeerId(3), &all).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap(), b);
     // Once a piece is held it comes from peers; expired reservations are re-offered.
-    let held: Vec<u32> = a.iter_ones().collect();
-    s.handle_sync(t, PeerId(1), &held, 0, false).unwrap();
+    s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
     let later = t + SEED_OFFER_TTL;
     s.handle_sync(later, PeerId(3), &[], 0, false).unwrap();
     let c = s.seed_pieces(later, PeerId(3), &all).unwrap();
-    assert_eq!(c.count(), 4);
-    assert_eq!(c.count_not_in(&b), 0);
+    // One piece held: up to two open offers, and b's have expired.
+    assert_eq!(c.count(), 2);
+    assert!(!c.get(p));
     // Only pieces the seed has are offered.
     assert_eq!(
         s.seed_pieces(later, PeerId(2), &Bitmap::new(8))
@@ -266,4 +274,26 @@ fn seed_offers_each_missing_piece_once() {
         s.seed_pieces(t, PeerId(9), &all),
         Err(SchedError::UnknownPeer(PeerId(9)))
     );
+}
+
+#[test]
+fn seed_offers_are_capped() {
+    let cfg = SchedulerConfig {
+        seed_offers: 3,
+        ..SchedulerConfig::default()
+    };
+    let (mut s, t) = (TaskScheduler::new(16, cfg, 7), Instant::now());
+    join_all(&mut s, t, 1..=3);
+    s.handle_sync(t, PeerId(1), &(0..8).collect::<Vec<_>>(), 0, false)
+        .unwrap();
+    let all = Bitmap::full(16);
+    // Eight pieces are out, but at most three unsent offers at once.
+    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    assert_eq!(b.count(), 3);
+    assert!(b.iter_ones().all(|p| p >= 8));
+    assert_eq!(s.seed_pieces(t, PeerId(3), &all).unwrap().count(), 0);
+    s.handle_seed_sent(t, PeerId(2), b.iter_ones().next().unwrap());
+    let c = s.seed_pieces(t, PeerId(3), &all).unwrap();
+    assert_eq!(c.count(), 1);
+    assert_eq!(c.count_not_in(&b), 1);
 }

@@ -234,6 +234,7 @@ impl Sim {
                 elapsed: Duration::ZERO,
                 banned: 0,
                 injected: None,
+                delivered: Vec::new(),
             },
             config: config.clone(),
         };
@@ -604,6 +605,8 @@ impl Sim {
             Node::Seed => {
                 self.seed_uploads -= 1;
                 self.report.seed_bytes_sent += bytes;
+                self.sched
+                    .handle_seed_sent(self.instant(), peer_id(t.to), t.piece);
                 self.seed_sent.set(t.piece);
                 if self.seed_sent.is_full() && self.report.injected.is_none() {
                     self.report.injected = Some(Duration::from_nanos(self.now));
@@ -614,6 +617,11 @@ impl Sim {
                 self.report.peer_bytes_sent += bytes;
             }
         }
+        let bucket = (self.now / 100_000_000) as usize;
+        if self.report.delivered.len() <= bucket {
+            self.report.delivered.resize(bucket + 1, 0);
+        }
+        self.report.delivered[bucket] += bytes;
         let at = self.now + self.hop(t.by, Node::Peer(t.to));
         self.push(
             at,

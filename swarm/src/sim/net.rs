@@ -355,8 +355,15 @@ impl Net {
             .collect();
         rooms.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
         let mut left = rooms.len();
-        for (room, s) in rooms {
-            let give = room.min(spare / left as f64);
+        for (_, s) in rooms {
+            // Room now: two flows may share the other end (several pieces from the seed).
+            let f = &self.flows[s as usize];
+            let room = if up {
+                self.nodes[f.dst as usize].down - self.used_down(f.dst)
+            } else {
+                self.nodes[f.src as usize].up - self.used_up(f.src)
+            };
+            let give = room.max(0.0).min(spare / left as f64);
             self.flows[s as usize].rate += give;
             spare -= give;
             left -= 1;
@@ -448,6 +455,32 @@ mod tests {
         // but b's downlink is full, so nothing exceeds capacity.
         let down_b: f64 = net.used_down(b);
         assert!((down_b - 100.0).abs() < 1e-6, "b receives {down_b}");
+    }
+
+    #[test]
+    fn random_traffic_never_exceeds_a_link() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut net = Net::new();
+        for _ in 0..12 {
+            net.add_node(rng.random_range(1..1000), rng.random_range(1..1000));
+        }
+        let mut flows = Vec::new();
+        let mut out = Vec::new();
+        let mut now = 0;
+        for _ in 0..2000 {
+            now += rng.random_range(0..1_000_000);
+            if flows.is_empty() || rng.random_bool(0.6) {
+                let a = rng.random_range(0..12);
+                let b = (a + rng.random_range(1..12)) % 12;
+                flows.push(net.start(now, a, b, rng.random_range(1..10_000), &mut out));
+            } else {
+                let f = flows.swap_remove(rng.random_range(0..flows.len()));
+                net.end(now, f, &mut out);
+            }
+            net.check_caps();
+        }
     }
 
     #[test]
