@@ -93,8 +93,9 @@ pub struct Request {
 /// together pick different pieces. A piece goes to the holding parent with the fewest of our
 /// requests in flight. The seed is only asked for pieces that no parent (banned or backed-off
 /// ones aside) holds, so most bytes flow peer-to-peer and the supernode sends each piece about
-/// once. A piece is never requested twice at the same time, nor from a source not known to
-/// hold it.
+/// once; such pieces are asked for before any parent's (nobody else can spread them) and
+/// count against `seed_in_flight`, not `max_in_flight`. A piece is never requested twice at
+/// the same time, nor from a source not known to hold it.
 #[derive(Debug)]
 pub struct Picker {
     config: PickerConfig,
