@@ -38,10 +38,18 @@ fn every_scenario_completes_within_physics() {
         // The supernode sent the whole blob at least once, and not much more.
         let file = f(run, "file_size");
         assert!(f(run, "origin_bytes") >= file, "{name}: origin below F");
-        assert!(f(run, "origin_ratio") < 1.5, "{name}: origin {}", run["origin_ratio"]);
+        assert!(
+            f(run, "origin_ratio") < 1.5,
+            "{name}: origin {}",
+            run["origin_ratio"]
+        );
         // Never faster than physics: each peer against its own floor max(F/u_s, F/d_i), and
         // the last one against the Kumar–Ross bound.
-        assert!(f(run, "min_over_floor") >= 1.0, "{name}: {}", run["min_over_floor"]);
+        assert!(
+            f(run, "min_over_floor") >= 1.0,
+            "{name}: {}",
+            run["min_over_floor"]
+        );
         assert!(
             f(run, "last_finish_secs") >= f(run, "bound_secs"),
             "{name}: last peer done before the bound"

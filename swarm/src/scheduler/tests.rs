@@ -158,12 +158,15 @@ fn never_banned_or_gone() {
 
 #[test]
 fn sticky_parents() {
-    let (mut s, t) = sched(8);
+    let (mut s, t) = sched(32);
     join_all(&mut s, t, 1..=40);
-    // Everyone but peer 1 holds something peer 1 lacks, so old parents stay useful.
+    // Everyone but peer 1 holds 8 pieces peer 1 lacks, so old parents stay useful.
+    let block = |i: u64| -> Vec<u32> {
+        let start = (i % 4) as u32 * 8;
+        (start..start + 8).collect()
+    };
     for i in 2..=40 {
-        s.handle_sync(t, PeerId(i), &[(i % 8) as u32], 0, false)
-            .unwrap();
+        s.handle_sync(t, PeerId(i), &block(i), 0, false).unwrap();
     }
     let first = ids(&s.parents(t, PeerId(1)).unwrap());
     for _ in 0..5 {
@@ -172,11 +175,22 @@ fn sticky_parents() {
         let kept = again.iter().filter(|p| first.contains(p)).count();
         assert!(kept >= 5, "{first:?} vs {again:?}");
     }
-    // A dead parent is replaced.
-    s.handle_leave(t, first[0]);
+    // A parent about to run dry (one useful piece left) gives way once others offer more,
+    // here a peer holding everything.
+    let current = ids(&s.parents(t, PeerId(1)).unwrap());
+    let mut got = block(current[1].0);
+    got.pop();
+    s.handle_sync(t, PeerId(1), &got, 0, false).unwrap();
+    s.handle_join(t, PeerId(99), addr(99));
+    s.handle_sync(t, PeerId(99), &[], 0, true).unwrap();
     let after = ids(&s.parents(t, PeerId(1)).unwrap());
-    assert_eq!(after.len(), 6);
-    assert!(!after.contains(&first[0]));
+    assert!(!after.contains(&current[1]), "{current:?} vs {after:?}");
+    assert!(after.contains(&PeerId(99)), "{after:?}");
+    // A dead parent is replaced.
+    s.handle_leave(t, after[0]);
+    let later = ids(&s.parents(t, PeerId(1)).unwrap());
+    assert_eq!(later.len(), 6);
+    assert!(!later.contains(&after[0]));
 }
 
 #[test]

@@ -280,6 +280,8 @@ impl Sim {
             self.now = q.at;
             self.report.events += 1;
             self.step(q.ev);
+            #[cfg(test)]
+            self.net.check_caps();
         }
         let f = self.config.file_size as f64;
         let us = self.config.seed_link.up_bps.max(1) as f64;
@@ -303,6 +305,11 @@ impl Sim {
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
+        debug_assert!(
+            at >= self.now,
+            "event in the past: {ev:?} at {at} < {}",
+            self.now
+        );
         self.seq += 1;
         self.events.push(Queued {
             at,

@@ -147,3 +147,17 @@ fn thousand_peers() {
     println!("wall time {:?}", start.elapsed());
     assert_physical(&r);
 }
+
+#[test]
+fn supernode_never_beats_its_uplink() {
+    let mut cfg = SimConfig::flash_crowd(300, 64 << 20);
+    cfg.piece_size = 1 << 20;
+    let r = run(&cfg);
+    summary("inject", &r);
+    let floor = (64u64 << 20) as f64 / 125e6;
+    let injected = r.injected.unwrap().as_secs_f64();
+    assert!(
+        injected >= floor,
+        "all pieces out at {injected} s < {floor} s"
+    );
+}
