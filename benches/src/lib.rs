@@ -1,4 +1,10 @@
-//! Damselfly benchmarks and the swarm simulator (driving `damselfly_swarm::sim`). The criterion
-//! benchmarks and the `swarm-sim` binary come with the benchmarks issue.
+//! Damselfly benchmarks and the swarm simulator.
+//!
+//! [`swarm_sim`] runs the scenarios of [`damselfly_swarm::sim`] (which drives the real
+//! `TaskScheduler` and `Picker`) and formats their figures; the `swarm-sim` binary is its
+//! command line.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod swarm_sim;

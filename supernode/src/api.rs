@@ -346,6 +346,11 @@ async fn piece(
     }
     shared.metrics.served_bytes.inc_by(data.len() as u64);
     shared.metrics.served_pieces.inc();
+    // The piece is handed to the connection: the scheduler may offer the next fresh piece
+    // now rather than after this peer's next report.
+    task.sched
+        .lock()
+        .handle_seed_sent(Instant::now(), peer, index);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 

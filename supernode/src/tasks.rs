@@ -232,6 +232,7 @@ fn scheduler(shared: &Shared, pieces: u32) -> TaskScheduler {
             upload_slots: s.peer_upload_slots,
             peer_timeout: s.peer_timeout,
             ban_after_reports: s.ban_after_reports,
+            ..SchedulerConfig::default()
         },
         rand_seed(),
     )

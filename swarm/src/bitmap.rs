@@ -96,6 +96,19 @@ impl Bitmap {
         }
     }
 
+    /// Clears piece `i`. Indices `>= len` are ignored.
+    pub fn clear(&mut self, i: u32) {
+        if i >= self.len {
+            return;
+        }
+        let word = &mut self.words[(i / 64) as usize];
+        let mask = 1u64 << (i % 64);
+        if *word & mask != 0 {
+            *word &= !mask;
+            self.ones -= 1;
+        }
+    }
+
     /// True when every piece is set (also true for an empty bitmap).
     pub fn is_full(&self) -> bool {
         self.ones == self.len
@@ -107,6 +120,11 @@ impl Bitmap {
             let base = w as u32 * 64;
             BitIter(word).map(move |b| base + b)
         })
+    }
+
+    /// The 64-bit words, piece `i` at bit `i % 64` of word `i / 64`; bits past `len` are 0.
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
     }
 
     /// Number of pieces set in `self` but not in `other`.

@@ -1,6 +1,6 @@
 //! Peer side: which piece to fetch next, and from whom.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -39,26 +39,34 @@ pub enum FailReason {
 /// Knobs for [`Picker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PickerConfig {
-    /// Requests in flight overall. Default 8. Enough to fill the downlink through latency;
-    /// more only queues at parents.
+    /// Requests in flight to parents. Default 4, the same as the peers' upload slots: more
+    /// asks for more than the swarm can serve at once and mostly earns `Busy` answers (in
+    /// the 1,000-peer simulation, 8 doubled the refusals and the median time).
     pub max_in_flight: usize,
-    /// Requests in flight to one parent. Default 2, so a parent's upload slots are shared
+    /// Requests in flight to one parent. Default 1, so a parent's upload slots are shared
     /// between its children.
     pub per_parent_in_flight: usize,
-    /// Requests in flight to the seed. Default 4. The seed is only asked for pieces no usable
-    /// parent holds, so this bounds how fast a peer pulls fresh pieces into the swarm.
+    /// Requests in flight to the seed, on top of `max_in_flight`. Default 4. The seed is only
+    /// asked for pieces no usable parent holds, and such pieces are asked for first, so this
+    /// bounds how fast a peer pulls fresh pieces into the swarm.
     pub seed_in_flight: usize,
-    /// How long a source that failed with anything but `Corrupt` is skipped. Default 500 ms.
+    /// How long a source that failed with anything but `Corrupt` or `Busy` is skipped.
+    /// Default 500 ms.
     pub backoff: Duration,
+    /// How long a source that answered `Busy` is skipped. Default 50 ms: a busy source is
+    /// alive and frees a slot within about one piece time, while other parents are tried at
+    /// once.
+    pub busy_backoff: Duration,
 }
 
 impl Default for PickerConfig {
     fn default() -> Self {
         Self {
-            max_in_flight: 8,
-            per_parent_in_flight: 2,
+            max_in_flight: 4,
+            per_parent_in_flight: 1,
             seed_in_flight: 4,
             backoff: Duration::from_millis(500),
+            busy_backoff: Duration::from_millis(50),
         }
     }
 }
@@ -85,8 +93,9 @@ pub struct Request {
 /// together pick different pieces. A piece goes to the holding parent with the fewest of our
 /// requests in flight. The seed is only asked for pieces that no parent (banned or backed-off
 /// ones aside) holds, so most bytes flow peer-to-peer and the supernode sends each piece about
-/// once. A piece is never requested twice at the same time, nor from a source not known to
-/// hold it.
+/// once; such pieces are asked for before any parent's (nobody else can spread them) and
+/// count against `seed_in_flight`, not `max_in_flight`. A piece is never requested twice at
+/// the same time, nor from a source not known to hold it.
 #[derive(Debug)]
 pub struct Picker {
     config: PickerConfig,
@@ -97,10 +106,16 @@ pub struct Picker {
     parents: Vec<(PeerId, Bitmap)>,
     /// Per piece, how many entries of `parents` hold it.
     rarity: Vec<u32>,
-    in_flight: HashMap<u32, Source>,
-    per_source: HashMap<Source, usize>,
-    backoff: HashMap<Source, Instant>,
+    /// Per piece, where it is being fetched from.
+    in_flight: Vec<Option<Source>>,
+    in_flight_bits: Bitmap,
+    in_flight_count: usize,
+    /// Requests in flight per source (a handful of entries: linear search beats hashing).
+    per_source: Vec<(Source, usize)>,
+    backoff: Vec<(Source, Instant)>,
     banned: HashSet<PeerId>,
+    /// Scratch words for candidate sets.
+    scratch: Vec<u64>,
 }
 
 impl Picker {
@@ -113,10 +128,13 @@ impl Picker {
             seed: Bitmap::new(piece_count),
             parents: Vec::new(),
             rarity: vec![0; piece_count as usize],
-            in_flight: HashMap::new(),
-            per_source: HashMap::new(),
-            backoff: HashMap::new(),
+            in_flight: vec![None; piece_count as usize],
+            in_flight_bits: Bitmap::new(piece_count),
+            in_flight_count: 0,
+            per_source: Vec::new(),
+            backoff: Vec::new(),
             banned: HashSet::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -125,8 +143,7 @@ impl Picker {
     /// dropped.
     pub fn handle_parents(&mut self, _now: Instant, parents: Vec<(PeerId, Bitmap)>) {
         let len = self.have.len();
-        let mut by_id: HashMap<PeerId, Bitmap> = HashMap::with_capacity(parents.len());
-        let mut order = Vec::with_capacity(parents.len());
+        let mut kept: Vec<(PeerId, Bitmap)> = Vec::with_capacity(parents.len());
         for (id, bits) in parents {
             if bits.len() != len {
                 warn!(parent = %id, got = bits.len(), want = len, "parent bitmap has wrong length");
@@ -135,16 +152,14 @@ impl Picker {
             if self.banned.contains(&id) {
                 continue;
             }
-            if by_id.insert(id, bits).is_none() {
-                order.push(id);
+            match kept.iter_mut().find(|(k, _)| *k == id) {
+                Some(entry) => entry.1 = bits,
+                None => kept.push((id, bits)),
             }
         }
-        self.parents = order
-            .into_iter()
-            .filter_map(|id| by_id.remove(&id).map(|b| (id, b)))
-            .collect();
+        self.parents = kept;
         let parents = &self.parents;
-        self.backoff.retain(|s, _| {
+        self.backoff.retain(|(s, _)| {
             matches!(s, Source::Seed) || parents.iter().any(|(id, _)| Source::Peer(*id) == *s)
         });
         self.recount();
@@ -186,12 +201,21 @@ impl Picker {
                 debug!(peer = %id, piece, "banning parent for corrupt piece");
                 self.banned.insert(id);
                 self.parents.retain(|(p, _)| *p != id);
-                self.backoff.remove(&from);
+                self.backoff.retain(|(s, _)| *s != from);
                 self.recount();
             }
             _ => {
                 debug!(source = ?from, piece, ?reason, "backing off source");
-                self.backoff.insert(from, now + self.config.backoff);
+                let wait = if reason == FailReason::Busy {
+                    self.config.busy_backoff
+                } else {
+                    self.config.backoff
+                };
+                let until = now + wait;
+                match self.backoff.iter_mut().find(|(s, _)| *s == from) {
+                    Some(entry) => entry.1 = entry.1.max(until),
+                    None => self.backoff.push((from, until)),
+                }
             }
         }
     }
@@ -203,22 +227,25 @@ impl Picker {
 
     /// The next request to start, or `None` when nothing can start now.
     pub fn poll_request(&mut self, now: Instant) -> Option<Request> {
-        self.backoff.retain(|_, until| *until > now);
-        if self.have.is_full() || self.in_flight.len() >= self.config.max_in_flight {
+        self.backoff.retain(|(_, until)| *until > now);
+        if self.have.is_full() {
             return None;
         }
-        let usable: Vec<usize> = (0..self.parents.len())
-            .filter(|&i| {
-                let src = Source::Peer(self.parents[i].0);
-                !self.backoff.contains_key(&src)
-                    && self.load(src) < self.config.per_parent_in_flight
-            })
-            .collect();
-        let req = self
-            .pick_from_parents(&usable)
-            .or_else(|| self.pick_from_seed())?;
-        self.in_flight.insert(req.piece, req.source);
-        *self.per_source.entry(req.source).or_default() += 1;
+        // Pieces only the seed has come first (nobody else can spread them) and have their
+        // own budget, so a peer busy with parents still pulls fresh pieces into the swarm.
+        let from_parents = self.in_flight_count - self.load(Source::Seed);
+        let req = match self.pick_from_seed() {
+            Some(r) => r,
+            None if from_parents < self.config.max_in_flight => self.pick_from_parents()?,
+            None => return None,
+        };
+        self.in_flight[req.piece as usize] = Some(req.source);
+        self.in_flight_bits.set(req.piece);
+        self.in_flight_count += 1;
+        match self.per_source.iter_mut().find(|(s, _)| *s == req.source) {
+            Some(entry) => entry.1 += 1,
+            None => self.per_source.push((req.source, 1)),
+        }
         Some(req)
     }
 
@@ -228,7 +255,7 @@ impl Picker {
         if self.have.is_full() {
             return None;
         }
-        self.backoff.values().min().copied()
+        self.backoff.iter().map(|(_, until)| *until).min()
     }
 
     /// True once every piece is held.
@@ -243,7 +270,7 @@ impl Picker {
 
     /// Requests started and not yet reported.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight_count
     }
 
     /// Peers banned locally for serving corrupt pieces.
@@ -252,43 +279,52 @@ impl Picker {
     }
 
     fn load(&self, src: Source) -> usize {
-        self.per_source.get(&src).copied().unwrap_or(0)
+        self.per_source
+            .iter()
+            .find(|(s, _)| *s == src)
+            .map_or(0, |(_, n)| *n)
     }
 
-    fn wanted(&self, piece: u32) -> bool {
-        !self.have.get(piece) && !self.in_flight.contains_key(&piece)
+    fn backed_off(&self, src: Source) -> bool {
+        self.backoff.iter().any(|(s, _)| *s == src)
+    }
+
+    /// Parents that may take one more request now.
+    fn usable(&self, i: usize) -> bool {
+        let src = Source::Peer(self.parents[i].0);
+        !self.backed_off(src) && self.load(src) < self.config.per_parent_in_flight
     }
 
     /// Rarest piece some usable parent holds, from the least-loaded such parent.
-    fn pick_from_parents(&mut self, usable: &[usize]) -> Option<Request> {
+    fn pick_from_parents(&mut self) -> Option<Request> {
+        let usable: Vec<usize> = (0..self.parents.len())
+            .filter(|&i| self.usable(i))
+            .collect();
         if usable.is_empty() {
             return None;
         }
-        let mut best: Option<(u32, u32)> = None; // (rarity, piece)
-        let mut ties = 0u32;
-        for piece in 0..self.have.len() {
-            if !self.wanted(piece) || !usable.iter().any(|&i| self.parents[i].1.get(piece)) {
-                continue;
-            }
-            let r = self.rarity[piece as usize];
-            match best {
-                Some((br, _)) if r > br => {}
-                Some((br, _)) if r == br => {
-                    ties += 1;
-                    if self.rng.random_range(0..ties) == 0 {
-                        best = Some((r, piece));
-                    }
-                }
-                _ => {
-                    best = Some((r, piece));
-                    ties = 1;
-                }
+        // Wanted pieces some usable parent holds, a word at a time.
+        let mut cand = std::mem::take(&mut self.scratch);
+        cand.clear();
+        cand.resize(self.have.words().len(), 0);
+        for &i in &usable {
+            for (c, w) in cand.iter_mut().zip(self.parents[i].1.words()) {
+                *c |= w;
             }
         }
-        let (_, piece) = best?;
+        for ((c, h), f) in cand
+            .iter_mut()
+            .zip(self.have.words())
+            .zip(self.in_flight_bits.words())
+        {
+            *c &= !(h | f);
+        }
+        let piece = self.rarest(&cand);
+        self.scratch = cand;
+        let piece = piece?;
         let mut chosen: Option<(usize, PeerId)> = None;
         let mut ties = 0u32;
-        for &i in usable {
+        for &i in &usable {
             let (id, bits) = &self.parents[i];
             if !bits.get(piece) {
                 continue;
@@ -314,30 +350,75 @@ impl Picker {
         })
     }
 
+    /// The rarest piece in `cand` (by parents holding it), ties broken at random.
+    fn rarest(&mut self, cand: &[u64]) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None; // (rarity, piece)
+        let mut ties = 0u32;
+        for (w, &word) in cand.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let piece = w as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                let r = self.rarity[piece as usize];
+                match best {
+                    Some((br, _)) if r > br => {}
+                    Some((br, _)) if r == br => {
+                        ties += 1;
+                        if self.rng.random_range(0..ties) == 0 {
+                            best = Some((r, piece));
+                        }
+                    }
+                    _ => {
+                        best = Some((r, piece));
+                        ties = 1;
+                    }
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+
     /// A random piece the seed holds and no non-backed-off parent does.
     fn pick_from_seed(&mut self) -> Option<Request> {
-        if self.backoff.contains_key(&Source::Seed)
-            || self.load(Source::Seed) >= self.config.seed_in_flight
-        {
+        if self.backed_off(Source::Seed) || self.load(Source::Seed) >= self.config.seed_in_flight {
             return None;
         }
-        let mut pick = None;
-        let mut seen = 0u32;
-        for piece in self.seed.iter_ones() {
-            if !self.wanted(piece) {
+        let mut cand = std::mem::take(&mut self.scratch);
+        cand.clear();
+        cand.extend(self.seed.words());
+        for ((c, h), f) in cand
+            .iter_mut()
+            .zip(self.have.words())
+            .zip(self.in_flight_bits.words())
+        {
+            *c &= !(h | f);
+        }
+        for (id, bits) in &self.parents {
+            if self.backed_off(Source::Peer(*id)) {
                 continue;
             }
-            let held = self.parents.iter().any(|(id, bits)| {
-                bits.get(piece) && !self.backoff.contains_key(&Source::Peer(*id))
-            });
-            if held {
-                continue;
-            }
-            seen += 1;
-            if self.rng.random_range(0..seen) == 0 {
-                pick = Some(piece);
+            for (c, w) in cand.iter_mut().zip(bits.words()) {
+                *c &= !w;
             }
         }
+        let total: u32 = cand.iter().map(|w| w.count_ones()).sum();
+        let mut pick = None;
+        if total > 0 {
+            let mut k = self.rng.random_range(0..total);
+            for (w, &word) in cand.iter().enumerate() {
+                let n = word.count_ones();
+                if k < n {
+                    let mut bits = word;
+                    for _ in 0..k {
+                        bits &= bits - 1;
+                    }
+                    pick = Some(w as u32 * 64 + bits.trailing_zeros());
+                    break;
+                }
+                k -= n;
+            }
+        }
+        self.scratch = cand;
         pick.map(|piece| Request {
             piece,
             source: Source::Seed,
@@ -346,16 +427,22 @@ impl Picker {
 
     fn finish(&mut self, piece: u32, from: Source) {
         // Only what was started is counted; a stray report must not skew the limits.
-        let Some(src) = self.in_flight.remove(&piece) else {
+        let Some(src) = self
+            .in_flight
+            .get_mut(piece as usize)
+            .and_then(Option::take)
+        else {
             return;
         };
+        self.in_flight_bits.clear(piece);
+        self.in_flight_count -= 1;
         if src != from {
             debug!(piece, started = ?src, reported = ?from, "piece reported from another source");
         }
-        if let Some(n) = self.per_source.get_mut(&src) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&src);
+        if let Some(k) = self.per_source.iter().position(|(s, _)| *s == src) {
+            self.per_source[k].1 -= 1;
+            if self.per_source[k].1 == 0 {
+                self.per_source.swap_remove(k);
             }
         }
     }

@@ -1,95 +1,270 @@
-//! A small deterministic discrete-event simulation of one task's swarm.
+//! A deterministic discrete-event simulation of one task's swarm: a supernode and N peers over
+//! a flow-level network, driving the real [`TaskScheduler`] and one real [`Picker`] per peer
+//! through the same public calls, in the same order, as the daemons (`supernode`'s sync
+//! handler and `dfget`'s download loop). Nothing here decides what to fetch or whom to ask;
+//! it only moves bytes and time.
 //!
-//! It drives one [`TaskScheduler`] and one [`Picker`] per peer through the same public API the
-//! daemons use, over a virtual clock, so tests (and the benchmark in `benches/`) can check that
-//! every peer finishes, that the supernode sends each piece about once, and how close the
-//! distribution time gets to the theoretical minimum.
+//! ```text
+//!  peer i (dfget loop)                    supernode                       network
+//!  ─────────────────────                  ─────────                       ───────
+//!  sync ──(l_i + l_s)──▶ handle_sync, handle_bad_piece, parents, seed_pieces
+//!       ◀─(l_i + l_s)── parents + bitmaps, seed offer ──▶ Picker::handle_parents/_seed_pieces
+//!  Picker::poll_request ──(l_i + l_j)──▶ source j: slot free? ──▶ flow j→i (shared links)
+//!       ◀──────────── Busy / absent (l_i + l_j)          flow ends ──(l_i + l_j)──▶ piece at i
+//! ```
 //!
-//! Model:
-//! - All peers join within the first 100 ms (a flash crowd). The supernode holds the whole
-//!   blob from the start.
-//! - A peer syncs with the scheduler (reports new pieces, fetches parents and the pieces
-//!   [`TaskScheduler::seed_pieces`] lets it take from the supernode) at most every
-//!   100 ms after it gains a piece, and at least every second as a keep-alive.
-//! - Every node serves at most `upload_slots` uploads at once, each at a fixed `up / slots`
-//!   (not a fair share of whatever is idle), with a wait queue of the same length; beyond that
-//!   it answers `Busy`. The supernode gets enough slots to saturate its uplink and a deep
-//!   queue (1024). A transfer takes `latency + len / min(up share, down / max_in_flight)`.
-//! - Liars download honestly but every piece they serve fails verification. Churned peers leave
-//!   at half the theoretical bound; their transfers fail with `Unavailable`.
+//! # Model
+//!
+//! - **Links.** Every node has an upload and a download capacity and a one-way latency to the
+//!   network core; a message from a to b takes `l_a + l_b`. Capacities are shared between the
+//!   flows on a link (see `net`): at least the fair share `min(up / n_up, down / n_down)`, with
+//!   spare capacity handed to flows whose other end has room. No uplink or downlink ever
+//!   carries more than its capacity, the supernode's included.
+//! - **Pieces.** A piece is served only once it has been fully received (store and forward).
+//!   A request reaches its source after the latency; a source answers `Busy` when all its
+//!   upload slots are taken (4 per peer, as `dfget` does, without a queue; the supernode's
+//!   sends are not slot-bound, see [`SimConfig::seed_slots`]) and "absent" when it does not
+//!   hold the piece; the last byte
+//!   reaches the requester one latency after the flow ends.
+//! - **Peers** follow `dfget`'s loop: sync every `sync_interval` (200 ms), sooner
+//!   (`sync_interval / 4`) after a new piece, at once after a corrupt one; while a sync is in
+//!   flight the loop waits for it (finished pieces are handled after the reply). After the
+//!   last piece a peer reports `done` and keeps serving, with a keep-alive sync every 5 s (as
+//!   dfdaemon does).
+//! - **Supernode.** It holds the whole blob from the start (preheated, or its origin is faster
+//!   than its uplink). Its CPU is free: scheduler calls take no virtual time. Verification and
+//!   disk writes take no time either.
+//! - **Faults.** A liar downloads honestly but every piece it serves fails verification. A
+//!   leaver leaves cleanly (its transfers break at once and the supernode is told).
+//!
+//! Completion times are measured from each peer's own join and compared with the Kumar–Ross
+//! bound ([`bound`]) of the configured links.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use crate::{PickerConfig, SchedulerConfig, piece_size_for};
 
-use crate::{
-    Bitmap, FailReason, PeerId, Picker, PickerConfig, SchedError, SchedEvent, SchedulerConfig,
-    Source, TaskScheduler, piece_count, piece_range,
-};
-
+mod driver;
+mod net;
 #[cfg(test)]
 mod tests;
 
-/// The supernode queues rather than refusing: its pieces are offered to one peer each.
-const SEED_QUEUE: usize = 1024;
-const JOIN_SPREAD: Duration = Duration::from_millis(100);
-const SYNC_GAP: Duration = Duration::from_millis(100);
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// One node's connection to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Upload capacity, bytes per second.
+    pub up_bps: u64,
+    /// Download capacity, bytes per second.
+    pub down_bps: u64,
+    /// One-way latency to the network core; a message between two nodes takes the sum of
+    /// theirs.
+    pub latency: Duration,
+}
 
-/// Parameters of one simulation run. Rates are in bytes per second.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Link {
+    /// `mbit` Mbit/s both ways with `latency`.
+    pub fn symmetric_mbit(mbit: u64, latency: Duration) -> Self {
+        Self {
+            up_bps: mbit * 125_000,
+            down_bps: mbit * 125_000,
+            latency,
+        }
+    }
+}
+
+/// When peers join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Each peer joins at a uniformly random time in `0..within` (a flash crowd).
+    Together {
+        /// Window of the joins.
+        within: Duration,
+    },
+    /// Each peer joins at a uniformly random time in `0..over`.
+    Spread {
+        /// Window of the joins.
+        over: Duration,
+    },
+}
+
+/// Parameters of one simulation run.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
     /// Number of peers (the supernode is extra).
     pub peers: usize,
     /// Blob size in bytes.
     pub file_size: u64,
-    /// Piece size in bytes.
+    /// Piece size in bytes (the daemons use [`piece_size_for`]).
     pub piece_size: u32,
-    /// Each peer's upload capacity, bytes/s.
-    pub peer_up_bps: u64,
-    /// Each peer's download capacity, bytes/s.
-    pub peer_down_bps: u64,
-    /// The supernode's upload capacity, bytes/s.
-    pub seed_up_bps: u64,
-    /// One-way request latency added to every transfer.
-    pub latency: Duration,
-    /// Seed for every random choice in the run.
-    pub seed: u64,
+    /// Peer links as `(weight, link)`: each peer draws one with probability proportional to
+    /// its weight. One entry gives every peer the same link.
+    pub links: Vec<(u32, Link)>,
+    /// The supernode's link (only its upload matters).
+    pub seed_link: Link,
+    /// When peers join.
+    pub arrivals: Arrivals,
+    /// Honest peers that leave part-way, each at a random time in 25–75 % of the bound.
+    pub leavers: usize,
     /// Peers whose uploads always fail verification.
     pub liars: usize,
-    /// Honest peers that leave at half the theoretical bound.
-    pub churn_leave: usize,
+    /// Seed for every random choice in the run.
+    pub seed: u64,
+    /// The supernode's scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// Every peer's picker settings.
+    pub picker: PickerConfig,
+    /// Concurrent uploads of the supernode; beyond them it answers `Busy`. Default unlimited:
+    /// the supernode's `cdn.upload_slots` permit covers reading a piece from disk and is
+    /// released before the body is sent, so its sends are bounded only by the scheduler's
+    /// offers and the peers' `seed_in_flight`.
+    pub seed_slots: u32,
+    /// Peers' sync period (`dfget`'s `sync_interval`, default 200 ms).
+    pub sync_interval: Duration,
+    /// Sync period of a finished peer (dfdaemon's `p2p.keepalive_interval`, default 5 s).
+    pub keepalive: Duration,
+}
+
+impl SimConfig {
+    /// A flash crowd: `peers` peers join within 100 ms to fetch `file_size` bytes cut as the
+    /// daemons cut it; every link (the supernode's too) is 1 Gbit/s both ways with 1 ms
+    /// latency.
+    pub fn flash_crowd(peers: usize, file_size: u64) -> Self {
+        let link = Link::symmetric_mbit(1000, Duration::from_millis(1));
+        Self {
+            peers,
+            file_size,
+            piece_size: piece_size_for(file_size),
+            links: vec![(1, link)],
+            seed_link: link,
+            arrivals: Arrivals::Together {
+                within: Duration::from_millis(100),
+            },
+            leavers: 0,
+            liars: 0,
+            seed: 1,
+            scheduler: SchedulerConfig::default(),
+            picker: PickerConfig::default(),
+            seed_slots: u32::MAX,
+            sync_interval: Duration::from_millis(200),
+            keepalive: Duration::from_secs(5),
+        }
+    }
+
+    /// Kumar–Ross bound of this configuration, taking every peer at the slowest download
+    /// and the mean upload of the link mix.
+    fn expected_bound(&self) -> Duration {
+        let total: u64 = self.links.iter().map(|(w, _)| u64::from(*w)).sum();
+        let mean_up = self
+            .links
+            .iter()
+            .map(|(w, l)| f64::from(*w) * l.up_bps as f64)
+            .sum::<f64>()
+            / total.max(1) as f64;
+        let d_min = self
+            .links
+            .iter()
+            .map(|(_, l)| l.down_bps)
+            .min()
+            .unwrap_or(1);
+        kumar_ross(
+            self.file_size,
+            self.seed_link.up_bps,
+            d_min,
+            self.peers as f64 * mean_up,
+            self.peers,
+        )
+    }
 }
 
 impl Default for SimConfig {
-    /// 50 peers, 64 MiB in 1 MiB pieces, 100 Mbit/s up and 1 Gbit/s down per peer, a
-    /// 1 Gbit/s supernode, 1 ms latency.
+    /// `flash_crowd(50, 64 MiB)`.
     fn default() -> Self {
-        Self {
-            peers: 50,
-            file_size: 64 << 20,
-            piece_size: 1 << 20,
-            peer_up_bps: 12_500_000,
-            peer_down_bps: 125_000_000,
-            seed_up_bps: 125_000_000,
-            latency: Duration::from_millis(1),
-            seed: 1,
-            liars: 0,
-            churn_leave: 0,
+        Self::flash_crowd(50, 64 << 20)
+    }
+}
+
+/// The scenarios of the `swarm-sim` benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// Every peer joins within 100 ms; equal 1 Gbit/s links.
+    FlashCrowd,
+    /// Peers join uniformly over one bound's time.
+    Staggered,
+    /// A flash crowd in which 10 % of the peers leave part-way.
+    Churn,
+    /// A flash crowd over mixed links: 60 % 1 Gbit/s (1 ms), 30 % 10 Gbit/s (0.5 ms), 10 %
+    /// 100 Mbit/s up / 250 Mbit/s down (20 ms).
+    Heterogeneous,
+    /// A flash crowd with one peer that serves corrupt pieces.
+    Liar,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Self; 5] = [
+        Self::FlashCrowd,
+        Self::Staggered,
+        Self::Churn,
+        Self::Heterogeneous,
+        Self::Liar,
+    ];
+
+    /// Short name, as on the `swarm-sim` command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FlashCrowd => "flash",
+            Self::Staggered => "staggered",
+            Self::Churn => "churn",
+            Self::Heterogeneous => "hetero",
+            Self::Liar => "liar",
         }
+    }
+
+    /// The scenario called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// This scenario with `peers` peers and a blob of `file_size` bytes.
+    pub fn config(self, peers: usize, file_size: u64) -> SimConfig {
+        let mut c = SimConfig::flash_crowd(peers, file_size);
+        match self {
+            Self::FlashCrowd => {}
+            Self::Staggered => {
+                c.arrivals = Arrivals::Spread {
+                    over: c.expected_bound(),
+                };
+            }
+            Self::Churn => c.leavers = peers / 10,
+            Self::Heterogeneous => {
+                c.links = vec![
+                    (6, Link::symmetric_mbit(1000, Duration::from_millis(1))),
+                    (3, Link::symmetric_mbit(10_000, Duration::from_micros(500))),
+                    (
+                        1,
+                        Link {
+                            up_bps: 100 * 125_000,
+                            down_bps: 250 * 125_000,
+                            latency: Duration::from_millis(20),
+                        },
+                    ),
+                ];
+            }
+            Self::Liar => c.liars = 1.min(peers),
+        }
+        c
     }
 }
 
 /// What happened to one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerOutcome {
+    /// When it joined, from the start of the run.
+    pub joined: Duration,
     /// Time from joining to holding every piece; `None` if it never finished.
     pub done: Option<Duration>,
+    /// Its own physical floor: `max(F / u_s, F / d_i)`. No schedule can beat it.
+    pub floor: Duration,
     /// The peer served corrupt pieces.
     pub liar: bool,
     /// The peer left part-way through.
@@ -101,19 +276,33 @@ pub struct PeerOutcome {
 pub struct SimReport {
     /// One entry per peer, in peer order.
     pub peers: Vec<PeerOutcome>,
+    /// Blob size in bytes.
+    pub file_size: u64,
     /// Bytes the supernode uploaded.
     pub seed_bytes_sent: u64,
     /// Bytes peers uploaded (including corrupt ones).
     pub peer_bytes_sent: u64,
-    /// Kumar–Ross minimum distribution time
-    /// `max(F / u_s, F / d_min, N * F / (u_s + sum u_i))`.
+    /// Kumar–Ross bound of the peers' actual links
+    /// (`max(F / u_s, F / d_min, N * F / (u_s + sum u_i))`).
     pub bound: Duration,
-    /// `poll_request` results plus `parents` calls: a proxy for scheduling CPU cost.
-    pub decisions: u64,
+    /// Syncs the scheduler handled (each one `handle_sync`, then `parents` and
+    /// `seed_pieces` for a peer still downloading).
+    pub syncs: u64,
+    /// Requests the pickers issued (`poll_request` returning one).
+    pub requests: u64,
+    /// Piece requests refused because every upload slot of the source was taken.
+    pub busy: u64,
+    /// Events processed.
+    pub events: u64,
     /// Virtual time when the run stopped.
     pub elapsed: Duration,
     /// Peers the scheduler banned.
     pub banned: usize,
+    /// When the supernode had sent every piece at least once; `None` if it never did.
+    pub injected: Option<Duration>,
+    /// Bytes delivered to peers (from anyone) in each 100 ms of the run: divided by the
+    /// peers' total download capacity it shows how busy the swarm was over time.
+    pub delivered: Vec<u64>,
 }
 
 impl SimReport {
@@ -151,7 +340,22 @@ impl SimReport {
         self.ratio(1.0)
     }
 
-    fn ratio(&self, q: f64) -> f64 {
+    /// Bytes the supernode sent divided by the blob size.
+    pub fn origin_ratio(&self) -> f64 {
+        self.seed_bytes_sent as f64 / self.file_size.max(1) as f64
+    }
+
+    /// When the last honest, staying peer finished, from the start of the run.
+    pub fn last_finish(&self) -> Option<Duration> {
+        self.peers
+            .iter()
+            .filter(|p| !p.liar && !p.left)
+            .filter_map(|p| p.done.map(|d| p.joined + d))
+            .max()
+    }
+
+    /// The `q` quantile (0.0–1.0) of completion times divided by the bound.
+    pub fn ratio(&self, q: f64) -> f64 {
         let t = self.completion_times();
         if t.is_empty() || self.bound.is_zero() {
             return f64::NAN;
@@ -161,495 +365,19 @@ impl SimReport {
     }
 }
 
-/// Kumar–Ross lower bound on the time to give `config.peers` peers the whole file.
-pub fn bound(config: &SimConfig) -> Duration {
-    let f = config.file_size as f64;
-    let n = config.peers as f64;
-    let us = config.seed_up_bps.max(1) as f64;
-    let d = config.peer_down_bps.max(1) as f64;
-    let total_up = us + n * config.peer_up_bps as f64;
-    Duration::from_secs_f64((f / us).max(f / d).max(n * f / total_up))
+/// Kumar–Ross lower bound on the time to give `peers` peers `file_size` bytes:
+/// `max(F / u_s, F / d_min, N * F / (u_s + sum_up))`.
+pub fn kumar_ross(file_size: u64, seed_up: u64, d_min: u64, sum_up: f64, peers: usize) -> Duration {
+    let f = file_size as f64;
+    let us = seed_up.max(1) as f64;
+    let t = (f / us)
+        .max(f / d_min.max(1) as f64)
+        .max(peers as f64 * f / (us + sum_up));
+    Duration::from_secs_f64(t)
 }
 
-/// Runs the simulation to completion (every honest, staying peer done) or until a generous
-/// virtual-time cap of `50 * bound + 60 s`.
+/// Runs the simulation until every honest, staying peer is done, or until a virtual-time cap
+/// of `50 * bound + 60 s`.
 pub fn run(config: &SimConfig) -> SimReport {
-    Sim::new(config).run()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Node {
-    Seed,
-    Peer(usize),
-}
-
-#[derive(Debug)]
-enum Ev {
-    Join(usize),
-    Sync(usize),
-    Wake(usize),
-    Leave(usize),
-    /// A request reaches its source.
-    Request {
-        to: Node,
-        from: usize,
-        piece: u32,
-    },
-    /// An upload finished; the bytes reach the requester.
-    Delivered {
-        by: Node,
-        to: usize,
-        piece: u32,
-    },
-    /// The requester learns its request failed.
-    Failed {
-        by: Node,
-        to: usize,
-        piece: u32,
-        reason: FailReason,
-    },
-}
-
-struct Queued {
-    at: Duration,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-struct Uploader {
-    slots: u32,
-    active: u32,
-    /// Bytes per second per upload.
-    rate: f64,
-    queue: VecDeque<(usize, u32)>,
-    queue_limit: usize,
-}
-
-struct PeerNode {
-    picker: Picker,
-    up: Uploader,
-    joined: Duration,
-    liar: bool,
-    /// Scheduled to leave; not counted in `Sim::remaining`.
-    leaver: bool,
-    left: bool,
-    done: Option<Duration>,
-    new_pieces: Vec<u32>,
-    last_sync: Duration,
-    sync_at: Option<Duration>,
-    wake_at: Option<Duration>,
-}
-
-struct Sim {
-    config: SimConfig,
-    epoch: Instant,
-    now: Duration,
-    seq: u64,
-    events: BinaryHeap<Queued>,
-    sched: TaskScheduler,
-    seed: Uploader,
-    /// The supernode holds the whole blob from the start.
-    seed_has: Bitmap,
-    nodes: Vec<PeerNode>,
-    down_share: f64,
-    remaining: usize,
-    seed_bytes: u64,
-    peer_bytes: u64,
-    decisions: u64,
-    banned: usize,
-}
-
-fn peer_id(i: usize) -> PeerId {
-    PeerId(i as u64 + 1)
-}
-
-fn source(n: Node) -> Source {
-    match n {
-        Node::Seed => Source::Seed,
-        Node::Peer(i) => Source::Peer(peer_id(i)),
-    }
-}
-
-impl Sim {
-    fn new(config: &SimConfig) -> Self {
-        let mut rng = SmallRng::seed_from_u64(config.seed);
-        let sched_cfg = SchedulerConfig::default();
-        let pick_cfg = PickerConfig::default();
-        let piece_count = piece_count(config.file_size, config.piece_size);
-        let down_share = config.peer_down_bps.max(1) as f64 / pick_cfg.max_in_flight as f64;
-        let seed_slots = (config.seed_up_bps as f64 / down_share)
-            .ceil()
-            .clamp(4.0, 64.0) as u32;
-        let slots = sched_cfg.upload_slots;
-
-        let mut order: Vec<usize> = (0..config.peers).collect();
-        order.shuffle(&mut rng);
-        let liars = &order[..config.liars.min(order.len())];
-        let leavers = &order[liars.len()..(liars.len() + config.churn_leave).min(order.len())];
-
-        let mut sim = Self {
-            epoch: Instant::now(),
-            now: Duration::ZERO,
-            seq: 0,
-            events: BinaryHeap::new(),
-            sched: TaskScheduler::new(piece_count, sched_cfg, config.seed),
-            seed: Uploader {
-                slots: seed_slots,
-                active: 0,
-                rate: config.seed_up_bps as f64 / f64::from(seed_slots),
-                queue: VecDeque::new(),
-                queue_limit: SEED_QUEUE,
-            },
-            seed_has: Bitmap::full(piece_count),
-            nodes: Vec::with_capacity(config.peers),
-            down_share,
-            remaining: config.peers - liars.len() - leavers.len(),
-            seed_bytes: 0,
-            peer_bytes: 0,
-            decisions: 0,
-            banned: 0,
-            config: config.clone(),
-        };
-        for i in 0..config.peers {
-            let joined = JOIN_SPREAD.mul_f64(rng.random::<f64>());
-            let picker = Picker::new(piece_count, pick_cfg.clone(), rng.random());
-            sim.nodes.push(PeerNode {
-                picker,
-                up: Uploader {
-                    slots,
-                    active: 0,
-                    rate: config.peer_up_bps as f64 / f64::from(slots),
-                    queue: VecDeque::new(),
-                    queue_limit: slots as usize,
-                },
-                joined,
-                liar: liars.contains(&i),
-                leaver: leavers.contains(&i),
-                left: false,
-                done: None,
-                new_pieces: Vec::new(),
-                last_sync: Duration::ZERO,
-                sync_at: None,
-                wake_at: None,
-            });
-            sim.push(joined, Ev::Join(i));
-        }
-        let leave_at = bound(config) / 2;
-        for &i in leavers {
-            sim.push(leave_at, Ev::Leave(i));
-        }
-        sim
-    }
-
-    fn run(mut self) -> SimReport {
-        let cap = bound(&self.config) * 50 + Duration::from_secs(60);
-        while self.remaining > 0 {
-            let Some(q) = self.events.pop() else { break };
-            if q.at > cap {
-                break;
-            }
-            self.now = q.at;
-            self.step(q.ev);
-        }
-        SimReport {
-            peers: self
-                .nodes
-                .iter()
-                .map(|n| PeerOutcome {
-                    done: n.done,
-                    liar: n.liar,
-                    left: n.left,
-                })
-                .collect(),
-            seed_bytes_sent: self.seed_bytes,
-            peer_bytes_sent: self.peer_bytes,
-            bound: bound(&self.config),
-            decisions: self.decisions,
-            elapsed: self.now,
-            banned: self.banned,
-        }
-    }
-
-    fn instant(&self) -> Instant {
-        self.epoch + self.now
-    }
-
-    fn push(&mut self, at: Duration, ev: Ev) {
-        self.seq += 1;
-        self.events.push(Queued {
-            at,
-            seq: self.seq,
-            ev,
-        });
-    }
-
-    fn step(&mut self, ev: Ev) {
-        match ev {
-            Ev::Join(i) => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 10_000 + i as u16));
-                self.sched.handle_join(self.instant(), peer_id(i), addr);
-                self.schedule_sync(i, self.now);
-            }
-            Ev::Sync(i) => {
-                if self.nodes[i].sync_at == Some(self.now) && !self.nodes[i].left {
-                    self.nodes[i].sync_at = None;
-                    self.sync(i);
-                }
-            }
-            Ev::Wake(i) => {
-                if self.nodes[i].wake_at == Some(self.now) {
-                    self.nodes[i].wake_at = None;
-                    self.pump(i);
-                }
-            }
-            Ev::Leave(i) => self.leave(i),
-            Ev::Request { to, from, piece } => self.request(to, from, piece),
-            Ev::Delivered { by, to, piece } => self.delivered(by, to, piece),
-            Ev::Failed {
-                by,
-                to,
-                piece,
-                reason,
-            } => {
-                if !self.nodes[to].left {
-                    let now = self.instant();
-                    self.nodes[to]
-                        .picker
-                        .handle_piece_failed(now, piece, source(by), reason);
-                    self.pump(to);
-                }
-            }
-        }
-    }
-
-    fn schedule_sync(&mut self, i: usize, at: Duration) {
-        let node = &mut self.nodes[i];
-        if node.sync_at.is_some_and(|t| t <= at) {
-            return;
-        }
-        node.sync_at = Some(at);
-        self.push(at, Ev::Sync(i));
-    }
-
-    fn sync(&mut self, i: usize) {
-        let now = self.instant();
-        let id = peer_id(i);
-        let node = &mut self.nodes[i];
-        let complete = node.picker.is_complete();
-        let mut res = self
-            .sched
-            .handle_sync(now, id, &node.new_pieces, node.up.active, complete);
-        if res == Err(SchedError::UnknownPeer(id)) {
-            // Expired (e.g. a long stall); rejoin and report everything held.
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 10_000 + i as u16));
-            self.sched.handle_join(now, id, addr);
-            let all: Vec<u32> = node.picker.have().iter_ones().collect();
-            res = self
-                .sched
-                .handle_sync(now, id, &all, node.up.active, complete);
-        }
-        if res.is_ok() {
-            node.new_pieces.clear();
-            if !complete {
-                self.decisions += 1;
-                if let Ok(parents) = self.sched.parents(now, id) {
-                    let list = parents.into_iter().map(|p| (p.id, p.pieces)).collect();
-                    self.nodes[i].picker.handle_parents(now, list);
-                }
-                if let Ok(offer) = self.sched.seed_pieces(now, id, &self.seed_has) {
-                    self.nodes[i].picker.handle_seed_pieces(offer);
-                }
-            }
-        }
-        self.sched.handle_timeout(now);
-        while let Some(ev) = self.sched.poll_event() {
-            if let SchedEvent::PeerBanned(_) = ev {
-                self.banned += 1;
-            }
-        }
-        self.nodes[i].last_sync = self.now;
-        self.schedule_sync(i, self.now + HEARTBEAT);
-        self.pump(i);
-    }
-
-    fn pump(&mut self, i: usize) {
-        if self.nodes[i].left {
-            return;
-        }
-        let now = self.instant();
-        while let Some(req) = self.nodes[i].picker.poll_request(now) {
-            self.decisions += 1;
-            let to = match req.source {
-                Source::Seed => Node::Seed,
-                Source::Peer(PeerId(id)) => Node::Peer(id as usize - 1),
-            };
-            self.push(
-                self.now + self.config.latency,
-                Ev::Request {
-                    to,
-                    from: i,
-                    piece: req.piece,
-                },
-            );
-        }
-        if let Some(t) = self.nodes[i].picker.poll_timeout() {
-            let at = t.saturating_duration_since(self.epoch).max(self.now);
-            if self.nodes[i].wake_at.is_none_or(|w| at < w) {
-                self.nodes[i].wake_at = Some(at);
-                self.push(at, Ev::Wake(i));
-            }
-        }
-    }
-
-    fn uploader(&mut self, n: Node) -> &mut Uploader {
-        match n {
-            Node::Seed => &mut self.seed,
-            Node::Peer(i) => &mut self.nodes[i].up,
-        }
-    }
-
-    fn request(&mut self, to: Node, from: usize, piece: u32) {
-        let unavailable = match to {
-            Node::Seed => false,
-            Node::Peer(j) => self.nodes[j].left || !self.nodes[j].picker.have().get(piece),
-        };
-        let reason = if unavailable {
-            Some(FailReason::Unavailable)
-        } else {
-            let up = self.uploader(to);
-            if up.active < up.slots {
-                self.start_upload(to, from, piece);
-                None
-            } else if up.queue.len() < up.queue_limit {
-                up.queue.push_back((from, piece));
-                None
-            } else {
-                Some(FailReason::Busy)
-            }
-        };
-        if let Some(reason) = reason {
-            self.push(
-                self.now + self.config.latency,
-                Ev::Failed {
-                    by: to,
-                    to: from,
-                    piece,
-                    reason,
-                },
-            );
-        }
-    }
-
-    fn start_upload(&mut self, by: Node, to: usize, piece: u32) {
-        let range = piece_range(self.config.file_size, self.config.piece_size, piece);
-        let down_share = self.down_share;
-        let up = self.uploader(by);
-        up.active += 1;
-        let rate = up.rate.min(down_share).max(1.0);
-        let secs = (range.end - range.start) as f64 / rate;
-        self.push(
-            self.now + Duration::from_secs_f64(secs),
-            Ev::Delivered { by, to, piece },
-        );
-    }
-
-    fn delivered(&mut self, by: Node, to: usize, piece: u32) {
-        let now = self.instant();
-        if let Node::Peer(j) = by
-            && self.nodes[j].left
-        {
-            let src = source(by);
-            if !self.nodes[to].left {
-                let picker = &mut self.nodes[to].picker;
-                picker.handle_piece_failed(now, piece, src, FailReason::Unavailable);
-                self.pump(to);
-            }
-            return;
-        }
-        let range = piece_range(self.config.file_size, self.config.piece_size, piece);
-        let bytes = range.end - range.start;
-        match by {
-            Node::Seed => self.seed_bytes += bytes,
-            Node::Peer(_) => self.peer_bytes += bytes,
-        }
-        let up = self.uploader(by);
-        up.active -= 1;
-        if let Some((next_to, next_piece)) = up.queue.pop_front() {
-            self.start_upload(by, next_to, next_piece);
-        }
-        if self.nodes[to].left {
-            return;
-        }
-        let corrupt = matches!(by, Node::Peer(j) if self.nodes[j].liar);
-        if corrupt {
-            let src = source(by);
-            self.nodes[to]
-                .picker
-                .handle_piece_failed(now, piece, src, FailReason::Corrupt);
-            if let Source::Peer(offender) = src {
-                self.sched
-                    .handle_bad_piece(now, peer_id(to), offender, piece);
-            }
-        } else {
-            self.piece_done(to, piece, source(by));
-        }
-        self.pump(to);
-    }
-
-    fn piece_done(&mut self, i: usize, piece: u32, from: Source) {
-        let now = self.instant();
-        let node = &mut self.nodes[i];
-        if node.picker.have().get(piece) {
-            return;
-        }
-        node.picker.handle_piece_done(now, piece, from);
-        node.new_pieces.push(piece);
-        if node.picker.is_complete() && node.done.is_none() {
-            node.done = Some(self.now - node.joined);
-            if !node.liar && !node.leaver {
-                self.remaining -= 1;
-            }
-        }
-        let at = (node.last_sync + SYNC_GAP).max(self.now);
-        self.schedule_sync(i, at);
-    }
-
-    fn leave(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if node.left {
-            return;
-        }
-        node.left = true;
-        let queued: Vec<(usize, u32)> = node.up.queue.drain(..).collect();
-        self.sched.handle_leave(self.instant(), peer_id(i));
-        for (to, piece) in queued {
-            self.push(
-                self.now + self.config.latency,
-                Ev::Failed {
-                    by: Node::Peer(i),
-                    to,
-                    piece,
-                    reason: FailReason::Unavailable,
-                },
-            );
-        }
-    }
+    driver::Sim::new(config).run()
 }

@@ -58,7 +58,12 @@ fn random_tie_break_differs_between_peers() {
 
 #[test]
 fn limits_and_no_duplicates() {
-    let (mut p, t) = picker(64);
+    let cfg = PickerConfig {
+        max_in_flight: 8,
+        per_parent_in_flight: 2,
+        ..PickerConfig::default()
+    };
+    let (mut p, t) = (Picker::new(64, cfg, 3), Instant::now());
     p.handle_parents(t, (1..=3).map(|i| (PeerId(i), Bitmap::full(64))).collect());
     p.handle_seed_pieces(Bitmap::full(64));
     let reqs = drain(&mut p, t);
@@ -83,7 +88,11 @@ fn seed_only_for_pieces_no_parent_has() {
     let (mut p, t) = picker(8);
     p.handle_parents(t, vec![(PeerId(1), bits(8, &[0, 1, 2, 3]))]);
     let reqs = drain(&mut p, t);
-    assert_eq!(reqs.len(), 2, "nothing from the seed before it has pieces");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "one at a time per parent, nothing from the seed yet"
+    );
     p.handle_seed_pieces(Bitmap::full(8));
     let seed = drain(&mut p, t);
     assert_eq!(seed.len(), 4);
@@ -93,7 +102,31 @@ fn seed_only_for_pieces_no_parent_has() {
     }
     // Seed limit reached and nothing else available.
     assert_eq!(p.poll_request(t), None);
-    assert_eq!(p.in_flight(), 6);
+    assert_eq!(p.in_flight(), 5);
+}
+
+#[test]
+fn seed_pieces_first_and_outside_the_parent_budget() {
+    let (mut p, t) = picker(16);
+    // Four parents fill max_in_flight (4) ...
+    p.handle_parents(
+        t,
+        (1..=4)
+            .map(|i| (PeerId(i), bits(16, &[0, 1, 2, 3, 4, 5])))
+            .collect(),
+    );
+    assert_eq!(drain(&mut p, t).len(), 4);
+    // ... and a piece only the seed has is still fetched, on its own budget.
+    p.handle_seed_pieces(bits(16, &[9]));
+    assert_eq!(
+        p.poll_request(t),
+        Some(Request {
+            piece: 9,
+            source: Source::Seed
+        })
+    );
+    assert_eq!(p.in_flight(), 5);
+    assert_eq!(p.poll_request(t), None);
 }
 
 #[test]
@@ -153,16 +186,30 @@ fn backoff_then_retry() {
     p.handle_piece_failed(t, 0, Source::Seed, FailReason::Busy);
     assert_eq!(p.in_flight(), 0);
     assert_eq!(p.poll_request(t), None);
-    let until = t + Duration::from_millis(500);
-    assert_eq!(p.poll_timeout(), Some(until));
+    // Busy is skipped briefly, other failures for longer.
+    let busy_until = t + Duration::from_millis(50);
+    assert_eq!(p.poll_timeout(), Some(busy_until));
     // A parent that has the piece can be used meanwhile.
     p.handle_parents(t, vec![(PeerId(5), Bitmap::full(1))]);
     let r = p.poll_request(t).unwrap();
     assert_eq!(r.source, Source::Peer(PeerId(5)));
     p.handle_piece_failed(t, 0, r.source, FailReason::Timeout);
-    assert_eq!(p.poll_request(t + Duration::from_millis(499)), None);
+    assert_eq!(p.poll_request(t + Duration::from_millis(49)), None);
+    // The seed is back first; the parent only after 500 ms.
+    let r = p.poll_request(busy_until).unwrap();
+    assert_eq!(r.source, Source::Seed);
+    p.handle_piece_failed(busy_until, 0, r.source, FailReason::Io);
+    let until = t + Duration::from_millis(500);
+    assert_eq!(p.poll_timeout(), Some(until));
+    assert_eq!(p.poll_request(until - Duration::from_millis(1)), None);
     let r = p.poll_request(until).unwrap();
-    assert_eq!(r.piece, 0);
+    assert_eq!(
+        r,
+        Request {
+            piece: 0,
+            source: Source::Peer(PeerId(5))
+        }
+    );
     p.handle_piece_done(until, 0, r.source);
     assert!(p.is_complete());
     assert_eq!(p.poll_timeout(), None);

@@ -158,12 +158,15 @@ fn never_banned_or_gone() {
 
 #[test]
 fn sticky_parents() {
-    let (mut s, t) = sched(8);
+    let (mut s, t) = sched(32);
     join_all(&mut s, t, 1..=40);
-    // Everyone but peer 1 holds something peer 1 lacks, so old parents stay useful.
+    // Everyone but peer 1 holds 8 pieces peer 1 lacks, so old parents stay useful.
+    let block = |i: u64| -> Vec<u32> {
+        let start = (i % 4) as u32 * 8;
+        (start..start + 8).collect()
+    };
     for i in 2..=40 {
-        s.handle_sync(t, PeerId(i), &[(i % 8) as u32], 0, false)
-            .unwrap();
+        s.handle_sync(t, PeerId(i), &block(i), 0, false).unwrap();
     }
     let first = ids(&s.parents(t, PeerId(1)).unwrap());
     for _ in 0..5 {
@@ -172,11 +175,22 @@ fn sticky_parents() {
         let kept = again.iter().filter(|p| first.contains(p)).count();
         assert!(kept >= 5, "{first:?} vs {again:?}");
     }
-    // A dead parent is replaced.
-    s.handle_leave(t, first[0]);
+    // A parent about to run dry (one useful piece left) gives way once others offer more,
+    // here a peer holding everything.
+    let current = ids(&s.parents(t, PeerId(1)).unwrap());
+    let mut got = block(current[1].0);
+    got.pop();
+    s.handle_sync(t, PeerId(1), &got, 0, false).unwrap();
+    s.handle_join(t, PeerId(99), addr(99));
+    s.handle_sync(t, PeerId(99), &[], 0, true).unwrap();
     let after = ids(&s.parents(t, PeerId(1)).unwrap());
-    assert_eq!(after.len(), 6);
-    assert!(!after.contains(&first[0]));
+    assert!(!after.contains(&current[1]), "{current:?} vs {after:?}");
+    assert!(after.contains(&PeerId(99)), "{after:?}");
+    // A dead parent is replaced.
+    s.handle_leave(t, after[0]);
+    let later = ids(&s.parents(t, PeerId(1)).unwrap());
+    assert_eq!(later.len(), 6);
+    assert!(!later.contains(&after[0]));
 }
 
 #[test]
@@ -240,21 +254,29 @@ fn seed_offers_each_missing_piece_once() {
     let (mut s, t) = sched(8);
     join_all(&mut s, t, 1..=3);
     let all = Bitmap::full(8);
+    // Slow start: nothing is out yet, so one piece at a time.
     let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    assert_eq!(a.count(), 1);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    // Sent: it no longer holds up the next offers, and one piece out allows two.
+    let p = a.iter_ones().next().unwrap();
+    s.handle_seed_sent(t, PeerId(2), p); // not peer 2's offer: ignored
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    s.handle_seed_sent(t, PeerId(1), p);
     let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
-    assert_eq!((a.count(), b.count()), (4, 4));
-    assert_eq!(a.count_not_in(&b), 4, "offers overlap: {a:?} {b:?}");
-    // Repeated asks get the same reservation back; nothing is left for peer 3.
+    assert_eq!(b.count(), 2);
+    assert_eq!(a.count_not_in(&b), 1, "offers overlap: {a:?} {b:?}");
+    // Repeated asks get the same reservation back.
     assert_eq!(s.seed_pieces(t, PeerId(1), &all).unwrap(), a);
-    assert_eq!(s.seed_pieces(t, PeerId(3), &all).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap(), b);
     // Once a piece is held it comes from peers; expired reservations are re-offered.
-    let held: Vec<u32> = a.iter_ones().collect();
-    s.handle_sync(t, PeerId(1), &held, 0, false).unwrap();
+    s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
     let later = t + SEED_OFFER_TTL;
     s.handle_sync(later, PeerId(3), &[], 0, false).unwrap();
     let c = s.seed_pieces(later, PeerId(3), &all).unwrap();
-    assert_eq!(c.count(), 4);
-    assert_eq!(c.count_not_in(&b), 0);
+    // One piece held: up to two open offers, and b's have expired.
+    assert_eq!(c.count(), 2);
+    assert!(!c.get(p));
     // Only pieces the seed has are offered.
     assert_eq!(
         s.seed_pieces(later, PeerId(2), &Bitmap::new(8))
@@ -266,4 +288,26 @@ fn seed_offers_each_missing_piece_once() {
         s.seed_pieces(t, PeerId(9), &all),
         Err(SchedError::UnknownPeer(PeerId(9)))
     );
+}
+
+#[test]
+fn seed_offers_are_capped() {
+    let cfg = SchedulerConfig {
+        seed_offers: 3,
+        ..SchedulerConfig::default()
+    };
+    let (mut s, t) = (TaskScheduler::new(16, cfg, 7), Instant::now());
+    join_all(&mut s, t, 1..=3);
+    s.handle_sync(t, PeerId(1), &(0..8).collect::<Vec<_>>(), 0, false)
+        .unwrap();
+    let all = Bitmap::full(16);
+    // Eight pieces are out, but at most three unsent offers at once.
+    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    assert_eq!(b.count(), 3);
+    assert!(b.iter_ones().all(|p| p >= 8));
+    assert_eq!(s.seed_pieces(t, PeerId(3), &all).unwrap().count(), 0);
+    s.handle_seed_sent(t, PeerId(2), b.iter_ones().next().unwrap());
+    let c = s.seed_pieces(t, PeerId(3), &all).unwrap();
+    assert_eq!(c.count(), 1);
+    assert_eq!(c.count_not_in(&b), 1);
 }

@@ -1,108 +1,163 @@
+use std::time::Duration;
+
 use super::*;
 
-fn base() -> SimConfig {
-    SimConfig {
-        peers: 50,
-        file_size: 64 << 20,
-        piece_size: 1 << 20,
-        ..SimConfig::default()
-    }
-}
-
-fn summary(name: &str, r: &SimReport, cfg: &SimConfig) {
+fn summary(name: &str, r: &SimReport) {
     println!(
-        "{name}: bound {:?} p50 {:.2} p99 {:.2} max {:.2} seed {:.2}x file, peer {:.1}x, decisions {}, elapsed {:?}",
+        "{name}: bound {:?} p50 {:.3} p99 {:.3} max {:.3} origin {:.3}x, peer {:.1}x, syncs {}, \
+         requests {}, busy {}, events {}, elapsed {:?}",
         r.bound,
         r.p50(),
         r.p99(),
         r.max(),
-        r.seed_bytes_sent as f64 / cfg.file_size as f64,
-        r.peer_bytes_sent as f64 / cfg.file_size as f64,
-        r.decisions,
+        r.origin_ratio(),
+        r.peer_bytes_sent as f64 / r.file_size as f64,
+        r.syncs,
+        r.requests,
+        r.busy,
+        r.events,
         r.elapsed,
     );
 }
 
-#[test]
-fn fifty_peers_complete() {
-    let cfg = base();
-    let r = run(&cfg);
-    summary("base", &r, &cfg);
-    assert!(r.all_done());
-    assert_eq!(r.completion_times().len(), 50);
+/// What a user checks after any run: every honest peer that stayed finished, nobody beat
+/// physics, and the supernode sent at least one copy.
+fn assert_physical(r: &SimReport) {
+    assert!(r.all_done(), "not every peer finished: {:?}", r.peers);
+    for (i, p) in r.peers.iter().enumerate() {
+        if let Some(done) = p.done {
+            assert!(
+                done >= p.floor,
+                "peer {i} finished in {done:?} < floor {:?}",
+                p.floor
+            );
+        }
+    }
     assert!(
-        r.seed_bytes_sent <= cfg.file_size * 3 / 2,
-        "seed sent {}",
+        r.seed_bytes_sent >= r.file_size,
+        "origin sent {}",
         r.seed_bytes_sent
     );
-    assert!(r.p50().is_finite() && r.p50() >= 1.0);
+}
+
+#[test]
+fn one_peer_one_piece_by_hand() {
+    // 1 MiB, one piece, 1 Gbit/s everywhere, 1 ms latency per node, joining at 0:
+    // sync there and back (2 × 2 ms), request (2 ms), 1 MiB at 125 MB/s, last byte (2 ms).
+    let mut cfg = SimConfig::flash_crowd(1, 1 << 20);
+    cfg.arrivals = Arrivals::Together {
+        within: Duration::ZERO,
+    };
+    let r = run(&cfg);
+    assert_physical(&r);
+    let transfer = (1u64 << 20) as f64 / 125e6;
+    let want = 0.008 + transfer;
+    let got = r.peers[0].done.unwrap().as_secs_f64();
+    assert!((got - want).abs() < 1e-6, "got {got}, want {want}");
+    assert_eq!(r.seed_bytes_sent, 1 << 20);
+    assert_eq!(r.peer_bytes_sent, 0);
+}
+
+#[test]
+fn one_peer_is_held_to_the_narrower_link() {
+    // The peer's 100 Mbit/s downlink is the bottleneck: F / d = 64 MiB / 12.5 MB/s.
+    let mut cfg = SimConfig::flash_crowd(1, 64 << 20);
+    cfg.links = vec![(1, Link::symmetric_mbit(100, Duration::from_millis(1)))];
+    let r = run(&cfg);
+    summary("one", &r);
+    assert_physical(&r);
+    let floor = (64u64 << 20) as f64 / 12.5e6;
+    assert!((r.bound.as_secs_f64() - floor).abs() < 1e-6);
+    let got = r.peers[0].done.unwrap().as_secs_f64();
+    assert!(
+        got < floor * 1.05,
+        "one peer took {got} s for a {floor} s floor"
+    );
+    assert_eq!(r.seed_bytes_sent, 64 << 20);
+}
+
+#[test]
+fn bound_formula() {
+    // max(100/20, 100/50, 10*100/(20+10*10)) = max(5, 2, 8.33)
+    let t = kumar_ross(100, 20, 50, 100.0, 10);
+    assert!((t.as_secs_f64() - 1000.0 / 120.0).abs() < 1e-9);
+    // Seed-bound: one peer, fast links.
+    assert!((kumar_ross(100, 10, 1000, 1000.0, 1).as_secs_f64() - 10.0).abs() < 1e-9);
+}
+
+#[test]
+fn fifty_peers_complete() {
+    let cfg = SimConfig::default();
+    let r = run(&cfg);
+    summary("flash50", &r);
+    assert_physical(&r);
+    assert_eq!(r.completion_times().len(), 50);
+    assert!(r.last_finish().unwrap() >= r.bound);
+    assert!(r.origin_ratio() <= 1.5, "origin {}", r.origin_ratio());
     assert!(r.p99() >= r.p50() && r.max() >= r.p99());
     assert_eq!(r.banned, 0);
 }
 
 #[test]
 fn deterministic() {
-    let cfg = SimConfig {
-        peers: 20,
-        ..base()
-    };
+    let cfg = SimConfig::flash_crowd(20, 16 << 20);
     assert_eq!(run(&cfg), run(&cfg));
 }
 
 #[test]
-fn one_liar_still_completes() {
-    let cfg = SimConfig { liars: 1, ..base() };
+fn one_liar_is_banned_and_everyone_else_completes() {
+    let cfg = Scenario::Liar.config(50, 64 << 20);
     let r = run(&cfg);
-    summary("liar", &r, &cfg);
-    assert!(r.all_done());
+    summary("liar", &r);
+    assert_physical(&r);
     assert_eq!(r.completion_times().len(), 49);
     assert_eq!(
         r.banned, 1,
         "two honest reporters should get the liar banned"
     );
-    assert!(r.seed_bytes_sent <= cfg.file_size * 3 / 2);
 }
 
 #[test]
 fn churn_completes_for_remaining_peers() {
-    let cfg = SimConfig {
-        churn_leave: 10,
-        ..base()
-    };
+    let cfg = Scenario::Churn.config(50, 64 << 20);
     let r = run(&cfg);
-    summary("churn", &r, &cfg);
-    assert!(r.all_done());
-    assert_eq!(r.peers.iter().filter(|p| p.left).count(), 10);
-    assert_eq!(r.completion_times().len(), 40);
+    summary("churn", &r);
+    assert_physical(&r);
+    assert_eq!(r.peers.iter().filter(|p| p.left).count(), 5);
+    assert_eq!(r.completion_times().len(), 45);
 }
 
 #[test]
-fn bound_formula() {
-    let cfg = SimConfig {
-        peers: 10,
-        file_size: 100,
-        peer_up_bps: 10,
-        peer_down_bps: 50,
-        seed_up_bps: 20,
-        ..base()
-    };
-    // max(100/20, 100/50, 10*100/(20+100)) = max(5, 2, 8.33)
-    assert!((bound(&cfg).as_secs_f64() - 1000.0 / 120.0).abs() < 1e-6);
+fn staggered_and_heterogeneous_complete() {
+    for s in [Scenario::Staggered, Scenario::Heterogeneous] {
+        let r = run(&s.config(50, 64 << 20));
+        summary(s.name(), &r);
+        assert_physical(&r);
+        assert_eq!(r.completion_times().len(), 50);
+    }
 }
 
 #[test]
 #[ignore = "manual timing: cargo test -p damselfly-swarm --release -- --ignored --nocapture"]
 fn thousand_peers() {
-    let cfg = SimConfig {
-        peers: 1000,
-        file_size: 256 << 20,
-        piece_size: 1 << 20,
-        seed_up_bps: 1_250_000_000,
-        ..SimConfig::default()
-    };
-    let start = Instant::now();
+    let cfg = SimConfig::flash_crowd(1000, 1 << 30);
+    let start = std::time::Instant::now();
     let r = run(&cfg);
-    summary("1000", &r, &cfg);
+    summary("1000", &r);
     println!("wall time {:?}", start.elapsed());
-    assert!(r.all_done());
+    assert_physical(&r);
+}
+
+#[test]
+fn supernode_never_beats_its_uplink() {
+    let mut cfg = SimConfig::flash_crowd(300, 64 << 20);
+    cfg.piece_size = 1 << 20;
+    let r = run(&cfg);
+    summary("inject", &r);
+    let floor = (64u64 << 20) as f64 / 125e6;
+    let injected = r.injected.unwrap().as_secs_f64();
+    assert!(
+        injected >= floor,
+        "all pieces out at {injected} s < {floor} s"
+    );
 }
