@@ -81,6 +81,10 @@ struct Run {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Daemon logs on stderr only when asked for (`RUST_LOG=dfget=debug`, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        damselfly_common::telemetry::init("warn");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -182,6 +186,10 @@ fn print_run(r: &Run, bound: f64) {
         r.cpu.process,
         r.cpu.machine,
     );
+    let mut done = r.done.clone();
+    done.sort_by(f64::total_cmp);
+    let done: Vec<String> = done.iter().map(|d| format!("{d:.1}")).collect();
+    println!("  completion times (s): {}", done.join(" "));
 }
 
 /// All `n` peers download the blob at once; finished peers keep serving (and tell the

@@ -57,7 +57,9 @@ pub struct EngineConfig {
     pub advertise_ip: Option<IpAddr>,
     /// Fetch from the origin directly when the supernode is unreachable. Default on.
     pub back_source: bool,
-    /// Download limit in bytes per second; 0 = unlimited. Default 0.
+    /// Download limit in bytes per second; 0 = unlimited. Default 0. Charged per piece
+    /// received (per chunk from the origin): a piece is held back until the limit allows it,
+    /// and refused or failed requests cost nothing.
     pub download_rate: u64,
     /// Upload limit in bytes per second; 0 = unlimited. Default 0.
     pub upload_rate: u64,
@@ -826,9 +828,6 @@ impl PieceJob {
         limiter: Option<Arc<RateLimiter>>,
     ) -> Result<u64, PieceFailure> {
         let len = self.range.end - self.range.start;
-        if let Some(l) = &limiter {
-            l.acquire(len).await;
-        }
         let fetch = async {
             match self.source {
                 Source::Seed => sn
@@ -849,6 +848,12 @@ impl PieceJob {
             .map_err(|_| PieceFailure::Timeout)??;
         if data.len() as u64 != len {
             return Err(PieceFailure::Corrupt);
+        }
+        // The download limit is charged for bytes received, after the fact: a request the
+        // source refused (busy, absent) or that failed moved nothing and costs nothing.
+        // Charging before asking made every refusal burn a piece's worth of the budget.
+        if let Some(l) = &limiter {
+            l.acquire(len).await;
         }
         let offset = self.range.start;
         let piece = self.piece;
