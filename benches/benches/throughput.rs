@@ -75,8 +75,16 @@ enum Role {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Thread names tell the processes apart in `perf report --sort comm`.
+    let name = match &args.role {
+        Some(Role::Peer { serve: true, .. }) => "parent-peer",
+        Some(Role::Peer { serve: false, .. }) => "child-peer",
+        Some(Role::Http { .. }) => "http-client",
+        None => "bench",
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_name(name)
         .build()?;
     match args.role {
         Some(Role::Peer {
@@ -125,6 +133,7 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
     let mut hop = Vec::new();
     let mut rust_http = Vec::new();
     let mut curl = Vec::new();
+    let mut quic = Vec::new();
     let mut child_rss = Vec::new();
     let mut http_rss = Vec::new();
     for i in 0..runs {
@@ -145,6 +154,12 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             "the child got {from_peers} of {size} bytes from its parent; the hop is not one hop"
         );
         hop.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
+        println!(
+            "  child: first piece at {:.2} s, last at {:.2} s, done at {:.2} s",
+            r["first_piece"].as_f64().unwrap_or(0.0),
+            r["last_piece"].as_f64().unwrap_or(0.0),
+            r["elapsed"].as_f64().unwrap_or(0.0)
+        );
         child_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
         std::fs::remove_file(&out)?;
 
@@ -161,14 +176,16 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             curl.push(size as f64 / curl_get(&url, &out).await?);
             std::fs::remove_file(&out)?;
         }
+        quic.push(size as f64 / quic_alone(size).await?);
         println!(
-            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}",
+            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}, QUIC alone {}/s",
             i + 1,
             mib(*hop.last().unwrap_or(&0.0)),
             mib(*rust_http.last().unwrap_or(&0.0)),
             curl.last()
                 .map(|c| format!(", {}/s (curl)", mib(*c)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            mib(*quic.last().unwrap_or(&0.0)),
         );
     }
     parent.close_stdin();
@@ -207,6 +224,11 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             fmt_all(&curl),
         ]);
     }
+    table.row([
+        "QUIC alone, in one process, no disk (MiB/s)".to_owned(),
+        format!("{:.0}", percentile(&quic, 50.0) / f64::from(1u32 << 20)),
+        fmt_all(&quic),
+    ]);
     table.row([
         "dfget hop / plain HTTP (median / best median)".to_owned(),
         format!(
@@ -306,6 +328,56 @@ impl Drop for Proc {
     }
 }
 
+/// The transport's own ceiling: `size` bytes over one connection between two endpoints
+/// configured as dfget's (`dfget::quic::endpoint`), in this process, from memory to memory,
+/// in 4 MiB streams two at a time like a download from one parent. Returns the seconds.
+async fn quic_alone(size: u64) -> anyhow::Result<f64> {
+    const PIECE: usize = 4 << 20;
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = dfget::quic::endpoint(loopback)?;
+    let client = dfget::quic::endpoint(loopback)?;
+    let addr = server.local_addr()?;
+    let serving = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let piece = Bytes::from(vec![0x5a; PIECE]);
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let piece = piece.clone();
+            tokio::spawn(async move {
+                let _ = recv.read_to_end(64).await;
+                let _ = send.write_chunk(piece).await;
+                let _ = send.finish();
+            });
+        }
+        anyhow::Ok(())
+    });
+    let conn = client.connect(addr, dfget::quic::SERVER_NAME)?.await?;
+    let start = Instant::now();
+    let pieces = size.div_ceil(PIECE as u64);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let mut fetches = tokio::task::JoinSet::new();
+    for _ in 0..pieces {
+        let permit = slots.clone().acquire_owned().await?;
+        let conn = conn.clone();
+        fetches.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(b"piece").await?;
+            send.finish()?;
+            let mut buf = vec![0u8; PIECE];
+            recv.read_exact(&mut buf).await?;
+            drop(permit);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = fetches.join_next().await {
+        r??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    serving.abort();
+    Ok(secs * size as f64 / (pieces * PIECE as u64) as f64)
+}
+
 /// `curl` downloads `url` into `out`; returns the seconds it took.
 async fn curl_get(url: &str, out: &Path) -> anyhow::Result<f64> {
     let (url, out) = (url.to_owned(), out.to_path_buf());
@@ -324,21 +396,27 @@ async fn curl_get(url: &str, out: &Path) -> anyhow::Result<f64> {
 
 /// Child: one engine, one download, then (with `serve`) serving until stdin closes.
 async fn peer(url: String, supernode: String, output: PathBuf, serve: bool) -> anyhow::Result<()> {
-    let engine = dfget::Engine::start(dfget::EngineConfig {
+    let config = dfget::EngineConfig {
         supernodes: vec![supernode],
         peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..dfget::EngineConfig::default()
-    })
-    .await?;
+    };
+    let engine = dfget::Engine::start(config).await?;
     let req = dfget::DownloadRequest {
         url,
         headers: Vec::new(),
         digest: None,
         output,
     };
-    let report = engine.download(&req, &dfget::NoProgress).await?;
+    let clock = PieceClock::default();
+    let report = engine.download(&req, &clock).await?;
+    let (first, last) = *clock.0.lock();
     say(&json!({
         "elapsed": report.elapsed.as_secs_f64(),
+        // From the start to the first and the last verified piece written; after the last
+        // come the whole-file digest check and the rename.
+        "first_piece": first.map(|t| t.as_secs_f64()),
+        "last_piece": last.map(|t| t.as_secs_f64()),
         "from_peers": report.from_peers,
         "from_supernode": report.from_supernode,
         "peak_rss": peak_rss(),
@@ -365,6 +443,29 @@ async fn peer(url: String, supernode: String, output: PathBuf, serve: bool) -> a
     }
     engine.shutdown(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Records when the first and the last piece were written, from its creation.
+struct PieceClock(
+    parking_lot::Mutex<(Option<Duration>, Option<Duration>)>,
+    Instant,
+);
+
+impl Default for PieceClock {
+    fn default() -> Self {
+        Self(parking_lot::Mutex::new((None, None)), Instant::now())
+    }
+}
+
+impl dfget::Progress for PieceClock {
+    fn set_total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn written(&self, _: std::ops::Range<u64>) {
+        let now = self.1.elapsed();
+        let mut t = self.0.lock();
+        t.0.get_or_insert(now);
+        t.1 = Some(now);
+    }
 }
 
 /// Child: a plain streaming HTTP GET into a file.
