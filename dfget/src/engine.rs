@@ -180,6 +180,16 @@ impl From<DownloadError> for SwarmError {
     }
 }
 
+/// A task this peer joined at a supernode.
+#[derive(Debug, Clone, Copy)]
+struct Joined {
+    /// Index of its supernode in `Engine::supernodes`.
+    supernode: usize,
+    /// The download finished and was verified: the peer holds every piece. Only then may
+    /// [`Engine::keepalive`] tell the supernode so.
+    complete: bool,
+}
+
 /// The P2P download engine of one process.
 #[derive(Debug)]
 pub struct Engine {
@@ -194,8 +204,8 @@ pub struct Engine {
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// Tasks this peer joined, with the index of their supernode.
-    joined: parking_lot::Mutex<HashMap<String, usize>>,
+    /// Tasks this peer joined and has not left.
+    joined: parking_lot::Mutex<HashMap<String, Joined>>,
 }
 
 impl Engine {
@@ -279,7 +289,7 @@ impl Engine {
     pub async fn forget(&self, task_id: &str) {
         self.server.remove(task_id);
         let joined = self.joined.lock().remove(task_id);
-        if let Some(sn) = joined.and_then(|i| self.supernodes.get(i))
+        if let Some(sn) = joined.and_then(|j| self.supernodes.get(j.supernode))
             && let Err(e) = sn.leave(task_id, self.peer_id).await
         {
             debug!(error = %e, task = task_id, "leave failed");
@@ -303,15 +313,18 @@ impl Engine {
     }
 
     /// Tells the supernode once that this peer is alive and complete for every task it
-    /// serves, so it stays a parent. A long-running peer calls this well within the
-    /// supernode's peer timeout. Tasks the supernode no longer knows are dropped from the
-    /// list (their content is still served to anyone who asks).
+    /// finished downloading, so it stays a parent. A long-running peer calls this well within
+    /// the supernode's peer timeout. Downloads still running are left out: they sync on their
+    /// own, and claiming them complete would make the supernode stop offering them pieces.
+    /// Tasks the supernode no longer knows are dropped from the list (their content is still
+    /// served to anyone who asks).
     pub async fn keepalive(&self) {
         let joined: Vec<(String, usize)> = self
             .joined
             .lock()
             .iter()
-            .map(|(t, i)| (t.clone(), *i))
+            .filter(|(_, j)| j.complete)
+            .map(|(t, j)| (t.clone(), j.supernode))
             .collect();
         for (task_id, index) in joined {
             let Some(sn) = self.supernodes.get(index) else {
@@ -330,9 +343,9 @@ impl Engine {
 
     /// Leaves every task, stops the piece server and waits (up to `grace`) for uploads to end.
     pub async fn shutdown(self, grace: Duration) {
-        let joined: Vec<(String, usize)> = self.joined.lock().drain().collect();
-        for (task_id, index) in joined {
-            if let Some(sn) = self.supernodes.get(index)
+        let joined: Vec<(String, Joined)> = self.joined.lock().drain().collect();
+        for (task_id, joined) in joined {
+            if let Some(sn) = self.supernodes.get(joined.supernode)
                 && let Err(e) = sn.leave(&task_id, self.peer_id).await
             {
                 debug!(error = %e, "leave failed");
@@ -423,7 +436,13 @@ impl Engine {
             return self.back_source(req, digest, started, progress, &why).await;
         };
         let sn = &self.supernodes[index];
-        self.joined.lock().insert(task.task_id.clone(), index);
+        self.joined.lock().insert(
+            task.task_id.clone(),
+            Joined {
+                supernode: index,
+                complete: false,
+            },
+        );
         progress.set_total(task.content_length);
         let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
         progress.started(&out.file(), task.content_length);
@@ -445,32 +464,42 @@ impl Engine {
         match result {
             Ok(()) => {}
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
-                self.server.remove(&task.task_id);
+                self.abandon(&task.task_id);
                 drop(out);
                 let why = format!("supernode lost mid-download ({why})");
                 return self.back_source(req, digest, started, progress, &why).await;
             }
             Err(SwarmError::SupernodeLost(why)) => {
-                self.server.remove(&task.task_id);
+                self.abandon(&task.task_id);
                 return Err(DownloadError::NoRoute(why));
             }
             Err(SwarmError::Fatal(e)) => {
-                self.server.remove(&task.task_id);
+                self.abandon(&task.task_id);
                 return Err(e);
             }
         }
         let expected = digest.or_else(|| task.digest.parse().ok());
         let file_digest = check_digest(&out, expected).await.inspect_err(|_| {
-            self.server.remove(&task.task_id);
+            self.abandon(&task.task_id);
         })?;
-        out.commit()?;
+        out.commit().inspect_err(|_| self.abandon(&task.task_id))?;
         report.digest = file_digest.to_string();
         report.elapsed = started.elapsed();
         // Tell the supernode at once that this peer is complete: it is now a full parent.
         let _ = sn
             .sync(&self.sync_request(&task.task_id, Vec::new(), Vec::new(), true, u32::MAX))
             .await;
+        if let Some(j) = self.joined.lock().get_mut(&task.task_id) {
+            j.complete = true;
+        }
         Ok(report)
+    }
+
+    /// Stops serving a download that failed and forgets it joined the task (the supernode
+    /// expires it). Its content is gone, so it must never be reported complete.
+    fn abandon(&self, task_id: &str) {
+        self.server.remove(task_id);
+        self.joined.lock().remove(task_id);
     }
 
     async fn swarm_download(
