@@ -23,6 +23,7 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
+use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::Parser;
 use common::{Table, cluster, percentile};
@@ -55,6 +56,10 @@ const REPO: &str = "bench/mirror";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Daemon logs on stderr only when asked for (`RUST_LOG=dfdaemon=debug`, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        damselfly_common::telemetry::init("warn");
+    }
     println!("machine: {}", common::machine());
     let registry = TestRegistry::builder().try_start()?;
     let digests: Vec<String> = (0..args.blobs)
@@ -88,6 +93,7 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
     let stop = CancellationToken::new();
     let a = Daemon::start(&sn, registry, &stop).await?;
     let b = Daemon::start(&sn, registry, &stop).await?;
+    println!("dfdaemon A {}, B {}", a.url, b.url);
     let client = reqwest::Client::builder().no_proxy().build()?;
 
     let (mut direct, mut cold, mut remote, mut local) = Default::default();
@@ -188,12 +194,17 @@ async fn get(
     if let Some((off, len)) = range {
         req = req.header("range", format!("bytes={off}-{}", off + len - 1));
     }
-    let resp = req.send().await?.error_for_status()?;
+    let what = || format!("GET {base}{path} (range {range:?})");
+    let resp = req
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(what)?;
     let mut body = resp.bytes_stream();
     let mut got = 0u64;
     let mut first = None;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
+        let chunk = chunk.with_context(|| format!("{} after {got} bytes", what()))?;
         if first.is_none() && !chunk.is_empty() {
             first = Some(start.elapsed());
         }
