@@ -57,7 +57,9 @@ pub struct EngineConfig {
     pub advertise_ip: Option<IpAddr>,
     /// Fetch from the origin directly when the supernode is unreachable. Default on.
     pub back_source: bool,
-    /// Download limit in bytes per second; 0 = unlimited. Default 0.
+    /// Download limit in bytes per second; 0 = unlimited. Default 0. Charged per piece
+    /// received (per chunk from the origin): a piece is held back until the limit allows it,
+    /// and refused or failed requests cost nothing.
     pub download_rate: u64,
     /// Upload limit in bytes per second; 0 = unlimited. Default 0.
     pub upload_rate: u64,
@@ -178,6 +180,16 @@ impl From<DownloadError> for SwarmError {
     }
 }
 
+/// A task this peer joined at a supernode.
+#[derive(Debug, Clone, Copy)]
+struct Joined {
+    /// Index of its supernode in `Engine::supernodes`.
+    supernode: usize,
+    /// The download finished and was verified: the peer holds every piece. Only then may
+    /// [`Engine::keepalive`] tell the supernode so.
+    complete: bool,
+}
+
 /// The P2P download engine of one process.
 #[derive(Debug)]
 pub struct Engine {
@@ -192,12 +204,8 @@ pub struct Engine {
     endpoint: quinn::Endpoint,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// Tasks this peer joined, with the index of their supernode.
-    joined: parking_lot::Mutex<HashMap<String, usize>>,
-    /// Joined tasks whose whole content is here and verified: the only ones `keepalive`
-    /// reports as complete. A download still running must not be: the supernode would count
-    /// it as holding every piece, hand it out as a full parent and stop seeding it.
-    complete: parking_lot::Mutex<HashSet<String>>,
+    /// Tasks this peer joined and has not left.
+    joined: parking_lot::Mutex<HashMap<String, Joined>>,
 }
 
 impl Engine {
@@ -263,7 +271,6 @@ impl Engine {
             shutdown,
             tracker,
             joined: parking_lot::Mutex::new(HashMap::new()),
-            complete: parking_lot::Mutex::new(HashSet::new()),
         })
     }
 
@@ -281,9 +288,8 @@ impl Engine {
     /// locally, e.g. evicted from a cache).
     pub async fn forget(&self, task_id: &str) {
         self.server.remove(task_id);
-        self.complete.lock().remove(task_id);
         let joined = self.joined.lock().remove(task_id);
-        if let Some(sn) = joined.and_then(|i| self.supernodes.get(i))
+        if let Some(sn) = joined.and_then(|j| self.supernodes.get(j.supernode))
             && let Err(e) = sn.leave(task_id, self.peer_id).await
         {
             debug!(error = %e, task = task_id, "leave failed");
@@ -307,19 +313,19 @@ impl Engine {
     }
 
     /// Tells the supernode once that this peer is alive and complete for every task it
-    /// serves, so it stays a parent. A long-running peer calls this well within the
-    /// supernode's peer timeout. Tasks the supernode no longer knows are dropped from the
-    /// list (their content is still served to anyone who asks).
+    /// finished downloading, so it stays a parent. A long-running peer calls this well within
+    /// the supernode's peer timeout. Downloads still running are left out: they sync on their
+    /// own, and claiming them complete would make the supernode stop offering them pieces.
+    /// Tasks the supernode no longer knows are dropped from the list (their content is still
+    /// served to anyone who asks).
     pub async fn keepalive(&self) {
-        let joined: Vec<(String, usize)> = {
-            let complete = self.complete.lock();
-            self.joined
-                .lock()
-                .iter()
-                .filter(|(t, _)| complete.contains(*t))
-                .map(|(t, i)| (t.clone(), *i))
-                .collect()
-        };
+        let joined: Vec<(String, usize)> = self
+            .joined
+            .lock()
+            .iter()
+            .filter(|(_, j)| j.complete)
+            .map(|(t, j)| (t.clone(), j.supernode))
+            .collect();
         for (task_id, index) in joined {
             let Some(sn) = self.supernodes.get(index) else {
                 continue;
@@ -328,7 +334,6 @@ impl Engine {
             match sn.sync(&req).await {
                 Err(e) if e.code() == Some("UNKNOWN_TASK") => {
                     self.joined.lock().remove(&task_id);
-                    self.complete.lock().remove(&task_id);
                 }
                 Err(e) => debug!(error = %e, task = %task_id, "keepalive failed"),
                 Ok(_) => {}
@@ -338,9 +343,9 @@ impl Engine {
 
     /// Leaves every task, stops the piece server and waits (up to `grace`) for uploads to end.
     pub async fn shutdown(self, grace: Duration) {
-        let joined: Vec<(String, usize)> = self.joined.lock().drain().collect();
-        for (task_id, index) in joined {
-            if let Some(sn) = self.supernodes.get(index)
+        let joined: Vec<(String, Joined)> = self.joined.lock().drain().collect();
+        for (task_id, joined) in joined {
+            if let Some(sn) = self.supernodes.get(joined.supernode)
                 && let Err(e) = sn.leave(&task_id, self.peer_id).await
             {
                 debug!(error = %e, "leave failed");
@@ -431,7 +436,13 @@ impl Engine {
             return self.back_source(req, digest, started, progress, &why).await;
         };
         let sn = &self.supernodes[index];
-        self.joined.lock().insert(task.task_id.clone(), index);
+        self.joined.lock().insert(
+            task.task_id.clone(),
+            Joined {
+                supernode: index,
+                complete: false,
+            },
+        );
         progress.set_total(task.content_length);
         let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
         progress.started(&out.file(), task.content_length);
@@ -453,40 +464,42 @@ impl Engine {
         match result {
             Ok(()) => {}
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
-                self.server.remove(&task.task_id);
-                self.joined.lock().remove(&task.task_id);
+                self.abandon(&task.task_id);
                 drop(out);
                 let why = format!("supernode lost mid-download ({why})");
                 return self.back_source(req, digest, started, progress, &why).await;
             }
             Err(SwarmError::SupernodeLost(why)) => {
-                self.server.remove(&task.task_id);
-                self.joined.lock().remove(&task.task_id);
+                self.abandon(&task.task_id);
                 return Err(DownloadError::NoRoute(why));
             }
             Err(SwarmError::Fatal(e)) => {
-                // Leave at once: the pieces it reported are no longer served here.
-                self.forget(&task.task_id).await;
+                self.abandon(&task.task_id);
                 return Err(e);
             }
         }
         let expected = digest.or_else(|| task.digest.parse().ok());
-        let file_digest = match check_digest(&out, expected).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.forget(&task.task_id).await;
-                return Err(e);
-            }
-        };
-        out.commit()?;
-        self.complete.lock().insert(task.task_id.clone());
+        let file_digest = check_digest(&out, expected).await.inspect_err(|_| {
+            self.abandon(&task.task_id);
+        })?;
+        out.commit().inspect_err(|_| self.abandon(&task.task_id))?;
         report.digest = file_digest.to_string();
         report.elapsed = started.elapsed();
         // Tell the supernode at once that this peer is complete: it is now a full parent.
         let _ = sn
             .sync(&self.sync_request(&task.task_id, Vec::new(), Vec::new(), true, u32::MAX))
             .await;
+        if let Some(j) = self.joined.lock().get_mut(&task.task_id) {
+            j.complete = true;
+        }
         Ok(report)
+    }
+
+    /// Stops serving a download that failed and forgets it joined the task (the supernode
+    /// expires it). Its content is gone, so it must never be reported complete.
+    fn abandon(&self, task_id: &str) {
+        self.server.remove(task_id);
+        self.joined.lock().remove(task_id);
     }
 
     async fn swarm_download(
@@ -844,9 +857,6 @@ impl PieceJob {
         limiter: Option<Arc<RateLimiter>>,
     ) -> Result<u64, PieceFailure> {
         let len = self.range.end - self.range.start;
-        if let Some(l) = &limiter {
-            l.acquire(len).await;
-        }
         let fetch = async {
             match self.source {
                 Source::Seed => sn
@@ -867,6 +877,12 @@ impl PieceJob {
             .map_err(|_| PieceFailure::Timeout)??;
         if data.len() as u64 != len {
             return Err(PieceFailure::Corrupt);
+        }
+        // The download limit is charged for bytes received, after the fact: a request the
+        // source refused (busy, absent) or that failed moved nothing and costs nothing.
+        // Charging before asking made every refusal burn a piece's worth of the budget.
+        if let Some(l) = &limiter {
+            l.acquire(len).await;
         }
         let offset = self.range.start;
         let piece = self.piece;

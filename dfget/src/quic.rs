@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quinn::{
-    ClientConfig, Endpoint, ServerConfig, TransportConfig, VarInt,
+    ClientConfig, Endpoint, EndpointConfig, ServerConfig, TransportConfig, VarInt,
     crypto::rustls::{QuicClientConfig, QuicServerConfig},
 };
 use rustls::{
@@ -17,6 +17,7 @@ use rustls::{
     crypto::{CryptoProvider, ring},
     pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime},
 };
+use tracing::{debug, info};
 
 /// ALPN of the peer protocol.
 pub const ALPN: &[u8] = b"damselfly-piece/1";
@@ -93,10 +94,52 @@ pub fn endpoint(addr: SocketAddr) -> Result<Endpoint, QuicSetupError> {
     let mut client = ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport());
 
+    let bind = |source| QuicSetupError::Bind { addr, source };
+    let socket = udp_socket(addr).map_err(bind)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
     let mut endpoint =
-        Endpoint::server(server, addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
+        Endpoint::new(EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// Socket buffer size asked for in each direction. The kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with large kernel buffers. Linux's default receive buffer
+/// (208 KiB) overflows under a burst of a few dozen QUIC packets; every datagram dropped there
+/// is a loss to the congestion controller, which then halves the sending rate.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the system allows it, as `std` binds `[::]` by default.
+        let _ = socket.set_only_v6(false);
+    }
+    // Linux reports twice the usable size it granted.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        debug!(error = %e, "cannot set the UDP receive buffer size");
+    }
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < SOCKET_BUFFER / 2 {
+        info!(
+            granted,
+            "UDP receive buffer capped by the kernel: raise net.core.rmem_max"
+        );
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        debug!(error = %e, "cannot set the UDP send buffer size");
+    }
+    let granted = socket.send_buffer_size().unwrap_or(0) / 2;
+    if granted < SOCKET_BUFFER / 2 {
+        info!(
+            granted,
+            "UDP send buffer capped by the kernel: raise net.core.wmem_max"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accepts any peer certificate but still checks the handshake signature, so the session key

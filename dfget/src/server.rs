@@ -16,6 +16,7 @@ use std::{
     },
 };
 
+use bytes::Bytes;
 use damselfly_common::RateLimiter;
 use damselfly_proto::{
     MAX_MESSAGE_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus, decode,
@@ -175,18 +176,18 @@ impl PieceServer {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "malformed piece request");
-                return answer(&mut send, &reply(PieceStatus::BadRequest, 0), &[]).await;
+                return answer(&mut send, &reply(PieceStatus::BadRequest, 0), Bytes::new()).await;
             }
         };
         let task = self.tasks.read().get(&request.task_id).cloned();
         let Some(task) = task else {
-            return answer(&mut send, &reply(PieceStatus::UnknownTask, 0), &[]).await;
+            return answer(&mut send, &reply(PieceStatus::UnknownTask, 0), Bytes::new()).await;
         };
         if !task.have.read().get(request.piece) {
-            return answer(&mut send, &reply(PieceStatus::NotFound, 0), &[]).await;
+            return answer(&mut send, &reply(PieceStatus::NotFound, 0), Bytes::new()).await;
         }
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
-            return answer(&mut send, &reply(PieceStatus::Busy, 0), &[]).await;
+            return answer(&mut send, &reply(PieceStatus::Busy, 0), Bytes::new()).await;
         };
         self.uploading.fetch_add(1, Ordering::Relaxed);
         let result = self.upload(&task, request.piece, &mut send, reply).await;
@@ -222,7 +223,7 @@ impl PieceServer {
         if let Some(limiter) = &self.limiter {
             limiter.acquire(len).await;
         }
-        answer(send, &reply(PieceStatus::Ok, len), &data).await?;
+        answer(send, &reply(PieceStatus::Ok, len), Bytes::from(data)).await?;
         self.bytes_served.fetch_add(len, Ordering::Relaxed);
         trace!(piece, bytes = len, "piece served");
         Ok(())
@@ -246,16 +247,17 @@ fn parse_request(raw: &[u8]) -> Result<PieceRequest, damselfly_proto::DecodeErro
     Ok(req)
 }
 
-/// Writes a whole answer (`header`, then `body`) and finishes the stream.
+/// Writes a whole answer (`header`, then `body`) and finishes the stream. The body is handed
+/// to QUIC as it is, not copied.
 async fn answer(
     send: &mut quinn::SendStream,
     header: &[u8],
-    body: &[u8],
+    body: Bytes,
 ) -> Result<(), StreamError> {
     send.write_all(header)
         .await
         .map_err(|e| StreamError(e.to_string()))?;
-    send.write_all(body)
+    send.write_chunk(body)
         .await
         .map_err(|e| StreamError(e.to_string()))?;
     send.finish().map_err(|e| StreamError(e.to_string()))

@@ -468,6 +468,42 @@ fn the_node_cache_stays_under_its_capacity() {
     assert!(held() > 0.0);
 }
 
+/// A pull slowed by the download limit outlives several keep-alives. The keep-alive reports
+/// finished blobs only: had it reported this one complete mid-download, the supernode would
+/// have stopped offering its pieces and the pull would have stalled. And the limit holds.
+#[test]
+fn a_rate_limited_pull_completes_across_keepalives_and_keeps_to_its_limit() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let blob = damselfly_e2e::random_blob(12 * MIB, 66);
+    let digest = registry.push_blob("e2e/rate", &blob);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args([
+            "--p2p-download-rate",
+            "4MiB",
+            "--p2p-keepalive-interval",
+            "300ms",
+        ])
+        .start();
+    let url = format!(
+        "{}/v2/e2e/rate/blobs/{digest}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    let started = Instant::now();
+    let r = http::Request::get(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .unwrap_or_else(|e| panic!("pull failed: {e:#}\n{}", dfdaemon.log_text()));
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == blob, "wrong content");
+    // 4 MiB/s after a 1 MiB burst: 11 MiB take at least 2.75 s.
+    assert!(took >= Duration::from_millis(2750), "took only {took:?}");
+}
+
 /// `POST /api/v1/preheat` with a JSON `body`; the status and the JSON answer.
 fn preheat(d: &Dfdaemon, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
     let r = http::Request::post(format!("{}/api/v1/preheat", d.url()))

@@ -1,0 +1,256 @@
+//! `mirror`: blob pulls through dfdaemon, the way a container runtime makes them.
+//!
+//! A real `docker-registry` (Debian's, as in the end-to-end tests) holds the blobs; in this
+//! process run a supernode and two dfdaemons (`dfdaemon::App`, A and B) on loopback, and an
+//! HTTP client. For each blob, in order:
+//!
+//! * **direct**: a GET straight from the registry (the baseline: no mirror);
+//! * **cold**: a GET through A, which holds nothing (the supernode fetches from the registry
+//!   and A from the supernode), timed to the first byte and to the last;
+//! * **remote peer**: a GET through B, which fetches from A over QUIC;
+//! * **local cache**: the same GET through A again.
+//!
+//! Then small Range reads at random offsets (the lazy-loading pattern) of a blob A holds,
+//! through A and straight from the registry: p50/p99 latency of each.
+//!
+//! ```text
+//! cargo bench -p damselfly-benches --bench mirror -- --size 64MiB --blobs 5 --ranges 500
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Parser;
+use common::{Table, cluster, percentile};
+use damselfly_e2e::TestRegistry;
+use futures::StreamExt as _;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Blob pull latency through dfdaemon.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Size of each blob.
+    #[arg(long, default_value = "64MiB")]
+    size: ByteSize,
+    /// Blobs pulled (each cold, then from a remote peer, then from the local cache).
+    #[arg(long, default_value_t = 5)]
+    blobs: usize,
+    /// Range reads of each kind.
+    #[arg(long, default_value_t = 500)]
+    ranges: usize,
+    /// Bytes per Range read.
+    #[arg(long, default_value = "64KiB")]
+    range_size: ByteSize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const REPO: &str = "bench/mirror";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Daemon logs on stderr only when asked for (`RUST_LOG=dfdaemon=debug`, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        damselfly_common::telemetry::init("warn");
+    }
+    println!("machine: {}", common::machine());
+    let registry = TestRegistry::builder().try_start()?;
+    let digests: Vec<String> = (0..args.blobs)
+        .map(|i| {
+            let blob = damselfly_e2e::random_blob(args.size.as_u64() as usize, 0x3000 + i as u64);
+            registry.try_push_blob(REPO, &blob)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(&args, &registry, &digests))
+}
+
+/// Latencies of one kind, in seconds.
+#[derive(Default)]
+struct Series {
+    first_byte: Vec<f64>,
+    total: Vec<f64>,
+}
+
+async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyhow::Result<()> {
+    let size = args.size.as_u64();
+    println!(
+        "mirror: {} blobs of {} each, registry {}",
+        digests.len(),
+        common::mib(size as f64),
+        registry.url()
+    );
+    let sn = cluster::Supernode::start(0, |_| {}).await?;
+    let stop = CancellationToken::new();
+    let a = Daemon::start(&sn, registry, &stop).await?;
+    let b = Daemon::start(&sn, registry, &stop).await?;
+    println!("dfdaemon A {}, B {}", a.url, b.url);
+    let client = reqwest::Client::builder().no_proxy().build()?;
+
+    let (mut direct, mut cold, mut remote, mut local) = Default::default();
+    for digest in digests {
+        let path = format!("/v2/{REPO}/blobs/{digest}");
+        get(&client, &registry.url(), &path, None, size, &mut direct).await?;
+        get(&client, &a.url, &path, None, size, &mut cold).await?;
+        get(&client, &b.url, &path, None, size, &mut remote).await?;
+        get(&client, &a.url, &path, None, size, &mut local).await?;
+    }
+    let ms = |v: f64| format!("{:.1}", v * 1000.0);
+    let base = percentile(&direct.total, 50.0);
+    let mut pulls = Table::new([
+        "blob pull",
+        "p50 first byte (ms)",
+        "p50 total (ms)",
+        "max total (ms)",
+        "p50 / direct",
+    ]);
+    for (name, s) in [
+        ("direct from the registry", &direct),
+        ("dfdaemon, cold (registry → supernode → node)", &cold),
+        ("dfdaemon, remote peer (node → node)", &remote),
+        ("dfdaemon, local cache", &local),
+    ] {
+        pulls.row([
+            name.to_owned(),
+            ms(percentile(&s.first_byte, 50.0)),
+            ms(percentile(&s.total, 50.0)),
+            ms(percentile(&s.total, 100.0)),
+            format!("{:.2}", percentile(&s.total, 50.0) / base),
+        ]);
+    }
+
+    // Range reads of the first blob, which A holds now.
+    let path = format!("/v2/{REPO}/blobs/{}", digests[0]);
+    let len = args.range_size.as_u64().min(size);
+    let mut rng_state = 0x9e37_79b9_u64;
+    let mut offsets = Vec::with_capacity(args.ranges);
+    for _ in 0..args.ranges {
+        rng_state = rng_state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        offsets.push((rng_state >> 11) % (size - len + 1));
+    }
+    let (mut via_a, mut via_registry) = (Series::default(), Series::default());
+    for &off in &offsets {
+        let range = Some((off, len));
+        get(&client, &a.url, &path, range, len, &mut via_a).await?;
+        get(
+            &client,
+            &registry.url(),
+            &path,
+            range,
+            len,
+            &mut via_registry,
+        )
+        .await?;
+    }
+    let mut ranges = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
+    let base = percentile(&via_registry.total, 50.0);
+    for (name, s) in [
+        ("direct from the registry", &via_registry),
+        ("dfdaemon, local cache", &via_a),
+    ] {
+        ranges.row([
+            name.to_owned(),
+            ms(percentile(&s.total, 50.0)),
+            ms(percentile(&s.total, 99.0)),
+            format!("{:.2}", percentile(&s.total, 50.0) / base),
+        ]);
+    }
+    println!(
+        "\n{}\n{} Range reads of {} at random offsets, each kind:\n{}",
+        pulls.render(),
+        offsets.len(),
+        ByteSize::b(len),
+        ranges.render()
+    );
+    stop.cancel();
+    a.task.await??;
+    b.task.await??;
+    sn.stop().await
+}
+
+/// GET `base + path` (bytes `range` = (offset, length) if given), reads the whole body,
+/// checks its length, and records the latencies.
+async fn get(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    range: Option<(u64, u64)>,
+    want: u64,
+    into: &mut Series,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut req = client.get(format!("{base}{path}"));
+    if let Some((off, len)) = range {
+        req = req.header("range", format!("bytes={off}-{}", off + len - 1));
+    }
+    let what = || format!("GET {base}{path} (range {range:?})");
+    let resp = req
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(what)?;
+    let mut body = resp.bytes_stream();
+    let mut got = 0u64;
+    let mut first = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("{} after {got} bytes", what()))?;
+        if first.is_none() && !chunk.is_empty() {
+            first = Some(start.elapsed());
+        }
+        got += chunk.len() as u64;
+    }
+    let total = start.elapsed();
+    anyhow::ensure!(got == want, "{base}{path}: {got} bytes, expected {want}");
+    into.first_byte.push(first.unwrap_or(total).as_secs_f64());
+    into.total.push(total.as_secs_f64());
+    Ok(())
+}
+
+/// An in-process dfdaemon.
+struct Daemon {
+    url: String,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    async fn start(
+        sn: &cluster::Supernode,
+        registry: &TestRegistry,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bench-dfdaemon-")
+            .tempdir_in(cluster::scratch_root())?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = dfdaemon::Config {
+            listen: loopback,
+            peer_listen: loopback,
+            data_dir: dir.path().to_path_buf(),
+            supernodes: vec![sn.addr().to_string()],
+            default_upstream: registry.url(),
+            shutdown_grace: Duration::from_secs(2),
+            ..dfdaemon::Config::default()
+        };
+        config.cache.capacity = ByteSize::b(0);
+        let app = dfdaemon::App::build(config).await?;
+        let url = format!("http://{}", app.addr());
+        let task = tokio::spawn(app.run(stop.clone()));
+        Ok(Self {
+            url,
+            task,
+            _dir: dir,
+        })
+    }
+}

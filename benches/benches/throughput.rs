@@ -1,0 +1,492 @@
+//! `throughput`: one peer fetching a large blob from one parent, unshaped, against a plain
+//! HTTP download of the same bytes on the same machine, in the same run; and each peer's
+//! peak RSS.
+//!
+//! In this process: an origin HTTP server (blob in memory) and a supernode. The peers are
+//! separate processes (this executable, re-run as `peer`), so each one's peak RSS is its own
+//! `VmHWM`: the parent downloads the blob from the supernode and keeps serving it; then the
+//! child downloads it, all from the parent (the supernode offers a peer only pieces no live
+//! peer holds). The plain HTTP downloads of the same bytes from the origin are a Rust
+//! client (this executable as `http`: reqwest, the client dfget itself uses for HTTP) and
+//! `curl`, when installed. Times include writing the file (and, for dfget, checking every
+//! piece and then the whole file against their sha256).
+//!
+//! ```text
+//! cargo bench -p damselfly-benches --bench throughput -- --size 1GiB --runs 3
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use bytesize::ByteSize;
+use clap::{Parser, Subcommand};
+use common::{Table, cluster, mib, origin::Origin, peak_rss, percentile};
+use damselfly_common::Digest;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+/// Single-hop throughput and peak RSS of a peer.
+#[derive(Parser, Debug)]
+struct Args {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Blob size.
+    #[arg(long, default_value = "1GiB")]
+    size: ByteSize,
+    /// Measurements of each kind (alternating).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The child processes this benchmark runs (itself).
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// One dfget engine downloading one URL; prints a JSON line when done.
+    Peer {
+        url: String,
+        #[arg(long)]
+        supernode: String,
+        #[arg(long)]
+        output: PathBuf,
+        /// Keep serving until stdin closes, then print a second JSON line.
+        #[arg(long)]
+        serve: bool,
+    },
+    /// A plain HTTP GET into a file; prints a JSON line when done.
+    Http {
+        url: String,
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Thread names tell the processes apart in `perf report --sort comm`.
+    let name = match &args.role {
+        Some(Role::Peer { serve: true, .. }) => "parent-peer",
+        Some(Role::Peer { serve: false, .. }) => "child-peer",
+        Some(Role::Http { .. }) => "http-client",
+        None => "bench",
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()?;
+    match args.role {
+        Some(Role::Peer {
+            url,
+            supernode,
+            output,
+            serve,
+        }) => runtime.block_on(peer(url, supernode, output, serve)),
+        Some(Role::Http { url, output }) => runtime.block_on(http(url, output)),
+        None => runtime.block_on(bench(args.size.as_u64(), args.runs.max(1))),
+    }
+}
+
+async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
+    println!("machine: {}", common::machine());
+    println!(
+        "throughput: {} from one parent, unshaped, against plain HTTP",
+        mib(size as f64)
+    );
+    let blob = Bytes::from(damselfly_e2e::random_blob(size as usize, 0x7e57));
+    let digest = Digest::of(&blob).to_string();
+    let origin = Origin::start(vec![blob], 0).await?;
+    let url = origin.blob_url(&digest);
+    let sn = cluster::Supernode::start(0, |_| {}).await?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-throughput-")
+        .tempdir_in(cluster::scratch_root())?;
+    let has_curl = Command::new("curl").arg("--version").output().is_ok();
+
+    // The parent: fetches from the supernode, then serves.
+    let mut parent = Proc::spawn(&[
+        "peer",
+        &url,
+        "--supernode",
+        &sn.addr().to_string(),
+        "--output",
+        &dir.path().join("parent").to_string_lossy(),
+        "--serve",
+    ])?;
+    let first = parent.line().await?;
+    println!(
+        "parent: fetched from the supernode in {:.2} s",
+        first["elapsed"].as_f64().unwrap_or(0.0)
+    );
+
+    let mut hop = Vec::new();
+    let mut rust_http = Vec::new();
+    let mut curl = Vec::new();
+    let mut quic = Vec::new();
+    let mut child_rss = Vec::new();
+    let mut http_rss = Vec::new();
+    for i in 0..runs {
+        let out = dir.path().join(format!("child-{i}"));
+        let mut child = Proc::spawn(&[
+            "peer",
+            &url,
+            "--supernode",
+            &sn.addr().to_string(),
+            "--output",
+            &out.to_string_lossy(),
+        ])?;
+        let r = child.line().await?;
+        child.wait()?;
+        let from_peers = r["from_peers"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            from_peers == size,
+            "the child got {from_peers} of {size} bytes from its parent; the hop is not one hop"
+        );
+        hop.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
+        println!(
+            "  child: first piece at {:.2} s, last at {:.2} s, done at {:.2} s",
+            r["first_piece"].as_f64().unwrap_or(0.0),
+            r["last_piece"].as_f64().unwrap_or(0.0),
+            r["elapsed"].as_f64().unwrap_or(0.0)
+        );
+        child_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
+        std::fs::remove_file(&out)?;
+
+        let out = dir.path().join(format!("http-{i}"));
+        let mut h = Proc::spawn(&["http", &url, "--output", &out.to_string_lossy()])?;
+        let r = h.line().await?;
+        h.wait()?;
+        rust_http.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
+        http_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
+        std::fs::remove_file(&out)?;
+
+        if has_curl {
+            let out = dir.path().join(format!("curl-{i}"));
+            curl.push(size as f64 / curl_get(&url, &out).await?);
+            std::fs::remove_file(&out)?;
+        }
+        quic.push(size as f64 / quic_alone(size).await?);
+        println!(
+            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}, QUIC alone {}/s",
+            i + 1,
+            mib(*hop.last().unwrap_or(&0.0)),
+            mib(*rust_http.last().unwrap_or(&0.0)),
+            curl.last()
+                .map(|c| format!(", {}/s (curl)", mib(*c)))
+                .unwrap_or_default(),
+            mib(*quic.last().unwrap_or(&0.0)),
+        );
+    }
+    parent.close_stdin();
+    let last = parent.line().await?;
+    parent.wait()?;
+    sn.stop().await?;
+
+    let best_http = rust_http
+        .iter()
+        .chain(curl.iter())
+        .fold(0.0f64, |a, b| a.max(*b));
+    let mut table = Table::new(["measure", "median", "runs"]);
+    let fmt_all = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:.0}", x / f64::from(1u32 << 20)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    table.row([
+        "dfget, one hop (MiB/s)".to_owned(),
+        format!("{:.0}", percentile(&hop, 50.0) / f64::from(1u32 << 20)),
+        fmt_all(&hop),
+    ]);
+    table.row([
+        "plain HTTP, reqwest (MiB/s)".to_owned(),
+        format!(
+            "{:.0}",
+            percentile(&rust_http, 50.0) / f64::from(1u32 << 20)
+        ),
+        fmt_all(&rust_http),
+    ]);
+    if !curl.is_empty() {
+        table.row([
+            "plain HTTP, curl (MiB/s)".to_owned(),
+            format!("{:.0}", percentile(&curl, 50.0) / f64::from(1u32 << 20)),
+            fmt_all(&curl),
+        ]);
+    }
+    table.row([
+        "QUIC alone, in one process, no disk (MiB/s)".to_owned(),
+        format!("{:.0}", percentile(&quic, 50.0) / f64::from(1u32 << 20)),
+        fmt_all(&quic),
+    ]);
+    table.row([
+        "dfget hop / plain HTTP (median / best median)".to_owned(),
+        format!(
+            "{:.2}",
+            percentile(&hop, 50.0)
+                / percentile(&rust_http, 50.0).max(if curl.is_empty() {
+                    0.0
+                } else {
+                    percentile(&curl, 50.0)
+                })
+        ),
+        format!("best HTTP run {}/s", mib(best_http)),
+    ]);
+    let rss = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:.0}", x / f64::from(1u32 << 20)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    table.row([
+        "peak RSS, downloading peer (MiB)".to_owned(),
+        format!(
+            "{:.0}",
+            percentile(&child_rss, 100.0) / f64::from(1u32 << 20)
+        ),
+        rss(&child_rss),
+    ]);
+    table.row([
+        "peak RSS, uploading parent (MiB)".to_owned(),
+        format!(
+            "{:.0}",
+            last["peak_rss"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 20)
+        ),
+        format!("uploaded {}", mib(last["uploaded"].as_f64().unwrap_or(0.0))),
+    ]);
+    table.row([
+        "peak RSS, plain HTTP client (MiB)".to_owned(),
+        format!(
+            "{:.0}",
+            percentile(&http_rss, 100.0) / f64::from(1u32 << 20)
+        ),
+        rss(&http_rss),
+    ]);
+    println!("\n{}", table.render());
+    Ok(())
+}
+
+/// A child process of this executable that answers in JSON lines on stdout.
+struct Proc {
+    child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("re-running this benchmark as a child")?;
+        let stdout = child.stdout.take().map(BufReader::new);
+        Ok(Self { child, stdout })
+    }
+
+    /// The next JSON line (blocking read, off the async threads).
+    async fn line(&mut self) -> anyhow::Result<Value> {
+        let mut stdout = self.stdout.take().context("no stdout")?;
+        let (stdout, line) = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line);
+            (stdout, n.map(|_| line))
+        })
+        .await?;
+        self.stdout = Some(stdout);
+        let line = line?;
+        anyhow::ensure!(!line.is_empty(), "the child exited without an answer");
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "child failed: {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The transport's own ceiling: `size` bytes over one connection between two endpoints
+/// configured as dfget's (`dfget::quic::endpoint`), in this process, from memory to memory,
+/// in 4 MiB streams two at a time like a download from one parent. Returns the seconds.
+async fn quic_alone(size: u64) -> anyhow::Result<f64> {
+    const PIECE: usize = 4 << 20;
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = dfget::quic::endpoint(loopback)?;
+    let client = dfget::quic::endpoint(loopback)?;
+    let addr = server.local_addr()?;
+    let serving = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let piece = Bytes::from(vec![0x5a; PIECE]);
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let piece = piece.clone();
+            tokio::spawn(async move {
+                let _ = recv.read_to_end(64).await;
+                let _ = send.write_chunk(piece).await;
+                let _ = send.finish();
+            });
+        }
+        anyhow::Ok(())
+    });
+    let conn = client.connect(addr, dfget::quic::SERVER_NAME)?.await?;
+    let start = Instant::now();
+    let pieces = size.div_ceil(PIECE as u64);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let mut fetches = tokio::task::JoinSet::new();
+    for _ in 0..pieces {
+        let permit = slots.clone().acquire_owned().await?;
+        let conn = conn.clone();
+        fetches.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(b"piece").await?;
+            send.finish()?;
+            let mut buf = vec![0u8; PIECE];
+            recv.read_exact(&mut buf).await?;
+            drop(permit);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = fetches.join_next().await {
+        r??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    serving.abort();
+    Ok(secs * size as f64 / (pieces * PIECE as u64) as f64)
+}
+
+/// `curl` downloads `url` into `out`; returns the seconds it took.
+async fn curl_get(url: &str, out: &Path) -> anyhow::Result<f64> {
+    let (url, out) = (url.to_owned(), out.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let status = Command::new("curl")
+            .args(["-sS", "-f", "-o"])
+            .arg(&out)
+            .arg(&url)
+            .status()?;
+        anyhow::ensure!(status.success(), "curl failed: {status}");
+        Ok(start.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// Child: one engine, one download, then (with `serve`) serving until stdin closes.
+async fn peer(url: String, supernode: String, output: PathBuf, serve: bool) -> anyhow::Result<()> {
+    let config = dfget::EngineConfig {
+        supernodes: vec![supernode],
+        peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..dfget::EngineConfig::default()
+    };
+    let engine = dfget::Engine::start(config).await?;
+    let req = dfget::DownloadRequest {
+        url,
+        headers: Vec::new(),
+        digest: None,
+        output,
+    };
+    let clock = PieceClock::default();
+    let report = engine.download(&req, &clock).await?;
+    let (first, last) = *clock.0.lock();
+    say(&json!({
+        "elapsed": report.elapsed.as_secs_f64(),
+        // From the start to the first and the last verified piece written; after the last
+        // come the whole-file digest check and the rename.
+        "first_piece": first.map(|t| t.as_secs_f64()),
+        "last_piece": last.map(|t| t.as_secs_f64()),
+        "from_peers": report.from_peers,
+        "from_supernode": report.from_supernode,
+        "peak_rss": peak_rss(),
+    }))?;
+    if serve {
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        });
+        let keepalive = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                engine.keepalive().await;
+            }
+        };
+        tokio::select! {
+            _ = stdin_closed => {}
+            () = keepalive => {}
+        }
+        say(&json!({
+            "uploaded": engine.bytes_uploaded(),
+            "peak_rss": peak_rss(),
+        }))?;
+    }
+    engine.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Records when the first and the last piece were written, from its creation.
+struct PieceClock(
+    parking_lot::Mutex<(Option<Duration>, Option<Duration>)>,
+    Instant,
+);
+
+impl Default for PieceClock {
+    fn default() -> Self {
+        Self(parking_lot::Mutex::new((None, None)), Instant::now())
+    }
+}
+
+impl dfget::Progress for PieceClock {
+    fn set_total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn written(&self, _: std::ops::Range<u64>) {
+        let now = self.1.elapsed();
+        let mut t = self.0.lock();
+        t.0.get_or_insert(now);
+        t.1 = Some(now);
+    }
+}
+
+/// Child: a plain streaming HTTP GET into a file.
+async fn http(url: String, output: PathBuf) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let resp = reqwest::get(&url).await?.error_for_status()?;
+    let mut file = std::fs::File::create(&output)?;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        file.write_all(&chunk?)?;
+    }
+    file.flush()?;
+    say(&json!({
+        "elapsed": start.elapsed().as_secs_f64(),
+        "peak_rss": peak_rss(),
+    }))
+}
+
+fn say(v: &Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    out.flush()?;
+    Ok(())
+}
