@@ -475,7 +475,7 @@ fn the_node_cache_stays_under_its_capacity() {
 fn a_rate_limited_pull_completes_across_keepalives_and_keeps_to_its_limit() {
     let _serial = serial();
     let registry = TestRegistry::start();
-    let blob = damselfly_e2e::random_blob(12 * MIB, 66);
+    let blob = random_blob(12 * MIB, 66);
     let digest = registry.push_blob("e2e/rate", &blob);
     let supernode = Supernode::builder().start();
     let dfdaemon = Dfdaemon::builder()
