@@ -61,7 +61,7 @@ pub fn run(
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
         "| scenario | peers | size | piece | bound | p50 | p99 | max | origin/F | done | \
-         decisions | decisions/s (wall) | syncs/s (virtual) | wall |\n\
+         decisions | decisions/s (wall) | syncs/s (simulated) | wall |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {

@@ -748,6 +748,13 @@ impl TaskScheduler {
         for p in state.pieces.iter_ones() {
             self.holders[p as usize] -= 1;
         }
+        // Its offers go back to the pool at once: a piece it took from the supernode and was
+        // the only one to hold must not wait out SEED_OFFER_TTL.
+        for offer in &mut self.seed_offers {
+            if offer.is_some_and(|o| o.to == peer) {
+                *offer = None;
+            }
+        }
         self.release_parents(&state.parents);
         true
     }

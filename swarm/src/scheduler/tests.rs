@@ -311,3 +311,26 @@ fn seed_offers_are_capped() {
     assert_eq!(c.count(), 1);
     assert_eq!(c.count_not_in(&b), 1);
 }
+
+#[test]
+fn a_departed_peers_offers_are_offered_again_at_once() {
+    let (mut s, t) = sched(4);
+    join_all(&mut s, t, 1..=2);
+    let all = Bitmap::full(4);
+    let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    let p = a.iter_ones().next().unwrap();
+    s.handle_seed_sent(t, PeerId(1), p);
+    s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
+    // Peer 1 leaves with the only copy: the piece is fresh again, for anyone, right away.
+    s.handle_leave(t, PeerId(1));
+    assert_eq!(s.holders(p), 0);
+    let mut offered = Bitmap::new(4);
+    for _ in 0..4 {
+        let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+        for q in b.iter_ones() {
+            s.handle_seed_sent(t, PeerId(2), q);
+            offered.set(q);
+        }
+    }
+    assert!(offered.get(p), "{offered:?}");
+}

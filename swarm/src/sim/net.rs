@@ -2,13 +2,16 @@
 //! is a flow from one node's uplink to another's downlink, and rates are re-shared whenever a
 //! flow starts or ends.
 //!
-//! Sharing rule, applied to the flows of the two nodes a change touches (the "dirty" nodes):
+//! Sharing rule, applied when a flow from `a` to `b` starts or ends, to the flows on the two
+//! links that changed (`a`'s uplink and `b`'s downlink):
 //!
-//! 1. every such flow gets at least its fair share, `min(up_src / n_src, down_dst / n_dst)`;
-//! 2. capacity a dirty node leaves unused is split among its flows, each limited by what the
-//!    node at the other end has left.
+//! 1. every such flow gets at least its fair share, `min(up_src / n_src, down_dst / n_dst)`
+//!    (first every flow above it is lowered to it, which always leaves room to raise the
+//!    others to theirs);
+//! 2. capacity either link leaves unused is split among its flows, each limited by what the
+//!    link at the other end has left.
 //!
-//! Flows of other nodes keep their rates until one of their own nodes changes. The invariant
+//! Other flows keep their rates until one of their own links changes. The invariant
 //! checked by [`Net::check_caps`] always holds: no uplink and no downlink ever carries more than
 //! its capacity. The rule is not fully work-conserving (spare capacity two hops away is only
 //! picked up at that node's next change), so it errs on the slow side of real TCP/QUIC sharing.
