@@ -72,6 +72,8 @@ struct Run {
     /// Seconds from the common start, one per peer.
     done: Vec<f64>,
     origin_bytes: u64,
+    /// Piece bytes the supernode sent (none in the origin-only baseline).
+    seed_bytes: Option<u64>,
     /// Bytes the peers received from each other.
     from_peers: u64,
     /// Bytes the peers received in all (from peers, the supernode or the origin).
@@ -123,14 +125,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             download_rate: rate,
             upload_rate: rate,
         };
-        let run = flash_crowd(
-            &origin,
-            &digest,
-            args.peers,
-            &spec,
-            format!("swarm #{}", i + 1),
-        )
-        .await?;
+        let label = format!("swarm #{}", i + 1);
+        let mut run = flash_crowd(&origin, &digest, args.peers, &spec, label).await?;
+        run.seed_bytes = Some(sn.metric("damselfly_supernode_served_bytes_total").await? as u64);
         sn.stop().await?;
         print_run(&run, bound);
         runs.push(run);
@@ -153,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "p99 / T_min",
         "max / T_min",
         "origin bytes / F",
+        "supernode bytes / F",
         "from peers",
         "CPU (this process)",
         "CPU (machine)",
@@ -165,6 +163,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.2}", percentile(&r.done, 99.0) / bound),
             format!("{:.2}", percentile(&r.done, 100.0) / bound),
             format!("{:.3}", r.origin_bytes as f64 / f as f64),
+            r.seed_bytes
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.3}", b as f64 / f as f64)),
             format!("{:.0} %", r.from_peers as f64 / total * 100.0),
             format!("{:.0} %", r.cpu.process),
             format!("{:.0} %", r.cpu.machine),
@@ -262,6 +262,7 @@ async fn flash_crowd(
         label,
         done,
         origin_bytes: origin.bytes_sent(),
+        seed_bytes: None,
         from_peers,
         received,
         cpu,
