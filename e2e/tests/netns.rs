@@ -44,7 +44,8 @@ fn three_namespaced_hosts_pull_an_image_and_the_registry_sends_it_once() {
     let shared = stdout
         .lines()
         .find_map(|l| {
-            l.split("; ")
+            l.strip_prefix("swarm: ")?
+                .split("; ")
                 .nth(1)?
                 .split(" %")
                 .next()?
