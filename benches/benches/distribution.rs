@@ -32,7 +32,7 @@ use common::{
     percentile,
 };
 use damselfly_common::Digest;
-use dfget::{DownloadRequest, NoProgress};
+use dfget::{DownloadRequest, Progress};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,10 +72,14 @@ struct Run {
     /// Seconds from the common start, one per peer.
     done: Vec<f64>,
     origin_bytes: u64,
+    /// Piece bytes the supernode sent (none in the origin-only baseline).
+    seed_bytes: Option<u64>,
     /// Bytes the peers received from each other.
     from_peers: u64,
     /// Bytes the peers received in all (from peers, the supernode or the origin).
     received: u64,
+    /// Progress of the last peer to finish.
+    slowest: Vec<(f64, u64)>,
     cpu: common::CpuUse,
 }
 
@@ -123,14 +127,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             download_rate: rate,
             upload_rate: rate,
         };
-        let run = flash_crowd(
-            &origin,
-            &digest,
-            args.peers,
-            &spec,
-            format!("swarm #{}", i + 1),
-        )
-        .await?;
+        let label = format!("swarm #{}", i + 1);
+        let mut run = flash_crowd(&origin, &digest, args.peers, &spec, label).await?;
+        run.seed_bytes = Some(sn.metric("damselfly_supernode_served_bytes_total").await? as u64);
         sn.stop().await?;
         print_run(&run, bound);
         runs.push(run);
@@ -153,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "p99 / T_min",
         "max / T_min",
         "origin bytes / F",
+        "supernode bytes / F",
         "from peers",
         "CPU (this process)",
         "CPU (machine)",
@@ -165,6 +165,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.2}", percentile(&r.done, 99.0) / bound),
             format!("{:.2}", percentile(&r.done, 100.0) / bound),
             format!("{:.3}", r.origin_bytes as f64 / f as f64),
+            r.seed_bytes
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.3}", b as f64 / f as f64)),
             format!("{:.0} %", r.from_peers as f64 / total * 100.0),
             format!("{:.0} %", r.cpu.process),
             format!("{:.0} %", r.cpu.machine),
@@ -190,6 +192,15 @@ fn print_run(r: &Run, bound: f64) {
     done.sort_by(f64::total_cmp);
     let done: Vec<String> = done.iter().map(|d| format!("{d:.1}")).collect();
     println!("  completion times (s): {}", done.join(" "));
+    let quarters: Vec<String> = [0.25, 0.5, 0.75, 1.0, 1.25]
+        .iter()
+        .map(|q| {
+            let held = Timeline::at(&r.slowest, q * bound) as f64;
+            let total = r.slowest.last().map_or(1, |(_, b)| *b).max(1) as f64;
+            format!("{:.0} % at {q:.2}·T_min", held / total * 100.0)
+        })
+        .collect();
+    println!("  the last peer to finish held {}", quarters.join(", "));
 }
 
 /// All `n` peers download the blob at once; finished peers keep serving (and tell the
@@ -221,8 +232,11 @@ async fn flash_crowd(
             output: dir.path().join(format!("peer-{i}")),
         };
         tasks.push(tokio::spawn(async move {
-            let result = engine.download(&req, &NoProgress).await;
-            let _ = tx.send((start.elapsed(), result)).await;
+            let timeline = Timeline::new(start);
+            let result = engine.download(&req, &timeline).await;
+            let _ = tx
+                .send((start.elapsed(), result, timeline.into_points()))
+                .await;
             drop(tx);
             // Stay a parent for the others until all are done (the supernode expires peers
             // that stop syncing).
@@ -241,9 +255,13 @@ async fn flash_crowd(
     drop(tx);
     let mut done = Vec::with_capacity(n);
     let (mut from_peers, mut received) = (0, 0);
-    while let Some((elapsed, result)) = rx.recv().await {
+    let mut slowest: (f64, Vec<(f64, u64)>) = (0.0, Vec::new());
+    while let Some((elapsed, result, points)) = rx.recv().await {
         let report = result.map_err(|e| anyhow::anyhow!("{label}: a download failed: {e}"))?;
         done.push(elapsed.as_secs_f64());
+        if elapsed.as_secs_f64() > slowest.0 {
+            slowest = (elapsed.as_secs_f64(), points);
+        }
         from_peers += report.from_peers;
         received += report.from_peers + report.from_supernode + report.from_origin;
     }
@@ -262,8 +280,47 @@ async fn flash_crowd(
         label,
         done,
         origin_bytes: origin.bytes_sent(),
+        seed_bytes: None,
         from_peers,
         received,
         cpu,
+        slowest: slowest.1,
     })
+}
+
+/// When each verified byte landed: (seconds since the common start, bytes so far).
+struct Timeline {
+    start: Instant,
+    points: parking_lot::Mutex<Vec<(f64, u64)>>,
+}
+
+impl Timeline {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            points: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn into_points(self) -> Vec<(f64, u64)> {
+        self.points.into_inner()
+    }
+
+    /// Bytes held at `t` seconds.
+    fn at(points: &[(f64, u64)], t: f64) -> u64 {
+        points
+            .iter()
+            .take_while(|(at, _)| *at <= t)
+            .last()
+            .map_or(0, |(_, b)| *b)
+    }
+}
+
+impl Progress for Timeline {
+    fn set_total(&self, _: u64) {}
+    fn advance(&self, bytes: u64) {
+        let mut p = self.points.lock();
+        let total = p.last().map_or(0, |(_, b)| *b) + bytes;
+        p.push((self.start.elapsed().as_secs_f64(), total));
+    }
 }

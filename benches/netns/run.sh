@@ -207,7 +207,7 @@ registry_blob_bytes() { # sum of body bytes of successful blob GETs in the acces
 # URL per host: "mirror" = its dfdaemon, "registry" = the registry) at once. Each writes its
 # end time (seconds since T0) to $WORK/<label>.<i>.done.
 pull_all() {
-    local label=$1 t0
+    local label=$1 t0 pulls=()
     t0=$(date +%s.%N)
     for i in "${!HOST_NS[@]}"; do
         local base
@@ -221,8 +221,10 @@ pull_all() {
                 ip netns exec "${HOST_NS[$i]}" curl -sf --max-time "$TIMEOUT" -o "$out/{}" "$base/v2/$REPO/blobs/{}"
             awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }' > "$WORK/$label.$i.done"
         ) &
+        pulls+=($!)
     done
-    wait
+    # Only the pulls: a bare `wait` would also wait for the daemons.
+    wait "${pulls[@]}"
     for i in "${!HOST_NS[@]}"; do
         [ -s "$WORK/$label.$i.done" ] || { log "$label: host $i did not finish"; return 1; }
         for d in "${BLOBS[@]}"; do
@@ -242,10 +244,10 @@ bound() {
 T_MIN=$(bound)
 
 # p50 / p99 / max of the completion times, each also over T_min.
-summarize() {
-    local label=$1 before=$2 after
+summarize() { # files-prefix row-label registry-bytes-before
+    local prefix=$1 label=$2 before=$3 after
     after=$(registry_blob_bytes)
-    cat "$WORK/$label".*.done | sort -n | awk -v t="$T_MIN" -v label="$label" \
+    cat "$WORK/$prefix".*.done | sort -n | awk -v t="$T_MIN" -v label="$label" \
         -v reg="$(( after - before ))" -v img="$IMAGE_BYTES" '
         { v[NR] = $1 }
         END {
@@ -254,14 +256,32 @@ summarize() {
         }'
 }
 
+metric_sum() { # ns url metric [label filter] -> sum of the samples
+    in_ns "$1" curl -sf "$2" | awk -v m="$3" -v f="${4:-}" '
+        $1 !~ /^#/ { split($1, k, "{"); if (k[1] == m && index($1, f) > 0) s += $2 }
+        END { printf "%.0f", s }'
+}
+supernode_sent() { metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_served_bytes_total; }
+peer_bytes() { # bytes all dfdaemons received from other peers
+    local sum=0 i
+    for i in "${!HOST_NS[@]}"; do
+        sum=$(( sum + $(metric_sum "${HOST_NS[$i]}" "http://${HOST_IP[$i]}:65001/metrics" \
+            damselfly_dfdaemon_blob_bytes_total 'source="peer"') ))
+    done
+    echo "$sum"
+}
+
 log "bound T_min = $T_MIN s ($HOSTS hosts, image $IMAGE_BYTES bytes, hosts ${RATE_MBIT} Mbit/s, seed ${SEED_RATE_MBIT} Mbit/s up/down)"
 before=$(registry_blob_bytes)
 pull_all mirror
-ROWS=$(summarize "through dfdaemon (swarm)" "$before")
+ROWS=$(summarize mirror "through dfdaemon (swarm)" "$before")
+SWARM_NOTE=$(awk -v sn="$(supernode_sent)" -v peers="$(peer_bytes)" -v img="$IMAGE_BYTES" -v n="$HOSTS" \
+    -v busy="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_busy_refusals_total)" \
+    'BEGIN { printf "supernode sent %.2f × the image (%d piece requests refused busy); %.1f %% of the bytes the hosts received came from other hosts", sn / img, busy, peers / (n * img) * 100 }')
 if [ "$BASELINE" -eq 1 ]; then
     before=$(registry_blob_bytes)
     pull_all registry
-    ROWS+=$'\n'$(summarize "straight from the registry" "$before")
+    ROWS+=$'\n'$(summarize registry "straight from the registry" "$before")
 fi
 
 echo
@@ -272,4 +292,5 @@ echo "| pull                       |     p50   | p50 / T_min | p99 / T_min | max
 echo "|----------------------------|----------:|------:|------:|------:|-------:|"
 echo "$ROWS"
 echo
+echo "swarm: $SWARM_NOTE"
 echo "per host (s): $(for i in "${!HOST_NS[@]}"; do printf '%s ' "$(cat "$WORK/mirror.$i.done")"; done)"

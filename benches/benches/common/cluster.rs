@@ -49,6 +49,16 @@ impl Supernode {
         self.addr
     }
 
+    /// Sum of the samples of metric `name` on its `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(damselfly_e2e::metric_sum(&text, name, None))
+    }
+
     /// Stops it and waits for it to drain.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
