@@ -7,10 +7,12 @@
 # Cleans up everything it started (processes, namespaces, files) on exit, failure or ctrl-c.
 #
 # Needs root, iproute2 (ip, tc), curl, sha256sum, docker-registry, and the supernode and
-# dfdaemon binaries (cargo build --release -p supernode -p dfdaemon).
+# dfdaemon binaries (cargo build --profile bench -p supernode -p dfdaemon --bins: target/release).
 #
 # Usage: benches/netns/run.sh [--hosts N] [--rate-mbit R] [--seed-rate-mbit S]
-#            [--image-mib M] [--layers L] [--bin-dir DIR] [--baseline] [--keep]
+#            [--image-mib M] [--layers L] [--bin-dir DIR] [--baseline] [--keep] [--timeout S]
+# Defaults: 4 hosts, 200 Mbit/s links (seed: the same), a 64 MiB image in 4 layers,
+# binaries from $CARGO_TARGET_DIR/release, 600 s per blob download.
 set -euo pipefail
 
 HOSTS=4
@@ -23,7 +25,7 @@ BASELINE=0
 KEEP=0
 TIMEOUT=600
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --hosts) HOSTS=$2; shift 2 ;;
@@ -49,7 +51,7 @@ for tool in ip tc curl sha256sum docker-registry; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 for b in supernode dfdaemon; do
-    [ -x "$BIN_DIR/$b" ] || { echo "missing $BIN_DIR/$b (cargo build --release -p supernode -p dfdaemon, or --bin-dir)" >&2; exit 1; }
+    [ -x "$BIN_DIR/$b" ] || { echo "missing $BIN_DIR/$b (cargo build --profile bench -p supernode -p dfdaemon --bins, or --bin-dir)" >&2; exit 1; }
 done
 
 # Background daemons are started with `ip netns exec` directly (not through a function), so
