@@ -27,7 +27,7 @@ use clap::Parser;
 use common::{
     CpuSample, Table,
     cluster::{self, PeerSpec, Supernode},
-    kumar_ross, mib,
+    mib,
     origin::Origin,
     percentile,
 };
@@ -98,13 +98,14 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let f = args.size.as_u64();
     let (rate, seed_rate) = (args.rate.as_u64(), args.seed_rate.as_u64());
-    let bound = kumar_ross(
-        f as f64,
+    let bound = damselfly_swarm::sim::kumar_ross(
+        f,
+        seed_rate,
+        rate,
+        rate as f64 * args.peers as f64,
         args.peers,
-        seed_rate as f64,
-        rate as f64,
-        rate as f64,
-    );
+    )
+    .as_secs_f64();
     println!("machine: {}", common::machine());
     println!(
         "distribution: {} to {} peers; peer up/down {}/s, seed (supernode and origin) {}/s; \

@@ -21,7 +21,6 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use tar::{EntryType, Header};
 
-use crate::http;
 use crate::registry::{OCI_CONFIG_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, PushedImage, TestRegistry};
 use crate::util::{bin, describe_output, random_blob, sha256_digest, sha256_hex};
 
@@ -267,18 +266,7 @@ impl LayeredImage {
             layer_digests.push(registry.try_push_blob(repo, &layer.data)?);
         }
         let manifest = self.manifest();
-        let url = registry.manifest_url(repo, tag);
-        let response = registry
-            .request(http::Method::PUT, &url)
-            .header("content-type", OCI_MANIFEST_MEDIA_TYPE)
-            .body(manifest.clone())
-            .send()?;
-        ensure!(
-            response.status == 201,
-            "PUT {url}: status {}: {}",
-            response.status,
-            response.text()
-        );
+        registry.put_manifest(repo, tag, &manifest)?;
         Ok(PushedImage {
             manifest_digest: sha256_digest(&manifest),
             manifest,

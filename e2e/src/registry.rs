@@ -401,6 +401,45 @@ impl TestRegistry {
             .unwrap_or_else(|error| panic!("push_image {repo}:{tag} failed: {error:#}"))
     }
 
+    /// PUTs an OCI image manifest as `repo:tag`.
+    ///
+    /// # Errors
+    /// The registry did not answer 201.
+    pub fn put_manifest(&self, repo: &str, tag: &str, manifest: &[u8]) -> Result<()> {
+        let url = self.manifest_url(repo, tag);
+        let response = self
+            .request(http::Method::PUT, &url)
+            .header("content-type", OCI_MANIFEST_MEDIA_TYPE)
+            .body(manifest.to_vec())
+            .send()?;
+        ensure!(
+            response.status == 201,
+            "PUT {url}: status {}: {}",
+            response.status,
+            response.text()
+        );
+        Ok(())
+    }
+
+    /// GETs the OCI image manifest `repo:tag` as JSON.
+    ///
+    /// # Errors
+    /// The registry did not answer 200 with JSON.
+    pub fn manifest_json(&self, repo: &str, tag: &str) -> Result<serde_json::Value> {
+        let url = self.manifest_url(repo, tag);
+        let response = self
+            .request(http::Method::GET, &url)
+            .header("accept", OCI_MANIFEST_MEDIA_TYPE)
+            .send()?;
+        ensure!(
+            response.status == 200,
+            "GET {url}: status {}: {}",
+            response.status,
+            response.text()
+        );
+        Ok(serde_json::from_slice(&response.body)?)
+    }
+
     pub fn try_push_image(
         &self,
         repo: &str,
@@ -430,21 +469,9 @@ impl TestRegistry {
             },
             "layers": layer_descriptors,
         }))?;
-        let manifest_digest = sha256_digest(&manifest);
-        let url = self.manifest_url(repo, tag);
-        let response = self
-            .request(http::Method::PUT, &url)
-            .header("content-type", OCI_MANIFEST_MEDIA_TYPE)
-            .body(manifest.clone())
-            .send()?;
-        ensure!(
-            response.status == 201,
-            "PUT {url}: status {}: {}",
-            response.status,
-            response.text()
-        );
+        self.put_manifest(repo, tag, &manifest)?;
         Ok(PushedImage {
-            manifest_digest,
+            manifest_digest: sha256_digest(&manifest),
             manifest,
             config_digest,
             layer_digests,

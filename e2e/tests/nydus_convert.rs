@@ -62,13 +62,7 @@ fn listing(out: &Output) -> Vec<String> {
 
 /// A manifest in the registry, as JSON.
 fn registry_manifest(registry: &TestRegistry, repo: &str, tag: &str) -> serde_json::Value {
-    let response = registry
-        .request(http::Method::GET, &registry.manifest_url(repo, tag))
-        .header("accept", ACCEPT)
-        .send()
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
-    serde_json::from_slice(&response.body).unwrap()
+    registry.manifest_json(repo, tag).unwrap()
 }
 
 fn layout_manifest(dir: &Path) -> serde_json::Value {

@@ -15,20 +15,14 @@ use std::time::Duration;
 
 use damselfly_e2e::{
     Containerd, LayeredImage, NydusMount, RICH_LARGE_PATH, RICH_SMALL_PATH, TestRegistry,
-    fuse_available, http, mount_stat, nydus_convert, sha256_digest, wait_until, write_hosts_toml,
+    fuse_available, mount_stat, nydus_convert, sha256_digest, wait_until, write_hosts_toml,
 };
 
 const DATA_MEDIA_TYPE: &str = "application/vnd.damselfly.nydus.blob.v1+zstd";
 
 /// Digests and total size of the nydus data blobs of `repo:tag`.
 fn data_blobs(registry: &TestRegistry, repo: &str, tag: &str) -> (Vec<String>, u64) {
-    let response = registry
-        .request(http::Method::GET, &registry.manifest_url(repo, tag))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
-    let manifest: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let manifest = registry.manifest_json(repo, tag).unwrap();
     let data: Vec<&serde_json::Value> = manifest["layers"]
         .as_array()
         .unwrap()

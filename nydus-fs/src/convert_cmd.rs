@@ -126,13 +126,7 @@ pub(crate) fn run(args: &ConvertArgs<'_>) -> Result<()> {
     for digest in &tree.blobs {
         let size = blob_descs[digest];
         bytes_out += size;
-        layers.push(crate::oci::Descriptor {
-            media_type: MT_NYDUS_BLOB.to_owned(),
-            digest: digest.to_string(),
-            size,
-            annotations: BTreeMap::new(),
-            platform: None,
-        });
+        layers.push(crate::oci::Descriptor::new(MT_NYDUS_BLOB, digest, size));
     }
     if let Some(list) = &prefetch {
         // Keep the regular files this image has; a trace from another version of the image

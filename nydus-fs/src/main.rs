@@ -154,21 +154,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_chunk_size(s: &str) -> Result<ChunkSize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 1MiB, 64KiB, 4096)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        other => return Err(format!("unknown size unit {other:?} (use K, KiB, M, MiB)")),
-    };
-    let bytes = num
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = parse_size(s)?;
     if !bytes.is_power_of_two() {
         return Err(format!("{s:?} ({bytes} bytes) is not a power of two"));
     }

@@ -54,6 +54,19 @@ pub(crate) struct Descriptor {
     pub(crate) platform: Option<Platform>,
 }
 
+impl Descriptor {
+    /// A descriptor of `size` bytes with `digest`, without annotations or platform.
+    pub(crate) fn new(media_type: &str, digest: impl std::fmt::Display, size: u64) -> Self {
+        Self {
+            media_type: media_type.to_owned(),
+            digest: digest.to_string(),
+            size,
+            annotations: BTreeMap::new(),
+            platform: None,
+        }
+    }
+}
+
 /// Platform of an index entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Platform {
@@ -300,6 +313,22 @@ impl OciDir {
         Ok((file, path))
     }
 
+    /// Bytes `range` of the blob of `desc`, exactly (not verified: the caller checks them).
+    pub(crate) fn read_range(
+        &self,
+        desc: &Descriptor,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let len = usize::try_from(range.end - range.start)
+            .map_err(|_| anyhow!("range {range:?} is too large"))?;
+        let (file, path) = self.open_blob(desc)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, range.start)
+            .with_context(|| format!("reading {range:?} of {}", path.display()))?;
+        Ok(buf)
+    }
+
     /// Reads the whole blob of `desc`, checking its size and sha256.
     pub(crate) fn read_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
         ensure!(
@@ -405,13 +434,7 @@ impl OciDir {
             .write_all(data)
             .with_context(|| format!("writing {}", tmp.path().display()))?;
         tmp.persist(&self.blob_path(&digest))?;
-        Ok(Descriptor {
-            media_type: media_type.to_owned(),
-            digest: digest.to_string(),
-            size: data.len() as u64,
-            annotations: BTreeMap::new(),
-            platform: None,
-        })
+        Ok(Descriptor::new(media_type, digest, data.len() as u64))
     }
 
     /// A new temporary file in the blob directory.

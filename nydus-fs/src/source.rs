@@ -1,10 +1,10 @@
 //! Reading images, from an OCI image layout or from a registry, with every byte verified:
 //! whole blobs against their digest, streams at their end, ranges by the caller (chunk digests).
 
-use std::io::{BufReader, Read, Seek as _, SeekFrom};
+use std::io::{BufReader, Read};
 use std::ops::Range;
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, ensure};
 use damselfly_oci::registry::{MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, Reference, RegistryClient};
 use tokio_util::io::SyncIoBridge;
 
@@ -87,13 +87,11 @@ impl ImageSource {
         let fetched = remote
             .block_on(remote.client.manifest(r, &[]))?
             .with_context(|| format!("fetching the manifest of {r}"))?;
-        let mut desc = Descriptor {
-            media_type: fetched.media_type,
-            digest: fetched.digest.to_string(),
-            size: fetched.bytes.len() as u64,
-            annotations: Default::default(),
-            platform: None,
-        };
+        let mut desc = Descriptor::new(
+            &fetched.media_type,
+            fetched.digest,
+            fetched.bytes.len() as u64,
+        );
         let mut bytes = fetched.bytes;
         if is_index(&desc.media_type) {
             let index: Index = serde_json::from_slice(&bytes)
@@ -214,17 +212,8 @@ impl ImageSource {
 
     /// Bytes `range` of the blob of `desc`, exactly (not verified: the caller checks them).
     pub(crate) fn read_range(&self, desc: &Descriptor, range: Range<u64>) -> Result<Vec<u8>> {
-        let len = usize::try_from(range.end - range.start)
-            .map_err(|_| anyhow!("range {range:?} is too large"))?;
         match self {
-            Self::Layout(dir) => {
-                let (mut file, path) = dir.open_blob(desc)?;
-                let mut buf = vec![0u8; len];
-                file.seek(SeekFrom::Start(range.start))
-                    .and_then(|_| file.read_exact(&mut buf))
-                    .with_context(|| format!("reading {range:?} of {}", path.display()))?;
-                Ok(buf)
-            }
+            Self::Layout(dir) => dir.read_range(desc, range),
             Self::Registry(remote) => {
                 let r = &remote.reference;
                 let digest = oci_digest(&desc.digest)?;

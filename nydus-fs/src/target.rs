@@ -110,23 +110,17 @@ impl ImageTarget {
 
     /// Stores `data` as a blob and returns its descriptor.
     pub(crate) fn add_blob(&mut self, media_type: &str, data: &[u8]) -> Result<Descriptor> {
-        let digest = Digest(Sha256::digest(data).into());
         match self {
             Self::Layout { dir, .. } => dir.write_blob(media_type, data),
             Self::Registry(t) => {
+                let digest = Digest(Sha256::digest(data).into());
                 let mut tmp = TempFile::new(t.staging.path())?;
                 std::io::Write::write_all(tmp.file(), data)
                     .with_context(|| format!("writing {}", tmp.path().display()))?;
                 let path = t.staging.path().join(hex::encode(digest.0));
                 tmp.persist(&path)?;
                 t.upload(&digest, path)?;
-                Ok(Descriptor {
-                    media_type: media_type.to_owned(),
-                    digest: digest.to_string(),
-                    size: data.len() as u64,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                })
+                Ok(Descriptor::new(media_type, digest, data.len() as u64))
             }
         }
     }

@@ -1,5 +1,5 @@
-//! What the real-peer benchmarks share: a rate-capped origin HTTP server, the Kumar–Ross
-//! bound, percentiles, CPU and memory readings from `/proc`, and table output.
+//! What the real-peer benchmarks share: a rate-capped origin HTTP server, percentiles, CPU and
+//! memory readings from `/proc`, and table output (the Kumar–Ross bound is `swarm::sim`'s).
 //!
 //! Each bench target compiles this module on its own and uses part of it.
 #![allow(dead_code)]
@@ -8,16 +8,6 @@ pub(crate) mod cluster;
 pub(crate) mod origin;
 
 use std::{fmt::Write as _, time::Instant};
-
-/// Lower bound on the time to give `n` peers a file of `f` bytes from one seed
-/// (Kumar & Ross 2006): the seed sends one copy, the slowest peer receives one, and all
-/// uploads together move `n` copies. Rates in bytes per second; seconds out.
-pub(crate) fn kumar_ross(f: f64, n: usize, seed_up: f64, peer_up: f64, peer_down: f64) -> f64 {
-    let n = n as f64;
-    (f / seed_up)
-        .max(f / peer_down)
-        .max(n * f / (seed_up + n * peer_up))
-}
 
 /// The `p`-th percentile (0–100) of `values` by the nearest-rank method: the smallest value
 /// with at least `p`% of the values at or below it. NaN for an empty slice.

@@ -50,19 +50,16 @@ struct Loaded {
     tree: Arc<nydus_fs::Tree>,
     source: Arc<dyn BlobSource>,
     prefetch: Vec<Vec<u8>>,
-    name: String,
 }
 
 fn load(args: &MountArgs) -> Result<Loaded> {
     let img = crate::image::load(&args.image, args.tag.as_deref(), &args.registry)?;
     let source: Arc<dyn BlobSource> = match img.source {
-        ImageSource::Layout(dir) => {
-            let paths = img.tree.blobs.iter().map(|d| dir.blob_path(d)).collect();
-            Arc::new(LayoutSource {
-                paths,
-                root: PathBuf::from(&args.image),
-            })
-        }
+        ImageSource::Layout(dir) => Arc::new(LayoutSource {
+            dir: Arc::new(dir),
+            blobs: img.blobs,
+            root: PathBuf::from(&args.image),
+        }),
         ImageSource::Registry(remote) => {
             let blobs = img
                 .tree
@@ -81,7 +78,6 @@ fn load(args: &MountArgs) -> Result<Loaded> {
         source,
         tree: Arc::new(img.tree),
         prefetch: img.prefetch,
-        name: args.image.clone(),
     })
 }
 
@@ -146,7 +142,7 @@ pub(crate) fn run(args: &MountArgs) -> Result<()> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(format!("nydus-fs:{}", loaded.name)),
+        MountOption::FSName(format!("nydus-fs:{}", args.image)),
         MountOption::Subtype("nydus-fs".into()),
         MountOption::DefaultPermissions,
     ];
@@ -162,7 +158,7 @@ pub(crate) fn run(args: &MountArgs) -> Result<()> {
         .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     tracing::info!(
-        image = %loaded.name,
+        image = %args.image,
         mountpoint = %args.mountpoint.display(),
         inodes = loaded.tree.inodes.len(),
         source = %reader.source_name(),

@@ -242,8 +242,10 @@ impl Reader {
         let probed = tokio::task::spawn_blocking(move || {
             probe
                 .into_iter()
+                // An extra only needs to know whether it is cached: a stat, not a read + hash.
+                .filter(|(c, w)| *w || !cache.contains(&c.digest))
                 .map(|(c, w)| {
-                    let hit = cache.get(&c.digest);
+                    let hit = if w { cache.get(&c.digest) } else { None };
                     (c, w, hit)
                 })
                 .collect::<Vec<_>>()

@@ -1,13 +1,14 @@
 //! Where a mount's data blob bytes come from: a local OCI layout or (through
 //! `oci::registry`) a registry, directly or via dfdaemon.
 
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+
+use crate::oci::{Descriptor, OciDir};
 
 /// Why a range of a blob could not be read. The message names the blob and the cause (HTTP
 /// status and the registry's message, connection error, short file).
@@ -29,10 +30,10 @@ pub(crate) trait BlobSource: Send + Sync + 'static {
 }
 
 /// Blobs in a local OCI image layout, read with `pread`.
-#[derive(Debug)]
 pub(crate) struct LayoutSource {
-    /// Blob file paths, in tree blob order.
-    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) dir: Arc<OciDir>,
+    /// Blob descriptors, in tree blob order.
+    pub(crate) blobs: Vec<Descriptor>,
     /// The layout directory, for messages.
     pub(crate) root: PathBuf,
 }
@@ -43,12 +44,15 @@ impl BlobSource for LayoutSource {
         blob: usize,
         range: Range<u64>,
     ) -> BoxFuture<'_, Result<Bytes, SourceError>> {
-        let path = self.paths.get(blob).cloned();
+        let desc = self.blobs.get(blob).cloned();
+        let dir = self.dir.clone();
         Box::pin(async move {
-            let path = path.ok_or_else(|| SourceError(format!("no blob #{blob} in the image")))?;
-            tokio::task::spawn_blocking(move || read_file_range(&path, range))
+            let desc = desc.ok_or_else(|| SourceError(format!("no blob #{blob} in the image")))?;
+            tokio::task::spawn_blocking(move || dir.read_range(&desc, range))
                 .await
                 .map_err(|e| SourceError(format!("reader task failed: {e}")))?
+                .map(Bytes::from)
+                .map_err(|e| SourceError(format!("{e:#}")))
         })
     }
 
@@ -90,22 +94,4 @@ impl BlobSource for RegistrySource {
             None => format!("registry {}", self.reference.name()),
         }
     }
-}
-
-fn read_file_range(path: &std::path::Path, range: Range<u64>) -> Result<Bytes, SourceError> {
-    let err =
-        |what: &str, e: std::io::Error| SourceError(format!("{what} {}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| err("opening", e))?;
-    let len = usize::try_from(range.end - range.start)
-        .map_err(|_| SourceError(format!("range {range:?} too large")))?;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, range.start).map_err(|e| {
-        SourceError(format!(
-            "reading bytes {}..{} of {}: {e}",
-            range.start,
-            range.end,
-            path.display()
-        ))
-    })?;
-    Ok(Bytes::from(buf))
 }
