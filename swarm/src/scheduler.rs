@@ -149,6 +149,8 @@ pub struct TaskScheduler {
     recent_holders: Vec<Vec<u32>>,
     /// Per piece, the supernode's current offer.
     seed_offers: Vec<Option<SeedOffer>>,
+    /// Live peers that have not finished.
+    downloading: u32,
     events: VecDeque<SchedEvent>,
     /// Per slot, the call that last saw it as a candidate (deduplication without hashing).
     seen: Vec<u64>,
@@ -161,7 +163,7 @@ struct SeedOffer {
     to: PeerId,
     until: Instant,
     /// The supernode has sent it ([`TaskScheduler::handle_seed_sent`]); it no longer counts
-    /// against `seed_offers` but stays reserved until reported or expired.
+    /// against `seed_offers` but stays reserved (for `SEED_SENT_TTL`) until reported.
     sent: bool,
 }
 
@@ -181,8 +183,15 @@ struct Cand {
 
 /// Score floor of a candidate that covers pieces no chosen parent has.
 const NEW_COVERAGE: f64 = 2.0;
-/// How long a piece offered by [`TaskScheduler::seed_pieces`] stays reserved for one peer.
+/// How long a piece offered by [`TaskScheduler::seed_pieces`] stays reserved for one peer
+/// that has not fetched it.
 pub const SEED_OFFER_TTL: Duration = Duration::from_secs(5);
+/// How long a piece the supernode has sent stays reserved for its receiver, from the send,
+/// until the receiver reports it. The bytes may take a while to arrive over a slow or shared
+/// seed link (16 pieces of 4 MiB over 100 Mbit/s take 5.4 s each); offering the piece to
+/// someone else meanwhile made the supernode send it twice (1.5x the image in the 8-host
+/// netns run). A receiver that leaves frees it at once.
+pub const SEED_SENT_TTL: Duration = Duration::from_secs(60);
 /// An old parent is kept only while it holds at least this many pieces the peer lacks (or
 /// all of them, when fewer are missing). With 1, parents holding a single useful piece
 /// were kept into the end game and the slowest of 1,000 simulated peers took 1.53× the
@@ -211,6 +220,7 @@ impl TaskScheduler {
             holders: vec![0; piece_count as usize],
             recent_holders: vec![Vec::new(); piece_count as usize],
             seed_offers: vec![None; piece_count as usize],
+            downloading: 0,
             events: VecDeque::new(),
             seen: Vec::new(),
             call: 0,
@@ -243,6 +253,7 @@ impl TaskScheduler {
             parents: Vec::new(),
             children: 0,
         };
+        self.downloading += 1;
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(state);
@@ -319,6 +330,7 @@ impl TaskScheduler {
         };
         self.expiry.remove(&(old, peer));
         self.expiry.insert((now, peer));
+        self.downloading -= u32::from(finished);
         // A finished peer no longer downloads, so it stops counting against its parents.
         self.release_parents(&parents);
         Ok(())
@@ -483,12 +495,15 @@ impl TaskScheduler {
     ///
     /// Optional but recommended: pass the result to `Picker::handle_seed_pieces` instead of
     /// the supernode's full bitmap. It offers only pieces no live peer holds yet, each to one
-    /// peer at a time (for `SEED_OFFER_TTL`, 5 s, or until someone reports it), at most
-    /// `upload_slots` new pieces per call, and at most `seed_offers` unreported pieces in
-    /// the whole swarm. The supernode then sends each piece about once, to few peers at a
-    /// time so each arrives quickly, and different peers pull different pieces into the
-    /// swarm; everything else flows between peers. Pieces already offered to `peer` and not
-    /// yet held are offered again.
+    /// peer at a time (for `SEED_OFFER_TTL`, 5 s, or `SEED_SENT_TTL` once sent, or until
+    /// someone reports it), lowest index first, and at most `seed_offers` unsent pieces in the
+    /// whole swarm, of which one peer holds at most its share: `seed_offers` split over the
+    /// peers still downloading, and at least `upload_slots`. The supernode then sends each
+    /// piece about once, to few peers at a time so each arrives quickly, and different peers
+    /// pull different pieces into the swarm; everything else flows between peers. A lone peer
+    /// gets the whole budget, so it has offers queued behind its requests instead of waiting
+    /// for its next sync to learn the next one. Pieces already offered to `peer` and not yet
+    /// held are offered again.
     ///
     /// # Errors
     ///
@@ -503,6 +518,7 @@ impl TaskScheduler {
         let mine = &self.state(me).pieces;
         let mut out = Bitmap::new(self.piece_count);
         let mut open = 0u32;
+        let mut my_open = 0u32;
         let mut fresh: Vec<u32> = Vec::new();
         for p in 0..self.piece_count {
             if self.holders[p as usize] > 0 {
@@ -513,6 +529,7 @@ impl TaskScheduler {
                     open += u32::from(!o.sent);
                     if o.to == peer && !mine.get(p) && seed_has.get(p) {
                         out.set(p);
+                        my_open += u32::from(!o.sent);
                     }
                 }
                 _ if seed_has.get(p) && !mine.get(p) => fresh.push(p),
@@ -524,32 +541,34 @@ impl TaskScheduler {
         // keep the uplink busy as the receivers' downlinks fill up.
         let held = self.piece_count - fresh.len() as u32 - open;
         let cap = self.config.seed_offers.min(1 + held);
-        let room = cap.saturating_sub(open).min(self.config.upload_slots) as usize;
-
-        if room > 0 && !fresh.is_empty() {
-            // Start at a random piece so concurrent askers spread over the blob.
-            let start = self.rng.random_range(0..fresh.len());
-            for &p in fresh[start..].iter().chain(&fresh[..start]).take(room) {
-                self.seed_offers[p as usize] = Some(SeedOffer {
-                    to: peer,
-                    until: now + SEED_OFFER_TTL,
-                    sent: false,
-                });
-                out.set(p);
-            }
+        let share =
+            (self.config.seed_offers / self.downloading.max(1)).max(self.config.upload_slots);
+        let room = cap.saturating_sub(open).min(share.saturating_sub(my_open)) as usize;
+        // Lowest index first: offers are exclusive, so concurrent askers get different pieces
+        // anyway, and the swarm then holds the start of the blob first, which is what in-order
+        // readers (dfdaemon streaming to a runtime) wait for.
+        for &p in fresh.iter().take(room) {
+            self.seed_offers[p as usize] = Some(SeedOffer {
+                to: peer,
+                until: now + SEED_OFFER_TTL,
+                sent: false,
+            });
+            out.set(p);
         }
         Ok(out)
     }
 
     /// The supernode finished sending `piece` to `peer` (optional; call it when the last
     /// byte has left). The piece then stops counting against `seed_offers`, so the next
-    /// offer goes out at once instead of after `peer`'s next report. Calls that do not match
-    /// a current offer are ignored.
-    pub fn handle_seed_sent(&mut self, _now: Instant, peer: PeerId, piece: u32) {
+    /// offer goes out at once instead of after `peer`'s next report, and stays reserved for
+    /// `peer` for `SEED_SENT_TTL` while the bytes travel. Calls that do not match a current
+    /// offer are ignored.
+    pub fn handle_seed_sent(&mut self, now: Instant, peer: PeerId, piece: u32) {
         if let Some(Some(o)) = self.seed_offers.get_mut(piece as usize)
             && o.to == peer
         {
             o.sent = true;
+            o.until = now + SEED_SENT_TTL;
         }
     }
 
@@ -738,6 +757,7 @@ impl TaskScheduler {
             return false;
         };
         self.free.push(slot);
+        self.downloading -= u32::from(!state.done);
         self.live.swap_remove(state.live_pos);
         if let Some(&moved) = self.live.get(state.live_pos)
             && let Some(m) = self.slots[moved as usize].as_mut()

@@ -334,3 +334,90 @@ fn a_departed_peers_offers_are_offered_again_at_once() {
     }
     assert!(offered.get(p), "{offered:?}");
 }
+
+/// Sends every offered piece and reports it held, as a peer that drains its offers would.
+fn drain(s: &mut TaskScheduler, t: Instant, peer: u64, offer: &Bitmap) {
+    let pieces: Vec<u32> = offer.iter_ones().collect();
+    for &p in &pieces {
+        s.handle_seed_sent(t, PeerId(peer), p);
+    }
+    s.handle_sync(t, PeerId(peer), &pieces, 0, false).unwrap();
+}
+
+#[test]
+fn a_lone_peer_gets_the_whole_offer_budget_lowest_first() {
+    let (mut s, t) = sched(64);
+    join_all(&mut s, t, [1]);
+    let all = Bitmap::full(64);
+    // Slow start, then the whole budget (16) for the only peer downloading, not the 4 of a
+    // crowd: it can queue requests behind the ones in flight.
+    let mut sizes = Vec::new();
+    let mut next = 0;
+    for _ in 0..6 {
+        let offer = s.seed_pieces(t, PeerId(1), &all).unwrap();
+        let got: Vec<u32> = offer.iter_ones().collect();
+        let want: Vec<u32> = (next..next + got.len() as u32).collect();
+        assert_eq!(got, want, "lowest index first");
+        next += got.len() as u32;
+        sizes.push(got.len());
+        drain(&mut s, t, 1, &offer);
+    }
+    assert_eq!(sizes, [1, 2, 4, 8, 16, 16]);
+}
+
+#[test]
+fn a_crowd_shares_the_offer_budget() {
+    let (mut s, t) = sched(64);
+    join_all(&mut s, t, 1..=8);
+    // Eight pieces out already, so the slow start allows the whole budget of 16.
+    s.handle_sync(t, PeerId(1), &(56..64).collect::<Vec<_>>(), 0, false)
+        .unwrap();
+    let all = Bitmap::full(64);
+    // 16 over 7 peers still downloading is 2 each, but never fewer than the upload slots.
+    let a = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    assert_eq!(a.count(), 4);
+    // Asking again gets the same reservation, nothing more, until some are sent.
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap(), a);
+    let first = a.iter_ones().next().unwrap();
+    s.handle_seed_sent(t, PeerId(2), first);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 5);
+    // Only peers still downloading count: with peer 1 the only other one, peer 2's share is
+    // 8 unsent offers. It holds 3 unsent and 1 sent, so it gets 5 more.
+    for p in 3..=8 {
+        s.handle_leave(t, PeerId(p));
+    }
+    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    assert_eq!(b.count(), 9, "{b:?}");
+    assert_eq!(b.count_not_in(&a), 5);
+}
+
+#[test]
+fn a_sent_piece_stays_reserved_while_it_travels() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=2);
+    s.handle_sync(t, PeerId(2), &[7], 0, false).unwrap();
+    let all = Bitmap::full(8);
+    let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    let mut it = a.iter_ones();
+    let (sent, unsent) = (it.next().unwrap(), it.next().unwrap());
+    // Sent just before its offer would have expired: the bytes are on their way.
+    let t1 = t + SEED_OFFER_TTL - std::time::Duration::from_millis(1);
+    s.handle_seed_sent(t1, PeerId(1), sent);
+    let later = t + SEED_OFFER_TTL + std::time::Duration::from_secs(10);
+    s.handle_sync(later, PeerId(2), &[], 0, false).unwrap();
+    let b = s.seed_pieces(later, PeerId(2), &all).unwrap();
+    assert!(!b.get(sent), "a piece on its way was offered again: {b:?}");
+    assert!(
+        b.get(unsent),
+        "an unsent offer past its TTL was not freed: {b:?}"
+    );
+    // Never reported: free again once the sent reservation is over, too.
+    let much_later = t1 + SEED_SENT_TTL;
+    s.handle_sync(much_later, PeerId(2), &[], 0, false).unwrap();
+    s.handle_sync(much_later, PeerId(1), &[], 0, false).unwrap();
+    assert!(
+        s.seed_pieces(much_later, PeerId(2), &all)
+            .unwrap()
+            .get(sent)
+    );
+}
