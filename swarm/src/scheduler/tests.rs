@@ -401,9 +401,9 @@ fn a_sent_piece_stays_reserved_while_it_travels() {
     let mut it = a.iter_ones();
     let (sent, unsent) = (it.next().unwrap(), it.next().unwrap());
     // Sent just before its offer would have expired: the bytes are on their way.
-    let t1 = t + SEED_OFFER_TTL - std::time::Duration::from_millis(1);
+    let t1 = t + SEED_OFFER_TTL - Duration::from_millis(1);
     s.handle_seed_sent(t1, PeerId(1), sent);
-    let later = t + SEED_OFFER_TTL + std::time::Duration::from_secs(10);
+    let later = t + SEED_OFFER_TTL + Duration::from_secs(10);
     s.handle_sync(later, PeerId(2), &[], 0, false).unwrap();
     let b = s.seed_pieces(later, PeerId(2), &all).unwrap();
     assert!(!b.get(sent), "a piece on its way was offered again: {b:?}");
