@@ -237,9 +237,9 @@ impl App {
             warn!("blob downloads still running at shutdown; they start over next time");
         }
         state.cache.flush();
-        if let Ok(state) = Arc::try_unwrap(state) {
-            state.engine.shutdown(grace).await;
-        }
+        // Handlers of connections the graceful shutdown gave up on may still hold the state;
+        // leaving the swarms must not depend on them being gone.
+        state.engine.shutdown(grace).await;
         info!("dfdaemon stopped");
         result
     }

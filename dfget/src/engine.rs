@@ -341,15 +341,28 @@ impl Engine {
         }
     }
 
-    /// Leaves every task, stops the piece server and waits (up to `grace`) for uploads to end.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Leaves every task (all at once, for at most `grace`), stops the piece server and waits
+    /// (up to `grace`) for uploads to end. Takes `&self` so a process that shares the engine
+    /// (dfdaemon's request handlers hold it too) can still leave its swarms on the way out:
+    /// otherwise peers keep asking a node that is gone until the supernode's peer timeout.
+    pub async fn shutdown(&self, grace: Duration) {
         let joined: Vec<(String, Joined)> = self.joined.lock().drain().collect();
-        for (task_id, joined) in joined {
-            if let Some(sn) = self.supernodes.get(joined.supernode)
-                && let Err(e) = sn.leave(&task_id, self.peer_id).await
-            {
-                debug!(error = %e, "leave failed");
-            }
+        let leaves = joined.iter().filter_map(|(task_id, joined)| {
+            let sn = self.supernodes.get(joined.supernode)?;
+            Some(async move {
+                if let Err(e) = sn.leave(task_id, self.peer_id).await {
+                    debug!(error = %e, task = %task_id, "leave failed");
+                }
+            })
+        });
+        let left = joined.len();
+        if tokio::time::timeout(grace, futures::future::join_all(leaves))
+            .await
+            .is_err()
+        {
+            warn!(tasks = left, "leaving the swarms timed out at shutdown");
+        } else if left > 0 {
+            info!(tasks = left, "left the swarms");
         }
         self.shutdown.cancel();
         self.endpoint.close(0u32.into(), b"shutdown");

@@ -677,3 +677,38 @@ fn a_download_longer_than_the_keepalive_interval_completes() {
     assert!(counted, "supernode bytes {}", bytes_from(&d, "supernode"));
     assert_eq!(registry.blob_get_count(&digest), 1);
 }
+
+#[test]
+fn a_stopped_node_leaves_its_swarms_at_once() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/leave", "leave", 19);
+    let supernode = Supernode::builder().start();
+    let layer = &pushed.layer_digests[2];
+    let path = format!("/v2/e2e/leave/blobs/{layer}?ns={}", registry.host());
+    let a = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let b = Dfdaemon::builder().supernode(supernode.addr()).start();
+    for d in [&a, &b] {
+        let got = http::get(&format!("{}{path}", d.url()), None).unwrap();
+        assert_eq!(&got.body, &image.layers[2]);
+    }
+    let peers = || supernode.metric("damselfly_supernode_peers").unwrap();
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || peers() == 2.0),
+        "both nodes in the swarm: {}",
+        peers()
+    );
+    // A stopped node says so: peers stop asking it at once, not after the supernode's 15 s
+    // peer timeout.
+    let stopped = Instant::now();
+    a.stop().unwrap();
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || peers() == 1.0),
+        "the stopped node is still in the swarm: {}",
+        peers()
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    // The other node still serves the blob from its cache.
+    let again = http::get(&format!("{}{path}", b.url()), None).unwrap();
+    assert_eq!(&again.body, &image.layers[2]);
+}
