@@ -203,6 +203,16 @@ def check_promises(values: dict, docs: list[dict]) -> None:
         else:
             assert "DAMSELFLY_PREHEAT_TOKEN" not in env and not find(docs, "Secret")
         assert bool(sts["spec"].get("volumeClaimTemplates")) == v_sn["persistence"]["enabled"]
+        # Every CA the supernode is told to trust is a file of a ConfigMap mounted in its pod.
+        mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c["volumeMounts"]}
+        for path in sn.get("origin", {}).get("ca_files", []):
+            mount = next((m for m in mounts if path.startswith(m + "/")), None)
+            assert mount, f"{path} is not under a mounted volume"
+            vol = next(v for v in pod["volumes"] if v["name"] == mounts[mount])
+            (cm,) = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"] == vol["configMap"]["name"]]
+            assert path[len(mount) + 1 :] in cm["data"], path
+        want_cas = sum(1 for r in v_df.get("registries", []) if r.get("ca"))
+        assert len(sn.get("origin", {}).get("ca_files", [])) == want_cas
         sn_addrs = sn.get("preheat", {}).get("supernodes")
     if v_df["enabled"]:
         (ds,) = daemons
@@ -346,8 +356,10 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path) -> None:
         (etc / "ca").mkdir(parents=True)
         for name, text in files.items():
             dest = etc / ("ca/" + name if name.endswith(".pem") else name)
-            # The pods mount CA bundles at /etc/damselfly/ca; here they live under tmp.
-            dest.write_text(text.replace("/etc/damselfly/ca/", f"{etc}/ca/"))
+            # The pods mount CA bundles at /etc/damselfly/ca (dfdaemon) and /etc/damselfly-ca
+            # (supernode); here they live under tmp.
+            text = text.replace("/etc/damselfly/ca/", f"{etc}/ca/")
+            dest.write_text(text.replace("/etc/damselfly-ca/", f"{etc}/ca/"))
         for sts in find(docs, "StatefulSet"):
             (c,) = sts["spec"]["template"]["spec"]["containers"]
             port = free_port()

@@ -73,11 +73,7 @@ impl Upstreams {
                 .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")));
             if let Some(r) = r {
                 if let Some(ca) = &r.ca_file {
-                    let pem = std::fs::read(ca)
-                        .with_context(|| format!("reading CA file {}", ca.display()))?;
-                    for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                        .with_context(|| format!("parsing CA file {}", ca.display()))?
-                    {
+                    for cert in damselfly_oci::load_ca_file(ca)? {
                         b = b.add_root_certificate(cert);
                     }
                 }
@@ -149,9 +145,15 @@ impl App {
             piece_timeout: config.p2p.piece_timeout,
             supernode_connect_timeout: config.p2p.supernode_connect_timeout,
             supernode_timeout: config.p2p.supernode_timeout,
+            // Back to source reaches the same registries as the mirror: trust their CAs too.
             origin: damselfly_oci::OriginConfig {
                 connect_timeout: config.upstream.connect_timeout,
                 read_timeout: config.upstream.read_timeout,
+                ca_files: config
+                    .registries
+                    .iter()
+                    .filter_map(|r| r.ca_file.clone())
+                    .collect(),
                 ..damselfly_oci::OriginConfig::default()
             },
             ..EngineConfig::default()
@@ -791,7 +793,7 @@ async fn download(
         Err(e) => {
             let failure = failure(&e);
             state.metrics.error(failure.code_reason());
-            if matches!(e, DownloadError::NoRoute(_)) {
+            if matches!(e, DownloadError::NoRoute(_)) && !state.config.back_source {
                 state.metrics.fallback("refused_back_source_off");
             }
             warn!(%digest, error = %e, "blob download failed");
@@ -816,6 +818,8 @@ fn fallback_reason(why: &str) -> &'static str {
         "no_supernode"
     } else if why.starts_with("supernode lost") {
         "supernode_lost"
+    } else if why.starts_with("supernode cannot reach the origin") {
+        "supernode_origin_unreachable"
     } else {
         "supernode_unreachable"
     }

@@ -441,6 +441,12 @@ impl Engine {
                     debug!(supernode = %addr, %reason, "supernode unreachable, trying the next");
                     unreachable.push(format!("{addr}: {reason}"));
                 }
+                // The supernode cannot reach the origin (network, DNS, a CA it does not
+                // trust): this node may well, so it tries itself when it may.
+                Err(SupernodeError::Refused(r)) if r.code == "ORIGIN_UNREACHABLE" => {
+                    let why = format!("supernode cannot reach the origin ({})", r.message);
+                    return self.back_source(req, digest, started, progress, &why).await;
+                }
                 Err(e) => return Err(refusal(e)),
             }
         }

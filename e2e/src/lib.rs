@@ -27,6 +27,7 @@ mod image;
 mod nydus;
 mod registry;
 mod swarm;
+mod tls;
 mod token;
 mod util;
 
@@ -46,6 +47,7 @@ pub use registry::{
     PushedImage, TestRegistry, TestRegistryBuilder,
 };
 pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
+pub use tls::TestCa;
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest, TokenServer};
 pub use util::{
     bin, describe_output, free_tcp_port, free_udp_port, ipv6_loopback_available, metric_sum,

@@ -38,6 +38,7 @@ pub struct TestRegistryBuilder {
     token_auth: bool,
     token_credentials: Option<(String, String)>,
     ipv6: bool,
+    tls: bool,
 }
 
 impl TestRegistryBuilder {
@@ -60,6 +61,13 @@ impl TestRegistryBuilder {
     pub fn token_credentials(mut self, user: &str, pass: &str) -> Self {
         self.token_auth = true;
         self.token_credentials = Some((user.to_owned(), pass.to_owned()));
+        self
+    }
+
+    /// Serve HTTPS with a certificate from a fresh private CA ([`TestRegistry::ca`]): only
+    /// clients given that CA can reach it. The harness's own requests trust it.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -126,12 +134,26 @@ impl TestRegistryBuilder {
             ),
             None => auth,
         };
+        let ca = if self.tls {
+            let names = ["localhost", "127.0.0.1", "::1"];
+            Some(crate::TestCa::issue(&dir, &names).context("issuing the registry's certificate")?)
+        } else {
+            None
+        };
+        let tls = match &ca {
+            Some(ca) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                yaml_str(&ca.cert_path.display().to_string()),
+                yaml_str(&ca.key_path.display().to_string())
+            ),
+            None => String::new(),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: {addr}\n  secret: damselfly-e2e-secret\n\
+             http:\n  addr: {addr}\n  secret: damselfly-e2e-secret\n{tls}\
              {auth}",
             storage = yaml_str(&storage.display().to_string()),
             addr = yaml_str(&SocketAddr::new(ip, 0).to_string()),
@@ -147,10 +169,22 @@ impl TestRegistryBuilder {
             .spawn()
             .context("is `docker-registry` installed? run scripts/setup.sh")?;
         let addr = daemon.wait_for_listen_addr("listening on ", STARTUP_TIMEOUT)?;
-        let url = format!("http://{addr}");
-        daemon.wait_for_http(&format!("{url}/v2/"), STARTUP_TIMEOUT, |status| {
-            status == 200 || status == 401
-        })?;
+        let ca_pem = ca.as_ref().map(crate::TestCa::ca_pem).transpose()?;
+        let url = if ca.is_some() {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        };
+        let ping = format!("{url}/v2/");
+        wait_until(STARTUP_TIMEOUT, || {
+            Request::get(&ping)
+                .ca_pem(ca_pem.clone())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .is_ok_and(|r| r.status == 200 || r.status == 401)
+        })
+        .then_some(())
+        .with_context(|| format!("{ping} did not answer: {}", daemon.log_excerpt()))?;
         Ok(TestRegistry {
             daemon,
             addr,
@@ -161,6 +195,8 @@ impl TestRegistryBuilder {
             config_path,
             storage,
             sync_counter: AtomicU64::new(0),
+            ca,
+            ca_pem,
         })
     }
 }
@@ -180,6 +216,8 @@ pub struct TestRegistry {
     config_path: PathBuf,
     storage: PathBuf,
     sync_counter: AtomicU64,
+    ca: Option<crate::TestCa>,
+    ca_pem: Option<Vec<u8>>,
 }
 
 /// One line of the registry's access log.
@@ -257,6 +295,11 @@ impl TestRegistry {
         self.addr
     }
 
+    /// The private CA of a [`TestRegistryBuilder::tls`] registry.
+    pub fn ca(&self) -> Option<&crate::TestCa> {
+        self.ca.as_ref()
+    }
+
     /// `http://127.0.0.1:PORT` or `http://[::1]:PORT`.
     pub fn url(&self) -> String {
         self.url.clone()
@@ -307,7 +350,9 @@ impl TestRegistry {
 
     /// A request with the registry's credentials (if any) attached.
     pub fn request(&self, method: http::Method, url: &str) -> Request {
-        let req = Request::new(method, url).basic_auth_opt(self.credentials());
+        let req = Request::new(method, url)
+            .basic_auth_opt(self.credentials())
+            .ca_pem(self.ca_pem.clone());
         match &self.issuer {
             Some(_) => {
                 let path = url.strip_prefix(&self.url).unwrap_or(url);

@@ -712,3 +712,74 @@ fn a_stopped_node_leaves_its_swarms_at_once() {
     let again = http::get(&format!("{}{path}", b.url()), None).unwrap();
     assert_eq!(&again.body, &image.layers[2]);
 }
+
+#[test]
+fn a_registry_with_a_private_ca_works_through_the_swarm_and_back_to_source() {
+    let _serial = serial();
+    let registry = TestRegistry::builder().tls().start();
+    let (image, pushed) = push(&registry, "e2e/private-ca", "private-ca", 23);
+    let ca = registry.ca().unwrap().ca_path.display().to_string();
+    let layer = &pushed.layer_digests[2];
+    let path = format!("/v2/e2e/private-ca/blobs/{layer}?ns={}", registry.host());
+    // dfdaemon trusts the CA for this registry (its own requests and back to source); a
+    // loopback registry is taken for plain HTTP unless its endpoint says https.
+    let conf = tempfile::tempdir().unwrap();
+    let conf_file = conf.path().join("dfdaemon.toml");
+    std::fs::write(
+        &conf_file,
+        format!(
+            "version = 1\n[[registries]]\nhost = \"{}\"\nendpoint = \"{}\"\nca_file = \"{ca}\"\n",
+            registry.host(),
+            registry.url()
+        ),
+    )
+    .unwrap();
+    let node = |supernode: &Supernode, back_source: bool| {
+        Dfdaemon::builder()
+            .supernode(supernode.addr())
+            .args(["--config", conf_file.to_str().unwrap()])
+            .args(["--back-source", if back_source { "true" } else { "false" }])
+            .start()
+    };
+
+    // A supernode that does not trust the CA cannot fetch the blob: no swarm for it.
+    let blind = Supernode::builder().start();
+    let no_fallback = node(&blind, false);
+    let refused = http::get(&format!("{}{path}", no_fallback.url()), None).unwrap();
+    assert_ne!(refused.status, 200);
+    assert!(
+        blind.log_text().to_lowercase().contains("certificate"),
+        "the supernode's log does not say why: {}",
+        blind.log_text()
+    );
+    // With back to source, the node fetches it itself, trusting its registry's CA.
+    let direct = node(&blind, true);
+    let got = http::get(&format!("{}{path}", direct.url()), None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(&got.body, &image.layers[2]);
+    assert_eq!(bytes_from(&direct, "origin"), image.layers[2].len() as f64);
+    let fallbacks = |d: &Dfdaemon, reason: &str| {
+        d.metric(
+            "damselfly_dfdaemon_p2p_fallbacks_total",
+            Some(&format!("reason=\"{reason}\"")),
+        )
+        .unwrap()
+    };
+    assert_eq!(fallbacks(&direct, "supernode_origin_unreachable"), 1.0);
+    assert_eq!(fallbacks(&direct, "refused_back_source_off"), 0.0);
+    assert_eq!(fallbacks(&no_fallback, "refused_back_source_off"), 1.0);
+
+    // Given the CA, the supernode fetches it and the node gets it through the swarm.
+    let trusting = Supernode::builder().args(["--origin-ca-file", &ca]).start();
+    let swarm = node(&trusting, false);
+    let got = http::get(&format!("{}{path}", swarm.url()), None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(&got.body, &image.layers[2]);
+    assert_eq!(bytes_from(&swarm, "origin"), 0.0);
+    assert_eq!(
+        trusting
+            .metric("damselfly_supernode_origin_bytes_total")
+            .unwrap(),
+        image.layers[2].len() as f64
+    );
+}

@@ -1,6 +1,10 @@
 //! [`Origin`]: streaming GET and credential-check HEAD against an origin.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    pin::Pin,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -19,6 +23,9 @@ pub struct OriginConfig {
     pub read_timeout: Duration,
     /// Redirects followed at most.
     pub max_redirects: usize,
+    /// PEM files of extra certificate authorities to trust (each may hold several), on top
+    /// of the built-in roots: for registries behind an internal CA.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for OriginConfig {
@@ -27,6 +34,7 @@ impl Default for OriginConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_redirects: 10,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -57,6 +65,31 @@ pub enum OriginError {
     /// The URL is not an http(s) URL.
     #[error("invalid origin URL {0:?}")]
     BadUrl(String),
+    /// A CA file could not be read or holds no usable certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The certificates in the PEM file at `path` (one or several).
+///
+/// # Errors
+/// [`OriginError::CaFile`] if the file cannot be read, is not PEM, or holds no certificate.
+pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, OriginError> {
+    let fail = |reason: String| OriginError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in it".to_owned()));
+    }
+    Ok(certs)
 }
 
 /// A stream of body chunks.
@@ -94,11 +127,17 @@ impl Origin {
     pub fn new(config: &OriginConfig) -> Result<Self, OriginError> {
         // reqwest drops Authorization, Cookie and Proxy-Authorization when a redirect changes
         // host, port or scheme, which is exactly the rule registries' signed storage URLs need.
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .redirect(redirect::Policy::limited(config.max_redirects))
-            .user_agent(concat!("damselfly/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("damselfly/", env!("CARGO_PKG_VERSION")));
+        for path in &config.ca_files {
+            for cert in load_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| OriginError::Transport(e.to_string()))?;
         Ok(Self { client })

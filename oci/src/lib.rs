@@ -22,5 +22,7 @@ mod client;
 pub mod registry;
 mod url_kind;
 
-pub use client::{BodyStream, Origin, OriginConfig, OriginError, OriginResponse, error_chain};
+pub use client::{
+    BodyStream, Origin, OriginConfig, OriginError, OriginResponse, error_chain, load_ca_file,
+};
 pub use url_kind::blob_digest;

@@ -102,6 +102,9 @@ pub struct OriginSection {
     /// remembered. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
+    /// PEM files of extra certificate authorities to trust for registries (on top of the
+    /// system's roots), e.g. a private registry's internal CA. Default none.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -196,6 +199,7 @@ impl Default for OriginSection {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(60),
+            ca_files: Vec::new(),
         }
     }
 }
@@ -326,6 +330,9 @@ pub struct Overrides {
     /// `origin.auth_cache_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_auth_cache_ttl: Option<Duration>,
+    /// `origin.ca_files` (repeat for several; replaces the file's list).
+    #[arg(long = "origin-ca-file", value_name = "PEM")]
+    pub origin_ca_files: Vec<PathBuf>,
     /// `preheat.token`: the Bearer token Harbor 2.12+ must present.
     #[arg(long, value_name = "TOKEN", env = "DAMSELFLY_PREHEAT_TOKEN")]
     pub preheat_token: Option<String>,
@@ -378,6 +385,9 @@ impl Overrides {
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
         set(&mut c.origin.auth_cache_ttl, self.origin_auth_cache_ttl);
+        if !self.origin_ca_files.is_empty() {
+            c.origin.ca_files.clone_from(&self.origin_ca_files);
+        }
         set(&mut c.preheat.token, self.preheat_token);
         set(&mut c.preheat.concurrency, self.preheat_concurrency);
         set(&mut c.preheat.timeout, self.preheat_timeout);

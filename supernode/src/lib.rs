@@ -99,6 +99,7 @@ impl App {
         let origin = Origin::new(&OriginConfig {
             connect_timeout: config.origin.connect_timeout,
             read_timeout: config.origin.read_timeout,
+            ca_files: config.origin.ca_files.clone(),
             ..OriginConfig::default()
         })
         .context("building the origin client")?;

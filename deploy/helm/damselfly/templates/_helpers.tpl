@@ -155,6 +155,18 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- $_ := set $cdn "upload_rate" (toString $v.uploadRate) -}}
 {{- $_ := set $cdn "upload_slots" (int $v.uploadSlots) -}}
 {{- $_ := set $c "cdn" $cdn -}}
+{{- if include "damselfly.dfdaemon.hasCA" . -}}
+{{- /* Blob fetches reach the same registries as the dfdaemons: trust their CAs too. */ -}}
+{{- $origin := default (dict) (get $c "origin") -}}
+{{- $files := default (list) (get $origin "ca_files") -}}
+{{- range $i, $r := .Values.dfdaemon.registries -}}
+{{- if $r.ca -}}
+{{- $files = append $files (printf "/etc/damselfly-ca/registry-%d.pem" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $origin "ca_files" $files -}}
+{{- $_ := set $c "origin" $origin -}}
+{{- end -}}
 {{- $addrs := include "damselfly.supernodeAddrs" . | fromJsonArray -}}
 {{- if gt (len $addrs) 1 -}}
 {{- /* The same list as the dfdaemons', so preheat seeds each blob where they will look. */ -}}
