@@ -212,6 +212,7 @@ impl App {
         let announce =
             tokio::spawn(announcer.run(state.config.p2p.keepalive_interval, shutdown.clone()));
         let background = tokio::spawn(maintain(state.clone(), shutdown.clone()));
+        let rejoin = tokio::spawn(rejoin_swarms(state.clone()));
         let router = Router::new()
             .route("/healthy", get(|| async { "ok" }))
             .route("/metrics", get(metrics))
@@ -231,6 +232,7 @@ impl App {
         let result = serve.await.context("serving the mirror");
         background.abort();
         announce.abort();
+        rejoin.abort();
         state.downloads.close();
         if tokio::time::timeout(grace, state.downloads.wait())
             .await
@@ -245,6 +247,39 @@ impl App {
         info!("dfdaemon stopped");
         result
     }
+}
+
+/// Offers every blob in the node cache to its swarm again after a (re)start, so peers can
+/// fetch it from this node as before: one holder registration per blob, in turn, in the
+/// background. Blobs the supernode no longer has, or private ones (the cache keeps no
+/// credentials), are served locally only.
+async fn rejoin_swarms(state: Arc<AppState>) {
+    let held = match state.cache.held() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "cannot list the node cache; cached blobs are not offered to peers");
+            return;
+        }
+    };
+    if held.is_empty() || state.config.supernodes.is_empty() {
+        return;
+    }
+    let (mut joined, total) = (0usize, held.len());
+    for (digest, url, path) in held {
+        match state.engine.serve_held(&url, digest, &path).await {
+            Ok(Some(task)) => {
+                joined += 1;
+                state.tasks.lock().insert(digest.to_string(), task);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(%digest, error = %e, "cannot offer a cached blob to peers"),
+        }
+    }
+    info!(
+        joined,
+        cached = total,
+        "offered cached blobs to their swarms (the others are not known to the supernode)"
+    );
 }
 
 /// Keepalives to the supernode and cache GC.

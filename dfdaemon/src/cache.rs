@@ -95,6 +95,23 @@ impl NodeCache {
         })
     }
 
+    /// Every blob held in full: digest, the URL it was fetched from, its content file.
+    ///
+    /// # Errors
+    /// The store's index cannot be read.
+    pub fn held(&self) -> Result<Vec<(Digest, String, PathBuf)>, CacheError> {
+        Ok(self
+            .store
+            .tasks()?
+            .into_iter()
+            .filter(|m| m.state == TaskState::Complete)
+            .filter_map(|m| {
+                let digest = m.id.parse::<Digest>().ok()?;
+                Some((digest, m.url, self.store.content_path(&m.id)))
+            })
+            .collect())
+    }
+
     /// Adopts a file the engine downloaded and has already checked against `digest` (the
     /// task id here). The store reads it once to record its piece digests; it is not hashed
     /// as a whole a second time.

@@ -296,6 +296,83 @@ impl Engine {
         }
     }
 
+    /// Serves a blob this node already holds in full at `path` (verified against `digest`
+    /// when it was stored, e.g. a node cache entry after a restart) to the swarm of its
+    /// task, if the blob's home supernode runs or stores that task: registers as a holder
+    /// (which never starts an origin fetch), serves every piece, and reports itself
+    /// complete, as after a download. Returns the task id, or `None` when the supernode does
+    /// not have the task, refuses this node (a private blob without credentials), or is
+    /// unreachable.
+    ///
+    /// # Errors
+    /// The file does not match the task's length or cannot be opened.
+    pub async fn serve_held(
+        &self,
+        url: &str,
+        digest: Digest,
+        path: &Path,
+    ) -> Result<Option<String>, DownloadError> {
+        let Some(index) =
+            (!self.supernodes.is_empty()).then(|| home_index(url, self.supernodes.len()))
+        else {
+            return Ok(None);
+        };
+        let sn = &self.supernodes[index];
+        let register = RegisterRequest {
+            version: PROTOCOL_VERSION,
+            url: url.to_owned(),
+            headers: Vec::new(),
+            digest: digest.to_string(),
+            peer_id: self.peer_id,
+            peer_addr: self.advertise.to_string(),
+            holder: true,
+        };
+        let task = match sn.register(&register).await {
+            Ok(task) => task,
+            Err(e) => {
+                debug!(%digest, error = %e, "not serving a held blob to the swarm");
+                return Ok(None);
+            }
+        };
+        let io = |source| IoError {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len != task.content_length {
+            let _ = sn.leave(&task.task_id, self.peer_id).await;
+            return Err(DownloadError::Setup(format!(
+                "{} holds {len} bytes, the task {} has {}",
+                path.display(),
+                task.task_id,
+                task.content_length
+            )));
+        }
+        let served = Arc::new(ServedTask::new(
+            Arc::new(file),
+            task.content_length,
+            task.piece_size,
+            task.piece_count,
+        ));
+        for piece in 0..task.piece_count {
+            served.mark(piece);
+        }
+        self.server.add(&task.task_id, served);
+        self.joined.lock().insert(
+            task.task_id.clone(),
+            Joined {
+                supernode: index,
+                complete: true,
+            },
+        );
+        let done = self.sync_request(&task.task_id, Vec::new(), Vec::new(), true, u32::MAX);
+        if let Err(e) = sn.sync(&done).await {
+            debug!(%digest, error = %e, "reporting a held blob failed; the keepalive retries");
+        }
+        Ok(Some(task.task_id))
+    }
+
     /// Bytes uploaded to other peers so far.
     pub fn bytes_uploaded(&self) -> u64 {
         self.server.bytes_served()
@@ -427,6 +504,7 @@ impl Engine {
             digest: req.digest.map(|d| d.to_string()).unwrap_or_default(),
             peer_id: self.peer_id,
             peer_addr: self.advertise.to_string(),
+            holder: false,
         };
         let first = home_index(&req.url, self.supernodes.len());
         let mut unreachable = Vec::new();

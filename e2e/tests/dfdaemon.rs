@@ -783,3 +783,74 @@ fn a_registry_with_a_private_ca_works_through_the_swarm_and_back_to_source() {
         image.layers[2].len() as f64
     );
 }
+
+#[test]
+fn a_restarted_node_serves_its_cached_blobs_to_peers() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/rejoin", "rejoin", 29);
+    let supernode = Supernode::builder().start();
+    let data = tempfile::tempdir().unwrap();
+    let layer = &pushed.layer_digests[2];
+    let path = format!("/v2/e2e/rejoin/blobs/{layer}?ns={}", registry.host());
+    let first = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .data_dir(data.path())
+        .start();
+    let got = http::get(&format!("{}{path}", first.url()), None).unwrap();
+    assert_eq!(&got.body, &image.layers[2]);
+    first.stop().unwrap();
+
+    // Restarted on the same cache, the node offers the blob to the swarm again...
+    let mut restarted = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .data_dir(data.path())
+        .start();
+    restarted
+        .daemon_mut()
+        .wait_for_log("offered cached blobs", Duration::from_secs(10))
+        .unwrap();
+    let served_before = supernode
+        .metric("damselfly_supernode_served_bytes_total")
+        .unwrap();
+    // ...so a new node gets it from that peer, not from the supernode.
+    let other = Dfdaemon::builder().supernode(supernode.addr()).start();
+    let got = http::get(&format!("{}{path}", other.url()), None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(&got.body, &image.layers[2]);
+    // The download's sources are counted once it is committed, just after the last byte.
+    let len = image.layers[2].len() as f64;
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || bytes_from(&other, "peer") == len),
+        "peer {} supernode {}",
+        bytes_from(&other, "peer"),
+        bytes_from(&other, "supernode")
+    );
+    assert_eq!(
+        supernode
+            .metric("damselfly_supernode_served_bytes_total")
+            .unwrap(),
+        served_before
+    );
+    assert_eq!(registry.blob_get_count(layer), 1);
+
+    // A supernode that never had the blob is not made to fetch it by a holder.
+    restarted.stop().unwrap();
+    let fresh = Supernode::builder().start();
+    let mut again = Dfdaemon::builder()
+        .supernode(fresh.addr())
+        .data_dir(data.path())
+        .start();
+    let line = again
+        .daemon_mut()
+        .wait_for_log("offered cached blobs", Duration::from_secs(10))
+        .unwrap();
+    assert!(line.contains("joined=0"), "{line}");
+    assert_eq!(registry.blob_get_count(layer), 1);
+    assert_eq!(
+        fresh
+            .metric("damselfly_supernode_origin_bytes_total")
+            .unwrap(),
+        0.0
+    );
+}

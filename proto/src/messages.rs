@@ -34,6 +34,11 @@ pub struct RegisterRequest {
     /// Where other peers reach this peer's QUIC piece server (`ip:port`, IPv6 bracketed).
     #[prost(string, tag = "6")]
     pub peer_addr: String,
+    /// The peer already holds all of the content (checked against `digest`) and joins only to
+    /// serve it, e.g. from its cache after a restart: the supernode must not start an origin
+    /// fetch for it, and answers `UNKNOWN_TASK` when it neither runs nor stores the task.
+    #[prost(bool, tag = "7")]
+    pub holder: bool,
 }
 
 /// Supernode → peer: the task the peer joined.

@@ -114,6 +114,7 @@ impl ApiError {
             Self::Register(RegisterError::Denied { status, .. }) => {
                 (StatusCode::FORBIDDEN, "DENIED", u32::from(*status))
             }
+            Self::Register(RegisterError::NotHere) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
             Self::Register(RegisterError::TooLarge(_)) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", 0)
             }
@@ -182,12 +183,14 @@ async fn register(
         url: req.url,
         digest,
         headers: req.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        holder: req.holder,
     };
     let (task, created) = match shared.tasks.register(&shared, &wanted).await {
         Ok(v) => v,
         Err(e) => {
             let outcome = match e {
                 RegisterError::Denied { .. } => RegisterOutcome::Denied,
+                RegisterError::NotHere => RegisterOutcome::NotHere,
                 _ => RegisterOutcome::OriginError,
             };
             shared.metrics.registration(outcome);

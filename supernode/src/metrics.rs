@@ -35,6 +35,8 @@ pub enum RegisterOutcome {
     OriginError,
     /// The request was malformed.
     BadRequest,
+    /// A holder (a node serving its cache) asked for a task this supernode does not have.
+    NotHere,
 }
 
 /// Label set for registrations.

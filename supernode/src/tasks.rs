@@ -48,6 +48,9 @@ pub enum RegisterError {
     /// A blocking store call failed.
     #[error("storage worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A holder asked to join a task this supernode neither runs nor stores.
+    #[error("no such task here; a holder's registration does not start one")]
+    NotHere,
 }
 
 /// What a registration asks for.
@@ -61,6 +64,8 @@ pub struct Wanted {
     pub digest: Option<Digest>,
     /// Headers for origin requests.
     pub headers: Vec<(String, String)>,
+    /// The requester holds the content and only joins to serve it: never fetch for it.
+    pub holder: bool,
 }
 
 type Slot = Arc<OnceCell<Arc<Task>>>;
@@ -260,12 +265,18 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
             let task = Arc::new(Task::cached(record.meta, digests, sched, now));
             return Ok((task, false));
         }
+        if wanted.holder {
+            return Err(RegisterError::NotHere);
+        }
         // A partial leftover: start over.
         let store = shared.store.clone();
         let id = wanted.id.clone();
         tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
     }
 
+    if wanted.holder {
+        return Err(RegisterError::NotHere);
+    }
     shared.metrics.origin_request(OriginKind::Get);
     let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
     let length = resp.content_length;

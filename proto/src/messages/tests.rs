@@ -14,6 +14,7 @@ fn register() -> RegisterRequest {
         digest: String::new(),
         peer_id: 7,
         peer_addr: "[::1]:65000".into(),
+        holder: false,
     }
 }
 

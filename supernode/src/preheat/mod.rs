@@ -576,6 +576,7 @@ pub(crate) async fn seed(
         url: url.to_owned(),
         digest: Some(digest),
         headers: headers.to_vec(),
+        holder: false,
     };
     let (task, created) = shared
         .tasks
