@@ -470,6 +470,7 @@ impl Engine {
             done,
             bad_pieces,
             digests_from,
+            urgent_pieces: Vec::new(),
         }
     }
 

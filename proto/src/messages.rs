@@ -105,7 +105,14 @@ pub struct SyncRequest {
     /// The peer already knows the digests of pieces `0..digests_from`.
     #[prost(uint32, tag = "9")]
     pub digests_from: u32,
+    /// Pieces a reader on the peer is waiting for right now (a Range request on a blob still
+    /// downloading), at most [`MAX_URGENT`]: the supernode offers those first.
+    #[prost(uint32, repeated, tag = "10")]
+    pub urgent_pieces: Vec<u32>,
 }
+
+/// Most urgent pieces one sync may name.
+pub const MAX_URGENT: usize = 64;
 
 /// The supernode's view of its own origin fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -340,6 +347,9 @@ impl SyncRequest {
         }
         if self.bad_pieces.len() > MAX_PIECES as usize {
             return Err(DecodeError::invalid("bad_pieces", "too many"));
+        }
+        if self.urgent_pieces.len() > MAX_URGENT {
+            return Err(DecodeError::invalid("urgent_pieces", "too many"));
         }
         Ok(())
     }

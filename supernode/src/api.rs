@@ -262,7 +262,7 @@ async fn sync(
         // Offer each piece the swarm lacks to one peer at a time, so the supernode sends each
         // piece about once and peers spread it.
         let offer = sched
-            .seed_pieces(started, peer, &seed_has)
+            .seed_pieces(started, peer, &seed_has, &req.urgent_pieces)
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
         (parents, offer)
     };

@@ -505,6 +505,11 @@ impl TaskScheduler {
     /// for its next sync to learn the next one. Pieces already offered to `peer` and not yet
     /// held are offered again.
     ///
+    /// `urgent` names pieces a reader on `peer` is waiting for (a ranged read of a blob still
+    /// downloading): those the swarm lacks and the supernode holds are offered first, outside
+    /// the slow start and the peer's share (still to one peer at a time), so a read of the
+    /// blob's end need not wait for the rest. Out-of-range indexes are ignored.
+    ///
     /// # Errors
     ///
     /// [`SchedError::UnknownPeer`] or [`SchedError::Banned`] when `peer` is not in the swarm.
@@ -513,6 +518,7 @@ impl TaskScheduler {
         now: Instant,
         peer: PeerId,
         seed_has: &Bitmap,
+        urgent: &[u32],
     ) -> Result<Bitmap, SchedError> {
         let me = self.check_peer(peer)?;
         let mine = &self.state(me).pieces;
@@ -544,6 +550,17 @@ impl TaskScheduler {
         let share =
             (self.config.seed_offers / self.downloading.max(1)).max(self.config.upload_slots);
         let room = cap.saturating_sub(open).min(share.saturating_sub(my_open)) as usize;
+        for &p in urgent {
+            if let Ok(i) = fresh.binary_search(&p) {
+                fresh.remove(i);
+                self.seed_offers[p as usize] = Some(SeedOffer {
+                    to: peer,
+                    until: now + SEED_OFFER_TTL,
+                    sent: false,
+                });
+                out.set(p);
+            }
+        }
         // Lowest index first: offers are exclusive, so concurrent askers get different pieces
         // anyway, and the swarm then holds the start of the blob first, which is what in-order
         // readers (dfdaemon streaming to a runtime) wait for.

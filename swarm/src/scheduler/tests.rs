@@ -255,37 +255,37 @@ fn seed_offers_each_missing_piece_once() {
     join_all(&mut s, t, 1..=3);
     let all = Bitmap::full(8);
     // Slow start: nothing is out yet, so one piece at a time.
-    let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    let a = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
     assert_eq!(a.count(), 1);
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 0);
     // Sent: it no longer holds up the next offers, and one piece out allows two.
     let p = a.iter_ones().next().unwrap();
     s.handle_seed_sent(t, PeerId(2), p); // not peer 2's offer: ignored
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 0);
     s.handle_seed_sent(t, PeerId(1), p);
-    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(b.count(), 2);
     assert_eq!(a.count_not_in(&b), 1, "offers overlap: {a:?} {b:?}");
     // Repeated asks get the same reservation back.
-    assert_eq!(s.seed_pieces(t, PeerId(1), &all).unwrap(), a);
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap(), b);
+    assert_eq!(s.seed_pieces(t, PeerId(1), &all, &[]).unwrap(), a);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap(), b);
     // Once a piece is held it comes from peers; expired reservations are re-offered.
     s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
     let later = t + SEED_OFFER_TTL;
     s.handle_sync(later, PeerId(3), &[], 0, false).unwrap();
-    let c = s.seed_pieces(later, PeerId(3), &all).unwrap();
+    let c = s.seed_pieces(later, PeerId(3), &all, &[]).unwrap();
     // One piece held: up to two open offers, and b's have expired.
     assert_eq!(c.count(), 2);
     assert!(!c.get(p));
     // Only pieces the seed has are offered.
     assert_eq!(
-        s.seed_pieces(later, PeerId(2), &Bitmap::new(8))
+        s.seed_pieces(later, PeerId(2), &Bitmap::new(8), &[])
             .unwrap()
             .count(),
         0
     );
     assert_eq!(
-        s.seed_pieces(t, PeerId(9), &all),
+        s.seed_pieces(t, PeerId(9), &all, &[]),
         Err(SchedError::UnknownPeer(PeerId(9)))
     );
 }
@@ -302,12 +302,12 @@ fn seed_offers_are_capped() {
         .unwrap();
     let all = Bitmap::full(16);
     // Eight pieces are out, but at most three unsent offers at once.
-    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(b.count(), 3);
     assert!(b.iter_ones().all(|p| p >= 8));
-    assert_eq!(s.seed_pieces(t, PeerId(3), &all).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(3), &all, &[]).unwrap().count(), 0);
     s.handle_seed_sent(t, PeerId(2), b.iter_ones().next().unwrap());
-    let c = s.seed_pieces(t, PeerId(3), &all).unwrap();
+    let c = s.seed_pieces(t, PeerId(3), &all, &[]).unwrap();
     assert_eq!(c.count(), 1);
     assert_eq!(c.count_not_in(&b), 1);
 }
@@ -317,7 +317,7 @@ fn a_departed_peers_offers_are_offered_again_at_once() {
     let (mut s, t) = sched(4);
     join_all(&mut s, t, 1..=2);
     let all = Bitmap::full(4);
-    let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    let a = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
     let p = a.iter_ones().next().unwrap();
     s.handle_seed_sent(t, PeerId(1), p);
     s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
@@ -326,7 +326,7 @@ fn a_departed_peers_offers_are_offered_again_at_once() {
     assert_eq!(s.holders(p), 0);
     let mut offered = Bitmap::new(4);
     for _ in 0..4 {
-        let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+        let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
         for q in b.iter_ones() {
             s.handle_seed_sent(t, PeerId(2), q);
             offered.set(q);
@@ -354,7 +354,7 @@ fn a_lone_peer_gets_the_whole_offer_budget_lowest_first() {
     let mut sizes = Vec::new();
     let mut next = 0;
     for _ in 0..6 {
-        let offer = s.seed_pieces(t, PeerId(1), &all).unwrap();
+        let offer = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
         let got: Vec<u32> = offer.iter_ones().collect();
         let want: Vec<u32> = (next..next + got.len() as u32).collect();
         assert_eq!(got, want, "lowest index first");
@@ -374,19 +374,19 @@ fn a_crowd_shares_the_offer_budget() {
         .unwrap();
     let all = Bitmap::full(64);
     // 16 over 7 peers still downloading is 2 each, but never fewer than the upload slots.
-    let a = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    let a = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(a.count(), 4);
     // Asking again gets the same reservation, nothing more, until some are sent.
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap(), a);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap(), a);
     let first = a.iter_ones().next().unwrap();
     s.handle_seed_sent(t, PeerId(2), first);
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all).unwrap().count(), 5);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 5);
     // Only peers still downloading count: with peer 1 the only other one, peer 2's share is
     // 8 unsent offers. It holds 3 unsent and 1 sent, so it gets 5 more.
     for p in 3..=8 {
         s.handle_leave(t, PeerId(p));
     }
-    let b = s.seed_pieces(t, PeerId(2), &all).unwrap();
+    let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(b.count(), 9, "{b:?}");
     assert_eq!(b.count_not_in(&a), 5);
 }
@@ -397,7 +397,7 @@ fn a_sent_piece_stays_reserved_while_it_travels() {
     join_all(&mut s, t, 1..=2);
     s.handle_sync(t, PeerId(2), &[7], 0, false).unwrap();
     let all = Bitmap::full(8);
-    let a = s.seed_pieces(t, PeerId(1), &all).unwrap();
+    let a = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
     let mut it = a.iter_ones();
     let (sent, unsent) = (it.next().unwrap(), it.next().unwrap());
     // Sent just before its offer would have expired: the bytes are on their way.
@@ -405,7 +405,7 @@ fn a_sent_piece_stays_reserved_while_it_travels() {
     s.handle_seed_sent(t1, PeerId(1), sent);
     let later = t + SEED_OFFER_TTL + Duration::from_secs(10);
     s.handle_sync(later, PeerId(2), &[], 0, false).unwrap();
-    let b = s.seed_pieces(later, PeerId(2), &all).unwrap();
+    let b = s.seed_pieces(later, PeerId(2), &all, &[]).unwrap();
     assert!(!b.get(sent), "a piece on its way was offered again: {b:?}");
     assert!(
         b.get(unsent),
@@ -416,8 +416,34 @@ fn a_sent_piece_stays_reserved_while_it_travels() {
     s.handle_sync(much_later, PeerId(2), &[], 0, false).unwrap();
     s.handle_sync(much_later, PeerId(1), &[], 0, false).unwrap();
     assert!(
-        s.seed_pieces(much_later, PeerId(2), &all)
+        s.seed_pieces(much_later, PeerId(2), &all, &[])
             .unwrap()
             .get(sent)
+    );
+}
+
+#[test]
+fn urgent_pieces_are_offered_first_and_only_when_fresh() {
+    let (mut s, t) = sched(64);
+    join_all(&mut s, t, 1..=3);
+    s.handle_sync(t, PeerId(3), &[62], 0, false).unwrap();
+    let all = Bitmap::full(64);
+    // With one piece out, the slow start allows two new offers (pieces 0 and 1), but a reader
+    // waits for pieces 63 and 62: 63 is offered on top (62 comes from peer 3; an index out
+    // of range is ignored).
+    let a = s.seed_pieces(t, PeerId(1), &all, &[63, 62, 99]).unwrap();
+    assert!(a.get(63), "{a:?}");
+    assert!(!a.get(62));
+    assert_eq!(a.iter_ones().collect::<Vec<_>>(), [0, 1, 63]);
+    // Still one peer at a time: peer 2's urgent 63 is peer 1's already.
+    let b = s.seed_pieces(t, PeerId(2), &all, &[63]).unwrap();
+    assert!(!b.get(63), "{b:?}");
+    // The supernode can only offer what it holds.
+    let partial = Bitmap::new(64);
+    assert_eq!(
+        s.seed_pieces(t, PeerId(2), &partial, &[40])
+            .unwrap()
+            .count(),
+        0
     );
 }

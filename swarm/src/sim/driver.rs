@@ -450,7 +450,7 @@ impl Sim {
                 if let Ok(parents) = self.sched.parents(now, id) {
                     msg.parents = Some(parents.into_iter().map(|p| (p.id, p.pieces)).collect());
                 }
-                msg.seed_offer = self.sched.seed_pieces(now, id, &self.seed_has).ok();
+                msg.seed_offer = self.sched.seed_pieces(now, id, &self.seed_has, &[]).ok();
             }
         }
         self.sched.handle_timeout(now);
