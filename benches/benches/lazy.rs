@@ -65,6 +65,10 @@ struct Args {
     /// Skip the runs with a recorded prefetch list.
     #[arg(long)]
     no_prefetch: bool,
+    /// Only write the generated image as an OCI image layout in DIR (tag `src`) and exit: for
+    /// looking at a mount by hand (`nydus-fs convert DIR OUT`, `nydus-fs mount OUT MNT`).
+    #[arg(long, value_name = "DIR")]
+    write_layout: Option<PathBuf>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -107,6 +111,12 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    if let Some(dir) = &args.write_layout {
+        image.image.write_layout(dir, "src")?;
+        println!("wrote {}", dir.display());
+        return Ok(());
+    }
+
     let registry = TestRegistry::builder().try_start()?;
     let started = Instant::now();
     image.image.push(&registry, REPO, "src")?;
@@ -143,7 +153,14 @@ fn main() -> Result<()> {
         None
     } else {
         let trace = scratch.path().join("trace.txt");
-        ctx.lazy(&nydus, "trace", Some(&trace), false, false)?;
+        ctx.lazy(
+            &nydus,
+            "trace",
+            &Lazy {
+                trace: Some(&trace),
+                ..Lazy::default()
+            },
+        )?;
         let listed = fs::read_to_string(&trace)?;
         println!(
             "recorded trace: {} files ({})",
@@ -165,19 +182,33 @@ fn main() -> Result<()> {
     };
 
     let mut lazy = Vec::new();
+    let mut per_file = Vec::new();
     let mut at_once = Vec::new();
     let mut after = Vec::new();
     let mut full = Vec::new();
     for round in 0..args.runs {
         println!("round {}/{}", round + 1, args.runs);
-        lazy.push(ctx.lazy(&nydus, &format!("lazy-{round}"), None, false, true)?);
+        let again = Lazy {
+            again: true,
+            ..Lazy::default()
+        };
+        lazy.push(ctx.lazy(&nydus, &format!("lazy-{round}"), &again)?);
+        let no_neighbours = Lazy {
+            mount_args: &["--fetch-neighbours", "0"],
+            ..Lazy::default()
+        };
+        per_file.push(ctx.lazy(&nydus, &format!("lazy-nn-{round}"), &no_neighbours)?);
         if let Some(p) = &prefetched {
-            at_once.push(ctx.lazy(p, &format!("pf-{round}"), None, false, false)?);
-            after.push(ctx.lazy(p, &format!("pfw-{round}"), None, true, false)?);
+            at_once.push(ctx.lazy(p, &format!("pf-{round}"), &Lazy::default())?);
+            let wait = Lazy {
+                wait_prefetch: true,
+                ..Lazy::default()
+            };
+            after.push(ctx.lazy(p, &format!("pfw-{round}"), &wait)?);
         }
         full.push(ctx.full(&format!("full-{round}"))?);
     }
-    print_starts(&image, &lazy, &at_once, &after, &full);
+    print_starts(&image, &[&lazy, &per_file, &at_once, &after], &full);
 
     // Warm reads: the image stays pulled in containerd from the last full run.
     let reads = ctx.warm_reads(&nydus, args.runs)?;
@@ -232,6 +263,19 @@ struct Ctx<'a> {
     source: String,
 }
 
+/// How a lazy start is made.
+#[derive(Debug, Default)]
+struct Lazy<'a> {
+    /// More `nydus-fs mount` arguments.
+    mount_args: &'a [&'a str],
+    /// Record the files opened to this file (`--record-trace`).
+    trace: Option<&'a Path>,
+    /// Start the command once the mount's prefetch has finished.
+    wait_prefetch: bool,
+    /// Run the command a second time on the same mount (warm).
+    again: bool,
+}
+
 /// One container start.
 #[derive(Debug, Default, Clone)]
 struct Start {
@@ -277,31 +321,23 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// One lazy start: mount with a fresh chunk cache, overlay, runc. `trace`: record the files
-    /// opened. `wait_prefetch`: start the command once the mount's prefetch has finished.
-    /// `again`: run the command a second time on the same mount (warm).
-    fn lazy(
-        &self,
-        image: &str,
-        name: &str,
-        trace: Option<&Path>,
-        wait_prefetch: bool,
-        again: bool,
-    ) -> Result<Start> {
+    /// One lazy start: mount with a fresh chunk cache, overlay, runc.
+    fn lazy(&self, image: &str, name: &str, how: &Lazy<'_>) -> Result<Start> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir_in(&self.scratch)?;
         let lower = dir.path().join("lower");
         let cache = dir.path().join("cache");
         let mut mount_args = vec!["--plain-http", "--cache-dir", path_str(&cache)?];
-        if let Some(t) = trace {
+        mount_args.extend_from_slice(how.mount_args);
+        if let Some(t) = how.trace {
             mount_args.extend(["--record-trace", path_str(t)?]);
         }
         let mark = self.log_mark();
         let start = Instant::now();
         let mount = NydusMount::start(image, &lower, &mount_args)?;
         let ready = start.elapsed().as_secs_f64();
-        let prefetch = if wait_prefetch {
+        let prefetch = if how.wait_prefetch {
             ensure!(
                 wait_until(STEP_TIMEOUT, || mount
                     .log_text()
@@ -318,7 +354,7 @@ impl Ctx<'_> {
         let command = command_start.elapsed().as_secs_f64();
         let total = start.elapsed().as_secs_f64();
         self.check_output(name, &out)?;
-        let warm_command = if again {
+        let warm_command = if how.again {
             let again_start = Instant::now();
             let out = self.runc(&lower, dir.path(), &format!("{name}-again"))?;
             self.check_output(name, &out)?;
@@ -366,7 +402,11 @@ impl Ctx<'_> {
             .args(["-t", "overlay", "overlay", "-o", &options])
             .arg(&rootfs)
             .status()?;
-        ensure!(status.success(), "mounting the overlay on {}", rootfs.display());
+        ensure!(
+            status.success(),
+            "mounting the overlay on {}",
+            rootfs.display()
+        );
         let id = format!("damselfly-lazy-{}-{name}", std::process::id());
         let container = RuncDelete(id.clone());
         let mut cmd = Command::new("runc");
@@ -457,21 +497,28 @@ impl Ctx<'_> {
             let mount = NydusMount::start(image, &lower, &mount_args)?;
             drop_caches()?;
             let dropped = read_all(&lower, &files)?;
-            let warm = read_all(&lower, &files)?;
+            let again = read_all(&lower, &files)?;
+            let third = read_all(&lower, &files)?;
             let (ok, log) = mount.stop()?;
             ensure!(ok && mount_stat(&log, "failed_reads") == Some(0), "{log}");
             ensure!(
                 mount_stat(&log, "requests") == Some(0),
                 "the chunk cache did not hold the whole image:\n{log}"
             );
-            ensure!(dropped.bytes == reads.bytes && warm.bytes == reads.bytes);
+            ensure!(
+                [dropped, again, third]
+                    .iter()
+                    .all(|r| r.bytes == reads.bytes)
+            );
             println!(
-                "  mount, chunk cache warm: {:.0} MiB/s (page cache dropped), {:.0} MiB/s (warm)",
+                "  mount, chunk cache warm: {:.0} MiB/s (page cache dropped), then {:.0} and {:.0} MiB/s",
                 dropped.rate(),
-                warm.rate()
+                again.rate(),
+                third.rate()
             );
             reads.mount.push(dropped.rate());
-            reads.mount_page_cache.push(warm.rate());
+            reads.mount_again.push(again.rate());
+            reads.mount_third.push(third.rate());
         }
 
         let unpacked = dir.path().join("unpacked");
@@ -488,16 +535,23 @@ impl Ctx<'_> {
         for _ in 0..runs {
             drop_caches()?;
             let dropped = read_all(&unpacked, &files)?;
-            let warm = read_all(&unpacked, &files)?;
-            ensure!(dropped.bytes == reads.bytes && warm.bytes == reads.bytes);
+            let again = read_all(&unpacked, &files)?;
+            let third = read_all(&unpacked, &files)?;
+            ensure!(
+                [dropped, again, third]
+                    .iter()
+                    .all(|r| r.bytes == reads.bytes)
+            );
             println!(
-                "  local disk ({} snapshot): {:.0} MiB/s (page cache dropped), {:.0} MiB/s (warm)",
+                "  local disk ({} snapshot): {:.0} MiB/s (page cache dropped), then {:.0} and {:.0} MiB/s",
                 self.containerd.snapshotter(),
                 dropped.rate(),
-                warm.rate()
+                again.rate(),
+                third.rate()
             );
             reads.local.push(dropped.rate());
-            reads.local_page_cache.push(warm.rate());
+            reads.local_again.push(again.rate());
+            reads.local_third.push(third.rate());
         }
         reads.snapshotter = self.containerd.snapshotter().to_owned();
         Ok(reads)
@@ -687,9 +741,11 @@ struct Reads {
     snapshotter: String,
     cold_mount: f64,
     mount: Vec<f64>,
-    mount_page_cache: Vec<f64>,
+    mount_again: Vec<f64>,
+    mount_third: Vec<f64>,
     local: Vec<f64>,
-    local_page_cache: Vec<f64>,
+    local_again: Vec<f64>,
+    local_third: Vec<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -703,7 +759,16 @@ fn list(v: impl IntoIterator<Item = f64>, scale: f64, digits: usize) -> String {
         .join(", ")
 }
 
-fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[Start], full: &[Start]) {
+/// The kinds of lazy start, in the order `print_starts` takes them.
+const LAZY_KINDS: [&str; 4] = [
+    "lazy: nydus-fs mount + overlay + runc",
+    "lazy, --fetch-neighbours 0 (a request per file)",
+    "lazy + prefetch list, command at once",
+    "lazy + prefetch list, command after the prefetch",
+];
+
+/// `lazy`: the lazy kinds in the order of [`LAZY_KINDS`].
+fn print_starts(image: &BenchImage, lazy: &[&[Start]; 4], full: &[Start]) {
     let ms = |x: f64| format!("{:.0}", x * 1e3);
     let mut t = Table::new([
         "start (median of runs)",
@@ -716,22 +781,26 @@ fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[
         "requests",
         "command again, warm (ms)",
     ]);
-    let kinds: [(&str, &[Start]); 4] = [
-        ("lazy: nydus-fs mount + overlay + runc", lazy),
-        ("lazy + prefetch list, command at once", at_once),
-        ("lazy + prefetch list, command after the prefetch", after),
-        ("full: ctr images pull + ctr run", full),
-    ];
+    let kinds: Vec<(&str, &[Start])> = LAZY_KINDS
+        .iter()
+        .copied()
+        .zip(lazy.iter().copied())
+        .chain([("full: ctr images pull + ctr run", full)])
+        .collect();
     let field = |runs: &[Start], f: &dyn Fn(&Start) -> Option<f64>| -> Vec<f64> {
         runs.iter().filter_map(f).collect()
     };
-    for (name, runs) in kinds {
+    for &(name, runs) in &kinds {
         if runs.is_empty() {
             continue;
         }
         let med = |f: &dyn Fn(&Start) -> Option<f64>| {
             let v = field(runs, f);
-            if v.is_empty() { "–".to_owned() } else { ms(median(&v)) }
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                ms(median(&v))
+            }
         };
         let bytes = median(&field(runs, &|s| Some(s.registry_bytes as f64)));
         t.row([
@@ -744,7 +813,11 @@ fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[
             format!("{:.3}", bytes / image.compressed as f64),
             {
                 let v = field(runs, &|s| s.requests.map(|r| r as f64));
-                if v.is_empty() { "–".to_owned() } else { format!("{:.0}", median(&v)) }
+                if v.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.0}", median(&v))
+                }
             },
             med(&|s| s.warm_command),
         ]);
@@ -756,8 +829,14 @@ fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[
         image.compressed as f64 / MIB,
         t.render()
     );
-    let mut every = Table::new(["every run", "ready (ms)", "command (ms)", "time to command (ms)", "registry MiB"]);
-    for (name, runs) in kinds {
+    let mut every = Table::new([
+        "every run",
+        "ready (ms)",
+        "command (ms)",
+        "time to command (ms)",
+        "registry MiB",
+    ]);
+    for &(name, runs) in &kinds {
         if runs.is_empty() {
             continue;
         }
@@ -780,7 +859,7 @@ fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[
         )
     };
     let mut ratios = Table::new(["ratio (medians)", "time to command", "registry bytes"]);
-    for (name, runs) in &kinds[..3] {
+    for (name, runs) in &kinds[..LAZY_KINDS.len()] {
         if runs.is_empty() {
             continue;
         }
@@ -794,29 +873,43 @@ fn print_starts(image: &BenchImage, lazy: &[Start], at_once: &[Start], after: &[
 }
 
 fn print_reads(r: &Reads) {
-    let mut t = Table::new(["read every file", "median MiB/s", "runs (MiB/s)", "/ local disk"]);
-    let base = median(&r.local);
-    let base_warm = median(&r.local_page_cache);
-    let local = format!("local disk ({} snapshot), page cache dropped", r.snapshotter);
-    let rows: [(&str, &[f64], f64); 4] = [
-        ("mount, chunk cache warm, page cache dropped", &r.mount, base),
-        (&local, &r.local, base),
-        ("mount, page cache warm", &r.mount_page_cache, base_warm),
-        ("local disk, page cache warm", &r.local_page_cache, base_warm),
+    let mut t = Table::new([
+        "read every file",
+        "median MiB/s",
+        "runs (MiB/s)",
+        "/ local disk",
+    ]);
+    let rows: [(&str, &[f64], &[f64]); 6] = [
+        (
+            "mount, chunk cache warm, page cache dropped",
+            &r.mount,
+            &r.local,
+        ),
+        ("local disk, page cache dropped", &r.local, &r.local),
+        ("mount, read again", &r.mount_again, &r.local_again),
+        ("local disk, read again", &r.local_again, &r.local_again),
+        ("mount, read a third time", &r.mount_third, &r.local_third),
+        (
+            "local disk, read a third time",
+            &r.local_third,
+            &r.local_third,
+        ),
     ];
-    for (name, v, b) in rows {
+    for (name, v, base) in rows {
         t.row([
             name.to_owned(),
             format!("{:.0}", median(v)),
             list(v.iter().copied(), 1.0, 0),
-            format!("{:.2}", median(v) / b),
+            format!("{:.2}", median(v) / median(base)),
         ]);
     }
     println!(
-        "\nWarm reads: {} files, {:.1} MiB, read in order, one at a time, 1 MiB reads \
-         (the cold read through the mount that filled the chunk cache: {:.0} MiB/s):\n\n{}",
+        "\nWarm reads: {} files, {:.1} MiB, read in order, one at a time, 1 MiB reads; local \
+         disk is containerd's {} snapshot (the cold read through the mount that filled the \
+         chunk cache: {:.0} MiB/s):\n\n{}",
         r.files,
         r.bytes as f64 / MIB,
+        r.snapshotter,
         r.cold_mount,
         t.render()
     );
@@ -875,7 +968,10 @@ impl BenchImage {
             count_file(body.as_bytes());
         }
         for p in 0..count(1000) {
-            for (name, lo, hi) in [("copyright", 1 << 10, 6 << 10), ("changelog", 512, 12 << 10)] {
+            for (name, lo, hi) in [
+                ("copyright", 1 << 10, 6 << 10),
+                ("changelog", 512, 12 << 10),
+            ] {
                 let len = rng.range(lo, hi);
                 let body = text(&mut rng, &words, len);
                 base.file(&format!("usr/share/doc/pkg-{p:04}/{name}"), 0o644, &body)?;
@@ -884,7 +980,11 @@ impl BenchImage {
         }
         for (i, m) in [4.0, 6.0, 8.0, 10.0, 12.0, 8.0].into_iter().enumerate() {
             let body = random(mib(m));
-            base.file(&format!("usr/lib/x86_64-linux-gnu/libbase{i}.so.1"), 0o644, &body)?;
+            base.file(
+                &format!("usr/lib/x86_64-linux-gnu/libbase{i}.so.1"),
+                0o644,
+                &body,
+            )?;
             count_file(&body);
         }
 
@@ -894,7 +994,11 @@ impl BenchImage {
             for m in 0..50 {
                 let len = rng.range(1 << 10, 24 << 10);
                 let body = text(&mut rng, &words, len);
-                runtime.file(&format!("usr/lib/runtime/pkg{p:02}/module{m:02}.py"), 0o644, &body)?;
+                runtime.file(
+                    &format!("usr/lib/runtime/pkg{p:02}/module{m:02}.py"),
+                    0o644,
+                    &body,
+                )?;
                 count_file(&body);
             }
         }
@@ -936,7 +1040,11 @@ impl BenchImage {
             } else {
                 random(len)
             };
-            app.file(&format!("app/static/{:02}/asset-{i:04}", i % 40), 0o644, &body)?;
+            app.file(
+                &format!("app/static/{:02}/asset-{i:04}", i % 40),
+                0o644,
+                &body,
+            )?;
             count_file(&body);
         }
         let body = random(mib(64.0));
@@ -966,8 +1074,7 @@ impl BenchImage {
                 "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
             },
         }))?;
-        let compressed =
-            (config.len() + layers.iter().map(|l| l.data.len()).sum::<usize>()) as u64;
+        let compressed = (config.len() + layers.iter().map(|l| l.data.len()).sum::<usize>()) as u64;
         ensure!(!expected.is_empty(), "{PLUGIN} was not generated");
         Ok(Self {
             image: LayeredImage {
@@ -986,12 +1093,21 @@ impl BenchImage {
 }
 
 const ETC: [(&str, &str); 8] = [
-    ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/app:/bin/sh\n"),
+    (
+        "passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/app:/bin/sh\n",
+    ),
     ("group", "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n"),
     ("hostname", "lazy\n"),
     ("hosts", "127.0.0.1 localhost\n::1 localhost\n"),
-    ("os-release", "PRETTY_NAME=\"Damselfly bench image\"\nNAME=damselfly-bench\nID=damselfly\n"),
-    ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n"),
+    (
+        "os-release",
+        "PRETTY_NAME=\"Damselfly bench image\"\nNAME=damselfly-bench\nID=damselfly\n",
+    ),
+    (
+        "nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files dns\n",
+    ),
     ("profile", "export PATH=/usr/local/bin:/usr/bin:/bin\n"),
     ("shells", "/bin/sh\n"),
 ];
@@ -1005,7 +1121,8 @@ struct Layer {
 
 impl Layer {
     fn tar(&mut self) -> &mut tar::Builder<Vec<u8>> {
-        self.tar.get_or_insert_with(|| tar::Builder::new(Vec::new()))
+        self.tar
+            .get_or_insert_with(|| tar::Builder::new(Vec::new()))
     }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
