@@ -18,6 +18,7 @@
 //! Each round, in turn (so load from the rest of the machine falls on every kind alike):
 //!
 //! * **lazy**: `nydus-fs mount` (fresh chunk cache), overlayfs over it, `runc run`;
+//! * the same with `--fetch-neighbours 0` (a request per small file);
 //! * **lazy + prefetch** (unless `--no-prefetch`): the image converted again with the files the
 //!   command opened (`mount --record-trace`, `convert --prefetch`), the command started at once,
 //!   and started only once the background prefetch has finished;
@@ -25,7 +26,7 @@
 //!
 //! Then warm read throughput: every file of the image read from a new mount of the image
 //! whose chunk cache holds all of it, and from containerd's unpacked snapshot, each after
-//! `echo 3 > /proc/sys/vm/drop_caches` (and again with the page cache warm).
+//! `echo 3 > /proc/sys/vm/drop_caches`, then twice more without dropping anything.
 //!
 //! ```text
 //! cargo build --profile bench -p nydus-fs
