@@ -4,10 +4,12 @@
 //! - [`plan_read`] maps a byte range of a file onto its chunks and holes.
 //! - [`group_fetches`] merges chunks that sit next to each other in one blob into one ranged
 //!   request, so a registry sees a few large range requests instead of one per chunk.
+//! - [`BlobOrder`] finds the chunks stored right after a chunk in its blob (the next files of
+//!   the same layer, usually of the same directory), to fetch along with a small file.
 
 use std::ops::Range;
 
-use crate::{ChunkRef, Digest, merkle};
+use crate::{ChunkRef, Digest, Tree, merkle};
 
 /// Why a chunk's bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,6 +176,57 @@ pub fn group_fetches(chunks: &[ChunkRef], max_bytes: u64) -> Vec<Fetch> {
     out
 }
 
+/// The chunks of a tree in the order they are stored: per blob, every chunk an inode refers
+/// to, sorted by compressed offset (each offset once).
+///
+/// The converter writes a layer's files one after another, so the chunks after the last one of
+/// a file belong to the next files of the layer (usually the same directory): a reader of many
+/// small files asks for each in turn, and fetching them along with the first saves a request
+/// per file.
+#[derive(Debug, Clone, Default)]
+pub struct BlobOrder {
+    blobs: Vec<Vec<ChunkRef>>,
+}
+
+impl BlobOrder {
+    /// The order of every chunk of `tree`.
+    pub fn new(tree: &Tree) -> Self {
+        let mut blobs: Vec<Vec<ChunkRef>> = vec![Vec::new(); tree.blobs.len()];
+        for c in tree.inodes.iter().flat_map(|i| i.chunks.iter()) {
+            if let Some(b) = blobs.get_mut(c.blob_index as usize) {
+                b.push(*c);
+            }
+        }
+        for b in &mut blobs {
+            b.sort_by_key(|c| c.compressed_offset);
+            b.dedup_by_key(|c| c.compressed_offset);
+        }
+        Self { blobs }
+    }
+
+    /// The chunks stored right after `chunk` in its blob, each starting where the one before
+    /// ends (one ranged request can carry them all), while their compressed sizes add up to at
+    /// most `budget` bytes. Stops at a gap (bytes no inode refers to, e.g. a deleted file).
+    pub fn after(&self, chunk: &ChunkRef, budget: u64) -> Vec<ChunkRef> {
+        let Some(blob) = self.blobs.get(chunk.blob_index as usize) else {
+            return Vec::new();
+        };
+        let first = blob.partition_point(|c| c.compressed_offset <= chunk.compressed_offset);
+        let mut end = chunk.compressed_offset + u64::from(chunk.compressed_size);
+        let mut used = 0u64;
+        let mut out = Vec::new();
+        for c in &blob[first..] {
+            used += u64::from(c.compressed_size);
+            if c.compressed_offset != end || used > budget {
+                break;
+            }
+            end = c.compressed_offset + u64::from(c.compressed_size);
+            out.push(*c);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +381,53 @@ mod tests {
         );
         // A chunk bigger than the limit still gets fetched.
         assert_eq!(group_fetches(&[a], 10).len(), 1);
+    }
+
+    #[test]
+    fn blob_order_gives_the_contiguous_chunks_after_one_within_a_budget() {
+        use crate::tree::{ChunkSize, Inode, InodeKind};
+        // Blob 0: a (0..100), b (100..150), c (150..400), gap, d (500..600); blob 1: e (0..10).
+        let (a, b, c, d) = (
+            chunk(0, 4096, 0, 100),
+            chunk(0, 4096, 100, 50),
+            chunk(4096, 4096, 150, 250),
+            chunk(0, 4096, 500, 100),
+        );
+        let e = ChunkRef {
+            blob_index: 1,
+            ..chunk(0, 4096, 0, 10)
+        };
+        let file = |chunks: Vec<ChunkRef>| Inode {
+            size: chunks.len() as u64 * 4096,
+            chunks,
+            ..Inode::new(InodeKind::File, 0o644)
+        };
+        let mut tree = Tree::new(ChunkSize::DEFAULT, Inode::new(InodeKind::Dir, 0o755));
+        tree.blobs = vec![Digest([1; 32]), Digest([2; 32])];
+        // c is listed before b, and a is shared by two files (deduplicated).
+        tree.inodes.extend([
+            file(vec![a]),
+            file(vec![c, b]),
+            file(vec![d, e]),
+            file(vec![a]),
+        ]);
+        let order = BlobOrder::new(&tree);
+        assert_eq!(
+            order.after(&a, 1000),
+            vec![b, c],
+            "stops at the gap before d"
+        );
+        assert_eq!(
+            order.after(&a, 299),
+            vec![b],
+            "c does not fit in the budget"
+        );
+        assert_eq!(order.after(&a, 300), vec![b, c]);
+        assert_eq!(order.after(&a, 49), vec![]);
+        assert_eq!(order.after(&c, 1000), vec![]);
+        assert_eq!(order.after(&d, 1000), vec![], "the last of its blob");
+        assert_eq!(order.after(&e, 1000), vec![], "blobs are not mixed");
+        let stray = ChunkRef { blob_index: 7, ..a };
+        assert_eq!(order.after(&stray, 1000), vec![]);
     }
 }

@@ -120,6 +120,11 @@ enum Command {
         /// chunks of the same file up to this, and adjacent chunks share one request.
         #[arg(long, default_value = "4MiB", value_parser = parse_size)]
         fetch_size: u64,
+        /// When a read's widening reaches the end of its file, also fetch the chunks stored
+        /// after it in the blob (the next files, usually of the same directory) up to this many
+        /// compressed bytes, within --fetch-size: one request for many small files. 0: off.
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        fetch_neighbours: u64,
         /// Ranged requests in flight at once.
         #[arg(long, default_value_t = 8)]
         max_requests: usize,
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
             cache_dir,
             memory_cache,
             fetch_size,
+            fetch_neighbours,
             max_requests,
             record_trace,
             no_prefetch,
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
             cache_dir,
             memory_cache,
             fetch_size,
+            neighbours: fetch_neighbours,
             max_requests,
             record_trace,
             prefetch: !no_prefetch,

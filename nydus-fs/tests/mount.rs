@@ -215,8 +215,14 @@ fn concurrent_readers_fetch_each_chunk_once() {
     let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
     let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
     let mp = tmp.path().join("mnt");
-    // One chunk per request, so eight readers race for every chunk.
-    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &["--fetch-size", "64KiB"]).unwrap();
+    // One chunk per request, so eight readers race for every chunk (and no other file's chunks
+    // come along after the last one).
+    let m = NydusMount::start(
+        dst.to_str().unwrap(),
+        &mp,
+        &["--fetch-size", "64KiB", "--fetch-neighbours", "0"],
+    )
+    .unwrap();
     let expected = noise(7, BIG);
     std::thread::scope(|s| {
         for _ in 0..8 {
@@ -487,4 +493,41 @@ fn container_runs_from_the_mounted_image() {
     assert!(!lower.join("tmp/out").exists());
     let (ok, log) = m.stop().unwrap();
     assert!(ok, "{log}");
+}
+
+/// Reading many small files one after another (a container start reading its configuration)
+/// fetches them in one ranged request, not one per file; `--fetch-neighbours 0` turns that off.
+#[test]
+fn small_files_read_in_turn_share_one_request() {
+    if !fuse_available("small_files_read_in_turn_share_one_request") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    layer.append_data(&mut h, "conf/", &[][..]).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("conf/{i:02}.yaml"), noise(100 + i, 3000)))
+        .collect();
+    for (path, data) in &files {
+        common::file(&mut layer, path, data);
+    }
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    common::write_layout(&src, &[(layer.into_inner().unwrap(), false)], "v1");
+    let out = run(&["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mp = tmp.path().join("mnt");
+    let read_all = |args: &[&str]| {
+        let m = NydusMount::start(dst.to_str().unwrap(), &mp, args).unwrap();
+        for (path, data) in &files {
+            assert_eq!(&fs::read(mp.join(path)).unwrap(), data, "{path}");
+        }
+        let (ok, log) = m.stop().unwrap();
+        assert!(ok, "{log}");
+        assert_eq!(mount_stat(&log, "failed_reads"), Some(0), "{log}");
+        mount_stat(&log, "requests").unwrap()
+    };
+    assert_eq!(read_all(&[]), 1, "the first read brings the other 19 files");
+    assert_eq!(read_all(&["--fetch-neighbours", "0"]), 20, "one per file");
 }

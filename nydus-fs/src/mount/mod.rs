@@ -39,6 +39,7 @@ pub(crate) struct MountArgs {
     pub(crate) cache_dir: Option<PathBuf>,
     pub(crate) memory_cache: u64,
     pub(crate) fetch_size: u64,
+    pub(crate) neighbours: u64,
     pub(crate) max_requests: usize,
     pub(crate) record_trace: Option<PathBuf>,
     pub(crate) prefetch: bool,
@@ -119,6 +120,7 @@ pub(crate) fn run(args: &MountArgs) -> Result<()> {
         loaded.source.clone(),
         Arc::new(cache),
         args.fetch_size,
+        args.neighbours,
         args.max_requests,
     ));
     let paths = Arc::new(Paths::new(&loaded.tree));

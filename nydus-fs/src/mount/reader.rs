@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nydus_fs::chunk::{self, Fetch, Segment};
+use nydus_fs::chunk::{self, BlobOrder, Fetch, Segment};
 use nydus_fs::{ChunkRef, Digest, InodeId, Tree};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, watch};
@@ -62,6 +62,10 @@ pub(crate) struct Reader {
     inflight: Mutex<HashMap<Digest, watch::Receiver<ChunkResult>>>,
     /// Largest ranged request, in compressed bytes; reads are widened up to it.
     fetch_size: u64,
+    /// The chunks in blob order, and how many compressed bytes of them past the end of a file
+    /// a read that reaches it takes along (0: none).
+    order: BlobOrder,
+    neighbours: u64,
     /// On-demand reads in progress; prefetch waits while there are any.
     on_demand: AtomicUsize,
     /// Parallel ranged requests (on-demand and prefetch together).
@@ -75,9 +79,16 @@ impl Reader {
         source: Arc<dyn BlobSource>,
         cache: Arc<ChunkCache>,
         fetch_size: u64,
+        neighbours: u64,
         max_requests: usize,
     ) -> Self {
         Self {
+            order: if neighbours > 0 {
+                BlobOrder::new(&tree)
+            } else {
+                BlobOrder::default()
+            },
+            neighbours,
             tree,
             source,
             cache,
@@ -127,7 +138,9 @@ impl Reader {
             })
             .collect();
         // Widen: the chunks after the last one wanted, up to one fetch unit, come along in the
-        // same ranged request (sequential readers then find them cached).
+        // same ranged request (sequential readers then find them cached). When that reaches the
+        // end of the file, the chunks stored after it (the next files) come along too, up to
+        // `neighbours` bytes: readers of many small files then make a request per batch.
         let mut extra = Vec::new();
         if let Some(Segment::Chunk { index, .. }) = plan
             .iter()
@@ -135,12 +148,21 @@ impl Reader {
             .find(|s| matches!(s, Segment::Chunk { .. }))
         {
             let mut budget: u64 = wanted.iter().map(|c| u64::from(c.compressed_size)).sum();
+            let mut file_end = true;
             for c in inode.chunks.iter().skip(index + 1) {
-                budget += u64::from(c.compressed_size);
-                if budget > self.fetch_size {
+                if budget + u64::from(c.compressed_size) > self.fetch_size {
+                    file_end = false;
                     break;
                 }
+                budget += u64::from(c.compressed_size);
                 extra.push(*c);
+            }
+            let room = self.fetch_size.saturating_sub(budget).min(self.neighbours);
+            if file_end
+                && room > 0
+                && let Some(last) = extra.last().or_else(|| inode.chunks.get(*index))
+            {
+                extra.extend(self.order.after(last, room));
             }
         }
         let got = self.chunks(&wanted, &extra).await?;
@@ -232,23 +254,26 @@ impl Reader {
         if missing.is_empty() {
             return Ok(got);
         }
-        // The disk layer, for the wanted chunks still missing and for the extras.
-        let probe: Vec<(ChunkRef, bool)> = missing
-            .iter()
-            .map(|c| (*c, true))
-            .chain(extra.iter().map(|c| (*c, false)))
-            .collect();
+        // The disk layer, for the wanted chunks still missing, then for the extras.
         let cache = self.cache.clone();
+        let extra = extra.to_vec();
         let probed = tokio::task::spawn_blocking(move || {
-            probe
+            let mut out: Vec<_> = missing
                 .into_iter()
+                .map(|c| (c, true, cache.get(&c.digest)))
+                .collect();
+            // Extras only ride along with a request made anyway: when every wanted chunk is on
+            // disk there is none, and they are not even looked at.
+            if out.iter().any(|(_, _, hit)| hit.is_none()) {
                 // An extra only needs to know whether it is cached: a stat, not a read + hash.
-                .filter(|(c, w)| *w || !cache.contains(&c.digest))
-                .map(|(c, w)| {
-                    let hit = if w { cache.get(&c.digest) } else { None };
-                    (c, w, hit)
-                })
-                .collect::<Vec<_>>()
+                out.extend(
+                    extra
+                        .into_iter()
+                        .filter(|c| !cache.contains(&c.digest))
+                        .map(|c| (c, false, None)),
+                );
+            }
+            out
         })
         .await
         .map_err(|e| ReadError::Internal(format!("cache task: {e}")))?;
@@ -334,6 +359,7 @@ impl Reader {
             .get(blob_index)
             .copied()
             .unwrap_or(Digest([0; 32]));
+        let digests: Vec<Digest> = txs.iter().map(|(c, _)| c.digest).collect();
         let permit = self.requests.acquire().await;
         let result = self
             .source
@@ -341,7 +367,7 @@ impl Reader {
             .await;
         drop(permit);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let results: Vec<(ChunkRef, Result<Bytes, ReadError>)> = match result {
+        match result {
             Err(e) => {
                 let err = ReadError::Fetch {
                     blob,
@@ -350,39 +376,46 @@ impl Reader {
                     source_name: self.source.describe(),
                     cause: e.0,
                 };
-                txs.iter().map(|(c, _)| (*c, Err(err.clone()))).collect()
+                for (c, tx) in txs {
+                    self.finish(&c, &tx, Err(err.clone()));
+                }
             }
             Ok(bytes) => {
                 self.stats
                     .bytes_fetched
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let this = self.clone();
-                let refs: Vec<ChunkRef> = txs.iter().map(|(c, _)| *c).collect();
                 let start = fetch.range.start;
-                tokio::task::spawn_blocking(move || {
-                    refs.into_iter()
-                        .map(|c| (c, this.verify_and_store(&bytes, start, &c, blob)))
-                        .collect()
+                // Each chunk is handed to its readers as soon as it is verified: the one a
+                // reader waits for comes first in the range, the neighbours fetched along with
+                // it are verified and cached after.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (c, tx) in txs {
+                        let r = this.verify_and_store(&bytes, start, &c, blob);
+                        this.finish(&c, &tx, r);
+                    }
                 })
-                .await
-                .unwrap_or_else(|e| {
-                    txs.iter()
-                        .map(|(c, _)| (*c, Err(ReadError::Internal(format!("verify task: {e}")))))
-                        .collect()
-                })
+                .await;
             }
-        };
-        let by_digest: HashMap<Digest, Result<Bytes, ReadError>> =
-            results.into_iter().map(|(c, r)| (c.digest, r)).collect();
-        let mut inflight = self.inflight.lock();
-        for (c, tx) in txs {
-            let r = by_digest
-                .get(&c.digest)
-                .cloned()
-                .unwrap_or_else(|| Err(ReadError::Internal("chunk not verified".into())));
-            tx.send_replace(Some(r));
-            inflight.remove(&c.digest);
         }
+        // Had the verifying task died half-way, its chunks' senders are gone: forget them, so
+        // that the next read fetches them again instead of waiting on a dead entry.
+        let mut inflight = self.inflight.lock();
+        for d in digests {
+            if inflight
+                .get(&d)
+                .is_some_and(|rx| rx.has_changed().is_err() && rx.borrow().is_none())
+            {
+                inflight.remove(&d);
+            }
+        }
+    }
+
+    /// Hands a chunk's result to its readers and ends its in-flight entry.
+    fn finish(&self, c: &ChunkRef, tx: &watch::Sender<ChunkResult>, r: Result<Bytes, ReadError>) {
+        let mut inflight = self.inflight.lock();
+        tx.send_replace(Some(r));
+        inflight.remove(&c.digest);
     }
 
     /// Blocking: decompress + verify one chunk out of a fetched range, then cache it.
