@@ -9,7 +9,14 @@
 //! peer holds). The plain HTTP downloads of the same bytes from the origin are a Rust
 //! client (this executable as `http`: reqwest, the client dfget itself uses for HTTP) and
 //! `curl`, when installed. Times include writing the file (and, for dfget, checking every
-//! piece and then the whole file against their sha256).
+//! piece and then the whole file against their sha256, and flushing it to disk).
+//!
+//! Every download of a run writes its file into page-cache memory that no other download of
+//! the run has just freed: the outputs are removed together at the end of the run. On a VM
+//! whose host takes freed guest memory back (free page reporting), writing into memory the
+//! guest has not used lately costs several times more than reusing memory another process
+//! freed a moment ago; removing each output at once handed that advantage to whichever
+//! download came next.
 //!
 //! ```text
 //! cargo bench -p damselfly-benches --bench throughput -- --size 1GiB --runs 3
@@ -71,6 +78,9 @@ enum Role {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Only the "QUIC alone" measurement, `--runs` times (to profile or compare the
+    /// transport's settings without the rest).
+    Quic,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Some(Role::Peer { serve: true, .. }) => "parent-peer",
         Some(Role::Peer { serve: false, .. }) => "child-peer",
         Some(Role::Http { .. }) => "http-client",
+        Some(Role::Quic) => "quic-alone",
         None => "bench",
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -94,6 +105,17 @@ fn main() -> anyhow::Result<()> {
             serve,
         }) => runtime.block_on(peer(url, supernode, output, serve)),
         Some(Role::Http { url, output }) => runtime.block_on(http(url, output)),
+        Some(Role::Quic) => runtime.block_on(async {
+            for i in 0..args.runs.max(1) {
+                let (secs, mtu) = quic_alone(args.size.as_u64()).await?;
+                println!(
+                    "run {}: QUIC alone {}/s ({mtu}-byte packets)",
+                    i + 1,
+                    mib(args.size.as_u64() as f64 / secs)
+                );
+            }
+            anyhow::Ok(())
+        }),
         None => runtime.block_on(bench(args.size.as_u64(), args.runs.max(1))),
     }
 }
@@ -161,7 +183,9 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             r["elapsed"].as_f64().unwrap_or(0.0)
         );
         child_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
-        std::fs::remove_file(&out)?;
+        // Every download of a run writes into memory no other download of the run just freed
+        // (see `fresh`), so each output is removed only when the run is over.
+        let mut fresh = vec![out];
 
         let out = dir.path().join(format!("http-{i}"));
         let mut h = Proc::spawn(&["http", &url, "--output", &out.to_string_lossy()])?;
@@ -169,16 +193,20 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
         h.wait()?;
         rust_http.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
         http_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
-        std::fs::remove_file(&out)?;
+        fresh.push(out);
 
         if has_curl {
             let out = dir.path().join(format!("curl-{i}"));
             curl.push(size as f64 / curl_get(&url, &out).await?);
+            fresh.push(out);
+        }
+        for out in fresh {
             std::fs::remove_file(&out)?;
         }
-        quic.push(size as f64 / quic_alone(size).await?);
+        let (secs, mtu) = quic_alone(size).await?;
+        quic.push(size as f64 / secs);
         println!(
-            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}, QUIC alone {}/s",
+            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}, QUIC alone {}/s ({mtu}-byte packets)",
             i + 1,
             mib(*hop.last().unwrap_or(&0.0)),
             mib(*rust_http.last().unwrap_or(&0.0)),
@@ -330,8 +358,9 @@ impl Drop for Proc {
 
 /// The transport's own ceiling: `size` bytes over one connection between two endpoints
 /// configured as dfget's (`dfget::quic::endpoint`), in this process, from memory to memory,
-/// in 4 MiB streams two at a time like a download from one parent. Returns the seconds.
-async fn quic_alone(size: u64) -> anyhow::Result<f64> {
+/// in 4 MiB streams two at a time like a download from one parent. Returns the seconds and
+/// the UDP payload size MTU discovery had reached by the end.
+async fn quic_alone(size: u64) -> anyhow::Result<(f64, u16)> {
     const PIECE: usize = 4 << 20;
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let server = dfget::quic::endpoint(loopback)?;
@@ -372,10 +401,11 @@ async fn quic_alone(size: u64) -> anyhow::Result<f64> {
         r??;
     }
     let secs = start.elapsed().as_secs_f64();
+    let mtu = conn.stats().path.current_mtu;
     conn.close(0u32.into(), b"done");
     client.wait_idle().await;
     serving.abort();
-    Ok(secs * size as f64 / (pieces * PIECE as u64) as f64)
+    Ok((secs * size as f64 / (pieces * PIECE as u64) as f64, mtu))
 }
 
 /// `curl` downloads `url` into `out`; returns the seconds it took.

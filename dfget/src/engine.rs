@@ -7,7 +7,10 @@
 //!    └─ loop: sync (report pieces, get parents/digests) ─▶ Picker ─▶ fetch tasks
 //!             fetch task: QUIC from a parent, or HTTP from the supernode
 //!                         → sha256 must match the supernode's digest → pwrite → mark servable
-//!       → whole-file digest → rename into place
+//!             (the parent may take the next request once the bytes are in, before the check)
+//!    ├─ beside it: output::hash_prefix hashes the file's verified prefix as it grows (and
+//!    │  flushes it to disk every 128 MiB)
+//!    └─ whole-file digest (ready soon after the last piece) → fsync → rename into place
 //! ```
 //!
 //! Decisions (which piece, from whom, backoffs, bans) are the sans-IO
@@ -559,8 +562,8 @@ impl Engine {
         let result = self
             .swarm_download(sn, &task, &out, &served, progress, &mut report)
             .await;
-        match result {
-            Ok(()) => {}
+        let digest_job = match result {
+            Ok(job) => job,
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
                 self.abandon(&task.task_id);
                 drop(out);
@@ -575,9 +578,9 @@ impl Engine {
                 self.abandon(&task.task_id);
                 return Err(e);
             }
-        }
+        };
         let expected = digest.or_else(|| task.digest.parse().ok());
-        let file_digest = check_digest(&out, expected).await.inspect_err(|_| {
+        let file_digest = check_digest(digest_job, expected).await.inspect_err(|_| {
             self.abandon(&task.task_id);
         })?;
         out.commit().inspect_err(|_| self.abandon(&task.task_id))?;
@@ -608,7 +611,7 @@ impl Engine {
         served: &Arc<ServedTask>,
         progress: &dyn Progress,
         report: &mut Report,
-    ) -> Result<(), SwarmError> {
+    ) -> Result<DigestJob, SwarmError> {
         let mut picker = Picker::new(task.piece_count, self.config.picker.clone(), rand::random());
         let mut digests: Vec<[u8; 32]> = Vec::new();
         let mut parents: HashMap<PeerId, SocketAddr> = HashMap::new();
@@ -616,10 +619,24 @@ impl Engine {
         let mut bad = Vec::new();
         let mut liars = HashSet::new();
         let mut inflight: JoinSet<PieceOutcome> = JoinSet::new();
+        // Piece jobs say here when a piece's bytes have arrived, so its parent can take the
+        // next request while the piece is verified and written.
+        let (received_tx, mut received_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Pieces held from the start, contiguously.
+        let mut prefix = 0u32;
         let mut next_sync = Instant::now();
         let mut unreachable_since: Option<Instant> = None;
         let mut last_progress = Instant::now();
         let path: Arc<Path> = Arc::from(out.temp_path());
+        // The whole-file digest follows the verified prefix while pieces arrive. If this
+        // function fails, dropping `prefix_tx` stops it.
+        let (prefix_tx, prefix_rx) = tokio::sync::watch::channel(0u64);
+        let digest_job = tokio::spawn(output::hash_prefix(
+            out.file(),
+            out.temp_path().to_path_buf(),
+            task.content_length,
+            prefix_rx,
+        ));
 
         while !picker.is_complete() {
             let now = Instant::now();
@@ -692,6 +709,7 @@ impl Engine {
                     served.clone(),
                     path.clone(),
                     self.download_limiter.clone(),
+                    received_tx.clone(),
                 ));
             }
 
@@ -699,6 +717,9 @@ impl Engine {
                 .poll_timeout()
                 .map_or(next_sync, |t| t.min(next_sync));
             tokio::select! {
+                Some((piece, source)) = received_rx.recv() => {
+                    picker.handle_piece_received(piece, source);
+                }
                 Some(joined) = inflight.join_next() => {
                     let now = Instant::now();
                     let outcome = match joined {
@@ -709,6 +730,13 @@ impl Engine {
                         Ok(len) => {
                             picker.handle_piece_done(now, outcome.piece, outcome.source);
                             new_pieces.push(outcome.piece);
+                            if outcome.piece == prefix {
+                                while prefix < task.piece_count && picker.have().get(prefix) {
+                                    prefix += 1;
+                                }
+                                let end = piece_range(task.content_length, task.piece_size, prefix - 1).end;
+                                prefix_tx.send_replace(end);
+                            }
                             match outcome.source {
                                 Source::Seed => report.from_supernode += len,
                                 Source::Peer(_) => report.from_peers += len,
@@ -751,7 +779,7 @@ impl Engine {
         // Report the last pieces (and any liar) before declaring completion.
         let req = self.sync_request(&task.task_id, new_pieces, bad, true, u32::MAX);
         let _ = sn.sync(&req).await;
-        Ok(())
+        Ok(digest_job)
     }
 
     async fn back_source(
@@ -935,9 +963,12 @@ impl PieceJob {
         served: Arc<ServedTask>,
         path: Arc<Path>,
         limiter: Option<Arc<RateLimiter>>,
+        received: tokio::sync::mpsc::UnboundedSender<(u32, Source)>,
     ) -> PieceOutcome {
         let (piece, source, addr) = (self.piece, self.source, self.addr);
-        let result = self.transfer(sn, fetcher, served, path, limiter).await;
+        let result = self
+            .transfer(sn, fetcher, served, path, limiter, received)
+            .await;
         PieceOutcome {
             piece,
             source,
@@ -953,6 +984,7 @@ impl PieceJob {
         served: Arc<ServedTask>,
         path: Arc<Path>,
         limiter: Option<Arc<RateLimiter>>,
+        received: tokio::sync::mpsc::UnboundedSender<(u32, Source)>,
     ) -> Result<u64, PieceFailure> {
         let len = self.range.end - self.range.start;
         let fetch = async {
@@ -982,6 +1014,9 @@ impl PieceJob {
         if let Some(l) = &limiter {
             l.acquire(len).await;
         }
+        // The source is done with this piece: it may take our next request while we verify
+        // and write (the picker still holds the piece until the outcome).
+        let _ = received.send((self.piece, self.source));
         let offset = self.range.start;
         let piece = self.piece;
         let expected = self.expected;
@@ -1005,9 +1040,12 @@ impl PieceJob {
     }
 }
 
-async fn check_digest(out: &OutputFile, expected: Option<Digest>) -> Result<Digest, DownloadError> {
-    let path = out.temp_path().to_path_buf();
-    let actual = tokio::task::spawn_blocking(move || output::file_digest(&path))
+/// The whole-file digest being computed beside a download ([`output::hash_prefix`]).
+type DigestJob = tokio::task::JoinHandle<Result<Digest, IoError>>;
+
+/// Waits for the whole-file digest and compares it.
+async fn check_digest(job: DigestJob, expected: Option<Digest>) -> Result<Digest, DownloadError> {
+    let actual = job
         .await
         .map_err(|e| DownloadError::Setup(e.to_string()))??;
     match expected {

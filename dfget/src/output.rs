@@ -3,13 +3,13 @@
 
 use std::{
     fs::File,
-    io::Read,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use damselfly_common::{Digest, Sha256Hasher};
+use tokio::sync::watch;
 
 /// A local I/O failure, with the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +86,6 @@ impl OutputFile {
         &self.temp
     }
 
-    /// sha256 of the whole file as written.
-    ///
-    /// # Errors
-    /// Reading failed.
-    pub fn digest(&self) -> Result<Digest, IoError> {
-        file_digest(&self.temp)
-    }
-
     /// Flushes and renames the temp file onto the target.
     ///
     /// # Errors
@@ -120,23 +112,69 @@ impl Drop for OutputFile {
     }
 }
 
-/// sha256 of the file at `path`, read in 1 MiB blocks.
+/// Bytes hashed per blocking job of [`hash_prefix`]: how long an abandoned download's hasher
+/// may still run, and how often it looks for more.
+const HASH_STEP: u64 = 32 << 20;
+
+/// Bytes after which [`hash_prefix`] flushes what has been written, so the final flush before
+/// the rename has little left to write.
+const FLUSH_EVERY: u64 = 128 << 20;
+
+/// sha256 of the first `len` bytes of `file`, computed while they are still being written:
+/// `prefix` tells how many bytes from the start are verified and written, and the hash
+/// follows it, so the whole-file digest is ready soon after the last piece instead of one
+/// more pass over the file at the end. Every [`FLUSH_EVERY`] bytes it also asks the kernel
+/// to write the file's dirty pages to disk (`fdatasync`), which spreads the cost of the
+/// final flush over the download. Stops with an error once `prefix`'s sender is dropped
+/// before `len` bytes were ready (the download failed).
 ///
 /// # Errors
-/// Opening or reading failed.
-pub fn file_digest(path: &Path) -> Result<Digest, IoError> {
+/// Reading or flushing failed, or the download was abandoned.
+pub async fn hash_prefix(
+    file: Arc<File>,
+    path: PathBuf,
+    len: u64,
+    mut prefix: watch::Receiver<u64>,
+) -> Result<Digest, IoError> {
     let io = |source| IoError {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
-    let mut reader = File::open(path).map_err(io)?;
-    let mut hasher = Sha256Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            return Ok(hasher.finish());
+    let mut state = (Sha256Hasher::new(), vec![0u8; 1 << 20]);
+    let (mut hashed, mut flushed) = (0u64, 0u64);
+    while hashed < len {
+        let ready = (*prefix.borrow_and_update()).min(len);
+        if ready <= hashed {
+            if prefix.changed().await.is_err() {
+                return Err(io(std::io::Error::other("download abandoned")));
+            }
+            continue;
         }
-        hasher.update(&buf[..n]);
+        let end = ready.min(hashed + HASH_STEP);
+        let flush = end - flushed >= FLUSH_EVERY;
+        let file = file.clone();
+        let (mut hasher, mut buf) = state;
+        state = tokio::task::spawn_blocking(move || {
+            let mut at = hashed;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
+                let block = &mut buf[..n];
+                file.read_exact_at(block, at)?;
+                hasher.update(block);
+                at += n as u64;
+            }
+            if flush {
+                file.sync_data()?;
+            }
+            Ok::<_, std::io::Error>((hasher, buf))
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?
+        .map_err(io)?;
+        hashed = end;
+        if flush {
+            flushed = end;
+        }
     }
+    Ok(state.0.finish())
 }

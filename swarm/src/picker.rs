@@ -57,6 +57,15 @@ pub struct PickerConfig {
     /// alive and frees a slot within about one piece time, while other parents are tried at
     /// once.
     pub busy_backoff: Duration,
+    /// Among equally rare pieces, the tie is broken at random between the `tie_window` lowest
+    /// indexes. Default 32: peers starting together still pick different pieces, while the
+    /// pieces a peer holds stay close to an in-order prefix, which it can hash for the
+    /// whole-file digest (and stream to a reader) as the download goes.
+    pub tie_window: u32,
+    /// Pieces received and not yet reported done or failed (being verified and written
+    /// locally) after [`Picker::handle_piece_received`] freed their source. Default 2. No
+    /// new request starts while this many are pending, which bounds the piece buffers held.
+    pub max_verifying: usize,
 }
 
 impl Default for PickerConfig {
@@ -67,6 +76,8 @@ impl Default for PickerConfig {
             seed_in_flight: 4,
             backoff: Duration::from_millis(500),
             busy_backoff: Duration::from_millis(50),
+            tie_window: 32,
+            max_verifying: 2,
         }
     }
 }
@@ -106,10 +117,14 @@ pub struct Picker {
     parents: Vec<(PeerId, Bitmap)>,
     /// Per piece, how many entries of `parents` hold it.
     rarity: Vec<u32>,
-    /// Per piece, where it is being fetched from.
-    in_flight: Vec<Option<Source>>,
+    /// Per piece, where it is being fetched from, and whether it was received (its source's
+    /// slot already freed; it is being verified).
+    in_flight: Vec<Option<(Source, bool)>>,
     in_flight_bits: Bitmap,
+    /// Requests whose bytes are still on their way (received ones excluded).
     in_flight_count: usize,
+    /// Pieces received and not yet reported done or failed.
+    verifying: usize,
     /// Requests in flight per source (a handful of entries: linear search beats hashing).
     per_source: Vec<(Source, usize)>,
     backoff: Vec<(Source, Instant)>,
@@ -131,6 +146,7 @@ impl Picker {
             in_flight: vec![None; piece_count as usize],
             in_flight_bits: Bitmap::new(piece_count),
             in_flight_count: 0,
+            verifying: 0,
             per_source: Vec::new(),
             backoff: Vec::new(),
             banned: HashSet::new(),
@@ -177,6 +193,27 @@ impl Picker {
             return;
         }
         self.seed = pieces;
+    }
+
+    /// The bytes of a requested piece have all arrived and are being verified: its source
+    /// is free for the next request (the parent's upload slot was released when it sent
+    /// them), while the piece stays reserved until `handle_piece_done` or
+    /// `handle_piece_failed`. Optional; a stray report is ignored.
+    pub fn handle_piece_received(&mut self, piece: u32, from: Source) {
+        let Some(entry) = self.in_flight.get_mut(piece as usize) else {
+            return;
+        };
+        let Some((src, received)) = entry else {
+            return;
+        };
+        if *src != from || *received {
+            return;
+        }
+        *received = true;
+        let src = *src;
+        self.in_flight_count -= 1;
+        self.verifying += 1;
+        self.release(src);
     }
 
     /// A piece was verified and written.
@@ -228,7 +265,7 @@ impl Picker {
     /// The next request to start, or `None` when nothing can start now.
     pub fn poll_request(&mut self, now: Instant) -> Option<Request> {
         self.backoff.retain(|(_, until)| *until > now);
-        if self.have.is_full() {
+        if self.have.is_full() || self.verifying >= self.config.max_verifying.max(1) {
             return None;
         }
         // Pieces only the seed has come first (nobody else can spread them) and have their
@@ -239,7 +276,7 @@ impl Picker {
             None if from_parents < self.config.max_in_flight => self.pick_from_parents()?,
             None => return None,
         };
-        self.in_flight[req.piece as usize] = Some(req.source);
+        self.in_flight[req.piece as usize] = Some((req.source, false));
         self.in_flight_bits.set(req.piece);
         self.in_flight_count += 1;
         match self.per_source.iter_mut().find(|(s, _)| *s == req.source) {
@@ -268,9 +305,9 @@ impl Picker {
         &self.have
     }
 
-    /// Requests started and not yet reported.
+    /// Requests started and not yet reported (received ones being verified included).
     pub fn in_flight(&self) -> usize {
-        self.in_flight_count
+        self.in_flight_count + self.verifying
     }
 
     /// Peers banned locally for serving corrupt pieces.
@@ -350,8 +387,10 @@ impl Picker {
         })
     }
 
-    /// The rarest piece in `cand` (by parents holding it), ties broken at random.
+    /// The rarest piece in `cand` (by parents holding it), ties broken at random among the
+    /// `tie_window` lowest indexes.
     fn rarest(&mut self, cand: &[u64]) -> Option<u32> {
+        let window = self.config.tie_window.max(1);
         let mut best: Option<(u32, u32)> = None; // (rarity, piece)
         let mut ties = 0u32;
         for (w, &word) in cand.iter().enumerate() {
@@ -363,9 +402,11 @@ impl Picker {
                 match best {
                     Some((br, _)) if r > br => {}
                     Some((br, _)) if r == br => {
-                        ties += 1;
-                        if self.rng.random_range(0..ties) == 0 {
-                            best = Some((r, piece));
+                        if ties < window {
+                            ties += 1;
+                            if self.rng.random_range(0..ties) == 0 {
+                                best = Some((r, piece));
+                            }
                         }
                     }
                     _ => {
@@ -427,7 +468,7 @@ impl Picker {
 
     fn finish(&mut self, piece: u32, from: Source) {
         // Only what was started is counted; a stray report must not skew the limits.
-        let Some(src) = self
+        let Some((src, received)) = self
             .in_flight
             .get_mut(piece as usize)
             .and_then(Option::take)
@@ -435,10 +476,19 @@ impl Picker {
             return;
         };
         self.in_flight_bits.clear(piece);
-        self.in_flight_count -= 1;
         if src != from {
             debug!(piece, started = ?src, reported = ?from, "piece reported from another source");
         }
+        if received {
+            self.verifying -= 1;
+        } else {
+            self.in_flight_count -= 1;
+            self.release(src);
+        }
+    }
+
+    /// One request fewer counted against `src`.
+    fn release(&mut self, src: Source) {
         if let Some(k) = self.per_source.iter().position(|(s, _)| *s == src) {
             self.per_source[k].1 -= 1;
             if self.per_source[k].1 == 0 {

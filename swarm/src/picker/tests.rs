@@ -250,3 +250,82 @@ fn wrong_length_bitmaps_ignored() {
     p.handle_seed_pieces(Bitmap::full(3));
     assert_eq!(p.poll_request(t), None);
 }
+
+#[test]
+fn ties_go_to_low_indexes() {
+    // One parent holds everything: every piece is equally rare, so each pick is one of the
+    // `tie_window` lowest pieces still wanted, and the held pieces stay near a prefix.
+    let (mut p, t) = picker(256);
+    p.handle_parents(t, vec![(PeerId(1), Bitmap::full(256))]);
+    let window = PickerConfig::default().tie_window as usize;
+    let mut picked = HashSet::new();
+    while !p.is_complete() {
+        let wanted: Vec<u32> = (0..256).filter(|&i| !p.have().get(i)).collect();
+        let r = p.poll_request(t).unwrap();
+        assert!(wanted[..window.min(wanted.len())].contains(&r.piece));
+        picked.insert(r.piece);
+        p.handle_piece_done(t, r.piece, r.source);
+    }
+    assert_eq!(picked.len(), 256);
+    // A rarer piece still wins over a low index.
+    let (mut p, t) = picker(256);
+    p.handle_parents(
+        t,
+        vec![
+            (PeerId(1), Bitmap::full(256)),
+            (PeerId(2), bits(256, &(0..255).collect::<Vec<_>>())),
+        ],
+    );
+    assert_eq!(p.poll_request(t).unwrap().piece, 255);
+}
+
+#[test]
+fn received_frees_the_source_not_the_piece() {
+    let (mut p, t) = picker(8);
+    p.handle_parents(t, vec![(PeerId(1), Bitmap::full(8))]);
+    let a = p.poll_request(t).unwrap();
+    // One request per parent.
+    assert_eq!(p.poll_request(t), None);
+    p.handle_piece_received(a.piece, a.source);
+    // The parent takes the next request; the received piece is not asked for again.
+    let b = p.poll_request(t).unwrap();
+    assert_ne!(b.piece, a.piece);
+    assert_eq!(p.in_flight(), 2);
+    // A second report, or one naming another source, changes nothing.
+    p.handle_piece_received(a.piece, a.source);
+    p.handle_piece_received(b.piece, Source::Peer(PeerId(9)));
+    assert_eq!(p.poll_request(t), None);
+    // Verification failed: the piece can be picked again (from another source: this one is
+    // banned for a corrupt piece).
+    p.handle_piece_received(b.piece, b.source);
+    p.handle_piece_failed(t, a.piece, a.source, FailReason::Corrupt);
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), Bitmap::full(8)), (PeerId(2), Bitmap::full(8))],
+    );
+    let c = p.poll_request(t).unwrap();
+    assert_eq!(c.source, Source::Peer(PeerId(2)));
+    p.handle_piece_done(t, b.piece, b.source);
+    assert_eq!(p.in_flight(), 1);
+    assert!(p.have().get(b.piece));
+}
+
+#[test]
+fn pieces_being_verified_are_bounded() {
+    let cfg = PickerConfig {
+        max_in_flight: 8,
+        per_parent_in_flight: 1,
+        max_verifying: 2,
+        ..PickerConfig::default()
+    };
+    let (mut p, t) = (Picker::new(16, cfg, 3), Instant::now());
+    p.handle_parents(t, vec![(PeerId(1), Bitmap::full(16))]);
+    let a = p.poll_request(t).unwrap();
+    p.handle_piece_received(a.piece, a.source);
+    let b = p.poll_request(t).unwrap();
+    p.handle_piece_received(b.piece, b.source);
+    // Two pieces wait for verification: nothing new starts until one is reported.
+    assert_eq!(p.poll_request(t), None);
+    p.handle_piece_done(t, a.piece, a.source);
+    assert!(p.poll_request(t).is_some());
+}
