@@ -481,9 +481,9 @@ async fn serve_blob(
         origin_headers.push(("Authorization".to_owned(), a.to_owned()));
     }
     let url = format!("{base}{}", route.path);
-    let mut rx = match acquire(state, digest, url, origin_headers) {
+    let (flight, mut rx) = match acquire(state, digest, url, origin_headers) {
         Holding::Cached(blob) => return serve_cached(state, digest, &blob, range),
-        Holding::Downloading(rx) => rx,
+        Holding::Downloading(flight, rx) => (flight, rx),
     };
     let ready = rx
         .wait_for(|s| s.total.is_some() || s.outcome.is_some())
@@ -511,6 +511,10 @@ async fn serve_blob(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if status == StatusCode::PARTIAL_CONTENT {
+        // A ranged reader (a lazy mount) waits for these bytes now, not in download order.
+        flight.want(span.clone());
+    }
     let body = Body::from_stream(flight::stream(rx, span.clone()));
     blob_response(status, &digest, span, total, body)
 }
@@ -520,7 +524,7 @@ enum Holding {
     /// Complete in the node cache.
     Cached(CachedBlob),
     /// Being downloaded: a download that was running already, or one just started.
-    Downloading(watch::Receiver<FlightState>),
+    Downloading(Arc<Flight>, watch::Receiver<FlightState>),
 }
 
 /// The one way a blob gets onto this node, shared by blob GETs and preheats: the node
@@ -538,7 +542,7 @@ fn acquire(
     }
     let mut flights = state.flights.lock();
     if let Some(f) = flights.get(&digest) {
-        return Holding::Downloading(f.subscribe());
+        return Holding::Downloading(f.clone(), f.subscribe());
     }
     // A download may have ended since the look-up above; it adopts its blob into the
     // cache before it leaves `flights`, so the cache has it now.
@@ -548,10 +552,14 @@ fn acquire(
     let f = Arc::new(Flight::default());
     flights.insert(digest, f.clone());
     let rx = f.subscribe();
-    state
-        .downloads
-        .spawn(download(state.clone(), digest, url, origin_headers, f));
-    Holding::Downloading(rx)
+    state.downloads.spawn(download(
+        state.clone(),
+        digest,
+        url,
+        origin_headers,
+        f.clone(),
+    ));
+    Holding::Downloading(f, rx)
 }
 
 /// `POST /api/v1/preheat` (see [`crate::preheat`]): makes sure the blob is in this node's
@@ -607,7 +615,7 @@ async fn ensure_preheated(
             debug!(%digest, host = %req.blob.host, "preheat: already cached");
             return Ok(answer(blob.size, PreheatSource::Cache));
         }
-        Holding::Downloading(rx) => rx,
+        Holding::Downloading(_, rx) => rx,
     };
     let timeout = state.config.preheat_timeout;
     let finished = tokio::time::timeout(timeout, async {

@@ -64,12 +64,15 @@ impl FlightState {
 #[derive(Debug)]
 pub struct Flight {
     state: watch::Sender<FlightState>,
+    /// Ranges readers started waiting for, not yet handed to the engine.
+    urgent: parking_lot::Mutex<Vec<Range<u64>>>,
 }
 
 impl Default for Flight {
     fn default() -> Self {
         Self {
             state: watch::Sender::new(FlightState::default()),
+            urgent: parking_lot::Mutex::new(Vec::new()),
         }
     }
 }
@@ -78,6 +81,18 @@ impl Flight {
     /// A new receiver of the state.
     pub fn subscribe(&self) -> watch::Receiver<FlightState> {
         self.state.subscribe()
+    }
+
+    /// A reader needs bytes `range` now (a Range request): if they are not all verified yet,
+    /// the download fetches their pieces before any other.
+    pub fn want(&self, range: Range<u64>) {
+        let missing = {
+            let s = self.state.borrow();
+            s.outcome.is_none() && s.available_from(range.start) < range.end
+        };
+        if missing {
+            self.urgent.lock().push(range);
+        }
     }
 
     /// Records the end of the download.
@@ -100,6 +115,10 @@ impl Progress for Flight {
 
     fn written(&self, range: Range<u64>) {
         self.state.send_modify(|s| s.insert(range));
+    }
+
+    fn take_urgent(&self) -> Vec<Range<u64>> {
+        std::mem::take(&mut *self.urgent.lock())
     }
 }
 

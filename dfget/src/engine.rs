@@ -27,7 +27,7 @@ use std::{
 use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
 use damselfly_oci::{Origin, OriginConfig, OriginError};
 use damselfly_proto::{
-    BadPiece, Header, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
+    BadPiece, Header, MAX_URGENT, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, TaskState,
 };
 use damselfly_swarm::{Bitmap, FailReason, PeerId, Picker, PickerConfig, Source, piece_range};
@@ -640,14 +640,29 @@ impl Engine {
 
         while !picker.is_complete() {
             let now = Instant::now();
+            let urgent = progress.take_urgent();
+            if !urgent.is_empty() {
+                let piece_size = u64::from(task.piece_size.max(1));
+                picker.add_urgent(
+                    urgent
+                        .iter()
+                        .filter(|r| r.start < r.end)
+                        .flat_map(|r| (r.start / piece_size)..r.end.div_ceil(piece_size))
+                        .filter_map(|p| u32::try_from(p).ok())
+                        .take(MAX_URGENT),
+                );
+                // The supernode offers them first once it knows.
+                next_sync = now;
+            }
             if now >= next_sync {
-                let req = self.sync_request(
+                let mut req = self.sync_request(
                     &task.task_id,
                     std::mem::take(&mut new_pieces),
                     std::mem::take(&mut bad),
                     false,
                     digests.len() as u32,
                 );
+                req.urgent_pieces = picker.urgent(MAX_URGENT);
                 match sn.sync(&req).await {
                     Ok(resp) => {
                         unreachable_since = None;

@@ -49,6 +49,12 @@ pub trait Progress: Send + Sync {
     /// Bytes `range` of the file passed to [`Progress::started`] are verified and written, so
     /// a reader may stream them before the download ends.
     fn written(&self, _range: Range<u64>) {}
+    /// Byte ranges a reader has started waiting for since the last call (a ranged read of
+    /// content still downloading). The engine fetches their pieces first and asks the
+    /// supernode for them first. Polled at least every sync interval.
+    fn take_urgent(&self) -> Vec<Range<u64>> {
+        Vec::new()
+    }
 }
 
 /// Ignores progress.

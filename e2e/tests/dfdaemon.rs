@@ -854,3 +854,39 @@ fn a_restarted_node_serves_its_cached_blobs_to_peers() {
         0.0
     );
 }
+
+#[test]
+fn a_range_of_a_blob_still_downloading_is_fetched_before_the_rest() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let blob = random_blob(32 * MIB, 67);
+    let digest = registry.push_blob("e2e/urgent", &blob);
+    let supernode = Supernode::builder().start();
+    // 32 pieces of 1 MiB at 2 MiB/s: in download order the last one lands after ~16 s.
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--p2p-download-rate", "2MiB"])
+        .start();
+    let url = format!(
+        "{}/v2/e2e/urgent/blobs/{digest}?ns={}",
+        dfdaemon.url(),
+        registry.host()
+    );
+    let tail = (blob.len() - 64 * 1024)..blob.len();
+    let r = http::Request::get(&url)
+        .header("range", format!("bytes={}-{}", tail.start, tail.end - 1))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 206, "{}", r.text());
+    assert!(r.body == blob[tail], "wrong bytes");
+    // The reader waited for its own pieces, not for the blob: when the answer was complete,
+    // the supernode had sent the node only a few of the 32 pieces.
+    let sent = supernode
+        .metric("damselfly_supernode_served_bytes_total")
+        .unwrap();
+    assert!(
+        sent <= (8 * MIB) as f64,
+        "{sent} bytes sent before the range was served"
+    );
+}

@@ -125,6 +125,8 @@ pub struct Picker {
     in_flight_count: usize,
     /// Pieces received and not yet reported done or failed.
     verifying: usize,
+    /// Pieces a reader waits for right now: picked before any other, from wherever they are.
+    urgent: Bitmap,
     /// Requests in flight per source (a handful of entries: linear search beats hashing).
     per_source: Vec<(Source, usize)>,
     backoff: Vec<(Source, Instant)>,
@@ -147,6 +149,7 @@ impl Picker {
             in_flight_bits: Bitmap::new(piece_count),
             in_flight_count: 0,
             verifying: 0,
+            urgent: Bitmap::new(piece_count),
             per_source: Vec::new(),
             backoff: Vec::new(),
             banned: HashSet::new(),
@@ -216,10 +219,27 @@ impl Picker {
         self.release(src);
     }
 
+    /// A reader waits for these pieces (a ranged read of content still downloading): each
+    /// one not yet held is picked before any other, from a parent holding it or from the
+    /// seed when it offers it, within the usual limits. Out-of-range indexes are ignored.
+    pub fn add_urgent(&mut self, pieces: impl IntoIterator<Item = u32>) {
+        for p in pieces {
+            if p < self.have.len() && !self.have.get(p) {
+                self.urgent.set(p);
+            }
+        }
+    }
+
+    /// Up to `limit` urgent pieces not yet held, lowest first (to tell the supernode).
+    pub fn urgent(&self, limit: usize) -> Vec<u32> {
+        self.urgent.iter_ones().take(limit).collect()
+    }
+
     /// A piece was verified and written.
     pub fn handle_piece_done(&mut self, _now: Instant, piece: u32, from: Source) {
         self.finish(piece, from);
         self.have.set(piece);
+        self.urgent.clear(piece);
     }
 
     /// A request failed. `Corrupt` bans the peer locally for good (the seed is backed off
@@ -271,10 +291,13 @@ impl Picker {
         // Pieces only the seed has come first (nobody else can spread them) and have their
         // own budget, so a peer busy with parents still pulls fresh pieces into the swarm.
         let from_parents = self.in_flight_count - self.load(Source::Seed);
-        let req = match self.pick_from_seed() {
+        let req = match self.pick_urgent(from_parents) {
             Some(r) => r,
-            None if from_parents < self.config.max_in_flight => self.pick_from_parents()?,
-            None => return None,
+            None => match self.pick_from_seed() {
+                Some(r) => r,
+                None if from_parents < self.config.max_in_flight => self.pick_from_parents()?,
+                None => return None,
+            },
         };
         self.in_flight[req.piece as usize] = Some((req.source, false));
         self.in_flight_bits.set(req.piece);
@@ -385,6 +408,43 @@ impl Picker {
             piece,
             source: Source::Peer(id),
         })
+    }
+
+    /// The lowest urgent piece not held or in flight that a source can serve now: the
+    /// least-loaded usable parent holding it (within `max_in_flight`), else the seed if it
+    /// offers it (within `seed_in_flight`).
+    fn pick_urgent(&mut self, from_parents: usize) -> Option<Request> {
+        if self.urgent.count() == 0 {
+            return None;
+        }
+        let seed_ok =
+            !self.backed_off(Source::Seed) && self.load(Source::Seed) < self.config.seed_in_flight;
+        let parents_ok = from_parents < self.config.max_in_flight;
+        let wanted: Vec<u32> = self
+            .urgent
+            .iter_ones()
+            .filter(|&p| !self.have.get(p) && !self.in_flight_bits.get(p))
+            .collect();
+        for piece in wanted {
+            if parents_ok {
+                let parent = (0..self.parents.len())
+                    .filter(|&i| self.usable(i) && self.parents[i].1.get(piece))
+                    .min_by_key(|&i| self.load(Source::Peer(self.parents[i].0)));
+                if let Some(i) = parent {
+                    return Some(Request {
+                        piece,
+                        source: Source::Peer(self.parents[i].0),
+                    });
+                }
+            }
+            if seed_ok && self.seed.get(piece) {
+                return Some(Request {
+                    piece,
+                    source: Source::Seed,
+                });
+            }
+        }
+        None
     }
 
     /// The rarest piece in `cand` (by parents holding it), ties broken at random among the

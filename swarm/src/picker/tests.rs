@@ -329,3 +329,41 @@ fn pieces_being_verified_are_bounded() {
     p.handle_piece_done(t, a.piece, a.source);
     assert!(p.poll_request(t).is_some());
 }
+
+#[test]
+fn urgent_pieces_come_first_from_a_parent_or_the_seed() {
+    let (mut p, t) = picker(64);
+    p.handle_parents(
+        t,
+        vec![
+            (PeerId(1), bits(64, &[0, 1, 2, 40])),
+            (PeerId(2), bits(64, &[0, 1, 2, 3])),
+        ],
+    );
+    p.handle_seed_pieces(bits(64, &[60, 61]));
+    // A reader waits for 40 (a parent has it), 61 (only the seed) and 63 (nobody yet).
+    p.add_urgent([63, 61, 40, 99]);
+    assert_eq!(p.urgent(8), [40, 61, 63]);
+    let first = p.poll_request(t).unwrap();
+    assert_eq!(
+        first,
+        Request {
+            piece: 40,
+            source: Source::Peer(PeerId(1))
+        }
+    );
+    let second = p.poll_request(t).unwrap();
+    assert_eq!(
+        second,
+        Request {
+            piece: 61,
+            source: Source::Seed
+        }
+    );
+    // 63 is nowhere: the rest follow the usual order.
+    let rest = drain(&mut p, t);
+    assert!(rest.iter().all(|r| r.piece != 63), "{rest:?}");
+    // Once held, a piece is no longer urgent.
+    p.handle_piece_done(t, 40, Source::Peer(PeerId(1)));
+    assert_eq!(p.urgent(8), [61, 63]);
+}
