@@ -324,6 +324,43 @@ fn tampered_or_truncated_bootstrap_is_refused_at_mount() {
 }
 
 #[test]
+fn concurrent_readers_load_each_cached_chunk_from_disk_once() {
+    if !fuse_available("concurrent_readers_load_each_cached_chunk_from_disk_once") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dst) = build(tmp.path());
+    let (_, _, tree) = manifest_and_tree(&dst);
+    let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
+    let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
+    let mp = tmp.path().join("mnt");
+    let cache = tmp.path().join("cache");
+    let args = ["--cache-dir", cache.to_str().unwrap()];
+    let expected = noise(7, BIG);
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &args).unwrap();
+    assert!(fs::read(mp.join("big")).unwrap() == expected);
+    m.stop().unwrap();
+
+    // From the disk cache, eight readers (and the kernel's readahead, several reads per chunk
+    // at once) race for every chunk: each is read and checked from disk once, then served
+    // from memory.
+    let m = NydusMount::start(dst.to_str().unwrap(), &mp, &args).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| assert!(fs::read(mp.join("big")).unwrap() == expected));
+        }
+    });
+    let (ok, log) = m.stop().unwrap();
+    assert!(ok, "{log}");
+    assert_eq!(mount_stat(&log, "requests").unwrap(), 0, "{log}");
+    assert_eq!(
+        mount_stat(&log, "disk_hits").unwrap(),
+        distinct.len() as u64,
+        "{log}"
+    );
+}
+
+#[test]
 fn remount_reads_from_the_cache_with_zero_fetches() {
     if !fuse_available("remount_reads_from_the_cache_with_zero_fetches") {
         return;

@@ -254,64 +254,80 @@ impl Reader {
         if missing.is_empty() {
             return Ok(got);
         }
-        // The disk layer, for the wanted chunks still missing, then for the extras.
-        let cache = self.cache.clone();
-        let extra = extra.to_vec();
-        let probed = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<_> = missing
-                .into_iter()
-                .map(|c| (c, true, cache.get(&c.digest)))
-                .collect();
-            // Extras only ride along with a request made anyway: when every wanted chunk is on
-            // disk there is none, and they are not even looked at.
-            if out.iter().any(|(_, _, hit)| hit.is_none()) {
-                // An extra only needs to know whether it is cached: a stat, not a read + hash.
-                out.extend(
-                    extra
-                        .into_iter()
-                        .filter(|c| !cache.contains(&c.digest))
-                        .map(|c| (c, false, None)),
-                );
-            }
-            out
-        })
-        .await
-        .map_err(|e| ReadError::Internal(format!("cache task: {e}")))?;
-
-        let mut to_fetch: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
+        // One load per chunk, from disk or the network, however many readers want it (the
+        // kernel's readahead asks for several parts of one chunk at once): a reader either
+        // waits for the load in flight or owns it.
         let mut waits: Vec<(Digest, watch::Receiver<ChunkResult>)> = Vec::new();
+        let mut owned: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
         {
             let mut inflight = self.inflight.lock();
-            for (c, is_wanted, hit) in probed {
-                if let Some((b, h)) = hit {
-                    if is_wanted {
-                        let counter = match h {
-                            Hit::Memory => &self.stats.memory_hits,
-                            Hit::Disk => &self.stats.disk_hits,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        got.insert(c.digest, b);
-                    }
-                    continue;
-                }
+            for c in missing {
                 if let Some(rx) = inflight.get(&c.digest) {
-                    if is_wanted {
-                        waits.push((c.digest, rx.clone()));
-                    }
+                    waits.push((c.digest, rx.clone()));
                     continue;
                 }
-                // A fetch may have finished between the probe and this lock.
+                // A load may have finished since the memory look-up above.
                 if let Some(b) = self.cache.get_memory(&c.digest) {
-                    if is_wanted {
-                        got.insert(c.digest, b);
-                    }
+                    got.insert(c.digest, b);
                     continue;
                 }
                 let (tx, rx) = watch::channel(None);
                 inflight.insert(c.digest, rx.clone());
-                if is_wanted {
-                    waits.push((c.digest, rx));
+                waits.push((c.digest, rx));
+                owned.push((c, tx));
+            }
+        }
+        // The disk layer for the owned chunks; extras only ride along with a request made
+        // anyway, and only need a stat to know whether they are cached.
+        let cache = self.cache.clone();
+        let refs: Vec<ChunkRef> = owned.iter().map(|(c, _)| *c).collect();
+        let extra = extra.to_vec();
+        let probed = tokio::task::spawn_blocking(move || {
+            let hits: Vec<Option<(Bytes, Hit)>> =
+                refs.iter().map(|c| cache.get(&c.digest)).collect();
+            let extras: Vec<ChunkRef> = if hits.iter().any(Option::is_none) {
+                extra
+                    .into_iter()
+                    .filter(|c| !cache.contains(&c.digest))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (hits, extras)
+        })
+        .await;
+        let (hits, extras) = match probed {
+            Ok(p) => p,
+            Err(e) => {
+                let err = ReadError::Internal(format!("cache task: {e}"));
+                for (c, tx) in &owned {
+                    self.finish(c, tx, Err(err.clone()));
                 }
+                return Err(err);
+            }
+        };
+        let mut to_fetch: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
+        for ((c, tx), hit) in owned.into_iter().zip(hits) {
+            match hit {
+                Some((b, h)) => {
+                    let counter = match h {
+                        Hit::Memory => &self.stats.memory_hits,
+                        Hit::Disk => &self.stats.disk_hits,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    self.finish(&c, &tx, Ok(b));
+                }
+                None => to_fetch.push((c, tx)),
+            }
+        }
+        if !to_fetch.is_empty() {
+            let mut inflight = self.inflight.lock();
+            for c in extras {
+                if inflight.contains_key(&c.digest) || self.cache.get_memory(&c.digest).is_some() {
+                    continue;
+                }
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(c.digest, rx);
                 to_fetch.push((c, tx));
             }
         }
