@@ -277,49 +277,47 @@ impl Reader {
                 owned.push((c, tx));
             }
         }
-        // The disk layer for the owned chunks; extras only ride along with a request made
-        // anyway, and only need a stat to know whether they are cached.
-        let cache = self.cache.clone();
-        let refs: Vec<ChunkRef> = owned.iter().map(|(c, _)| *c).collect();
+        // The disk layer for the owned chunks, each handed to its readers as soon as it is
+        // loaded; extras only ride along with a request made anyway, and only need a stat to
+        // know whether they are cached.
+        let this = self.clone();
         let extra = extra.to_vec();
+        let owned_digests: Vec<Digest> = owned.iter().map(|(c, _)| c.digest).collect();
         let probed = tokio::task::spawn_blocking(move || {
-            let hits: Vec<Option<(Bytes, Hit)>> =
-                refs.iter().map(|c| cache.get(&c.digest)).collect();
-            let extras: Vec<ChunkRef> = if hits.iter().any(Option::is_none) {
+            let mut misses: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
+            for (c, tx) in owned {
+                match this.cache.get(&c.digest) {
+                    Some((b, h)) => {
+                        let counter = match h {
+                            Hit::Memory => &this.stats.memory_hits,
+                            Hit::Disk => &this.stats.disk_hits,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        this.finish(&c, &tx, Ok(b));
+                    }
+                    None => misses.push((c, tx)),
+                }
+            }
+            let extras: Vec<ChunkRef> = if misses.is_empty() {
+                Vec::new()
+            } else {
                 extra
                     .into_iter()
-                    .filter(|c| !cache.contains(&c.digest))
+                    .filter(|c| !this.cache.contains(&c.digest))
                     .collect()
-            } else {
-                Vec::new()
             };
-            (hits, extras)
+            (misses, extras)
         })
         .await;
-        let (hits, extras) = match probed {
+        let (mut to_fetch, extras) = match probed {
             Ok(p) => p,
             Err(e) => {
-                let err = ReadError::Internal(format!("cache task: {e}"));
-                for (c, tx) in &owned {
-                    self.finish(c, tx, Err(err.clone()));
-                }
-                return Err(err);
+                // Its owned chunks' senders died with it: their readers get an error, and the
+                // entries go, so the next read loads those chunks again.
+                self.forget_dead(owned_digests);
+                return Err(ReadError::Internal(format!("cache task: {e}")));
             }
         };
-        let mut to_fetch: Vec<(ChunkRef, watch::Sender<ChunkResult>)> = Vec::new();
-        for ((c, tx), hit) in owned.into_iter().zip(hits) {
-            match hit {
-                Some((b, h)) => {
-                    let counter = match h {
-                        Hit::Memory => &self.stats.memory_hits,
-                        Hit::Disk => &self.stats.disk_hits,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    self.finish(&c, &tx, Ok(b));
-                }
-                None => to_fetch.push((c, tx)),
-            }
-        }
         if !to_fetch.is_empty() {
             let mut inflight = self.inflight.lock();
             for c in extras {
@@ -416,6 +414,11 @@ impl Reader {
         }
         // Had the verifying task died half-way, its chunks' senders are gone: forget them, so
         // that the next read fetches them again instead of waiting on a dead entry.
+        self.forget_dead(digests);
+    }
+
+    /// Drops the in-flight entries of `digests` whose loader died without an answer.
+    fn forget_dead(&self, digests: impl IntoIterator<Item = Digest>) {
         let mut inflight = self.inflight.lock();
         for d in digests {
             if inflight
