@@ -5,7 +5,9 @@ use std::io::{BufReader, Read};
 use std::ops::Range;
 
 use anyhow::{Context as _, Result, ensure};
-use damselfly_oci::registry::{MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, Reference, RegistryClient};
+use damselfly_oci::registry::{
+    BlobStream, MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, Reference, RegistryClient,
+};
 use tokio_util::io::SyncIoBridge;
 
 use crate::location::{Location, RegistryArgs, runtime};
@@ -34,6 +36,25 @@ pub(crate) struct Remote {
 impl Remote {
     fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
         Ok(runtime()?.block_on(f))
+    }
+
+    /// Starts the download of the blob of `desc`, refusing one whose size is not the
+    /// descriptor's.
+    async fn blob(&self, desc: &Descriptor) -> Result<BlobStream> {
+        let r = &self.reference;
+        let stream = self
+            .client
+            .blob(r, &oci_digest(&desc.digest)?)
+            .await
+            .with_context(|| format!("fetching blob {} of {r}", desc.digest))?;
+        ensure!(
+            stream.size == desc.size,
+            "blob {} of {r} is {} bytes, its descriptor says {}",
+            desc.digest,
+            stream.size,
+            desc.size
+        );
+        Ok(stream)
     }
 }
 
@@ -139,21 +160,11 @@ impl ImageSource {
             desc.digest,
             desc.size
         );
-        let digest = oci_digest(&desc.digest)?;
-        let r = &remote.reference;
         remote
             .block_on(async {
-                let stream = remote.client.blob(r, &digest).await?;
-                ensure!(
-                    stream.size == desc.size,
-                    "blob {} of {r} is {} bytes, its descriptor says {}",
-                    desc.digest,
-                    stream.size,
-                    desc.size
-                );
-                Ok::<_, anyhow::Error>(stream.read_all(max).await?)
+                Ok::<_, anyhow::Error>(remote.blob(desc).await?.read_all(max).await?)
             })?
-            .with_context(|| format!("reading blob {} of {r}", desc.digest))
+            .with_context(|| format!("reading blob {} of {}", desc.digest, remote.reference))
     }
 
     /// A reader of the blob of `desc` that fails at its end unless the content has the
@@ -173,17 +184,7 @@ impl ImageSource {
             }
             Self::Registry(remote) => remote,
         };
-        let r = &remote.reference;
-        let stream = remote
-            .block_on(remote.client.blob(r, &oci_digest(&desc.digest)?))?
-            .with_context(|| format!("fetching blob {} of {r}", desc.digest))?;
-        ensure!(
-            stream.size == desc.size,
-            "blob {} of {r} is {} bytes, its descriptor says {}",
-            desc.digest,
-            stream.size,
-            desc.size
-        );
+        let stream = remote.block_on(remote.blob(desc))??;
         let bridge =
             SyncIoBridge::new_with_handle(stream.into_async_read(), runtime()?.handle().clone());
         Ok(Box::new(BufReader::with_capacity(STREAM_BUFFER, bridge)))
