@@ -103,7 +103,7 @@ impl TestImage {
 
         let config = serde_json::to_vec_pretty(&serde_json::json!({
             "created": CREATED,
-            "architecture": oci_architecture(),
+            "architecture": damselfly_oci::host_architecture(),
             "os": "linux",
             "config": {
                 "Env": [PATH_ENV],
@@ -207,18 +207,6 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 /// `/etc/x` -> `etc/x` (tar entries in layers are relative).
 fn relative(path: &str) -> &str {
     path.trim_start_matches('/')
-}
-
-/// The host architecture in OCI/Go naming (`amd64`, `arm64`, ...).
-fn oci_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
 }
 
 /// Whether `elf` is a 64-bit little-endian ELF file with a `PT_INTERP` program header, i.e.

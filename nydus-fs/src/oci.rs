@@ -95,17 +95,9 @@ impl Platform {
 
     /// This machine's platform in OCI (Go) naming: `linux/amd64`, `linux/arm64`, ...
     pub(crate) fn host() -> Self {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "x86" => "386",
-            "aarch64" => "arm64",
-            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-            "loongarch64" => "loong64",
-            other => other,
-        };
         Self {
             os: std::env::consts::OS.to_owned(),
-            architecture: arch.to_owned(),
+            architecture: damselfly_oci::host_architecture().to_owned(),
             variant: None,
         }
     }

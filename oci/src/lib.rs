@@ -26,3 +26,15 @@ pub use client::{
     BodyStream, Origin, OriginConfig, OriginError, OriginResponse, error_chain, load_ca_file,
 };
 pub use url_kind::blob_digest;
+
+/// This machine's CPU architecture in OCI (Go) naming: `amd64`, `arm64`, `ppc64le`, ...
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
