@@ -47,8 +47,8 @@ use clap::Parser;
 use common::{Table, percentile};
 use damselfly_e2e::{
     Containerd, ImageLayer, LAYER_GZIP, LayeredImage, NydusMount, TestImage, TestRegistry,
-    describe_output, mount_stat, nydus_fs, random_blob, sha256_digest, sha256_hex, wait_until,
-    write_hosts_toml,
+    describe_output, mount_stat, random_blob, sha256_digest, sha256_hex, try_nydus_convert,
+    wait_until, write_hosts_toml,
 };
 
 /// Container start from a lazily mounted image against a full pull + unpack.
@@ -125,7 +125,7 @@ fn main() -> Result<()> {
     let source = format!("{}/{REPO}:src", registry.host());
     let nydus = format!("{}/{REPO}:nydus", registry.host());
     let started = Instant::now();
-    convert(&source, &nydus, &["--chunk-size", &args.chunk_size])?;
+    try_nydus_convert(&source, &nydus, &["--chunk-size", &args.chunk_size], &[])?;
     let conversion = started.elapsed();
     let (nydus_data, bootstrap) = nydus_sizes(&registry, "nydus")?;
     println!(
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
             listed.lines().collect::<Vec<_>>().join(", ")
         );
         let target = format!("{}/{REPO}:prefetched", registry.host());
-        convert(
+        try_nydus_convert(
             &ctx.source,
             &target,
             &[
@@ -178,6 +178,7 @@ fn main() -> Result<()> {
                 "--prefetch",
                 path_str(&trace)?,
             ],
+            &[],
         )?;
         Some(target)
     };
@@ -635,19 +636,6 @@ fn runtime_spec(scratch: &Path, command: &[String]) -> Result<serde_json::Value>
     spec["process"]["args"] = serde_json::json!(command);
     spec["root"]["readonly"] = false.into();
     Ok(spec)
-}
-
-/// `nydus-fs convert SOURCE TARGET --plain-http ARGS…`.
-fn convert(source: &str, target: &str, args: &[&str]) -> Result<()> {
-    let mut all = vec!["convert", source, target, "--plain-http"];
-    all.extend_from_slice(args);
-    let out = nydus_fs(&all, &[]);
-    ensure!(
-        out.status.success(),
-        "nydus-fs convert {source} {target}: {}",
-        describe_output(&out)
-    );
-    Ok(())
 }
 
 /// Total size of the data blobs and size of the bootstrap of `REPO:tag`.

@@ -40,7 +40,7 @@ pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{
     EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, NydusMount, RICH_LARGE_PATH,
     RICH_MTIME, RICH_SMALL_PATH, TreeEntry, fuse_available, is_mounted, mount_stat, nydus_convert,
-    nydus_fs, nydus_fs_bin, registry_blob_path,
+    nydus_fs, nydus_fs_bin, registry_blob_path, try_nydus_convert,
 };
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,

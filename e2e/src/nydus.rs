@@ -320,29 +320,36 @@ impl LayeredImage {
         let pushed = self.push(registry, repo, "src")?;
         let source = format!("{}/{repo}:src", registry.host());
         let target = format!("{}/{repo}:nydus", registry.host());
-        let mut all = vec!["convert", &source, &target, "--plain-http"];
-        all.extend_from_slice(args);
-        let out = nydus_fs(&all, &[]);
-        ensure!(
-            out.status.success(),
-            "nydus-fs convert {source} {target}: {}",
-            describe_output(&out)
-        );
+        try_nydus_convert(&source, &target, args, &[])?;
         Ok((pushed, target))
     }
 }
 
 /// Converts `source` to `target` (registry references or layout directories) with
-/// `nydus-fs convert --plain-http` and the extra `args`; panics unless it succeeds.
-pub fn nydus_convert(source: &str, target: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// `nydus-fs convert --plain-http` and the extra `args`.
+///
+/// # Errors
+/// The conversion failed (its output is in the message).
+pub fn try_nydus_convert(
+    source: &str,
+    target: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Output> {
     let mut all = vec!["convert", source, target, "--plain-http"];
     all.extend_from_slice(args);
     let out = nydus_fs(&all, env);
-    assert!(
+    ensure!(
         out.status.success(),
-        "nydus-fs convert {source} {target} failed"
+        "nydus-fs convert {source} {target}: {}",
+        describe_output(&out)
     );
-    out
+    Ok(out)
+}
+
+/// [`try_nydus_convert`]; panics unless it succeeds.
+pub fn nydus_convert(source: &str, target: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    try_nydus_convert(source, target, args, env).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The path of blob `digest` in `registry`'s filesystem storage (to corrupt it in place).
