@@ -104,6 +104,13 @@ fn manifest_and_tree(dst: &Path) -> (serde_json::Value, PathBuf, nydus_fs::Tree)
 
 /// Replaces the bootstrap blob with `bytes`, fixing the manifest and index digests so that
 /// only the merkle root annotation can tell.
+/// The distinct chunks of the file at `path` in the converted image at `dst`.
+fn distinct_chunks(dst: &Path, path: &[u8]) -> std::collections::HashSet<Digest> {
+    let (_, _, tree) = manifest_and_tree(dst);
+    let inode = tree.inode(tree.lookup(path).unwrap()).unwrap();
+    inode.chunks.iter().map(|c| c.digest).collect()
+}
+
 fn replace_bootstrap(dst: &Path, bytes: &[u8]) {
     let mut manifest = target_manifest(dst);
     let n = manifest["layers"].as_array().unwrap().len();
@@ -211,9 +218,7 @@ fn concurrent_readers_fetch_each_chunk_once() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_, dst) = build(tmp.path());
-    let (_, _, tree) = manifest_and_tree(&dst);
-    let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
-    let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
+    let distinct = distinct_chunks(&dst, b"big");
     let mp = tmp.path().join("mnt");
     // One chunk per request, so eight readers race for every chunk (and no other file's chunks
     // come along after the last one).
@@ -330,9 +335,7 @@ fn concurrent_readers_load_each_cached_chunk_from_disk_once() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (_, dst) = build(tmp.path());
-    let (_, _, tree) = manifest_and_tree(&dst);
-    let big = tree.inode(tree.lookup(b"big").unwrap()).unwrap();
-    let distinct: std::collections::HashSet<Digest> = big.chunks.iter().map(|c| c.digest).collect();
+    let distinct = distinct_chunks(&dst, b"big");
     let mp = tmp.path().join("mnt");
     let cache = tmp.path().join("cache");
     let args = ["--cache-dir", cache.to_str().unwrap()];
