@@ -315,11 +315,10 @@ impl Engine {
         digest: Digest,
         path: &Path,
     ) -> Result<Option<String>, DownloadError> {
-        let Some(index) =
-            (!self.supernodes.is_empty()).then(|| home_index(url, self.supernodes.len()))
-        else {
+        if self.supernodes.is_empty() {
             return Ok(None);
-        };
+        }
+        let index = home_index(url, self.supernodes.len());
         let sn = &self.supernodes[index];
         let register = RegisterRequest {
             version: PROTOCOL_VERSION,

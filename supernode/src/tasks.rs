@@ -257,6 +257,7 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
     let id = wanted.id.clone();
     let record = tokio::task::spawn_blocking(move || store.task(&id)).await??;
     let now = Instant::now();
+    let leftover = record.is_some();
     if let Some(record) = record {
         let digests: Option<Vec<[u8; 32]>> = record.pieces.iter().copied().collect();
         if let (TaskState::Complete, Some(digests)) = (&record.meta.state, digests) {
@@ -265,17 +266,16 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
             let task = Arc::new(Task::cached(record.meta, digests, sched, now));
             return Ok((task, false));
         }
-        if wanted.holder {
-            return Err(RegisterError::NotHere);
-        }
+    }
+    // Neither running (the caller looked) nor stored complete: a holder never starts a fetch.
+    if wanted.holder {
+        return Err(RegisterError::NotHere);
+    }
+    if leftover {
         // A partial leftover: start over.
         let store = shared.store.clone();
         let id = wanted.id.clone();
         tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
-    }
-
-    if wanted.holder {
-        return Err(RegisterError::NotHere);
     }
     shared.metrics.origin_request(OriginKind::Get);
     let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
