@@ -71,6 +71,9 @@ enum Role {
         /// Keep serving until stdin closes, then print a second JSON line.
         #[arg(long)]
         serve: bool,
+        /// How to fetch from parents.
+        #[arg(long, default_value = "tcp")]
+        transport: dfget::Transport,
     },
     /// A plain HTTP GET into a file; prints a JSON line when done.
     Http {
@@ -103,7 +106,8 @@ fn main() -> anyhow::Result<()> {
             supernode,
             output,
             serve,
-        }) => runtime.block_on(peer(url, supernode, output, serve)),
+            transport,
+        }) => runtime.block_on(peer(url, supernode, output, serve, transport)),
         Some(Role::Http { url, output }) => runtime.block_on(http(url, output)),
         Some(Role::Quic) => runtime.block_on(async {
             for i in 0..args.runs.max(1) {
@@ -152,68 +156,74 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
         first["elapsed"].as_f64().unwrap_or(0.0)
     );
 
-    let mut hop = Vec::new();
-    let mut rust_http = Vec::new();
-    let mut curl = Vec::new();
-    let mut quic = Vec::new();
+    // Each run measures every kind once, in an order rotated by one per run, so no kind
+    // always goes first (or right after another's page-cache writes).
+    let mut kinds = vec![Kind::Tcp, Kind::Quic, Kind::Reqwest];
+    if has_curl {
+        kinds.push(Kind::Curl);
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut child_rss = Vec::new();
     let mut http_rss = Vec::new();
     for i in 0..runs {
-        let out = dir.path().join(format!("child-{i}"));
-        let mut child = Proc::spawn(&[
-            "peer",
-            &url,
-            "--supernode",
-            &sn.addr().to_string(),
-            "--output",
-            &out.to_string_lossy(),
-        ])?;
-        let r = child.line().await?;
-        child.wait()?;
-        let from_peers = r["from_peers"].as_u64().unwrap_or(0);
-        anyhow::ensure!(
-            from_peers == size,
-            "the child got {from_peers} of {size} bytes from its parent; the hop is not one hop"
-        );
-        hop.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
-        println!(
-            "  child: first piece at {:.2} s, last at {:.2} s, done at {:.2} s",
-            r["first_piece"].as_f64().unwrap_or(0.0),
-            r["last_piece"].as_f64().unwrap_or(0.0),
-            r["elapsed"].as_f64().unwrap_or(0.0)
-        );
-        child_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
-        // Every download of a run writes into memory no other download of the run just freed
-        // (see `fresh`), so each output is removed only when the run is over.
-        let mut fresh = vec![out];
-
-        let out = dir.path().join(format!("http-{i}"));
-        let mut h = Proc::spawn(&["http", &url, "--output", &out.to_string_lossy()])?;
-        let r = h.line().await?;
-        h.wait()?;
-        rust_http.push(size as f64 / r["elapsed"].as_f64().unwrap_or(f64::INFINITY));
-        http_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
-        fresh.push(out);
-
-        if has_curl {
-            let out = dir.path().join(format!("curl-{i}"));
-            curl.push(size as f64 / curl_get(&url, &out).await?);
+        let mut fresh = Vec::new();
+        let mut line = Vec::new();
+        for k in 0..kinds.len() {
+            let at = (k + i) % kinds.len();
+            let kind = kinds[at];
+            let out = dir.path().join(format!("{}-{i}", kind.name()));
+            let secs = match kind {
+                Kind::Tcp | Kind::Quic => {
+                    let mut child = Proc::spawn(&[
+                        "peer",
+                        &url,
+                        "--supernode",
+                        &sn.addr().to_string(),
+                        "--output",
+                        &out.to_string_lossy(),
+                        "--transport",
+                        kind.name(),
+                    ])?;
+                    let r = child.line().await?;
+                    child.wait()?;
+                    let from_peers = r["from_peers"].as_u64().unwrap_or(0);
+                    anyhow::ensure!(
+                        from_peers == size,
+                        "the child got {from_peers} of {size} bytes from its parent; the hop is not one hop"
+                    );
+                    println!(
+                        "  {} child: first piece at {:.2} s, last at {:.2} s, done at {:.2} s",
+                        kind.name(),
+                        r["first_piece"].as_f64().unwrap_or(0.0),
+                        r["last_piece"].as_f64().unwrap_or(0.0),
+                        r["elapsed"].as_f64().unwrap_or(0.0)
+                    );
+                    child_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
+                    r["elapsed"].as_f64().unwrap_or(f64::INFINITY)
+                }
+                Kind::Reqwest => {
+                    let mut h = Proc::spawn(&["http", &url, "--output", &out.to_string_lossy()])?;
+                    let r = h.line().await?;
+                    h.wait()?;
+                    http_rss.push(r["peak_rss"].as_f64().unwrap_or(0.0));
+                    r["elapsed"].as_f64().unwrap_or(f64::INFINITY)
+                }
+                Kind::Curl => curl_get(&url, &out).await?,
+            };
+            rates[at].push(size as f64 / secs);
+            line.push(format!("{} {}/s", kind.name(), mib(size as f64 / secs)));
+            // Every download of a run writes into memory no other download of the run just
+            // freed (see the module doc), so outputs are removed when the run is over.
             fresh.push(out);
         }
         for out in fresh {
             std::fs::remove_file(&out)?;
         }
-        let (secs, mtu) = quic_alone(size).await?;
-        quic.push(size as f64 / secs);
         println!(
-            "run {}: dfget hop {}/s, plain HTTP {}/s (reqwest){}, QUIC alone {}/s ({mtu}-byte packets)",
+            "run {} (load {}): {}",
             i + 1,
-            mib(*hop.last().unwrap_or(&0.0)),
-            mib(*rust_http.last().unwrap_or(&0.0)),
-            curl.last()
-                .map(|c| format!(", {}/s (curl)", mib(*c)))
-                .unwrap_or_default(),
-            mib(*quic.last().unwrap_or(&0.0)),
+            common::loadavg(),
+            line.join(", ")
         );
     }
     parent.close_stdin();
@@ -221,55 +231,49 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
     parent.wait()?;
     sn.stop().await?;
 
-    let best_http = rust_http
-        .iter()
-        .chain(curl.iter())
-        .fold(0.0f64, |a, b| a.max(*b));
-    let mut table = Table::new(["measure", "median", "runs"]);
-    let fmt_all = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{:.0}", x / f64::from(1u32 << 20)))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let rate_of = |kind: Kind| {
+        kinds
+            .iter()
+            .position(|k| *k == kind)
+            .map(|i| rates[i].clone())
+            .unwrap_or_default()
     };
-    table.row([
-        "dfget, one hop (MiB/s)".to_owned(),
-        format!("{:.0}", percentile(&hop, 50.0) / f64::from(1u32 << 20)),
-        fmt_all(&hop),
-    ]);
-    table.row([
-        "plain HTTP, reqwest (MiB/s)".to_owned(),
-        format!(
-            "{:.0}",
-            percentile(&rust_http, 50.0) / f64::from(1u32 << 20)
-        ),
-        fmt_all(&rust_http),
-    ]);
-    if !curl.is_empty() {
+    let median = |v: &[f64]| percentile(v, 50.0);
+    // The baseline is the faster plain client's median, so the ratio is the strict one.
+    let http = median(&rate_of(Kind::Reqwest)).max(median(&rate_of(Kind::Curl)));
+    let mut table = Table::new(["measure", "median", "min–max", "runs"]);
+    for (i, kind) in kinds.iter().enumerate() {
+        let v = &rates[i];
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0f64, f64::max);
         table.row([
-            "plain HTTP, curl (MiB/s)".to_owned(),
-            format!("{:.0}", percentile(&curl, 50.0) / f64::from(1u32 << 20)),
-            fmt_all(&curl),
+            format!("{} (MiB/s)", kind.label()),
+            format!("{:.0}", median(v) / f64::from(1u32 << 20)),
+            format!(
+                "{:.0}–{:.0}",
+                lo / f64::from(1u32 << 20),
+                hi / f64::from(1u32 << 20)
+            ),
+            v.iter()
+                .map(|x| format!("{:.0}", x / f64::from(1u32 << 20)))
+                .collect::<Vec<_>>()
+                .join(", "),
         ]);
     }
-    table.row([
-        "QUIC alone, in one process, no disk (MiB/s)".to_owned(),
-        format!("{:.0}", percentile(&quic, 50.0) / f64::from(1u32 << 20)),
-        fmt_all(&quic),
-    ]);
-    table.row([
-        "dfget hop / plain HTTP (median / best median)".to_owned(),
-        format!(
-            "{:.2}",
-            percentile(&hop, 50.0)
-                / percentile(&rust_http, 50.0).max(if curl.is_empty() {
-                    0.0
-                } else {
-                    percentile(&curl, 50.0)
-                })
-        ),
-        format!("best HTTP run {}/s", mib(best_http)),
-    ]);
+    for kind in [Kind::Tcp, Kind::Quic] {
+        let v = rate_of(kind);
+        let ratios: Vec<f64> = v.iter().map(|x| x / http).collect();
+        table.row([
+            format!("{} / plain HTTP (best median)", kind.label()),
+            format!("{:.2}", median(&v) / http),
+            format!(
+                "{:.2}–{:.2}",
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0f64, f64::max)
+            ),
+            String::new(),
+        ]);
+    }
     let rss = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{:.0}", x / f64::from(1u32 << 20)))
@@ -277,11 +281,12 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             .join(", ")
     };
     table.row([
-        "peak RSS, downloading peer (MiB)".to_owned(),
+        "peak RSS, downloading peer (MiB, max)".to_owned(),
         format!(
             "{:.0}",
             percentile(&child_rss, 100.0) / f64::from(1u32 << 20)
         ),
+        String::new(),
         rss(&child_rss),
     ]);
     table.row([
@@ -290,18 +295,49 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
             "{:.0}",
             last["peak_rss"].as_f64().unwrap_or(0.0) / f64::from(1u32 << 20)
         ),
+        String::new(),
         format!("uploaded {}", mib(last["uploaded"].as_f64().unwrap_or(0.0))),
     ]);
     table.row([
-        "peak RSS, plain HTTP client (MiB)".to_owned(),
+        "peak RSS, plain HTTP client (MiB, max)".to_owned(),
         format!(
             "{:.0}",
             percentile(&http_rss, 100.0) / f64::from(1u32 << 20)
         ),
+        String::new(),
         rss(&http_rss),
     ]);
     println!("\n{}", table.render());
     Ok(())
+}
+
+/// What one measurement of a run downloads with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    Quic,
+    Reqwest,
+    Curl,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Quic => "quic",
+            Self::Reqwest => "reqwest",
+            Self::Curl => "curl",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "dfget one hop, TCP (default)",
+            Self::Quic => "dfget one hop, QUIC",
+            Self::Reqwest => "plain HTTP, reqwest",
+            Self::Curl => "plain HTTP, curl",
+        }
+    }
 }
 
 /// A child process of this executable that answers in JSON lines on stdout.
@@ -425,9 +461,16 @@ async fn curl_get(url: &str, out: &Path) -> anyhow::Result<f64> {
 }
 
 /// Child: one engine, one download, then (with `serve`) serving until stdin closes.
-async fn peer(url: String, supernode: String, output: PathBuf, serve: bool) -> anyhow::Result<()> {
+async fn peer(
+    url: String,
+    supernode: String,
+    output: PathBuf,
+    serve: bool,
+    transport: dfget::Transport,
+) -> anyhow::Result<()> {
     let config = dfget::EngineConfig {
         supernodes: vec![supernode],
+        transport,
         peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..dfget::EngineConfig::default()
     };

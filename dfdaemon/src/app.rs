@@ -142,6 +142,8 @@ impl App {
             download_rate: config.p2p.download_rate.as_u64(),
             upload_rate: config.p2p.upload_rate.as_u64(),
             upload_slots: config.p2p.upload_slots,
+            upload_queue: config.p2p.upload_queue,
+            transport: config.p2p.transport,
             piece_timeout: config.p2p.piece_timeout,
             supernode_connect_timeout: config.p2p.supernode_connect_timeout,
             supernode_timeout: config.p2p.supernode_timeout,

@@ -31,7 +31,8 @@ pub struct Config {
     /// The registry mirror (plain HTTP) that runtimes pull through, plus `/healthy` and
     /// `/metrics`. Default `0.0.0.0:65001`; port 0 picks a free port (logged at start).
     pub listen: SocketAddr,
-    /// UDP address of the QUIC piece server other peers fetch from. Default `0.0.0.0:65000`.
+    /// Address of the piece server other peers fetch from: TCP and UDP (QUIC) on this port.
+    /// Default `0.0.0.0:65000`.
     pub peer_listen: SocketAddr,
     /// IP advertised to other peers. Default: the local address that routes to the supernode.
     pub advertise_ip: Option<IpAddr>,
@@ -92,6 +93,16 @@ pub struct P2pConfig {
     pub upload_rate: ByteSize,
     /// Concurrent uploads to other peers. Default 4.
     pub upload_slots: u32,
+    /// Piece requests from other peers that may wait for an upload slot before more are
+    /// refused as busy (the requester then asks another parent). Default 32.
+    pub upload_queue: u32,
+    /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
+    /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
+    /// UDP: encrypted in transit, several times the CPU per byte; for networks where node
+    /// traffic must be encrypted). Nodes serve both on `peer_listen`'s port, TCP and UDP, so
+    /// a cluster may mix them. Integrity never depends on it: every piece is checked against
+    /// its sha256. Default `"tcp"`.
+    pub transport: dfget::Transport,
     /// Longest time for one piece transfer before it is retried elsewhere. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
@@ -184,6 +195,8 @@ impl Default for P2pConfig {
             download_rate: ByteSize::b(0),
             upload_rate: ByteSize::b(0),
             upload_slots: 4,
+            upload_queue: 32,
+            transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),
             supernode_timeout: Duration::from_secs(10),
@@ -353,6 +366,12 @@ pub struct Overrides {
     /// `p2p.upload_slots`.
     #[arg(long, value_name = "N")]
     pub p2p_upload_slots: Option<u32>,
+    /// `p2p.upload_queue`.
+    #[arg(long, value_name = "N")]
+    pub p2p_upload_queue: Option<u32>,
+    /// `p2p.transport` (`tcp` or `quic`).
+    #[arg(long, value_name = "tcp|quic")]
+    pub p2p_transport: Option<dfget::Transport>,
     /// `p2p.piece_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub p2p_piece_timeout: Option<Duration>,
@@ -421,6 +440,8 @@ impl Overrides {
         set(&mut c.p2p.download_rate, self.p2p_download_rate);
         set(&mut c.p2p.upload_rate, self.p2p_upload_rate);
         set(&mut c.p2p.upload_slots, self.p2p_upload_slots);
+        set(&mut c.p2p.upload_queue, self.p2p_upload_queue);
+        set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
         set(
             &mut c.p2p.supernode_connect_timeout,

@@ -1,15 +1,15 @@
-//! The engine: one QUIC endpoint and piece server per process, and the download driver.
+//! The engine: one piece server per process (TCP and QUIC on one port number), and the
+//! download driver.
 //!
 //! ```text
 //!  download()
 //!    ├─ register with the supernode ──(unreachable & back_source)──▶ back_source(): origin GET
 //!    ├─ temp file + ServedTask (others may fetch our pieces from now on)
 //!    └─ loop: sync (report pieces, get parents/digests) ─▶ Picker ─▶ fetch tasks
-//!             fetch task: QUIC from a parent, or HTTP from the supernode
+//!             fetch task: TCP (pipelined) or QUIC from a parent, or HTTP from the supernode
 //!                         → sha256 must match the supernode's digest → pwrite → mark servable
 //!             (the parent may take the next request once the bytes are in, before the check)
-//!    ├─ beside it: output::hash_prefix hashes the file's verified prefix as it grows (and
-//!    │  flushes it to disk every 128 MiB)
+//!    ├─ beside it: output::hash_prefix hashes the file's verified prefix as it grows
 //!    └─ whole-file digest (ready soon after the last piece) → fsync → rename into place
 //! ```
 //!
@@ -37,12 +37,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    fetch::{FetchError, Fetcher},
+    fetch::{FetchError, Fetcher, Transport},
     output::{self, IoError, OutputFile},
     quic,
     report::{Progress, Report},
-    server::{Fault, PieceServer, ServedTask},
+    server::{Fault, PieceServer, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
+    tcp,
 };
 
 /// Engine settings. Every field has a default; see each.
@@ -53,9 +54,12 @@ pub struct EngineConfig {
     /// one; the list's order does not matter), then to the others while that one is
     /// unreachable.
     pub supernodes: Vec<String>,
-    /// UDP address of the piece server. Default `[::]:0` (any free port, IPv4 and IPv6),
-    /// falling back to `0.0.0.0:0` where IPv6 is off.
+    /// Address of the piece server: TCP and UDP (QUIC) on the same port number. Default
+    /// `[::]:0` (any free port, IPv4 and IPv6), falling back to `0.0.0.0:0` where IPv6 is off.
     pub peer_listen: Option<SocketAddr>,
+    /// How this peer fetches pieces from parents. Default TCP. It serves both whatever
+    /// this says, so peers configured either way can fetch from it.
+    pub transport: Transport,
     /// IP advertised to other peers. Default: the local address that routes to the supernode.
     pub advertise_ip: Option<IpAddr>,
     /// Fetch from the origin directly when the supernode is unreachable. Default on.
@@ -68,9 +72,14 @@ pub struct EngineConfig {
     pub upload_rate: u64,
     /// Concurrent uploads to other peers. Default 4.
     pub upload_slots: u32,
+    /// Piece requests that may wait for an upload slot before further ones are answered
+    /// `Busy`. Default 32.
+    pub upload_queue: u32,
     /// Piece picking limits.
     pub picker: PickerConfig,
-    /// Longest time for one piece transfer before it is retried elsewhere. Default 10 s.
+    /// Longest time for one piece transfer before it is retried elsewhere (times
+    /// `picker.per_parent_in_flight` for a parent, where requests queue behind each other),
+    /// and the longest silence of a parent with requests outstanding. Default 10 s.
     pub piece_timeout: Duration,
     /// Sync period with the supernode. Default 200 ms.
     pub sync_interval: Duration,
@@ -93,12 +102,14 @@ impl Default for EngineConfig {
         Self {
             supernodes: Vec::new(),
             peer_listen: None,
+            transport: Transport::Tcp,
             advertise_ip: None,
             back_source: true,
             download_rate: 0,
             upload_rate: 0,
             upload_slots: 4,
-            picker: PickerConfig::default(),
+            upload_queue: 32,
+            picker: engine_picker(),
             piece_timeout: Duration::from_secs(10),
             sync_interval: Duration::from_millis(200),
             supernode_connect_timeout: Duration::from_secs(3),
@@ -107,6 +118,17 @@ impl Default for EngineConfig {
             origin: OriginConfig::default(),
             fault: Fault::None,
         }
+    }
+}
+
+/// The engine's picker limits: the swarm defaults, with requests pipelined to each parent,
+/// which queues them instead of refusing (`upload_queue`), so its link never idles
+/// between two pieces.
+fn engine_picker() -> PickerConfig {
+    PickerConfig {
+        per_parent_in_flight: 4,
+        max_in_flight: 8,
+        ..PickerConfig::default()
     }
 }
 
@@ -215,14 +237,13 @@ impl Engine {
     /// Binds the piece server and prepares clients.
     ///
     /// # Errors
-    /// The UDP socket cannot be bound or TLS set-up failed.
+    /// The TCP or UDP socket cannot be bound or TLS set-up failed.
     pub async fn start(config: EngineConfig) -> Result<Self, DownloadError> {
         let setup = |e: &dyn std::fmt::Display| DownloadError::Setup(e.to_string());
-        let endpoint = match config.peer_listen {
-            Some(addr) => quic::endpoint(addr).map_err(|e| setup(&e))?,
-            None => quic::endpoint(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
-                .or_else(|_| quic::endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
-                .map_err(|e| setup(&e))?,
+        let (listener, endpoint) = match config.peer_listen {
+            Some(addr) => bind_peer_port(addr)?,
+            None => bind_peer_port(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+                .or_else(|_| bind_peer_port(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))?,
         };
         let local = endpoint.local_addr().map_err(|e| setup(&e))?;
         let supernodes = damselfly_common::placement::normalize(&config.supernodes)
@@ -243,8 +264,11 @@ impl Engine {
         };
         let advertise = SocketAddr::new(ip, local.port());
         let server = Arc::new(PieceServer::new(
-            config.upload_slots,
-            config.upload_rate,
+            ServerLimits {
+                upload_slots: config.upload_slots,
+                upload_queue: config.upload_queue,
+                upload_rate: config.upload_rate,
+            },
             config.fault,
         ));
         let shutdown = CancellationToken::new();
@@ -252,14 +276,24 @@ impl Engine {
         tracker.spawn(
             server
                 .clone()
-                .run(endpoint.clone(), shutdown.clone(), tracker.clone()),
+                .run_quic(endpoint.clone(), shutdown.clone(), tracker.clone()),
+        );
+        tracker.spawn(
+            server
+                .clone()
+                .run_tcp(listener, shutdown.clone(), tracker.clone()),
         );
         let origin = Origin::new(&config.origin).map_err(|e| setup(&e))?;
         let mut peer_id = rand::random::<u64>();
         if peer_id == 0 {
             peer_id = 1;
         }
-        info!(peer = %PeerId(peer_id), addr = %advertise, "peer piece server listening");
+        let fetcher = Arc::new(Fetcher::new(
+            config.transport,
+            endpoint.clone(),
+            config.piece_timeout,
+        ));
+        info!(peer = %PeerId(peer_id), addr = %advertise, transport = %config.transport, "peer piece server listening (TCP and QUIC)");
         Ok(Self {
             download_limiter: (config.download_rate > 0)
                 .then(|| Arc::new(RateLimiter::new(config.download_rate))),
@@ -267,7 +301,7 @@ impl Engine {
             peer_id,
             advertise,
             server,
-            fetcher: Arc::new(Fetcher::new(endpoint.clone())),
+            fetcher,
             supernodes,
             origin,
             endpoint,
@@ -473,6 +507,7 @@ impl Engine {
             bad_pieces,
             digests_from,
             urgent_pieces: Vec::new(),
+            wait_ms: 0,
         }
     }
 
@@ -625,6 +660,13 @@ impl Engine {
         let mut prefix = 0u32;
         let mut next_sync = Instant::now();
         let mut unreachable_since: Option<Instant> = None;
+        // At most one sync in flight, beside the piece transfers: a long poll must not hold
+        // up the download. It hands its request back, so a failed sync's reports go out with
+        // the next one.
+        let mut syncing: JoinSet<(SyncRequest, Result<SyncResponse, SupernodeError>)> =
+            JoinSet::new();
+        let mut in_flight_bad: Vec<BadPiece> = Vec::new();
+        let mut offers = Bitmap::new(task.piece_count);
         let mut last_progress = Instant::now();
         let path: Arc<Path> = Arc::from(out.temp_path());
         // The whole-file digest follows the verified prefix while pieces arrive. If this
@@ -653,7 +695,7 @@ impl Engine {
                 // The supernode offers them first once it knows.
                 next_sync = now;
             }
-            if now >= next_sync {
+            if syncing.is_empty() && now >= next_sync {
                 let mut req = self.sync_request(
                     &task.task_id,
                     std::mem::take(&mut new_pieces),
@@ -662,35 +704,21 @@ impl Engine {
                     digests.len() as u32,
                 );
                 req.urgent_pieces = picker.urgent(MAX_URGENT);
-                match sn.sync(&req).await {
-                    Ok(resp) => {
-                        unreachable_since = None;
-                        apply_sync(
-                            &resp,
-                            task.piece_count,
-                            &mut digests,
-                            &mut parents,
-                            &mut picker,
-                            now,
-                        )?;
-                    }
-                    Err(SupernodeError::Unreachable { reason, .. }) => {
-                        // Keep what we must report for the next successful sync.
-                        new_pieces = req.new_pieces;
-                        bad = req.bad_pieces;
-                        let since = *unreachable_since.get_or_insert(now);
-                        if now.duration_since(since) > self.config.supernode_timeout {
-                            return Err(SwarmError::SupernodeLost(reason));
-                        }
-                    }
-                    Err(e)
-                        if e.code() == Some("UNKNOWN_TASK") || e.code() == Some("NOT_ADMITTED") =>
-                    {
-                        return Err(SwarmError::SupernodeLost(e.to_string()));
-                    }
-                    Err(e) => return Err(refusal(e).into()),
+                // While the supernode's own fetch may still bring new pieces, a sync with
+                // nothing to report waits there for the next one (up to a period), so a
+                // fresh piece is requested as soon as it is stored.
+                if digests.len() < task.piece_count as usize {
+                    req.wait_ms = u32::try_from(self.config.sync_interval.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .min(damselfly_proto::MAX_SYNC_WAIT_MS);
                 }
+                in_flight_bad.clone_from(&req.bad_pieces);
                 next_sync = now + self.config.sync_interval;
+                let sn = sn.clone();
+                syncing.spawn(async move {
+                    let result = sn.sync(&req).await;
+                    (req, result)
+                });
             }
 
             while let Some(request) = picker.poll_request(now) {
@@ -715,7 +743,14 @@ impl Engine {
                     range: piece_range(task.content_length, task.piece_size, request.piece),
                     expected,
                     peer_id: self.peer_id,
-                    timeout: self.config.piece_timeout,
+                    // A request pipelined to a parent waits behind the ones sent before it.
+                    timeout: match request.source {
+                        Source::Peer(_) => self.config.piece_timeout.saturating_mul(
+                            u32::try_from(self.config.picker.per_parent_in_flight.max(1))
+                                .unwrap_or(u32::MAX),
+                        ),
+                        Source::Seed => self.config.piece_timeout,
+                    },
                 };
                 inflight.spawn(job.run(
                     sn.clone(),
@@ -731,6 +766,50 @@ impl Engine {
                 .poll_timeout()
                 .map_or(next_sync, |t| t.min(next_sync));
             tokio::select! {
+                Some(joined) = syncing.join_next() => {
+                    let now = Instant::now();
+                    let (req, result) = joined.map_err(|e| {
+                        DownloadError::Setup(format!("sync worker failed: {e}"))
+                    })?;
+                    match result {
+                        Ok(resp) => {
+                            unreachable_since = None;
+                            let offered = apply_sync(
+                                &resp,
+                                task.piece_count,
+                                &mut offers,
+                                &mut digests,
+                                &mut parents,
+                                &mut picker,
+                                now,
+                            )?;
+                            // The supernode is feeding us pieces nobody else has: ask (and
+                            // wait there) for the next one at once.
+                            if offered {
+                                next_sync = now;
+                            }
+                        }
+                        Err(SupernodeError::Unreachable { reason, .. }) => {
+                            // Keep what we must report for the next successful sync.
+                            new_pieces.extend(req.new_pieces);
+                            bad.extend(req.bad_pieces);
+                            let since = *unreachable_since.get_or_insert(now);
+                            if now.duration_since(since) > self.config.supernode_timeout {
+                                return Err(SwarmError::SupernodeLost(reason));
+                            }
+                        }
+                        Err(e)
+                            if e.code() == Some("UNKNOWN_TASK") || e.code() == Some("NOT_ADMITTED") =>
+                        {
+                            return Err(SwarmError::SupernodeLost(e.to_string()));
+                        }
+                        Err(e) => return Err(refusal(e).into()),
+                    }
+                    in_flight_bad.clear();
+                    if !new_pieces.is_empty() || !bad.is_empty() {
+                        next_sync = next_sync.min(now + self.config.sync_interval / 4);
+                    }
+                }
                 Some((piece, source)) = received_rx.recv() => {
                     picker.handle_piece_received(piece, source);
                 }
@@ -790,6 +869,9 @@ impl Engine {
             }
         }
         report.liars = liars.into_iter().collect();
+        // A sync still in flight is dropped; the liars it reported go out again below.
+        syncing.abort_all();
+        bad.append(&mut in_flight_bad);
         // Report the last pieces (and any liar) before declaring completion.
         let req = self.sync_request(&task.task_id, new_pieces, bad, true, u32::MAX);
         let _ = sn.sync(&req).await;
@@ -868,14 +950,18 @@ impl Engine {
     }
 }
 
+/// Applies a sync answer to the picker. Returns whether the supernode offered a piece this
+/// peer lacks and had not been offered before (`offers` keeps every piece offered so far):
+/// it feeds this peer directly.
 fn apply_sync(
     resp: &SyncResponse,
     pieces: u32,
+    offers: &mut Bitmap,
     digests: &mut Vec<[u8; 32]>,
     parents: &mut HashMap<PeerId, SocketAddr>,
     picker: &mut Picker,
     now: Instant,
-) -> Result<(), SwarmError> {
+) -> Result<bool, SwarmError> {
     if resp.state == TaskState::Failed as i32 {
         return Err(DownloadError::TaskFailed(resp.error.clone()).into());
     }
@@ -900,7 +986,14 @@ fn apply_sync(
         }
         Some(m)
     };
+    let mut offered = false;
     if let Some(seed) = masked(&resp.seed_pieces) {
+        for p in seed.iter_ones() {
+            if !offers.get(p) && !picker.have().get(p) {
+                offers.set(p);
+                offered = true;
+            }
+        }
         picker.handle_seed_pieces(seed);
     }
     parents.clear();
@@ -913,7 +1006,7 @@ fn apply_sync(
         views.push((PeerId(p.peer_id), bits));
     }
     picker.handle_parents(now, views);
-    Ok(())
+    Ok(offered)
 }
 
 /// One piece transfer, run as its own task.
@@ -1103,6 +1196,29 @@ fn origin_error(e: OriginError) -> DownloadError {
         },
         other => DownloadError::NoRoute(other.to_string()),
     }
+}
+
+/// Binds the piece server's TCP listener and QUIC endpoint on one port number: `addr`'s, or
+/// with port 0 a free TCP port whose UDP twin is also free (a few tries).
+fn bind_peer_port(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, quinn::Endpoint), DownloadError> {
+    let setup = |e: &dyn std::fmt::Display| DownloadError::Setup(e.to_string());
+    let tries = if addr.port() == 0 { 8 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let listener =
+            tcp::listener(addr).map_err(|e| setup(&format!("binding TCP {addr}: {e}")))?;
+        let port = listener.local_addr().map_err(|e| setup(&e))?.port();
+        match quic::endpoint(SocketAddr::new(addr.ip(), port)) {
+            Ok(endpoint) => return Ok((listener, endpoint)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => setup(&e),
+        None => setup(&"no port"),
+    })
 }
 
 /// Which supernode a URL belongs to (see [`damselfly_common::placement`]).

@@ -1,6 +1,7 @@
-//! Fetching one piece from a parent over QUIC.
+//! Fetching pieces from parents, over TCP ([`crate::tcp::Link`], pipelined) or QUIC (one
+//! stream per piece), reusing one connection per parent.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use damselfly_proto::{
     FRAME_HEADER_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus, decode,
@@ -8,7 +9,7 @@ use damselfly_proto::{
 };
 use parking_lot::Mutex;
 
-use crate::quic::SERVER_NAME;
+use crate::{quic::SERVER_NAME, tcp::Link};
 
 /// Why a piece could not be fetched from a parent.
 #[derive(Debug, thiserror::Error)]
@@ -24,57 +25,162 @@ pub enum FetchError {
     /// The parent does not hold the piece or the task.
     #[error("parent does not have the piece")]
     Unavailable,
-    /// The parent's upload slots are full.
+    /// The parent's upload queue is full.
     #[error("parent is busy")]
     Busy,
-    /// The parent broke the protocol (wrong length, malformed frame).
+    /// The parent broke the protocol (wrong length, malformed frame, another version).
     #[error("parent broke the protocol: {0}")]
     Protocol(String),
 }
 
+/// How peers move pieces between each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One TCP connection per parent with pipelined requests: the cheapest per byte (no
+    /// user-space crypto, one copy each side). The default.
+    #[default]
+    Tcp,
+    /// QUIC (TLS 1.3 over UDP), one stream per piece: encrypted in transit, costs several
+    /// times the CPU per byte. For networks where peer traffic must be encrypted.
+    Quic,
+}
+
+impl Transport {
+    /// The name used in configuration (`tcp`, `quic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Quic => "quic",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A transport name that is neither `tcp` nor `quic`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown transport {0:?} (expected \"tcp\" or \"quic\")")]
+pub struct UnknownTransport(String);
+
+impl FromStr for Transport {
+    type Err = UnknownTransport;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Self::Tcp),
+            "quic" => Ok(Self::Quic),
+            other => Err(UnknownTransport(other.to_owned())),
+        }
+    }
+}
+
+/// A connection to one parent.
+#[derive(Debug, Clone)]
+enum Conn {
+    Tcp(Link),
+    Quic(quinn::Connection),
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Tcp(link) => !link.is_closed(),
+            Self::Quic(q) => q.close_reason().is_none(),
+        }
+    }
+}
+
+/// Parents remembered before closed connections are pruned from the map.
+const PRUNE_ABOVE: usize = 64;
+
 /// Dials parents, reusing one connection per parent.
 #[derive(Debug)]
 pub struct Fetcher {
+    transport: Transport,
     endpoint: quinn::Endpoint,
-    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Per parent, the connection (or the dial in progress, so concurrent fetches to a new
+    /// parent share one connection).
+    conns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Conn>>>>>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Fetcher {
-    /// A fetcher dialling from `endpoint`.
-    pub fn new(endpoint: quinn::Endpoint) -> Self {
+    /// A fetcher dialling with `transport` (QUIC dials from `endpoint`). A TCP connection on
+    /// which nothing arrives for `idle_timeout` while requests are outstanding is dropped.
+    pub fn new(transport: Transport, endpoint: quinn::Endpoint, idle_timeout: Duration) -> Self {
         Self {
+            transport,
             endpoint,
             conns: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(3),
+            idle_timeout,
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, FetchError> {
-        let existing = self.conns.lock().get(&addr).cloned();
-        if let Some(c) = existing {
-            if c.close_reason().is_none() {
-                return Ok(c);
+    /// The transport this fetcher dials with.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<Conn, FetchError> {
+        let slot = {
+            let mut conns = self.conns.lock();
+            if conns.len() > PRUNE_ABOVE {
+                // Forget parents whose connection has closed (idle, or failed).
+                conns.retain(|_, slot| {
+                    slot.try_lock()
+                        .map_or(true, |c| c.as_ref().is_some_and(Conn::is_open))
+                });
             }
-            self.conns.lock().remove(&addr);
+            conns.entry(addr).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.is_open() {
+                return Ok(c.clone());
+            }
+            *slot = None;
         }
+        let conn = match self.transport {
+            Transport::Tcp => {
+                Conn::Tcp(Link::connect(addr, self.connect_timeout, self.idle_timeout).await?)
+            }
+            Transport::Quic => Conn::Quic(self.connect_quic(addr).await?),
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect_quic(&self, addr: SocketAddr) -> Result<quinn::Connection, FetchError> {
         let transport = |reason: String| FetchError::Transport { addr, reason };
         let connecting = self
             .endpoint
             .connect(addr, SERVER_NAME)
             .map_err(|e| transport(e.to_string()))?;
-        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+        tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| transport("connect timed out".into()))?
-            .map_err(|e| transport(e.to_string()))?;
-        self.conns.lock().insert(addr, conn.clone());
-        Ok(conn)
+            .map_err(|e| transport(e.to_string()))
     }
 
     /// Forgets the connection to `addr` (after a failure).
     pub fn drop_connection(&self, addr: SocketAddr) {
-        if let Some(c) = self.conns.lock().remove(&addr) {
-            c.close(0u32.into(), b"bye");
+        let Some(slot) = self.conns.lock().remove(&addr) else {
+            return;
+        };
+        // A dial in progress holds the lock; it ends by itself.
+        if let Ok(mut slot) = slot.try_lock() {
+            match slot.take() {
+                Some(Conn::Tcp(link)) => link.close(),
+                Some(Conn::Quic(q)) => q.close(0u32.into(), b"bye"),
+                None => {}
+            }
         }
     }
 
@@ -90,55 +196,76 @@ impl Fetcher {
         peer_id: u64,
         expected_len: u64,
     ) -> Result<Vec<u8>, FetchError> {
-        let conn = self.connection(addr).await?;
-        let transport = |reason: String| FetchError::Transport { addr, reason };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(e.to_string()))?;
         let req = PieceRequest {
             version: PROTOCOL_VERSION,
             task_id: task_id.to_owned(),
             piece,
             peer_id,
         };
-        send.write_all(&encode_frame(&req))
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let _ = send.finish();
-
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        recv.read_exact(&mut header)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
-        if len > 1024 {
-            return Err(FetchError::Protocol(format!(
-                "response header of {len} bytes"
-            )));
+        match self.connection(addr).await? {
+            Conn::Tcp(link) => link.fetch(addr, &req, expected_len).await,
+            Conn::Quic(conn) => fetch_quic(&conn, addr, &req, expected_len).await,
         }
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let resp: PieceResponse = decode(&body).map_err(|e| FetchError::Protocol(e.to_string()))?;
-        resp.validate()
-            .map_err(|e| FetchError::Protocol(e.to_string()))?;
-        match PieceStatus::try_from(resp.status) {
-            Ok(PieceStatus::Ok) => {}
-            Ok(PieceStatus::Busy) => return Err(FetchError::Busy),
-            Ok(PieceStatus::NotFound | PieceStatus::UnknownTask) => {
-                return Err(FetchError::Unavailable);
-            }
-            other => return Err(FetchError::Protocol(format!("status {other:?}"))),
-        }
-        if resp.length != expected_len {
-            return Err(FetchError::Protocol(format!(
-                "announced {} bytes, piece is {expected_len}",
-                resp.length
-            )));
-        }
-        let mut data = vec![0u8; expected_len as usize];
-        recv.read_exact(&mut data)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        Ok(data)
     }
+}
+
+async fn fetch_quic(
+    conn: &quinn::Connection,
+    addr: SocketAddr,
+    req: &PieceRequest,
+    expected_len: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let transport = |reason: String| FetchError::Transport { addr, reason };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(e.to_string()))?;
+    send.write_all(&encode_frame(req))
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let _ = send.finish();
+
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
+    if len > 1024 {
+        return Err(FetchError::Protocol(format!(
+            "response header of {len} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    check_response(&body, expected_len)?;
+    let mut data = vec![0u8; expected_len as usize];
+    recv.read_exact(&mut data)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    Ok(data)
+}
+
+/// Checks a response header frame's body: well formed, our version, `Ok`, and announcing
+/// exactly the piece's length. A refusal becomes `Busy` or `Unavailable`.
+///
+/// # Errors
+/// See [`FetchError`].
+pub(crate) fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
+    let resp: PieceResponse = decode(body).map_err(|e| FetchError::Protocol(e.to_string()))?;
+    resp.validate()
+        .map_err(|e| FetchError::Protocol(e.to_string()))?;
+    match PieceStatus::try_from(resp.status) {
+        Ok(PieceStatus::Ok) => {}
+        Ok(PieceStatus::Busy) => return Err(FetchError::Busy),
+        Ok(PieceStatus::NotFound | PieceStatus::UnknownTask) => {
+            return Err(FetchError::Unavailable);
+        }
+        other => return Err(FetchError::Protocol(format!("status {other:?}"))),
+    }
+    if resp.length != expected_len {
+        return Err(FetchError::Protocol(format!(
+            "announced {} bytes, piece is {expected_len}",
+            resp.length
+        )));
+    }
+    Ok(())
 }

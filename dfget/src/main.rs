@@ -11,7 +11,9 @@ use std::{
 use bytesize::ByteSize;
 use clap::Parser;
 use damselfly_common::Digest;
-use dfget::{DownloadRequest, Engine, EngineConfig, Fault, NoProgress, Progress, Report};
+use dfget::{
+    DownloadRequest, Engine, EngineConfig, Fault, NoProgress, Progress, Report, Transport,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Download a URL through the Damselfly swarm: pieces come from other peers and the supernode,
@@ -37,9 +39,14 @@ struct Cli {
     /// No progress bar, even on a terminal.
     #[arg(long)]
     no_progress: bool,
-    /// UDP address for serving pieces to other peers (default: any free port).
+    /// Address for serving pieces to other peers, TCP and UDP (QUIC) on the same port
+    /// (default: any free port).
     #[arg(long, value_name = "ADDR")]
     peer_listen: Option<SocketAddr>,
+    /// How to fetch pieces from other peers: `tcp` (pipelined, cheapest per byte) or `quic`
+    /// (encrypted in transit, several times the CPU per byte). Peers serve both.
+    #[arg(long, value_name = "tcp|quic", default_value = "tcp")]
+    transport: Transport,
     /// IP other peers use to reach this one (default: the address that routes to the supernode).
     #[arg(long, value_name = "IP")]
     advertise_ip: Option<IpAddr>,
@@ -58,6 +65,10 @@ struct Cli {
     /// Concurrent uploads to other peers.
     #[arg(long, value_name = "N", default_value_t = 4)]
     upload_slots: u32,
+    /// Piece requests from other peers that may wait for an upload slot before more are
+    /// refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    upload_queue: u32,
     /// Concurrent piece downloads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_in_flight: usize,
@@ -114,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,
+        upload_queue: cli.upload_queue,
+        transport: cli.transport,
         fault: if cli.fault_corrupt_uploads {
             Fault::CorruptUploads
         } else {

@@ -116,20 +116,17 @@ impl Drop for OutputFile {
 /// may still run, and how often it looks for more.
 const HASH_STEP: u64 = 32 << 20;
 
-/// Bytes after which [`hash_prefix`] flushes what has been written, so the final flush before
-/// the rename has little left to write.
-const FLUSH_EVERY: u64 = 128 << 20;
-
 /// sha256 of the first `len` bytes of `file`, computed while they are still being written:
 /// `prefix` tells how many bytes from the start are verified and written, and the hash
 /// follows it, so the whole-file digest is ready soon after the last piece instead of one
-/// more pass over the file at the end. Every [`FLUSH_EVERY`] bytes it also asks the kernel
-/// to write the file's dirty pages to disk (`fdatasync`), which spreads the cost of the
-/// final flush over the download. Stops with an error once `prefix`'s sender is dropped
-/// before `len` bytes were ready (the download failed).
+/// more pass over the file at the end. It reads the bytes back from the page cache, where
+/// they were just written. Durability is the caller's, once, at the end
+/// ([`OutputFile::commit`]): flushing as the download goes (every 128 MiB, before) held up the
+/// writes behind it. Stops with an error once `prefix`'s sender is dropped before `len`
+/// bytes were ready (the download failed).
 ///
 /// # Errors
-/// Reading or flushing failed, or the download was abandoned.
+/// Reading failed, or the download was abandoned.
 pub async fn hash_prefix(
     file: Arc<File>,
     path: PathBuf,
@@ -141,7 +138,7 @@ pub async fn hash_prefix(
         source,
     };
     let mut state = (Sha256Hasher::new(), vec![0u8; 1 << 20]);
-    let (mut hashed, mut flushed) = (0u64, 0u64);
+    let mut hashed = 0u64;
     while hashed < len {
         let ready = (*prefix.borrow_and_update()).min(len);
         if ready <= hashed {
@@ -151,7 +148,6 @@ pub async fn hash_prefix(
             continue;
         }
         let end = ready.min(hashed + HASH_STEP);
-        let flush = end - flushed >= FLUSH_EVERY;
         let file = file.clone();
         let (mut hasher, mut buf) = state;
         state = tokio::task::spawn_blocking(move || {
@@ -163,18 +159,12 @@ pub async fn hash_prefix(
                 hasher.update(block);
                 at += n as u64;
             }
-            if flush {
-                file.sync_data()?;
-            }
             Ok::<_, std::io::Error>((hasher, buf))
         })
         .await
         .map_err(|e| io(std::io::Error::other(e.to_string())))?
         .map_err(io)?;
         hashed = end;
-        if flush {
-            flushed = end;
-        }
     }
     Ok(state.0.finish())
 }

@@ -1,10 +1,15 @@
-//! The piece server: answers other peers' [`PieceRequest`]s over QUIC with pieces this peer
-//! holds, while it is still downloading and afterwards.
+//! The piece server: answers other peers' [`PieceRequest`]s with pieces this peer holds, while
+//! it is still downloading and afterwards, over TCP ([`crate::tcp`], the default) and QUIC.
 //!
-//! One bi-directional stream per request: the client sends a frame and finishes its side; the
-//! server answers a [`PieceResponse`] frame followed, on `Ok`, by the raw piece bytes. Upload
-//! slots bound concurrent uploads; a request over the limit is answered `Busy` at once so the
-//! requester tries another parent instead of queueing here.
+//! Both transports share [`PieceServer::prepare`]: the task and piece are looked up, the
+//! request waits in the upload queue for one of the upload slots (instead of being refused
+//! while a slot is taken), and the piece is read from the content file. Only when more than
+//! `upload_queue` requests already wait is a request answered `Busy`, so the requester goes
+//! to another parent. A slot is held from the disk read until the piece is sent, which bounds
+//! the piece buffers an uploading peer holds to `upload_slots` pieces.
+//!
+//! QUIC: one bi-directional stream per request; the client sends a frame and finishes its
+//! side; the server answers a [`PieceResponse`] frame followed, on `Ok`, by the raw bytes.
 
 use std::{
     collections::HashMap,
@@ -19,12 +24,12 @@ use std::{
 use bytes::Bytes;
 use damselfly_common::RateLimiter;
 use damselfly_proto::{
-    MAX_MESSAGE_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus, decode,
-    encode_frame,
+    DecodeError, FRAME_HEADER_LEN, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse,
+    PieceStatus, decode, encode_frame,
 };
 use damselfly_swarm::{Bitmap, piece_range};
 use parking_lot::RwLock;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, trace, warn};
 
@@ -69,24 +74,82 @@ pub enum Fault {
     CorruptUploads,
 }
 
+/// What the server answers to one request.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A refusal: the status alone, no bytes.
+    Refused(PieceStatus),
+    /// The piece's bytes, holding an upload slot until they are sent.
+    Piece {
+        /// The bytes.
+        data: Bytes,
+        /// The slot, released when the answer is dropped.
+        _slot: UploadSlot,
+    },
+}
+
+impl Answer {
+    /// The response frame that goes before the bytes.
+    pub(crate) fn header(&self) -> Vec<u8> {
+        let (status, length) = match self {
+            Self::Refused(status) => (*status, 0),
+            Self::Piece { data, .. } => (PieceStatus::Ok, data.len() as u64),
+        };
+        encode_frame(&PieceResponse {
+            version: PROTOCOL_VERSION,
+            status: status as i32,
+            length,
+        })
+    }
+}
+
+/// One upload slot in use; counted in [`PieceServer::uploading`] until dropped.
+#[derive(Debug)]
+pub(crate) struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    server: Arc<PieceServer>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.server.uploading.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves pieces of registered tasks.
 #[derive(Debug)]
 pub struct PieceServer {
     tasks: RwLock<HashMap<String, Arc<ServedTask>>>,
     slots: Arc<Semaphore>,
+    /// Requests waiting for a slot, and the most allowed before new ones get `Busy`.
+    queued: AtomicU32,
+    max_queued: u32,
     limiter: Option<RateLimiter>,
     uploading: AtomicU32,
     bytes_served: AtomicU64,
     fault: Fault,
 }
 
+/// Piece server limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Concurrent uploads (pieces read and being sent).
+    pub upload_slots: u32,
+    /// Requests that may wait for a slot before further ones are answered `Busy`.
+    pub upload_queue: u32,
+    /// Upload rate limit in bytes per second; 0 = unlimited.
+    pub upload_rate: u64,
+}
+
 impl PieceServer {
-    /// A server with `slots` concurrent uploads and an optional upload rate limit (bytes/s).
-    pub fn new(slots: u32, upload_rate: u64, fault: Fault) -> Self {
+    /// A server with the given limits.
+    pub fn new(limits: ServerLimits, fault: Fault) -> Self {
         Self {
             tasks: RwLock::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
-            limiter: (upload_rate > 0).then(|| RateLimiter::new(upload_rate)),
+            slots: Arc::new(Semaphore::new(limits.upload_slots.max(1) as usize)),
+            queued: AtomicU32::new(0),
+            max_queued: limits.upload_queue,
+            limiter: (limits.upload_rate > 0).then(|| RateLimiter::new(limits.upload_rate)),
             uploading: AtomicU32::new(0),
             bytes_served: AtomicU64::new(0),
             fault,
@@ -113,8 +176,81 @@ impl PieceServer {
         self.bytes_served.load(Ordering::Relaxed)
     }
 
-    /// Accepts connections until `shutdown`; each connection and stream runs on `tracker`.
-    pub async fn run(
+    /// Answers `request`: a refusal, or the piece's bytes with an upload slot held. Waits in
+    /// the upload queue while every slot is taken, unless the queue is full (`Busy`).
+    ///
+    /// # Errors
+    /// Reading the piece from the content file failed (logged here).
+    pub(crate) async fn prepare(
+        self: &Arc<Self>,
+        request: &PieceRequest,
+    ) -> Result<Answer, std::io::Error> {
+        let task = self.tasks.read().get(&request.task_id).cloned();
+        let Some(task) = task else {
+            return Ok(Answer::Refused(PieceStatus::UnknownTask));
+        };
+        if !task.have.read().get(request.piece) {
+            return Ok(Answer::Refused(PieceStatus::NotFound));
+        }
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(Answer::Refused(PieceStatus::Busy));
+                }
+                let permit = self.slots.clone().acquire_owned().await;
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                // The semaphore is never closed.
+                permit.map_err(|e| std::io::Error::other(e.to_string()))?
+            }
+        };
+        self.uploading.fetch_add(1, Ordering::Relaxed);
+        let slot = UploadSlot {
+            _permit: permit,
+            server: self.clone(),
+        };
+        let piece = request.piece;
+        let range = piece_range(task.content_length, task.piece_size, piece);
+        let len = range.end - range.start;
+        let file = task.file.clone();
+        let mut data = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, range.start).map(|()| buf)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .inspect_err(|e| warn!(error = %e, piece, "reading a piece to serve failed"))?;
+        if self.fault == Fault::CorruptUploads
+            && let Some(b) = data.first_mut()
+        {
+            *b ^= 0xff;
+        }
+        Ok(Answer::Piece {
+            data: Bytes::from(data),
+            _slot: slot,
+        })
+    }
+
+    /// Waits for the upload rate limit to allow `answer`'s bytes. Call just before sending.
+    pub(crate) async fn pace(&self, answer: &Answer) {
+        if let (Some(limiter), Answer::Piece { data, .. }) = (&self.limiter, answer) {
+            limiter.acquire(data.len() as u64).await;
+        }
+    }
+
+    /// Counts `answer`'s bytes as served. Call once they are sent.
+    pub(crate) fn sent(&self, answer: &Answer) {
+        if let Answer::Piece { data, .. } = answer {
+            self.bytes_served
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            trace!(bytes = data.len(), "piece served");
+        }
+    }
+
+    /// Accepts QUIC connections until `shutdown`; each connection and stream runs on
+    /// `tracker`.
+    pub async fn run_quic(
         self: Arc<Self>,
         endpoint: quinn::Endpoint,
         shutdown: CancellationToken,
@@ -130,14 +266,14 @@ impl PieceServer {
             let t = tracker.clone();
             tracker.spawn(async move {
                 match incoming.await {
-                    Ok(conn) => server.serve_connection(conn, t).await,
+                    Ok(conn) => server.serve_quic_connection(conn, t).await,
                     Err(e) => debug!(error = %e, "peer handshake failed"),
                 }
             });
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, conn: quinn::Connection, tracker: TaskTracker) {
+    async fn serve_quic_connection(self: Arc<Self>, conn: quinn::Connection, tracker: TaskTracker) {
         let remote = conn.remote_address();
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -149,15 +285,15 @@ impl PieceServer {
             };
             let server = self.clone();
             tracker.spawn(async move {
-                if let Err(e) = server.serve_stream(send, recv).await {
+                if let Err(e) = server.serve_quic_stream(send, recv).await {
                     debug!(peer = %remote, error = %e, "piece stream failed");
                 }
             });
         }
     }
 
-    async fn serve_stream(
-        &self,
+    async fn serve_quic_stream(
+        self: Arc<Self>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), StreamError> {
@@ -165,67 +301,28 @@ impl PieceServer {
             .read_to_end(MAX_MESSAGE_LEN.min(64 << 10))
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        let reply = |status: PieceStatus, length: u64| {
-            encode_frame(&PieceResponse {
-                version: PROTOCOL_VERSION,
-                status: status as i32,
-                length,
-            })
-        };
-        let request = match parse_request(&raw) {
-            Ok(r) => r,
+        let answer = match parse_request(&raw) {
+            Ok(request) => self
+                .prepare(&request)
+                .await
+                .map_err(|e| StreamError(e.to_string()))?,
             Err(e) => {
                 debug!(error = %e, "malformed piece request");
-                return answer(&mut send, &reply(PieceStatus::BadRequest, 0), Bytes::new()).await;
+                Answer::Refused(PieceStatus::BadRequest)
             }
         };
-        let task = self.tasks.read().get(&request.task_id).cloned();
-        let Some(task) = task else {
-            return answer(&mut send, &reply(PieceStatus::UnknownTask, 0), Bytes::new()).await;
-        };
-        if !task.have.read().get(request.piece) {
-            return answer(&mut send, &reply(PieceStatus::NotFound, 0), Bytes::new()).await;
+        self.pace(&answer).await;
+        send.write_all(&answer.header())
+            .await
+            .map_err(|e| StreamError(e.to_string()))?;
+        if let Answer::Piece { data, .. } = &answer {
+            // Handed to QUIC as it is, not copied.
+            send.write_chunk(data.clone())
+                .await
+                .map_err(|e| StreamError(e.to_string()))?;
         }
-        let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
-            return answer(&mut send, &reply(PieceStatus::Busy, 0), Bytes::new()).await;
-        };
-        self.uploading.fetch_add(1, Ordering::Relaxed);
-        let result = self.upload(&task, request.piece, &mut send, reply).await;
-        self.uploading.fetch_sub(1, Ordering::Relaxed);
-        result
-    }
-
-    async fn upload(
-        &self,
-        task: &ServedTask,
-        piece: u32,
-        send: &mut quinn::SendStream,
-        reply: impl Fn(PieceStatus, u64) -> Vec<u8>,
-    ) -> Result<(), StreamError> {
-        let range = piece_range(task.content_length, task.piece_size, piece);
-        let len = range.end - range.start;
-        let file = task.file.clone();
-        let mut data = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, range.start).map(|()| buf)
-        })
-        .await
-        .map_err(|e| StreamError(e.to_string()))?
-        .map_err(|e| {
-            warn!(error = %e, piece, "reading a piece to serve failed");
-            StreamError(e.to_string())
-        })?;
-        if self.fault == Fault::CorruptUploads
-            && let Some(b) = data.first_mut()
-        {
-            *b ^= 0xff;
-        }
-        if let Some(limiter) = &self.limiter {
-            limiter.acquire(len).await;
-        }
-        answer(send, &reply(PieceStatus::Ok, len), Bytes::from(data)).await?;
-        self.bytes_served.fetch_add(len, Ordering::Relaxed);
-        trace!(piece, bytes = len, "piece served");
+        send.finish().map_err(|e| StreamError(e.to_string()))?;
+        self.sent(&answer);
         Ok(())
     }
 }
@@ -234,31 +331,19 @@ impl PieceServer {
 #[error("{0}")]
 struct StreamError(String);
 
-fn parse_request(raw: &[u8]) -> Result<PieceRequest, damselfly_proto::DecodeError> {
+/// Decodes a whole request frame (header and body) and validates it.
+///
+/// # Errors
+/// A truncated or oversized frame, malformed protobuf, another protocol version, a bad field.
+pub(crate) fn parse_request(raw: &[u8]) -> Result<PieceRequest, DecodeError> {
     let len = damselfly_proto::frame_len(raw)?;
     let body = raw
-        .get(damselfly_proto::FRAME_HEADER_LEN..damselfly_proto::FRAME_HEADER_LEN + len)
-        .ok_or(damselfly_proto::DecodeError::Truncated {
-            need: damselfly_proto::FRAME_HEADER_LEN + len,
+        .get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len)
+        .ok_or(DecodeError::Truncated {
+            need: FRAME_HEADER_LEN + len,
             have: raw.len(),
         })?;
     let req: PieceRequest = decode(body)?;
     req.validate()?;
     Ok(req)
-}
-
-/// Writes a whole answer (`header`, then `body`) and finishes the stream. The body is handed
-/// to QUIC as it is, not copied.
-async fn answer(
-    send: &mut quinn::SendStream,
-    header: &[u8],
-    body: Bytes,
-) -> Result<(), StreamError> {
-    send.write_all(header)
-        .await
-        .map_err(|e| StreamError(e.to_string()))?;
-    send.write_chunk(body)
-        .await
-        .map_err(|e| StreamError(e.to_string()))?;
-    send.finish().map_err(|e| StreamError(e.to_string()))
 }

@@ -1,14 +1,28 @@
-//! The QUIC piece server against hostile requests: it answers with an error status (or closes
-//! the stream) and keeps serving.
+//! The piece server against hostile requests, over QUIC and TCP: it answers with an error
+//! status (or closes that stream or connection) and keeps serving; and the TCP transport's
+//! pipelining, queueing and version check.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::{fs::File, io::Write as _, sync::Arc, time::Duration};
+
 use damselfly_proto::{
-    FRAME_HEADER_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus, decode,
-    encode_frame, frame_len,
+    FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION, PieceRequest,
+    PieceResponse, PieceStatus, decode, encode_frame, encode_preamble, frame_len,
 };
-use dfget::{Engine, EngineConfig, quic};
+use dfget::{
+    Engine, EngineConfig, Fault,
+    fetch::FetchError,
+    quic,
+    server::{PieceServer, ServedTask, ServerLimits},
+    tcp::{self, Link},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 async fn engine() -> Engine {
     Engine::start(EngineConfig {
@@ -76,5 +90,227 @@ async fn hostile_piece_requests_get_errors_and_the_server_keeps_serving() {
 
     // Still answering on the same connection after all that.
     assert_eq!(ask(&conn, &unknown).await, Some(PieceStatus::UnknownTask));
-    server.shutdown(std::time::Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Opens a TCP peer connection and exchanges preambles.
+async fn tcp_conn(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&encode_preamble()).await.unwrap();
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    s.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(theirs, encode_preamble());
+    s
+}
+
+/// Reads one response header from a TCP peer connection; `None` once the server closed it.
+async fn tcp_answer(s: &mut TcpStream) -> Option<PieceResponse> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    s.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0u8; frame_len(&header).unwrap()];
+    s.read_exact(&mut body).await.ok()?;
+    Some(decode(&body).unwrap())
+}
+
+/// Whether the server has closed `s` (end of stream within a second).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn status(r: &PieceResponse) -> PieceStatus {
+    PieceStatus::try_from(r.status).unwrap()
+}
+
+fn request(task: &str, piece: u32) -> PieceRequest {
+    PieceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: task.into(),
+        piece,
+        peer_id: 9,
+    }
+}
+
+#[tokio::test]
+async fn hostile_tcp_frames_close_only_their_connection() {
+    let server = engine().await;
+    let addr = server.peer_addr();
+
+    // An unknown task keeps the connection: a second request on it is answered too.
+    let mut ok = tcp_conn(addr).await;
+    ok.write_all(&encode_frame(&request("sha256:00", 0)))
+        .await
+        .unwrap();
+    ok.write_all(&encode_frame(&request("sha256:00", 1)))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = tcp_answer(&mut ok).await.unwrap();
+        assert_eq!(status(&r), PieceStatus::UnknownTask);
+    }
+
+    // Garbage protobuf in a well-formed frame: BadRequest, then the connection closes.
+    let mut bad = tcp_conn(addr).await;
+    let mut garbage = 10u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 10]);
+    bad.write_all(&garbage).await.unwrap();
+    assert_eq!(
+        status(&tcp_answer(&mut bad).await.unwrap()),
+        PieceStatus::BadRequest
+    );
+    assert!(
+        closed(&mut bad).await,
+        "a malformed frame closes its connection"
+    );
+
+    // A frame header announcing far more than the limit: refused before any allocation.
+    let mut huge = tcp_conn(addr).await;
+    huge.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        status(&tcp_answer(&mut huge).await.unwrap()),
+        PieceStatus::BadRequest
+    );
+    assert!(closed(&mut huge).await);
+
+    // A request of another message version.
+    let mut old = tcp_conn(addr).await;
+    let mut v = request("sha256:00", 0);
+    v.version = PROTOCOL_VERSION + 1;
+    old.write_all(&encode_frame(&v)).await.unwrap();
+    assert_eq!(
+        status(&tcp_answer(&mut old).await.unwrap()),
+        PieceStatus::BadRequest
+    );
+    assert!(closed(&mut old).await);
+
+    // Not a Damselfly peer at all: the server says who it is and hangs up.
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    http.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(theirs, encode_preamble());
+    assert!(closed(&mut http).await);
+
+    // The first connection still works after all that.
+    ok.write_all(&encode_frame(&request("sha256:00", 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&tcp_answer(&mut ok).await.unwrap()),
+        PieceStatus::UnknownTask
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_peer_of_another_version_gets_a_clear_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        s.read_exact(&mut theirs).await.unwrap();
+        let mut future = encode_preamble();
+        future[4..].copy_from_slice(&(PEER_PROTOCOL_VERSION + 1).to_be_bytes());
+        s.write_all(&future).await.unwrap();
+    });
+    let err = Link::connect(addr, Duration::from_secs(3), Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Protocol(m) if m.contains("unsupported protocol version 3")),
+        "{err}"
+    );
+}
+
+/// A piece server on loopback serving one task of `pieces` 64 KiB pieces.
+async fn serving(limits: ServerLimits, pieces: u32) -> (SocketAddr, Vec<u8>, CancellationToken) {
+    const PIECE: u32 = 64 << 10;
+    let content: Vec<u8> = (0..pieces as usize * PIECE as usize)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&content).unwrap();
+    let file: Arc<File> = Arc::new(file);
+    let task = Arc::new(ServedTask::new(file, content.len() as u64, PIECE, pieces));
+    for p in 0..pieces {
+        task.mark(p);
+    }
+    let server = Arc::new(PieceServer::new(limits, Fault::None));
+    server.add("sha256:11", task);
+    let listener = tcp::listener(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run_tcp(listener, stop.clone(), TaskTracker::new()));
+    (addr, content, stop)
+}
+
+#[tokio::test]
+async fn pipelined_requests_queue_for_a_slot_and_come_back_in_order() {
+    // One upload slot and 32 requests outstanding over two connections: nobody is told
+    // `Busy`, every piece arrives intact.
+    let limits = ServerLimits {
+        upload_slots: 1,
+        upload_queue: 32,
+        upload_rate: 0,
+    };
+    let (addr, content, stop) = serving(limits, 16).await;
+    let idle = Duration::from_secs(5);
+    let links = [
+        Link::connect(addr, idle, idle).await.unwrap(),
+        Link::connect(addr, idle, idle).await.unwrap(),
+    ];
+    let fetches = (0..32u32).map(|i| {
+        let link = links[i as usize % 2].clone();
+        let piece = i % 16;
+        async move {
+            let data = link
+                .fetch(addr, &request("sha256:11", piece), 64 << 10)
+                .await
+                .unwrap();
+            (piece, data)
+        }
+    });
+    for (piece, data) in futures::future::join_all(fetches).await {
+        let at = piece as usize * (64 << 10);
+        assert!(
+            data == content[at..at + (64 << 10)],
+            "piece {piece} differs"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_full_upload_queue_answers_busy_and_the_link_stays_up() {
+    let limits = ServerLimits {
+        upload_slots: 1,
+        upload_queue: 0,
+        upload_rate: 64 << 10,
+    };
+    // One slot, no queue, and 64 KiB/s (burst 64 KiB): the first piece leaves at once, the
+    // second holds the slot for about a second while it is paced out; meanwhile a request
+    // from another connection is refused.
+    let (addr, _, stop) = serving(limits, 8).await;
+    let idle = Duration::from_secs(10);
+    let a = Link::connect(addr, idle, idle).await.unwrap();
+    let b = Link::connect(addr, idle, idle).await.unwrap();
+    let pipelined = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let (r0, r1) = (request("sha256:11", 0), request("sha256:11", 1));
+            let (x, y) = tokio::join!(a.fetch(addr, &r0, 64 << 10), a.fetch(addr, &r1, 64 << 10));
+            x.is_ok() && y.is_ok()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = b.fetch(addr, &request("sha256:11", 2), 64 << 10).await;
+    assert!(matches!(busy, Err(FetchError::Busy)), "{busy:?}");
+    assert!(pipelined.await.unwrap(), "the pipelined pieces arrive");
+    // Busy is an answer, not a failure: the same link serves the next request.
+    assert!(!b.is_closed());
+    stop.cancel();
 }

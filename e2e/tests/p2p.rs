@@ -1,5 +1,5 @@
 //! The P2P foundation, end to end: real `docker-registry`, a real `supernode`, real `dfget`
-//! processes talking QUIC to each other.
+//! processes moving pieces to each other over TCP (the default transport) and QUIC.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -73,6 +73,56 @@ fn eight_peers_share_a_64mib_blob_and_the_registry_sends_it_once() {
     assert_eq!(
         sn.metric("damselfly_supernode_origin_bytes_total").unwrap(),
         blob.len() as f64
+    );
+}
+
+#[test]
+fn peers_on_tcp_and_on_quic_share_one_swarm() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(32 << 20, 7);
+    let digest = registry.push_blob("app/mixed", &blob);
+    let url = registry.blob_url("app/mixed", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Every peer serves both transports; each fetches with the one it is told.
+    let transports = ["quic", "tcp", "quic", "tcp", "quic", "tcp"];
+    let mut runs: Vec<DfgetRun> = transports
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Dfget::new(&url, &dir.path().join(format!("{t}{i}")))
+                .supernode(sn.addr())
+                .args(["--transport", t, "--keep-serving", "5s"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = runs.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
+    for run in &runs {
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    assert_eq!(registry.blob_get_count(&digest), 1);
+    for (t, r) in transports.iter().zip(&reports) {
+        assert_eq!(received(r), blob.len() as u64);
+        assert_eq!(num(r, "from_origin"), 0, "{t}: {r}");
+    }
+    let peer_bytes = |want: &str| -> u64 {
+        transports
+            .iter()
+            .zip(&reports)
+            .filter(|(t, _)| **t == want)
+            .map(|(_, r)| num(r, "from_peers"))
+            .sum()
+    };
+    assert!(
+        peer_bytes("quic") > 0,
+        "no QUIC peer fetched from a peer: {reports:?}"
+    );
+    assert!(
+        peer_bytes("tcp") > 0,
+        "no TCP peer fetched from a peer: {reports:?}"
     );
 }
 

@@ -58,3 +58,76 @@ pub fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
     }
     Ok(len)
 }
+
+/// Bytes of the preamble each side of a TCP peer connection sends first: the magic
+/// [`PREAMBLE_MAGIC`], then the peer-connection protocol version (u32, big endian).
+pub const PREAMBLE_LEN: usize = 8;
+
+/// The magic that opens a TCP peer connection.
+pub const PREAMBLE_MAGIC: [u8; 4] = *b"DMSF";
+
+/// The version of the TCP peer-connection protocol (the framing and pipelining rules, see
+/// `docs/architecture.md`). Version 1 was QUIC only (one stream per request, ALPN
+/// `damselfly-piece/1`), which has no preamble.
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
+
+/// The preamble this build sends.
+pub fn encode_preamble() -> [u8; PREAMBLE_LEN] {
+    let mut out = [0u8; PREAMBLE_LEN];
+    out[..4].copy_from_slice(&PREAMBLE_MAGIC);
+    out[4..].copy_from_slice(&PEER_PROTOCOL_VERSION.to_be_bytes());
+    out
+}
+
+/// Checks a peer's preamble and returns its version.
+///
+/// # Errors
+/// [`DecodeError::Invalid`] when the magic is wrong (not a Damselfly peer),
+/// [`DecodeError::Version`] when the version is not [`PEER_PROTOCOL_VERSION`].
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u32, DecodeError> {
+    if bytes[..4] != PREAMBLE_MAGIC {
+        return Err(DecodeError::Invalid {
+            field: "preamble",
+            reason: "not a Damselfly peer connection".into(),
+        });
+    }
+    let mut be = [0u8; 4];
+    be.copy_from_slice(&bytes[4..]);
+    let version = u32::from_be_bytes(be);
+    if version != PEER_PROTOCOL_VERSION {
+        return Err(DecodeError::Version {
+            got: version,
+            expected: PEER_PROTOCOL_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod preamble_tests {
+    use super::*;
+
+    #[test]
+    fn preamble_round_trips_and_refuses_strangers() {
+        assert_eq!(
+            check_preamble(&encode_preamble()),
+            Ok(PEER_PROTOCOL_VERSION)
+        );
+        let mut other = encode_preamble();
+        other[7] = 9;
+        assert_eq!(
+            check_preamble(&other),
+            Err(DecodeError::Version {
+                got: 0x0000_0009,
+                expected: PEER_PROTOCOL_VERSION
+            })
+        );
+        assert!(matches!(
+            check_preamble(b"GET / HT"),
+            Err(DecodeError::Invalid {
+                field: "preamble",
+                ..
+            })
+        ));
+    }
+}

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //!   peer ──HTTP (protobuf bodies)──▶ supernode   register / sync / leave, piece download (raw bytes)
-//!   peer ◀──QUIC bi-stream──────────▶ peer        PieceRequest frame → PieceResponse frame + raw bytes
+//!   peer ◀──TCP connection──────────▶ peer        preamble each way, then pipelined PieceRequest
+//!                                                  frames; PieceResponse frame + raw bytes each, in order
+//!   peer ◀──QUIC bi-stream──────────▶ peer        (selectable) PieceRequest frame → PieceResponse frame + raw bytes
 //! ```
 //!
 //! Every message carries [`PROTOCOL_VERSION`]. Everything that arrives from the network goes
@@ -12,7 +14,7 @@
 //! then through the message's `validate`, which checks counts, lengths and digests. Code behind
 //! these two calls may trust the message.
 //!
-//! Layers: [`messages`] (the prost types), [`frame`] (length-prefixed frames for QUIC streams),
+//! Layers: [`messages`] (the prost types), [`frame`] (length-prefixed frames for TCP connections and QUIC streams, and the TCP preamble),
 //! [`error`] ([`DecodeError`]).
 
 #![forbid(unsafe_code)]
@@ -23,7 +25,10 @@ pub mod frame;
 pub mod messages;
 
 pub use error::DecodeError;
-pub use frame::{FRAME_HEADER_LEN, decode, encode_frame, frame_len};
+pub use frame::{
+    FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN, PREAMBLE_MAGIC, check_preamble, decode,
+    encode_frame, encode_preamble, frame_len,
+};
 pub use messages::*;
 
 /// The protocol version spoken by this build. A message with another version is refused.

@@ -109,6 +109,28 @@ pub struct SyncRequest {
     /// downloading), at most [`MAX_URGENT`]: the supernode offers those first.
     #[prost(uint32, repeated, tag = "10")]
     pub urgent_pieces: Vec<u32>,
+    /// Long poll: when the sync reports nothing (no new, bad or urgent pieces, not done) and
+    /// the supernode has no digest past `digests_from` yet while its origin fetch runs, it
+    /// may hold the answer up to this many milliseconds (at most [`MAX_SYNC_WAIT_MS`]) and
+    /// answers as soon as the next piece is stored. 0 = answer at once. A supernode that
+    /// predates the field answers at once.
+    #[prost(uint32, tag = "11")]
+    pub wait_ms: u32,
+}
+
+/// Longest long poll a sync may ask for ([`SyncRequest::wait_ms`]), in milliseconds.
+pub const MAX_SYNC_WAIT_MS: u32 = 2_000;
+
+impl SyncRequest {
+    /// Whether this sync reports nothing, so the supernode may hold it (see
+    /// [`SyncRequest::wait_ms`]).
+    pub fn may_wait(&self) -> bool {
+        self.wait_ms > 0
+            && self.new_pieces.is_empty()
+            && self.bad_pieces.is_empty()
+            && self.urgent_pieces.is_empty()
+            && !self.done
+    }
 }
 
 /// Most urgent pieces one sync may name.
@@ -350,6 +372,9 @@ impl SyncRequest {
         }
         if self.urgent_pieces.len() > MAX_URGENT {
             return Err(DecodeError::invalid("urgent_pieces", "too many"));
+        }
+        if self.wait_ms > MAX_SYNC_WAIT_MS {
+            return Err(DecodeError::invalid("wait_ms", "over MAX_SYNC_WAIT_MS"));
         }
         Ok(())
     }

@@ -12,7 +12,10 @@
 //! Every refusal is an `ErrorResponse` with a stable `code`; [`ApiError`] is the one place
 //! errors become HTTP answers.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -34,7 +37,7 @@ use tracing::{debug, warn};
 use crate::{
     Shared,
     metrics::RegisterOutcome,
-    task::CdnState,
+    task::{CdnState, Task},
     tasks::{self, RegisterError, Wanted},
 };
 
@@ -242,6 +245,20 @@ async fn sync(
         return Err(ApiError::NotAdmitted(peer));
     }
     task.touch(started);
+    if req.may_wait() {
+        wait_for_piece(
+            &task,
+            req.digests_from,
+            Duration::from_millis(req.wait_ms.into()),
+        )
+        .await;
+    }
+    // After a long poll, "now" is when the answer is made.
+    let started = if req.may_wait() {
+        Instant::now()
+    } else {
+        started
+    };
     let seed_has = task.cdn.lock().have.clone();
     let (parents, seed_offer) = {
         let mut sched = task.sched.lock();
@@ -295,6 +312,28 @@ async fn sync(
         .schedule_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(Proto(resp))
+}
+
+/// A long-polling sync ([`SyncRequest::wait_ms`]): waits until the supernode stores a piece
+/// past the `known` digests, its fetch ends, or `wait` passes, whichever comes first. A lone
+/// peer then learns of each piece as soon as it is stored instead of at its next sync period.
+async fn wait_for_piece(task: &Task, known: u32, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the check, so a piece stored in between still wakes us.
+        let notified = task.progress.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let cdn = task.cdn.lock();
+            if cdn.digests.len() > known as usize || !matches!(cdn.state, CdnState::Running) {
+                return;
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn leave(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<StatusCode, ApiError> {

@@ -103,6 +103,16 @@ pub(crate) fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The 1-minute load average now, as `/proc/loadavg` gives it.
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
+}
+
 /// One line about the machine the figures come from: cores, architecture, load.
 pub(crate) fn machine() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -1,0 +1,461 @@
+//! The TCP peer transport (the default): one connection per parent, requests pipelined.
+//!
+//! ```text
+//!  child                                        parent
+//!    ── preamble "DMSF" + version (u32 BE) ──▶
+//!    ◀── preamble ───────────────────────────     (another version: its preamble, then close)
+//!    ── PieceRequest frame ──▶ ──▶ ──▶            up to MAX_PIPELINE in flight
+//!    ◀── PieceResponse frame + `length` raw bytes, one per request, in request order
+//! ```
+//!
+//! Frames are [`damselfly_proto::encode_frame`]'s (4-byte big-endian length + protobuf). On
+//! the parent, a reading stage takes the next request, waits for an upload slot and reads the
+//! piece from disk while the writing stage sends the previous one (one piece of read-ahead).
+//! A malformed or oversized frame, or one of another protocol version, is answered
+//! `BadRequest` and the connection is closed; other connections are untouched.
+//!
+//! On the child, a [`Link`] is one connection: a writer task sends request frames, a reader
+//! task reads the answers in order and hands each to its waiting [`Link::fetch`] call. When
+//! nothing arrives for `idle_timeout` while requests are outstanding, or on any transport
+//! error, the link fails every outstanding request and closes; the next fetch reconnects.
+//! Integrity does not depend on the transport: every piece is checked against its sha256.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use damselfly_proto::{
+    DecodeError, FRAME_HEADER_LEN, PREAMBLE_LEN, PieceRequest, PieceStatus, check_preamble,
+    encode_frame, encode_preamble, frame_len,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, tcp::OwnedReadHalf},
+    sync::{mpsc, oneshot},
+};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
+use tracing::debug;
+
+use crate::{
+    fetch::{FetchError, check_response},
+    server::{Answer, PieceServer, parse_request},
+};
+
+/// Requests one connection may have outstanding; the parent stops reading further ones until
+/// it has answered some (TCP flow control does the rest).
+pub const MAX_PIPELINE: usize = 32;
+
+/// Largest request frame read from a child (a task id and a few integers).
+const MAX_REQUEST_FRAME: usize = 64 << 10;
+
+/// Largest response header frame accepted from a parent.
+const MAX_RESPONSE_FRAME: usize = 1024;
+
+/// How long a child keeps a connection on which it has nothing outstanding.
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// How long a connecting child has to send its preamble and first request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl PieceServer {
+    /// Accepts TCP connections on `listener` until `shutdown`; each connection runs on
+    /// `tracker`. Accept errors (a full file table) are logged and retried after a pause,
+    /// never fatal.
+    pub async fn run_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let server = self.clone();
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = server.serve_tcp(stream) => {
+                        if let Err(e) = r {
+                            debug!(peer = %remote, error = %e, "peer connection ended");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, stream: TcpStream) -> Result<(), ConnError> {
+        let _ = stream.set_nodelay(true);
+        keepalive(&stream);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut theirs))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
+        // Our preamble goes out whatever theirs says, so a peer of another version learns
+        // ours and can say so.
+        wr.write_all(&encode_preamble()).await?;
+        check_preamble(&theirs)?;
+
+        // Reading stage → writing stage, one prepared answer ahead.
+        let (tx, mut rx) = mpsc::channel::<Answer>(1);
+        let server = self.clone();
+        let reader = async move {
+            loop {
+                // Take the next request only once the writer can accept its answer, so at
+                // most one piece is read ahead of the one being sent.
+                let Ok(permit) = tx.reserve().await else {
+                    return Ok(());
+                };
+                let request = match read_request(&mut rd).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(()),
+                    Err(ConnError::Decode(e)) => {
+                        debug!(error = %e, "malformed piece request; closing the connection");
+                        permit.send(Answer::Refused(PieceStatus::BadRequest));
+                        return Err(ConnError::Decode(e));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let answer = server.prepare(&request).await?;
+                permit.send(answer);
+            }
+        };
+        let writer = async move {
+            while let Some(answer) = rx.recv().await {
+                self.pace(&answer).await;
+                wr.write_all(&answer.header()).await?;
+                if let Answer::Piece { data, .. } = &answer {
+                    wr.write_all(data).await?;
+                }
+                self.sent(&answer);
+                if matches!(answer, Answer::Refused(PieceStatus::BadRequest)) {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+            Ok::<_, ConnError>(())
+        };
+        // The writer drains every answer the reader queued (a child may half-close after its
+        // last request); once it ends, so does the reader, even if blocked on a silent child.
+        let reader = AbortOnDropHandle::new(tokio::spawn(reader));
+        let written = writer.await;
+        if reader.is_finished()
+            && let Ok(Err(e)) = reader.await
+        {
+            return Err(e);
+        }
+        written
+    }
+}
+
+/// Keep-alive probes on a peer connection, so one whose other end vanished (a host gone,
+/// no FIN, no RST) is noticed in about 25 s instead of never.
+fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "cannot enable TCP keep-alive");
+    }
+}
+
+/// Reads one request frame; `None` at a clean end of stream before a frame starts.
+async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<PieceRequest>, ConnError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match rd.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame_len(&header)?;
+    if len > MAX_REQUEST_FRAME {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: MAX_REQUEST_FRAME,
+        }
+        .into());
+    }
+    let mut raw = vec![0u8; FRAME_HEADER_LEN + len];
+    raw[..FRAME_HEADER_LEN].copy_from_slice(&header);
+    rd.read_exact(&mut raw[FRAME_HEADER_LEN..]).await?;
+    Ok(Some(parse_request(&raw)?))
+}
+
+/// Why a TCP peer connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The other side sent something that is not the protocol.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// The other side went quiet.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// A request waiting for its answer on a [`Link`].
+struct Pending {
+    expected_len: u64,
+    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+}
+
+/// One TCP connection to a parent, with requests pipelined on it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    requests: mpsc::Sender<(Vec<u8>, Pending)>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("expected_len", &self.expected_len)
+            .finish()
+    }
+}
+
+impl Link {
+    /// Connects to `addr` and exchanges preambles.
+    ///
+    /// # Errors
+    /// [`FetchError::Transport`] when the parent cannot be reached in `connect_timeout`,
+    /// [`FetchError::Protocol`] when it speaks another protocol or version.
+    pub async fn connect(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Self, FetchError> {
+        let transport = move |reason: String| FetchError::Transport { addr, reason };
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| transport("connect timed out".into()))?
+            .map_err(|e| transport(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        keepalive(&stream);
+        let (mut rd, mut wr) = stream.into_split();
+        let handshake = async {
+            wr.write_all(&encode_preamble()).await?;
+            let mut theirs = [0u8; PREAMBLE_LEN];
+            rd.read_exact(&mut theirs).await?;
+            Ok::<_, std::io::Error>(theirs)
+        };
+        let theirs = tokio::time::timeout(connect_timeout, handshake)
+            .await
+            .map_err(|_| transport("handshake timed out".into()))?
+            .map_err(|e| transport(e.to_string()))?;
+        check_preamble(&theirs).map_err(|e| FetchError::Protocol(format!("{addr}: {e}")))?;
+
+        let (requests, mut outgoing) = mpsc::channel::<(Vec<u8>, Pending)>(MAX_PIPELINE);
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let closed = CancellationToken::new();
+        let stop = closed.clone();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let answered = outstanding.clone();
+        tokio::spawn(async move {
+            let write = async {
+                loop {
+                    // A connection with nothing outstanding for a while is closed, so a
+                    // long-running node does not keep one open to every peer it ever used.
+                    let next = match tokio::time::timeout(IDLE_CLOSE, outgoing.recv()).await {
+                        Ok(next) => next,
+                        Err(_) if outstanding.load(Ordering::Acquire) == 0 => return,
+                        Err(_) => continue,
+                    };
+                    let Some((frame, pending)) = next else { return };
+                    if let Err(e) = wr.write_all(&frame).await {
+                        let _ = pending.reply.send(Err(transport(e.to_string())));
+                        return;
+                    }
+                    outstanding.fetch_add(1, Ordering::AcqRel);
+                    if pending_tx.send(pending).is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = write => {}
+            }
+            // Dropping the write half closes our side; the reader ends with the connection.
+            stop.cancel();
+        });
+        let stop = closed.clone();
+        tokio::spawn(read_answers(
+            addr,
+            rd,
+            pending_rx,
+            answered,
+            idle_timeout,
+            stop,
+        ));
+        Ok(Self { requests, closed })
+    }
+
+    /// Whether the connection has failed or closed (the next fetch should reconnect).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Closes the connection; outstanding requests fail.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Asks for `piece` of `task_id` and waits for its `expected_len` bytes.
+    ///
+    /// # Errors
+    /// See [`FetchError`]. The bytes are *not* verified here; the caller checks the digest.
+    pub async fn fetch(
+        &self,
+        addr: SocketAddr,
+        request: &PieceRequest,
+        expected_len: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            expected_len,
+            reply,
+        };
+        let gone = || FetchError::Transport {
+            addr,
+            reason: "connection closed".into(),
+        };
+        self.requests
+            .send((encode_frame(request), pending))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// The reading side of a [`Link`]: answers arrive in request order.
+async fn read_answers(
+    addr: SocketAddr,
+    mut rd: OwnedReadHalf,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    outstanding: Arc<AtomicUsize>,
+    idle_timeout: Duration,
+    closed: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = closed.cancelled() => break,
+            p = pending.recv() => p,
+        };
+        let Some(p) = next else { break };
+        let result = tokio::select! {
+            _ = closed.cancelled() => Err(FetchError::Transport { addr, reason: "connection closed".into() }),
+            r = read_answer(addr, &mut rd, p.expected_len, idle_timeout) => r,
+        };
+        let failed = match &result {
+            Err(FetchError::Transport { .. } | FetchError::Protocol(_)) => true,
+            Err(FetchError::Busy | FetchError::Unavailable) | Ok(_) => false,
+        };
+        let why = match &result {
+            Err(e) if failed => Some(e.to_string()),
+            _ => None,
+        };
+        // The caller may have given up (timeout); the answer was still read off the stream.
+        let _ = p.reply.send(result);
+        outstanding.fetch_sub(1, Ordering::AcqRel);
+        if let Some(why) = why {
+            debug!(parent = %addr, error = %why, "peer connection failed");
+            break;
+        }
+    }
+    closed.cancel();
+    // Everything still outstanding fails so its caller can go elsewhere at once.
+    pending.close();
+    while let Some(p) = pending.recv().await {
+        let _ = p.reply.send(Err(FetchError::Transport {
+            addr,
+            reason: "connection closed".into(),
+        }));
+    }
+}
+
+async fn read_answer(
+    addr: SocketAddr,
+    rd: &mut OwnedReadHalf,
+    expected_len: u64,
+    idle: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    let transport = |reason: String| FetchError::Transport { addr, reason };
+    let stalled = || transport(format!("no data for {idle:?}"));
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    tokio::time::timeout(idle, rd.read_exact(&mut header))
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| transport(e.to_string()))?;
+    let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
+    if len > MAX_RESPONSE_FRAME {
+        return Err(FetchError::Protocol(format!(
+            "response header of {len} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(idle, rd.read_exact(&mut body))
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| transport(e.to_string()))?;
+    check_response(&body, expected_len)?;
+    // Read straight into the piece buffer (no zeroing, no intermediate copy), a socket
+    // read at a time, each bounded by the idle timeout.
+    let mut data = Vec::with_capacity(expected_len as usize);
+    while (data.len() as u64) < expected_len {
+        let want = expected_len - data.len() as u64;
+        let n = tokio::time::timeout(idle, (&mut *rd).take(want).read_buf(&mut data))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| transport(e.to_string()))?;
+        if n == 0 {
+            return Err(transport(format!(
+                "closed after {} of {expected_len} bytes",
+                data.len()
+            )));
+        }
+    }
+    Ok(data)
+}
+
+/// A TCP listener on `addr` for the piece server: dual stack on `[::]` where the system
+/// allows, and `SO_REUSEADDR` so a restarted daemon can bind its port again while
+/// connections of the previous process linger in `TIME_WAIT`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
