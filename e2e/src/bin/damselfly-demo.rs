@@ -575,6 +575,10 @@ fn demo() -> Result<bool> {
     for round in 0..args.rounds {
         for (i, route) in Route::order(round).into_iter().enumerate() {
             if !phases.is_empty() {
+                println!(
+                    "== every node removes the image (image, content and snapshots), so that the \
+                     next pull fetches and unpacks all of it again"
+                );
                 for node in &nodes {
                     forget_image(node, &reference, &digests)?;
                 }
@@ -587,8 +591,8 @@ fn demo() -> Result<bool> {
                     args.nodes
                 ),
                 Route::Direct => println!(
-                    "== round {}: the image removed (image, content, snapshots), all {} nodes \
-                     pull it at once directly from the registry, without Damselfly, then run it",
+                    "== round {}: all {} nodes pull it at once directly from the registry, \
+                     without Damselfly, then run it",
                     round + 1,
                     args.nodes
                 ),
@@ -628,6 +632,11 @@ fn demo() -> Result<bool> {
         .zip(&main.sources)
         .zip(&direct1.results)
     {
+        let direct = if d.ok() {
+            format!("{:.2}", d.pull_secs)
+        } else {
+            "FAILED".to_owned()
+        };
         let run = if !r.pull_ok() {
             "pull FAILED"
         } else if r.run_ok() {
@@ -636,10 +645,9 @@ fn demo() -> Result<bool> {
             "FAILED"
         };
         println!(
-            "{:<8} {:>7.2}  {:>9.2}  {:>15.1}  {:>19.1}  {:>16.1}  {run}",
+            "{:<8} {:>7.2}  {direct:>9}  {:>15.1}  {:>19.1}  {:>16.1}  {run}",
             node.name,
             r.pull_secs,
-            d.pull_secs,
             mib(s.peers),
             mib(s.supernode),
             mib(s.origin),
@@ -682,12 +690,11 @@ fn demo() -> Result<bool> {
         );
     }
     println!(
-        "without Damselfly   {:.1} MiB = {:.2}x the image from the registry, measured (GETs per \
-         blob: {:?}); {n} x {:.1} MiB expected",
+        "without Damselfly   {:.1} MiB = {:.2}x the image, measured when the same {n} nodes \
+         pulled directly (GETs per blob: {:?})",
         mib(direct1.registry_sent),
         ratio(direct1.registry_sent),
         direct1.gets,
-        mib(image_bytes),
     );
     if fallbacks > 0 {
         println!("p2p fallbacks       {fallbacks} blob(s) went to the registry directly");
@@ -700,8 +707,14 @@ fn demo() -> Result<bool> {
         "round  path       order  pull p50(s)  pull max(s)  registry sent(MiB)  / image  GETs per blob"
     );
     for p in &phases {
+        let failed = p.results.iter().filter(|r| !r.ok()).count();
+        let failed = if failed > 0 {
+            format!("  ({failed} of {n} nodes FAILED)")
+        } else {
+            String::new()
+        };
         println!(
-            "{:<5}  {:<9}  {:<5}  {:>11.2}  {:>11.2}  {:>18.1}  {:>7.2}  {:?}",
+            "{:<5}  {:<9}  {:<5}  {:>11.2}  {:>11.2}  {:>18.1}  {:>7.2}  {:?}{failed}",
             p.round,
             p.route.name(),
             if p.first { "1st" } else { "2nd" },
@@ -739,9 +752,16 @@ fn demo() -> Result<bool> {
             );
         }
     }
-    let times = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let times = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "n/a".to_owned()
+        }
+    };
     println!(
-        "Damselfly/direct: pull p50 {:.2}x, pull max {:.2}x, registry bytes {:.2}x",
+        "Damselfly/direct: pull p50 {}, pull max {} (above 1x: Damselfly slower), registry \
+         bytes {}",
         times(d50, x50),
         times(dmax, xmax),
         times(dsent as f64, xsent as f64)
