@@ -161,3 +161,16 @@ fn supernode_never_beats_its_uplink() {
         "all pieces out at {injected} s < {floor} s"
     );
 }
+
+/// Every scenario at 1,000 peers and 1 GiB, for before/after comparisons of the peer loop.
+#[test]
+#[ignore = "manual timing: cargo test -p damselfly-swarm --release scenarios_1000 -- --ignored --nocapture"]
+fn scenarios_1000() {
+    for s in Scenario::ALL {
+        let start = std::time::Instant::now();
+        let r = run(&s.config(1000, 1 << 30));
+        summary(s.name(), &r);
+        println!("{}: wall time {:?}", s.name(), start.elapsed());
+        assert!(r.all_done(), "{}: not every peer finished", s.name());
+    }
+}
