@@ -49,7 +49,8 @@ pub use bucket::TokenBucket;
 pub use picker::{FailReason, Picker, PickerConfig, Request, Source};
 pub use piece::{MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count, piece_range, piece_size_for};
 pub use scheduler::{
-    Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, TaskScheduler,
+    Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, SyncInput,
+    SyncOutput, TaskScheduler,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node
