@@ -42,6 +42,7 @@ mod bucket;
 mod picker;
 mod piece;
 mod scheduler;
+mod session;
 pub mod sim;
 
 pub use bitmap::{Bitmap, BitmapError};
@@ -51,6 +52,10 @@ pub use piece::{MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count, piece_range, piece_
 pub use scheduler::{
     Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, SyncInput,
     SyncOutput, TaskScheduler,
+};
+pub use session::{
+    MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent, SyncFailure, SyncMsg,
+    SyncReply,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node
