@@ -1,16 +1,17 @@
 //! A deterministic discrete-event simulation of one task's swarm: a supernode and N peers over
-//! a flow-level network, driving the real [`TaskScheduler`] and one real [`Picker`] per peer
-//! through the same public calls, in the same order, as the daemons (`supernode`'s sync
-//! handler and `dfget`'s download loop). Nothing here decides what to fetch or whom to ask;
-//! it only moves bytes and time.
+//! a flow-level network, driving the real [`TaskScheduler`] and one real [`PeerSession`] per
+//! peer through the same public calls as the daemons (`supernode`'s sync handler and
+//! `dfget`'s download loop). Nothing here decides what to fetch, whom to ask or when to
+//! sync; it only moves bytes, messages and time.
 //!
 //! ```text
-//!  peer i (dfget loop)                    supernode                       network
-//!  ─────────────────────                  ─────────                       ───────
-//!  sync ──(l_i + l_s)──▶ handle_sync, handle_bad_piece, parents, seed_pieces
-//!       ◀─(l_i + l_s)── parents + bitmaps, seed offer ──▶ Picker::handle_parents/_seed_pieces
-//!  Picker::poll_request ──(l_i + l_j)──▶ source j: slot free? ──▶ flow j→i (shared links)
+//!  peer i (PeerSession)                   supernode                       network
+//!  ────────────────────                   ─────────                       ───────
+//!  poll_sync ──(l_i + l_s)──▶ TaskScheduler::handle_sync_request (+ digests)
+//!       ◀─(l_i + l_s)── parents + bitmaps, seed offer ──▶ handle_sync_reply
+//!  poll_request ──(l_i + l_j)──▶ source j: slot free? ──▶ flow j→i (shared links)
 //!       ◀──────────── Busy / absent (l_i + l_j)          flow ends ──(l_i + l_j)──▶ piece at i
+//!                                                  handle_piece_received + _done / _failed
 //! ```
 //!
 //! # Model
@@ -26,11 +27,13 @@
 //!   sends are not slot-bound, see [`SimConfig::seed_slots`]) and "absent" when it does not
 //!   hold the piece; the last byte
 //!   reaches the requester one latency after the flow ends.
-//! - **Peers** follow `dfget`'s loop: sync every `sync_interval` (200 ms), sooner
-//!   (`sync_interval / 4`) after a new piece, at once after a corrupt one; while a sync is in
-//!   flight the loop waits for it (finished pieces are handled after the reply). After the
-//!   last piece a peer reports `done` and keeps serving, with a keep-alive sync every 5 s (as
-//!   dfdaemon does).
+//! - **Peers** are [`PeerSession`]s, driven as `dfget`'s loop drives one: after every input
+//!   the driver drains `poll_event`, `poll_sync`, `poll_request` and re-arms one timer from
+//!   `poll_timeout`. The session decides the cadence (every `sync_interval`, 200 ms, sooner
+//!   after a new piece, at once after a corrupt or the last piece). A sync runs alongside
+//!   the piece transfers: pieces keep being requested and reported while it is out. After
+//!   the last piece a peer sends its final `done` sync and keeps serving, with a keep-alive
+//!   sync every 5 s (dfdaemon's, outside the session).
 //! - **Supernode.** It holds the whole blob from the start (preheated, or its origin is faster
 //!   than its uplink). Its CPU is free: scheduler calls take no virtual time. Verification and
 //!   disk writes take no time either.
@@ -42,6 +45,8 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::{PeerSession, TaskScheduler};
 use crate::{PickerConfig, SchedulerConfig, piece_size_for};
 
 mod driver;
