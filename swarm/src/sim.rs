@@ -41,7 +41,7 @@
 //!   leaver leaves cleanly (its transfers break at once and the supernode is told).
 //!
 //! Completion times are measured from each peer's own join and compared with the Kumar–Ross
-//! bound ([`bound`]) of the configured links.
+//! bound ([`kumar_ross`]) of the configured links.
 
 use std::time::Duration;
 

@@ -166,9 +166,16 @@ fn supernode_never_beats_its_uplink() {
 #[test]
 #[ignore = "manual timing: cargo test -p damselfly-swarm --release scenarios_1000 -- --ignored --nocapture"]
 fn scenarios_1000() {
+    // SIM_SEED=n reruns them with another seed, to tell a change from run-to-run noise.
+    let seed = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     for s in Scenario::ALL {
         let start = std::time::Instant::now();
-        let r = run(&s.config(1000, 1 << 30));
+        let mut cfg = s.config(1000, 1 << 30);
+        cfg.seed = seed;
+        let r = run(&cfg);
         summary(s.name(), &r);
         println!("{}: wall time {:?}", s.name(), start.elapsed());
         assert!(r.all_done(), "{}: not every peer finished", s.name());
