@@ -166,12 +166,17 @@ fn supernode_never_beats_its_uplink() {
 #[test]
 #[ignore = "manual timing: cargo test -p damselfly-swarm --release scenarios_1000 -- --ignored --nocapture"]
 fn scenarios_1000() {
-    // SIM_SEED=n reruns them with another seed, to tell a change from run-to-run noise.
+    // SIM_SEED=n reruns them with another seed, to tell a change from run-to-run noise;
     let seed = std::env::var("SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    // SIM_SCENARIO=name runs only that one.
+    let only = std::env::var("SIM_SCENARIO").ok();
     for s in Scenario::ALL {
+        if only.as_deref().is_some_and(|n| n != s.name()) {
+            continue;
+        }
         let start = std::time::Instant::now();
         let mut cfg = s.config(1000, 1 << 30);
         cfg.seed = seed;
