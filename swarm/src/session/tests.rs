@@ -78,9 +78,13 @@ fn syncs_at_once_then_every_interval_with_one_in_flight() {
     assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(120)));
     let r = reply(&s, 0, &[], &[]);
     s.handle_sync_reply(t + 5 * MS, r);
-    assert_eq!(s.poll_timeout(), Some(t + 200 * MS));
-    assert_eq!(s.poll_sync(t + 199 * MS), None);
-    let second = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t + 205 * MS),
+        "a period after the reply"
+    );
+    assert_eq!(s.poll_sync(t + 204 * MS), None);
+    let second = s.poll_sync(t + 205 * MS).unwrap();
     assert_eq!(second.digests_from, 4, "every digest is known now");
 }
 
@@ -98,6 +102,41 @@ fn a_new_piece_makes_the_next_sync_due_sooner_and_is_reported() {
     let msg = s.poll_sync(t + 60 * MS).unwrap();
     assert_eq!(msg.new_pieces, vec![req.piece]);
     assert_eq!(s.bytes_from_peers(), u64::from(MIB));
+}
+
+#[test]
+fn pieces_verified_during_a_sync_wait_a_quarter_period_after_it() {
+    let t = Instant::now();
+    let all: &[u32] = &[0, 1, 2, 3];
+    let mut s = joined(4, t, &[(1, all), (2, all)]);
+    let reqs = requests(&mut s, t);
+    let out = t + 10 * MS;
+    s.handle_piece_done(out, reqs[0].piece, reqs[0].source, 1);
+    s.poll_sync(out + 50 * MS).unwrap();
+    // A piece arrives while the sync is out; the reply comes 20 ms later.
+    s.handle_piece_done(out + 55 * MS, reqs[1].piece, reqs[1].source, 1);
+    let end = out + 70 * MS;
+    s.handle_sync_reply(end, reply(&s, 4, &[], &[(1, all), (2, all)]));
+    assert_eq!(s.poll_timeout(), Some(end + 50 * MS));
+    assert_eq!(
+        s.poll_sync(end + 50 * MS).unwrap().new_pieces,
+        vec![reqs[1].piece]
+    );
+}
+
+#[test]
+fn a_corrupt_piece_during_a_sync_is_reported_when_it_ends() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[(1, &[0, 1])]);
+    let r = s.poll_request(t).unwrap();
+    s.poll_sync(t + 200 * MS).unwrap();
+    s.handle_piece_failed(t + 201 * MS, r.piece, r.source, FailReason::Corrupt);
+    s.handle_sync_reply(t + 202 * MS, reply(&s, 2, &[], &[(1, &[0, 1])]));
+    assert_eq!(s.poll_timeout(), Some(t + 202 * MS));
+    assert_eq!(
+        s.poll_sync(t + 202 * MS).unwrap().bad_pieces,
+        vec![(PeerId(1), r.piece)]
+    );
 }
 
 #[test]
