@@ -13,6 +13,10 @@
 //!   out [`Parent`]s, expires silent peers and bans peers that serve corrupt pieces.
 //! - [`Picker`] (peer, one per download): rarest-first piece selection over the parents and
 //!   the supernode ([`Source::Seed`], the parent of last resort).
+//! - [`PeerSession`] (peer, one per download): owns the picker and decides the rest of the
+//!   download loop: sync cadence and contents, which pieces are requestable (digest known),
+//!   urgent pieces, bad-piece reports, stalls, supernode loss, completion.
+//!   [`TaskScheduler::handle_sync_request`] is the supernode's side of one sync.
 //! - [`TokenBucket`]: rate limiting for whoever writes the bytes.
 //! - [`sim`]: a deterministic discrete-event simulation of a whole swarm over these types.
 //!
