@@ -85,6 +85,22 @@ impl Ord for Queued {
     }
 }
 
+/// A piece request's end as its requester sees it.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    by: Node,
+    piece: u32,
+    end: End,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Every byte arrived; `corrupt` when they fail verification.
+    Bytes { corrupt: bool },
+    /// The source refused or the transfer broke.
+    Failed(FailReason),
+}
+
 /// A sync on its way: what the peer sent, then what the supernode answered.
 #[derive(Debug)]
 struct SyncTrip {
@@ -109,6 +125,8 @@ struct Peer {
     /// When a finished peer next tells the supernode it is alive (dfdaemon's keep-alive,
     /// outside the download session).
     keepalive_at: Option<u64>,
+    /// Outcomes that arrived while the loop waited for a sync ([`SimConfig::sync_waits`]).
+    deferred: Vec<Outcome>,
     tick_at: Option<u64>,
     uploads: u32,
 }
@@ -270,6 +288,7 @@ impl Sim {
                 failed: false,
                 sync: None,
                 keepalive_at: None,
+                deferred: Vec::new(),
                 tick_at: None,
                 uploads: 0,
             });
@@ -361,22 +380,24 @@ impl Sim {
             Ev::Leave(i) => self.leave(i),
             Ev::Request { to, from, piece } => self.request(to, from, piece),
             Ev::FlowDone(id) => self.flow_done(id),
-            Ev::Deliver { by, to, piece } => self.deliver(by, to, piece),
+            Ev::Deliver { by, to, piece } => {
+                let corrupt = matches!(by, Node::Peer(j) if self.peers[j as usize].liar);
+                let end = End::Bytes { corrupt };
+                self.outcome(to, Outcome { by, piece, end });
+            }
             Ev::Fail {
                 by,
                 to,
                 piece,
                 reason,
-            } => {
-                let now = self.instant();
-                let p = &mut self.peers[to as usize];
-                if p.left {
-                    return;
-                }
-                p.session
-                    .handle_piece_failed(now, piece, source(by), reason);
-                self.drive(to);
-            }
+            } => self.outcome(
+                to,
+                Outcome {
+                    by,
+                    piece,
+                    end: End::Failed(reason),
+                },
+            ),
         }
     }
 
@@ -413,6 +434,10 @@ impl Sim {
                 };
                 self.send_sync(i, msg);
             }
+        }
+        if self.waiting(i) {
+            // dfget's loop is blocked in the sync; the reply drives it again.
+            return;
         }
         while let Some(req) = self.peers[i as usize].session.poll_request(now) {
             self.report.requests += 1;
@@ -524,27 +549,46 @@ impl Sim {
                 .session
                 .handle_sync_failed(now, SyncFailure::Unreachable("no reply".into())),
         }
+        for o in std::mem::take(&mut p.deferred) {
+            self.apply(i, o);
+        }
         self.drive(i);
     }
 
-    /// A piece's last byte reached its requester, which verifies it (in no time).
-    fn deliver(&mut self, by: Node, to: u32, piece: u32) {
-        let now = self.instant();
-        let corrupt = matches!(by, Node::Peer(j) if self.peers[j as usize].liar);
-        let range = piece_range(self.config.file_size, self.config.piece_size, piece);
-        let p = &mut self.peers[to as usize];
-        if p.left {
+    /// Whether peer `i`'s loop is blocked in a sync.
+    fn waiting(&self, i: u32) -> bool {
+        self.config.sync_waits && self.peers[i as usize].sync.is_some()
+    }
+
+    fn outcome(&mut self, i: u32, o: Outcome) {
+        if self.peers[i as usize].left {
             return;
         }
-        p.session.handle_piece_received(now, piece, source(by));
-        if corrupt {
-            p.session
-                .handle_piece_failed(now, piece, source(by), FailReason::Corrupt);
-        } else {
-            p.session
-                .handle_piece_done(now, piece, source(by), range.end - range.start);
+        if self.waiting(i) {
+            self.peers[i as usize].deferred.push(o);
+            return;
         }
-        self.drive(to);
+        self.apply(i, o);
+        self.drive(i);
+    }
+
+    /// A request's end reaches the session; received pieces are verified in no time.
+    fn apply(&mut self, i: u32, o: Outcome) {
+        let now = self.instant();
+        let range = piece_range(self.config.file_size, self.config.piece_size, o.piece);
+        let from = source(o.by);
+        let session = &mut self.peers[i as usize].session;
+        match o.end {
+            End::Failed(reason) => session.handle_piece_failed(now, o.piece, from, reason),
+            End::Bytes { corrupt: true } => {
+                session.handle_piece_received(now, o.piece, from);
+                session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
+            }
+            End::Bytes { corrupt: false } => {
+                session.handle_piece_received(now, o.piece, from);
+                session.handle_piece_done(now, o.piece, from, range.end - range.start);
+            }
+        }
     }
 
     fn request(&mut self, to: Node, from: u32, piece: u32) {
