@@ -152,6 +152,18 @@ impl Bitmap {
         self.ones = self.words.iter().map(|w| w.count_ones()).sum();
     }
 
+    /// Clears every piece at or past index `from` (nothing when `from >= len`).
+    pub fn clear_from(&mut self, from: u32) {
+        if from >= self.len {
+            return;
+        }
+        let w = (from / 64) as usize;
+        let bit = from % 64;
+        self.words[w] &= (1u64 << bit) - 1;
+        self.words[w + 1..].iter_mut().for_each(|x| *x = 0);
+        self.ones = self.words.iter().map(|x| x.count_ones()).sum();
+    }
+
     /// LSB-first wire form, `ceil(len / 8)` bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = byte_count(self.len);
@@ -237,6 +249,19 @@ fn byte_count(len: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clear_from_keeps_only_the_prefix() {
+        let mut b = Bitmap::full(130);
+        b.clear_from(70);
+        assert_eq!(b.count(), 70);
+        assert!(b.get(69) && !b.get(70) && !b.get(129));
+        b.clear_from(0);
+        assert_eq!(b.count(), 0);
+        let mut c = Bitmap::full(64);
+        c.clear_from(64);
+        assert!(c.is_full());
+    }
 
     #[test]
     fn set_get_count() {

@@ -13,6 +13,10 @@
 //!   out [`Parent`]s, expires silent peers and bans peers that serve corrupt pieces.
 //! - [`Picker`] (peer, one per download): rarest-first piece selection over the parents and
 //!   the supernode ([`Source::Seed`], the parent of last resort).
+//! - [`PeerSession`] (peer, one per download): owns the picker and decides the rest of the
+//!   download loop: sync cadence and contents, which pieces are requestable (digest known),
+//!   urgent pieces, bad-piece reports, stalls, supernode loss, completion.
+//!   [`TaskScheduler::handle_sync_request`] is the supernode's side of one sync.
 //! - [`TokenBucket`]: rate limiting for whoever writes the bytes.
 //! - [`sim`]: a deterministic discrete-event simulation of a whole swarm over these types.
 //!
@@ -42,6 +46,7 @@ mod bucket;
 mod picker;
 mod piece;
 mod scheduler;
+mod session;
 pub mod sim;
 
 pub use bitmap::{Bitmap, BitmapError};
@@ -49,7 +54,12 @@ pub use bucket::TokenBucket;
 pub use picker::{FailReason, Picker, PickerConfig, Request, Source};
 pub use piece::{MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count, piece_range, piece_size_for};
 pub use scheduler::{
-    Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, TaskScheduler,
+    Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, SyncInput,
+    SyncOutput, TaskScheduler,
+};
+pub use session::{
+    MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent, SyncFailure, SyncMsg,
+    SyncReply,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node

@@ -11,8 +11,11 @@ use tracing::debug;
 
 use crate::{Bitmap, PeerId};
 
+mod sync;
 #[cfg(test)]
 mod tests;
+
+pub use sync::{SyncInput, SyncOutput};
 
 /// Knobs for [`TaskScheduler`].
 #[derive(Debug, Clone, PartialEq, Eq)]

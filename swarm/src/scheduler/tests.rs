@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::*;
 
@@ -446,4 +447,81 @@ fn urgent_pieces_are_offered_first_and_only_when_fresh() {
             .count(),
         0
     );
+}
+
+fn sync_input<'a>(new: &'a [u32], bad: &'a [(PeerId, u32)], seed: &'a Bitmap) -> SyncInput<'a> {
+    SyncInput {
+        new_pieces: new,
+        bad_pieces: bad,
+        urgent: &[],
+        uploading: 0,
+        done: false,
+        seed_has: seed,
+    }
+}
+
+#[test]
+fn sync_request_answers_parents_and_offer_and_files_reports() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=4);
+    let seed = Bitmap::full(8);
+    let first = s
+        .handle_sync_request(t, PeerId(2), addr(2), &sync_input(&[0, 1], &[], &seed))
+        .unwrap();
+    // Pieces 0 and 1 are in the swarm now; the supernode offers others.
+    assert!(!first.seed_pieces.get(0) && !first.seed_pieces.get(1));
+    assert!(first.seed_pieces.count() > 0);
+    let out = s
+        .handle_sync_request(t, PeerId(1), addr(1), &sync_input(&[], &[], &seed))
+        .unwrap();
+    assert!(ids(&out.parents).contains(&PeerId(2)));
+    assert!(!out.readmitted);
+    // Two distinct reporters get peer 4 banned through their syncs.
+    for reporter in [1, 2] {
+        s.handle_sync_request(
+            t,
+            PeerId(reporter),
+            addr(reporter),
+            &sync_input(&[], &[(PeerId(4), 3)], &seed),
+        )
+        .unwrap();
+    }
+    assert!(s.is_banned(PeerId(4)));
+}
+
+#[test]
+fn sync_request_of_a_finished_peer_assigns_no_parents() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=3);
+    let seed = Bitmap::full(8);
+    let mut input = sync_input(&[], &[], &seed);
+    input.done = true;
+    let out = s
+        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .unwrap();
+    assert!(out.parents.is_empty());
+    assert_eq!(out.seed_pieces.count(), 0);
+    assert_eq!(s.holders(7), 1);
+}
+
+#[test]
+fn sync_request_readmits_an_expired_peer() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=2);
+    let later = t + SchedulerConfig::default().peer_timeout + Duration::from_secs(1);
+    s.handle_timeout(later);
+    assert_eq!(s.peer_count(), 0);
+    let seed = Bitmap::full(8);
+    let out = s
+        .handle_sync_request(later, PeerId(1), addr(1), &sync_input(&[5], &[], &seed))
+        .unwrap();
+    assert!(out.readmitted);
+    assert_eq!(s.peer_count(), 1);
+    assert_eq!(s.holders(5), 1);
+    // A bad index from a stranger is refused before it is admitted.
+    assert!(matches!(
+        s.handle_sync_request(later, PeerId(9), addr(9), &sync_input(&[99], &[], &seed)),
+        Err(SchedError::PieceOutOfRange { .. })
+    ));
+    assert_eq!(s.peer_count(), 1);
 }

@@ -1,5 +1,7 @@
-//! The event loop: peers that behave like `dfget`'s download loop, a supernode that handles
-//! syncs like `supernode`'s API, and the flow network between them.
+//! The event loop: peers driven by [`PeerSession`] (as `dfget`'s download loop drives it), a
+//! supernode answering syncs with [`TaskScheduler::handle_sync_request`] (as `supernode`'s
+//! API does), and the flow network between them. The loop only moves bytes, messages and
+//! time: every decision about syncs, requests, stalls and completion is the session's.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -13,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
 use super::{Arrivals, Link, PeerOutcome, SimConfig, SimReport, kumar_ross};
 use crate::{
-    Bitmap, FailReason, PeerId, Picker, SchedError, SchedEvent, Source, TaskScheduler, piece_count,
-    piece_range,
+    Bitmap, FailReason, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent, Source,
+    SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count, piece_range,
 };
 
 /// Network node of the supernode; peer `i` is node `i + 1`.
@@ -29,7 +31,7 @@ enum Node {
 #[derive(Debug)]
 enum Ev {
     Join(u32),
-    /// Peer timer: its next sync or the end of a picker backoff.
+    /// Peer timer: from its session's `poll_timeout`, or its next keep-alive.
     Tick(u32),
     /// A sync request reaches the supernode.
     SyncArrive(u32),
@@ -83,37 +85,47 @@ impl Ord for Queued {
     }
 }
 
-/// What a finished piece request came to, as the dfget loop sees it.
+/// A piece request's end as its requester sees it.
 #[derive(Debug, Clone, Copy)]
-enum Outcome {
-    Done(u32, Source),
-    Failed(u32, Source, FailReason),
+struct Outcome {
+    by: Node,
+    piece: u32,
+    end: End,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Every byte arrived; `corrupt` when they fail verification.
+    Bytes { corrupt: bool },
+    /// The source refused or the transfer broke.
+    Failed(FailReason),
 }
 
 /// A sync on its way: what the peer sent, then what the supernode answered.
-#[derive(Debug, Default)]
-struct SyncMsg {
-    new_pieces: Vec<u32>,
-    bad: Vec<(PeerId, u32)>,
+#[derive(Debug)]
+struct SyncTrip {
+    msg: SyncMsg,
+    /// The peer's uploads when it sent the sync.
     uploading: u32,
-    done: bool,
-    parents: Option<Vec<(PeerId, Bitmap)>>,
-    seed_offer: Option<Bitmap>,
+    reply: Option<Result<SyncReply, SyncFailure>>,
 }
 
 struct Peer {
-    picker: Picker,
+    session: PeerSession,
     link: Link,
     joined: u64,
     liar: bool,
     leaver: bool,
     left: bool,
     done: Option<u64>,
-    new_pieces: Vec<u32>,
-    bad: Vec<(PeerId, u32)>,
-    next_sync: u64,
-    sync: Option<Box<SyncMsg>>,
-    /// Outcomes that arrived while the loop waited for a sync reply.
+    /// The session ended without completing (stalled, lost the supernode, refused); `dfget`
+    /// would fall back to the origin, the simulation just stops the peer.
+    failed: bool,
+    sync: Option<Box<SyncTrip>>,
+    /// When a finished peer next tells the supernode it is alive (dfdaemon's keep-alive,
+    /// outside the download session).
+    keepalive_at: Option<u64>,
+    /// Outcomes that arrived while the loop waited for a sync ([`SimConfig::sync_waits`]).
     deferred: Vec<Outcome>,
     tick_at: Option<u64>,
     uploads: u32,
@@ -135,6 +147,8 @@ pub(super) struct Sim {
     net: Net,
     transfers: Vec<Option<Transfer>>,
     seed_has: Bitmap,
+    /// The supernode's piece digests (the simulation does not hash: any distinct values do).
+    digests: Vec<[u8; 32]>,
     seed_sent: Bitmap,
     seed_uploads: u32,
     peers: Vec<Peer>,
@@ -214,6 +228,13 @@ impl Sim {
             net,
             transfers: Vec::new(),
             seed_has: Bitmap::full(pieces),
+            digests: (0..pieces)
+                .map(|p| {
+                    let mut d = [0u8; 32];
+                    d[..4].copy_from_slice(&p.to_le_bytes());
+                    d
+                })
+                .collect(),
             seed_sent: Bitmap::new(pieces),
             seed_uploads: 0,
             peers: Vec::with_capacity(n),
@@ -238,6 +259,11 @@ impl Sim {
             },
             config: config.clone(),
         };
+        let session_config = SessionConfig {
+            sync_interval: config.sync_interval,
+            picker: config.picker.clone(),
+            ..SessionConfig::default()
+        };
         for (i, link) in links.into_iter().enumerate() {
             let window = match config.arrivals {
                 Arrivals::Together { within } => within,
@@ -246,17 +272,22 @@ impl Sim {
             let joined = ns(window.mul_f64(rng.random::<f64>()));
             sim.net.add_node(link.up_bps, link.down_bps);
             sim.peers.push(Peer {
-                picker: Picker::new(pieces, config.picker.clone(), rng.random()),
+                session: PeerSession::new(
+                    sim.epoch + Duration::from_nanos(joined),
+                    config.file_size,
+                    config.piece_size,
+                    session_config.clone(),
+                    rng.random(),
+                ),
                 link,
                 joined,
                 liar: role[i].0,
                 leaver: role[i].1,
                 left: false,
                 done: None,
-                new_pieces: Vec::new(),
-                bad: Vec::new(),
-                next_sync: joined,
+                failed: false,
                 sync: None,
+                keepalive_at: None,
                 deferred: Vec::new(),
                 tick_at: None,
                 uploads: 0,
@@ -339,6 +370,8 @@ impl Sim {
             Ev::Tick(i) => {
                 if self.peers[i as usize].tick_at == Some(self.now) {
                     self.peers[i as usize].tick_at = None;
+                    let now = self.instant();
+                    self.peers[i as usize].session.handle_timeout(now);
                     self.drive(i);
                 }
             }
@@ -349,56 +382,88 @@ impl Sim {
             Ev::FlowDone(id) => self.flow_done(id),
             Ev::Deliver { by, to, piece } => {
                 let corrupt = matches!(by, Node::Peer(j) if self.peers[j as usize].liar);
-                let outcome = if corrupt {
-                    Outcome::Failed(piece, source(by), FailReason::Corrupt)
-                } else {
-                    Outcome::Done(piece, source(by))
-                };
-                self.outcome(to, outcome);
+                let end = End::Bytes { corrupt };
+                self.outcome(to, Outcome { by, piece, end });
             }
             Ev::Fail {
                 by,
                 to,
                 piece,
                 reason,
-            } => self.outcome(to, Outcome::Failed(piece, source(by), reason)),
+            } => self.outcome(
+                to,
+                Outcome {
+                    by,
+                    piece,
+                    end: End::Failed(reason),
+                },
+            ),
         }
     }
 
-    /// One turn of dfget's download loop: sync when due (and wait for it), otherwise start
-    /// every request the picker allows and sleep until the next sync or backoff end.
+    /// After every input, what dfget's loop does: act on the session's events, send the sync
+    /// it asks for, start every request it allows, and sleep until its timer.
     fn drive(&mut self, i: u32) {
         let now = self.instant();
         let p = &mut self.peers[i as usize];
-        if p.left || p.sync.is_some() {
+        if p.left || p.failed {
             return;
         }
-        if self.now >= p.next_sync {
-            self.send_sync(i);
+        while let Some(ev) = p.session.poll_event() {
+            if ev == SessionEvent::Complete {
+                p.done = Some(self.now);
+                if !p.liar && !p.leaver {
+                    self.remaining -= 1;
+                }
+            } else {
+                p.failed = true;
+            }
+        }
+        if p.failed {
             return;
         }
-        let mut wake = p.next_sync;
-        if p.done.is_none() {
-            while let Some(req) = self.peers[i as usize].picker.poll_request(now) {
-                self.report.requests += 1;
-                let to = match req.source {
-                    Source::Seed => Node::Seed,
-                    Source::Peer(id) => node_of(id),
+        if p.sync.is_none() {
+            if let Some(msg) = p.session.poll_sync(now) {
+                self.send_sync(i, msg);
+            } else if p.keepalive_at.is_some_and(|t| t <= self.now) {
+                p.keepalive_at = None;
+                let msg = SyncMsg {
+                    done: true,
+                    digests_from: u32::MAX,
+                    ..SyncMsg::default()
                 };
-                let at = self.now + self.hop(Node::Peer(i), to);
-                self.push(
-                    at,
-                    Ev::Request {
-                        to,
-                        from: i,
-                        piece: req.piece,
-                    },
-                );
-            }
-            if let Some(t) = self.peers[i as usize].picker.poll_timeout() {
-                wake = wake.min(ns(t.saturating_duration_since(self.epoch)).max(self.now));
+                self.send_sync(i, msg);
             }
         }
+        if self.waiting(i) {
+            // dfget's loop is blocked in the sync; the reply drives it again.
+            return;
+        }
+        while let Some(req) = self.peers[i as usize].session.poll_request(now) {
+            self.report.requests += 1;
+            let to = match req.source {
+                Source::Seed => Node::Seed,
+                Source::Peer(id) => node_of(id),
+            };
+            let at = self.now + self.hop(Node::Peer(i), to);
+            self.push(
+                at,
+                Ev::Request {
+                    to,
+                    from: i,
+                    piece: req.piece,
+                },
+            );
+        }
+        let p = &self.peers[i as usize];
+        let session = p
+            .session
+            .poll_timeout()
+            .map(|t| ns(t.saturating_duration_since(self.epoch)).max(self.now));
+        let keepalive = p.keepalive_at.filter(|_| p.sync.is_none());
+        let Some(wake) = session.into_iter().chain(keepalive).min() else {
+            return;
+        };
         let p = &mut self.peers[i as usize];
         if p.tick_at.is_none_or(|t| wake < t || t < self.now) {
             p.tick_at = Some(wake);
@@ -406,130 +471,122 @@ impl Sim {
         }
     }
 
-    fn send_sync(&mut self, i: u32) {
+    fn send_sync(&mut self, i: u32, msg: SyncMsg) {
         let p = &mut self.peers[i as usize];
-        let msg = SyncMsg {
-            new_pieces: std::mem::take(&mut p.new_pieces),
-            bad: std::mem::take(&mut p.bad),
+        p.sync = Some(Box::new(SyncTrip {
+            msg,
             uploading: p.uploads,
-            done: p.done.is_some(),
-            ..SyncMsg::default()
-        };
-        p.sync = Some(Box::new(msg));
+            reply: None,
+        }));
         let at = self.now + self.hop(Node::Peer(i), Node::Seed);
         self.push(at, Ev::SyncArrive(i));
     }
 
-    /// The supernode's sync handler (`supernode/src/api.rs`), in the same order.
+    /// The supernode's sync handler (`supernode/src/api.rs`): the scheduler's answer plus
+    /// the digests the peer lacks.
     fn sync_arrive(&mut self, i: u32) {
         if self.peers[i as usize].left {
             return;
         }
         let now = self.instant();
         let id = peer_id(i);
-        let Some(mut msg) = self.peers[i as usize].sync.take() else {
+        let Some(trip) = self.peers[i as usize].sync.as_mut() else {
             return;
         };
-        let mut res = self
-            .sched
-            .handle_sync(now, id, &msg.new_pieces, msg.uploading, msg.done);
-        if res == Err(SchedError::UnknownPeer(id)) {
-            // Expired after a long stall: rejoin, reporting everything held.
-            self.sched.handle_join(now, id, addr(i));
-            let all: Vec<u32> = self.peers[i as usize].picker.have().iter_ones().collect();
-            res = self
-                .sched
-                .handle_sync(now, id, &all, msg.uploading, msg.done);
-        }
-        if res.is_ok() {
-            for &(offender, piece) in &msg.bad {
-                self.sched.handle_bad_piece(now, id, offender, piece);
-            }
-            if !msg.done {
-                self.report.syncs += 1;
-                if let Ok(parents) = self.sched.parents(now, id) {
-                    msg.parents = Some(parents.into_iter().map(|p| (p.id, p.pieces)).collect());
+        let msg = &trip.msg;
+        let input = SyncInput {
+            new_pieces: &msg.new_pieces,
+            bad_pieces: &msg.bad_pieces,
+            urgent: &msg.urgent,
+            uploading: trip.uploading,
+            done: msg.done,
+            seed_has: &self.seed_has,
+        };
+        let reply = match self.sched.handle_sync_request(now, id, addr(i), &input) {
+            Ok(out) => {
+                if !msg.done {
+                    self.report.syncs += 1;
                 }
-                msg.seed_offer = self.sched.seed_pieces(now, id, &self.seed_has, &[]).ok();
+                let from = (msg.digests_from as usize).min(self.digests.len());
+                Ok(SyncReply {
+                    failed: None,
+                    digests_from: from as u32,
+                    digests: self.digests[from..].to_vec(),
+                    seed_pieces: out.seed_pieces,
+                    parents: out.parents,
+                    readmitted: out.readmitted,
+                })
             }
-        }
+            // The supernode answers BAD_REQUEST (a banned liar, a bad index).
+            Err(e) => Err(SyncFailure::Refused(e.to_string())),
+        };
+        trip.reply = Some(reply);
         self.sched.handle_timeout(now);
         while let Some(ev) = self.sched.poll_event() {
             if let SchedEvent::PeerBanned(_) = ev {
                 self.report.banned += 1;
             }
         }
-        self.peers[i as usize].sync = Some(msg);
         let at = self.now + self.hop(Node::Peer(i), Node::Seed);
         self.push(at, Ev::SyncReply(i));
     }
 
     fn sync_reply(&mut self, i: u32) {
         let now = self.instant();
-        let interval = ns(self.config.sync_interval);
         let keepalive = ns(self.config.keepalive);
         let p = &mut self.peers[i as usize];
-        let Some(msg) = p.sync.take() else { return };
+        let Some(trip) = p.sync.take() else { return };
         if p.left {
             return;
         }
-        if let Some(offer) = msg.seed_offer {
-            p.picker.handle_seed_pieces(offer);
+        if trip.msg.done {
+            p.keepalive_at = Some(self.now + keepalive);
         }
-        if let Some(parents) = msg.parents {
-            p.picker.handle_parents(now, parents);
+        match trip.reply {
+            Some(Ok(reply)) => p.session.handle_sync_reply(now, reply),
+            Some(Err(failure)) => p.session.handle_sync_failed(now, failure),
+            None => p
+                .session
+                .handle_sync_failed(now, SyncFailure::Unreachable("no reply".into())),
         }
-        p.next_sync = self.now
-            + if p.done.is_some() {
-                keepalive
-            } else {
-                interval
-            };
-        let deferred = std::mem::take(&mut p.deferred);
-        for o in deferred {
+        for o in std::mem::take(&mut p.deferred) {
             self.apply(i, o);
         }
         self.drive(i);
     }
 
+    /// Whether peer `i`'s loop is blocked in a sync.
+    fn waiting(&self, i: u32) -> bool {
+        self.config.sync_waits && self.peers[i as usize].sync.is_some()
+    }
+
     fn outcome(&mut self, i: u32, o: Outcome) {
-        let p = &mut self.peers[i as usize];
-        if p.left {
+        if self.peers[i as usize].left {
             return;
         }
-        if p.sync.is_some() {
-            p.deferred.push(o);
+        if self.waiting(i) {
+            self.peers[i as usize].deferred.push(o);
             return;
         }
         self.apply(i, o);
         self.drive(i);
     }
 
-    /// dfget's handling of one finished piece request.
+    /// A request's end reaches the session; received pieces are verified in no time.
     fn apply(&mut self, i: u32, o: Outcome) {
         let now = self.instant();
-        let soon = self.now + ns(self.config.sync_interval / 4);
-        let p = &mut self.peers[i as usize];
-        match o {
-            Outcome::Done(piece, from) => {
-                p.picker.handle_piece_done(now, piece, from);
-                p.new_pieces.push(piece);
-                p.next_sync = p.next_sync.min(soon);
-                if p.picker.is_complete() && p.done.is_none() {
-                    p.done = Some(self.now);
-                    // Report completion at once; it makes this peer a full parent.
-                    p.next_sync = self.now;
-                    if !p.liar && !p.leaver {
-                        self.remaining -= 1;
-                    }
-                }
+        let range = piece_range(self.config.file_size, self.config.piece_size, o.piece);
+        let from = source(o.by);
+        let session = &mut self.peers[i as usize].session;
+        match o.end {
+            End::Failed(reason) => session.handle_piece_failed(now, o.piece, from, reason),
+            End::Bytes { corrupt: true } => {
+                session.handle_piece_received(now, o.piece, from);
+                session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
             }
-            Outcome::Failed(piece, from, reason) => {
-                if let (FailReason::Corrupt, Source::Peer(offender)) = (reason, from) {
-                    p.bad.push((offender, piece));
-                    p.next_sync = self.now;
-                }
-                p.picker.handle_piece_failed(now, piece, from, reason);
+            End::Bytes { corrupt: false } => {
+                session.handle_piece_received(now, o.piece, from);
+                session.handle_piece_done(now, o.piece, from, range.end - range.start);
             }
         }
     }
@@ -541,7 +598,7 @@ impl Sim {
                 let p = &self.peers[j as usize];
                 if p.left {
                     Some(FailReason::Io)
-                } else if !p.picker.have().get(piece) {
+                } else if !p.session.have().get(piece) {
                     Some(FailReason::Unavailable)
                 } else if p.uploads >= self.slots {
                     Some(FailReason::Busy)

@@ -138,6 +138,22 @@ fn staggered_and_heterogeneous_complete() {
 }
 
 #[test]
+fn syncs_beside_the_transfers_complete_too() {
+    for s in [
+        Scenario::FlashCrowd,
+        Scenario::Heterogeneous,
+        Scenario::Liar,
+    ] {
+        let mut cfg = s.config(50, 64 << 20);
+        cfg.sync_waits = false;
+        let r = run(&cfg);
+        summary(s.name(), &r);
+        assert_physical(&r);
+        assert!(r.origin_ratio() <= 1.5, "origin {}", r.origin_ratio());
+    }
+}
+
+#[test]
 #[ignore = "manual timing: cargo test -p damselfly-swarm --release -- --ignored --nocapture"]
 fn thousand_peers() {
     let cfg = SimConfig::flash_crowd(1000, 1 << 30);
@@ -160,4 +176,31 @@ fn supernode_never_beats_its_uplink() {
         injected >= floor,
         "all pieces out at {injected} s < {floor} s"
     );
+}
+
+/// Every scenario at 1,000 peers and 1 GiB, for before/after comparisons of the peer loop.
+#[test]
+#[ignore = "manual timing: cargo test -p damselfly-swarm --release scenarios_1000 -- --ignored --nocapture"]
+fn scenarios_1000() {
+    // SIM_SEED=n reruns them with another seed, to tell a change from run-to-run noise;
+    let seed = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=0 runs syncs beside the transfers.
+    let only = std::env::var("SIM_SCENARIO").ok();
+    let sync_waits = std::env::var("SIM_SYNC_WAITS").map_or(true, |v| v != "0");
+    for s in Scenario::ALL {
+        if only.as_deref().is_some_and(|n| n != s.name()) {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let mut cfg = s.config(1000, 1 << 30);
+        cfg.seed = seed;
+        cfg.sync_waits = sync_waits;
+        let r = run(&cfg);
+        summary(s.name(), &r);
+        println!("{}: wall time {:?}", s.name(), start.elapsed());
+        assert!(r.all_done(), "{}: not every peer finished", s.name());
+    }
 }

@@ -1,0 +1,95 @@
+//! The scheduler's half of one peer sync, in one call, so the supernode's handler and the
+//! simulator apply a sync the same way.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Parent, SchedError, TaskScheduler};
+use crate::{Bitmap, PeerId};
+
+/// What a peer's sync tells the scheduler (the wire request, validated).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncInput<'a> {
+    /// Pieces the peer verified since its last successful sync.
+    pub new_pieces: &'a [u32],
+    /// `(offender, piece)`: pieces the peer got from `offender` that failed verification.
+    pub bad_pieces: &'a [(PeerId, u32)],
+    /// Pieces a reader on the peer is waiting for, offered first (see
+    /// [`TaskScheduler::seed_pieces`]).
+    pub urgent: &'a [u32],
+    /// Uploads the peer is serving right now.
+    pub uploading: u32,
+    /// The peer holds every piece.
+    pub done: bool,
+    /// What the supernode itself holds right now.
+    pub seed_has: &'a Bitmap,
+}
+
+/// The scheduler's answer to one sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOutput {
+    /// The peer's parents, each with its bitmap. Empty for a peer that is done.
+    pub parents: Vec<Parent>,
+    /// Pieces the peer may fetch from the supernode. Empty for a peer that is done.
+    pub seed_pieces: Bitmap,
+    /// The peer had expired (silent for `peer_timeout`) and was admitted again. The
+    /// scheduler lost what it had reported before, so it should report every piece it holds
+    /// at its next sync.
+    pub readmitted: bool,
+}
+
+impl TaskScheduler {
+    /// Applies one sync from `peer` (serving at `addr`) and answers it: records its new
+    /// pieces, load and completion (re-admitting it if it had expired), files its bad-piece
+    /// reports, then picks its parents and the supernode's offer. A finished peer gets
+    /// neither: it needs no parents, and assigning some would count it as their child.
+    ///
+    /// This is the whole scheduler side of a sync; the caller adds what only it knows (the
+    /// task's state and piece digests) and afterwards drains [`TaskScheduler::poll_event`].
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Banned`] for a banned peer and [`SchedError::PieceOutOfRange`] for a
+    /// bad piece index. Nothing changes on error.
+    pub fn handle_sync_request(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        addr: SocketAddr,
+        input: &SyncInput<'_>,
+    ) -> Result<SyncOutput, SchedError> {
+        if let Some(&piece) = input.new_pieces.iter().find(|&&p| p >= self.piece_count) {
+            // Checked before a re-admission, so a refused sync changes nothing.
+            return Err(SchedError::PieceOutOfRange {
+                piece,
+                piece_count: self.piece_count,
+            });
+        }
+        let mut readmitted = false;
+        let mut result = self.handle_sync(now, peer, input.new_pieces, input.uploading, input.done);
+        if result == Err(SchedError::UnknownPeer(peer)) {
+            // Expired after a pause; it was admitted before, so admit it again.
+            self.handle_join(now, peer, addr);
+            readmitted = true;
+            result = self.handle_sync(now, peer, input.new_pieces, input.uploading, input.done);
+        }
+        result?;
+        for &(offender, piece) in input.bad_pieces {
+            self.handle_bad_piece(now, peer, offender, piece);
+        }
+        if input.done {
+            return Ok(SyncOutput {
+                parents: Vec::new(),
+                seed_pieces: Bitmap::new(self.piece_count),
+                readmitted,
+            });
+        }
+        let parents = self.parents(now, peer)?;
+        let seed_pieces = self.seed_pieces(now, peer, input.seed_has, input.urgent)?;
+        Ok(SyncOutput {
+            parents,
+            seed_pieces,
+            readmitted,
+        })
+    }
+}

@@ -1,0 +1,593 @@
+//! Peer side: one download as a sans-IO state machine. It owns the [`Picker`] and decides
+//! everything around it: when to sync with the supernode and what the sync carries, which
+//! pieces may be requested (those whose digest is known), urgent pieces, bad-piece reports,
+//! stalls, supernode loss and completion. dfget's download loop and the simulator drive it
+//! through the same calls.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::{Bitmap, FailReason, Parent, PeerId, Picker, PickerConfig, Source};
+use crate::{piece_count, piece_range};
+
+#[cfg(test)]
+mod tests;
+
+/// Urgent pieces one sync names at most (the wire limit of `SyncRequest.urgent_pieces`).
+pub const MAX_URGENT: usize = 64;
+
+/// Knobs for [`PeerSession`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Sync period while downloading, from the end of one sync to the start of the next.
+    /// Default 200 ms. A sync is also due `sync_interval / 4` after a new piece (so others
+    /// learn of it soon), and at once after urgent pieces, a corrupt piece or the last piece. Shorter means fresher parent bitmaps at the cost of
+    /// more supernode work (one parent selection per sync).
+    pub sync_interval: Duration,
+    /// How long the supernode may stay unreachable (every sync failing as
+    /// [`SyncFailure::Unreachable`]) before the download gives up on it. Default 10 s.
+    pub supernode_timeout: Duration,
+    /// How long the download may go without a verified piece before it is declared stalled.
+    /// Default 120 s.
+    pub stall_timeout: Duration,
+    /// The piece picker's knobs.
+    pub picker: PickerConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_millis(200),
+            supernode_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(120),
+            picker: PickerConfig::default(),
+        }
+    }
+}
+
+/// What the next sync must carry, from [`PeerSession::poll_sync`]. The driver adds what only
+/// it knows (its identity, address and current upload count) and sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncMsg {
+    /// Pieces verified since the last successful sync (including those of failed syncs).
+    pub new_pieces: Vec<u32>,
+    /// `(offender, piece)`: pieces a parent sent that failed verification.
+    pub bad_pieces: Vec<(PeerId, u32)>,
+    /// Digests known so far; the supernode sends the ones from here on. `u32::MAX` on the
+    /// final sync, which wants none.
+    pub digests_from: u32,
+    /// Pieces a reader is waiting for, lowest first, at most [`MAX_URGENT`].
+    pub urgent: Vec<u32>,
+    /// Every piece is held: the final sync.
+    pub done: bool,
+}
+
+/// The supernode's answer to a sync, validated by the driver (wire types converted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReply {
+    /// The task failed at the supernode (its origin fetch broke), with its reason.
+    pub failed: Option<String>,
+    /// Index of the first digest in `digests`.
+    pub digests_from: u32,
+    /// sha256 of pieces `digests_from..`, in order.
+    pub digests: Vec<[u8; 32]>,
+    /// Pieces the supernode offers this peer.
+    pub seed_pieces: Bitmap,
+    /// The peer's parents, each with the pieces it holds.
+    pub parents: Vec<Parent>,
+    /// The supernode had forgotten this peer and admitted it again: the next sync reports
+    /// every piece held, not only the new ones.
+    pub readmitted: bool,
+}
+
+/// Why a sync got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncFailure {
+    /// No answer (connection refused, timeout, 5xx): retried every `sync_interval` until
+    /// `supernode_timeout` has passed.
+    #[error("supernode unreachable: {0}")]
+    Unreachable(String),
+    /// The supernode no longer knows the task or this peer (restarted, or the task was
+    /// dropped): the swarm is lost at once.
+    #[error("supernode forgot the task: {0}")]
+    TaskUnknown(String),
+    /// Any other refusal (a bad request, access denied): the download cannot go on. The
+    /// driver keeps its own typed error to report.
+    #[error("supernode refused the sync: {0}")]
+    Refused(String),
+}
+
+/// A piece the driver should fetch, verify against `expected` and write at `range`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceFetch {
+    /// Piece index.
+    pub piece: u32,
+    /// Where to fetch it from.
+    pub source: Source,
+    /// The parent's address for a [`Source::Peer`]; `None` for the seed.
+    pub addr: Option<SocketAddr>,
+    /// sha256 the bytes must have.
+    pub expected: [u8; 32],
+    /// The piece's bytes within the blob.
+    pub range: Range<u64>,
+}
+
+/// Something the driver must act on, from [`PeerSession::poll_event`]. Every variant but
+/// `Complete` ends the session: it then starts no request and, apart from a final sync
+/// after `Complete`, no sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Every piece is held and verified. The session still has one sync to send (the final
+    /// report, `done` set); send it best effort.
+    Complete,
+    /// No piece was verified for `stall_timeout`.
+    Stalled(Duration),
+    /// The supernode is gone (unreachable for longer than `supernode_timeout`, or it forgot
+    /// the task); the origin may still work.
+    SupernodeLost(SyncFailure),
+    /// The supernode refused a sync for good.
+    SyncRefused(String),
+    /// The task failed at the supernode, with its reason.
+    TaskFailed(String),
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Downloading,
+    /// Every piece held; the final sync is still to be sent.
+    Finishing,
+    /// Nothing more to do (completed and reported, or failed).
+    Closed,
+}
+
+/// A sync on its way: what it carried, restored if it fails.
+#[derive(Debug)]
+struct InFlight {
+    new_pieces: Vec<u32>,
+    bad_pieces: Vec<(PeerId, u32)>,
+    done: bool,
+}
+
+/// One download on a peer: the [`Picker`] plus everything the download loop decides around
+/// it.
+///
+/// ```text
+///  supernode ──reply / failure──▶ handle_sync_reply, handle_sync_failed ┐
+///  piece jobs ─bytes in─────────▶ handle_piece_received                 │
+///  piece jobs ─verified+written─▶ handle_piece_done                     │  PeerSession
+///  piece jobs ─failed───────────▶ handle_piece_failed                   │
+///  readers ────byte ranges──────▶ handle_urgent                         │
+///  timer ───────────────────────▶ handle_timeout ◀── poll_timeout ──────┘
+///                                 poll_sync ──▶ send a sync
+///                                 poll_request ──▶ start a piece job
+///                                 poll_event ──▶ complete / stalled / lost / failed
+/// ```
+///
+/// Call order: create it when the task is registered, then loop. After *every* input drain
+/// the outputs: `poll_event` (stop on anything but `Complete`), `poll_sync` (send what it
+/// returns; at most one sync is in flight, and the next one comes only after
+/// `handle_sync_reply` or `handle_sync_failed` for this one), `poll_request` until `None`
+/// (start each fetch; report each exactly once with `handle_piece_done` or
+/// `handle_piece_failed`, after `handle_piece_received` if the bytes arrive before they are
+/// verified), and finally re-arm one timer from `poll_timeout`; when it fires call
+/// `handle_timeout`. A sync and piece jobs run concurrently: inputs may arrive in any order.
+/// After `Complete`, send the final sync `poll_sync` returns; the session is then done.
+///
+/// Decisions: the first sync is due at once. Once a sync has ended (reply or failure) the
+/// next is due `sync_interval` later, sooner once a new piece is verified (`sync_interval
+/// / 4` after the piece or the end of the last sync, whichever is later), and at once for
+/// urgent pieces, a corrupt piece or the last piece. A failed sync's reports go into the
+/// next one. Only pieces whose digest is known are requested:
+/// digests arrive in order from `digests_from`, and the parents' and the supernode's
+/// bitmaps are masked to them. A parent that sends a corrupt piece is reported at the next
+/// sync and banned by the picker for the rest of the download.
+#[derive(Debug)]
+pub struct PeerSession {
+    config: SessionConfig,
+    content_length: u64,
+    piece_size: u32,
+    picker: Picker,
+    phase: Phase,
+    digests: Vec<[u8; 32]>,
+    addrs: HashMap<PeerId, SocketAddr>,
+    /// Reports for the next sync.
+    new_pieces: Vec<u32>,
+    bad_pieces: Vec<(PeerId, u32)>,
+    sync: Option<InFlight>,
+    /// When the next sync is due (meaningless while one is in flight: it is set again when
+    /// that one ends).
+    next_sync: Instant,
+    /// Something must be told at once (urgent pieces, a corrupt piece, the last piece), even
+    /// right after a sync ended.
+    sync_now: bool,
+    unreachable_since: Option<Instant>,
+    last_progress: Instant,
+    events: VecDeque<SessionEvent>,
+    liars: HashSet<PeerId>,
+    corrupt_pieces: u64,
+    from_seed: u64,
+    from_peers: u64,
+    /// Pieces held from the start, contiguously.
+    prefix: u32,
+}
+
+impl PeerSession {
+    /// A session for a blob of `content_length` bytes cut into `piece_size`-byte pieces,
+    /// holding nothing yet. `rng_seed` seeds the picker's tie-breaks.
+    pub fn new(
+        now: Instant,
+        content_length: u64,
+        piece_size: u32,
+        config: SessionConfig,
+        rng_seed: u64,
+    ) -> Self {
+        let pieces = piece_count(content_length, piece_size);
+        let mut session = Self {
+            picker: Picker::new(pieces, config.picker.clone(), rng_seed),
+            config,
+            content_length,
+            piece_size,
+            phase: Phase::Downloading,
+            digests: Vec::new(),
+            addrs: HashMap::new(),
+            new_pieces: Vec::new(),
+            bad_pieces: Vec::new(),
+            sync: None,
+            next_sync: now,
+            sync_now: false,
+            unreachable_since: None,
+            last_progress: now,
+            events: VecDeque::new(),
+            liars: HashSet::new(),
+            corrupt_pieces: 0,
+            from_seed: 0,
+            from_peers: 0,
+            prefix: 0,
+        };
+        if pieces == 0 {
+            session.complete(now);
+        }
+        session
+    }
+
+    /// The supernode answered the sync in flight. A reply with no sync in flight is ignored.
+    pub fn handle_sync_reply(&mut self, now: Instant, reply: SyncReply) {
+        let Some(sent) = self.sync.take() else {
+            debug!("sync reply with no sync in flight");
+            return;
+        };
+        self.unreachable_since = None;
+        self.schedule_after_sync(now, !self.new_pieces.is_empty());
+        if sent.done {
+            // The final report went through; nothing more to learn.
+            self.phase = Phase::Closed;
+            return;
+        }
+        if self.phase != Phase::Downloading {
+            return;
+        }
+        if let Some(reason) = reply.failed {
+            self.close(SessionEvent::TaskFailed(reason));
+            return;
+        }
+        if reply.readmitted {
+            self.new_pieces = self.picker.have().iter_ones().collect();
+        }
+        let pieces = self.picker.have().len();
+        if reply.digests_from as usize == self.digests.len() {
+            let room = (pieces as usize).saturating_sub(self.digests.len());
+            self.digests.extend(reply.digests.into_iter().take(room));
+        }
+        let known = self.digests.len() as u32;
+        // Only pieces whose digest is known can be verified, so only those are requested.
+        let mask = |mut bits: Bitmap| {
+            bits.clear_from(known);
+            bits
+        };
+        self.picker.handle_seed_pieces(mask(reply.seed_pieces));
+        self.addrs.clear();
+        let mut views = Vec::with_capacity(reply.parents.len());
+        for p in reply.parents {
+            self.addrs.insert(p.id, p.addr);
+            views.push((p.id, mask(p.pieces)));
+        }
+        self.picker.handle_parents(now, views);
+        self.check_stall(now);
+    }
+
+    /// The sync in flight got no reply. Its reports go into the next sync, due
+    /// `sync_interval` after this one was sent.
+    pub fn handle_sync_failed(&mut self, now: Instant, failure: SyncFailure) {
+        let Some(sent) = self.sync.take() else {
+            debug!("sync failure with no sync in flight");
+            return;
+        };
+        if sent.done {
+            // Best effort: the download is complete either way.
+            self.phase = Phase::Closed;
+            return;
+        }
+        // Retry a period later, not sooner: the reports it carried will not make an
+        // unreachable supernode answer faster.
+        self.schedule_after_sync(now, false);
+        let mut new_pieces = sent.new_pieces;
+        new_pieces.append(&mut self.new_pieces);
+        self.new_pieces = new_pieces;
+        let mut bad = sent.bad_pieces;
+        bad.append(&mut self.bad_pieces);
+        self.bad_pieces = bad;
+        if self.phase != Phase::Downloading {
+            return;
+        }
+        match failure {
+            SyncFailure::Unreachable(_) => {
+                let since = *self.unreachable_since.get_or_insert(now);
+                if now.saturating_duration_since(since) > self.config.supernode_timeout {
+                    self.close(SessionEvent::SupernodeLost(failure));
+                }
+            }
+            SyncFailure::TaskUnknown(_) => self.close(SessionEvent::SupernodeLost(failure)),
+            SyncFailure::Refused(reason) => self.close(SessionEvent::SyncRefused(reason)),
+        }
+    }
+
+    /// All the bytes of a requested piece have arrived and are being verified: its source
+    /// may take the next request. Optional; a stray report is ignored.
+    pub fn handle_piece_received(&mut self, now: Instant, piece: u32, source: Source) {
+        self.picker.handle_piece_received(piece, source);
+        self.check_stall(now);
+    }
+
+    /// A requested piece of `bytes` bytes was verified and written.
+    pub fn handle_piece_done(&mut self, now: Instant, piece: u32, source: Source, bytes: u64) {
+        if self.phase != Phase::Downloading {
+            return;
+        }
+        let fresh = !self.picker.have().get(piece);
+        self.picker.handle_piece_done(now, piece, source);
+        if !fresh {
+            return;
+        }
+        self.new_pieces.push(piece);
+        match source {
+            Source::Seed => self.from_seed += bytes,
+            Source::Peer(_) => self.from_peers += bytes,
+        }
+        self.last_progress = now;
+        while self.picker.have().get(self.prefix) {
+            self.prefix += 1;
+        }
+        // Announce new pieces soon so others can fetch them from us.
+        self.next_sync = self.next_sync.min(now + self.config.sync_interval / 4);
+        if self.picker.is_complete() {
+            self.complete(now);
+        }
+    }
+
+    /// A requested piece failed. A corrupt piece from a parent (or a protocol violation,
+    /// which the driver reports as `Corrupt`) is reported to the supernode at once and the
+    /// parent is not asked again in this download; any other failure backs the source off.
+    pub fn handle_piece_failed(
+        &mut self,
+        now: Instant,
+        piece: u32,
+        source: Source,
+        reason: FailReason,
+    ) {
+        if let (FailReason::Corrupt, Source::Peer(offender)) = (reason, source) {
+            warn!(peer = %offender, piece, "piece failed verification; avoiding that peer");
+            self.corrupt_pieces += 1;
+            self.liars.insert(offender);
+            self.bad_pieces.push((offender, piece));
+            self.sync_at_once(now);
+        }
+        self.picker.handle_piece_failed(now, piece, source, reason);
+        self.check_stall(now);
+    }
+
+    /// Readers wait for these byte ranges: their pieces (at most [`MAX_URGENT`]) are
+    /// requested before any other, and a sync naming them is due at once so the supernode
+    /// offers them first. Empty ranges are ignored.
+    pub fn handle_urgent(&mut self, now: Instant, ranges: impl IntoIterator<Item = Range<u64>>) {
+        let size = u64::from(self.piece_size.max(1));
+        let pieces: Vec<u32> = ranges
+            .into_iter()
+            .filter(|r| r.start < r.end)
+            .flat_map(|r| (r.start / size)..r.end.div_ceil(size))
+            .filter_map(|p| u32::try_from(p).ok())
+            .take(MAX_URGENT)
+            .collect();
+        if pieces.is_empty() || self.phase != Phase::Downloading {
+            return;
+        }
+        self.picker.add_urgent(pieces);
+        self.sync_at_once(now);
+    }
+
+    /// The timer from [`PeerSession::poll_timeout`] fired (calling it early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.check_stall(now);
+    }
+
+    /// The sync to send now, if one is due and none is in flight.
+    pub fn poll_sync(&mut self, now: Instant) -> Option<SyncMsg> {
+        if self.sync.is_some() || self.phase == Phase::Closed || now < self.next_sync {
+            return None;
+        }
+        let done = self.phase == Phase::Finishing;
+        let msg = SyncMsg {
+            new_pieces: std::mem::take(&mut self.new_pieces),
+            bad_pieces: std::mem::take(&mut self.bad_pieces),
+            digests_from: if done {
+                u32::MAX
+            } else {
+                self.digests.len() as u32
+            },
+            urgent: if done {
+                Vec::new()
+            } else {
+                self.picker.urgent(MAX_URGENT)
+            },
+            done,
+        };
+        self.sync = Some(InFlight {
+            new_pieces: msg.new_pieces.clone(),
+            bad_pieces: msg.bad_pieces.clone(),
+            done,
+        });
+        self.sync_now = false;
+        Some(msg)
+    }
+
+    /// The next piece to fetch, if one can start now.
+    pub fn poll_request(&mut self, now: Instant) -> Option<PieceFetch> {
+        if self.phase != Phase::Downloading {
+            return None;
+        }
+        loop {
+            let req = self.picker.poll_request(now)?;
+            let Some(&expected) = self.digests.get(req.piece as usize) else {
+                // Bitmaps are masked to known digests; never fetch what cannot be verified.
+                self.picker.handle_piece_failed(
+                    now,
+                    req.piece,
+                    req.source,
+                    FailReason::Unavailable,
+                );
+                continue;
+            };
+            let addr = match req.source {
+                Source::Seed => None,
+                Source::Peer(id) => match self.addrs.get(&id) {
+                    Some(&a) => Some(a),
+                    None => {
+                        self.picker.handle_piece_failed(
+                            now,
+                            req.piece,
+                            req.source,
+                            FailReason::Unavailable,
+                        );
+                        continue;
+                    }
+                },
+            };
+            return Some(PieceFetch {
+                piece: req.piece,
+                source: req.source,
+                addr,
+                expected,
+                range: piece_range(self.content_length, self.piece_size, req.piece),
+            });
+        }
+    }
+
+    /// When [`PeerSession::handle_timeout`] or a `poll_*` call next has something to do:
+    /// the next sync (none while one is in flight), a backed-off source's return, or the
+    /// stall deadline. `None` once the session has nothing left to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sync = (self.sync.is_none() && self.phase != Phase::Closed).then_some(self.next_sync);
+        if self.phase != Phase::Downloading {
+            return sync;
+        }
+        let stall = self.last_progress + self.config.stall_timeout;
+        [sync, self.picker.poll_timeout(), Some(stall)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Pieces held.
+    pub fn have(&self) -> &Bitmap {
+        self.picker.have()
+    }
+
+    /// Every piece is held and verified.
+    pub fn is_complete(&self) -> bool {
+        self.picker.is_complete()
+    }
+
+    /// Bytes of the blob held from its start, contiguously (what an in-order reader or a
+    /// running whole-file hash may consume).
+    pub fn verified_prefix(&self) -> u64 {
+        match self.prefix.checked_sub(1) {
+            None => 0,
+            Some(last) => piece_range(self.content_length, self.piece_size, last).end,
+        }
+    }
+
+    /// Parents that sent a corrupt piece during this download.
+    pub fn liars(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.liars.iter().copied()
+    }
+
+    /// Pieces that failed verification.
+    pub fn corrupt_pieces(&self) -> u64 {
+        self.corrupt_pieces
+    }
+
+    /// Verified bytes that came from the supernode.
+    pub fn bytes_from_seed(&self) -> u64 {
+        self.from_seed
+    }
+
+    /// Verified bytes that came from other peers.
+    pub fn bytes_from_peers(&self) -> u64 {
+        self.from_peers
+    }
+
+    /// Requests started and not yet reported.
+    pub fn in_flight(&self) -> usize {
+        self.picker.in_flight()
+    }
+
+    fn complete(&mut self, now: Instant) {
+        self.phase = Phase::Finishing;
+        // Report completion at once: it makes this peer a full parent.
+        self.sync_at_once(now);
+        self.events.push_back(SessionEvent::Complete);
+    }
+
+    /// The cadence once a sync has ended (reply or failure) at `now`: a period later, or a
+    /// quarter period if pieces wait to be reported, or at once if something urgent came up
+    /// meanwhile. Pieces verified while the sync was out count from its end, not from when
+    /// they arrived, so a sync is not followed within a quarter period by another. (In the
+    /// 1,000-peer flash crowd, counting from the pieces made the slowest peer 1-2 % slower.)
+    fn schedule_after_sync(&mut self, now: Instant, pieces_waiting: bool) {
+        let interval = self.config.sync_interval;
+        self.next_sync = if self.sync_now {
+            now
+        } else if pieces_waiting {
+            now + interval / 4
+        } else {
+            now + interval
+        };
+    }
+
+    fn sync_at_once(&mut self, now: Instant) {
+        self.sync_now = true;
+        self.next_sync = now;
+    }
+
+    fn check_stall(&mut self, now: Instant) {
+        if self.phase == Phase::Downloading && now >= self.last_progress + self.config.stall_timeout
+        {
+            self.close(SessionEvent::Stalled(self.config.stall_timeout));
+        }
+    }
+
+    fn close(&mut self, event: SessionEvent) {
+        debug!(?event, "download session ends");
+        self.phase = Phase::Closed;
+        self.events.push_back(event);
+    }
+}

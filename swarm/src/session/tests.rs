@@ -1,0 +1,423 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const MIB: u32 = 1 << 20;
+const MS: Duration = Duration::from_millis(1);
+
+fn digest(piece: u32) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    d[..4].copy_from_slice(&piece.to_le_bytes());
+    d
+}
+
+fn addr(id: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 7000 + id as u16))
+}
+
+fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitmap {
+    let mut b = Bitmap::new(len);
+    for i in ones {
+        b.set(i);
+    }
+    b
+}
+
+/// A session over `pieces` pieces of 1 MiB (the last one half as long), started at `t`.
+fn session(pieces: u32, t: Instant) -> PeerSession {
+    let len = u64::from(pieces) * u64::from(MIB) - u64::from(MIB / 2);
+    PeerSession::new(t, len, MIB, SessionConfig::default(), 5)
+}
+
+/// A reply carrying every digest from `from`, a parent per `(id, pieces)`, and the seed's offer.
+fn reply(s: &PeerSession, from: u32, seed: &[u32], parents: &[(u64, &[u32])]) -> SyncReply {
+    let n = s.have().len();
+    SyncReply {
+        digests_from: from,
+        digests: (from..n).map(digest).collect(),
+        seed_pieces: bits(n, seed.iter().copied()),
+        parents: parents
+            .iter()
+            .map(|&(id, held)| Parent {
+                id: PeerId(id),
+                addr: addr(id),
+                pieces: bits(n, held.iter().copied()),
+            })
+            .collect(),
+        ..SyncReply::default()
+    }
+}
+
+fn requests(s: &mut PeerSession, now: Instant) -> Vec<PieceFetch> {
+    std::iter::from_fn(|| s.poll_request(now)).collect()
+}
+
+fn events(s: &mut PeerSession) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Syncs once at `t` with every digest known and the given parents.
+fn joined(pieces: u32, t: Instant, parents: &[(u64, &[u32])]) -> PeerSession {
+    let mut s = session(pieces, t);
+    s.poll_sync(t).unwrap();
+    let r = reply(&s, 0, &[], parents);
+    s.handle_sync_reply(t, r);
+    s
+}
+
+#[test]
+fn syncs_at_once_then_every_interval_with_one_in_flight() {
+    let t = Instant::now();
+    let mut s = session(4, t);
+    let first = s.poll_sync(t).unwrap();
+    assert_eq!(first.digests_from, 0);
+    assert!(!first.done);
+    // One sync at a time, however late the reply.
+    assert_eq!(s.poll_sync(t + 10 * MS), None);
+    assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(120)));
+    let r = reply(&s, 0, &[], &[]);
+    s.handle_sync_reply(t + 5 * MS, r);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t + 205 * MS),
+        "a period after the reply"
+    );
+    assert_eq!(s.poll_sync(t + 204 * MS), None);
+    let second = s.poll_sync(t + 205 * MS).unwrap();
+    assert_eq!(second.digests_from, 4, "every digest is known now");
+}
+
+#[test]
+fn a_new_piece_makes_the_next_sync_due_sooner_and_is_reported() {
+    let t = Instant::now();
+    let mut s = joined(4, t, &[(1, &[0, 1, 2, 3])]);
+    let req = s.poll_request(t).unwrap();
+    s.handle_piece_done(t + 10 * MS, req.piece, req.source, u64::from(MIB));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t + 60 * MS),
+        "sync_interval / 4 later"
+    );
+    let msg = s.poll_sync(t + 60 * MS).unwrap();
+    assert_eq!(msg.new_pieces, vec![req.piece]);
+    assert_eq!(s.bytes_from_peers(), u64::from(MIB));
+}
+
+#[test]
+fn pieces_verified_during_a_sync_wait_a_quarter_period_after_it() {
+    let t = Instant::now();
+    let all: &[u32] = &[0, 1, 2, 3];
+    let mut s = joined(4, t, &[(1, all), (2, all)]);
+    let reqs = requests(&mut s, t);
+    let out = t + 10 * MS;
+    s.handle_piece_done(out, reqs[0].piece, reqs[0].source, 1);
+    s.poll_sync(out + 50 * MS).unwrap();
+    // A piece arrives while the sync is out; the reply comes 20 ms later.
+    s.handle_piece_done(out + 55 * MS, reqs[1].piece, reqs[1].source, 1);
+    let end = out + 70 * MS;
+    s.handle_sync_reply(end, reply(&s, 4, &[], &[(1, all), (2, all)]));
+    assert_eq!(s.poll_timeout(), Some(end + 50 * MS));
+    assert_eq!(
+        s.poll_sync(end + 50 * MS).unwrap().new_pieces,
+        vec![reqs[1].piece]
+    );
+}
+
+#[test]
+fn a_corrupt_piece_during_a_sync_is_reported_when_it_ends() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[(1, &[0, 1])]);
+    let r = s.poll_request(t).unwrap();
+    s.poll_sync(t + 200 * MS).unwrap();
+    s.handle_piece_failed(t + 201 * MS, r.piece, r.source, FailReason::Corrupt);
+    s.handle_sync_reply(t + 202 * MS, reply(&s, 2, &[], &[(1, &[0, 1])]));
+    assert_eq!(s.poll_timeout(), Some(t + 202 * MS));
+    assert_eq!(
+        s.poll_sync(t + 202 * MS).unwrap().bad_pieces,
+        vec![(PeerId(1), r.piece)]
+    );
+}
+
+#[test]
+fn urgent_ranges_make_a_sync_due_at_once_and_go_first() {
+    let t = Instant::now();
+    let all: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7];
+    let mut s = joined(8, t, &[(1, all), (2, all)]);
+    let later = t + 50 * MS;
+    // Bytes 6.5 MiB .. 7.25 MiB: pieces 6 and 7.
+    let m = u64::from(MIB);
+    s.handle_urgent(later, [6 * m + m / 2..7 * m + m / 4, 10..10]);
+    assert_eq!(s.poll_timeout(), Some(later));
+    let msg = s.poll_sync(later).unwrap();
+    assert_eq!(msg.urgent, vec![6, 7]);
+    let first: Vec<u32> = requests(&mut s, later)
+        .iter()
+        .map(|r| r.piece)
+        .take(2)
+        .collect();
+    assert_eq!(first, vec![6, 7]);
+}
+
+#[test]
+fn urgent_pieces_are_capped() {
+    let t = Instant::now();
+    let mut s = joined(200, t, &[]);
+    s.handle_urgent(t, std::iter::once(0..200 * u64::from(MIB)));
+    assert_eq!(s.poll_sync(t).unwrap().urgent.len(), MAX_URGENT);
+}
+
+#[test]
+fn only_pieces_with_known_digests_are_requested() {
+    let t = Instant::now();
+    let mut s = session(6, t);
+    s.poll_sync(t).unwrap();
+    let mut r = reply(&s, 0, &[4, 5], &[(1, &[0, 1, 2, 3, 4, 5])]);
+    r.digests.truncate(2);
+    s.handle_sync_reply(t, r);
+    let got: Vec<u32> = requests(&mut s, t).iter().map(|r| r.piece).collect();
+    // One request per parent, and only pieces 0 and 1 can be verified.
+    assert_eq!(got.len(), 1);
+    assert!(got[0] < 2, "requested piece {} with no digest", got[0]);
+    // Digests that do not continue where ours end are ignored.
+    let at = t + 200 * MS;
+    assert_eq!(s.poll_sync(at).unwrap().digests_from, 2);
+    s.handle_sync_reply(at, reply(&s, 3, &[4, 5], &[(1, &[0, 1, 2, 3, 4, 5])]));
+    assert_eq!(s.poll_sync(at + 200 * MS).unwrap().digests_from, 2);
+    // The rest arrive in order: the seed's offer is now requestable too.
+    s.handle_sync_reply(at, reply(&s, 2, &[4, 5], &[(1, &[0, 1, 2, 3])]));
+    let seed: Vec<u32> = requests(&mut s, at)
+        .iter()
+        .filter(|r| r.source == Source::Seed)
+        .map(|r| r.piece)
+        .collect();
+    assert_eq!(seed.len(), 2);
+}
+
+#[test]
+fn a_fetch_names_the_parent_address_digest_and_range() {
+    let t = Instant::now();
+    let mut s = joined(3, t, &[(9, &[2])]);
+    let f = s.poll_request(t).unwrap();
+    assert_eq!(f.piece, 2);
+    assert_eq!(f.source, Source::Peer(PeerId(9)));
+    assert_eq!(f.addr, Some(addr(9)));
+    assert_eq!(f.expected, digest(2));
+    let m = u64::from(MIB);
+    assert_eq!(f.range, 2 * m..2 * m + m / 2, "the last piece is short");
+}
+
+#[test]
+fn a_corrupt_piece_is_reported_at_once_and_its_parent_avoided() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[(1, &[0, 1]), (2, &[0, 1])]);
+    let reqs = requests(&mut s, t);
+    let bad = reqs
+        .iter()
+        .find(|r| r.source == Source::Peer(PeerId(1)))
+        .unwrap();
+    let at = t + 20 * MS;
+    s.handle_piece_failed(at, bad.piece, bad.source, FailReason::Corrupt);
+    assert_eq!(s.liars().collect::<Vec<_>>(), vec![PeerId(1)]);
+    assert_eq!(s.corrupt_pieces(), 1);
+    assert_eq!(s.poll_timeout(), Some(at), "the report is due at once");
+    let msg = s.poll_sync(at).unwrap();
+    assert_eq!(msg.bad_pieces, vec![(PeerId(1), bad.piece)]);
+    // The liar is still a parent at the supernode, but is never asked again.
+    let again = reply(&s, 2, &[], &[(1, &[0, 1]), (2, &[0, 1])]);
+    s.handle_sync_reply(at, again);
+    let other = reqs
+        .iter()
+        .find(|r| r.source == Source::Peer(PeerId(2)))
+        .unwrap();
+    s.handle_piece_done(at, other.piece, other.source, 1);
+    assert!(
+        requests(&mut s, at)
+            .iter()
+            .all(|r| r.source != Source::Peer(PeerId(1)))
+    );
+}
+
+#[test]
+fn reports_of_a_failed_sync_go_into_the_next() {
+    let t = Instant::now();
+    let mut s = joined(3, t, &[(1, &[0, 1, 2]), (2, &[0, 1, 2])]);
+    let reqs = requests(&mut s, t);
+    s.handle_piece_done(t, reqs[0].piece, reqs[0].source, 1);
+    let at = t + 50 * MS;
+    let first = s.poll_sync(at).unwrap();
+    assert_eq!(first.new_pieces, vec![reqs[0].piece]);
+    // A piece finishes and a corrupt one arrives while the sync is out; then it fails.
+    s.handle_piece_failed(at, reqs[1].piece, reqs[1].source, FailReason::Corrupt);
+    s.handle_sync_failed(at + 5 * MS, SyncFailure::Unreachable("refused".into()));
+    assert!(events(&mut s).is_empty());
+    let next = s.poll_sync(at + 5 * MS).unwrap();
+    assert_eq!(next.new_pieces, vec![reqs[0].piece]);
+    assert_eq!(next.bad_pieces.len(), 1);
+}
+
+#[test]
+fn supernode_lost_after_being_unreachable_for_the_timeout() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[]);
+    let mut at = t;
+    let timeout = SessionConfig::default().supernode_timeout;
+    // Syncs fail every 200 ms; nothing happens until it has been out for 10 s.
+    while at <= t + timeout + 200 * MS {
+        at = s.poll_timeout().unwrap();
+        assert!(s.poll_sync(at).is_some());
+        s.handle_sync_failed(at, SyncFailure::Unreachable("connection refused".into()));
+        let ev = events(&mut s);
+        if at.duration_since(t + 200 * MS) > timeout {
+            assert_eq!(
+                ev,
+                vec![SessionEvent::SupernodeLost(SyncFailure::Unreachable(
+                    "connection refused".into()
+                ))]
+            );
+            break;
+        }
+        assert!(ev.is_empty(), "lost too early at {:?}", at - t);
+    }
+    assert_eq!(
+        s.poll_sync(at + timeout),
+        None,
+        "a lost session syncs no more"
+    );
+    assert_eq!(s.poll_request(at), None);
+}
+
+#[test]
+fn a_reply_resets_the_unreachable_clock() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[]);
+    s.poll_sync(t + 200 * MS).unwrap();
+    s.handle_sync_failed(t + 200 * MS, SyncFailure::Unreachable("x".into()));
+    s.poll_sync(t + 9 * Duration::from_secs(1)).unwrap();
+    s.handle_sync_reply(t + 9 * Duration::from_secs(1), reply(&s, 2, &[], &[]));
+    let late = t + Duration::from_secs(15);
+    s.poll_sync(late).unwrap();
+    s.handle_sync_failed(late, SyncFailure::Unreachable("x".into()));
+    assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn a_forgotten_task_or_a_refusal_ends_the_session_at_once() {
+    let t = Instant::now();
+    let mut s = joined(2, t, &[]);
+    s.poll_sync(t + 200 * MS).unwrap();
+    s.handle_sync_failed(
+        t + 200 * MS,
+        SyncFailure::TaskUnknown("UNKNOWN_TASK".into()),
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::SupernodeLost(SyncFailure::TaskUnknown(
+            "UNKNOWN_TASK".into()
+        ))]
+    );
+    let mut s = joined(2, t, &[]);
+    s.poll_sync(t + 200 * MS).unwrap();
+    s.handle_sync_failed(t + 200 * MS, SyncFailure::Refused("DENIED".into()));
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::SyncRefused("DENIED".into())]
+    );
+}
+
+#[test]
+fn a_failed_task_ends_the_session() {
+    let t = Instant::now();
+    let mut s = session(2, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            failed: Some("origin answered 404".into()),
+            ..SyncReply::default()
+        },
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![SessionEvent::TaskFailed("origin answered 404".into())]
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn stalls_without_a_verified_piece_for_the_timeout() {
+    let t = Instant::now();
+    let mut s = joined(4, t, &[(1, &[0, 1, 2, 3])]);
+    let req = s.poll_request(t).unwrap();
+    let m = Duration::from_secs(60);
+    s.handle_piece_done(t + m, req.piece, req.source, 1);
+    // Syncs keep succeeding, pieces keep failing: no progress.
+    let at = loop {
+        let at = s.poll_timeout().unwrap();
+        s.handle_timeout(at);
+        let ev = events(&mut s);
+        if !ev.is_empty() {
+            assert_eq!(ev, vec![SessionEvent::Stalled(Duration::from_secs(120))]);
+            break at;
+        }
+        if s.poll_sync(at).is_some() {
+            s.handle_sync_reply(at, reply(&s, 4, &[], &[(1, &[0, 1, 2, 3])]));
+        }
+        for r in requests(&mut s, at) {
+            s.handle_piece_failed(at, r.piece, r.source, FailReason::Timeout);
+        }
+        assert!(at < t + 3 * m, "never stalled");
+    };
+    assert_eq!(at, t + m + Duration::from_secs(120));
+    assert_eq!(s.poll_request(at), None);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn completes_then_sends_one_final_sync() {
+    let t = Instant::now();
+    let mut s = joined(3, t, &[(1, &[0, 1, 2])]);
+    let mut at = t;
+    while !s.is_complete() {
+        at += 10 * MS;
+        for r in requests(&mut s, at) {
+            s.handle_piece_received(at, r.piece, r.source);
+            s.handle_piece_done(at, r.piece, r.source, r.range.end - r.range.start);
+        }
+    }
+    assert_eq!(events(&mut s), vec![SessionEvent::Complete]);
+    assert_eq!(s.verified_prefix(), 3 * u64::from(MIB) - u64::from(MIB / 2));
+    assert_eq!(s.bytes_from_peers(), s.verified_prefix());
+    assert_eq!(
+        s.poll_timeout(),
+        Some(at),
+        "the final report is due at once"
+    );
+    let last = s.poll_sync(at).unwrap();
+    assert!(last.done);
+    assert_eq!(last.digests_from, u32::MAX);
+    let mut all = last.new_pieces.clone();
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2]);
+    s.handle_sync_failed(at, SyncFailure::Unreachable("gone".into()));
+    assert!(events(&mut s).is_empty(), "the final report is best effort");
+    assert_eq!(s.poll_sync(at + Duration::from_secs(1)), None);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_readmitted_peer_reports_everything_again() {
+    let t = Instant::now();
+    let mut s = joined(3, t, &[(1, &[0, 1, 2])]);
+    let r = s.poll_request(t).unwrap();
+    s.handle_piece_done(t, r.piece, r.source, 1);
+    let at = t + 50 * MS;
+    assert_eq!(s.poll_sync(at).unwrap().new_pieces, vec![r.piece]);
+    let mut back = reply(&s, 3, &[], &[(1, &[0, 1, 2])]);
+    back.readmitted = true;
+    s.handle_sync_reply(at, back);
+    assert_eq!(
+        s.poll_sync(at + 200 * MS).unwrap().new_pieces,
+        vec![r.piece]
+    );
+}
