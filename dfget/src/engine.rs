@@ -17,7 +17,7 @@
 //! [`damselfly_swarm::Picker`]'s; this module only moves bytes and time.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -27,10 +27,13 @@ use std::{
 use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
 use damselfly_oci::{Origin, OriginConfig, OriginError};
 use damselfly_proto::{
-    BadPiece, Header, MAX_URGENT, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
+    BadPiece, Header, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, TaskState,
 };
-use damselfly_swarm::{Bitmap, FailReason, PeerId, Picker, PickerConfig, Source, piece_range};
+use damselfly_swarm::{
+    Bitmap, FailReason, Parent, PeerId, PeerSession, PickerConfig, SessionConfig, SessionEvent,
+    Source, SyncFailure, SyncMsg, SyncReply, piece_range,
+};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -120,6 +123,9 @@ impl Default for EngineConfig {
         }
     }
 }
+
+// The session names at most as many urgent pieces as a sync may carry.
+const _: () = assert!(damselfly_proto::MAX_URGENT == damselfly_swarm::MAX_URGENT);
 
 /// The engine's picker limits: the swarm defaults, with requests pipelined to each parent,
 /// which queues them instead of refusing (`upload_queue`), so its link never idles
@@ -637,6 +643,11 @@ impl Engine {
         self.joined.lock().remove(task_id);
     }
 
+    /// The swarm part of a download: drives the sans-IO [`PeerSession`], which makes every
+    /// decision (when to sync and what it carries, which piece from whom, stalls, supernode
+    /// loss, completion); this loop only moves bytes and time. One `select!` over the sync
+    /// in flight, the piece jobs and the session's one timer; after every input the
+    /// session's `poll_*` outputs are drained.
     async fn swarm_download(
         &self,
         sn: &SupernodeClient,
@@ -646,28 +657,24 @@ impl Engine {
         progress: &dyn Progress,
         report: &mut Report,
     ) -> Result<DigestJob, SwarmError> {
-        let mut picker = Picker::new(task.piece_count, self.config.picker.clone(), rand::random());
-        let mut digests: Vec<[u8; 32]> = Vec::new();
-        let mut parents: HashMap<PeerId, SocketAddr> = HashMap::new();
-        let mut new_pieces = Vec::new();
-        let mut bad = Vec::new();
-        let mut liars = HashSet::new();
+        let session_config = SessionConfig {
+            sync_interval: self.config.sync_interval,
+            supernode_timeout: self.config.supernode_timeout,
+            stall_timeout: self.config.stall_timeout,
+            picker: self.config.picker.clone(),
+        };
+        let mut session = PeerSession::new(
+            Instant::now(),
+            task.content_length,
+            task.piece_size,
+            session_config,
+            rand::random(),
+        );
         let mut inflight: JoinSet<PieceOutcome> = JoinSet::new();
+        let mut syncing: JoinSet<Result<SyncResponse, SupernodeError>> = JoinSet::new();
         // Piece jobs say here when a piece's bytes have arrived, so its parent can take the
         // next request while the piece is verified and written.
         let (received_tx, mut received_rx) = tokio::sync::mpsc::unbounded_channel();
-        // Pieces held from the start, contiguously.
-        let mut prefix = 0u32;
-        let mut next_sync = Instant::now();
-        let mut unreachable_since: Option<Instant> = None;
-        // At most one sync in flight, beside the piece transfers: a long poll must not hold
-        // up the download. It hands its request back, so a failed sync's reports go out with
-        // the next one.
-        let mut syncing: JoinSet<(SyncRequest, Result<SyncResponse, SupernodeError>)> =
-            JoinSet::new();
-        let mut in_flight_bad: Vec<BadPiece> = Vec::new();
-        let mut offers = Bitmap::new(task.piece_count);
-        let mut last_progress = Instant::now();
         let path: Arc<Path> = Arc::from(out.temp_path());
         // The whole-file digest follows the verified prefix while pieces arrive. If this
         // function fails, dropping `prefix_tx` stops it.
@@ -679,72 +686,43 @@ impl Engine {
             prefix_rx,
         ));
 
-        while !picker.is_complete() {
+        loop {
             let now = Instant::now();
-            let urgent = progress.take_urgent();
-            if !urgent.is_empty() {
-                let piece_size = u64::from(task.piece_size.max(1));
-                picker.add_urgent(
-                    urgent
-                        .iter()
-                        .filter(|r| r.start < r.end)
-                        .flat_map(|r| (r.start / piece_size)..r.end.div_ceil(piece_size))
-                        .filter_map(|p| u32::try_from(p).ok())
-                        .take(MAX_URGENT),
-                );
-                // The supernode offers them first once it knows.
-                next_sync = now;
-            }
-            if syncing.is_empty() && now >= next_sync {
-                let mut req = self.sync_request(
-                    &task.task_id,
-                    std::mem::take(&mut new_pieces),
-                    std::mem::take(&mut bad),
-                    false,
-                    digests.len() as u32,
-                );
-                req.urgent_pieces = picker.urgent(MAX_URGENT);
-                // While the supernode's own fetch may still bring new pieces, a sync with
-                // nothing to report waits there for the next one (up to a period), so a
-                // fresh piece is requested as soon as it is stored.
-                if digests.len() < task.piece_count as usize {
-                    req.wait_ms = u32::try_from(self.config.sync_interval.as_millis())
-                        .unwrap_or(u32::MAX)
-                        .min(damselfly_proto::MAX_SYNC_WAIT_MS);
+            session.handle_urgent(now, progress.take_urgent());
+            while let Some(event) = session.poll_event() {
+                match event {
+                    SessionEvent::Complete => {}
+                    SessionEvent::Stalled(d) => return Err(DownloadError::Stalled(d).into()),
+                    SessionEvent::SupernodeLost(why) => {
+                        return Err(SwarmError::SupernodeLost(why.to_string()));
+                    }
+                    SessionEvent::TaskFailed(why) => {
+                        return Err(DownloadError::TaskFailed(why).into());
+                    }
+                    SessionEvent::SyncRefused(why) => {
+                        return Err(DownloadError::Supernode(SupernodeError::Protocol(why)).into());
+                    }
                 }
-                in_flight_bad.clone_from(&req.bad_pieces);
-                next_sync = now + self.config.sync_interval;
-                let sn = sn.clone();
-                syncing.spawn(async move {
-                    let result = sn.sync(&req).await;
-                    (req, result)
-                });
             }
-
-            while let Some(request) = picker.poll_request(now) {
-                let Some(&expected) = digests.get(request.piece as usize) else {
-                    // The picker only sees pieces whose digest is known; be safe anyway.
-                    picker.handle_piece_failed(
-                        now,
-                        request.piece,
-                        request.source,
-                        FailReason::Unavailable,
-                    );
-                    continue;
-                };
+            if session.is_complete() {
+                break;
+            }
+            if let Some(msg) = session.poll_sync(now) {
+                let req = self.session_sync(&task.task_id, msg);
+                let sn = sn.clone();
+                syncing.spawn(async move { sn.sync(&req).await });
+            }
+            while let Some(fetch) = session.poll_request(now) {
                 let job = PieceJob {
                     task_id: task.task_id.clone(),
-                    piece: request.piece,
-                    source: request.source,
-                    addr: match request.source {
-                        Source::Peer(p) => parents.get(&p).copied(),
-                        Source::Seed => None,
-                    },
-                    range: piece_range(task.content_length, task.piece_size, request.piece),
-                    expected,
+                    piece: fetch.piece,
+                    source: fetch.source,
+                    addr: fetch.addr,
+                    range: fetch.range,
+                    expected: fetch.expected,
                     peer_id: self.peer_id,
                     // A request pipelined to a parent waits behind the ones sent before it.
-                    timeout: match request.source {
+                    timeout: match fetch.source {
                         Source::Peer(_) => self.config.piece_timeout.saturating_mul(
                             u32::try_from(self.config.picker.per_parent_in_flight.max(1))
                                 .unwrap_or(u32::MAX),
@@ -761,121 +739,107 @@ impl Engine {
                     received_tx.clone(),
                 ));
             }
-
-            let wake = picker
+            let wake = session
                 .poll_timeout()
-                .map_or(next_sync, |t| t.min(next_sync));
+                .unwrap_or(now + self.config.sync_interval);
             tokio::select! {
                 Some(joined) = syncing.join_next() => {
                     let now = Instant::now();
-                    let (req, result) = joined.map_err(|e| {
+                    let result = joined.map_err(|e| {
                         DownloadError::Setup(format!("sync worker failed: {e}"))
                     })?;
                     match result {
-                        Ok(resp) => {
-                            unreachable_since = None;
-                            let offered = apply_sync(
-                                &resp,
-                                task.piece_count,
-                                &mut offers,
-                                &mut digests,
-                                &mut parents,
-                                &mut picker,
-                                now,
-                            )?;
-                            // The supernode is feeding us pieces nobody else has: ask (and
-                            // wait there) for the next one at once.
-                            if offered {
-                                next_sync = now;
-                            }
+                        Ok(resp) => session.handle_sync_reply(now, sync_reply(&resp, session.have().len())),
+                        Err(e) => {
+                            let failure = match &e {
+                                SupernodeError::Unreachable { reason, .. } => {
+                                    SyncFailure::Unreachable(reason.clone())
+                                }
+                                e if e.code() == Some("UNKNOWN_TASK")
+                                    || e.code() == Some("NOT_ADMITTED") =>
+                                {
+                                    SyncFailure::TaskUnknown(e.to_string())
+                                }
+                                // Anything else ends the download with the supernode's own
+                                // refusal, typed.
+                                _ => return Err(refusal(e).into()),
+                            };
+                            session.handle_sync_failed(now, failure);
                         }
-                        Err(SupernodeError::Unreachable { reason, .. }) => {
-                            // Keep what we must report for the next successful sync.
-                            new_pieces.extend(req.new_pieces);
-                            bad.extend(req.bad_pieces);
-                            let since = *unreachable_since.get_or_insert(now);
-                            if now.duration_since(since) > self.config.supernode_timeout {
-                                return Err(SwarmError::SupernodeLost(reason));
-                            }
-                        }
-                        Err(e)
-                            if e.code() == Some("UNKNOWN_TASK") || e.code() == Some("NOT_ADMITTED") =>
-                        {
-                            return Err(SwarmError::SupernodeLost(e.to_string()));
-                        }
-                        Err(e) => return Err(refusal(e).into()),
-                    }
-                    in_flight_bad.clear();
-                    if !new_pieces.is_empty() || !bad.is_empty() {
-                        next_sync = next_sync.min(now + self.config.sync_interval / 4);
                     }
                 }
                 Some((piece, source)) = received_rx.recv() => {
-                    picker.handle_piece_received(piece, source);
+                    session.handle_piece_received(Instant::now(), piece, source);
                 }
                 Some(joined) = inflight.join_next() => {
                     let now = Instant::now();
-                    let outcome = match joined {
-                        Ok(o) => o,
-                        Err(e) => return Err(DownloadError::Setup(format!("piece worker failed: {e}")).into()),
-                    };
+                    let outcome = joined.map_err(|e| {
+                        DownloadError::Setup(format!("piece worker failed: {e}"))
+                    })?;
                     match outcome.result {
                         Ok(len) => {
-                            picker.handle_piece_done(now, outcome.piece, outcome.source);
-                            new_pieces.push(outcome.piece);
-                            if outcome.piece == prefix {
-                                while prefix < task.piece_count && picker.have().get(prefix) {
-                                    prefix += 1;
-                                }
-                                let end = piece_range(task.content_length, task.piece_size, prefix - 1).end;
-                                prefix_tx.send_replace(end);
-                            }
-                            match outcome.source {
-                                Source::Seed => report.from_supernode += len,
-                                Source::Peer(_) => report.from_peers += len,
+                            let before = session.verified_prefix();
+                            session.handle_piece_done(now, outcome.piece, outcome.source, len);
+                            let prefix = session.verified_prefix();
+                            if prefix > before {
+                                prefix_tx.send_replace(prefix);
                             }
                             progress.advance(len);
                             progress.written(piece_range(task.content_length, task.piece_size, outcome.piece));
-                            last_progress = now;
-                            // Announce new pieces soon so others can fetch them from us.
-                            next_sync = next_sync.min(now + self.config.sync_interval / 4);
                         }
                         Err(PieceFailure::Local(e)) => return Err(DownloadError::Io(e).into()),
                         Err(failure) => {
-                            let reason = failure.reason();
-                            if let (FailReason::Corrupt, Source::Peer(p)) = (reason, outcome.source) {
-                                warn!(peer = %p, piece = outcome.piece, "piece failed verification; avoiding that peer");
-                                report.corrupt_pieces += 1;
-                                liars.insert(p.0);
-                                bad.push(BadPiece { offender: p.0, piece: outcome.piece });
-                                next_sync = now;
-                            } else {
-                                debug!(piece = outcome.piece, source = ?outcome.source, error = %failure, "piece fetch failed");
-                            }
+                            debug!(piece = outcome.piece, source = ?outcome.source, error = %failure, "piece fetch failed");
                             // A silent parent is probably dead: make the next attempt
                             // reconnect (and fail fast) instead of waiting on a stale
-                            // connection. A single failed stream leaves the connection alone.
+                            // connection. A single refused request leaves the connection alone.
                             if let (PieceFailure::Timeout, Some(addr)) = (&failure, outcome.addr) {
                                 self.fetcher.drop_connection(addr);
                             }
-                            picker.handle_piece_failed(now, outcome.piece, outcome.source, reason);
+                            session.handle_piece_failed(now, outcome.piece, outcome.source, failure.reason());
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(wake.max(Instant::now()).into()) => {}
-            }
-            if last_progress.elapsed() > self.config.stall_timeout {
-                return Err(DownloadError::Stalled(self.config.stall_timeout).into());
+                _ = tokio::time::sleep_until(wake.max(Instant::now()).into()) => {
+                    session.handle_timeout(Instant::now());
+                }
             }
         }
-        report.liars = liars.into_iter().collect();
-        // A sync still in flight is dropped; the liars it reported go out again below.
-        syncing.abort_all();
-        bad.append(&mut in_flight_bad);
-        // Report the last pieces (and any liar) before declaring completion.
-        let req = self.sync_request(&task.task_id, new_pieces, bad, true, u32::MAX);
-        let _ = sn.sync(&req).await;
+        report.from_supernode = session.bytes_from_seed();
+        report.from_peers = session.bytes_from_peers();
+        report.corrupt_pieces = u32::try_from(session.corrupt_pieces()).unwrap_or(u32::MAX);
+        report.liars = session.liars().map(|p| p.0).collect();
+        // A sync still in flight is dropped (its reports go into the final one), and the
+        // final report (every piece, and any liar) goes out before completion is declared.
+        let now = Instant::now();
+        if !syncing.is_empty() {
+            syncing.abort_all();
+            session.handle_sync_failed(now, SyncFailure::Unreachable("superseded".into()));
+        }
+        if let Some(msg) = session.poll_sync(now) {
+            let _ = sn.sync(&self.session_sync(&task.task_id, msg)).await;
+        }
         Ok(digest_job)
+    }
+
+    /// The wire form of a sync the session asked for.
+    fn session_sync(&self, task_id: &str, msg: SyncMsg) -> SyncRequest {
+        let bad = msg
+            .bad_pieces
+            .iter()
+            .map(|&(offender, piece)| BadPiece {
+                offender: offender.0,
+                piece,
+            })
+            .collect();
+        let mut req = self.sync_request(task_id, msg.new_pieces, bad, msg.done, msg.digests_from);
+        req.urgent_pieces = msg.urgent;
+        req.wait_ms = msg.wait.map_or(0, |w| {
+            u32::try_from(w.as_millis())
+                .unwrap_or(u32::MAX)
+                .min(damselfly_proto::MAX_SYNC_WAIT_MS)
+        });
+        req
     }
 
     async fn back_source(
@@ -950,63 +914,32 @@ impl Engine {
     }
 }
 
-/// Applies a sync answer to the picker. Returns whether the supernode offered a piece this
-/// peer lacks and had not been offered before (`offers` keeps every piece offered so far):
-/// it feeds this peer directly.
-fn apply_sync(
-    resp: &SyncResponse,
-    pieces: u32,
-    offers: &mut Bitmap,
-    digests: &mut Vec<[u8; 32]>,
-    parents: &mut HashMap<PeerId, SocketAddr>,
-    picker: &mut Picker,
-    now: Instant,
-) -> Result<bool, SwarmError> {
-    if resp.state == TaskState::Failed as i32 {
-        return Err(DownloadError::TaskFailed(resp.error.clone()).into());
+/// The session's view of a sync answer (validated by the client: every digest is 32
+/// bytes). Bitmaps that do not fit the task are dropped, as are parents with a bad address.
+fn sync_reply(resp: &SyncResponse, pieces: u32) -> SyncReply {
+    let bits = |bytes: &[u8]| Bitmap::from_bytes(pieces, bytes).ok();
+    SyncReply {
+        failed: (resp.state == TaskState::Failed as i32).then(|| resp.error.clone()),
+        digests_from: resp.digests_from,
+        digests: resp
+            .digests
+            .iter()
+            .filter_map(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+            .collect(),
+        seed_pieces: bits(&resp.seed_pieces).unwrap_or_else(|| Bitmap::new(pieces)),
+        parents: resp
+            .parents
+            .iter()
+            .filter_map(|p| {
+                Some(Parent {
+                    id: PeerId(p.peer_id),
+                    addr: p.addr.parse().ok()?,
+                    pieces: bits(&p.pieces)?,
+                })
+            })
+            .collect(),
+        readmitted: resp.readmitted,
     }
-    if resp.digests_from as usize == digests.len() {
-        for d in &resp.digests {
-            if digests.len() >= pieces as usize {
-                break;
-            }
-            let mut arr = [0u8; 32];
-            // validate() checked every digest is 32 bytes.
-            arr.copy_from_slice(d);
-            digests.push(arr);
-        }
-    }
-    let known = digests.len() as u32;
-    // Only pieces whose digest we know can be verified, so only those are requested.
-    let masked = |bytes: &[u8]| -> Option<Bitmap> {
-        let all = Bitmap::from_bytes(pieces, bytes).ok()?;
-        let mut m = Bitmap::new(pieces);
-        for i in all.iter_ones().filter(|&i| i < known) {
-            m.set(i);
-        }
-        Some(m)
-    };
-    let mut offered = false;
-    if let Some(seed) = masked(&resp.seed_pieces) {
-        for p in seed.iter_ones() {
-            if !offers.get(p) && !picker.have().get(p) {
-                offers.set(p);
-                offered = true;
-            }
-        }
-        picker.handle_seed_pieces(seed);
-    }
-    parents.clear();
-    let mut views = Vec::with_capacity(resp.parents.len());
-    for p in &resp.parents {
-        let (Ok(addr), Some(bits)) = (p.addr.parse::<SocketAddr>(), masked(&p.pieces)) else {
-            continue;
-        };
-        parents.insert(PeerId(p.peer_id), addr);
-        views.push((PeerId(p.peer_id), bits));
-    }
-    picker.handle_parents(now, views);
-    Ok(offered)
 }
 
 /// One piece transfer, run as its own task.

@@ -188,6 +188,10 @@ pub struct SyncResponse {
     /// Parents to fetch from.
     #[prost(message, repeated, tag = "7")]
     pub parents: Vec<ParentInfo>,
+    /// The supernode had forgotten this peer (silent past its peer timeout) and admitted it
+    /// again: the peer's next sync should report every piece it holds.
+    #[prost(bool, tag = "8")]
+    pub readmitted: bool,
 }
 
 /// Peer → supernode: the peer stops serving this task.

@@ -30,7 +30,7 @@ use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
     RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
 };
-use damselfly_swarm::{PeerId, SchedError};
+use damselfly_swarm::{PeerId, SyncInput};
 use prost::Message;
 use tracing::{debug, warn};
 
@@ -245,7 +245,11 @@ async fn sync(
         return Err(ApiError::NotAdmitted(peer));
     }
     task.touch(started);
-    if req.may_wait() {
+    // A long poll is held only in a small swarm, which the supernode feeds directly; in a
+    // large one, waking every waiting peer for each new piece would multiply the syncs, so
+    // they are answered at once and come back a period later.
+    let hold = req.may_wait() && task.sched.lock().wakes_on_new_pieces();
+    if hold {
         wait_for_piece(
             &task,
             req.digests_from,
@@ -254,35 +258,32 @@ async fn sync(
         .await;
     }
     // After a long poll, "now" is when the answer is made.
-    let started = if req.may_wait() {
-        Instant::now()
-    } else {
-        started
-    };
+    let started = if hold { Instant::now() } else { started };
     let seed_has = task.cdn.lock().have.clone();
-    let (parents, seed_offer) = {
-        let mut sched = task.sched.lock();
-        let mut result = sched.handle_sync(started, peer, &req.new_pieces, req.uploading, req.done);
-        if matches!(result, Err(SchedError::UnknownPeer(_))) {
-            // Expired after a pause, but it registered before: re-admit it.
-            sched.handle_join(started, peer, addr);
-            result = sched.handle_sync(started, peer, &req.new_pieces, req.uploading, req.done);
-        }
-        result.map_err(|e| ApiError::Invalid(e.to_string()))?;
-        for bad in &req.bad_pieces {
-            shared.metrics.bad_pieces.inc();
-            sched.handle_bad_piece(started, peer, PeerId(bad.offender), bad.piece);
-        }
-        let parents = sched
-            .parents(started, peer)
-            .map_err(|e| ApiError::Invalid(e.to_string()))?;
-        // Offer each piece the swarm lacks to one peer at a time, so the supernode sends each
-        // piece about once and peers spread it.
-        let offer = sched
-            .seed_pieces(started, peer, &seed_has, &req.urgent_pieces)
-            .map_err(|e| ApiError::Invalid(e.to_string()))?;
-        (parents, offer)
-    };
+    let bad: Vec<(PeerId, u32)> = req
+        .bad_pieces
+        .iter()
+        .map(|b| (PeerId(b.offender), b.piece))
+        .collect();
+    shared.metrics.bad_pieces.inc_by(bad.len() as u64);
+    // The scheduler's whole side of a sync, the same call the simulator makes.
+    let answer = task
+        .sched
+        .lock()
+        .handle_sync_request(
+            started,
+            peer,
+            addr,
+            &SyncInput {
+                new_pieces: &req.new_pieces,
+                bad_pieces: &bad,
+                urgent: &req.urgent_pieces,
+                uploading: req.uploading,
+                done: req.done,
+                seed_has: &seed_has,
+            },
+        )
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
     let cdn = task.cdn.lock();
     let (state, error) = match &cdn.state {
         CdnState::Running => (TaskState::Running, String::new()),
@@ -294,10 +295,12 @@ async fn sync(
         version: PROTOCOL_VERSION,
         state: state as i32,
         error,
-        seed_pieces: seed_offer.to_bytes(),
+        seed_pieces: answer.seed_pieces.to_bytes(),
         digests: cdn.digests[from..].iter().map(|d| d.to_vec()).collect(),
         digests_from: from as u32,
-        parents: parents
+        readmitted: answer.readmitted,
+        parents: answer
+            .parents
             .into_iter()
             .map(|p| ParentInfo {
                 peer_id: p.id.0,

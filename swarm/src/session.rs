@@ -64,6 +64,10 @@ pub struct SyncMsg {
     pub urgent: Vec<u32>,
     /// Every piece is held: the final sync.
     pub done: bool,
+    /// Long poll: the sync reports nothing while the supernode may still store pieces this
+    /// peer has no digest for, so the supernode may hold it this long and answer as soon as
+    /// its next piece is stored (it decides whether to). `None`: answer at once.
+    pub wait: Option<Duration>,
 }
 
 /// The supernode's answer to a sync, validated by the driver (wire types converted).
@@ -151,6 +155,8 @@ struct InFlight {
     new_pieces: Vec<u32>,
     bad_pieces: Vec<(PeerId, u32)>,
     done: bool,
+    /// When it was sent, if it was a long poll (its wait counts as the sync period).
+    long_poll: Option<Instant>,
 }
 
 /// One download on a peer: the [`Picker`] plus everything the download loop decides around
@@ -178,8 +184,10 @@ struct InFlight {
 /// `handle_timeout`. A sync and piece jobs run concurrently: inputs may arrive in any order.
 /// After `Complete`, send the final sync `poll_sync` returns; the session is then done.
 ///
-/// Decisions: the first sync is due at once. Once a sync has ended (reply or failure) the
-/// next is due `sync_interval` later, sooner once a new piece is verified (`sync_interval
+/// Decisions: the first sync is due at once. A sync with nothing to report, while digests
+/// are still missing, is a long poll ([`SyncMsg::wait`]); a reply offering a piece the
+/// supernode had not offered before makes the next sync due at once. Once a sync has ended
+/// (reply or failure) the next is due `sync_interval` later (a long poll's wait counts), sooner once a new piece is verified (`sync_interval
 /// / 4` after the piece or the end of the last sync, whichever is later), and at once for
 /// urgent pieces, a corrupt piece or the last piece. A failed sync's reports go into the
 /// next one. Only pieces whose digest is known are requested:
@@ -214,6 +222,8 @@ pub struct PeerSession {
     from_peers: u64,
     /// Pieces held from the start, contiguously.
     prefix: u32,
+    /// Every piece the supernode has offered this peer so far.
+    offered: Bitmap,
 }
 
 impl PeerSession {
@@ -248,6 +258,7 @@ impl PeerSession {
             from_seed: 0,
             from_peers: 0,
             prefix: 0,
+            offered: Bitmap::new(pieces),
         };
         if pieces == 0 {
             session.complete(now);
@@ -262,7 +273,7 @@ impl PeerSession {
             return;
         };
         self.unreachable_since = None;
-        self.schedule_after_sync(now, !self.new_pieces.is_empty());
+        self.schedule_after_sync(now, &sent);
         if sent.done {
             // The final report went through; nothing more to learn.
             self.phase = Phase::Closed;
@@ -289,7 +300,20 @@ impl PeerSession {
             bits.clear_from(known);
             bits
         };
-        self.picker.handle_seed_pieces(mask(reply.seed_pieces));
+        let seed = mask(reply.seed_pieces);
+        let mut fresh_offer = false;
+        for p in seed.iter_ones() {
+            if !self.offered.get(p) && !self.picker.have().get(p) {
+                self.offered.set(p);
+                fresh_offer = true;
+            }
+        }
+        if fresh_offer {
+            // The supernode feeds this peer pieces nobody else has: ask for (and wait
+            // there for) the next ones at once rather than a period later.
+            self.sync_at_once(now);
+        }
+        self.picker.handle_seed_pieces(seed);
         self.addrs.clear();
         let mut views = Vec::with_capacity(reply.parents.len());
         for p in reply.parents {
@@ -314,7 +338,11 @@ impl PeerSession {
         }
         // Retry a period later, not sooner: the reports it carried will not make an
         // unreachable supernode answer faster.
-        self.schedule_after_sync(now, false);
+        self.next_sync = if self.sync_now {
+            now
+        } else {
+            now + self.config.sync_interval
+        };
         let mut new_pieces = sent.new_pieces;
         new_pieces.append(&mut self.new_pieces);
         self.new_pieces = new_pieces;
@@ -420,6 +448,17 @@ impl PeerSession {
             return None;
         }
         let done = self.phase == Phase::Finishing;
+        let urgent = if done {
+            Vec::new()
+        } else {
+            self.picker.urgent(MAX_URGENT)
+        };
+        let wait = (!done
+            && self.new_pieces.is_empty()
+            && self.bad_pieces.is_empty()
+            && urgent.is_empty()
+            && self.digests.len() < self.picker.have().len() as usize)
+            .then_some(self.config.sync_interval);
         let msg = SyncMsg {
             new_pieces: std::mem::take(&mut self.new_pieces),
             bad_pieces: std::mem::take(&mut self.bad_pieces),
@@ -428,17 +467,15 @@ impl PeerSession {
             } else {
                 self.digests.len() as u32
             },
-            urgent: if done {
-                Vec::new()
-            } else {
-                self.picker.urgent(MAX_URGENT)
-            },
+            urgent,
             done,
+            wait,
         };
         self.sync = Some(InFlight {
             new_pieces: msg.new_pieces.clone(),
             bad_pieces: msg.bad_pieces.clone(),
             done,
+            long_poll: wait.map(|_| now),
         });
         self.sync_now = false;
         Some(msg)
@@ -557,19 +594,24 @@ impl PeerSession {
         self.events.push_back(SessionEvent::Complete);
     }
 
-    /// The cadence once a sync has ended (reply or failure) at `now`: a period later, or a
-    /// quarter period if pieces wait to be reported, or at once if something urgent came up
-    /// meanwhile. Pieces verified while the sync was out count from its end, not from when
-    /// they arrived, so a sync is not followed within a quarter period by another. (In the
-    /// 1,000-peer flash crowd, counting from the pieces made the slowest peer 1-2 % slower.)
-    fn schedule_after_sync(&mut self, now: Instant, pieces_waiting: bool) {
+    /// The cadence once `sent` got its reply at `now`: a period later (for a long poll, a
+    /// period after it was sent: its wait was the period), or a quarter period if pieces
+    /// wait to be reported, or at once if something urgent came up meanwhile. Pieces
+    /// verified while the sync was out count from its end, not from when they arrived, so a
+    /// sync is not followed within a quarter period by another. (In the 1,000-peer flash
+    /// crowd, counting from the pieces made the slowest peer 1-2 % slower.)
+    fn schedule_after_sync(&mut self, now: Instant, sent: &InFlight) {
         let interval = self.config.sync_interval;
+        let period = match sent.long_poll {
+            Some(at) => (at + interval).max(now),
+            None => now + interval,
+        };
         self.next_sync = if self.sync_now {
             now
-        } else if pieces_waiting {
-            now + interval / 4
+        } else if !self.new_pieces.is_empty() {
+            period.min(now + interval / 4)
         } else {
-            now + interval
+            period
         };
     }
 

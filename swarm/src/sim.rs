@@ -30,9 +30,9 @@
 //! - **Peers** are [`PeerSession`]s, driven as `dfget`'s loop drives one: after every input
 //!   the driver drains `poll_event`, `poll_sync`, `poll_request` and re-arms one timer from
 //!   `poll_timeout`. The session decides the cadence (every `sync_interval`, 200 ms, sooner
-//!   after a new piece, at once after a corrupt or the last piece). As in dfget today, the
-//!   loop waits for each sync (pieces that finish meanwhile are handled after the reply);
-//!   [`SimConfig::sync_waits`] = false runs the sync beside the transfers instead. After
+//!   after a new piece, at once after a corrupt or the last piece). As in dfget, the sync
+//!   runs beside the transfers; [`SimConfig::sync_waits`] = true makes the loop wait for
+//!   each sync instead (dfget before its loop drove the session). After
 //!   the last piece a peer sends its final `done` sync and keeps serving, with a keep-alive
 //!   sync every 5 s (dfdaemon's, outside the session).
 //! - **Supernode.** It holds the whole blob from the start (preheated, or its origin is faster
@@ -128,12 +128,12 @@ pub struct SimConfig {
     pub sync_interval: Duration,
     /// Sync period of a finished peer (dfdaemon's `p2p.keepalive_interval`, default 5 s).
     pub keepalive: Duration,
-    /// The peer's loop waits for each sync, as dfget's does today (it awaits the sync
-    /// inline): no request starts, and pieces that finish meanwhile are handled after the
-    /// reply. Default true. With false the sync runs beside the transfers, the shape dfget's
-    /// loop takes once it drives [`PeerSession`] from one `select!`; in the 1,000-peer runs
-    /// that made the heterogeneous crowd's slowest peer about 5 % faster (its 20 ms peers
-    /// stop pausing 80 ms per sync) and the staggered crowd's slowest about 2 % slower.
+    /// The peer's loop waits for each sync, as dfget's did before it drove
+    /// [`PeerSession`] from one `select!`: no request starts, and pieces that finish
+    /// meanwhile are handled after the reply. Default false: the sync runs beside the
+    /// transfers, as in dfget now. In the 1,000-peer runs, false made the heterogeneous
+    /// crowd's slowest peer about 5 % faster (its 20 ms peers stop pausing 80 ms per sync)
+    /// and the staggered crowd's slowest about 2 % slower.
     pub sync_waits: bool,
 }
 
@@ -160,7 +160,7 @@ impl SimConfig {
             seed_slots: u32::MAX,
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
-            sync_waits: true,
+            sync_waits: false,
         }
     }
 

@@ -92,4 +92,14 @@ impl TaskScheduler {
             readmitted,
         })
     }
+
+    /// Whether a long-polling sync ([`crate::SyncMsg::wait`]) should be answered as soon as
+    /// the supernode stores a new piece (held until then): only while the swarm is small
+    /// enough for the supernode to feed its peers directly (at most `seed_offers` peers still
+    /// downloading, a cold pull through one node being the common case). In a large swarm a
+    /// fresh piece goes to a handful of peers; waking every waiting peer for each piece would
+    /// multiply the syncs, so those are answered at once.
+    pub fn wakes_on_new_pieces(&self) -> bool {
+        self.downloading <= self.config.seed_offers
+    }
 }

@@ -73,6 +73,11 @@ fn syncs_at_once_then_every_interval_with_one_in_flight() {
     let first = s.poll_sync(t).unwrap();
     assert_eq!(first.digests_from, 0);
     assert!(!first.done);
+    assert_eq!(
+        first.wait,
+        Some(200 * MS),
+        "nothing to report and no digest known: a long poll"
+    );
     // One sync at a time, however late the reply.
     assert_eq!(s.poll_sync(t + 10 * MS), None);
     assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(120)));
@@ -80,12 +85,46 @@ fn syncs_at_once_then_every_interval_with_one_in_flight() {
     s.handle_sync_reply(t + 5 * MS, r);
     assert_eq!(
         s.poll_timeout(),
-        Some(t + 205 * MS),
+        Some(t + 200 * MS),
+        "a long poll's period runs from when it was sent"
+    );
+    assert_eq!(s.poll_sync(t + 199 * MS), None);
+    let second = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(second.digests_from, 4, "every digest is known now");
+    assert_eq!(second.wait, None, "every digest known: no long poll");
+    s.handle_sync_reply(t + 205 * MS, reply(&s, 4, &[], &[]));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t + 405 * MS),
         "a period after the reply"
     );
-    assert_eq!(s.poll_sync(t + 204 * MS), None);
-    let second = s.poll_sync(t + 205 * MS).unwrap();
-    assert_eq!(second.digests_from, 4, "every digest is known now");
+}
+
+#[test]
+fn a_fresh_seed_offer_makes_the_next_sync_due_at_once() {
+    let t = Instant::now();
+    let mut s = session(4, t);
+    s.poll_sync(t).unwrap();
+    // The supernode has stored pieces 0 and 1 so far and offers them.
+    let mut r = reply(&s, 0, &[0, 1], &[]);
+    r.digests.truncate(2);
+    s.handle_sync_reply(t + 3 * MS, r);
+    let next = s
+        .poll_sync(t + 3 * MS)
+        .expect("due at once after a fresh offer");
+    assert_eq!(next.digests_from, 2);
+    assert_eq!(next.wait, Some(200 * MS), "and it waits for the next piece");
+    // The same offer again is not fresh: the usual period.
+    let mut r = reply(&s, 2, &[0, 1], &[]);
+    r.digests.clear();
+    s.handle_sync_reply(t + 50 * MS, r);
+    assert_eq!(s.poll_timeout(), Some(t + 203 * MS));
+    // Requests go to the supernode for the offered pieces only.
+    let pieces: Vec<u32> = requests(&mut s, t + 50 * MS)
+        .iter()
+        .map(|r| r.piece)
+        .collect();
+    assert_eq!(pieces, vec![0, 1]);
 }
 
 #[test]

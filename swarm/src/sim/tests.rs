@@ -138,14 +138,14 @@ fn staggered_and_heterogeneous_complete() {
 }
 
 #[test]
-fn syncs_beside_the_transfers_complete_too() {
+fn syncs_that_hold_up_the_loop_complete_too() {
     for s in [
         Scenario::FlashCrowd,
         Scenario::Heterogeneous,
         Scenario::Liar,
     ] {
         let mut cfg = s.config(50, 64 << 20);
-        cfg.sync_waits = false;
+        cfg.sync_waits = true;
         let r = run(&cfg);
         summary(s.name(), &r);
         assert_physical(&r);
@@ -187,9 +187,9 @@ fn scenarios_1000() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=0 runs syncs beside the transfers.
+    // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=1 makes each peer wait for its syncs.
     let only = std::env::var("SIM_SCENARIO").ok();
-    let sync_waits = std::env::var("SIM_SYNC_WAITS").map_or(true, |v| v != "0");
+    let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
             continue;
