@@ -661,6 +661,7 @@ impl Engine {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
             stall_timeout: self.config.stall_timeout,
+            piece_timeout: self.config.piece_timeout,
             picker: self.config.picker.clone(),
         };
         let mut session = PeerSession::new(
@@ -721,14 +722,7 @@ impl Engine {
                     range: fetch.range,
                     expected: fetch.expected,
                     peer_id: self.peer_id,
-                    // A request pipelined to a parent waits behind the ones sent before it.
-                    timeout: match fetch.source {
-                        Source::Peer(_) => self.config.piece_timeout.saturating_mul(
-                            u32::try_from(self.config.picker.per_parent_in_flight.max(1))
-                                .unwrap_or(u32::MAX),
-                        ),
-                        Source::Seed => self.config.piece_timeout,
-                    },
+                    timeout: fetch.timeout,
                 };
                 inflight.spawn(job.run(
                     sn.clone(),

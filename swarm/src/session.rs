@@ -34,6 +34,11 @@ pub struct SessionConfig {
     /// How long the download may go without a verified piece before it is declared stalled.
     /// Default 120 s.
     pub stall_timeout: Duration,
+    /// Longest time for one piece transfer before the driver abandons it (reported as
+    /// [`FailReason::Timeout`]): this for the supernode, this times
+    /// `picker.per_parent_in_flight` for a parent, where a pipelined request waits behind
+    /// the ones sent before it. Default 10 s.
+    pub piece_timeout: Duration,
     /// The piece picker's knobs.
     pub picker: PickerConfig,
 }
@@ -44,6 +49,7 @@ impl Default for SessionConfig {
             sync_interval: Duration::from_millis(200),
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
+            piece_timeout: Duration::from_secs(10),
             picker: PickerConfig::default(),
         }
     }
@@ -118,6 +124,9 @@ pub struct PieceFetch {
     pub expected: [u8; 32],
     /// The piece's bytes within the blob.
     pub range: Range<u64>,
+    /// How long the transfer may take before the driver abandons it (see
+    /// [`SessionConfig::piece_timeout`]).
+    pub timeout: Duration,
 }
 
 /// Something the driver must act on, from [`PeerSession::poll_event`]. Every variant but
@@ -513,12 +522,20 @@ impl PeerSession {
                     }
                 },
             };
+            let timeout = match req.source {
+                Source::Seed => self.config.piece_timeout,
+                Source::Peer(_) => self.config.piece_timeout.saturating_mul(
+                    u32::try_from(self.config.picker.per_parent_in_flight.max(1))
+                        .unwrap_or(u32::MAX),
+                ),
+            };
             return Some(PieceFetch {
                 piece: req.piece,
                 source: req.source,
                 addr,
                 expected,
                 range: piece_range(self.content_length, self.piece_size, req.piece),
+                timeout,
             });
         }
     }
