@@ -40,7 +40,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    fetch::{FetchError, Fetcher, Transport},
+    fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
     report::{Progress, Report},
@@ -982,9 +982,9 @@ impl PieceFailure {
             Self::Supernode(e) if e.code() == Some("PIECE_ABSENT") => FailReason::Unavailable,
             // A parent that breaks the protocol is as bad as one that lies.
             Self::Fetch(FetchError::Protocol(_)) => FailReason::Corrupt,
-            Self::Fetch(FetchError::Transport { .. }) | Self::Supernode(_) | Self::Local(_) => {
-                FailReason::Io
-            }
+            Self::Fetch(FetchError::Transport { .. } | FetchError::Local { .. })
+            | Self::Supernode(_)
+            | Self::Local(_) => FailReason::Io,
         }
     }
 }
@@ -1021,56 +1021,79 @@ impl PieceJob {
         received: tokio::sync::mpsc::UnboundedSender<(u32, Source)>,
     ) -> Result<u64, PieceFailure> {
         let len = self.range.end - self.range.start;
-        let fetch = async {
-            match self.source {
-                Source::Seed => sn
-                    .piece(&self.task_id, self.piece, self.peer_id)
-                    .await
-                    .map(Vec::from)
-                    .map_err(PieceFailure::Supernode),
-                Source::Peer(_) => {
-                    let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
-                    Ok(fetcher
-                        .fetch(addr, &self.task_id, self.piece, self.peer_id, len)
-                        .await?)
-                }
-            }
-        };
-        let data = tokio::time::timeout(self.timeout, fetch)
-            .await
-            .map_err(|_| PieceFailure::Timeout)??;
-        if data.len() as u64 != len {
-            return Err(PieceFailure::Corrupt);
-        }
-        // The download limit is charged for bytes received, after the fact: a request the
-        // source refused (busy, absent) or that failed moved nothing and costs nothing.
-        // Charging before asking made every refusal burn a piece's worth of the budget.
-        if let Some(l) = &limiter {
-            l.acquire(len).await;
-        }
-        // The source is done with this piece: it may take our next request while we verify
-        // and write (the picker still holds the piece until the outcome).
-        let _ = received.send((self.piece, self.source));
         let offset = self.range.start;
         let piece = self.piece;
         let expected = self.expected;
-        // Hash and write off the async threads: a 16 MiB piece takes milliseconds.
-        tokio::task::spawn_blocking(move || {
-            if Digest::of(&data).0 != expected {
-                return Err(PieceFailure::Corrupt);
+        let charge = async |len: u64| {
+            // The download limit is charged for bytes received, after the fact: a request
+            // the source refused (busy, absent) or that failed moved nothing and costs
+            // nothing. Charging before asking made every refusal burn a piece of the budget.
+            if let Some(l) = &limiter {
+                l.acquire(len).await;
             }
-            OutputFile::write_at(served.file(), &path, offset, &data)
-                .map_err(PieceFailure::Local)?;
-            served.mark(piece);
-            Ok(len)
-        })
-        .await
-        .map_err(|e| {
+        };
+        let local = |e: tokio::task::JoinError| {
             PieceFailure::Local(IoError {
                 path: PathBuf::from("<worker>"),
                 source: std::io::Error::other(e.to_string()),
             })
-        })?
+        };
+        match self.source {
+            Source::Peer(_) => {
+                // From a parent the bytes go straight into the file, hashed on the way.
+                let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
+                let sink = PieceSink {
+                    file: served.shared_file(),
+                    path,
+                    offset,
+                    len,
+                };
+                let fetch = fetcher.fetch_into(addr, &self.task_id, piece, self.peer_id, sink);
+                let digest = tokio::time::timeout(self.timeout, fetch)
+                    .await
+                    .map_err(|_| PieceFailure::Timeout)?
+                    .map_err(|e| match e {
+                        // Our disk, not the parent: the download fails, as for any local error.
+                        FetchError::Local { path, source } => {
+                            PieceFailure::Local(IoError { path, source })
+                        }
+                        other => PieceFailure::Fetch(other),
+                    })?;
+                charge(len).await;
+                let _ = received.send((piece, self.source));
+                if digest.0 != expected {
+                    return Err(PieceFailure::Corrupt);
+                }
+                served.mark(piece);
+                Ok(len)
+            }
+            Source::Seed => {
+                let fetch = sn.piece(&self.task_id, piece, self.peer_id);
+                let data = tokio::time::timeout(self.timeout, fetch)
+                    .await
+                    .map_err(|_| PieceFailure::Timeout)?
+                    .map_err(PieceFailure::Supernode)?;
+                if data.len() as u64 != len {
+                    return Err(PieceFailure::Corrupt);
+                }
+                charge(len).await;
+                // The supernode is done with this piece: it may take our next request while
+                // we verify and write (the session still holds the piece until the outcome).
+                let _ = received.send((piece, self.source));
+                // Hash and write off the async threads: a 16 MiB piece takes milliseconds.
+                tokio::task::spawn_blocking(move || {
+                    if Digest::of(&data).0 != expected {
+                        return Err(PieceFailure::Corrupt);
+                    }
+                    OutputFile::write_at(served.file(), &path, offset, &data)
+                        .map_err(PieceFailure::Local)?;
+                    served.mark(piece);
+                    Ok(len)
+                })
+                .await
+                .map_err(local)?
+            }
+        }
     }
 }
 

@@ -58,6 +58,11 @@ impl ServedTask {
         &self.file
     }
 
+    /// The content file, shared (piece jobs write into it while it is served).
+    pub fn shared_file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
     /// Marks a verified, written piece servable.
     pub fn mark(&self, piece: u32) {
         self.have.write().set(piece);

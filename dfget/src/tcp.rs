@@ -29,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use damselfly_common::Digest;
 use damselfly_proto::{
     DecodeError, FRAME_HEADER_LEN, PREAMBLE_LEN, PieceRequest, PieceStatus, check_preamble,
     encode_frame, encode_preamble, frame_len,
@@ -45,7 +46,7 @@ use tokio_util::{
 use tracing::debug;
 
 use crate::{
-    fetch::{FetchError, check_response},
+    fetch::{FetchError, PieceSink, check_response, receive_into},
     server::{Answer, PieceServer, parse_request},
 };
 
@@ -218,8 +219,8 @@ pub enum ConnError {
 
 /// A request waiting for its answer on a [`Link`].
 struct Pending {
-    expected_len: u64,
-    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+    sink: PieceSink,
+    reply: oneshot::Sender<Result<Digest, FetchError>>,
 }
 
 /// One TCP connection to a parent, with requests pipelined on it.
@@ -232,7 +233,8 @@ pub struct Link {
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
-            .field("expected_len", &self.expected_len)
+            .field("offset", &self.sink.offset)
+            .field("len", &self.sink.len)
             .finish()
     }
 }
@@ -324,21 +326,18 @@ impl Link {
         self.closed.cancel();
     }
 
-    /// Asks for `piece` of `task_id` and waits for its `expected_len` bytes.
+    /// Asks for a piece and waits until its bytes are in `sink`; returns their sha256.
     ///
     /// # Errors
-    /// See [`FetchError`]. The bytes are *not* verified here; the caller checks the digest.
-    pub async fn fetch(
+    /// See [`FetchError`]. The bytes are *not* verified here; the caller compares the digest.
+    pub async fn fetch_into(
         &self,
         addr: SocketAddr,
         request: &PieceRequest,
-        expected_len: u64,
-    ) -> Result<Vec<u8>, FetchError> {
+        sink: PieceSink,
+    ) -> Result<Digest, FetchError> {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            expected_len,
-            reply,
-        };
+        let pending = Pending { sink, reply };
         let gone = || FetchError::Transport {
             addr,
             reason: "connection closed".into(),
@@ -368,10 +367,14 @@ async fn read_answers(
         let Some(p) = next else { break };
         let result = tokio::select! {
             _ = closed.cancelled() => Err(FetchError::Transport { addr, reason: "connection closed".into() }),
-            r = read_answer(addr, &mut rd, p.expected_len, idle_timeout) => r,
+            r = read_answer(addr, &mut rd, &p.sink, idle_timeout) => r,
         };
+        // After a transport or protocol error, or a failed local write mid-piece, the
+        // stream's framing is lost: the connection goes.
         let failed = match &result {
-            Err(FetchError::Transport { .. } | FetchError::Protocol(_)) => true,
+            Err(
+                FetchError::Transport { .. } | FetchError::Protocol(_) | FetchError::Local { .. },
+            ) => true,
             Err(FetchError::Busy | FetchError::Unavailable) | Ok(_) => false,
         };
         let why = match &result {
@@ -400,9 +403,9 @@ async fn read_answers(
 async fn read_answer(
     addr: SocketAddr,
     rd: &mut OwnedReadHalf,
-    expected_len: u64,
+    sink: &PieceSink,
     idle: Duration,
-) -> Result<Vec<u8>, FetchError> {
+) -> Result<Digest, FetchError> {
     let transport = |reason: String| FetchError::Transport { addr, reason };
     let stalled = || transport(format!("no data for {idle:?}"));
     let mut header = [0u8; FRAME_HEADER_LEN];
@@ -421,24 +424,8 @@ async fn read_answer(
         .await
         .map_err(|_| stalled())?
         .map_err(|e| transport(e.to_string()))?;
-    check_response(&body, expected_len)?;
-    // Read straight into the piece buffer (no zeroing, no intermediate copy), a socket
-    // read at a time, each bounded by the idle timeout.
-    let mut data = Vec::with_capacity(expected_len as usize);
-    while (data.len() as u64) < expected_len {
-        let want = expected_len - data.len() as u64;
-        let n = tokio::time::timeout(idle, (&mut *rd).take(want).read_buf(&mut data))
-            .await
-            .map_err(|_| stalled())?
-            .map_err(|e| transport(e.to_string()))?;
-        if n == 0 {
-            return Err(transport(format!(
-                "closed after {} of {expected_len} bytes",
-                data.len()
-            )));
-        }
-    }
-    Ok(data)
+    check_response(&body, sink.len)?;
+    receive_into(addr, rd, sink, idle).await
 }
 
 /// A TCP listener on `addr` for the piece server: dual stack on `[::]` where the system

@@ -7,13 +7,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use std::{fs::File, io::Write as _, sync::Arc, time::Duration};
 
+use damselfly_common::Digest;
 use damselfly_proto::{
     FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION, PieceRequest,
     PieceResponse, PieceStatus, decode, encode_frame, encode_preamble, frame_len,
 };
 use dfget::{
     Engine, EngineConfig, Fault,
-    fetch::FetchError,
+    fetch::{FetchError, PieceSink},
     quic,
     server::{PieceServer, ServedTask, ServerLimits},
     tcp::{self, Link},
@@ -226,6 +227,36 @@ async fn a_peer_of_another_version_gets_a_clear_error() {
     );
 }
 
+/// A file that fetched pieces are written into.
+struct Output {
+    file: Arc<File>,
+    path: tempfile::TempPath,
+}
+
+impl Output {
+    fn new(len: usize) -> Self {
+        let (file, path) = tempfile::NamedTempFile::new().unwrap().into_parts();
+        file.set_len(len as u64).unwrap();
+        Self {
+            file: Arc::new(file),
+            path,
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn sink(&self, offset: u64, len: u64) -> PieceSink {
+        PieceSink {
+            file: self.file.clone(),
+            path: Arc::from(self.path()),
+            offset,
+            len,
+        }
+    }
+}
+
 /// A piece server on loopback serving one task of `pieces` 64 KiB pieces.
 async fn serving(limits: ServerLimits, pieces: u32) -> (SocketAddr, Vec<u8>, CancellationToken) {
     const PIECE: u32 = 64 << 10;
@@ -263,24 +294,37 @@ async fn pipelined_requests_queue_for_a_slot_and_come_back_in_order() {
         Link::connect(addr, idle, idle).await.unwrap(),
         Link::connect(addr, idle, idle).await.unwrap(),
     ];
+    // Two copies of the blob are written, each piece at its place, by 32 requests at once.
+    let out = Output::new(2 * content.len());
     let fetches = (0..32u32).map(|i| {
         let link = links[i as usize % 2].clone();
         let piece = i % 16;
+        let sink = out.sink(u64::from(i) * (64 << 10), 64 << 10);
         async move {
-            let data = link
-                .fetch(addr, &request("sha256:11", piece), 64 << 10)
+            let digest = link
+                .fetch_into(addr, &request("sha256:11", piece), sink)
                 .await
                 .unwrap();
-            (piece, data)
+            (piece, digest)
         }
     });
-    for (piece, data) in futures::future::join_all(fetches).await {
+    for (piece, digest) in futures::future::join_all(fetches).await {
         let at = piece as usize * (64 << 10);
-        assert!(
-            data == content[at..at + (64 << 10)],
-            "piece {piece} differs"
+        assert_eq!(
+            digest,
+            Digest::of(&content[at..at + (64 << 10)]),
+            "piece {piece}"
         );
     }
+    let written = std::fs::read(out.path()).unwrap();
+    assert!(
+        written[..content.len()] == content[..],
+        "first copy differs"
+    );
+    assert!(
+        written[content.len()..] == content[..],
+        "second copy differs"
+    );
     stop.cancel();
 }
 
@@ -298,16 +342,20 @@ async fn a_full_upload_queue_answers_busy_and_the_link_stays_up() {
     let idle = Duration::from_secs(10);
     let a = Link::connect(addr, idle, idle).await.unwrap();
     let b = Link::connect(addr, idle, idle).await.unwrap();
+    let out = Output::new(3 << 16);
     let pipelined = tokio::spawn({
         let a = a.clone();
+        let (s0, s1) = (out.sink(0, 64 << 10), out.sink(64 << 10, 64 << 10));
         async move {
             let (r0, r1) = (request("sha256:11", 0), request("sha256:11", 1));
-            let (x, y) = tokio::join!(a.fetch(addr, &r0, 64 << 10), a.fetch(addr, &r1, 64 << 10));
+            let (x, y) = tokio::join!(a.fetch_into(addr, &r0, s0), a.fetch_into(addr, &r1, s1));
             x.is_ok() && y.is_ok()
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let busy = b.fetch(addr, &request("sha256:11", 2), 64 << 10).await;
+    let busy = b
+        .fetch_into(addr, &request("sha256:11", 2), out.sink(2 << 16, 64 << 10))
+        .await;
     assert!(matches!(busy, Err(FetchError::Busy)), "{busy:?}");
     assert!(pipelined.await.unwrap(), "the pipelined pieces arrive");
     // Busy is an answer, not a failure: the same link serves the next request.
