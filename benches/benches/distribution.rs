@@ -231,6 +231,7 @@ async fn flash_crowd(
             headers: Vec::new(),
             digest: None,
             output: dir.path().join(format!("peer-{i}")),
+            durable: true,
         };
         tasks.push(tokio::spawn(async move {
             let timeline = Timeline::new(start);

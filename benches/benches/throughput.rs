@@ -480,6 +480,7 @@ async fn peer(
         headers: Vec::new(),
         digest: None,
         output,
+        durable: true,
     };
     let clock = PieceClock::default();
     let report = engine.download(&req, &clock).await?;

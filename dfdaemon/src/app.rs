@@ -621,9 +621,8 @@ async fn ensure_preheated(
     };
     let timeout = state.config.preheat_timeout;
     let finished = tokio::time::timeout(timeout, async {
-        rx.wait_for(|s| s.outcome.is_some())
-            .await
-            .map(|s| s.outcome.clone())
+        // Settled, not only released: the answer says whether the node cache has it.
+        rx.wait_for(|s| s.settled).await.map(|s| s.outcome.clone())
     });
     let outcome = tokio::select! {
         r = finished => r,
@@ -795,6 +794,9 @@ async fn download(
         headers,
         digest: Some(digest),
         output: state.cache.incoming_path(&digest),
+        // The cache's import flushes it, off the client's path; until then a crash loses
+        // only an incoming file, and the cache re-checks every piece it serves.
+        durable: false,
     };
     let outcome = match state.engine.download(&req, flight.as_ref()).await {
         Ok(report) => {
@@ -818,7 +820,17 @@ async fn download(
                 .tasks
                 .lock()
                 .insert(digest.to_string(), report.task_id.clone());
-            match state.cache.adopt(digest, url, req.output.clone()).await {
+            // The blob is whole and verified: the clients streaming it get their last bytes
+            // now, not after the cache has re-read, re-hashed and flushed it (the flight
+            // holds the open file, which the adoption renames).
+            flight.release();
+            let pieces = (!report.piece_digests.is_empty())
+                .then(|| (report.piece_size, report.piece_digests.clone()));
+            match state
+                .cache
+                .adopt(digest, url, req.output.clone(), pieces)
+                .await
+            {
                 Ok(()) => {
                     state
                         .metrics

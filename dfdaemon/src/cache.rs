@@ -113,8 +113,10 @@ impl NodeCache {
     }
 
     /// Adopts a file the engine downloaded and has already checked against `digest` (the
-    /// task id here). The store reads it once to record its piece digests; it is not hashed
-    /// as a whole a second time.
+    /// task id here). With `pieces` (the swarm download's piece size and the digests every
+    /// piece matched as it was written) the store records those and does not read the file;
+    /// otherwise (back to source) it reads it once to record its piece digests. It is not
+    /// hashed as a whole a second time.
     ///
     /// # Errors
     /// Local I/O failed.
@@ -123,6 +125,7 @@ impl NodeCache {
         digest: Digest,
         url: String,
         path: PathBuf,
+        pieces: Option<(u32, Vec<[u8; 32]>)>,
     ) -> Result<(), CacheError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -137,7 +140,9 @@ impl NodeCache {
                 id: digest.to_string(),
                 url,
                 content_length: len,
-                piece_size: damselfly_swarm::piece_size_for(len),
+                piece_size: pieces
+                    .as_ref()
+                    .map_or_else(|| damselfly_swarm::piece_size_for(len), |p| p.0),
                 // Verified by the engine moments ago; the id names it.
                 digest: None,
                 public: false,
@@ -145,7 +150,11 @@ impl NodeCache {
                 created_unix: now,
                 last_access_unix: now,
             };
-            match store.import_file(meta, &path) {
+            let imported = match &pieces {
+                Some((_, digests)) => store.import_verified(meta, &path, digests),
+                None => store.import_file(meta, &path),
+            };
+            match imported {
                 // Another request adopted the same blob first: keep that one.
                 Err(damselfly_store::Error::TaskExists(_)) => {
                     let _ = std::fs::remove_file(&path);

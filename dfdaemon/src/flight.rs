@@ -30,8 +30,10 @@ pub struct FlightState {
     pub total: Option<u64>,
     /// Verified byte ranges of `file`, sorted and merged.
     pub covered: Vec<Range<u64>>,
-    /// Set when the download has ended.
+    /// Set when the download has ended: `Ok` as soon as the blob is whole and verified.
     pub outcome: Option<Result<(), Failure>>,
+    /// The download has ended and the node cache has taken (or failed to take) the blob.
+    pub settled: bool,
 }
 
 impl FlightState {
@@ -97,7 +99,16 @@ impl Flight {
 
     /// Records the end of the download.
     pub fn finish(&self, outcome: Result<(), Failure>) {
-        self.state.send_modify(|s| s.outcome = Some(outcome));
+        self.state.send_modify(|s| {
+            s.outcome = Some(outcome);
+            s.settled = true;
+        });
+    }
+
+    /// The blob is whole and verified: readers may send its last bytes. The flight is not
+    /// [`FlightState::settled`] until [`Flight::finish`] (after the node cache took it).
+    pub fn release(&self) {
+        self.state.send_modify(|s| s.outcome = Some(Ok(())));
     }
 }
 

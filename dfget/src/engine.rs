@@ -149,6 +149,11 @@ pub struct DownloadRequest {
     pub digest: Option<Digest>,
     /// Where the content ends up.
     pub output: PathBuf,
+    /// Flush the output to disk (`fsync`) before renaming it into place. A caller that
+    /// copies or re-verifies the file itself, and makes it durable there (dfdaemon's node
+    /// cache, whose import flushes it and whose reads re-check every piece), turns it off so
+    /// the flush is not in the way of the download.
+    pub durable: bool,
 }
 
 /// Why a download failed. The `Display` form is the one-line cause a CLI prints.
@@ -623,7 +628,8 @@ impl Engine {
         let file_digest = check_digest(digest_job, expected).await.inspect_err(|_| {
             self.abandon(&task.task_id);
         })?;
-        out.commit().inspect_err(|_| self.abandon(&task.task_id))?;
+        out.commit(req.durable)
+            .inspect_err(|_| self.abandon(&task.task_id))?;
         report.digest = file_digest.to_string();
         report.elapsed = started.elapsed();
         // Tell the supernode at once that this peer is complete: it is now a full parent.
@@ -803,6 +809,8 @@ impl Engine {
         report.from_peers = session.bytes_from_peers();
         report.corrupt_pieces = u32::try_from(session.corrupt_pieces()).unwrap_or(u32::MAX);
         report.liars = session.liars().map(|p| p.0).collect();
+        report.piece_size = task.piece_size;
+        report.piece_digests = session.digests().to_vec();
         // A sync still in flight is dropped (its reports go into the final one), and the
         // final report (every piece, and any liar) goes out before completion is declared.
         let now = Instant::now();
@@ -895,7 +903,7 @@ impl Engine {
         {
             return Err(DownloadError::DigestMismatch { expected, actual });
         }
-        out.commit()?;
+        out.commit(req.durable)?;
         Ok(Report {
             task_id: digest.map(|d| d.to_string()).unwrap_or_default(),
             bytes: offset,

@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         headers,
         digest: cli.digest,
         output: cli.output.clone(),
+        durable: true,
     };
     let bar = (!cli.no_progress && std::io::stderr().is_terminal()).then(Bar::new);
     let progress: &dyn Progress = match &bar {

@@ -86,15 +86,17 @@ impl OutputFile {
         &self.temp
     }
 
-    /// Flushes and renames the temp file onto the target.
+    /// Flushes (when `durable`) and renames the temp file onto the target.
     ///
     /// # Errors
     /// Flushing or renaming failed; the temp file is removed.
-    pub fn commit(mut self) -> Result<PathBuf, IoError> {
-        self.file.sync_all().map_err(|source| IoError {
-            path: self.temp.clone(),
-            source,
-        })?;
+    pub fn commit(mut self, durable: bool) -> Result<PathBuf, IoError> {
+        if durable {
+            self.file.sync_all().map_err(|source| IoError {
+                path: self.temp.clone(),
+                source,
+            })?;
+        }
         std::fs::rename(&self.temp, &self.target).map_err(|source| IoError {
             path: self.target.clone(),
             source,

@@ -26,6 +26,13 @@ pub struct Report {
     pub back_source: Option<String>,
     /// The sha256 of the output.
     pub digest: String,
+    /// Piece size of a swarm download (0 back to source).
+    #[serde(skip)]
+    pub piece_size: u32,
+    /// The sha256 of every piece of a swarm download, each matched by the bytes written
+    /// (empty back to source), so a cache can record them without hashing the file again.
+    #[serde(skip)]
+    pub piece_digests: Vec<[u8; 32]>,
 }
 
 mod secs {

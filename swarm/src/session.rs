@@ -579,6 +579,12 @@ impl PeerSession {
         }
     }
 
+    /// The sha256 of each piece whose digest is known so far, in order (all of them once
+    /// the session is complete; every held piece matched its digest).
+    pub fn digests(&self) -> &[[u8; 32]] {
+        &self.digests
+    }
+
     /// Parents that sent a corrupt piece during this download.
     pub fn liars(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.liars.iter().copied()

@@ -181,7 +181,7 @@ impl Store {
     /// [`Error::InvalidTask`], [`Error::TaskExists`], [`Error::PieceLength`] if the file is
     /// not `content_length` bytes, [`Error::WholeDigestMismatch`] if it does not hash to
     /// `meta.digest`, or [`Error::Io`]/[`Error::Db`].
-    pub fn import_file(&self, mut meta: TaskMeta, src: &Path) -> Result<(), Error> {
+    pub fn import_file(&self, meta: TaskMeta, src: &Path) -> Result<(), Error> {
         use sha2::Digest as _;
         if let Some(reason) = meta.invalid_reason() {
             return Err(Error::InvalidTask {
@@ -218,6 +218,55 @@ impl Store {
                 actual,
             });
         }
+        self.install(meta, src, &file, &pieces)
+    }
+
+    /// Adopts a complete file as task `meta.id` whose pieces were each verified against
+    /// `pieces` as they were written (a download's piece digests): like
+    /// [`Store::import_file`], without reading the file again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::import_file`]; [`Error::InvalidTask`] if `pieces` does not hold one digest
+    /// per piece.
+    pub fn import_verified(
+        &self,
+        meta: TaskMeta,
+        src: &Path,
+        pieces: &[[u8; 32]],
+    ) -> Result<(), Error> {
+        if let Some(reason) = meta.invalid_reason() {
+            return Err(Error::InvalidTask {
+                id: meta.id,
+                reason,
+            });
+        }
+        if pieces.len() != meta.piece_count() as usize {
+            return Err(Error::InvalidTask {
+                id: meta.id,
+                reason: "not one piece digest per piece",
+            });
+        }
+        let file = File::open(src).map_err(|e| Error::io(src, e))?;
+        let len = file.metadata().map_err(|e| Error::io(src, e))?.len();
+        if len != meta.content_length {
+            return Err(Error::PieceLength {
+                index: 0,
+                expected: meta.content_length,
+                actual: len,
+            });
+        }
+        self.install(meta, src, &file, pieces)
+    }
+
+    /// The end of an import: flush, move into place, record the task and its pieces.
+    fn install(
+        &self,
+        mut meta: TaskMeta,
+        src: &Path,
+        file: &File,
+        pieces: &[[u8; 32]],
+    ) -> Result<(), Error> {
         file.sync_data().map_err(|e| Error::io(src, e))?;
         meta.state = TaskState::Complete;
         let _gate = self.gate.write();

@@ -555,3 +555,40 @@ fn import_refuses_wrong_digest_or_length_and_leaves_the_file() {
     assert!(store.task(&m.id).unwrap().is_none());
     assert_eq!(store.used_bytes(), 0);
 }
+
+#[test]
+fn a_verified_import_records_the_given_digests_without_reading_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let content: Vec<u8> = (0..40u32).map(|i| (i * 11) as u8).collect();
+    let m = meta("sha256:verified", content.len() as u64);
+    let digests: Vec<[u8; 32]> = (0..m.piece_count())
+        .map(|i| {
+            let start = m.piece_offset(i) as usize;
+            sha256(&content[start..start + m.piece_len(i).unwrap() as usize])
+        })
+        .collect();
+    let src = dir.path().join("incoming");
+    std::fs::write(&src, &content).unwrap();
+
+    // One digest short: refused, nothing recorded, the file left where it was.
+    let err = store
+        .import_verified(m.clone(), &src, &digests[1..])
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTask { .. }), "{err}");
+    assert!(src.exists());
+    assert!(store.task(&m.id).unwrap().is_none());
+
+    store.import_verified(m.clone(), &src, &digests).unwrap();
+    let record = store.task(&m.id).unwrap().unwrap();
+    assert_eq!(record.meta.state, TaskState::Complete);
+    assert!(record.is_full());
+    let mut read = Vec::new();
+    for i in 0..m.piece_count() {
+        read.extend(store.read_piece(&m.id, i).unwrap());
+    }
+    assert_eq!(
+        read, content,
+        "every piece reads back against the recorded digest"
+    );
+}
