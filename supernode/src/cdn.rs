@@ -85,6 +85,9 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
     let mut index = 0u32;
     let mut piece: Vec<u8> = Vec::new();
     let mut received = 0u64;
+    // The previous full piece being written while the next one arrives (pieces are still
+    // published in order: a piece is awaited before the next one is handed over).
+    let mut storing: Option<StoreJob> = None;
     loop {
         let next = tokio::time::timeout(stall, body.next())
             .await
@@ -113,10 +116,16 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
             rest = &rest[take..];
             if piece.len() == want {
                 let data = std::mem::take(&mut piece);
-                store_piece(shared, task, index, data).await?;
+                if let Some(previous) = storing.take() {
+                    previous.finish(task).await?;
+                }
+                storing = Some(StoreJob::start(shared, task, index, data));
                 index += 1;
             }
         }
+    }
+    if let Some(last) = storing.take() {
+        last.finish(task).await?;
     }
     if received != meta.content_length {
         return Err(FetchError::Length {
@@ -139,16 +148,24 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
     Ok(())
 }
 
-async fn store_piece(
-    shared: &Shared,
-    task: &Task,
+/// One full piece being hashed and written off the async threads.
+struct StoreJob {
     index: u32,
-    data: Vec<u8>,
-) -> Result<(), FetchError> {
-    let store = shared.store.clone();
-    let id = task.id().to_owned();
-    let digest =
-        tokio::task::spawn_blocking(move || store.write_piece(&id, index, &data, None)).await??;
-    task.piece_stored(index, digest);
-    Ok(())
+    job: tokio::task::JoinHandle<Result<[u8; 32], damselfly_store::Error>>,
+}
+
+impl StoreJob {
+    fn start(shared: &Shared, task: &Task, index: u32, data: Vec<u8>) -> Self {
+        let store = shared.store.clone();
+        let id = task.id().to_owned();
+        let job = tokio::task::spawn_blocking(move || store.write_piece(&id, index, &data, None));
+        Self { index, job }
+    }
+
+    /// Waits for the write and publishes the piece.
+    async fn finish(self, task: &Task) -> Result<(), FetchError> {
+        let digest = self.job.await??;
+        task.piece_stored(self.index, digest);
+        Ok(())
+    }
 }
