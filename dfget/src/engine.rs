@@ -1040,68 +1040,46 @@ impl PieceJob {
                 l.acquire(len).await;
             }
         };
-        let local = |e: tokio::task::JoinError| {
-            PieceFailure::Local(IoError {
-                path: PathBuf::from("<worker>"),
-                source: std::io::Error::other(e.to_string()),
-            })
+        // From a parent or the supernode, the bytes go straight into the file, hashed on
+        // the way; the piece is marked held only once the digest matches.
+        let sink = PieceSink {
+            file: served.shared_file(),
+            path,
+            offset,
+            len,
         };
-        match self.source {
+        let local = |path, source| PieceFailure::Local(IoError { path, source });
+        let digest = match self.source {
             Source::Peer(_) => {
-                // From a parent the bytes go straight into the file, hashed on the way.
                 let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
-                let sink = PieceSink {
-                    file: served.shared_file(),
-                    path,
-                    offset,
-                    len,
-                };
                 let fetch = fetcher.fetch_into(addr, &self.task_id, piece, self.peer_id, sink);
-                let digest = tokio::time::timeout(self.timeout, fetch)
+                tokio::time::timeout(self.timeout, fetch)
                     .await
                     .map_err(|_| PieceFailure::Timeout)?
                     .map_err(|e| match e {
                         // Our disk, not the parent: the download fails, as for any local error.
-                        FetchError::Local { path, source } => {
-                            PieceFailure::Local(IoError { path, source })
-                        }
+                        FetchError::Local { path, source } => local(path, source),
                         other => PieceFailure::Fetch(other),
-                    })?;
-                charge(len).await;
-                let _ = received.send((piece, self.source));
-                if digest.0 != expected {
-                    return Err(PieceFailure::Corrupt);
-                }
-                served.mark(piece);
-                Ok(len)
+                    })?
             }
             Source::Seed => {
-                let fetch = sn.piece(&self.task_id, piece, self.peer_id);
-                let data = tokio::time::timeout(self.timeout, fetch)
+                let fetch = sn.piece_into(&self.task_id, piece, self.peer_id, &sink);
+                tokio::time::timeout(self.timeout, fetch)
                     .await
                     .map_err(|_| PieceFailure::Timeout)?
-                    .map_err(PieceFailure::Supernode)?;
-                if data.len() as u64 != len {
-                    return Err(PieceFailure::Corrupt);
-                }
-                charge(len).await;
-                // The supernode is done with this piece: it may take our next request while
-                // we verify and write (the session still holds the piece until the outcome).
-                let _ = received.send((piece, self.source));
-                // Hash and write off the async threads: a 16 MiB piece takes milliseconds.
-                tokio::task::spawn_blocking(move || {
-                    if Digest::of(&data).0 != expected {
-                        return Err(PieceFailure::Corrupt);
-                    }
-                    OutputFile::write_at(served.file(), &path, offset, &data)
-                        .map_err(PieceFailure::Local)?;
-                    served.mark(piece);
-                    Ok(len)
-                })
-                .await
-                .map_err(local)?
+                    .map_err(PieceFailure::Supernode)?
+                    .map_err(|e| local(sink.path.to_path_buf(), e))?
             }
+        };
+        charge(len).await;
+        // The source is done with this piece: it may take our next request (the session
+        // still holds the piece until the outcome).
+        let _ = received.send((piece, self.source));
+        if digest.0 != expected {
+            return Err(PieceFailure::Corrupt);
         }
+        served.mark(piece);
+        Ok(len)
     }
 }
 

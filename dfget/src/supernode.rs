@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use damselfly_common::{Digest, Sha256Hasher};
 use damselfly_proto::{
     ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, decode,
@@ -160,16 +161,21 @@ impl SupernodeClient {
             .map(drop)
     }
 
-    /// Downloads one piece from the supernode.
+    /// Downloads one piece from the supernode into `sink` (as [`crate::fetch`] does from a
+    /// parent: block by block into the piece's sha256 and the file) and returns the sha256
+    /// of the bytes written. `Ok(Err(_))` is a local write failure, not the supernode's.
     ///
     /// # Errors
-    /// Unreachable, or refused (`BUSY`, `PIECE_ABSENT`…).
-    pub async fn piece(
+    /// Unreachable, refused (`BUSY`, `PIECE_ABSENT`…), or a body of the wrong length.
+    pub async fn piece_into(
         &self,
         task_id: &str,
         index: u32,
         peer_id: u64,
-    ) -> Result<Bytes, SupernodeError> {
+        sink: &crate::fetch::PieceSink,
+    ) -> Result<Result<Digest, std::io::Error>, SupernodeError> {
+        use futures::StreamExt as _;
+        use std::os::unix::fs::FileExt as _;
         let url = format!(
             "{}/api/v1/tasks/{task_id}/pieces/{index}?peer={peer_id}",
             self.base
@@ -180,6 +186,36 @@ impl SupernodeClient {
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
-        self.body(resp).await
+        if !resp.status().is_success() {
+            return Err(self
+                .body(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| SupernodeError::Protocol("refusal without a status".into())));
+        }
+        let mut hasher = Sha256Hasher::new();
+        let mut at = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(&e))?;
+            if at + chunk.len() as u64 > sink.len {
+                return Err(SupernodeError::Protocol(format!(
+                    "piece {index} longer than its {} bytes",
+                    sink.len
+                )));
+            }
+            hasher.update(&chunk);
+            if let Err(e) = sink.file.write_all_at(&chunk, sink.offset + at) {
+                return Ok(Err(e));
+            }
+            at += chunk.len() as u64;
+        }
+        if at != sink.len {
+            return Err(SupernodeError::Protocol(format!(
+                "piece {index}: {at} of its {} bytes",
+                sink.len
+            )));
+        }
+        Ok(Ok(hasher.finish()))
     }
 }
