@@ -183,21 +183,7 @@ impl Store {
     /// `meta.digest`, or [`Error::Io`]/[`Error::Db`].
     pub fn import_file(&self, meta: TaskMeta, src: &Path) -> Result<(), Error> {
         use sha2::Digest as _;
-        if let Some(reason) = meta.invalid_reason() {
-            return Err(Error::InvalidTask {
-                id: meta.id,
-                reason,
-            });
-        }
-        let file = File::open(src).map_err(|e| Error::io(src, e))?;
-        let len = file.metadata().map_err(|e| Error::io(src, e))?.len();
-        if len != meta.content_length {
-            return Err(Error::PieceLength {
-                index: 0,
-                expected: meta.content_length,
-                actual: len,
-            });
-        }
+        let file = import_source(&meta, src)?;
         // Hash outside every lock: this reads the whole file.
         let mut whole = sha2::Sha256::new();
         let mut pieces = Vec::with_capacity(meta.piece_count() as usize);
@@ -235,25 +221,11 @@ impl Store {
         src: &Path,
         pieces: &[[u8; 32]],
     ) -> Result<(), Error> {
-        if let Some(reason) = meta.invalid_reason() {
-            return Err(Error::InvalidTask {
-                id: meta.id,
-                reason,
-            });
-        }
+        let file = import_source(&meta, src)?;
         if pieces.len() != meta.piece_count() as usize {
             return Err(Error::InvalidTask {
                 id: meta.id,
                 reason: "not one piece digest per piece",
-            });
-        }
-        let file = File::open(src).map_err(|e| Error::io(src, e))?;
-        let len = file.metadata().map_err(|e| Error::io(src, e))?.len();
-        if len != meta.content_length {
-            return Err(Error::PieceLength {
-                index: 0,
-                expected: meta.content_length,
-                actual: len,
             });
         }
         self.install(meta, src, &file, pieces)
@@ -716,6 +688,26 @@ fn cache_file(files: &mut HashMap<String, Arc<File>>, id: &str, file: Arc<File>)
         }
     }
     files.insert(id.to_owned(), file);
+}
+
+/// Opens a file to import as `meta`, after checking `meta` and the file's length.
+fn import_source(meta: &TaskMeta, src: &Path) -> Result<File, Error> {
+    if let Some(reason) = meta.invalid_reason() {
+        return Err(Error::InvalidTask {
+            id: meta.id.clone(),
+            reason,
+        });
+    }
+    let file = File::open(src).map_err(|e| Error::io(src, e))?;
+    let len = file.metadata().map_err(|e| Error::io(src, e))?.len();
+    if len != meta.content_length {
+        return Err(Error::PieceLength {
+            index: 0,
+            expected: meta.content_length,
+            actual: len,
+        });
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
