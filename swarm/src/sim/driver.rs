@@ -4,7 +4,7 @@
 //! time: every decision about syncs, requests, stalls and completion is the session's.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,9 @@ struct Peer {
     deferred: Vec<Outcome>,
     tick_at: Option<u64>,
     uploads: u32,
+    /// Requests waiting for one of this peer's upload slots, oldest first: `(requester,
+    /// piece)`, at most [`SimConfig::upload_queue`].
+    queue: VecDeque<(u32, u32)>,
 }
 
 struct Transfer {
@@ -251,6 +254,7 @@ impl Sim {
                 syncs: 0,
                 requests: 0,
                 busy: 0,
+                queued: 0,
                 events: 0,
                 elapsed: Duration::ZERO,
                 banned: 0,
@@ -291,6 +295,7 @@ impl Sim {
                 deferred: Vec::new(),
                 tick_at: None,
                 uploads: 0,
+                queue: VecDeque::new(),
             });
             sim.push(joined, Ev::Join(i as u32));
             if role[i].1 {
@@ -591,19 +596,25 @@ impl Sim {
         }
     }
 
+    /// A piece request reaches its source: dfget's `PieceServer::prepare` for a peer (a
+    /// free slot, else a place in the upload queue, else `Busy`), the supernode's slot check.
     fn request(&mut self, to: Node, from: u32, piece: u32) {
         let refusal = match to {
             Node::Seed => (self.seed_uploads >= self.config.seed_slots).then_some(FailReason::Busy),
             Node::Peer(j) => {
-                let p = &self.peers[j as usize];
+                let p = &mut self.peers[j as usize];
                 if p.left {
                     Some(FailReason::Io)
                 } else if !p.session.have().get(piece) {
                     Some(FailReason::Unavailable)
-                } else if p.uploads >= self.slots {
-                    Some(FailReason::Busy)
-                } else {
+                } else if p.uploads < self.slots {
                     None
+                } else if p.queue.len() < self.config.upload_queue as usize {
+                    p.queue.push_back((from, piece));
+                    self.report.queued += 1;
+                    return;
+                } else {
+                    Some(FailReason::Busy)
                 }
             }
         };
@@ -623,7 +634,12 @@ impl Sim {
             );
             return;
         }
-        let (src, count) = match to {
+        self.start_upload(to, from, piece);
+    }
+
+    /// `by` starts sending `piece` to peer `to`, taking one of its upload slots.
+    fn start_upload(&mut self, by: Node, to: u32, piece: u32) {
+        let (src, count) = match by {
             Node::Seed => (SEED_NODE, &mut self.seed_uploads),
             Node::Peer(j) => (j + 1, &mut self.peers[j as usize].uploads),
         };
@@ -632,16 +648,12 @@ impl Sim {
         let mut out = std::mem::take(&mut self.resched);
         let id = self
             .net
-            .start(self.now, src, from + 1, range.end - range.start, &mut out);
+            .start(self.now, src, to + 1, range.end - range.start, &mut out);
         let slot = id.slot as usize;
         if self.transfers.len() <= slot {
             self.transfers.resize_with(slot + 1, || None);
         }
-        self.transfers[slot] = Some(Transfer {
-            by: to,
-            to: from,
-            piece,
-        });
+        self.transfers[slot] = Some(Transfer { by, to, piece });
         self.schedule_flows(&mut out);
         self.resched = out;
     }
@@ -679,6 +691,7 @@ impl Sim {
             Node::Peer(j) => {
                 self.peers[j as usize].uploads -= 1;
                 self.report.peer_bytes_sent += bytes;
+                self.start_queued(j);
             }
         }
         let bucket = (self.now / 100_000_000) as usize;
@@ -704,7 +717,25 @@ impl Sim {
             return;
         }
         p.left = true;
+        let waiting = std::mem::take(&mut p.queue);
         self.sched.handle_leave(self.instant(), peer_id(i));
+        // Its connections close: requests waiting for its slots fail, and its own requests
+        // waiting at its parents are dropped.
+        for (to, piece) in waiting {
+            let at = self.now + self.hop(Node::Peer(i), Node::Peer(to));
+            self.push(
+                at,
+                Ev::Fail {
+                    by: Node::Peer(i),
+                    to,
+                    piece,
+                    reason: FailReason::Io,
+                },
+            );
+        }
+        for p in &mut self.peers {
+            p.queue.retain(|&(from, _)| from != i);
+        }
         let node = i + 1;
         let flows: Vec<FlowId> = self
             .net
@@ -712,6 +743,7 @@ impl Sim {
             .chain(self.net.downloads(node))
             .collect();
         let mut out = std::mem::take(&mut self.resched);
+        let mut freed = Vec::new();
         for id in flows {
             self.net.end(self.now, id, &mut out);
             let Some(t) = self.transfers[id.slot as usize].take() else {
@@ -719,7 +751,10 @@ impl Sim {
             };
             match t.by {
                 Node::Seed => self.seed_uploads -= 1,
-                Node::Peer(j) => self.peers[j as usize].uploads -= 1,
+                Node::Peer(j) => {
+                    self.peers[j as usize].uploads -= 1;
+                    freed.push(j);
+                }
             }
             if t.to != i {
                 let at = self.now + self.hop(t.by, Node::Peer(t.to));
@@ -736,5 +771,18 @@ impl Sim {
         }
         self.schedule_flows(&mut out);
         self.resched = out;
+        for j in freed {
+            self.start_queued(j);
+        }
+    }
+
+    /// Peer `j` starts the requests waiting in its upload queue while it has free slots.
+    fn start_queued(&mut self, j: u32) {
+        while self.peers[j as usize].uploads < self.slots {
+            let Some((to, piece)) = self.peers[j as usize].queue.pop_front() else {
+                break;
+            };
+            self.start_upload(Node::Peer(j), to, piece);
+        }
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 fn summary(name: &str, r: &SimReport) {
     println!(
         "{name}: bound {:?} p50 {:.3} p99 {:.3} max {:.3} origin {:.3}x, peer {:.1}x, syncs {}, \
-         requests {}, busy {}, events {}, elapsed {:?}",
+         requests {}, busy {}, queued {}, events {}, elapsed {:?}",
         r.bound,
         r.p50(),
         r.p99(),
@@ -15,6 +15,7 @@ fn summary(name: &str, r: &SimReport) {
         r.syncs,
         r.requests,
         r.busy,
+        r.queued,
         r.events,
         r.elapsed,
     );
@@ -190,6 +191,8 @@ fn scenarios_1000() {
     // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=1 makes each peer wait for its syncs.
     let only = std::env::var("SIM_SCENARIO").ok();
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
+    // SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs.
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
             continue;
@@ -198,6 +201,15 @@ fn scenarios_1000() {
         let mut cfg = s.config(1000, 1 << 30);
         cfg.seed = seed;
         cfg.sync_waits = sync_waits;
+        if let Some(v) = knob("SIM_UPLOAD_QUEUE") {
+            cfg.upload_queue = v;
+        }
+        if let Some(v) = knob("SIM_PER_PARENT") {
+            cfg.picker.per_parent_in_flight = v as usize;
+        }
+        if let Some(v) = knob("SIM_MAX_IN_FLIGHT") {
+            cfg.picker.max_in_flight = v as usize;
+        }
         let r = run(&cfg);
         summary(s.name(), &r);
         println!("{}: wall time {:?}", s.name(), start.elapsed());
