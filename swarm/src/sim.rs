@@ -96,6 +96,18 @@ pub enum Arrivals {
     },
 }
 
+/// How a child fetches pieces from a parent (dfget's `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTransport {
+    /// One TCP connection per parent, requests pipelined and answered in order (dfget's
+    /// default): one piece is sent at a time, and the parent reads at most one request
+    /// ahead of it, which holds a slot or waits in the upload queue.
+    Tcp,
+    /// A QUIC stream per request: each waits for a slot on its own, and a child's pieces
+    /// from one parent travel side by side.
+    Quic,
+}
+
 /// Parameters of one simulation run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -132,6 +144,8 @@ pub struct SimConfig {
     /// across all the peer's children). 0: `Busy` as soon as every slot is taken, as dfget
     /// did before its TCP transport.
     pub upload_queue: u32,
+    /// How children fetch from parents. Default [`PeerTransport::Tcp`], as dfget.
+    pub transport: PeerTransport,
     /// Peers' sync period (`dfget`'s `sync_interval`, default 200 ms).
     pub sync_interval: Duration,
     /// Sync period of a finished peer (dfdaemon's `p2p.keepalive_interval`, default 5 s).
@@ -167,6 +181,7 @@ impl SimConfig {
             picker: PickerConfig::default(),
             seed_slots: u32::MAX,
             upload_queue: 32,
+            transport: PeerTransport::Tcp,
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,

@@ -4,7 +4,7 @@
 //! time: every decision about syncs, requests, stalls and completion is the session's.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
-use super::{Arrivals, Link, PeerOutcome, SimConfig, SimReport, kumar_ross};
+use super::{Arrivals, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross};
 use crate::{
     Bitmap, FailReason, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent, Source,
     SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count, piece_range,
@@ -134,6 +134,19 @@ struct Peer {
     queue: VecDeque<(u32, u32)>,
 }
 
+/// A child's TCP connection at a parent, as dfget's `serve_tcp` runs it: a reading stage
+/// takes the next request only once the writing stage can take its answer, so at most one
+/// piece is read ahead (holding a slot, or waiting in the upload queue) of the one being sent.
+#[derive(Debug, Default)]
+struct Conn {
+    /// Pieces asked for and not yet read by the reading stage.
+    unread: VecDeque<u32>,
+    /// A piece is being sent (its flow runs, holding a slot).
+    sending: bool,
+    /// The piece read ahead, and whether it holds a slot (else it waits in the queue).
+    ahead: Option<(u32, bool)>,
+}
+
 struct Transfer {
     by: Node,
     to: u32,
@@ -156,6 +169,8 @@ pub(super) struct Sim {
     seed_uploads: u32,
     peers: Vec<Peer>,
     slots: u32,
+    /// TCP connections by `(parent, child)`; ordered, so that runs are deterministic.
+    conns: BTreeMap<(u32, u32), Conn>,
     remaining: usize,
     resched: Vec<Reschedule>,
     bound: Duration,
@@ -242,6 +257,7 @@ impl Sim {
             seed_uploads: 0,
             peers: Vec::with_capacity(n),
             slots: config.scheduler.upload_slots,
+            conns: BTreeMap::new(),
             remaining: n - liars - leavers,
             resched: Vec::new(),
             bound,
@@ -607,6 +623,14 @@ impl Sim {
                     Some(FailReason::Io)
                 } else if !p.session.have().get(piece) {
                     Some(FailReason::Unavailable)
+                } else if self.config.transport == PeerTransport::Tcp {
+                    self.conns
+                        .entry((j, from))
+                        .or_default()
+                        .unread
+                        .push_back(piece);
+                    self.advance(j, from);
+                    return;
                 } else if p.uploads < self.slots {
                     None
                 } else if p.queue.len() < self.config.upload_queue as usize {
@@ -639,11 +663,66 @@ impl Sim {
 
     /// `by` starts sending `piece` to peer `to`, taking one of its upload slots.
     fn start_upload(&mut self, by: Node, to: u32, piece: u32) {
-        let (src, count) = match by {
-            Node::Seed => (SEED_NODE, &mut self.seed_uploads),
-            Node::Peer(j) => (j + 1, &mut self.peers[j as usize].uploads),
+        match by {
+            Node::Seed => self.seed_uploads += 1,
+            Node::Peer(j) => self.peers[j as usize].uploads += 1,
+        }
+        self.start_flow(by, to, piece);
+    }
+
+    /// Parent `j`'s connection from child `i` moves on as far as it can: the writer takes
+    /// the piece read ahead once it has a slot, and the reader reads the next request and
+    /// prepares it (a free slot, else a place in the upload queue, else `Busy`).
+    fn advance(&mut self, j: u32, i: u32) {
+        loop {
+            let slots_free = self.peers[j as usize].uploads < self.slots;
+            let queue_room = self.peers[j as usize].queue.len() < self.config.upload_queue as usize;
+            let Some(conn) = self.conns.get_mut(&(j, i)) else {
+                return;
+            };
+            if !conn.sending
+                && let Some((piece, true)) = conn.ahead
+            {
+                conn.ahead = None;
+                conn.sending = true;
+                self.start_flow(Node::Peer(j), i, piece);
+                continue;
+            }
+            if conn.ahead.is_some() {
+                return;
+            }
+            let Some(piece) = conn.unread.pop_front() else {
+                return;
+            };
+            if slots_free {
+                conn.ahead = Some((piece, true));
+                self.peers[j as usize].uploads += 1;
+            } else if queue_room {
+                conn.ahead = Some((piece, false));
+                self.peers[j as usize].queue.push_back((i, piece));
+                self.report.queued += 1;
+            } else {
+                self.report.busy += 1;
+                let at = self.now + self.hop(Node::Peer(j), Node::Peer(i));
+                self.push(
+                    at,
+                    Ev::Fail {
+                        by: Node::Peer(j),
+                        to: i,
+                        piece,
+                        reason: FailReason::Busy,
+                    },
+                );
+            }
+        }
+    }
+
+    /// `by` starts sending `piece` to peer `to`, its upload slot already counted.
+    fn start_flow(&mut self, by: Node, to: u32, piece: u32) {
+        let src = match by {
+            Node::Seed => SEED_NODE,
+            Node::Peer(j) => j + 1,
         };
-        *count += 1;
         let range = piece_range(self.config.file_size, self.config.piece_size, piece);
         let mut out = std::mem::take(&mut self.resched);
         let id = self
@@ -691,7 +770,11 @@ impl Sim {
             Node::Peer(j) => {
                 self.peers[j as usize].uploads -= 1;
                 self.report.peer_bytes_sent += bytes;
+                if let Some(conn) = self.conns.get_mut(&(j, t.to)) {
+                    conn.sending = false;
+                }
                 self.start_queued(j);
+                self.advance(j, t.to);
             }
         }
         let bucket = (self.now / 100_000_000) as usize;
@@ -721,7 +804,33 @@ impl Sim {
         self.sched.handle_leave(self.instant(), peer_id(i));
         // Its connections close: requests waiting for its slots fail, and its own requests
         // waiting at its parents are dropped.
-        for (to, piece) in waiting {
+        let mut failed: Vec<(u32, u32)> = Vec::new();
+        let mut freed = Vec::new();
+        if self.config.transport == PeerTransport::Tcp {
+            // Its queue holds the pieces read ahead on its connections, failed below.
+            let touching: Vec<(u32, u32)> = self
+                .conns
+                .keys()
+                .filter(|&&(j, c)| j == i || c == i)
+                .copied()
+                .collect();
+            for key in touching {
+                let Some(conn) = self.conns.remove(&key) else {
+                    continue;
+                };
+                let (j, c) = key;
+                if j == i {
+                    let ahead = conn.ahead.map(|(piece, _)| piece);
+                    failed.extend(ahead.into_iter().chain(conn.unread).map(|p| (c, p)));
+                } else if let Some((_, true)) = conn.ahead {
+                    self.peers[j as usize].uploads -= 1;
+                    freed.push(j);
+                }
+            }
+        } else {
+            failed = waiting.into();
+        }
+        for (to, piece) in failed {
             let at = self.now + self.hop(Node::Peer(i), Node::Peer(to));
             self.push(
                 at,
@@ -743,7 +852,6 @@ impl Sim {
             .chain(self.net.downloads(node))
             .collect();
         let mut out = std::mem::take(&mut self.resched);
-        let mut freed = Vec::new();
         for id in flows {
             self.net.end(self.now, id, &mut out);
             let Some(t) = self.transfers[id.slot as usize].take() else {
@@ -782,7 +890,14 @@ impl Sim {
             let Some((to, piece)) = self.peers[j as usize].queue.pop_front() else {
                 break;
             };
-            self.start_upload(Node::Peer(j), to, piece);
+            match self.conns.get_mut(&(j, to)) {
+                Some(conn) => {
+                    conn.ahead = Some((piece, true));
+                    self.peers[j as usize].uploads += 1;
+                    self.advance(j, to);
+                }
+                None => self.start_upload(Node::Peer(j), to, piece),
+            }
         }
     }
 }

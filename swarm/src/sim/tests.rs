@@ -99,6 +99,50 @@ fn fifty_peers_complete() {
     assert_eq!(r.banned, 0);
 }
 
+/// dfget's picker pipelines requests to each parent; a parent with every slot taken queues
+/// them (up to `upload_queue`) instead of refusing, over either transport.
+#[test]
+fn a_full_parent_queues_requests_instead_of_refusing() {
+    for transport in [PeerTransport::Tcp, PeerTransport::Quic] {
+        let mut cfg = SimConfig {
+            transport,
+            ..SimConfig::default()
+        };
+        cfg.picker.per_parent_in_flight = 4;
+        cfg.picker.max_in_flight = 8;
+        let r = run(&cfg);
+        summary("queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.completion_times().len(), 50);
+        assert!(r.queued > 0, "{transport:?}: nothing waited for a slot");
+        assert!(r.origin_ratio() <= 1.5, "origin {}", r.origin_ratio());
+
+        cfg.upload_queue = 0;
+        let r = run(&cfg);
+        summary("no queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.queued, 0);
+        assert!(
+            r.busy > 0,
+            "{transport:?}: no parent refused without a queue"
+        );
+    }
+}
+
+#[test]
+fn peers_leaving_with_queued_requests_do_not_stall_the_rest() {
+    for transport in [PeerTransport::Tcp, PeerTransport::Quic] {
+        let mut cfg = Scenario::Churn.config(50, 64 << 20);
+        cfg.transport = transport;
+        cfg.picker.per_parent_in_flight = 4;
+        cfg.picker.max_in_flight = 8;
+        let r = run(&cfg);
+        summary("churn queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.completion_times().len(), 45);
+    }
+}
+
 #[test]
 fn deterministic() {
     let cfg = SimConfig::flash_crowd(20, 16 << 20);
@@ -191,7 +235,8 @@ fn scenarios_1000() {
     // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=1 makes each peer wait for its syncs.
     let only = std::env::var("SIM_SCENARIO").ok();
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
-    // SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs.
+    // SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
+    // SIM_TRANSPORT=quic gives each request its own stream.
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
@@ -201,6 +246,9 @@ fn scenarios_1000() {
         let mut cfg = s.config(1000, 1 << 30);
         cfg.seed = seed;
         cfg.sync_waits = sync_waits;
+        if std::env::var("SIM_TRANSPORT").is_ok_and(|v| v == "quic") {
+            cfg.transport = PeerTransport::Quic;
+        }
         if let Some(v) = knob("SIM_UPLOAD_QUEUE") {
             cfg.upload_queue = v;
         }
