@@ -146,6 +146,11 @@ pub struct SimConfig {
     pub upload_queue: u32,
     /// How children fetch from parents. Default [`PeerTransport::Tcp`], as dfget.
     pub transport: PeerTransport,
+    /// Control messages cost bytes on the links they cross, as flows like the pieces': a
+    /// sync request 100 bytes + 4 per reported piece, a reply 100 + 32 per digest + one
+    /// bitmap and 40 bytes per parent (+ the seed offer's bitmap), a piece request 60 and an
+    /// answer's header 10. False: they only take the latency.
+    pub control_traffic: bool,
     /// Peers' sync period (`dfget`'s `sync_interval`, default 200 ms).
     pub sync_interval: Duration,
     /// Sync period of a finished peer (dfdaemon's `p2p.keepalive_interval`, default 5 s).
@@ -182,6 +187,7 @@ impl SimConfig {
             seed_slots: u32::MAX,
             upload_queue: 32,
             transport: PeerTransport::Tcp,
+            control_traffic: false,
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,
@@ -332,6 +338,13 @@ pub struct SimReport {
     pub busy: u64,
     /// Piece requests that waited in a peer's upload queue.
     pub queued: u64,
+    /// Bytes of control messages (syncs, piece requests, answer headers), with
+    /// [`SimConfig::control_traffic`].
+    pub control_bytes: u64,
+    /// Of those, bytes the supernode sent (sync replies).
+    pub seed_control_sent: u64,
+    /// Of those, bytes the supernode received (sync requests).
+    pub seed_control_received: u64,
     /// Events processed.
     pub events: u64,
     /// Virtual time when the run stopped.

@@ -153,6 +153,26 @@ struct Transfer {
     piece: u32,
 }
 
+/// What a flow carries.
+enum Carried {
+    Piece(Transfer),
+    /// A control message from `from`: `ev` happens one hop after its last byte leaves.
+    Msg {
+        from: Node,
+        to: Node,
+        ev: Ev,
+    },
+}
+
+/// Wire sizes of control messages, in bytes ([`SimConfig::control_traffic`]).
+const SYNC_REQUEST: u64 = 100;
+const PER_REPORTED_PIECE: u64 = 4;
+const SYNC_REPLY: u64 = 100;
+const PER_DIGEST: u64 = 32;
+const PER_PARENT: u64 = 40;
+const PIECE_REQUEST: u64 = 60;
+const PIECE_HEADER: u64 = 10;
+
 pub(super) struct Sim {
     config: SimConfig,
     epoch: Instant,
@@ -161,7 +181,7 @@ pub(super) struct Sim {
     events: BinaryHeap<Queued>,
     sched: TaskScheduler,
     net: Net,
-    transfers: Vec<Option<Transfer>>,
+    transfers: Vec<Option<Carried>>,
     seed_has: Bitmap,
     /// The supernode's piece digests (the simulation does not hash: any distinct values do).
     digests: Vec<[u8; 32]>,
@@ -189,6 +209,13 @@ fn source(n: Node) -> Source {
     match n {
         Node::Seed => Source::Seed,
         Node::Peer(i) => Source::Peer(peer_id(i)),
+    }
+}
+
+fn net_node(n: Node) -> NodeIdx {
+    match n {
+        Node::Seed => SEED_NODE,
+        Node::Peer(i) => i + 1,
     }
 }
 
@@ -271,6 +298,9 @@ impl Sim {
                 requests: 0,
                 busy: 0,
                 queued: 0,
+                control_bytes: 0,
+                seed_control_sent: 0,
+                seed_control_received: 0,
                 events: 0,
                 elapsed: Duration::ZERO,
                 banned: 0,
@@ -466,15 +496,12 @@ impl Sim {
                 Source::Seed => Node::Seed,
                 Source::Peer(id) => node_of(id),
             };
-            let at = self.now + self.hop(Node::Peer(i), to);
-            self.push(
-                at,
-                Ev::Request {
-                    to,
-                    from: i,
-                    piece: req.piece,
-                },
-            );
+            let ev = Ev::Request {
+                to,
+                from: i,
+                piece: req.piece,
+            };
+            self.send_msg(Node::Peer(i), to, PIECE_REQUEST, ev);
         }
         let p = &self.peers[i as usize];
         let session = p
@@ -493,14 +520,15 @@ impl Sim {
     }
 
     fn send_sync(&mut self, i: u32, msg: SyncMsg) {
+        let reported = msg.new_pieces.len() + msg.bad_pieces.len() + msg.urgent.len();
+        let bytes = SYNC_REQUEST + PER_REPORTED_PIECE * reported as u64;
         let p = &mut self.peers[i as usize];
         p.sync = Some(Box::new(SyncTrip {
             msg,
             uploading: p.uploads,
             reply: None,
         }));
-        let at = self.now + self.hop(Node::Peer(i), Node::Seed);
-        self.push(at, Ev::SyncArrive(i));
+        self.send_msg(Node::Peer(i), Node::Seed, bytes, Ev::SyncArrive(i));
     }
 
     /// The supernode's sync handler (`supernode/src/api.rs`): the scheduler's answer plus
@@ -541,6 +569,16 @@ impl Sim {
             // The supernode answers BAD_REQUEST (a banned liar, a bad index).
             Err(e) => Err(SyncFailure::Refused(e.to_string())),
         };
+        let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
+        let bytes = SYNC_REPLY
+            + match &reply {
+                Ok(r) => {
+                    PER_DIGEST * r.digests.len() as u64
+                        + r.parents.len() as u64 * (bitmap + PER_PARENT)
+                        + if r.seed_pieces.count() > 0 { bitmap } else { 0 }
+                }
+                Err(_) => 0,
+            };
         trip.reply = Some(reply);
         self.sched.handle_timeout(now);
         while let Some(ev) = self.sched.poll_event() {
@@ -548,8 +586,7 @@ impl Sim {
                 self.report.banned += 1;
             }
         }
-        let at = self.now + self.hop(Node::Peer(i), Node::Seed);
-        self.push(at, Ev::SyncReply(i));
+        self.send_msg(Node::Seed, Node::Peer(i), bytes, Ev::SyncReply(i));
     }
 
     fn sync_reply(&mut self, i: u32) {
@@ -646,16 +683,13 @@ impl Sim {
             if reason == FailReason::Busy {
                 self.report.busy += 1;
             }
-            let at = self.now + self.hop(to, Node::Peer(from));
-            self.push(
-                at,
-                Ev::Fail {
-                    by: to,
-                    to: from,
-                    piece,
-                    reason,
-                },
-            );
+            let ev = Ev::Fail {
+                by: to,
+                to: from,
+                piece,
+                reason,
+            };
+            self.send_msg(to, Node::Peer(from), PIECE_HEADER, ev);
             return;
         }
         self.start_upload(to, from, piece);
@@ -703,38 +737,63 @@ impl Sim {
                 self.report.queued += 1;
             } else {
                 self.report.busy += 1;
-                let at = self.now + self.hop(Node::Peer(j), Node::Peer(i));
-                self.push(
-                    at,
-                    Ev::Fail {
-                        by: Node::Peer(j),
-                        to: i,
-                        piece,
-                        reason: FailReason::Busy,
-                    },
-                );
+                let ev = Ev::Fail {
+                    by: Node::Peer(j),
+                    to: i,
+                    piece,
+                    reason: FailReason::Busy,
+                };
+                self.send_msg(Node::Peer(j), Node::Peer(i), PIECE_HEADER, ev);
             }
         }
     }
 
     /// `by` starts sending `piece` to peer `to`, its upload slot already counted.
     fn start_flow(&mut self, by: Node, to: u32, piece: u32) {
-        let src = match by {
-            Node::Seed => SEED_NODE,
-            Node::Peer(j) => j + 1,
-        };
         let range = piece_range(self.config.file_size, self.config.piece_size, piece);
+        let mut bytes = range.end - range.start;
+        if self.config.control_traffic {
+            bytes += PIECE_HEADER;
+            self.count_control(by, Node::Peer(to), PIECE_HEADER);
+        }
+        let carried = Carried::Piece(Transfer { by, to, piece });
+        self.open_flow(by, Node::Peer(to), bytes, carried);
+    }
+
+    fn open_flow(&mut self, from: Node, to: Node, bytes: u64, carried: Carried) {
         let mut out = std::mem::take(&mut self.resched);
         let id = self
             .net
-            .start(self.now, src, to + 1, range.end - range.start, &mut out);
+            .start(self.now, net_node(from), net_node(to), bytes, &mut out);
         let slot = id.slot as usize;
         if self.transfers.len() <= slot {
             self.transfers.resize_with(slot + 1, || None);
         }
-        self.transfers[slot] = Some(Transfer { by, to, piece });
+        self.transfers[slot] = Some(carried);
         self.schedule_flows(&mut out);
         self.resched = out;
+    }
+
+    /// A control message of `bytes` from `from` to `to`, whose arrival is `ev`: one hop
+    /// away, and with [`SimConfig::control_traffic`] after its bytes crossed both links.
+    fn send_msg(&mut self, from: Node, to: Node, bytes: u64, ev: Ev) {
+        if !self.config.control_traffic {
+            let at = self.now + self.hop(from, to);
+            self.push(at, ev);
+            return;
+        }
+        self.count_control(from, to, bytes);
+        self.open_flow(from, to, bytes, Carried::Msg { from, to, ev });
+    }
+
+    fn count_control(&mut self, from: Node, to: Node, bytes: u64) {
+        self.report.control_bytes += bytes;
+        if from == Node::Seed {
+            self.report.seed_control_sent += bytes;
+        }
+        if to == Node::Seed {
+            self.report.seed_control_received += bytes;
+        }
     }
 
     fn schedule_flows(&mut self, out: &mut Vec<Reschedule>) {
@@ -751,8 +810,14 @@ impl Sim {
         if wake != Wake::Done {
             return;
         }
-        let Some(t) = self.transfers[id.slot as usize].take() else {
-            return;
+        let t = match self.transfers[id.slot as usize].take() {
+            None => return,
+            Some(Carried::Msg { from, to, ev }) => {
+                let at = self.now + self.hop(from, to);
+                self.push(at, ev);
+                return;
+            }
+            Some(Carried::Piece(t)) => t,
         };
         let range = piece_range(self.config.file_size, self.config.piece_size, t.piece);
         let bytes = range.end - range.start;
@@ -854,8 +919,32 @@ impl Sim {
         let mut out = std::mem::take(&mut self.resched);
         for id in flows {
             self.net.end(self.now, id, &mut out);
-            let Some(t) = self.transfers[id.slot as usize].take() else {
-                continue;
+            let t = match self.transfers[id.slot as usize].take() {
+                None => continue,
+                Some(Carried::Msg { ev, .. }) => {
+                    // A request or refusal on a connection that broke: the requester sees
+                    // the break; syncs of the leaver just end.
+                    let (by, to, piece) = match ev {
+                        Ev::Request { to, from, piece } => (to, from, piece),
+                        Ev::Fail { by, to, piece, .. } => (by, to, piece),
+                        _ => continue,
+                    };
+                    if to != i {
+                        let at = self.now + self.hop(by, Node::Peer(to));
+                        let reason = FailReason::Io;
+                        self.push(
+                            at,
+                            Ev::Fail {
+                                by,
+                                to,
+                                piece,
+                                reason,
+                            },
+                        );
+                    }
+                    continue;
+                }
+                Some(Carried::Piece(t)) => t,
             };
             match t.by {
                 Node::Seed => self.seed_uploads -= 1,

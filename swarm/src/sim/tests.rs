@@ -19,6 +19,15 @@ fn summary(name: &str, r: &SimReport) {
         r.events,
         r.elapsed,
     );
+    if r.control_bytes > 0 {
+        let secs = r.elapsed.as_secs_f64();
+        println!(
+            "{name}: control {:.1} MB, supernode sends {:.2} MB/s, receives {:.2} MB/s",
+            r.control_bytes as f64 / 1e6,
+            r.seed_control_sent as f64 / 1e6 / secs,
+            r.seed_control_received as f64 / 1e6 / secs,
+        );
+    }
 }
 
 /// What a user checks after any run: every honest peer that stayed finished, nobody beat
@@ -143,6 +152,36 @@ fn peers_leaving_with_queued_requests_do_not_stall_the_rest() {
     }
 }
 
+/// Control messages cost bytes when charged; the supernode's share is its sync traffic,
+/// and everyone still finishes within physics.
+#[test]
+fn charged_control_traffic_is_counted_and_runs_complete() {
+    for s in [Scenario::FlashCrowd, Scenario::Churn, Scenario::Liar] {
+        let mut cfg = s.config(50, 64 << 20);
+        cfg.control_traffic = true;
+        let r = run(&cfg);
+        summary(s.name(), &r);
+        assert_physical(&r);
+        // At least one sync each way per peer, and a request per piece fetched.
+        assert!(
+            r.seed_control_received >= 50 * 100,
+            "{}",
+            r.seed_control_received
+        );
+        assert!(r.seed_control_sent >= 50 * 100, "{}", r.seed_control_sent);
+        assert!(r.control_bytes >= r.requests * 60);
+        // Small next to the pieces: under 1 % of the bytes moved.
+        let moved = r.seed_bytes_sent + r.peer_bytes_sent;
+        assert!(
+            r.control_bytes * 100 < moved,
+            "{} of {moved}",
+            r.control_bytes
+        );
+    }
+    let r = run(&SimConfig::default());
+    assert_eq!(r.control_bytes, 0);
+}
+
 #[test]
 fn deterministic() {
     let cfg = SimConfig::flash_crowd(20, 16 << 20);
@@ -236,7 +275,8 @@ fn scenarios_1000() {
     let only = std::env::var("SIM_SCENARIO").ok();
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
     // SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
-    // SIM_TRANSPORT=quic gives each request its own stream.
+    // SIM_TRANSPORT=quic gives each request its own stream; SIM_CONTROL=1 (or 0) charges
+    // control messages' bytes (or not).
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
@@ -248,6 +288,9 @@ fn scenarios_1000() {
         cfg.sync_waits = sync_waits;
         if std::env::var("SIM_TRANSPORT").is_ok_and(|v| v == "quic") {
             cfg.transport = PeerTransport::Quic;
+        }
+        if let Some(v) = knob("SIM_CONTROL") {
+            cfg.control_traffic = v == 1;
         }
         if let Some(v) = knob("SIM_UPLOAD_QUEUE") {
             cfg.upload_queue = v;
