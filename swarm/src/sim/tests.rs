@@ -274,7 +274,7 @@ fn scenarios_1000() {
     // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=1 makes each peer wait for its syncs.
     let only = std::env::var("SIM_SCENARIO").ok();
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
-    // SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
+    // SIM_PEERS, SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
     // SIM_TRANSPORT=quic gives each request its own stream; SIM_CONTROL=1 (or 0) charges
     // control messages' bytes (or not).
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
@@ -283,7 +283,7 @@ fn scenarios_1000() {
             continue;
         }
         let start = std::time::Instant::now();
-        let mut cfg = s.config(1000, 1 << 30);
+        let mut cfg = s.config(knob("SIM_PEERS").map_or(1000, |n| n as usize), 1 << 30);
         cfg.seed = seed;
         cfg.sync_waits = sync_waits;
         if std::env::var("SIM_TRANSPORT").is_ok_and(|v| v == "quic") {
