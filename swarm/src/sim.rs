@@ -22,11 +22,14 @@
 //!   spare capacity handed to flows whose other end has room. No uplink or downlink ever
 //!   carries more than its capacity, the supernode's included.
 //! - **Pieces.** A piece is served only once it has been fully received (store and forward).
-//!   A request reaches its source after the latency; a source answers `Busy` when all its
-//!   upload slots are taken (4 per peer, as `dfget` does, without a queue; the supernode's
-//!   sends are not slot-bound, see [`SimConfig::seed_slots`]) and "absent" when it does not
-//!   hold the piece; the last byte
-//!   reaches the requester one latency after the flow ends.
+//!   A request reaches its source after the latency; a source answers "absent" when it does
+//!   not hold the piece. A peer uploads at most 4 pieces at once (its upload slots, as
+//!   `dfget`); a request beyond them waits in the peer's upload queue, first come first
+//!   served, and starts when a slot frees; only when [`SimConfig::upload_queue`] requests
+//!   already wait is it answered `Busy` (dfget's `PieceServer::prepare`). The supernode's
+//!   sends are not slot-bound (see [`SimConfig::seed_slots`]; at its limit it answers `Busy`,
+//!   with no queue, as the supernode does). The last byte reaches the requester one latency
+//!   after the flow ends.
 //! - **Peers** are [`PeerSession`]s, driven as `dfget`'s loop drives one: after every input
 //!   the driver drains `poll_event`, `poll_sync`, `poll_request` and re-arms one timer from
 //!   `poll_timeout`. The session decides the cadence (every `sync_interval`, 200 ms, sooner
@@ -93,6 +96,18 @@ pub enum Arrivals {
     },
 }
 
+/// How a child fetches pieces from a parent (dfget's `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTransport {
+    /// One TCP connection per parent, requests pipelined and answered in order (dfget's
+    /// default): one piece is sent at a time, and the parent reads at most one request
+    /// ahead of it, which holds a slot or waits in the upload queue.
+    Tcp,
+    /// A QUIC stream per request: each waits for a slot on its own, and a child's pieces
+    /// from one parent travel side by side.
+    Quic,
+}
+
 /// Parameters of one simulation run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -124,6 +139,18 @@ pub struct SimConfig {
     /// released before the body is sent, so its sends are bounded only by the scheduler's
     /// offers and the peers' `seed_in_flight`.
     pub seed_slots: u32,
+    /// Piece requests that may wait, first come first served, for one of a peer's upload
+    /// slots before further ones are answered `Busy` (dfget's `upload_queue`, default 32,
+    /// across all the peer's children). 0: `Busy` as soon as every slot is taken, as dfget
+    /// did before its TCP transport.
+    pub upload_queue: u32,
+    /// How children fetch from parents. Default [`PeerTransport::Tcp`], as dfget.
+    pub transport: PeerTransport,
+    /// Control messages cost bytes on the links they cross, as flows like the pieces': a
+    /// sync request 100 bytes + 4 per reported piece, a reply 100 + 32 per digest + one
+    /// bitmap and 40 bytes per parent (+ the seed offer's bitmap), a piece request 60 and an
+    /// answer's header 10. False: they only take the latency.
+    pub control_traffic: bool,
     /// Peers' sync period (`dfget`'s `sync_interval`, default 200 ms).
     pub sync_interval: Duration,
     /// Sync period of a finished peer (dfdaemon's `p2p.keepalive_interval`, default 5 s).
@@ -158,6 +185,9 @@ impl SimConfig {
             scheduler: SchedulerConfig::default(),
             picker: PickerConfig::default(),
             seed_slots: u32::MAX,
+            upload_queue: 32,
+            transport: PeerTransport::Tcp,
+            control_traffic: false,
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,
@@ -306,6 +336,15 @@ pub struct SimReport {
     pub requests: u64,
     /// Piece requests refused because every upload slot of the source was taken.
     pub busy: u64,
+    /// Piece requests that waited in a peer's upload queue.
+    pub queued: u64,
+    /// Bytes of control messages (syncs, piece requests, answer headers), with
+    /// [`SimConfig::control_traffic`].
+    pub control_bytes: u64,
+    /// Of those, bytes the supernode sent (sync replies).
+    pub seed_control_sent: u64,
+    /// Of those, bytes the supernode received (sync requests).
+    pub seed_control_received: u64,
     /// Events processed.
     pub events: u64,
     /// Virtual time when the run stopped.

@@ -108,7 +108,7 @@ fn seed_only_for_pieces_no_parent_has() {
 #[test]
 fn seed_pieces_first_and_outside_the_parent_budget() {
     let (mut p, t) = picker(16);
-    // Four parents fill max_in_flight (4) ...
+    // Four parents take one request each (per_parent_in_flight 1) ...
     p.handle_parents(
         t,
         (1..=4)

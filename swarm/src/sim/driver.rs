@@ -4,7 +4,7 @@
 //! time: every decision about syncs, requests, stalls and completion is the session's.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
-use super::{Arrivals, Link, PeerOutcome, SimConfig, SimReport, kumar_ross};
+use super::{Arrivals, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross};
 use crate::{
     Bitmap, FailReason, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent, Source,
     SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count, piece_range,
@@ -129,6 +129,22 @@ struct Peer {
     deferred: Vec<Outcome>,
     tick_at: Option<u64>,
     uploads: u32,
+    /// Requests waiting for one of this peer's upload slots, oldest first: `(requester,
+    /// piece)`, at most [`SimConfig::upload_queue`].
+    queue: VecDeque<(u32, u32)>,
+}
+
+/// A child's TCP connection at a parent, as dfget's `serve_tcp` runs it: a reading stage
+/// takes the next request only once the writing stage can take its answer, so at most one
+/// piece is read ahead (holding a slot, or waiting in the upload queue) of the one being sent.
+#[derive(Debug, Default)]
+struct Conn {
+    /// Pieces asked for and not yet read by the reading stage.
+    unread: VecDeque<u32>,
+    /// A piece is being sent (its flow runs, holding a slot).
+    sending: bool,
+    /// The piece read ahead, and whether it holds a slot (else it waits in the queue).
+    ahead: Option<(u32, bool)>,
 }
 
 struct Transfer {
@@ -136,6 +152,26 @@ struct Transfer {
     to: u32,
     piece: u32,
 }
+
+/// What a flow carries.
+enum Carried {
+    Piece(Transfer),
+    /// A control message from `from`: `ev` happens one hop after its last byte leaves.
+    Msg {
+        from: Node,
+        to: Node,
+        ev: Ev,
+    },
+}
+
+/// Wire sizes of control messages, in bytes ([`SimConfig::control_traffic`]).
+const SYNC_REQUEST: u64 = 100;
+const PER_REPORTED_PIECE: u64 = 4;
+const SYNC_REPLY: u64 = 100;
+const PER_DIGEST: u64 = 32;
+const PER_PARENT: u64 = 40;
+const PIECE_REQUEST: u64 = 60;
+const PIECE_HEADER: u64 = 10;
 
 pub(super) struct Sim {
     config: SimConfig,
@@ -145,7 +181,7 @@ pub(super) struct Sim {
     events: BinaryHeap<Queued>,
     sched: TaskScheduler,
     net: Net,
-    transfers: Vec<Option<Transfer>>,
+    transfers: Vec<Option<Carried>>,
     seed_has: Bitmap,
     /// The supernode's piece digests (the simulation does not hash: any distinct values do).
     digests: Vec<[u8; 32]>,
@@ -153,6 +189,8 @@ pub(super) struct Sim {
     seed_uploads: u32,
     peers: Vec<Peer>,
     slots: u32,
+    /// TCP connections by `(parent, child)`; ordered, so that runs are deterministic.
+    conns: BTreeMap<(u32, u32), Conn>,
     remaining: usize,
     resched: Vec<Reschedule>,
     bound: Duration,
@@ -171,6 +209,13 @@ fn source(n: Node) -> Source {
     match n {
         Node::Seed => Source::Seed,
         Node::Peer(i) => Source::Peer(peer_id(i)),
+    }
+}
+
+fn net_node(n: Node) -> NodeIdx {
+    match n {
+        Node::Seed => SEED_NODE,
+        Node::Peer(i) => i + 1,
     }
 }
 
@@ -239,6 +284,7 @@ impl Sim {
             seed_uploads: 0,
             peers: Vec::with_capacity(n),
             slots: config.scheduler.upload_slots,
+            conns: BTreeMap::new(),
             remaining: n - liars - leavers,
             resched: Vec::new(),
             bound,
@@ -251,6 +297,10 @@ impl Sim {
                 syncs: 0,
                 requests: 0,
                 busy: 0,
+                queued: 0,
+                control_bytes: 0,
+                seed_control_sent: 0,
+                seed_control_received: 0,
                 events: 0,
                 elapsed: Duration::ZERO,
                 banned: 0,
@@ -291,6 +341,7 @@ impl Sim {
                 deferred: Vec::new(),
                 tick_at: None,
                 uploads: 0,
+                queue: VecDeque::new(),
             });
             sim.push(joined, Ev::Join(i as u32));
             if role[i].1 {
@@ -445,15 +496,12 @@ impl Sim {
                 Source::Seed => Node::Seed,
                 Source::Peer(id) => node_of(id),
             };
-            let at = self.now + self.hop(Node::Peer(i), to);
-            self.push(
-                at,
-                Ev::Request {
-                    to,
-                    from: i,
-                    piece: req.piece,
-                },
-            );
+            let ev = Ev::Request {
+                to,
+                from: i,
+                piece: req.piece,
+            };
+            self.send_msg(Node::Peer(i), to, PIECE_REQUEST, ev);
         }
         let p = &self.peers[i as usize];
         let session = p
@@ -472,14 +520,15 @@ impl Sim {
     }
 
     fn send_sync(&mut self, i: u32, msg: SyncMsg) {
+        let reported = msg.new_pieces.len() + msg.bad_pieces.len() + msg.urgent.len();
+        let bytes = SYNC_REQUEST + PER_REPORTED_PIECE * reported as u64;
         let p = &mut self.peers[i as usize];
         p.sync = Some(Box::new(SyncTrip {
             msg,
             uploading: p.uploads,
             reply: None,
         }));
-        let at = self.now + self.hop(Node::Peer(i), Node::Seed);
-        self.push(at, Ev::SyncArrive(i));
+        self.send_msg(Node::Peer(i), Node::Seed, bytes, Ev::SyncArrive(i));
     }
 
     /// The supernode's sync handler (`supernode/src/api.rs`): the scheduler's answer plus
@@ -520,6 +569,16 @@ impl Sim {
             // The supernode answers BAD_REQUEST (a banned liar, a bad index).
             Err(e) => Err(SyncFailure::Refused(e.to_string())),
         };
+        let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
+        let bytes = SYNC_REPLY
+            + match &reply {
+                Ok(r) => {
+                    PER_DIGEST * r.digests.len() as u64
+                        + r.parents.len() as u64 * (bitmap + PER_PARENT)
+                        + if r.seed_pieces.count() > 0 { bitmap } else { 0 }
+                }
+                Err(_) => 0,
+            };
         trip.reply = Some(reply);
         self.sched.handle_timeout(now);
         while let Some(ev) = self.sched.poll_event() {
@@ -527,8 +586,7 @@ impl Sim {
                 self.report.banned += 1;
             }
         }
-        let at = self.now + self.hop(Node::Peer(i), Node::Seed);
-        self.push(at, Ev::SyncReply(i));
+        self.send_msg(Node::Seed, Node::Peer(i), bytes, Ev::SyncReply(i));
     }
 
     fn sync_reply(&mut self, i: u32) {
@@ -591,19 +649,33 @@ impl Sim {
         }
     }
 
+    /// A piece request reaches its source: dfget's `PieceServer::prepare` for a peer (a
+    /// free slot, else a place in the upload queue, else `Busy`), the supernode's slot check.
     fn request(&mut self, to: Node, from: u32, piece: u32) {
         let refusal = match to {
             Node::Seed => (self.seed_uploads >= self.config.seed_slots).then_some(FailReason::Busy),
             Node::Peer(j) => {
-                let p = &self.peers[j as usize];
+                let p = &mut self.peers[j as usize];
                 if p.left {
                     Some(FailReason::Io)
                 } else if !p.session.have().get(piece) {
                     Some(FailReason::Unavailable)
-                } else if p.uploads >= self.slots {
-                    Some(FailReason::Busy)
-                } else {
+                } else if self.config.transport == PeerTransport::Tcp {
+                    self.conns
+                        .entry((j, from))
+                        .or_default()
+                        .unread
+                        .push_back(piece);
+                    self.advance(j, from);
+                    return;
+                } else if p.uploads < self.slots {
                     None
+                } else if p.queue.len() < self.config.upload_queue as usize {
+                    p.queue.push_back((from, piece));
+                    self.report.queued += 1;
+                    return;
+                } else {
+                    Some(FailReason::Busy)
                 }
             }
         };
@@ -611,39 +683,117 @@ impl Sim {
             if reason == FailReason::Busy {
                 self.report.busy += 1;
             }
-            let at = self.now + self.hop(to, Node::Peer(from));
-            self.push(
-                at,
-                Ev::Fail {
-                    by: to,
-                    to: from,
-                    piece,
-                    reason,
-                },
-            );
+            let ev = Ev::Fail {
+                by: to,
+                to: from,
+                piece,
+                reason,
+            };
+            self.send_msg(to, Node::Peer(from), PIECE_HEADER, ev);
             return;
         }
-        let (src, count) = match to {
-            Node::Seed => (SEED_NODE, &mut self.seed_uploads),
-            Node::Peer(j) => (j + 1, &mut self.peers[j as usize].uploads),
-        };
-        *count += 1;
+        self.start_upload(to, from, piece);
+    }
+
+    /// `by` starts sending `piece` to peer `to`, taking one of its upload slots.
+    fn start_upload(&mut self, by: Node, to: u32, piece: u32) {
+        match by {
+            Node::Seed => self.seed_uploads += 1,
+            Node::Peer(j) => self.peers[j as usize].uploads += 1,
+        }
+        self.start_flow(by, to, piece);
+    }
+
+    /// Parent `j`'s connection from child `i` moves on as far as it can: the writer takes
+    /// the piece read ahead once it has a slot, and the reader reads the next request and
+    /// prepares it (a free slot, else a place in the upload queue, else `Busy`).
+    fn advance(&mut self, j: u32, i: u32) {
+        loop {
+            let slots_free = self.peers[j as usize].uploads < self.slots;
+            let queue_room = self.peers[j as usize].queue.len() < self.config.upload_queue as usize;
+            let Some(conn) = self.conns.get_mut(&(j, i)) else {
+                return;
+            };
+            if !conn.sending
+                && let Some((piece, true)) = conn.ahead
+            {
+                conn.ahead = None;
+                conn.sending = true;
+                self.start_flow(Node::Peer(j), i, piece);
+                continue;
+            }
+            if conn.ahead.is_some() {
+                return;
+            }
+            let Some(piece) = conn.unread.pop_front() else {
+                return;
+            };
+            if slots_free {
+                conn.ahead = Some((piece, true));
+                self.peers[j as usize].uploads += 1;
+            } else if queue_room {
+                conn.ahead = Some((piece, false));
+                self.peers[j as usize].queue.push_back((i, piece));
+                self.report.queued += 1;
+            } else {
+                self.report.busy += 1;
+                let ev = Ev::Fail {
+                    by: Node::Peer(j),
+                    to: i,
+                    piece,
+                    reason: FailReason::Busy,
+                };
+                self.send_msg(Node::Peer(j), Node::Peer(i), PIECE_HEADER, ev);
+            }
+        }
+    }
+
+    /// `by` starts sending `piece` to peer `to`, its upload slot already counted.
+    fn start_flow(&mut self, by: Node, to: u32, piece: u32) {
         let range = piece_range(self.config.file_size, self.config.piece_size, piece);
+        let mut bytes = range.end - range.start;
+        if self.config.control_traffic {
+            bytes += PIECE_HEADER;
+            self.count_control(by, Node::Peer(to), PIECE_HEADER);
+        }
+        let carried = Carried::Piece(Transfer { by, to, piece });
+        self.open_flow(by, Node::Peer(to), bytes, carried);
+    }
+
+    fn open_flow(&mut self, from: Node, to: Node, bytes: u64, carried: Carried) {
         let mut out = std::mem::take(&mut self.resched);
         let id = self
             .net
-            .start(self.now, src, from + 1, range.end - range.start, &mut out);
+            .start(self.now, net_node(from), net_node(to), bytes, &mut out);
         let slot = id.slot as usize;
         if self.transfers.len() <= slot {
             self.transfers.resize_with(slot + 1, || None);
         }
-        self.transfers[slot] = Some(Transfer {
-            by: to,
-            to: from,
-            piece,
-        });
+        self.transfers[slot] = Some(carried);
         self.schedule_flows(&mut out);
         self.resched = out;
+    }
+
+    /// A control message of `bytes` from `from` to `to`, whose arrival is `ev`: one hop
+    /// away, and with [`SimConfig::control_traffic`] after its bytes crossed both links.
+    fn send_msg(&mut self, from: Node, to: Node, bytes: u64, ev: Ev) {
+        if !self.config.control_traffic {
+            let at = self.now + self.hop(from, to);
+            self.push(at, ev);
+            return;
+        }
+        self.count_control(from, to, bytes);
+        self.open_flow(from, to, bytes, Carried::Msg { from, to, ev });
+    }
+
+    fn count_control(&mut self, from: Node, to: Node, bytes: u64) {
+        self.report.control_bytes += bytes;
+        if from == Node::Seed {
+            self.report.seed_control_sent += bytes;
+        }
+        if to == Node::Seed {
+            self.report.seed_control_received += bytes;
+        }
     }
 
     fn schedule_flows(&mut self, out: &mut Vec<Reschedule>) {
@@ -660,8 +810,14 @@ impl Sim {
         if wake != Wake::Done {
             return;
         }
-        let Some(t) = self.transfers[id.slot as usize].take() else {
-            return;
+        let t = match self.transfers[id.slot as usize].take() {
+            None => return,
+            Some(Carried::Msg { from, to, ev }) => {
+                let at = self.now + self.hop(from, to);
+                self.push(at, ev);
+                return;
+            }
+            Some(Carried::Piece(t)) => t,
         };
         let range = piece_range(self.config.file_size, self.config.piece_size, t.piece);
         let bytes = range.end - range.start;
@@ -679,6 +835,11 @@ impl Sim {
             Node::Peer(j) => {
                 self.peers[j as usize].uploads -= 1;
                 self.report.peer_bytes_sent += bytes;
+                if let Some(conn) = self.conns.get_mut(&(j, t.to)) {
+                    conn.sending = false;
+                }
+                self.start_queued(j);
+                self.advance(j, t.to);
             }
         }
         let bucket = (self.now / 100_000_000) as usize;
@@ -704,7 +865,51 @@ impl Sim {
             return;
         }
         p.left = true;
+        let waiting = std::mem::take(&mut p.queue);
         self.sched.handle_leave(self.instant(), peer_id(i));
+        // Its connections close: requests waiting for its slots fail, and its own requests
+        // waiting at its parents are dropped.
+        let mut failed: Vec<(u32, u32)> = Vec::new();
+        let mut freed = Vec::new();
+        if self.config.transport == PeerTransport::Tcp {
+            // Its queue holds the pieces read ahead on its connections, failed below.
+            let touching: Vec<(u32, u32)> = self
+                .conns
+                .keys()
+                .filter(|&&(j, c)| j == i || c == i)
+                .copied()
+                .collect();
+            for key in touching {
+                let Some(conn) = self.conns.remove(&key) else {
+                    continue;
+                };
+                let (j, c) = key;
+                if j == i {
+                    let ahead = conn.ahead.map(|(piece, _)| piece);
+                    failed.extend(ahead.into_iter().chain(conn.unread).map(|p| (c, p)));
+                } else if let Some((_, true)) = conn.ahead {
+                    self.peers[j as usize].uploads -= 1;
+                    freed.push(j);
+                }
+            }
+        } else {
+            failed = waiting.into();
+        }
+        for (to, piece) in failed {
+            let at = self.now + self.hop(Node::Peer(i), Node::Peer(to));
+            self.push(
+                at,
+                Ev::Fail {
+                    by: Node::Peer(i),
+                    to,
+                    piece,
+                    reason: FailReason::Io,
+                },
+            );
+        }
+        for p in &mut self.peers {
+            p.queue.retain(|&(from, _)| from != i);
+        }
         let node = i + 1;
         let flows: Vec<FlowId> = self
             .net
@@ -714,12 +919,39 @@ impl Sim {
         let mut out = std::mem::take(&mut self.resched);
         for id in flows {
             self.net.end(self.now, id, &mut out);
-            let Some(t) = self.transfers[id.slot as usize].take() else {
-                continue;
+            let t = match self.transfers[id.slot as usize].take() {
+                None => continue,
+                Some(Carried::Msg { ev, .. }) => {
+                    // A request or refusal on a connection that broke: the requester sees
+                    // the break; syncs of the leaver just end.
+                    let (by, to, piece) = match ev {
+                        Ev::Request { to, from, piece } => (to, from, piece),
+                        Ev::Fail { by, to, piece, .. } => (by, to, piece),
+                        _ => continue,
+                    };
+                    if to != i {
+                        let at = self.now + self.hop(by, Node::Peer(to));
+                        let reason = FailReason::Io;
+                        self.push(
+                            at,
+                            Ev::Fail {
+                                by,
+                                to,
+                                piece,
+                                reason,
+                            },
+                        );
+                    }
+                    continue;
+                }
+                Some(Carried::Piece(t)) => t,
             };
             match t.by {
                 Node::Seed => self.seed_uploads -= 1,
-                Node::Peer(j) => self.peers[j as usize].uploads -= 1,
+                Node::Peer(j) => {
+                    self.peers[j as usize].uploads -= 1;
+                    freed.push(j);
+                }
             }
             if t.to != i {
                 let at = self.now + self.hop(t.by, Node::Peer(t.to));
@@ -736,5 +968,25 @@ impl Sim {
         }
         self.schedule_flows(&mut out);
         self.resched = out;
+        for j in freed {
+            self.start_queued(j);
+        }
+    }
+
+    /// Peer `j` starts the requests waiting in its upload queue while it has free slots.
+    fn start_queued(&mut self, j: u32) {
+        while self.peers[j as usize].uploads < self.slots {
+            let Some((to, piece)) = self.peers[j as usize].queue.pop_front() else {
+                break;
+            };
+            match self.conns.get_mut(&(j, to)) {
+                Some(conn) => {
+                    conn.ahead = Some((piece, true));
+                    self.peers[j as usize].uploads += 1;
+                    self.advance(j, to);
+                }
+                None => self.start_upload(Node::Peer(j), to, piece),
+            }
+        }
     }
 }

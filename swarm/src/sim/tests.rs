@@ -5,7 +5,7 @@ use super::*;
 fn summary(name: &str, r: &SimReport) {
     println!(
         "{name}: bound {:?} p50 {:.3} p99 {:.3} max {:.3} origin {:.3}x, peer {:.1}x, syncs {}, \
-         requests {}, busy {}, events {}, elapsed {:?}",
+         requests {}, busy {}, queued {}, events {}, elapsed {:?}",
         r.bound,
         r.p50(),
         r.p99(),
@@ -15,9 +15,19 @@ fn summary(name: &str, r: &SimReport) {
         r.syncs,
         r.requests,
         r.busy,
+        r.queued,
         r.events,
         r.elapsed,
     );
+    if r.control_bytes > 0 {
+        let secs = r.elapsed.as_secs_f64();
+        println!(
+            "{name}: control {:.1} MB, supernode sends {:.2} MB/s, receives {:.2} MB/s",
+            r.control_bytes as f64 / 1e6,
+            r.seed_control_sent as f64 / 1e6 / secs,
+            r.seed_control_received as f64 / 1e6 / secs,
+        );
+    }
 }
 
 /// What a user checks after any run: every honest peer that stayed finished, nobody beat
@@ -96,6 +106,80 @@ fn fifty_peers_complete() {
     assert!(r.origin_ratio() <= 1.5, "origin {}", r.origin_ratio());
     assert!(r.p99() >= r.p50() && r.max() >= r.p99());
     assert_eq!(r.banned, 0);
+}
+
+/// dfget's picker pipelines requests to each parent; a parent with every slot taken queues
+/// them (up to `upload_queue`) instead of refusing, over either transport.
+#[test]
+fn a_full_parent_queues_requests_instead_of_refusing() {
+    for transport in [PeerTransport::Tcp, PeerTransport::Quic] {
+        let mut cfg = SimConfig {
+            transport,
+            ..SimConfig::default()
+        };
+        cfg.picker.per_parent_in_flight = 4;
+        cfg.picker.max_in_flight = 8;
+        let r = run(&cfg);
+        summary("queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.completion_times().len(), 50);
+        assert!(r.queued > 0, "{transport:?}: nothing waited for a slot");
+        assert!(r.origin_ratio() <= 1.5, "origin {}", r.origin_ratio());
+
+        cfg.upload_queue = 0;
+        let r = run(&cfg);
+        summary("no queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.queued, 0);
+        assert!(
+            r.busy > 0,
+            "{transport:?}: no parent refused without a queue"
+        );
+    }
+}
+
+#[test]
+fn peers_leaving_with_queued_requests_do_not_stall_the_rest() {
+    for transport in [PeerTransport::Tcp, PeerTransport::Quic] {
+        let mut cfg = Scenario::Churn.config(50, 64 << 20);
+        cfg.transport = transport;
+        cfg.picker.per_parent_in_flight = 4;
+        cfg.picker.max_in_flight = 8;
+        let r = run(&cfg);
+        summary("churn queue", &r);
+        assert_physical(&r);
+        assert_eq!(r.completion_times().len(), 45);
+    }
+}
+
+/// Control messages cost bytes when charged; the supernode's share is its sync traffic,
+/// and everyone still finishes within physics.
+#[test]
+fn charged_control_traffic_is_counted_and_runs_complete() {
+    for s in [Scenario::FlashCrowd, Scenario::Churn, Scenario::Liar] {
+        let mut cfg = s.config(50, 64 << 20);
+        cfg.control_traffic = true;
+        let r = run(&cfg);
+        summary(s.name(), &r);
+        assert_physical(&r);
+        // At least one sync each way per peer, and a request per piece fetched.
+        assert!(
+            r.seed_control_received >= 50 * 100,
+            "{}",
+            r.seed_control_received
+        );
+        assert!(r.seed_control_sent >= 50 * 100, "{}", r.seed_control_sent);
+        assert!(r.control_bytes >= r.requests * 60);
+        // Small next to the pieces: under 1 % of the bytes moved.
+        let moved = r.seed_bytes_sent + r.peer_bytes_sent;
+        assert!(
+            r.control_bytes * 100 < moved,
+            "{} of {moved}",
+            r.control_bytes
+        );
+    }
+    let r = run(&SimConfig::default());
+    assert_eq!(r.control_bytes, 0);
 }
 
 #[test]
@@ -190,14 +274,33 @@ fn scenarios_1000() {
     // SIM_SCENARIO=name runs only that one; SIM_SYNC_WAITS=1 makes each peer wait for its syncs.
     let only = std::env::var("SIM_SCENARIO").ok();
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
+    // SIM_PEERS, SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
+    // SIM_TRANSPORT=quic gives each request its own stream; SIM_CONTROL=1 (or 0) charges
+    // control messages' bytes (or not).
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
             continue;
         }
         let start = std::time::Instant::now();
-        let mut cfg = s.config(1000, 1 << 30);
+        let mut cfg = s.config(knob("SIM_PEERS").map_or(1000, |n| n as usize), 1 << 30);
         cfg.seed = seed;
         cfg.sync_waits = sync_waits;
+        if std::env::var("SIM_TRANSPORT").is_ok_and(|v| v == "quic") {
+            cfg.transport = PeerTransport::Quic;
+        }
+        if let Some(v) = knob("SIM_CONTROL") {
+            cfg.control_traffic = v == 1;
+        }
+        if let Some(v) = knob("SIM_UPLOAD_QUEUE") {
+            cfg.upload_queue = v;
+        }
+        if let Some(v) = knob("SIM_PER_PARENT") {
+            cfg.picker.per_parent_in_flight = v as usize;
+        }
+        if let Some(v) = knob("SIM_MAX_IN_FLIGHT") {
+            cfg.picker.max_in_flight = v as usize;
+        }
         let r = run(&cfg);
         summary(s.name(), &r);
         println!("{}: wall time {:?}", s.name(), start.elapsed());
