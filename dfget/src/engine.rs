@@ -112,7 +112,9 @@ impl Default for EngineConfig {
             upload_rate: 0,
             upload_slots: 4,
             upload_queue: 32,
-            picker: engine_picker(),
+            // One setting for the engine and the simulator, decided there (docs/benchmarks.md,
+            // "The upload queue and pipelined requests").
+            picker: PickerConfig::default(),
             piece_timeout: Duration::from_secs(10),
             sync_interval: Duration::from_millis(200),
             supernode_connect_timeout: Duration::from_secs(3),
@@ -126,17 +128,6 @@ impl Default for EngineConfig {
 
 // The session names at most as many urgent pieces as a sync may carry.
 const _: () = assert!(damselfly_proto::MAX_URGENT == damselfly_swarm::MAX_URGENT);
-
-/// The engine's picker limits: the swarm defaults, with requests pipelined to each parent,
-/// which queues them instead of refusing (`upload_queue`), so its link never idles
-/// between two pieces.
-fn engine_picker() -> PickerConfig {
-    PickerConfig {
-        per_parent_in_flight: 4,
-        max_in_flight: 8,
-        ..PickerConfig::default()
-    }
-}
 
 /// One download's inputs.
 #[derive(Debug, Clone)]
