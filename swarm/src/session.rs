@@ -497,8 +497,13 @@ impl PeerSession {
         }
         loop {
             let req = self.picker.poll_request(now)?;
-            let Some(&expected) = self.digests.get(req.piece as usize) else {
-                // Bitmaps are masked to known digests; never fetch what cannot be verified.
+            // The seed needs no address; a parent must have one.
+            let addr = match req.source {
+                Source::Seed => Some(None),
+                Source::Peer(id) => self.addrs.get(&id).map(|&a| Some(a)),
+            };
+            // Bitmaps are masked to known digests; never fetch what cannot be verified.
+            let (Some(&expected), Some(addr)) = (self.digests.get(req.piece as usize), addr) else {
                 self.picker.handle_piece_failed(
                     now,
                     req.piece,
@@ -506,21 +511,6 @@ impl PeerSession {
                     FailReason::Unavailable,
                 );
                 continue;
-            };
-            let addr = match req.source {
-                Source::Seed => None,
-                Source::Peer(id) => match self.addrs.get(&id) {
-                    Some(&a) => Some(a),
-                    None => {
-                        self.picker.handle_piece_failed(
-                            now,
-                            req.piece,
-                            req.source,
-                            FailReason::Unavailable,
-                        );
-                        continue;
-                    }
-                },
             };
             let timeout = match req.source {
                 Source::Seed => self.config.piece_timeout,
