@@ -71,24 +71,89 @@ pub struct PieceSink {
 /// third of the speed), large enough that the syscalls cost little.
 const BLOCK: usize = 256 << 10;
 
-/// Reads exactly `sink.len` bytes from `rd` into the file at `sink.offset`, hashing them on
-/// the way; each read may take at most `idle`.
+/// A piece's bytes on their way into the file: each block is hashed and written at its
+/// place as it comes, and the whole must be exactly the piece's length.
+pub(crate) struct PieceWriter<'a> {
+    sink: &'a PieceSink,
+    hasher: Sha256Hasher,
+    done: u64,
+}
+
+impl<'a> PieceWriter<'a> {
+    pub(crate) fn new(sink: &'a PieceSink) -> Self {
+        Self {
+            sink,
+            hasher: Sha256Hasher::new(),
+            done: 0,
+        }
+    }
+
+    /// Bytes still to come.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.sink.len - self.done
+    }
+
+    /// Hashes `block` and writes it after the bytes already written. The caller keeps
+    /// `block` within [`PieceWriter::remaining`].
+    ///
+    /// # Errors
+    /// The write failed (a local error, not the source's).
+    pub(crate) fn push(&mut self, block: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(block);
+        self.sink
+            .file
+            .write_all_at(block, self.sink.offset + self.done)?;
+        self.done += block.len() as u64;
+        Ok(())
+    }
+
+    /// The sha256 of the piece, once every byte is in; `None` if some are missing.
+    pub(crate) fn finish(self) -> Option<Digest> {
+        (self.done == self.sink.len).then(|| self.hasher.finish())
+    }
+}
+
+/// Largest response header frame accepted from a parent.
+const MAX_RESPONSE_FRAME: usize = 1024;
+
+/// Reads one answer from a parent: the response header frame (at most 1 KiB) and, on `Ok`,
+/// exactly `sink.len` bytes into the file at `sink.offset`, hashed on the way; each read may
+/// take at most `idle`. The same for a TCP connection and a QUIC stream.
 ///
 /// # Errors
-/// [`FetchError::Transport`] when the stream ends early, fails or stalls;
-/// [`FetchError::Local`] when the write fails.
-pub(crate) async fn receive_into<R: AsyncRead + Unpin>(
+/// [`FetchError::Busy`]/[`FetchError::Unavailable`] for a refusal,
+/// [`FetchError::Protocol`] for a malformed or wrong header, [`FetchError::Transport`] when
+/// the stream ends early, fails or stalls, [`FetchError::Local`] when the write fails.
+pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
     addr: SocketAddr,
     rd: &mut R,
     sink: &PieceSink,
     idle: Duration,
 ) -> Result<Digest, FetchError> {
     let transport = |reason: String| FetchError::Transport { addr, reason };
-    let mut hasher = Sha256Hasher::new();
+    let stalled = || transport(format!("no data for {idle:?}"));
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    tokio::time::timeout(idle, rd.read_exact(&mut header))
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| transport(e.to_string()))?;
+    let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
+    if len > MAX_RESPONSE_FRAME {
+        return Err(FetchError::Protocol(format!(
+            "response header of {len} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(idle, rd.read_exact(&mut body))
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| transport(e.to_string()))?;
+    check_response(&body, sink.len)?;
+
+    let mut piece = PieceWriter::new(sink);
     let mut buf = vec![0u8; BLOCK.min(usize::try_from(sink.len).unwrap_or(BLOCK)).max(1)];
-    let mut done = 0u64;
-    while done < sink.len {
-        let want = usize::try_from(sink.len - done)
+    while piece.remaining() > 0 {
+        let want = usize::try_from(piece.remaining())
             .unwrap_or(usize::MAX)
             .min(buf.len());
         // Fill the block (several socket reads) before hashing and writing it.
@@ -96,28 +161,27 @@ pub(crate) async fn receive_into<R: AsyncRead + Unpin>(
         while filled < want {
             let n = tokio::time::timeout(idle, rd.read(&mut buf[filled..want]))
                 .await
-                .map_err(|_| transport(format!("no data for {idle:?}")))?
+                .map_err(|_| stalled())?
                 .map_err(|e| transport(e.to_string()))?;
             if n == 0 {
                 return Err(transport(format!(
                     "closed after {} of {} bytes",
-                    done + filled as u64,
+                    sink.len - piece.remaining() + filled as u64,
                     sink.len
                 )));
             }
             filled += n;
         }
-        let block = &buf[..filled];
-        hasher.update(block);
-        sink.file
-            .write_all_at(block, sink.offset + done)
+        piece
+            .push(&buf[..filled])
             .map_err(|source| FetchError::Local {
                 path: sink.path.to_path_buf(),
                 source,
             })?;
-        done += filled as u64;
     }
-    Ok(hasher.finish())
+    piece
+        .finish()
+        .ok_or_else(|| transport("short piece".into()))
 }
 
 /// How peers move pieces between each other.
@@ -310,23 +374,7 @@ async fn fetch_quic(
         .await
         .map_err(|e| transport(e.to_string()))?;
     let _ = send.finish();
-
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| transport(e.to_string()))?;
-    let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
-    if len > 1024 {
-        return Err(FetchError::Protocol(format!(
-            "response header of {len} bytes"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| transport(e.to_string()))?;
-    check_response(&body, sink.len)?;
-    receive_into(addr, &mut recv, &sink, idle).await
+    read_answer(addr, &mut recv, &sink, idle).await
 }
 
 /// Checks a response header frame's body: well formed, our version, `Ok`, and announcing
@@ -334,7 +382,7 @@ async fn fetch_quic(
 ///
 /// # Errors
 /// See [`FetchError`].
-pub(crate) fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
+fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
     let resp: PieceResponse = decode(body).map_err(|e| FetchError::Protocol(e.to_string()))?;
     resp.validate()
         .map_err(|e| FetchError::Protocol(e.to_string()))?;

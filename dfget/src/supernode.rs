@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use damselfly_common::{Digest, Sha256Hasher};
+use damselfly_common::Digest;
 use damselfly_proto::{
     ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, decode,
@@ -175,7 +175,6 @@ impl SupernodeClient {
         sink: &crate::fetch::PieceSink,
     ) -> Result<Result<Digest, std::io::Error>, SupernodeError> {
         use futures::StreamExt as _;
-        use std::os::unix::fs::FileExt as _;
         let url = format!(
             "{}/api/v1/tasks/{task_id}/pieces/{index}?peer={peer_id}",
             self.base
@@ -193,29 +192,27 @@ impl SupernodeClient {
                 .err()
                 .unwrap_or_else(|| SupernodeError::Protocol("refusal without a status".into())));
         }
-        let mut hasher = Sha256Hasher::new();
-        let mut at = 0u64;
+        let mut piece = crate::fetch::PieceWriter::new(sink);
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(&e))?;
-            if at + chunk.len() as u64 > sink.len {
+            if chunk.len() as u64 > piece.remaining() {
                 return Err(SupernodeError::Protocol(format!(
                     "piece {index} longer than its {} bytes",
                     sink.len
                 )));
             }
-            hasher.update(&chunk);
-            if let Err(e) = sink.file.write_all_at(&chunk, sink.offset + at) {
+            if let Err(e) = piece.push(&chunk) {
                 return Ok(Err(e));
             }
-            at += chunk.len() as u64;
         }
-        if at != sink.len {
-            return Err(SupernodeError::Protocol(format!(
-                "piece {index}: {at} of its {} bytes",
+        let remaining = piece.remaining();
+        piece.finish().map(Ok).ok_or_else(|| {
+            SupernodeError::Protocol(format!(
+                "piece {index}: {} of its {} bytes",
+                sink.len - remaining,
                 sink.len
-            )));
-        }
-        Ok(Ok(hasher.finish()))
+            ))
+        })
     }
 }

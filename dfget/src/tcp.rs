@@ -46,7 +46,7 @@ use tokio_util::{
 use tracing::debug;
 
 use crate::{
-    fetch::{FetchError, PieceSink, check_response, receive_into},
+    fetch::{FetchError, PieceSink, read_answer},
     server::{Answer, PieceServer, parse_request},
 };
 
@@ -56,9 +56,6 @@ pub const MAX_PIPELINE: usize = 32;
 
 /// Largest request frame read from a child (a task id and a few integers).
 const MAX_REQUEST_FRAME: usize = 64 << 10;
-
-/// Largest response header frame accepted from a parent.
-const MAX_RESPONSE_FRAME: usize = 1024;
 
 /// How long a child keeps a connection on which it has nothing outstanding.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
@@ -370,16 +367,14 @@ async fn read_answers(
             r = read_answer(addr, &mut rd, &p.sink, idle_timeout) => r,
         };
         // After a transport or protocol error, or a failed local write mid-piece, the
-        // stream's framing is lost: the connection goes.
-        let failed = match &result {
-            Err(
-                FetchError::Transport { .. } | FetchError::Protocol(_) | FetchError::Local { .. },
-            ) => true,
-            Err(FetchError::Busy | FetchError::Unavailable) | Ok(_) => false,
-        };
+        // stream's framing is lost: the connection goes. A refusal leaves it up.
         let why = match &result {
-            Err(e) if failed => Some(e.to_string()),
-            _ => None,
+            Err(
+                e @ (FetchError::Transport { .. }
+                | FetchError::Protocol(_)
+                | FetchError::Local { .. }),
+            ) => Some(e.to_string()),
+            Err(FetchError::Busy | FetchError::Unavailable) | Ok(_) => None,
         };
         // The caller may have given up (timeout); the answer was still read off the stream.
         let _ = p.reply.send(result);
@@ -398,34 +393,6 @@ async fn read_answers(
             reason: "connection closed".into(),
         }));
     }
-}
-
-async fn read_answer(
-    addr: SocketAddr,
-    rd: &mut OwnedReadHalf,
-    sink: &PieceSink,
-    idle: Duration,
-) -> Result<Digest, FetchError> {
-    let transport = |reason: String| FetchError::Transport { addr, reason };
-    let stalled = || transport(format!("no data for {idle:?}"));
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    tokio::time::timeout(idle, rd.read_exact(&mut header))
-        .await
-        .map_err(|_| stalled())?
-        .map_err(|e| transport(e.to_string()))?;
-    let len = frame_len(&header).map_err(|e| FetchError::Protocol(e.to_string()))?;
-    if len > MAX_RESPONSE_FRAME {
-        return Err(FetchError::Protocol(format!(
-            "response header of {len} bytes"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    tokio::time::timeout(idle, rd.read_exact(&mut body))
-        .await
-        .map_err(|_| stalled())?
-        .map_err(|e| transport(e.to_string()))?;
-    check_response(&body, sink.len)?;
-    receive_into(addr, rd, sink, idle).await
 }
 
 /// A TCP listener on `addr` for the piece server: dual stack on `[::]` where the system
