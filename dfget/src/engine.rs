@@ -1023,14 +1023,6 @@ impl PieceJob {
         let offset = self.range.start;
         let piece = self.piece;
         let expected = self.expected;
-        let charge = async |len: u64| {
-            // The download limit is charged for bytes received, after the fact: a request
-            // the source refused (busy, absent) or that failed moved nothing and costs
-            // nothing. Charging before asking made every refusal burn a piece of the budget.
-            if let Some(l) = &limiter {
-                l.acquire(len).await;
-            }
-        };
         // From a parent or the supernode, the bytes go straight into the file, hashed on
         // the way; the piece is marked held only once the digest matches.
         let sink = PieceSink {
@@ -1062,7 +1054,12 @@ impl PieceJob {
                     .map_err(|e| local(sink.path.to_path_buf(), e))?
             }
         };
-        charge(len).await;
+        // The download limit is charged for bytes received, after the fact: a request the
+        // source refused (busy, absent) or that failed moved nothing and costs nothing.
+        // Charging before asking made every refusal burn a piece of the budget.
+        if let Some(l) = &limiter {
+            l.acquire(len).await;
+        }
         // The source is done with this piece: it may take our next request (the session
         // still holds the piece until the outcome).
         let _ = received.send((piece, self.source));
