@@ -30,6 +30,7 @@ use crate::{
     metrics::{Metrics, Source},
     preheat::{self, PreheatError, PreheatResponse, PreheatSource},
     proxy::{self, oci_error},
+    readahead::{self, read_ahead},
     upstream::{self, Kind, REGISTRY_HEADER, Route},
 };
 
@@ -517,7 +518,10 @@ async fn serve_blob(
         // A ranged reader (a lazy mount) waits for these bytes now, not in download order.
         flight.want(span.clone());
     }
-    let body = Body::from_stream(flight::stream(rx, span.clone()));
+    let body = Body::from_stream(read_ahead(
+        flight::stream(rx, span.clone()),
+        readahead::DEPTH,
+    ));
     blob_response(status, &digest, span, total, body)
 }
 
@@ -675,23 +679,24 @@ fn serve_cached(
     };
     let metrics = state.metrics.clone();
     let cache = state.cache.clone();
-    let stream = state
-        .cache
-        .read(&digest, blob, span.clone())
-        .map(move |r| match r {
-            Ok(chunk) => {
-                metrics.bytes(Source::Local, chunk.len() as u64);
-                Ok(chunk)
-            }
-            Err(e) => {
-                // A piece failed verification on disk: drop the blob so the next request
-                // downloads it again, and cut this response short (the client retries).
-                metrics.error("cache_corrupt");
-                warn!(%digest, error = %e, "cached blob unreadable; removing it");
-                cache.remove(&digest);
-                Err(std::io::Error::other(e.to_string()))
-            }
-        });
+    let stream = read_ahead(
+        state.cache.read(&digest, blob, span.clone()),
+        readahead::DEPTH,
+    )
+    .map(move |r| match r {
+        Ok(chunk) => {
+            metrics.bytes(Source::Local, chunk.len() as u64);
+            Ok(chunk)
+        }
+        Err(e) => {
+            // A piece failed verification on disk: drop the blob so the next request
+            // downloads it again, and cut this response short (the client retries).
+            metrics.error("cache_corrupt");
+            warn!(%digest, error = %e, "cached blob unreadable; removing it");
+            cache.remove(&digest);
+            Err(std::io::Error::other(e.to_string()))
+        }
+    });
     blob_response(status, &digest, span, blob.size, Body::from_stream(stream))
 }
 
