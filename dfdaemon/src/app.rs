@@ -144,6 +144,7 @@ impl App {
             upload_rate: config.p2p.upload_rate.as_u64(),
             upload_slots: config.p2p.upload_slots,
             upload_queue: config.p2p.upload_queue,
+            check_whole_file: config.p2p.check_whole_file,
             transport: config.p2p.transport,
             piece_timeout: config.p2p.piece_timeout,
             supernode_connect_timeout: config.p2p.supernode_connect_timeout,

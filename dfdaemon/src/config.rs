@@ -96,6 +96,11 @@ pub struct P2pConfig {
     /// Piece requests from other peers that may wait for an upload slot before more are
     /// refused as busy (the requester then asks another parent). Default 32.
     pub upload_queue: u32,
+    /// Hash each blob once more at the end of a download even when the supernode vouches
+    /// for its piece digests (the supernode's copy matched the blob's digest, and every
+    /// piece matched those digests). Only for a supernode that is not trusted; the runtime
+    /// checks the digest of what it pulls either way. Default off.
+    pub check_whole_file: bool,
     /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
     /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
     /// UDP: encrypted in transit, several times the CPU per byte; for networks where node
@@ -196,6 +201,7 @@ impl Default for P2pConfig {
             upload_rate: ByteSize::b(0),
             upload_slots: 4,
             upload_queue: 32,
+            check_whole_file: false,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),
@@ -369,6 +375,9 @@ pub struct Overrides {
     /// `p2p.upload_queue`.
     #[arg(long, value_name = "N")]
     pub p2p_upload_queue: Option<u32>,
+    /// `p2p.check_whole_file`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_check_whole_file: Option<bool>,
     /// `p2p.transport` (`tcp` or `quic`).
     #[arg(long, value_name = "tcp|quic")]
     pub p2p_transport: Option<dfget::Transport>,
@@ -441,6 +450,7 @@ impl Overrides {
         set(&mut c.p2p.upload_rate, self.p2p_upload_rate);
         set(&mut c.p2p.upload_slots, self.p2p_upload_slots);
         set(&mut c.p2p.upload_queue, self.p2p_upload_queue);
+        set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
         set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
         set(

@@ -43,7 +43,7 @@ use crate::{
     fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
-    report::{Progress, Report},
+    report::{Progress, Report, WholeFileCheck},
     server::{Fault, PieceServer, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
     tcp,
@@ -94,6 +94,14 @@ pub struct EngineConfig {
     pub supernode_timeout: Duration,
     /// No verified byte for this long fails the download. Default 120 s.
     pub stall_timeout: Duration,
+    /// Hash the whole output once more at the end of a swarm download, even when the
+    /// supernode vouches for the piece digests. Default off: every piece is checked against
+    /// the supernode's digests, and once the supernode reports its own copy complete, its
+    /// whole-blob check against the task's digest covers exactly those digests, so a second
+    /// sha256 pass over the output adds CPU and tail time, not safety (unless the supernode
+    /// itself is not trusted). Without the supernode's word (a blob it is still fetching, a
+    /// task without a known digest), the engine hashes the output as it arrives either way.
+    pub check_whole_file: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
     /// Test-only misbehaviour.
@@ -120,6 +128,7 @@ impl Default for EngineConfig {
             supernode_connect_timeout: Duration::from_secs(3),
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
+            check_whole_file: false,
             origin: OriginConfig::default(),
             fault: Fault::None,
         }
@@ -513,6 +522,37 @@ impl Engine {
         }
     }
 
+    /// Asks the supernode, once every piece is in, whether its copy of the task is complete
+    /// (so it matched the task's digest) and its piece digests are exactly the ones this
+    /// download verified against (they would differ only if the supernode had fetched the
+    /// blob again after a failure or a restart).
+    async fn confirm_vouched(
+        &self,
+        sn: &SupernodeClient,
+        task_id: &str,
+        ours: &[[u8; 32]],
+    ) -> bool {
+        match sn
+            .sync(&self.sync_request(task_id, Vec::new(), Vec::new(), false, 0))
+            .await
+        {
+            Ok(resp) => {
+                resp.state == TaskState::Complete as i32
+                    && resp.digests_from == 0
+                    && resp.digests.len() == ours.len()
+                    && resp
+                        .digests
+                        .iter()
+                        .zip(ours)
+                        .all(|(a, b)| a.as_slice() == b)
+            }
+            Err(e) => {
+                debug!(task = task_id, error = %e, "confirming the piece digests failed");
+                false
+            }
+        }
+    }
+
     /// Downloads `req.url` to `req.output` through the swarm (or the origin when the swarm is
     /// unreachable and back-to-source is on).
     ///
@@ -583,23 +623,23 @@ impl Engine {
         progress.set_total(task.content_length);
         let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
         progress.started(&out.file(), task.content_length);
-        let served = Arc::new(ServedTask::new(
-            out.file(),
-            task.content_length,
-            task.piece_size,
-            task.piece_count,
-        ));
-        self.server.add(&task.task_id, served.clone());
         let mut report = Report {
             task_id: task.task_id.clone(),
             bytes: task.content_length,
             ..Report::default()
         };
+        // The digest the supernode's whole-blob check is against, if it is the one this
+        // download must end at: its word on the piece digests then stands for ours.
+        let vouchable = task
+            .digest
+            .parse::<Digest>()
+            .ok()
+            .filter(|d| digest.is_none_or(|want| want == *d) && !self.config.check_whole_file);
         let result = self
-            .swarm_download(sn, &task, &out, &served, progress, &mut report)
+            .swarm_download(sn, &task, vouchable, &out, progress, &mut report)
             .await;
-        let digest_job = match result {
-            Ok(job) => job,
+        let whole = match result {
+            Ok(whole) => whole,
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
                 self.abandon(&task.task_id);
                 drop(out);
@@ -615,12 +655,43 @@ impl Engine {
                 return Err(e);
             }
         };
+        let last_piece = Instant::now();
         let expected = digest.or_else(|| task.digest.parse().ok());
-        let file_digest = check_digest(digest_job, expected).await.inspect_err(|_| {
-            self.abandon(&task.task_id);
-        })?;
+        let job = match whole {
+            WholeCheck::Vouched(d) => {
+                if self
+                    .confirm_vouched(sn, &task.task_id, &report.piece_digests)
+                    .await
+                {
+                    Ok(d)
+                } else {
+                    // The supernode's word did not hold up (its copy changed, or it is gone):
+                    // hash the output ourselves after all.
+                    warn!(task = %task.task_id, "supernode could not confirm the piece digests; hashing the output");
+                    Err(tokio::spawn(output::hash_prefix(
+                        out.file(),
+                        out.temp_path().to_path_buf(),
+                        task.content_length,
+                        tokio::sync::watch::channel(task.content_length).1,
+                    )))
+                }
+            }
+            WholeCheck::Hashing(job) => Err(job),
+        };
+        let file_digest = match job {
+            Ok(d) => {
+                report.whole_file_check = WholeFileCheck::Supernode;
+                d
+            }
+            Err(job) => check_digest(job, expected).await.inspect_err(|_| {
+                self.abandon(&task.task_id);
+            })?,
+        };
+        let verified = Instant::now();
+        report.digest_wait = verified - last_piece;
         out.commit(req.durable)
             .inspect_err(|_| self.abandon(&task.task_id))?;
+        report.commit_time = verified.elapsed();
         report.digest = file_digest.to_string();
         report.elapsed = started.elapsed();
         // Tell the supernode at once that this peer is complete: it is now a full parent.
@@ -649,11 +720,19 @@ impl Engine {
         &self,
         sn: &SupernodeClient,
         task: &RegisterResponse,
+        vouchable: Option<Digest>,
         out: &OutputFile,
-        served: &Arc<ServedTask>,
         progress: &dyn Progress,
         report: &mut Report,
-    ) -> Result<DigestJob, SwarmError> {
+    ) -> Result<WholeCheck, SwarmError> {
+        // Other peers may fetch each piece from here as soon as it is verified and written.
+        let served = Arc::new(ServedTask::new(
+            out.file(),
+            task.content_length,
+            task.piece_size,
+            task.piece_count,
+        ));
+        self.server.add(&task.task_id, served.clone());
         let session_config = SessionConfig {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
@@ -677,12 +756,12 @@ impl Engine {
         // The whole-file digest follows the verified prefix while pieces arrive. If this
         // function fails, dropping `prefix_tx` stops it.
         let (prefix_tx, prefix_rx) = tokio::sync::watch::channel(0u64);
-        let digest_job = tokio::spawn(output::hash_prefix(
+        let mut whole = WholeCheck::Hashing(tokio::spawn(output::hash_prefix(
             out.file(),
             out.temp_path().to_path_buf(),
             task.content_length,
             prefix_rx,
-        ));
+        )));
 
         loop {
             let now = Instant::now();
@@ -740,7 +819,17 @@ impl Engine {
                         DownloadError::Setup(format!("sync worker failed: {e}"))
                     })?;
                     match result {
-                        Ok(resp) => session.handle_sync_reply(now, sync_reply(&resp, session.have().len())),
+                        Ok(resp) => {
+                            if let (Some(d), WholeCheck::Hashing(job)) = (vouchable, &whole)
+                                && resp.state == TaskState::Complete as i32
+                            {
+                                // The supernode holds the whole blob and it matched `d`:
+                                // the piece digests it gave us are that blob's.
+                                job.abort();
+                                whole = WholeCheck::Vouched(d);
+                            }
+                            session.handle_sync_reply(now, sync_reply(&resp, session.have().len()));
+                        }
                         Err(e) => {
                             let failure = match &e {
                                 SupernodeError::Unreachable { reason, .. } => {
@@ -812,7 +901,7 @@ impl Engine {
         if let Some(msg) = session.poll_sync(now) {
             let _ = sn.sync(&self.session_sync(&task.task_id, msg)).await;
         }
-        Ok(digest_job)
+        Ok(whole)
     }
 
     /// The wire form of a sync the session asked for.
@@ -1073,6 +1162,15 @@ impl PieceJob {
 
 /// The whole-file digest being computed beside a download ([`output::hash_prefix`]).
 type DigestJob = tokio::task::JoinHandle<Result<Digest, IoError>>;
+
+/// How a swarm download's output is known to match its digest.
+enum WholeCheck {
+    /// Every piece matched the supernode's digests, and the supernode's own copy of the
+    /// blob, whose pieces those digests are, matched this digest.
+    Vouched(Digest),
+    /// The output is being hashed as it arrives.
+    Hashing(DigestJob),
+}
 
 /// Waits for the whole-file digest and compares it.
 async fn check_digest(job: DigestJob, expected: Option<Digest>) -> Result<Digest, DownloadError> {

@@ -56,6 +56,10 @@ struct Cli {
     /// Fail instead of fetching from the origin when the supernode is unreachable.
     #[arg(long)]
     no_back_source: bool,
+    /// Hash the whole output at the end even when the supernode vouches for the piece
+    /// digests (its own copy matched the digest): for when the supernode is not trusted.
+    #[arg(long)]
+    check_whole_file: bool,
     /// Download bandwidth limit per second, e.g. `20MiB` (0 = unlimited).
     #[arg(long, value_name = "BYTES", default_value = "0")]
     download_rate: ByteSize,
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         peer_listen: cli.peer_listen,
         advertise_ip: cli.advertise_ip,
         back_source: !cli.no_back_source,
+        check_whole_file: cli.check_whole_file,
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,

@@ -12,6 +12,13 @@ pub struct Report {
     /// Wall time from start to the output in place.
     #[serde(with = "secs")]
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent after the last piece waiting for the whole-file digest
+    /// (the end-to-end check still catching up with the pieces).
+    #[serde(with = "secs")]
+    pub digest_wait: Duration,
+    /// Of `elapsed`, the time spent making the output durable (`fsync`) and renaming it.
+    #[serde(with = "secs")]
+    pub commit_time: Duration,
     /// Verified bytes received from other peers.
     pub from_peers: u64,
     /// Verified bytes received from the supernode.
@@ -26,6 +33,8 @@ pub struct Report {
     pub back_source: Option<String>,
     /// The sha256 of the output.
     pub digest: String,
+    /// How the output was matched to `digest`.
+    pub whole_file_check: WholeFileCheck,
     /// Piece size of a swarm download (0 back to source).
     #[serde(skip)]
     pub piece_size: u32,
@@ -33,6 +42,18 @@ pub struct Report {
     /// (empty back to source), so a cache can record them without hashing the file again.
     #[serde(skip)]
     pub piece_digests: Vec<[u8; 32]>,
+}
+
+/// How a download's output was matched to its digest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WholeFileCheck {
+    /// The engine hashed the whole output (beside the download, or at its end).
+    #[default]
+    Hashed,
+    /// Every piece matched the supernode's piece digests, and the supernode, whose own
+    /// copy of the blob matched the digest, confirmed those digests at the end.
+    Supernode,
 }
 
 mod secs {

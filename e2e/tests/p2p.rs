@@ -224,6 +224,115 @@ fn a_lying_peer_is_detected_reported_and_avoided() {
     assert_eq!(registry.blob_get_count(&digest), 1);
 }
 
+/// Each byte is hashed once: a download from a supernode whose copy is complete relies on
+/// the supernode's whole-blob check for the piece digests it matched, and still ends at the
+/// right bytes; `--check-whole-file` hashes anyway. A supernode whose own fetch does not
+/// match the digest vouches for nothing: the download fails and leaves no output.
+#[test]
+fn the_supernodes_checked_copy_stands_for_a_second_hash_and_a_wrong_one_for_nothing() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(24 << 20, 11);
+    let digest = registry.push_blob("app/once", &blob);
+    let url = registry.blob_url("app/once", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let want = sha256_hex(&blob);
+
+    let run = |name: &str, extra: &[&str]| {
+        let mut r = Dfget::new(&url, &dir.path().join(name))
+            .supernode(sn.addr())
+            .args(["--keep-serving", "0s"])
+            .args(extra.iter().copied())
+            .spawn()
+            .unwrap();
+        let report = r.wait(WAIT).unwrap();
+        assert_eq!(file_sha(&r.output), want, "{name}");
+        assert_eq!(report["digest"].as_str(), Some(digest.as_str()), "{name}");
+        report
+    };
+    // The first pull fills the supernode; whichever way it ended, the bytes are right.
+    run("first", &[]);
+    let second = run("second", &[]);
+    assert_eq!(
+        second["whole_file_check"].as_str(),
+        Some("supernode"),
+        "the supernode's copy was complete and checked: {second}"
+    );
+    let third = run("third", &["--check-whole-file"]);
+    assert_eq!(
+        third["whole_file_check"].as_str(),
+        Some("hashed"),
+        "{third}"
+    );
+    assert_eq!(registry.blob_get_count(&digest), 1);
+
+    // An origin that sends other bytes of the right length for a digest nobody holds yet.
+    let other = format!("sha256:{}", sha256_hex(&random_blob(blob.len(), 12)));
+    let origin = lying_origin(random_blob(blob.len(), 13));
+    let out = dir.path().join("lied");
+    let mut lied = Dfget::new(&format!("http://{origin}/blob"), &out)
+        .supernode(sn.addr())
+        .args(["--digest", other.as_str(), "--no-back-source"])
+        .spawn()
+        .unwrap();
+    let err = lied
+        .wait(WAIT)
+        .expect_err("a blob that does not match its digest was accepted");
+    assert!(!out.exists(), "an unverified output was left in place");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("digest") || text.contains("mismatch"),
+        "{text}"
+    );
+}
+
+/// An HTTP origin that answers every request with `body` (200, its length).
+fn lying_origin(body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut head_only = false;
+                    let mut line = String::new();
+                    // Request line, then headers up to the blank line.
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.starts_with("HEAD") {
+                        head_only = true;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err()
+                        || (!head_only && conn.write_all(&body).is_err())
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[test]
 fn a_restarted_supernode_serves_its_cache_without_the_origin() {
     let _g = heavy();
