@@ -81,7 +81,7 @@ pub struct EngineConfig {
     /// Piece picking limits.
     pub picker: PickerConfig,
     /// Longest time for one piece transfer before it is retried elsewhere (times
-    /// `picker.per_parent_in_flight` for a parent, where requests queue behind each other),
+    /// the most requests the picker pipelines to one parent, where they queue behind each other),
     /// and the longest silence of a parent with requests outstanding. Default 10 s.
     pub piece_timeout: Duration,
     /// Sync period with the supernode. Default 200 ms.

@@ -51,6 +51,10 @@ pub struct PickerConfig {
     /// `max_in_flight` 8) 1.38×, as pipelined requests wait behind each other at one parent
     /// (dfget's TCP connection sends one piece at a time) instead of going elsewhere.
     pub per_parent_in_flight: usize,
+    /// Requests in flight to a parent while it is the only one: with nobody to spread
+    /// requests over, pipelining them keeps its connection busy between pieces. Default 4
+    /// (capped by `max_in_flight`).
+    pub lone_parent_in_flight: usize,
     /// Requests in flight to the seed, on top of `max_in_flight`. Default 4. The seed is only
     /// asked for pieces no usable parent holds, and such pieces are asked for first, so this
     /// bounds how fast a peer pulls fresh pieces into the swarm.
@@ -78,6 +82,7 @@ impl Default for PickerConfig {
         Self {
             max_in_flight: 8,
             per_parent_in_flight: 1,
+            lone_parent_in_flight: 4,
             seed_in_flight: 4,
             backoff: Duration::from_millis(500),
             busy_backoff: Duration::from_millis(50),
@@ -354,16 +359,32 @@ impl Picker {
         self.backoff.iter().any(|(s, _)| *s == src)
     }
 
-    /// Parents that may take one more request now.
-    fn usable(&self, i: usize) -> bool {
+    /// Requests one parent may have in flight now: `lone_parent_in_flight` when it is the
+    /// only parent not backed off (nobody else to spread the requests over: a small swarm,
+    /// a node pulling what one other node holds), else `per_parent_in_flight`.
+    fn per_parent_limit(&self) -> usize {
+        let mut live = self
+            .parents
+            .iter()
+            .filter(|(id, _)| !self.backed_off(Source::Peer(*id)));
+        let limit = self.config.per_parent_in_flight;
+        match (live.next(), live.next()) {
+            (Some(_), None) => limit.max(self.config.lone_parent_in_flight),
+            _ => limit,
+        }
+    }
+
+    /// Parents that may take one more request now (`limit` from [`Self::per_parent_limit`]).
+    fn usable(&self, i: usize, limit: usize) -> bool {
         let src = Source::Peer(self.parents[i].0);
-        !self.backed_off(src) && self.load(src) < self.config.per_parent_in_flight
+        !self.backed_off(src) && self.load(src) < limit
     }
 
     /// Rarest piece some usable parent holds, from the least-loaded such parent.
     fn pick_from_parents(&mut self) -> Option<Request> {
+        let limit = self.per_parent_limit();
         let usable: Vec<usize> = (0..self.parents.len())
-            .filter(|&i| self.usable(i))
+            .filter(|&i| self.usable(i, limit))
             .collect();
         if usable.is_empty() {
             return None;
@@ -430,10 +451,11 @@ impl Picker {
             .iter_ones()
             .filter(|&p| !self.have.get(p) && !self.in_flight_bits.get(p))
             .collect();
+        let limit = self.per_parent_limit();
         for piece in wanted {
             if parents_ok {
                 let parent = (0..self.parents.len())
-                    .filter(|&i| self.usable(i) && self.parents[i].1.get(piece))
+                    .filter(|&i| self.usable(i, limit) && self.parents[i].1.get(piece))
                     .min_by_key(|&i| self.load(Source::Peer(self.parents[i].0)));
                 if let Some(i) = parent {
                     return Some(Request {

@@ -35,9 +35,9 @@ pub struct SessionConfig {
     /// Default 120 s.
     pub stall_timeout: Duration,
     /// Longest time for one piece transfer before the driver abandons it (reported as
-    /// [`FailReason::Timeout`]): this for the supernode, this times
-    /// `picker.per_parent_in_flight` for a parent, where a pipelined request waits behind
-    /// the ones sent before it. Default 10 s.
+    /// [`FailReason::Timeout`]): this for the supernode, this times the most requests the
+    /// picker pipelines to one parent (`per_parent_in_flight`, `lone_parent_in_flight`) for
+    /// a parent, where a pipelined request waits behind the ones sent before it. Default 10 s.
     pub piece_timeout: Duration,
     /// The piece picker's knobs.
     pub picker: PickerConfig,
@@ -514,10 +514,16 @@ impl PeerSession {
             };
             let timeout = match req.source {
                 Source::Seed => self.config.piece_timeout,
-                Source::Peer(_) => self.config.piece_timeout.saturating_mul(
-                    u32::try_from(self.config.picker.per_parent_in_flight.max(1))
-                        .unwrap_or(u32::MAX),
-                ),
+                Source::Peer(_) => {
+                    let picker = &self.config.picker;
+                    let queued = picker
+                        .per_parent_in_flight
+                        .max(picker.lone_parent_in_flight)
+                        .max(1);
+                    self.config
+                        .piece_timeout
+                        .saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX))
+                }
             };
             return Some(PieceFetch {
                 piece: req.piece,

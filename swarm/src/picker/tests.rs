@@ -90,9 +90,10 @@ fn seed_only_for_pieces_no_parent_has() {
     let reqs = drain(&mut p, t);
     assert_eq!(
         reqs.len(),
-        1,
-        "one at a time per parent, nothing from the seed yet"
+        4,
+        "a lone parent takes lone_parent_in_flight, nothing from the seed yet"
     );
+    assert!(reqs.iter().all(|r| r.source == Source::Peer(PeerId(1))));
     p.handle_seed_pieces(Bitmap::full(8));
     let seed = drain(&mut p, t);
     assert_eq!(seed.len(), 4);
@@ -102,7 +103,7 @@ fn seed_only_for_pieces_no_parent_has() {
     }
     // Seed limit reached and nothing else available.
     assert_eq!(p.poll_request(t), None);
-    assert_eq!(p.in_flight(), 5);
+    assert_eq!(p.in_flight(), 8);
 }
 
 #[test]
@@ -281,7 +282,11 @@ fn ties_go_to_low_indexes() {
 
 #[test]
 fn received_frees_the_source_not_the_piece() {
-    let (mut p, t) = picker(8);
+    let cfg = PickerConfig {
+        lone_parent_in_flight: 1,
+        ..PickerConfig::default()
+    };
+    let (mut p, t) = (Picker::new(8, cfg, 3), Instant::now());
     p.handle_parents(t, vec![(PeerId(1), Bitmap::full(8))]);
     let a = p.poll_request(t).unwrap();
     // One request per parent.
@@ -308,6 +313,34 @@ fn received_frees_the_source_not_the_piece() {
     p.handle_piece_done(t, b.piece, b.source);
     assert_eq!(p.in_flight(), 1);
     assert!(p.have().get(b.piece));
+}
+
+#[test]
+fn a_lone_parent_takes_a_pipeline_and_several_share_one_each() {
+    let (mut p, t) = picker(64);
+    p.handle_parents(t, vec![(PeerId(1), Bitmap::full(64))]);
+    // Nobody else to ask: the lone parent gets lone_parent_in_flight requests (4).
+    let lone = drain(&mut p, t);
+    assert_eq!(lone.len(), 4, "{lone:?}");
+    assert!(lone.iter().all(|r| r.source == Source::Peer(PeerId(1))));
+    // A second parent: one request each from now on, so the first takes no more and the
+    // second takes one.
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), Bitmap::full(64)), (PeerId(2), Bitmap::full(64))],
+    );
+    let more = drain(&mut p, t);
+    assert_eq!(more.len(), 1, "{more:?}");
+    assert_eq!(more[0].source, Source::Peer(PeerId(2)));
+    // The second parent backed off (it failed): the first is alone again and may take
+    // more once its requests drain below the lone limit.
+    p.handle_piece_failed(t, more[0].piece, more[0].source, FailReason::Unavailable);
+    for r in &lone {
+        p.handle_piece_done(t, r.piece, r.source);
+    }
+    let again = drain(&mut p, t);
+    assert_eq!(again.len(), 4, "{again:?}");
+    assert!(again.iter().all(|r| r.source == Source::Peer(PeerId(1))));
 }
 
 #[test]
