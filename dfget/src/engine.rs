@@ -37,7 +37,7 @@ use damselfly_swarm::{
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{
     fetch::{FetchError, Fetcher, PieceSink, Transport},
@@ -786,10 +786,17 @@ impl Engine {
             }
             if let Some(msg) = session.poll_sync(now) {
                 let req = self.session_sync(&task.task_id, msg);
+                trace!(
+                    reported = req.new_pieces.len(),
+                    digests_from = req.digests_from,
+                    wait_ms = req.wait_ms,
+                    "sync sent"
+                );
                 let sn = sn.clone();
                 syncing.spawn(async move { sn.sync(&req).await });
             }
             while let Some(fetch) = session.poll_request(now) {
+                trace!(piece = fetch.piece, source = ?fetch.source, "piece requested");
                 let job = PieceJob {
                     task_id: task.task_id.clone(),
                     piece: fetch.piece,
@@ -820,6 +827,12 @@ impl Engine {
                     })?;
                     match result {
                         Ok(resp) => {
+                            trace!(
+                                digests = resp.digests.len(),
+                                parents = resp.parents.len(),
+                                state = resp.state,
+                                "sync answered"
+                            );
                             if let (Some(d), WholeCheck::Hashing(job)) = (vouchable, &whole)
                                 && resp.state == TaskState::Complete as i32
                             {
@@ -858,6 +871,7 @@ impl Engine {
                     })?;
                     match outcome.result {
                         Ok(len) => {
+                            trace!(piece = outcome.piece, source = ?outcome.source, "piece verified and written");
                             let before = session.verified_prefix();
                             session.handle_piece_done(now, outcome.piece, outcome.source, len);
                             let prefix = session.verified_prefix();

@@ -32,7 +32,7 @@ use damselfly_proto::{
 };
 use damselfly_swarm::{PeerId, SyncInput};
 use prost::Message;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::{
     Shared,
@@ -391,6 +391,7 @@ async fn piece(
     }
     shared.metrics.served_bytes.inc_by(data.len() as u64);
     shared.metrics.served_pieces.inc();
+    trace!(piece = index, %peer, "piece read for a peer");
     // The piece is handed to the connection: the scheduler may offer the next fresh piece
     // now rather than after this peer's next report.
     task.sched

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 use damselfly_common::{Digest, Sha256Hasher};
 use damselfly_oci::BodyStream;
 use futures::StreamExt;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::{
     Shared,
@@ -166,6 +166,11 @@ impl StoreJob {
     async fn finish(self, task: &Task) -> Result<(), FetchError> {
         let digest = self.job.await??;
         task.piece_stored(self.index, digest);
+        trace!(
+            task = task.id(),
+            piece = self.index,
+            "piece stored and published"
+        );
         Ok(())
     }
 }

@@ -399,10 +399,16 @@ impl PeerSession {
         while self.picker.have().get(self.prefix) {
             self.prefix += 1;
         }
-        // Announce new pieces soon so others can fetch them from us.
-        self.next_sync = self.next_sync.min(now + self.config.sync_interval / 4);
         if self.picker.is_complete() {
             self.complete(now);
+        } else if self.picker.in_flight() == 0 {
+            // Nothing left to fetch from what this peer knows: ask for more (and report what
+            // it has) now rather than idle until the next period. A lone peer of a cold blob
+            // otherwise sat ~50 ms between its last offered piece and the next offers.
+            self.sync_at_once(now);
+        } else {
+            // Announce new pieces soon so others can fetch them from us.
+            self.next_sync = self.next_sync.min(now + self.config.sync_interval / 4);
         }
     }
 

@@ -131,12 +131,14 @@ fn a_fresh_seed_offer_makes_the_next_sync_due_at_once() {
 fn a_new_piece_makes_the_next_sync_due_sooner_and_is_reported() {
     let t = Instant::now();
     let mut s = joined(4, t, &[(1, &[0, 1, 2, 3])]);
-    let req = s.poll_request(t).unwrap();
+    let reqs = requests(&mut s, t);
+    assert!(reqs.len() > 1, "a lone parent takes a pipeline");
+    let req = &reqs[0];
     s.handle_piece_done(t + 10 * MS, req.piece, req.source, u64::from(MIB));
     assert_eq!(
         s.poll_timeout(),
         Some(t + 60 * MS),
-        "sync_interval / 4 later"
+        "sync_interval / 4 later, while other pieces are on their way"
     );
     let msg = s.poll_sync(t + 60 * MS).unwrap();
     assert_eq!(msg.new_pieces, vec![req.piece]);
@@ -144,18 +146,38 @@ fn a_new_piece_makes_the_next_sync_due_sooner_and_is_reported() {
 }
 
 #[test]
+fn a_peer_with_nothing_left_in_flight_syncs_at_once() {
+    let t = Instant::now();
+    // Four pieces, one parent holding two of them: once both are in, the peer knows of
+    // nothing more to fetch and asks the supernode now, not a quarter period later.
+    let mut s = joined(4, t, &[(1, &[0, 1])]);
+    let reqs = requests(&mut s, t);
+    assert_eq!(reqs.len(), 2);
+    s.handle_piece_done(t + 10 * MS, reqs[0].piece, reqs[0].source, 1);
+    assert_eq!(s.poll_timeout(), Some(t + 60 * MS));
+    s.handle_piece_done(t + 12 * MS, reqs[1].piece, reqs[1].source, 1);
+    assert_eq!(s.poll_timeout(), Some(t + 12 * MS));
+    let msg = s.poll_sync(t + 12 * MS).unwrap();
+    let mut reported = msg.new_pieces.clone();
+    reported.sort_unstable();
+    assert_eq!(reported, vec![0, 1]);
+}
+
+#[test]
 fn pieces_verified_during_a_sync_wait_a_quarter_period_after_it() {
     let t = Instant::now();
     let all: &[u32] = &[0, 1, 2, 3];
-    let mut s = joined(4, t, &[(1, all), (2, all)]);
+    let mut s = joined(4, t, &[(1, all), (2, all), (3, all)]);
     let reqs = requests(&mut s, t);
+    assert_eq!(reqs.len(), 3, "one per parent");
     let out = t + 10 * MS;
     s.handle_piece_done(out, reqs[0].piece, reqs[0].source, 1);
     s.poll_sync(out + 50 * MS).unwrap();
-    // A piece arrives while the sync is out; the reply comes 20 ms later.
+    // A piece arrives while the sync is out (another is still on its way); the reply comes
+    // 20 ms later.
     s.handle_piece_done(out + 55 * MS, reqs[1].piece, reqs[1].source, 1);
     let end = out + 70 * MS;
-    s.handle_sync_reply(end, reply(&s, 4, &[], &[(1, all), (2, all)]));
+    s.handle_sync_reply(end, reply(&s, 4, &[], &[(1, all), (2, all), (3, all)]));
     assert_eq!(s.poll_timeout(), Some(end + 50 * MS));
     assert_eq!(
         s.poll_sync(end + 50 * MS).unwrap().new_pieces,
