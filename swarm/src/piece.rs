@@ -6,14 +6,20 @@ use std::ops::Range;
 pub const MIN_PIECE_SIZE: u32 = 1 << 20;
 /// Largest piece size handed out: 16 MiB.
 pub const MAX_PIECE_SIZE: u32 = 16 << 20;
-/// Blobs up to `256 * MAX_PIECE_SIZE` (4 GiB) are cut into at most this many pieces.
-pub(crate) const TARGET_PIECES: u64 = 256;
+/// Blobs up to `512 * MAX_PIECE_SIZE` (8 GiB) are cut into at most this many pieces.
+pub(crate) const TARGET_PIECES: u64 = 512;
 
 /// Piece size for a blob of `content_length` bytes.
 ///
-/// `next_power_of_two(ceil(len / 256))` clamped to `[1 MiB, 16 MiB]`, so small blobs use 1 MiB
-/// pieces and blobs up to 4 GiB have at most 256 pieces (bitmaps stay at 32 bytes). Larger blobs
-/// get more pieces rather than pieces above 16 MiB, which would hurt pipelining.
+/// `next_power_of_two(ceil(len / 512))` clamped to `[1 MiB, 16 MiB]`, so blobs up to 512 MiB
+/// use 1 MiB pieces, a 1 GiB blob 2 MiB, and blobs up to 8 GiB have at most 512 pieces
+/// (bitmaps of 64 bytes). Larger blobs get more pieces rather than pieces above 16 MiB.
+///
+/// Chosen in the simulator (docs/benchmarks.md, "Piece size"): a piece is relayed only once
+/// complete, so each hop of the 1,000-peer 1 GiB flash crowd adds a piece's time; 2 MiB
+/// pieces beat 4 MiB (p50 1.23× against 1.30× `T_min` with control traffic charged) and
+/// 1 MiB, whose bigger bitmaps and more frequent syncs take a fifth of the supernode's
+/// uplink (1.27×).
 pub fn piece_size_for(content_length: u64) -> u32 {
     let per_piece = content_length.div_ceil(TARGET_PIECES).max(1);
     let size = per_piece
@@ -58,11 +64,13 @@ mod tests {
             (0, MIB),
             (1, MIB),
             (256 * MIB, MIB),
-            (256 * MIB + 1, 2 * MIB),
-            (512 * MIB, 2 * MIB),
-            (600 * MIB, 4 * MIB),
-            (1024 * MIB, 4 * MIB),
-            (4096 * MIB, 16 * MIB),
+            (512 * MIB, MIB),
+            (512 * MIB + 1, 2 * MIB),
+            (600 * MIB, 2 * MIB),
+            (1024 * MIB, 2 * MIB),
+            (1024 * MIB + 1, 4 * MIB),
+            (4096 * MIB, 8 * MIB),
+            (8192 * MIB, 16 * MIB),
             (100_000 * MIB, 16 * MIB),
             (u64::MAX, 16 * MIB),
         ];

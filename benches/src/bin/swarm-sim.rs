@@ -49,6 +49,10 @@ struct Cli {
     /// What-if: peers' sync period in milliseconds (a quarter of it after a new piece).
     #[arg(long)]
     sync_ms: Option<u64>,
+    /// Charge every sync, request and answer header its wire size on the links it crosses
+    /// (the supernode's uplink included). About half again as many events.
+    #[arg(long)]
+    control_traffic: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +102,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = cli.sync_ms {
                 c.sync_interval = std::time::Duration::from_millis(v.max(1));
+            }
+            if cli.control_traffic {
+                c.control_traffic = true;
             }
         });
         if !cli.json {
