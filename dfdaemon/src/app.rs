@@ -12,7 +12,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use damselfly_common::Digest;
+use damselfly_common::{Digest, server};
 use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -202,10 +202,11 @@ impl App {
         self.state.engine.peer_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then drains.
+    /// Serves until `shutdown` is cancelled, then drains (each step within
+    /// `shutdown_grace`: open connections, running downloads, leaving the swarms).
     ///
     /// # Errors
-    /// The listener failed.
+    /// The supernode addresses cannot be used for announcing this node.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
         let node = NodeAnnouncement::new(
@@ -230,11 +231,11 @@ impl App {
         let grace = state.config.shutdown_grace;
         let token = shutdown.clone();
         let stopping = state.stopping.clone();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let signal = async move {
             token.cancelled().await;
             stopping.cancel();
-        });
-        let result = serve.await.context("serving the mirror");
+        };
+        server::serve(self.listener, router, &state.config.http, grace, signal).await;
         background.abort();
         announce.abort();
         rejoin.abort();
@@ -250,7 +251,7 @@ impl App {
         // leaving the swarms must not depend on them being gone.
         state.engine.shutdown(grace).await;
         info!("dfdaemon stopped");
-        result
+        Ok(())
     }
 }
 
