@@ -1,5 +1,6 @@
 //! Small pieces every Damselfly daemon shares: the content [`Digest`], config-file loading with
-//! all problems reported together, tracing set-up, and the shutdown signal.
+//! all problems reported together, tracing set-up, the shutdown signal, and the bounded accept
+//! loop of the HTTP listeners ([`server`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -8,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod placement;
 pub mod rate;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 

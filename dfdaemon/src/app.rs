@@ -12,7 +12,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use damselfly_common::Digest;
+use damselfly_common::{Digest, server};
 use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -30,6 +30,7 @@ use crate::{
     metrics::{Metrics, Source},
     preheat::{self, PreheatError, PreheatResponse, PreheatSource},
     proxy::{self, oci_error},
+    range::ByteRange,
     readahead::{self, read_ahead},
     upstream::{self, Kind, REGISTRY_HEADER, Route},
 };
@@ -201,10 +202,11 @@ impl App {
         self.state.engine.peer_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then drains.
+    /// Serves until `shutdown` is cancelled, then drains (each step within
+    /// `shutdown_grace`: open connections, running downloads, leaving the swarms).
     ///
     /// # Errors
-    /// The listener failed.
+    /// The supernode addresses cannot be used for announcing this node.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
         let node = NodeAnnouncement::new(
@@ -229,11 +231,11 @@ impl App {
         let grace = state.config.shutdown_grace;
         let token = shutdown.clone();
         let stopping = state.stopping.clone();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let signal = async move {
             token.cancelled().await;
             stopping.cancel();
-        });
-        let result = serve.await.context("serving the mirror");
+        };
+        server::serve(self.listener, router, &state.config.http, grace, signal).await;
         background.abort();
         announce.abort();
         rejoin.abort();
@@ -249,7 +251,7 @@ impl App {
         // leaving the swarms must not depend on them being gone.
         state.engine.shutdown(grace).await;
         info!("dfdaemon stopped");
-        result
+        Ok(())
     }
 }
 
@@ -735,34 +737,16 @@ fn blob_response(
     resp
 }
 
-/// A single `bytes=` range (RFC 9110 §14.1.2). Several ranges or an unparsable header are
-/// answered with the whole blob, as the RFC allows; an unsatisfiable one is a 416.
+/// The status and span to answer `header` with for a blob of `total` bytes, or the 416.
 #[allow(clippy::result_large_err)]
 fn parse_range(
     header: Option<&str>,
     total: u64,
 ) -> Result<(StatusCode, Range<u64>), Response<Body>> {
-    let whole = Ok((StatusCode::OK, 0..total));
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return whole;
-    };
-    if spec.contains(',') {
-        return whole;
-    }
-    let Some((a, b)) = spec.split_once('-') else {
-        return whole;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let span = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(start), Ok(last)) if start <= last => Some(start..(last + 1).min(total)),
-        (Ok(_), Ok(_)) => return whole,
-        (Ok(start), Err(_)) if b.is_empty() => Some(start..total),
-        (Err(_), Ok(n)) if a.is_empty() => Some(total.saturating_sub(n)..total),
-        _ => return whole,
-    };
-    match span {
-        Some(r) if r.start < total && r.start < r.end => Ok((StatusCode::PARTIAL_CONTENT, r)),
-        _ => {
+    match ByteRange::parse(header, total) {
+        ByteRange::Whole => Ok((StatusCode::OK, 0..total)),
+        ByteRange::Part(span) => Ok((StatusCode::PARTIAL_CONTENT, span)),
+        ByteRange::Unsatisfiable => {
             let mut resp = oci_error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "RANGE_INVALID",
@@ -919,23 +903,30 @@ fn failure(e: &DownloadError) -> Failure {
 mod tests {
     use super::*;
 
-    fn range(h: &str, total: u64) -> Result<(u16, Range<u64>), u16> {
-        parse_range(Some(h), total)
-            .map(|(s, r)| (s.as_u16(), r))
-            .map_err(|r| r.status().as_u16())
-    }
-
     #[test]
-    fn ranges_follow_rfc_9110() {
-        assert_eq!(range("bytes=0-9", 100), Ok((206, 0..10)));
-        assert_eq!(range("bytes=90-", 100), Ok((206, 90..100)));
-        assert_eq!(range("bytes=-5", 100), Ok((206, 95..100)));
-        assert_eq!(range("bytes=50-500", 100), Ok((206, 50..100)));
-        assert_eq!(range("bytes=100-", 100), Err(416));
-        assert_eq!(range("bytes=0-1,5-6", 100), Ok((200, 0..100)));
-        assert_eq!(range("items=0-1", 100), Ok((200, 0..100)));
-        assert_eq!(range("bytes=9-3", 100), Ok((200, 0..100)));
-        assert_eq!(parse_range(None, 7).unwrap().1, 0..7);
+    fn ranges_map_to_status_and_content_range() {
+        let status = |h: &str, total| match parse_range(Some(h), total) {
+            Ok((s, r)) => (s.as_u16(), Some(r), None),
+            Err(resp) => (
+                resp.status().as_u16(),
+                None,
+                resp.headers()
+                    .get(header::CONTENT_RANGE)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            ),
+        };
+        assert_eq!(status("bytes=0-9", 100), (206, Some(0..10), None));
+        assert_eq!(status("bytes=0-1,5-6", 100), (200, Some(0..100), None));
+        let max = u64::MAX;
+        assert_eq!(
+            status(&format!("bytes=0-{max}"), 100),
+            (206, Some(0..100), None)
+        );
+        assert_eq!(
+            status(&format!("bytes={max}-"), 100),
+            (416, None, Some("bytes */100".to_owned()))
+        );
+        assert_eq!(parse_range(None, 7).unwrap(), (StatusCode::OK, 0..7));
     }
 
     #[test]

@@ -19,7 +19,10 @@ use std::{
 };
 
 use bytesize::ByteSize;
-use damselfly_common::config::{CONFIG_VERSION, ConfigError};
+use damselfly_common::{
+    config::{CONFIG_VERSION, ConfigError},
+    server::HttpLimits,
+};
 use serde::{Deserialize, Serialize};
 
 /// The whole dfdaemon config.
@@ -55,6 +58,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Per-registry settings.
     pub registries: Vec<RegistryConfig>,
+    /// Limits of the mirror's HTTP listener (`listen`): header-read timeout, connection cap.
+    pub http: HttpLimits,
     /// Longest wait for requests to drain on SIGTERM. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -176,6 +181,7 @@ impl Default for Config {
             p2p: P2pConfig::default(),
             upstream: UpstreamConfig::default(),
             registries: Vec::new(),
+            http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             hostname: None,
             preheat_timeout: Duration::from_secs(30 * 60),
@@ -265,6 +271,7 @@ impl Config {
         if self.p2p.keepalive_interval.is_zero() {
             errs.push(ConfigError::new("p2p.keepalive_interval", "must be > 0"));
         }
+        self.http.validate("http", &mut errs);
         if let Some(h) = &self.hostname
             && !valid_hostname(h)
         {
@@ -409,6 +416,12 @@ pub struct Overrides {
     /// `docker.io=https://mirror.gcr.io` (repeatable).
     #[arg(long = "registry-endpoint", value_name = "HOST=URL", value_parser = parse_endpoint)]
     pub registry_endpoints: Vec<(String, String)>,
+    /// `http.header_read_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Option<Duration>,
+    /// `http.max_connections`.
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<u32>,
     /// `shutdown_grace`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -488,6 +501,11 @@ impl Overrides {
                 }),
             }
         }
+        set(
+            &mut c.http.header_read_timeout,
+            self.http_header_read_timeout,
+        );
+        set(&mut c.http.max_connections, self.http_max_connections);
         set(&mut c.shutdown_grace, self.shutdown_grace);
         if self.hostname.is_some() {
             c.hostname = self.hostname;
@@ -595,6 +613,31 @@ mod tests {
         assert_eq!(keys, ["hostname", "preheat_timeout"]);
         let machine = Config::default().node_name();
         assert!(!machine.is_empty() && !machine.contains(char::is_whitespace));
+    }
+
+    #[test]
+    fn http_limits_come_from_file_or_flags() {
+        let mut c: Config =
+            parse("version = 1\n[http]\nheader_read_timeout = \"3s\"\nmax_connections = 100\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.max_connections, 100);
+        Overrides {
+            http_header_read_timeout: Some(Duration::from_millis(500)),
+            http_max_connections: Some(0),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(500));
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["http.max_connections"]);
+        assert!(parse::<Config>("version = 1\n[http]\ntimeout = \"1s\"\n").is_err());
     }
 
     #[test]

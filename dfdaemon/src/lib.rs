@@ -26,6 +26,7 @@ pub mod init;
 pub mod metrics;
 pub mod preheat;
 pub mod proxy;
+pub mod range;
 mod readahead;
 pub mod upstream;
 

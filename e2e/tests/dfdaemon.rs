@@ -279,6 +279,28 @@ fn requests_without_ns_go_to_the_default_upstream_and_blobs_honour_the_registry_
         .send()
         .unwrap();
     assert_eq!(past_end.status, 416);
+    // Positions past any blob neither overflow nor crash the mirror: an end past the blob
+    // is the whole blob (206), a start past it is a 416 naming the blob's length.
+    let max = u64::MAX;
+    let to_huge_end = http::Request::get(&url)
+        .header("range", format!("bytes=0-{max}"))
+        .send()
+        .unwrap();
+    assert_eq!(to_huge_end.status, 206);
+    assert_eq!(&to_huge_end.body, data);
+    assert_eq!(
+        to_huge_end.header("content-range"),
+        Some(format!("bytes 0-{}/{}", data.len() - 1, data.len()).as_str())
+    );
+    let from_huge_start = http::Request::get(&url)
+        .header("range", format!("bytes={max}-{max}"))
+        .send()
+        .unwrap();
+    assert_eq!(from_huge_start.status, 416);
+    assert_eq!(
+        from_huge_start.header("content-range"),
+        Some(format!("bytes */{}", data.len()).as_str())
+    );
     // An unknown blob: the registry's 404 with an OCI error body.
     let missing = format!("sha256:{}", "0".repeat(64));
     let r = http::get(&format!("{mirror}/v2/library/web/blobs/{missing}"), None).unwrap();

@@ -12,7 +12,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use bytesize::ByteSize;
-use damselfly_common::config::{CONFIG_VERSION, ConfigError};
+use damselfly_common::{
+    config::{CONFIG_VERSION, ConfigError},
+    server::HttpLimits,
+};
 use serde::{Deserialize, Serialize};
 
 /// The whole supernode config.
@@ -37,6 +40,8 @@ pub struct Config {
     pub origin: OriginSection,
     /// Harbor preheat jobs (`/preheats`, `/oapi/v1/jobs`).
     pub preheat: PreheatConfig,
+    /// Limits of the API's HTTP listener (`listen`): header-read timeout, connection cap.
+    pub http: HttpLimits,
     /// Longest wait for connections and tasks to drain on SIGTERM. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -118,6 +123,7 @@ impl Default for Config {
             cdn: CdnConfig::default(),
             origin: OriginSection::default(),
             preheat: PreheatConfig::default(),
+            http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -270,6 +276,7 @@ impl Config {
         if self.cdn.upload_slots == 0 {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
+        self.http.validate("http", &mut errs);
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
@@ -351,6 +358,12 @@ pub struct Overrides {
     /// `preheat.supernodes` (repeatable; replaces the file's list).
     #[arg(long = "preheat-supernode", value_name = "HOST:PORT")]
     pub preheat_supernodes: Vec<String>,
+    /// `http.header_read_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Option<Duration>,
+    /// `http.max_connections`.
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<u32>,
     /// `shutdown_grace`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -396,6 +409,11 @@ impl Overrides {
         if !self.preheat_supernodes.is_empty() {
             c.preheat.supernodes = self.preheat_supernodes;
         }
+        set(
+            &mut c.http.header_read_timeout,
+            self.http_header_read_timeout,
+        );
+        set(&mut c.http.max_connections, self.http_max_connections);
         set(&mut c.shutdown_grace, self.shutdown_grace);
     }
 }
@@ -452,6 +470,7 @@ mod tests {
             "version = 1\n[scheduler]\nparents = 1\n",
             "version = 1\n[cdn]\nslots = 1\n",
             "version = 1\n[origin]\nttl = \"1s\"\n",
+            "version = 1\n[http]\ntimeout = \"1s\"\n",
         ] {
             assert!(parse::<Config>(text).is_err(), "{text}");
         }
@@ -473,6 +492,26 @@ mod tests {
                 "cdn.piece_size"
             ]
         );
+    }
+
+    #[test]
+    fn http_limits_come_from_file_or_flags() {
+        let mut c: Config =
+            parse("version = 1\n[http]\nheader_read_timeout = \"3s\"\nmax_connections = 100\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.max_connections, 100);
+        Overrides {
+            http_header_read_timeout: Some(Duration::ZERO),
+            http_max_connections: Some(7),
+            ..Default::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.http.max_connections, 7);
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["http.header_read_timeout"]);
     }
 
     #[test]

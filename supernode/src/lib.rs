@@ -34,7 +34,7 @@ pub mod tasks;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use damselfly_common::RateLimiter;
+use damselfly_common::{RateLimiter, server};
 use damselfly_oci::{Origin, OriginConfig};
 use damselfly_store::{Store, StoreConfig};
 use damselfly_swarm::SchedEvent;
@@ -141,20 +141,19 @@ impl App {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled, then drains within the configured grace.
+    /// Serves until `shutdown` is cancelled, then drains within the configured grace (open
+    /// connections, then origin fetches).
     ///
     /// # Errors
-    /// The HTTP server failed.
+    /// None at present: accept errors are logged and the listener goes on.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
         let grace = shared.config.shutdown_grace;
         let maintenance = tokio::spawn(maintain(shared.clone(), shutdown.clone()));
         let router = api::router(shared.clone());
         let stop = shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("API server failed");
+        let signal = async move { stop.cancelled().await };
+        server::serve(self.listener, router, &shared.config.http, grace, signal).await;
         shutdown.cancel();
         maintenance.abort();
         shared.tracker.close();
@@ -171,7 +170,7 @@ impl App {
             warn!(error = %e, "flushing the store at shutdown failed");
         }
         info!("supernode stopped");
-        served
+        Ok(())
     }
 }
 
