@@ -522,7 +522,7 @@ async fn serve_blob(
         flight.want(span.clone());
     }
     let body = Body::from_stream(read_ahead(
-        flight::stream(rx, span.clone()),
+        flight::stream(rx, span.clone(), status == StatusCode::OK),
         readahead::DEPTH,
     ));
     blob_response(status, &digest, span, total, body)

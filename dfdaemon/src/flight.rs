@@ -136,10 +136,13 @@ impl Progress for Flight {
 /// Largest chunk one read hands to the client.
 const CHUNK: u64 = 1 << 20;
 
-/// Streams bytes `range` of the flight's blob in order, as they become available.
+/// Streams bytes `range` of the flight's blob in order, as they become available. With
+/// `whole` (a response of the whole blob, not a Range), the blob's last byte waits for the
+/// whole-blob check.
 pub fn stream(
     rx: watch::Receiver<FlightState>,
     range: Range<u64>,
+    whole: bool,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     futures::stream::try_unfold((rx, range.start), move |(mut rx, pos)| {
         let end = range.end;
@@ -153,6 +156,15 @@ pub fn stream(
                     let avail = match s.outcome {
                         // Complete: every byte is there.
                         Some(Ok(())) => s.total.unwrap_or(end),
+                        // Every piece is checked as it lands, but the blob as a whole only
+                        // at the end: a whole-blob response's last byte waits for that, so
+                        // no runtime ever gets a complete blob that does not match its
+                        // digest. (A Range reader, a lazy mount reading a file's tail,
+                        // gets verified pieces at once and checks its chunks itself.)
+                        _ if whole => {
+                            let run = s.available_from(pos);
+                            s.total.map_or(run, |t| run.min(t.saturating_sub(1)))
+                        }
                         _ => s.available_from(pos),
                     };
                     (s.file.clone(), avail, s.outcome.clone())
@@ -185,6 +197,8 @@ pub fn stream(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use futures::StreamExt;
 
     use super::*;
@@ -224,7 +238,7 @@ mod tests {
             let rx = flight.subscribe();
             async move {
                 let mut out = Vec::new();
-                let mut s = std::pin::pin!(stream(rx, 10..90));
+                let mut s = std::pin::pin!(stream(rx, 10..90, false));
                 while let Some(chunk) = s.next().await {
                     out.extend_from_slice(&chunk.unwrap());
                 }
@@ -243,6 +257,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_byte_waits_for_the_whole_blob_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        for verdict in [true, false] {
+            let flight = Arc::new(Flight::default());
+            flight.started(&file, 64);
+            // Every byte written and its piece verified, the whole blob not yet checked.
+            flight.written(0..64);
+            let mut s = Box::pin(stream(flight.subscribe(), 0..64, true));
+            let first = s.next().await.unwrap().unwrap();
+            assert_eq!(first.len(), 63, "all but the last byte");
+            let held = tokio::time::timeout(Duration::from_millis(50), s.next()).await;
+            assert!(held.is_err(), "the last byte went out before the check");
+            // A Range reader of the same bytes is not held back.
+            let mut ranged = Box::pin(stream(flight.subscribe(), 0..64, false));
+            assert_eq!(ranged.next().await.unwrap().unwrap().len(), 64);
+            if verdict {
+                flight.release();
+                assert_eq!(s.next().await.unwrap().unwrap().len(), 1);
+                assert!(s.next().await.is_none());
+            } else {
+                flight.finish(Err(Failure {
+                    status: 502,
+                    code: "DIGEST",
+                    message: "blob does not match its digest".into(),
+                }));
+                let err = s.next().await.unwrap().unwrap_err();
+                assert!(err.to_string().contains("digest"), "{err}");
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_download_ends_the_stream_with_an_error() {
         let flight = Flight::default();
         let rx = flight.subscribe();
@@ -251,7 +300,7 @@ mod tests {
             code: "UNAVAILABLE",
             message: "peers gone".into(),
         }));
-        let mut s = std::pin::pin!(stream(rx, 0..10));
+        let mut s = std::pin::pin!(stream(rx, 0..10, true));
         let err = s.next().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("peers gone"), "{err}");
     }

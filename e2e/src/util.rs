@@ -142,6 +142,60 @@ pub fn describe_output(output: &std::process::Output) -> String {
     )
 }
 
+/// A stub HTTP server (a registry or origin that lies) answering every request, whatever
+/// its path, with 200 and `body`; HEAD gets the headers only. For faults a real registry
+/// cannot produce: other bytes than the digest in the URL names.
+///
+/// # Panics
+/// Binding a loopback port fails.
+pub fn lying_http_server(body: Vec<u8>) -> SocketAddr {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener
+        .local_addr()
+        .expect("a bound socket has an address");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let body = body.clone();
+            thread::spawn(move || {
+                let Ok(clone) = conn.try_clone() else { return };
+                let mut reader = BufReader::new(clone);
+                loop {
+                    let mut head_only = false;
+                    let mut line = String::new();
+                    // Request line, then headers up to the blank line.
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.starts_with("HEAD") {
+                        head_only = true;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err()
+                        || (!head_only && conn.write_all(&body).is_err())
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

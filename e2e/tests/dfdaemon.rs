@@ -12,7 +12,8 @@ use std::{
 
 use damselfly_e2e::{
     Containerd, Dfdaemon, PushedImage, Supernode, TestImage, TestRegistry, bin, describe_output,
-    free_tcp_port, http, random_blob, running_as_root, sha256_digest, write_hosts_toml,
+    free_tcp_port, http, lying_http_server, random_blob, running_as_root, sha256_digest,
+    write_hosts_toml,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -910,5 +911,46 @@ fn a_range_of_a_blob_still_downloading_is_fetched_before_the_rest() {
     assert!(
         sent <= (8 * MIB) as f64,
         "{sent} bytes sent before the range was served"
+    );
+}
+
+/// A registry that sends other bytes than the digest it is asked for (right length): the
+/// runtime must never receive a complete response. dfdaemon fetches it itself (no
+/// supernode), streams every byte but the last, finds the mismatch and cuts the response.
+#[test]
+fn a_blob_that_does_not_match_its_digest_never_arrives_complete() {
+    let _serial = serial();
+    let wanted = random_blob(3 << 20, 41);
+    let digest = sha256_digest(&wanted);
+    let registry = lying_http_server(random_blob(wanted.len(), 42));
+    let node = Dfdaemon::builder().start();
+    let url = format!(
+        "{}/v2/e2e/liar/blobs/{digest}?ns=127.0.0.1:{}",
+        node.url(),
+        registry.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("blob");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert!(
+        !curl.status.success(),
+        "curl accepted a blob that does not match its digest: {}",
+        describe_output(&curl)
+    );
+    let got = std::fs::metadata(&out).map_or(0, |m| m.len());
+    assert!(
+        got < wanted.len() as u64,
+        "a complete body of wrong bytes reached the client ({got} bytes)"
+    );
+    // Nothing unverified stays in the node cache: the next request fails the same way.
+    let again = http::get(&url, None);
+    assert!(
+        again.map_or(true, |r| r.status != 200 || r.body.len() < wanted.len()),
+        "the second request got the whole wrong blob"
     );
 }

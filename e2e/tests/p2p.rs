@@ -10,8 +10,8 @@ use std::{
 };
 
 use damselfly_e2e::{
-    Dfget, DfgetRun, Supernode, TestRegistry, http, ipv6_loopback_available, num, random_blob,
-    sha256_hex, wait_until,
+    Dfget, DfgetRun, Supernode, TestRegistry, http, ipv6_loopback_available, lying_http_server,
+    num, random_blob, sha256_hex, wait_until,
 };
 
 /// These tests each run many processes; on a 2-core machine they run one at a time.
@@ -269,7 +269,7 @@ fn the_supernodes_checked_copy_stands_for_a_second_hash_and_a_wrong_one_for_noth
 
     // An origin that sends other bytes of the right length for a digest nobody holds yet.
     let other = format!("sha256:{}", sha256_hex(&random_blob(blob.len(), 12)));
-    let origin = lying_origin(random_blob(blob.len(), 13));
+    let origin = lying_http_server(random_blob(blob.len(), 13));
     let out = dir.path().join("lied");
     let mut lied = Dfget::new(&format!("http://{origin}/blob"), &out)
         .supernode(sn.addr())
@@ -285,52 +285,6 @@ fn the_supernodes_checked_copy_stands_for_a_second_hash_and_a_wrong_one_for_noth
         text.contains("digest") || text.contains("mismatch"),
         "{text}"
     );
-}
-
-/// An HTTP origin that answers every request with `body` (200, its length).
-fn lying_origin(body: Vec<u8>) -> std::net::SocketAddr {
-    use std::io::{BufRead as _, BufReader, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut head_only = false;
-                    let mut line = String::new();
-                    // Request line, then headers up to the blank line.
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line.starts_with("HEAD") {
-                        head_only = true;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-                        body.len()
-                    );
-                    if conn.write_all(head.as_bytes()).is_err()
-                        || (!head_only && conn.write_all(&body).is_err())
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[test]
