@@ -58,8 +58,8 @@ pub use scheduler::{
     SyncOutput, TaskScheduler,
 };
 pub use session::{
-    MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent, SyncFailure, SyncMsg,
-    SyncReply,
+    MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent, Subscription, SyncFailure,
+    SyncMsg, SyncReply,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node

@@ -194,6 +194,20 @@ impl Picker {
         self.recount();
     }
 
+    /// A parent announced that it now holds `piece`. Ignored for a parent not in the set
+    /// (or banned) and for an index out of range.
+    pub fn handle_parent_have(&mut self, parent: PeerId, piece: u32) {
+        if piece >= self.have.len() {
+            return;
+        }
+        if let Some((_, bits)) = self.parents.iter_mut().find(|(id, _)| *id == parent)
+            && !bits.get(piece)
+        {
+            bits.set(piece);
+            self.rarity[piece as usize] += 1;
+        }
+    }
+
     /// What the supernode holds; grows as its origin fetch progresses. Ignored if the length
     /// is wrong.
     pub fn handle_seed_pieces(&mut self, pieces: Bitmap) {
@@ -272,6 +286,15 @@ impl Picker {
                 self.recount();
             }
             _ => {
+                if let (FailReason::Unavailable, Source::Peer(id)) = (reason, from)
+                    && let Some((_, bits)) = self.parents.iter_mut().find(|(p, _)| *p == id)
+                    && bits.get(piece)
+                {
+                    // It claimed the piece and does not serve it: not asked for it again
+                    // until it is announced (or reported) anew.
+                    bits.clear(piece);
+                    self.rarity[piece as usize] -= 1;
+                }
                 debug!(source = ?from, piece, ?reason, "backing off source");
                 let wait = if reason == FailReason::Busy {
                     self.config.busy_backoff

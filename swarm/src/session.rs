@@ -41,6 +41,14 @@ pub struct SessionConfig {
     pub piece_timeout: Duration,
     /// The piece picker's knobs.
     pub picker: PickerConfig,
+    /// Learn parents' pieces from the parents: subscribe to each parent
+    /// ([`PeerSession::poll_subscription`]) and feed its bitfield and announcements in
+    /// ([`PeerSession::handle_parent_pieces`], [`PeerSession::handle_parent_have`]); syncs
+    /// then list the known parents and the supernode answers with changes only, without
+    /// bitmaps, and a new piece does not bring the next sync forward (the parents' children
+    /// hear of it from them). Off: the supernode relays every parent's bitmap on every sync.
+    /// Default off; dfget turns it on for its TCP transport.
+    pub announcements: bool,
 }
 
 impl Default for SessionConfig {
@@ -51,6 +59,7 @@ impl Default for SessionConfig {
             stall_timeout: Duration::from_secs(120),
             piece_timeout: Duration::from_secs(10),
             picker: PickerConfig::default(),
+            announcements: false,
         }
     }
 }
@@ -74,6 +83,9 @@ pub struct SyncMsg {
     /// peer has no digest for, so the supernode may hold it this long and answer as soon as
     /// its next piece is stored (it decides whether to). `None`: answer at once.
     pub wait: Option<Duration>,
+    /// With [`SessionConfig::announcements`]: the parents this peer already knows (the
+    /// supernode answers with changes). `None`: send every parent's bitmap.
+    pub known_parents: Option<Vec<PeerId>>,
 }
 
 /// The supernode's answer to a sync, validated by the driver (wire types converted).
@@ -87,8 +99,14 @@ pub struct SyncReply {
     pub digests: Vec<[u8; 32]>,
     /// Pieces the supernode offers this peer.
     pub seed_pieces: Bitmap,
-    /// The peer's parents, each with the pieces it holds.
+    /// The peer's parents, each with the pieces it holds; with `delta`, only new parents
+    /// (their bitmaps are ignored: the parents announce their pieces themselves).
     pub parents: Vec<Parent>,
+    /// `parents` and `dropped_parents` are changes to the parents listed in the sync
+    /// ([`SyncMsg::known_parents`]).
+    pub delta: bool,
+    /// With `delta`: listed parents no longer assigned.
+    pub dropped_parents: Vec<PeerId>,
     /// The supernode had forgotten this peer and admitted it again: the next sync reports
     /// every piece held, not only the new ones.
     pub readmitted: bool,
@@ -127,6 +145,26 @@ pub struct PieceFetch {
     /// How long the transfer may take before the driver abandons it (see
     /// [`SessionConfig::piece_timeout`]).
     pub timeout: Duration,
+}
+
+/// A change to the parents this peer listens to, from [`PeerSession::poll_subscription`]
+/// (with [`SessionConfig::announcements`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// Ask the parent for its bitfield and then its announcements: feed them to
+    /// [`PeerSession::handle_parent_pieces`] and [`PeerSession::handle_parent_have`]; if the
+    /// subscription cannot be made or breaks, call [`PeerSession::handle_parent_lost`].
+    Subscribe {
+        /// The parent.
+        parent: PeerId,
+        /// Where it serves.
+        addr: SocketAddr,
+    },
+    /// Stop listening to the parent.
+    Unsubscribe {
+        /// The parent.
+        parent: PeerId,
+    },
 }
 
 /// Something the driver must act on, from [`PeerSession::poll_event`]. Every variant but
@@ -233,6 +271,10 @@ pub struct PeerSession {
     prefix: u32,
     /// Every piece the supernode has offered this peer so far.
     offered: Bitmap,
+    /// With announcements: the parents, each with what it announced (unmasked; `None` until
+    /// its bitfield arrives), in the order they were assigned.
+    views: Vec<(PeerId, Option<Bitmap>)>,
+    subscriptions: VecDeque<Subscription>,
 }
 
 impl PeerSession {
@@ -268,6 +310,8 @@ impl PeerSession {
             from_peers: 0,
             prefix: 0,
             offered: Bitmap::new(pieces),
+            views: Vec::new(),
+            subscriptions: VecDeque::new(),
         };
         if pieces == 0 {
             session.complete(now);
@@ -299,6 +343,7 @@ impl PeerSession {
             self.new_pieces = self.picker.have().iter_ones().collect();
         }
         let pieces = self.picker.have().len();
+        let known_before = self.digests.len();
         if reply.digests_from as usize == self.digests.len() {
             let room = (pieces as usize).saturating_sub(self.digests.len());
             self.digests.extend(reply.digests.into_iter().take(room));
@@ -323,14 +368,108 @@ impl PeerSession {
             self.sync_at_once(now);
         }
         self.picker.handle_seed_pieces(seed);
-        self.addrs.clear();
-        let mut views = Vec::with_capacity(reply.parents.len());
-        for p in reply.parents {
-            self.addrs.insert(p.id, p.addr);
-            views.push((p.id, mask(p.pieces)));
+        if reply.delta {
+            let mut changed = self.digests.len() != known_before;
+            for id in reply.dropped_parents {
+                if let Some(i) = self.views.iter().position(|(p, _)| *p == id) {
+                    self.views.remove(i);
+                    self.addrs.remove(&id);
+                    self.subscriptions
+                        .push_back(Subscription::Unsubscribe { parent: id });
+                    changed = true;
+                }
+            }
+            for p in reply.parents {
+                if self.liars.contains(&p.id) || self.views.iter().any(|(id, _)| *id == p.id) {
+                    continue;
+                }
+                self.addrs.insert(p.id, p.addr);
+                self.views.push((p.id, None));
+                self.subscriptions.push_back(Subscription::Subscribe {
+                    parent: p.id,
+                    addr: p.addr,
+                });
+                changed = true;
+            }
+            if changed {
+                self.push_views(now);
+            }
+        } else {
+            // Every parent with its bitmap, relayed by the supernode (announcements off, or a
+            // supernode that does not send changes): nothing to listen to.
+            for (id, _) in self.views.drain(..) {
+                self.subscriptions
+                    .push_back(Subscription::Unsubscribe { parent: id });
+            }
+            self.addrs.clear();
+            let mut views = Vec::with_capacity(reply.parents.len());
+            for p in reply.parents {
+                self.addrs.insert(p.id, p.addr);
+                views.push((p.id, mask(p.pieces)));
+            }
+            self.picker.handle_parents(now, views);
         }
-        self.picker.handle_parents(now, views);
         self.check_stall(now);
+    }
+
+    /// A subscribed parent's bitfield: every piece it holds. Ignored for a parent not
+    /// assigned (any more) or a bitmap of the wrong length.
+    pub fn handle_parent_pieces(&mut self, now: Instant, parent: PeerId, pieces: Bitmap) {
+        if pieces.len() != self.picker.have().len() {
+            warn!(%parent, got = pieces.len(), "parent bitfield has wrong length");
+            return;
+        }
+        let Some((_, view)) = self.views.iter_mut().find(|(id, _)| *id == parent) else {
+            return;
+        };
+        *view = Some(pieces);
+        self.push_views(now);
+    }
+
+    /// A subscribed parent announced a piece it now holds. Ignored before its bitfield, for
+    /// a parent not assigned, or an index out of range.
+    pub fn handle_parent_have(&mut self, _now: Instant, parent: PeerId, piece: u32) {
+        if piece >= self.picker.have().len() {
+            return;
+        }
+        let Some((_, Some(bits))) = self.views.iter_mut().find(|(id, _)| *id == parent) else {
+            return;
+        };
+        bits.set(piece);
+        if (piece as usize) < self.digests.len() {
+            self.picker.handle_parent_have(parent, piece);
+        }
+    }
+
+    /// The subscription to `parent` could not be made or broke: it is forgotten, so the
+    /// next sync does not list it and the supernode names it again if it is still the
+    /// right parent.
+    pub fn handle_parent_lost(&mut self, now: Instant, parent: PeerId) {
+        if let Some(i) = self.views.iter().position(|(id, _)| *id == parent) {
+            self.views.remove(i);
+            self.addrs.remove(&parent);
+            self.push_views(now);
+        }
+    }
+
+    /// The next change to the parents this peer listens to (with announcements).
+    pub fn poll_subscription(&mut self) -> Option<Subscription> {
+        self.subscriptions.pop_front()
+    }
+
+    /// Hands the picker every parent whose bitfield arrived, masked to known digests.
+    fn push_views(&mut self, now: Instant) {
+        let known = self.digests.len() as u32;
+        let views = self
+            .views
+            .iter()
+            .filter_map(|(id, bits)| {
+                let mut bits = bits.clone()?;
+                bits.clear_from(known);
+                Some((*id, bits))
+            })
+            .collect();
+        self.picker.handle_parents(now, views);
     }
 
     /// The sync in flight got no reply. Its reports go into the next sync, due
@@ -406,8 +545,8 @@ impl PeerSession {
             // it has) now rather than idle until the next period. A lone peer of a cold blob
             // otherwise sat ~50 ms between its last offered piece and the next offers.
             self.sync_at_once(now);
-        } else {
-            // Announce new pieces soon so others can fetch them from us.
+        } else if !self.config.announcements {
+            // Report new pieces soon so others learn of them through the supernode.
             self.next_sync = self.next_sync.min(now + self.config.sync_interval / 4);
         }
     }
@@ -485,6 +624,10 @@ impl PeerSession {
             urgent,
             done,
             wait,
+            known_parents: self
+                .config
+                .announcements
+                .then(|| self.views.iter().map(|(id, _)| *id).collect()),
         };
         self.sync = Some(InFlight {
             new_pieces: msg.new_pieces.clone(),
@@ -614,6 +757,7 @@ impl PeerSession {
 
     fn complete(&mut self, now: Instant) {
         self.phase = Phase::Finishing;
+        self.unsubscribe_all();
         // Report completion at once: it makes this peer a full parent.
         self.sync_at_once(now);
         self.events.push_back(SessionEvent::Complete);
@@ -633,11 +777,19 @@ impl PeerSession {
         };
         self.next_sync = if self.sync_now {
             now
-        } else if !self.new_pieces.is_empty() {
+        } else if !self.new_pieces.is_empty() && !self.config.announcements {
             period.min(now + interval / 4)
         } else {
             period
         };
+    }
+
+    /// Nothing more to learn from parents.
+    fn unsubscribe_all(&mut self) {
+        for (id, _) in self.views.drain(..) {
+            self.subscriptions
+                .push_back(Subscription::Unsubscribe { parent: id });
+        }
     }
 
     fn sync_at_once(&mut self, now: Instant) {
@@ -655,6 +807,7 @@ impl PeerSession {
     fn close(&mut self, event: SessionEvent) {
         debug!(?event, "download session ends");
         self.phase = Phase::Closed;
+        self.unsubscribe_all();
         self.events.push_back(event);
     }
 }

@@ -162,6 +162,12 @@ pub struct SimConfig {
     /// crowd's slowest peer about 5 % faster (its 20 ms peers stop pausing 80 ms per sync)
     /// and the staggered crowd's slowest about 2 % slower.
     pub sync_waits: bool,
+    /// Parents announce their pieces to the children subscribed to them
+    /// ([`crate::SessionConfig::announcements`]): a subscription costs 40 bytes, the
+    /// parent's bitfield 10 bytes plus the bitmap, each announced piece 9 bytes per
+    /// subscribed child; syncs list the known parents (9 bytes each) and replies name new
+    /// parents (40 bytes each, no bitmap) and dropped ones (9 bytes each).
+    pub announcements: bool,
 }
 
 impl SimConfig {
@@ -191,6 +197,7 @@ impl SimConfig {
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,
+            announcements: false,
         }
     }
 
@@ -345,6 +352,10 @@ pub struct SimReport {
     pub seed_control_sent: u64,
     /// Of those, bytes the supernode received (sync requests).
     pub seed_control_received: u64,
+    /// Of the supernode's sync replies, bytes of piece digests.
+    pub seed_digest_bytes: u64,
+    /// Of the supernode's sync replies, bytes naming parents (with their bitmaps, if sent).
+    pub seed_parent_bytes: u64,
     /// Events processed.
     pub events: u64,
     /// Virtual time when the run stopped.

@@ -53,6 +53,10 @@ struct Cli {
     /// (the supernode's uplink included). About half again as many events.
     #[arg(long)]
     control_traffic: bool,
+    /// Parents announce new pieces to their subscribed children; the supernode's sync
+    /// replies name parent changes only, without bitmaps.
+    #[arg(long)]
+    announcements: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +109,9 @@ fn main() -> anyhow::Result<()> {
             }
             if cli.control_traffic {
                 c.control_traffic = true;
+            }
+            if cli.announcements {
+                c.announcements = true;
             }
         });
         if !cli.json {

@@ -400,3 +400,28 @@ fn urgent_pieces_come_first_from_a_parent_or_the_seed() {
     p.handle_piece_done(t, 40, Source::Peer(PeerId(1)));
     assert_eq!(p.urgent(8), [61, 63]);
 }
+
+#[test]
+fn a_parent_that_does_not_serve_an_announced_piece_is_not_asked_for_it_again() {
+    let (mut p, t) = picker(2);
+    p.handle_parents(
+        t,
+        vec![(PeerId(1), bits(2, &[0])), (PeerId(2), bits(2, &[]))],
+    );
+    let r = p.poll_request(t).unwrap();
+    assert_eq!((r.piece, r.source), (0, Source::Peer(PeerId(1))));
+    p.handle_piece_failed(t, 0, r.source, FailReason::Unavailable);
+    // Long after the back-off, still not asked for that piece.
+    let later = t + Duration::from_secs(60);
+    assert!(drain(&mut p, later).is_empty());
+    // Announced anew (or by another parent), it is requested again.
+    p.handle_parent_have(PeerId(2), 0);
+    let r = p.poll_request(later).unwrap();
+    assert_eq!((r.piece, r.source), (0, Source::Peer(PeerId(2))));
+    p.handle_parent_have(PeerId(1), 1);
+    let r = p.poll_request(later).unwrap();
+    assert_eq!((r.piece, r.source), (1, Source::Peer(PeerId(1))));
+    // Unknown parents and bad indexes are ignored.
+    p.handle_parent_have(PeerId(7), 1);
+    p.handle_parent_have(PeerId(1), 99);
+}

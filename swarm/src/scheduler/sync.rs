@@ -23,13 +23,23 @@ pub struct SyncInput<'a> {
     pub done: bool,
     /// What the supernode itself holds right now.
     pub seed_has: &'a Bitmap,
+    /// `Some`: the peer learns its parents' pieces from the parents themselves (their
+    /// announcements) and already knows these parents, so the answer names only the changes
+    /// ([`SyncOutput::delta`]). `None`: the answer lists every parent with its bitmap.
+    pub known_parents: Option<&'a [PeerId]>,
 }
 
 /// The scheduler's answer to one sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncOutput {
-    /// The peer's parents, each with its bitmap. Empty for a peer that is done.
+    /// The peer's parents, each with its bitmap. Empty for a peer that is done. With
+    /// [`SyncOutput::delta`], only the parents the peer did not list, with empty bitmaps.
     pub parents: Vec<Parent>,
+    /// The answer names changes only: `parents` are new, `dropped_parents` gone; the peer
+    /// keeps the others and learns every parent's pieces from the parent.
+    pub delta: bool,
+    /// With [`SyncOutput::delta`], parents the peer listed that are no longer assigned to it.
+    pub dropped_parents: Vec<PeerId>,
     /// Pieces the peer may fetch from the supernode. Empty for a peer that is done.
     pub seed_pieces: Bitmap,
     /// The peer had expired (silent for `peer_timeout`) and was admitted again. The
@@ -80,14 +90,30 @@ impl TaskScheduler {
         if input.done {
             return Ok(SyncOutput {
                 parents: Vec::new(),
+                delta: input.known_parents.is_some(),
+                dropped_parents: input.known_parents.map(<[_]>::to_vec).unwrap_or_default(),
                 seed_pieces: Bitmap::new(self.piece_count),
                 readmitted,
             });
         }
-        let parents = self.parents(now, peer)?;
+        let mut parents = self.parents(now, peer)?;
         let seed_pieces = self.seed_pieces(now, peer, input.seed_has, input.urgent)?;
+        let mut dropped_parents = Vec::new();
+        if let Some(known) = input.known_parents {
+            dropped_parents = known
+                .iter()
+                .filter(|k| !parents.iter().any(|p| p.id == **k))
+                .copied()
+                .collect();
+            parents.retain(|p| !known.contains(&p.id));
+            for p in &mut parents {
+                p.pieces = Bitmap::new(0);
+            }
+        }
         Ok(SyncOutput {
             parents,
+            delta: input.known_parents.is_some(),
+            dropped_parents,
             seed_pieces,
             readmitted,
         })

@@ -457,6 +457,7 @@ fn sync_input<'a>(new: &'a [u32], bad: &'a [(PeerId, u32)], seed: &'a Bitmap) ->
         uploading: 0,
         done: false,
         seed_has: seed,
+        known_parents: None,
     }
 }
 
@@ -524,4 +525,47 @@ fn sync_request_readmits_an_expired_peer() {
         Err(SchedError::PieceOutOfRange { .. })
     ));
     assert_eq!(s.peer_count(), 1);
+}
+
+#[test]
+fn a_peer_that_lists_its_parents_gets_only_the_changes_without_bitmaps() {
+    let t = Instant::now();
+    let mut s = TaskScheduler::new(8, SchedulerConfig::default(), 1);
+    let seed = Bitmap::full(8);
+    for i in 1..=4 {
+        s.handle_join(t, PeerId(i), addr(i));
+    }
+    for i in 2..=4 {
+        s.handle_sync(t, PeerId(i), &[i as u32], 0, false).unwrap();
+    }
+    let mut input = sync_input(&[], &[], &seed);
+    input.known_parents = Some(&[]);
+    let first = s
+        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .unwrap();
+    assert!(first.delta);
+    assert_eq!(first.parents.len(), 3);
+    assert!(
+        first.parents.iter().all(|p| p.pieces.is_empty()),
+        "no bitmaps"
+    );
+    assert!(first.dropped_parents.is_empty());
+
+    // Listing them all (and one it should not have): only that one comes back, dropped.
+    let known = [PeerId(2), PeerId(3), PeerId(4), PeerId(9)];
+    input.known_parents = Some(&known);
+    let next = s
+        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .unwrap();
+    assert!(next.parents.is_empty(), "{:?}", next.parents);
+    assert_eq!(next.dropped_parents, vec![PeerId(9)]);
+
+    // Without the list: every parent with its bitmap, as before.
+    input.known_parents = None;
+    let full = s
+        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .unwrap();
+    assert!(!full.delta);
+    assert_eq!(full.parents.len(), 3);
+    assert!(full.parents.iter().all(|p| p.pieces.count() == 1));
 }

@@ -485,3 +485,182 @@ fn a_readmitted_peer_reports_everything_again() {
         vec![r.piece]
     );
 }
+
+/// A session with announcements on.
+fn announced(pieces: u32, t: Instant) -> PeerSession {
+    let len = u64::from(pieces) * u64::from(MIB);
+    let config = SessionConfig {
+        announcements: true,
+        ..SessionConfig::default()
+    };
+    PeerSession::new(t, len, MIB, config, 5)
+}
+
+/// A delta reply: `digests` digests from 0, new parents `added`, `dropped` ones gone.
+fn delta(s: &PeerSession, digests: u32, added: &[u64], dropped: &[u64]) -> SyncReply {
+    SyncReply {
+        digests_from: 0,
+        digests: (0..digests).map(digest).collect(),
+        seed_pieces: Bitmap::new(s.have().len()),
+        parents: added
+            .iter()
+            .map(|&id| Parent {
+                id: PeerId(id),
+                addr: addr(id),
+                pieces: Bitmap::new(0),
+            })
+            .collect(),
+        delta: true,
+        dropped_parents: dropped.iter().map(|&id| PeerId(id)).collect(),
+        ..SyncReply::default()
+    }
+}
+
+fn subscriptions(s: &mut PeerSession) -> Vec<Subscription> {
+    std::iter::from_fn(|| s.poll_subscription()).collect()
+}
+
+#[test]
+fn announced_parents_are_subscribed_and_their_pieces_requested_once_their_bitfield_arrives() {
+    let t = Instant::now();
+    let mut s = announced(8, t);
+    let first = s.poll_sync(t).unwrap();
+    assert_eq!(
+        first.known_parents,
+        Some(Vec::new()),
+        "lists the parents it knows"
+    );
+    s.handle_sync_reply(t, delta(&s, 8, &[1, 2], &[]));
+    assert_eq!(
+        subscriptions(&mut s),
+        vec![
+            Subscription::Subscribe {
+                parent: PeerId(1),
+                addr: addr(1)
+            },
+            Subscription::Subscribe {
+                parent: PeerId(2),
+                addr: addr(2)
+            },
+        ]
+    );
+    assert!(requests(&mut s, t).is_empty(), "nothing known of them yet");
+
+    s.handle_parent_pieces(t, PeerId(1), bits(8, [3]));
+    let r = requests(&mut s, t);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].piece, r[0].source), (3, Source::Peer(PeerId(1))));
+    // An announcement makes a piece requestable at once, without a sync.
+    s.handle_parent_pieces(t, PeerId(2), Bitmap::new(8));
+    s.handle_parent_have(t, PeerId(2), 5);
+    let r = requests(&mut s, t);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].piece, r[0].source), (5, Source::Peer(PeerId(2))));
+
+    // The next sync lists both; the supernode drops one.
+    s.handle_piece_done(t, 3, Source::Peer(PeerId(1)), u64::from(MIB));
+    let next = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(next.known_parents, Some(vec![PeerId(1), PeerId(2)]));
+    let mut r = delta(&s, 8, &[], &[1]);
+    r.digests_from = 8;
+    r.digests.clear();
+    s.handle_sync_reply(t + 200 * MS, r);
+    assert_eq!(
+        subscriptions(&mut s),
+        vec![Subscription::Unsubscribe { parent: PeerId(1) }]
+    );
+    let after = s.poll_sync(t + 400 * MS).unwrap();
+    assert_eq!(after.known_parents, Some(vec![PeerId(2)]));
+}
+
+#[test]
+fn with_announcements_a_new_piece_does_not_bring_the_sync_forward() {
+    let t = Instant::now();
+    let mut s = announced(8, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(t, delta(&s, 8, &[1], &[]));
+    s.handle_parent_pieces(t, PeerId(1), bits(8, [0, 1]));
+    assert_eq!(requests(&mut s, t).len(), 2);
+    s.handle_piece_done(t + MS, 0, Source::Peer(PeerId(1)), u64::from(MIB));
+    assert!(
+        s.poll_sync(t + 60 * MS).is_none(),
+        "children hear of it from us"
+    );
+    assert!(s.poll_sync(t + 200 * MS).is_some());
+}
+
+#[test]
+fn announced_pieces_without_a_known_digest_wait_for_it() {
+    let t = Instant::now();
+    let mut s = announced(8, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(t, delta(&s, 2, &[1], &[]));
+    s.handle_parent_pieces(t, PeerId(1), bits(8, [6]));
+    s.handle_parent_have(t, PeerId(1), 7);
+    assert!(requests(&mut s, t).is_empty(), "no digest for 6 or 7 yet");
+    s.poll_sync(t + 200 * MS).unwrap();
+    let mut r = delta(&s, 8, &[], &[]);
+    r.digests = (2..8).map(digest).collect();
+    r.digests_from = 2;
+    s.handle_sync_reply(t + 200 * MS, r);
+    let mut got: Vec<u32> = requests(&mut s, t + 200 * MS)
+        .iter()
+        .map(|f| f.piece)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![6, 7]);
+}
+
+#[test]
+fn a_lost_parent_is_forgotten_and_a_finished_download_unsubscribes() {
+    let t = Instant::now();
+    let mut s = announced(2, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(t, delta(&s, 2, &[1, 2], &[]));
+    subscriptions(&mut s);
+    s.handle_parent_pieces(t, PeerId(1), bits(2, [0, 1]));
+    s.handle_parent_lost(t, PeerId(1));
+    assert!(requests(&mut s, t).is_empty(), "a lost parent is not asked");
+    let next = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(
+        next.known_parents,
+        Some(vec![PeerId(2)]),
+        "so the supernode names it again if it is still the right one"
+    );
+    s.handle_sync_reply(t + 200 * MS, delta(&s, 0, &[1], &[]));
+    subscriptions(&mut s);
+    s.handle_parent_pieces(t, PeerId(1), bits(2, [0, 1]));
+    for f in requests(&mut s, t + 200 * MS) {
+        s.handle_piece_done(t + 210 * MS, f.piece, f.source, u64::from(MIB));
+    }
+    assert!(s.is_complete());
+    let mut subs = subscriptions(&mut s);
+    subs.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        subs,
+        vec![
+            Subscription::Unsubscribe { parent: PeerId(1) },
+            Subscription::Unsubscribe { parent: PeerId(2) },
+        ]
+    );
+}
+
+#[test]
+fn a_full_reply_replaces_announced_parents_with_relayed_bitmaps() {
+    // A supernode that predates announcements answers with every bitmap.
+    let t = Instant::now();
+    let mut s = announced(4, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(t, delta(&s, 4, &[1], &[]));
+    subscriptions(&mut s);
+    s.poll_sync(t + 200 * MS).unwrap();
+    let mut r = reply(&s, 4, &[], &[(2, &[1])]);
+    r.digests.clear();
+    s.handle_sync_reply(t + 200 * MS, r);
+    assert_eq!(
+        subscriptions(&mut s),
+        vec![Subscription::Unsubscribe { parent: PeerId(1) }]
+    );
+    let r = requests(&mut s, t + 200 * MS);
+    assert_eq!((r[0].piece, r[0].source), (1, Source::Peer(PeerId(2))));
+}

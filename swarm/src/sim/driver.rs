@@ -16,7 +16,8 @@ use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
 use super::{Arrivals, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross};
 use crate::{
     Bitmap, FailReason, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent, Source,
-    SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count, piece_range,
+    Subscription, SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count,
+    piece_range,
 };
 
 /// Network node of the supernode; peer `i` is node `i + 1`.
@@ -58,6 +59,33 @@ enum Ev {
         to: u32,
         piece: u32,
         reason: FailReason,
+    },
+    /// A child's subscription reaches its parent.
+    Subscribe {
+        parent: u32,
+        child: u32,
+    },
+    /// A child's unsubscription reaches its parent.
+    Unsubscribe {
+        parent: u32,
+        child: u32,
+    },
+    /// The parent's bitfield reaches the child (read when it arrives: it then also covers
+    /// announcements still on their way).
+    Bitfield {
+        parent: u32,
+        child: u32,
+    },
+    /// A parent's announcement of a new piece reaches a child.
+    Have {
+        parent: u32,
+        child: u32,
+        piece: u32,
+    },
+    /// The child learns its subscription failed (the parent left).
+    SubLost {
+        parent: u32,
+        child: u32,
     },
 }
 
@@ -132,6 +160,8 @@ struct Peer {
     /// Requests waiting for one of this peer's upload slots, oldest first: `(requester,
     /// piece)`, at most [`SimConfig::upload_queue`].
     queue: VecDeque<(u32, u32)>,
+    /// Children subscribed to this peer's announcements, in subscription order.
+    subscribers: Vec<u32>,
 }
 
 /// A child's TCP connection at a parent, as dfget's `serve_tcp` runs it: a reading stage
@@ -172,6 +202,11 @@ const PER_DIGEST: u64 = 32;
 const PER_PARENT: u64 = 40;
 const PIECE_REQUEST: u64 = 60;
 const PIECE_HEADER: u64 = 10;
+const SUBSCRIBE: u64 = 40;
+const UNSUBSCRIBE: u64 = 20;
+const BITFIELD_HEADER: u64 = 10;
+const HAVE: u64 = 9;
+const PER_PARENT_ID: u64 = 9;
 
 pub(super) struct Sim {
     config: SimConfig,
@@ -301,6 +336,8 @@ impl Sim {
                 control_bytes: 0,
                 seed_control_sent: 0,
                 seed_control_received: 0,
+                seed_digest_bytes: 0,
+                seed_parent_bytes: 0,
                 events: 0,
                 elapsed: Duration::ZERO,
                 banned: 0,
@@ -312,6 +349,7 @@ impl Sim {
         let session_config = SessionConfig {
             sync_interval: config.sync_interval,
             picker: config.picker.clone(),
+            announcements: config.announcements,
             ..SessionConfig::default()
         };
         for (i, link) in links.into_iter().enumerate() {
@@ -342,6 +380,7 @@ impl Sim {
                 tick_at: None,
                 uploads: 0,
                 queue: VecDeque::new(),
+                subscribers: Vec::new(),
             });
             sim.push(joined, Ev::Join(i as u32));
             if role[i].1 {
@@ -449,7 +488,77 @@ impl Sim {
                     end: End::Failed(reason),
                 },
             ),
+            Ev::Subscribe { parent, child } => self.subscribe(parent, child),
+            Ev::Unsubscribe { parent, child } => {
+                self.peers[parent as usize]
+                    .subscribers
+                    .retain(|&c| c != child);
+            }
+            Ev::Bitfield { parent, child } => {
+                let now = self.instant();
+                let bits = self.peers[parent as usize].session.have().clone();
+                let c = &mut self.peers[child as usize];
+                if !c.left {
+                    c.session.handle_parent_pieces(now, peer_id(parent), bits);
+                    self.drive(child);
+                }
+            }
+            Ev::Have {
+                parent,
+                child,
+                piece,
+            } => {
+                let now = self.instant();
+                let c = &mut self.peers[child as usize];
+                if !c.left {
+                    c.session.handle_parent_have(now, peer_id(parent), piece);
+                    self.drive(child);
+                }
+            }
+            Ev::SubLost { parent, child } => {
+                let now = self.instant();
+                let c = &mut self.peers[child as usize];
+                if !c.left {
+                    c.session.handle_parent_lost(now, peer_id(parent));
+                    self.drive(child);
+                }
+            }
         }
+    }
+
+    /// A subscription reaches a parent: dfget's piece server records the child and sends
+    /// its bitfield, then every new piece.
+    fn subscribe(&mut self, parent: u32, child: u32) {
+        let (from, to) = (Node::Peer(parent), Node::Peer(child));
+        if self.peers[parent as usize].left {
+            self.send_msg(from, to, PIECE_HEADER, Ev::SubLost { parent, child });
+            return;
+        }
+        let subs = &mut self.peers[parent as usize].subscribers;
+        if !subs.contains(&child) {
+            subs.push(child);
+        }
+        let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
+        self.send_msg(
+            from,
+            to,
+            BITFIELD_HEADER + bitmap,
+            Ev::Bitfield { parent, child },
+        );
+    }
+
+    /// Peer `i` verified a new piece: its subscribed children hear of it.
+    fn announce(&mut self, i: u32, piece: u32) {
+        let subs = std::mem::take(&mut self.peers[i as usize].subscribers);
+        for &child in &subs {
+            let ev = Ev::Have {
+                parent: i,
+                child,
+                piece,
+            };
+            self.send_msg(Node::Peer(i), Node::Peer(child), HAVE, ev);
+        }
+        self.peers[i as usize].subscribers = subs;
     }
 
     /// After every input, what dfget's loop does: act on the session's events, send the sync
@@ -470,7 +579,43 @@ impl Sim {
                 p.failed = true;
             }
         }
-        if p.failed {
+        let mut subs = Vec::new();
+        while let Some(s) = p.session.poll_subscription() {
+            subs.push(s);
+        }
+        let failed = p.failed;
+        for s in subs {
+            let (parent, bytes, ev) = match s {
+                Subscription::Subscribe { parent, .. } => {
+                    let j = node_of(parent);
+                    let Node::Peer(j) = j else { continue };
+                    (
+                        j,
+                        SUBSCRIBE,
+                        Ev::Subscribe {
+                            parent: j,
+                            child: i,
+                        },
+                    )
+                }
+                Subscription::Unsubscribe { parent } => {
+                    let Node::Peer(j) = node_of(parent) else {
+                        continue;
+                    };
+                    (
+                        j,
+                        UNSUBSCRIBE,
+                        Ev::Unsubscribe {
+                            parent: j,
+                            child: i,
+                        },
+                    )
+                }
+            };
+            self.send_msg(Node::Peer(i), Node::Peer(parent), bytes, ev);
+        }
+        let p = &mut self.peers[i as usize];
+        if failed {
             return;
         }
         if p.sync.is_none() {
@@ -521,7 +666,8 @@ impl Sim {
 
     fn send_sync(&mut self, i: u32, msg: SyncMsg) {
         let reported = msg.new_pieces.len() + msg.bad_pieces.len() + msg.urgent.len();
-        let bytes = SYNC_REQUEST + PER_REPORTED_PIECE * reported as u64;
+        let listed = msg.known_parents.as_ref().map_or(0, Vec::len) as u64;
+        let bytes = SYNC_REQUEST + PER_REPORTED_PIECE * reported as u64 + PER_PARENT_ID * listed;
         let p = &mut self.peers[i as usize];
         p.sync = Some(Box::new(SyncTrip {
             msg,
@@ -550,6 +696,7 @@ impl Sim {
             uploading: trip.uploading,
             done: msg.done,
             seed_has: &self.seed_has,
+            known_parents: msg.known_parents.as_deref(),
         };
         let reply = match self.sched.handle_sync_request(now, id, addr(i), &input) {
             Ok(out) => {
@@ -563,6 +710,8 @@ impl Sim {
                     digests: self.digests[from..].to_vec(),
                     seed_pieces: out.seed_pieces,
                     parents: out.parents,
+                    delta: out.delta,
+                    dropped_parents: out.dropped_parents,
                     readmitted: out.readmitted,
                 })
             }
@@ -570,15 +719,25 @@ impl Sim {
             Err(e) => Err(SyncFailure::Refused(e.to_string())),
         };
         let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
-        let bytes = SYNC_REPLY
-            + match &reply {
-                Ok(r) => {
-                    PER_DIGEST * r.digests.len() as u64
-                        + r.parents.len() as u64 * (bitmap + PER_PARENT)
-                        + if r.seed_pieces.count() > 0 { bitmap } else { 0 }
-                }
-                Err(_) => 0,
-            };
+        let (digest_bytes, parent_bytes, offer_bytes) = match &reply {
+            Ok(r) if r.delta => (
+                PER_DIGEST * r.digests.len() as u64,
+                r.parents.len() as u64 * PER_PARENT
+                    + r.dropped_parents.len() as u64 * PER_PARENT_ID,
+                if r.seed_pieces.count() > 0 { bitmap } else { 0 },
+            ),
+            Ok(r) => (
+                PER_DIGEST * r.digests.len() as u64,
+                r.parents.len() as u64 * (bitmap + PER_PARENT),
+                if r.seed_pieces.count() > 0 { bitmap } else { 0 },
+            ),
+            Err(_) => (0, 0, 0),
+        };
+        let bytes = SYNC_REPLY + digest_bytes + parent_bytes + offer_bytes;
+        if self.config.control_traffic {
+            self.report.seed_digest_bytes += digest_bytes;
+            self.report.seed_parent_bytes += parent_bytes;
+        }
         trip.reply = Some(reply);
         self.sched.handle_timeout(now);
         while let Some(ev) = self.sched.poll_event() {
@@ -643,8 +802,12 @@ impl Sim {
                 session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
             }
             End::Bytes { corrupt: false } => {
+                let fresh = !session.have().get(o.piece);
                 session.handle_piece_received(now, o.piece, from);
                 session.handle_piece_done(now, o.piece, from, range.end - range.start);
+                if fresh && session.have().get(o.piece) {
+                    self.announce(i, o.piece);
+                }
             }
         }
     }
@@ -866,7 +1029,13 @@ impl Sim {
         }
         p.left = true;
         let waiting = std::mem::take(&mut p.queue);
+        let subscribers = std::mem::take(&mut p.subscribers);
         self.sched.handle_leave(self.instant(), peer_id(i));
+        // Its subscribers' connections close.
+        for child in subscribers {
+            let ev = Ev::SubLost { parent: i, child };
+            self.send_msg(Node::Peer(i), Node::Peer(child), 0, ev);
+        }
         // Its connections close: requests waiting for its slots fail, and its own requests
         // waiting at its parents are dropped.
         let mut failed: Vec<(u32, u32)> = Vec::new();
