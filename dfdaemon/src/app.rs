@@ -146,6 +146,7 @@ impl App {
             upload_slots: config.p2p.upload_slots,
             upload_queue: config.p2p.upload_queue,
             check_whole_file: config.p2p.check_whole_file,
+            announcements: config.p2p.announcements,
             transport: config.p2p.transport,
             piece_timeout: config.p2p.piece_timeout,
             supernode_connect_timeout: config.p2p.supernode_connect_timeout,

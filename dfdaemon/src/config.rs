@@ -106,6 +106,12 @@ pub struct P2pConfig {
     /// piece matched those digests). Only for a supernode that is not trusted; the runtime
     /// checks the digest of what it pulls either way. Default off.
     pub check_whole_file: bool,
+    /// Learn which pieces each parent holds from the parent itself (one announcement
+    /// connection per parent, TCP transport only) instead of from every sync answer of the
+    /// supernode, which then names parent changes only. Default on; turn it off while nodes
+    /// that predate announcements still run (they refuse the connection, and this node
+    /// would then not fetch from them).
+    pub announcements: bool,
     /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
     /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
     /// UDP: encrypted in transit, several times the CPU per byte; for networks where node
@@ -208,6 +214,7 @@ impl Default for P2pConfig {
             upload_slots: 4,
             upload_queue: 32,
             check_whole_file: false,
+            announcements: true,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),
@@ -385,6 +392,9 @@ pub struct Overrides {
     /// `p2p.check_whole_file`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_check_whole_file: Option<bool>,
+    /// `p2p.announcements`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_announcements: Option<bool>,
     /// `p2p.transport` (`tcp` or `quic`).
     #[arg(long, value_name = "tcp|quic")]
     pub p2p_transport: Option<dfget::Transport>,
@@ -464,6 +474,7 @@ impl Overrides {
         set(&mut c.p2p.upload_slots, self.p2p_upload_slots);
         set(&mut c.p2p.upload_queue, self.p2p_upload_queue);
         set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
+        set(&mut c.p2p.announcements, self.p2p_announcements);
         set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
         set(

@@ -17,7 +17,7 @@
 //! [`damselfly_swarm::Picker`]'s; this module only moves bytes and time.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -32,14 +32,18 @@ use damselfly_proto::{
 };
 use damselfly_swarm::{
     Bitmap, FailReason, Parent, PeerId, PeerSession, PickerConfig, SessionConfig, SessionEvent,
-    Source, SyncFailure, SyncMsg, SyncReply, piece_range,
+    Source, Subscription, SyncFailure, SyncMsg, SyncReply, piece_range,
 };
 use futures::StreamExt;
 use tokio::task::JoinSet;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 use tracing::{debug, info, trace, warn};
 
 use crate::{
+    announce::{self, News},
     fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
@@ -102,6 +106,13 @@ pub struct EngineConfig {
     /// itself is not trusted). Without the supernode's word (a blob it is still fetching, a
     /// task without a known digest), the engine hashes the output as it arrives either way.
     pub check_whole_file: bool,
+    /// Learn which pieces each parent holds from the parent itself (an announcement
+    /// connection per parent, [`crate::announce`]) rather than from the supernode's sync
+    /// answers, which then name parent changes only. Default on; applies to the TCP
+    /// transport (QUIC peers always get bitmaps from the supernode). Off: every sync answer
+    /// carries every parent's bitmap, as before version 0.x. At 1,000 simulated peers this
+    /// cut the supernode's sync-answer bytes about fivefold (docs/benchmarks.md).
+    pub announcements: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
     /// Test-only misbehaviour.
@@ -129,6 +140,7 @@ impl Default for EngineConfig {
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
             check_whole_file: false,
+            announcements: true,
             origin: OriginConfig::default(),
             fault: Fault::None,
         }
@@ -519,6 +531,8 @@ impl Engine {
             digests_from,
             urgent_pieces: Vec::new(),
             wait_ms: 0,
+            announced: false,
+            known_parents: Vec::new(),
         }
     }
 
@@ -739,6 +753,7 @@ impl Engine {
             stall_timeout: self.config.stall_timeout,
             piece_timeout: self.config.piece_timeout,
             picker: self.config.picker.clone(),
+            announcements: self.config.announcements && self.config.transport == Transport::Tcp,
         };
         let mut session = PeerSession::new(
             Instant::now(),
@@ -756,6 +771,10 @@ impl Engine {
         // The whole-file digest follows the verified prefix while pieces arrive. If this
         // function fails, dropping `prefix_tx` stops it.
         let (prefix_tx, prefix_rx) = tokio::sync::watch::channel(0u64);
+        // Parents' announcements, one task per subscribed parent (dropping it unsubscribes).
+        let (news_tx, mut news_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut subscriptions: HashMap<PeerId, AbortOnDropHandle<()>> = HashMap::new();
+        let mut announcing: HashSet<PeerId> = HashSet::new();
         let mut whole = WholeCheck::Hashing(tokio::spawn(output::hash_prefix(
             out.file(),
             out.temp_path().to_path_buf(),
@@ -794,6 +813,26 @@ impl Engine {
                 );
                 let sn = sn.clone();
                 syncing.spawn(async move { sn.sync(&req).await });
+            }
+            while let Some(change) = session.poll_subscription() {
+                match change {
+                    Subscription::Subscribe { parent, addr } => {
+                        trace!(%parent, %addr, "subscribing to announcements");
+                        let listen = announce::subscribe(
+                            parent,
+                            addr,
+                            task.task_id.clone(),
+                            self.peer_id,
+                            task.piece_count,
+                            self.config.supernode_connect_timeout,
+                            news_tx.clone(),
+                        );
+                        subscriptions.insert(parent, AbortOnDropHandle::new(tokio::spawn(listen)));
+                    }
+                    Subscription::Unsubscribe { parent } => {
+                        subscriptions.remove(&parent);
+                    }
+                }
             }
             while let Some(fetch) = session.poll_request(now) {
                 trace!(piece = fetch.piece, source = ?fetch.source, "piece requested");
@@ -864,6 +903,27 @@ impl Engine {
                 Some((piece, source)) = received_rx.recv() => {
                     session.handle_piece_received(Instant::now(), piece, source);
                 }
+                Some(news) = news_rx.recv() => {
+                    let now = Instant::now();
+                    match news {
+                        News::Pieces(parent, bits) => {
+                            trace!(%parent, pieces = bits.count(), "parent bitfield");
+                            announcing.insert(parent);
+                            session.handle_parent_pieces(now, parent, bits);
+                        }
+                        News::Have(parent, pieces) => {
+                            trace!(%parent, ?pieces, "parent announced pieces");
+                            for p in pieces {
+                                session.handle_parent_have(now, parent, p);
+                            }
+                        }
+                        News::Lost(parent) => {
+                            if subscriptions.remove(&parent).is_some() {
+                                session.handle_parent_lost(now, parent);
+                            }
+                        }
+                    }
+                }
                 Some(joined) = inflight.join_next() => {
                     let now = Instant::now();
                     let outcome = joined.map_err(|e| {
@@ -903,6 +963,7 @@ impl Engine {
         report.from_peers = session.bytes_from_peers();
         report.corrupt_pieces = u32::try_from(session.corrupt_pieces()).unwrap_or(u32::MAX);
         report.liars = session.liars().map(|p| p.0).collect();
+        report.announcing_parents = u32::try_from(announcing.len()).unwrap_or(u32::MAX);
         report.piece_size = task.piece_size;
         report.piece_digests = session.digests().to_vec();
         // A sync still in flight is dropped (its reports go into the final one), and the
@@ -930,6 +991,10 @@ impl Engine {
             .collect();
         let mut req = self.sync_request(task_id, msg.new_pieces, bad, msg.done, msg.digests_from);
         req.urgent_pieces = msg.urgent;
+        if let Some(known) = msg.known_parents {
+            req.announced = true;
+            req.known_parents = known.into_iter().map(|p| p.0).collect();
+        }
         req.wait_ms = msg.wait.map_or(0, |w| {
             u32::try_from(w.as_millis())
                 .unwrap_or(u32::MAX)
@@ -1030,11 +1095,18 @@ fn sync_reply(resp: &SyncResponse, pieces: u32) -> SyncReply {
                 Some(Parent {
                     id: PeerId(p.peer_id),
                     addr: p.addr.parse().ok()?,
-                    pieces: bits(&p.pieces)?,
+                    // Announced parents come without a bitmap.
+                    pieces: if resp.parents_delta {
+                        Bitmap::new(0)
+                    } else {
+                        bits(&p.pieces)?
+                    },
                 })
             })
             .collect(),
         readmitted: resp.readmitted,
+        delta: resp.parents_delta,
+        dropped_parents: resp.dropped_parents.iter().map(|&p| PeerId(p)).collect(),
     }
 }
 

@@ -60,6 +60,10 @@ struct Cli {
     /// digests (its own copy matched the digest): for when the supernode is not trusted.
     #[arg(long)]
     check_whole_file: bool,
+    /// Learn parents' pieces from the supernode's sync answers instead of from the parents'
+    /// own announcements (for a mixed cluster with nodes that predate announcements).
+    #[arg(long)]
+    no_announcements: bool,
     /// Download bandwidth limit per second, e.g. `20MiB` (0 = unlimited).
     #[arg(long, value_name = "BYTES", default_value = "0")]
     download_rate: ByteSize,
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         advertise_ip: cli.advertise_ip,
         back_source: !cli.no_back_source,
         check_whole_file: cli.check_whole_file,
+        announcements: !cli.no_announcements,
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,

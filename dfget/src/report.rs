@@ -29,6 +29,9 @@ pub struct Report {
     pub corrupt_pieces: u32,
     /// Distinct peers whose pieces failed verification.
     pub liars: Vec<u64>,
+    /// Parents whose announcements this download subscribed to and received (their
+    /// bitfield arrived); 0 with announcements off or on the QUIC transport.
+    pub announcing_parents: u32,
     /// Whether the download went back to the origin, and why.
     pub back_source: Option<String>,
     /// The sha256 of the output.

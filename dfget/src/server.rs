@@ -39,7 +39,11 @@ pub struct ServedTask {
     file: Arc<File>,
     content_length: u64,
     piece_size: u32,
-    have: RwLock<Bitmap>,
+    pub(crate) have: RwLock<Bitmap>,
+    /// Each piece marked, for the children subscribed to this task's announcements.
+    pub(crate) news: tokio::sync::broadcast::Sender<u32>,
+    /// Cancelled when the task stops being served: its announcement connections close.
+    pub(crate) closed: CancellationToken,
 }
 
 impl ServedTask {
@@ -50,6 +54,8 @@ impl ServedTask {
             content_length,
             piece_size,
             have: RwLock::new(Bitmap::new(pieces)),
+            news: tokio::sync::broadcast::channel(crate::announce::NEWS_BACKLOG).0,
+            closed: CancellationToken::new(),
         }
     }
 
@@ -65,7 +71,16 @@ impl ServedTask {
 
     /// Marks a verified, written piece servable.
     pub fn mark(&self, piece: u32) {
-        self.have.write().set(piece);
+        let fresh = {
+            let mut have = self.have.write();
+            let fresh = !have.get(piece);
+            have.set(piece);
+            fresh
+        };
+        if fresh {
+            // No subscriber is not an error.
+            let _ = self.news.send(piece);
+        }
     }
 }
 
@@ -133,6 +148,8 @@ pub struct PieceServer {
     uploading: AtomicU32,
     bytes_served: AtomicU64,
     fault: Fault,
+    /// Announcement connections open now.
+    pub(crate) subscribers: AtomicU32,
 }
 
 /// Piece server limits.
@@ -158,17 +175,28 @@ impl PieceServer {
             uploading: AtomicU32::new(0),
             bytes_served: AtomicU64::new(0),
             fault,
+            subscribers: AtomicU32::new(0),
         }
     }
 
     /// Starts serving `task`.
     pub fn add(&self, task_id: &str, task: Arc<ServedTask>) {
-        self.tasks.write().insert(task_id.to_owned(), task);
+        if let Some(old) = self.tasks.write().insert(task_id.to_owned(), task) {
+            // Its subscribers reconnect and get the new copy's bitfield.
+            old.closed.cancel();
+        }
     }
 
     /// Stops serving `task_id`.
     pub fn remove(&self, task_id: &str) {
-        self.tasks.write().remove(task_id);
+        if let Some(task) = self.tasks.write().remove(task_id) {
+            task.closed.cancel();
+        }
+    }
+
+    /// The task served under `task_id`.
+    pub(crate) fn task(&self, task_id: &str) -> Option<Arc<ServedTask>> {
+        self.tasks.read().get(task_id).cloned()
     }
 
     /// Uploads in progress.

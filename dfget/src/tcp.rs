@@ -31,8 +31,8 @@ use std::{
 
 use damselfly_common::Digest;
 use damselfly_proto::{
-    DecodeError, FRAME_HEADER_LEN, PREAMBLE_LEN, PieceRequest, PieceStatus, check_preamble,
-    encode_frame, encode_preamble, frame_len,
+    ConnKind, DecodeError, PREAMBLE_LEN, PieceRequest, PieceStatus, check_any_preamble,
+    check_preamble, decode, encode_announce_preamble, encode_frame, encode_preamble,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -47,7 +47,7 @@ use tracing::debug;
 
 use crate::{
     fetch::{FetchError, PieceSink, read_answer},
-    server::{Answer, PieceServer, parse_request},
+    server::{Answer, PieceServer},
 };
 
 /// Requests one connection may have outstanding; the parent stops reading further ones until
@@ -110,9 +110,14 @@ impl PieceServer {
             .await
             .map_err(|_| ConnError::Timeout)??;
         // Our preamble goes out whatever theirs says, so a peer of another version learns
-        // ours and can say so.
+        // ours and can say so. An announcement connection is answered in kind.
+        let kind = check_any_preamble(&theirs);
+        if kind == Ok(ConnKind::Announcements) {
+            wr.write_all(&encode_announce_preamble()).await?;
+            return self.serve_announcements(rd, wr).await;
+        }
         wr.write_all(&encode_preamble()).await?;
-        check_preamble(&theirs)?;
+        kind?;
 
         // Reading stage → writing stage, one prepared answer ahead.
         let (tx, mut rx) = mpsc::channel::<Answer>(1);
@@ -180,24 +185,12 @@ fn keepalive(stream: &TcpStream) {
 
 /// Reads one request frame; `None` at a clean end of stream before a frame starts.
 async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<PieceRequest>, ConnError> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    match rd.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = frame_len(&header)?;
-    if len > MAX_REQUEST_FRAME {
-        return Err(DecodeError::TooLarge {
-            len,
-            max: MAX_REQUEST_FRAME,
-        }
-        .into());
-    }
-    let mut raw = vec![0u8; FRAME_HEADER_LEN + len];
-    raw[..FRAME_HEADER_LEN].copy_from_slice(&header);
-    rd.read_exact(&mut raw[FRAME_HEADER_LEN..]).await?;
-    Ok(Some(parse_request(&raw)?))
+    let Some(body) = crate::announce::read_frame(rd, MAX_REQUEST_FRAME).await? else {
+        return Ok(None);
+    };
+    let req: PieceRequest = decode(&body)?;
+    req.validate()?;
+    Ok(Some(req))
 }
 
 /// Why a TCP peer connection ended.

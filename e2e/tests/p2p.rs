@@ -70,6 +70,13 @@ fn eight_peers_share_a_64mib_blob_and_the_registry_sends_it_once() {
         from_peers * 2 >= total,
         "only {from_peers} of {total} bytes came from peers"
     );
+    // With announcements (the default), a peer learns what its parents hold from them, not
+    // from the supernode: every byte from a peer was found through one.
+    for r in &reports {
+        if num(r, "from_peers") > 0 {
+            assert!(num(r, "announcing_parents") > 0, "{r}");
+        }
+    }
     assert_eq!(
         sn.metric("damselfly_supernode_origin_bytes_total").unwrap(),
         blob.len() as f64
@@ -124,6 +131,41 @@ fn peers_on_tcp_and_on_quic_share_one_swarm() {
         peer_bytes("tcp") > 0,
         "no TCP peer fetched from a peer: {reports:?}"
     );
+    // QUIC peers get their parents' bitmaps from the supernode; TCP peers from the parents.
+    for (t, r) in transports.iter().zip(&reports) {
+        if *t == "quic" {
+            assert_eq!(num(r, "announcing_parents"), 0, "{r}");
+        }
+    }
+}
+
+#[test]
+fn peers_without_announcements_still_share_a_blob() {
+    // The fallback for a cluster with nodes that predate announcements: the supernode relays
+    // every parent's bitmap, and nobody subscribes.
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(16 << 20, 9);
+    let digest = registry.push_blob("app/relayed", &blob);
+    let url = registry.blob_url("app/relayed", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs: Vec<DfgetRun> = (0..4)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("out{i}")))
+                .supernode(sn.addr())
+                .args(["--no-announcements", "--keep-serving", "5s"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = runs.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
+    for (run, r) in runs.iter().zip(&reports) {
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+        assert_eq!(num(r, "announcing_parents"), 0, "{r}");
+        assert_eq!(num(r, "from_origin"), 0, "{r}");
+    }
+    assert_eq!(registry.blob_get_count(&digest), 1);
 }
 
 #[test]

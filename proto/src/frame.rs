@@ -66,6 +66,11 @@ pub const PREAMBLE_LEN: usize = 8;
 /// The magic that opens a TCP peer connection.
 pub const PREAMBLE_MAGIC: [u8; 4] = *b"DMSF";
 
+/// The magic that opens a TCP announcement connection (a child subscribing to a parent's
+/// new pieces), followed by [`PEER_PROTOCOL_VERSION`] like [`PREAMBLE_MAGIC`]. A parent
+/// that predates announcements answers with its own [`PREAMBLE_MAGIC`] preamble and closes.
+pub const ANNOUNCE_MAGIC: [u8; 4] = *b"DMSA";
+
 /// The version of the TCP peer-connection protocol (the framing and pipelining rules, see
 /// `docs/architecture.md`). Version 1 was QUIC only (one stream per request, ALPN
 /// `damselfly-piece/1`), which has no preamble.
@@ -77,6 +82,37 @@ pub fn encode_preamble() -> [u8; PREAMBLE_LEN] {
     out[..4].copy_from_slice(&PREAMBLE_MAGIC);
     out[4..].copy_from_slice(&PEER_PROTOCOL_VERSION.to_be_bytes());
     out
+}
+
+/// The preamble a child sends to open an announcement connection.
+pub fn encode_announce_preamble() -> [u8; PREAMBLE_LEN] {
+    let mut out = encode_preamble();
+    out[..4].copy_from_slice(&ANNOUNCE_MAGIC);
+    out
+}
+
+/// What a connection opened with a preamble is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// Piece requests and answers ([`PREAMBLE_MAGIC`]).
+    Pieces,
+    /// A subscription to a parent's announcements ([`ANNOUNCE_MAGIC`]).
+    Announcements,
+}
+
+/// Checks the preamble a child opened a connection with, and says what the connection is
+/// for.
+///
+/// # Errors
+/// As [`check_preamble`].
+pub fn check_any_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<ConnKind, DecodeError> {
+    if bytes[..4] == ANNOUNCE_MAGIC {
+        let mut pieces = *bytes;
+        pieces[..4].copy_from_slice(&PREAMBLE_MAGIC);
+        check_preamble(&pieces)?;
+        return Ok(ConnKind::Announcements);
+    }
+    check_preamble(bytes).map(|_| ConnKind::Pieces)
 }
 
 /// Checks a peer's preamble and returns its version.
@@ -106,6 +142,23 @@ pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u32, DecodeError> {
 #[cfg(test)]
 mod preamble_tests {
     use super::*;
+
+    #[test]
+    fn announcement_preambles_are_told_apart_from_piece_ones() {
+        assert_eq!(check_any_preamble(&encode_preamble()), Ok(ConnKind::Pieces));
+        assert_eq!(
+            check_any_preamble(&encode_announce_preamble()),
+            Ok(ConnKind::Announcements)
+        );
+        // A parent that predates announcements refuses the preamble outright.
+        assert!(check_preamble(&encode_announce_preamble()).is_err());
+        let mut other = encode_announce_preamble();
+        other[7] = 9;
+        assert!(matches!(
+            check_any_preamble(&other),
+            Err(DecodeError::Version { got: 9, .. })
+        ));
+    }
 
     #[test]
     fn preamble_round_trips_and_refuses_strangers() {

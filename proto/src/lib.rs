@@ -26,7 +26,8 @@ pub mod messages;
 
 pub use error::DecodeError;
 pub use frame::{
-    FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN, PREAMBLE_MAGIC, check_preamble, decode,
+    ANNOUNCE_MAGIC, ConnKind, FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN,
+    PREAMBLE_MAGIC, check_any_preamble, check_preamble, decode, encode_announce_preamble,
     encode_frame, encode_preamble, frame_len,
 };
 pub use messages::*;

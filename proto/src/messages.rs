@@ -116,7 +116,19 @@ pub struct SyncRequest {
     /// predates the field answers at once.
     #[prost(uint32, tag = "11")]
     pub wait_ms: u32,
+    /// The peer learns its parents' pieces from the parents themselves (announcements, see
+    /// [`AnnounceRequest`]) and lists in `known_parents` the parents it already has: the
+    /// answer then names changes only ([`SyncResponse::parents_delta`]), without bitmaps. A
+    /// supernode that predates the field answers with every parent and its bitmap.
+    #[prost(bool, tag = "12")]
+    pub announced: bool,
+    /// With `announced`: the parents the peer knows, at most [`MAX_KNOWN_PARENTS`].
+    #[prost(uint64, repeated, tag = "13")]
+    pub known_parents: Vec<u64>,
 }
+
+/// Most parents a sync may list in [`SyncRequest::known_parents`].
+pub const MAX_KNOWN_PARENTS: usize = 64;
 
 /// Longest long poll a sync may ask for ([`SyncRequest::wait_ms`]), in milliseconds.
 pub const MAX_SYNC_WAIT_MS: u32 = 2_000;
@@ -192,6 +204,14 @@ pub struct SyncResponse {
     /// again: the peer's next sync should report every piece it holds.
     #[prost(bool, tag = "8")]
     pub readmitted: bool,
+    /// Answer to an `announced` sync: `parents` are the parents the peer did not list (their
+    /// `pieces` empty: the parents announce them), `dropped_parents` the listed ones no
+    /// longer assigned; the peer keeps the rest.
+    #[prost(bool, tag = "9")]
+    pub parents_delta: bool,
+    /// With `parents_delta`: listed parents the peer should drop.
+    #[prost(uint64, repeated, tag = "10")]
+    pub dropped_parents: Vec<u64>,
 }
 
 /// Peer → supernode: the peer stops serving this task.
@@ -240,6 +260,42 @@ pub struct PieceRequest {
     /// The requester, for logs and fault reports.
     #[prost(uint64, tag = "4")]
     pub peer_id: u64,
+}
+
+/// Child → parent, the one frame a child sends on an announcement connection (opened with
+/// [`crate::ANNOUNCE_MAGIC`]): send me the pieces you hold of this task, then each new one.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AnnounceRequest {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The task.
+    #[prost(string, tag = "2")]
+    pub task_id: String,
+    /// The subscriber, for logs.
+    #[prost(uint64, tag = "3")]
+    pub peer_id: u64,
+}
+
+/// Parent → child on an announcement connection. The first frame has `status` and, on
+/// `Ok`, the full `bitfield`; later frames name pieces verified since (`pieces`), or carry
+/// a full `bitfield` again when the parent could not keep up with its own announcements.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Announcement {
+    /// [`PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// `Ok`, or why the parent refuses (`UnknownTask`, `Busy`, `BadRequest`); a refusal is
+    /// the last frame.
+    #[prost(enumeration = "PieceStatus", tag = "2")]
+    pub status: i32,
+    /// Every piece the parent holds (same bit layout as [`ParentInfo::pieces`]); empty when
+    /// the frame names new pieces only.
+    #[prost(bytes = "vec", tag = "3")]
+    pub bitfield: Vec<u8>,
+    /// Pieces verified since the last frame.
+    #[prost(uint32, repeated, tag = "4")]
+    pub pieces: Vec<u32>,
 }
 
 /// Outcome of a [`PieceRequest`].
@@ -380,6 +436,9 @@ impl SyncRequest {
         if self.wait_ms > MAX_SYNC_WAIT_MS {
             return Err(DecodeError::invalid("wait_ms", "over MAX_SYNC_WAIT_MS"));
         }
+        if self.known_parents.len() > MAX_KNOWN_PARENTS {
+            return Err(DecodeError::invalid("known_parents", "too many"));
+        }
         Ok(())
     }
 }
@@ -422,6 +481,35 @@ impl PieceRequest {
         check_task_id(&self.task_id)?;
         if self.piece >= MAX_PIECES {
             return Err(DecodeError::invalid("piece", "index out of range"));
+        }
+        Ok(())
+    }
+}
+
+impl AnnounceRequest {
+    /// Checks version and the task id.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        check_task_id(&self.task_id)
+    }
+}
+
+impl Announcement {
+    /// Checks version and sizes: a bitfield of at most [`MAX_PIECES`] bits, at most
+    /// [`MAX_PIECES`] piece indexes, each in range.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(self.version)?;
+        if self.bitfield.len() > (MAX_PIECES as usize).div_ceil(8) {
+            return Err(DecodeError::invalid("bitfield", "too long"));
+        }
+        if self.pieces.len() > MAX_PIECES as usize || self.pieces.iter().any(|&p| p >= MAX_PIECES) {
+            return Err(DecodeError::invalid("pieces", "too many or out of range"));
         }
         Ok(())
     }

@@ -266,6 +266,7 @@ async fn sync(
         .map(|b| (PeerId(b.offender), b.piece))
         .collect();
     shared.metrics.bad_pieces.inc_by(bad.len() as u64);
+    let known: Vec<PeerId> = req.known_parents.iter().map(|&p| PeerId(p)).collect();
     // The scheduler's whole side of a sync, the same call the simulator makes.
     let answer = task
         .sched
@@ -281,6 +282,7 @@ async fn sync(
                 uploading: req.uploading,
                 done: req.done,
                 seed_has: &seed_has,
+                known_parents: req.announced.then_some(known.as_slice()),
             },
         )
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
@@ -305,9 +307,15 @@ async fn sync(
             .map(|p| ParentInfo {
                 peer_id: p.id.0,
                 addr: p.addr.to_string(),
-                pieces: p.pieces.to_bytes(),
+                pieces: if answer.delta {
+                    Vec::new()
+                } else {
+                    p.pieces.to_bytes()
+                },
             })
             .collect(),
+        parents_delta: answer.delta,
+        dropped_parents: answer.dropped_parents.iter().map(|p| p.0).collect(),
     };
     drop(cdn);
     shared
