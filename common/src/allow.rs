@@ -282,7 +282,10 @@ mod tests {
             (":5000", PatternError::Empty),
             ("*.", PatternError::BadHost("*.".into())),
             ("a.*.b", PatternError::BadHost("a.*.b".into())),
-            ("*corp.example", PatternError::BadHost("*corp.example".into())),
+            (
+                "*corp.example",
+                PatternError::BadHost("*corp.example".into()),
+            ),
             ("a/b", PatternError::BadHost("a/b".into())),
             ("a..b", PatternError::BadHost("a..b".into())),
             ("user@host", PatternError::BadHost("user@host".into())),
@@ -301,7 +304,13 @@ mod tests {
 
     #[test]
     fn patterns_print_as_written() {
-        for p in ["registry.local", "r.local:5000", "r.local:*", "*.corp.example:*", "[::1]:5000"] {
+        for p in [
+            "registry.local",
+            "r.local:5000",
+            "r.local:*",
+            "*.corp.example:*",
+            "[::1]:5000",
+        ] {
             assert_eq!(p.parse::<RegistryPattern>().unwrap().to_string(), p);
         }
     }

@@ -35,7 +35,7 @@ pub use containerd::{
     CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
 };
 pub use daemon::{Daemon, DaemonBuilder};
-pub use dfdaemon::{Dfdaemon, DfdaemonBuilder};
+pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{
     EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, NydusMount, RICH_LARGE_PATH,
