@@ -55,6 +55,9 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The `reason`s of `access_refusals_total`.
+pub const ACCESS_REFUSALS: [&str; 3] = ["registry_denied", "unlisted_proxied", "unlisted_refused"];
+
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -97,6 +100,11 @@ impl Metrics {
             m.fallbacks.clone(),
         );
         r.register("errors", "Failures, by reason", m.errors.clone());
+        // Every reason exported from the start, at 0: a refusal is rare, and an alert on
+        // its rate needs the series before the first one.
+        for reason in ACCESS_REFUSALS {
+            drop(m.access_refusals.get_or_create(&ReasonLabels { reason }));
+        }
         r.register(
             "access_refusals",
             "Requests not served from this node for want of access, by reason",

@@ -160,6 +160,17 @@ impl Metrics {
             "Task registrations by outcome",
             m.registrations.clone(),
         );
+        // Both reasons exported from the start, at 0: a refusal is rare, and an alert on
+        // its rate needs the series before the first one.
+        for reason in [
+            AccessRefusal::RegistryDenied,
+            AccessRefusal::UnlistedRegistry,
+        ] {
+            drop(
+                m.access_refusals
+                    .get_or_create(&AccessRefusalLabels { reason }),
+            );
+        }
         r.register(
             "access_refusals",
             "Later requesters of private blobs refused, by reason",
