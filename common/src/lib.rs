@@ -1,10 +1,11 @@
 //! Small pieces every Damselfly daemon shares: the content [`Digest`], config-file loading with
-//! all problems reported together, tracing set-up, the shutdown signal, and the bounded accept
-//! loop of the HTTP listeners ([`server`]).
+//! all problems reported together, registry allow lists ([`allow`]), tracing set-up, the
+//! shutdown signal, and the bounded accept loop of the HTTP listeners ([`server`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod allow;
 pub mod config;
 pub mod digest;
 pub mod placement;

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Config,
+    access::{AccessPolicy, Decision},
     announce::{Announcer, NodeAnnouncement},
     cache::{CachedBlob, NodeCache},
     flight::{self, Failure, Flight, FlightState},
@@ -46,6 +47,8 @@ struct AppState {
     engine: Engine,
     cache: NodeCache,
     upstreams: Upstreams,
+    /// Which registries may approve a requester for a blob this node holds.
+    policy: AccessPolicy,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
     /// Credential checks that passed: key → when they expire.
     access: Mutex<HashMap<[u8; 32], Instant>>,
@@ -173,12 +176,14 @@ impl App {
         let metrics = Metrics::new(&mut registry);
         metrics.cache_bytes.set(cache.used_bytes() as i64);
         let upstreams = Upstreams::new(&config)?;
+        let policy = AccessPolicy::new(&config);
         Ok(Self {
             state: Arc::new(AppState {
                 config,
                 engine,
                 cache,
                 upstreams,
+                policy,
                 flights: Mutex::new(HashMap::new()),
                 access: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(HashMap::new()),
@@ -355,10 +360,23 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
         }
     };
     let kind = route.kind.label();
+    let decision = state.policy.decide(&route, &state.upstream(&route).0);
     let resp = match (&route.kind, &parts.method) {
-        (Kind::Blob { repo, digest }, &Method::GET) => {
+        _ if decision == Decision::Refuse => refuse_unlisted(&state, &route),
+        (Kind::Blob { repo, digest }, &Method::GET) if decision == Decision::Listed => {
             let (repo, digest) = (repo.clone(), *digest);
             serve_blob(&state, &route, &repo, digest, &parts.headers).await
+        }
+        (Kind::Blob { digest, .. }, &Method::GET) => {
+            // A registry the operator did not list cannot vouch for bytes this node holds:
+            // the requester gets whatever that registry itself answers, nothing from here.
+            state.metrics.access_refusal("unlisted_proxied");
+            debug!(
+                %digest,
+                registry = route.registry.as_deref().unwrap_or_default(),
+                "blob of a registry not on the allow list: passed through, not served from this node"
+            );
+            pass_through(&state, &route, parts.method.clone(), &parts.headers, body).await
         }
         (Kind::Base, _) if route.registry.is_none() => {
             mirror_ping(&state, &route, parts.method.clone(), &parts.headers).await
@@ -376,6 +394,22 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
         "request"
     );
     resp
+}
+
+/// A request naming a registry outside the allow list, with `access.unlisted = "refuse"`.
+fn refuse_unlisted(state: &AppState, route: &Route) -> Response<Body> {
+    state.metrics.access_refusal("unlisted_refused");
+    let registry = route.registry.as_deref().unwrap_or_default();
+    info!(
+        registry,
+        path = %route.path,
+        "refused a request for a registry not on the allow list (access.allow)"
+    );
+    oci_error(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &format!("this mirror does not serve registry {registry} (not in access.allow)"),
+    )
 }
 
 fn upstream_url(base: &str, route: &Route) -> String {
@@ -470,6 +504,7 @@ async fn serve_blob(
             Ok(r) => {
                 // Refused (401 with a challenge, 403, 404...): let the registry answer the
                 // real request itself, so the client sees its exact status, headers and body.
+                state.metrics.access_refusal("registry_denied");
                 debug!(status = r.status().as_u16(), %digest, "registry refused the blob check");
                 return pass_through(state, route, Method::GET, headers, Body::empty()).await;
             }
@@ -489,7 +524,14 @@ async fn serve_blob(
     }
     let url = format!("{base}{}", route.path);
     let (flight, mut rx) = match acquire(state, digest, url, origin_headers) {
-        Holding::Cached(blob) => return serve_cached(state, digest, &blob, range),
+        Holding::Cached(blob) => {
+            if blob.origin() != damselfly_common::allow::url_origin(&base) {
+                // Same bytes, another registry: this requester passed its own registry's
+                // check above; the registry the blob came from was not asked.
+                debug!(%digest, from = %blob.url, "serving a blob first cached from another registry");
+            }
+            return serve_cached(state, digest, &blob, range);
+        }
         Holding::Downloading(flight, rx) => (flight, rx),
     };
     let ready = rx
@@ -614,6 +656,19 @@ async fn ensure_preheated(
 ) -> Result<PreheatResponse, (StatusCode, String)> {
     let body = body.map_err(|e| (e.status(), e.body_text()))?;
     let req = preheat::parse(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let base = damselfly_common::allow::url_origin(&req.blob.url).unwrap_or_default();
+    if !state.policy.allows(&req.blob.host, &base) {
+        // It would put the blob in this node's cache and swarm on that registry's word.
+        state.metrics.access_refusal("unlisted_refused");
+        info!(registry = %req.blob.host, "refused a preheat for a registry not on the allow list");
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "this node does not serve registry {} (not in access.allow)",
+                req.blob.host
+            ),
+        ));
+    }
     let digest = req.blob.digest;
     let answer = |bytes, source| PreheatResponse {
         digest: digest.to_string(),

@@ -32,6 +32,16 @@ pub struct CachedBlob {
     pub size: u64,
     /// Piece size of the stored layout.
     pub piece_size: u32,
+    /// Where it was fetched from: the registry's base URL and the repository path
+    /// (`https://reg.local/v2/app/blobs/sha256:…`; a preheat's URL as given).
+    pub url: String,
+}
+
+impl CachedBlob {
+    /// `scheme://host[:port]` of the registry the blob came from.
+    pub fn origin(&self) -> Option<String> {
+        damselfly_common::allow::url_origin(&self.url)
+    }
 }
 
 /// The node cache. Cheap to clone.
@@ -92,6 +102,7 @@ impl NodeCache {
         Some(CachedBlob {
             size: meta.content_length,
             piece_size: meta.piece_size,
+            url: meta.url,
         })
     }
 

@@ -58,6 +58,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Per-registry settings.
     pub registries: Vec<RegistryConfig>,
+    /// Which registries may approve a requester for a blob this node holds.
+    pub access: AccessConfig,
     /// Limits of the mirror's HTTP listener (`listen`): header-read timeout, connection cap.
     pub http: HttpLimits,
     /// Longest wait for requests to drain on SIGTERM. Default 10 s.
@@ -154,6 +156,25 @@ pub struct UpstreamConfig {
     pub access_cache_ttl: Duration,
 }
 
+/// Registries whose access checks the node believes (see [`crate::access`]).
+///
+/// A blob is served from this node (its cache, a running download, the swarm) only after
+/// the registry the request names said the requester's credentials open it, and only if
+/// that registry is listed: the default upstream, every `[[registries]]` host, or a
+/// pattern here. A request naming any other registry is handled per `unlisted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// More registries to list, as patterns: `host`, `host:port`, `host:*` (any port),
+    /// `*.domain` and `*.domain:*` (any host under `domain`). `*` alone is refused. Default
+    /// none.
+    pub allow: Vec<String>,
+    /// What a request naming a registry that is not listed gets: `"proxy"` (passed through
+    /// to that registry, blobs too, never from this node: pulls work without P2P) or
+    /// `"refuse"` (403; the runtime moves on to its next host). Default `"proxy"`.
+    pub unlisted: crate::access::Unlisted,
+}
+
 /// Settings for one registry, matched by the host name runtimes use for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -187,6 +208,7 @@ impl Default for Config {
             p2p: P2pConfig::default(),
             upstream: UpstreamConfig::default(),
             registries: Vec::new(),
+            access: AccessConfig::default(),
             http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             hostname: None,
@@ -303,6 +325,14 @@ impl Config {
                 errs.push(ConfigError::new(
                     format!("registries[{i}].endpoint"),
                     "must be an http:// or https:// URL without a path",
+                ));
+            }
+        }
+        if let Err(bad) = damselfly_common::allow::AllowList::parse(&self.access.allow) {
+            for (i, e) in bad {
+                errs.push(ConfigError::new(
+                    format!("access.allow[{i}]"),
+                    e.to_string(),
                 ));
             }
         }
@@ -426,6 +456,13 @@ pub struct Overrides {
     /// `docker.io=https://mirror.gcr.io` (repeatable).
     #[arg(long = "registry-endpoint", value_name = "HOST=URL", value_parser = parse_endpoint)]
     pub registry_endpoints: Vec<(String, String)>,
+    /// Adds a pattern to `access.allow` (repeatable): a registry whose access checks this
+    /// node believes, e.g. `registry.local:5000` or `*.corp.example`.
+    #[arg(long = "access-allow", value_name = "PATTERN")]
+    pub access_allow: Vec<String>,
+    /// `access.unlisted` (`proxy` or `refuse`).
+    #[arg(long, value_name = "proxy|refuse")]
+    pub access_unlisted: Option<crate::access::Unlisted>,
     /// `http.header_read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub http_header_read_timeout: Option<Duration>,
@@ -512,6 +549,8 @@ impl Overrides {
                 }),
             }
         }
+        c.access.allow.extend(self.access_allow);
+        set(&mut c.access.unlisted, self.access_unlisted);
         set(
             &mut c.http.header_read_timeout,
             self.http_header_read_timeout,
@@ -649,6 +688,33 @@ mod tests {
             .collect();
         assert_eq!(keys, ["http.max_connections"]);
         assert!(parse::<Config>("version = 1\n[http]\ntimeout = \"1s\"\n").is_err());
+    }
+
+    #[test]
+    fn access_comes_from_file_or_flags_and_bad_patterns_are_named() {
+        let mut c: Config =
+            parse("version = 1\n[access]\nallow = [\"*.corp.example\"]\nunlisted = \"refuse\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.access.allow, ["*.corp.example"]);
+        assert_eq!(c.access.unlisted, crate::access::Unlisted::Refuse);
+        Overrides {
+            access_allow: vec!["reg.local:5000".into(), "*".into()],
+            access_unlisted: Some(crate::access::Unlisted::Proxy),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.access.allow, ["*.corp.example", "reg.local:5000", "*"]);
+        assert_eq!(c.access.unlisted, crate::access::Unlisted::Proxy);
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["access.allow[2]"]);
+        assert!(parse::<Config>("version = 1\n[access]\nunlisted = \"allow\"\n").is_err());
+        assert!(parse::<Config>("version = 1\n[access]\ndeny = []\n").is_err());
     }
 
     #[test]

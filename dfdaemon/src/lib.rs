@@ -4,7 +4,8 @@
 //! Podman/CRI-O `registries.conf`). Blob GETs go through the P2P engine of [`dfget`] into a
 //! node cache ([`cache`]) and are streamed to the client while pieces arrive ([`flight`]);
 //! everything else is passed to the registry unchanged ([`proxy`]). [`upstream`] decides
-//! which registry a request is for. The node announces itself to the supernodes
+//! which registry a request is for, and [`access`] whether that registry may approve a
+//! requester for what the node holds (else the request is passed through or refused). The node announces itself to the supernodes
 //! ([`announce`]), which can then have it fetch blobs ahead of any pull ([`preheat`]).
 //!
 //! ```text
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod announce;
 mod app;
 pub mod cache;

@@ -55,6 +55,9 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The `reason`s of `access_refusals_total`.
+pub const ACCESS_REFUSALS: [&str; 3] = ["registry_denied", "unlisted_proxied", "unlisted_refused"];
+
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -66,6 +69,8 @@ pub struct Metrics {
     pub fallbacks: Family<ReasonLabels, Counter>,
     /// Failures, by reason.
     pub errors: Family<ReasonLabels, Counter>,
+    /// Blob requests not served from this node for want of access, by reason.
+    pub access_refusals: Family<ReasonLabels, Counter>,
     /// Blob downloads in progress.
     pub downloads: Gauge,
     /// Bytes held in the node cache.
@@ -95,6 +100,16 @@ impl Metrics {
             m.fallbacks.clone(),
         );
         r.register("errors", "Failures, by reason", m.errors.clone());
+        // Every reason exported from the start, at 0: a refusal is rare, and an alert on
+        // its rate needs the series before the first one.
+        for reason in ACCESS_REFUSALS {
+            drop(m.access_refusals.get_or_create(&ReasonLabels { reason }));
+        }
+        r.register(
+            "access_refusals",
+            "Requests not served from this node for want of access, by reason",
+            m.access_refusals.clone(),
+        );
         r.register(
             "downloads",
             "Blob downloads in progress",
@@ -140,6 +155,15 @@ impl Metrics {
     /// Counts an error.
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a request not served from this node: `registry_denied` (the listed registry
+    /// refused the requester's credentials), `unlisted_proxied` or `unlisted_refused` (it
+    /// named a registry outside the allow list).
+    pub fn access_refusal(&self, reason: &'static str) {
+        self.access_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a fallback to the origin.

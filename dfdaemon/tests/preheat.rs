@@ -70,6 +70,11 @@ async fn a_slow_blob_times_out_the_preheat_but_not_its_download() {
         peer_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
         preheat_timeout: Duration::from_millis(300),
+        // The stand-in registry runs on loopback.
+        access: dfdaemon::config::AccessConfig {
+            allow: vec!["127.0.0.1:*".into()],
+            ..Default::default()
+        },
         ..Config::default()
     };
     let app = App::build(config).await.unwrap();

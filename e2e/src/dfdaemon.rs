@@ -26,8 +26,14 @@ pub struct DfdaemonBuilder {
     name: Option<String>,
     supernodes: Vec<String>,
     data_dir: Option<PathBuf>,
+    allow: Option<Vec<String>>,
     args: Vec<String>,
 }
+
+/// The registries a test dfdaemon trusts unless told otherwise: every loopback one, where
+/// the tests' registries run. Tests of the allow list itself name theirs
+/// ([`DfdaemonBuilder::allow_registries`]), so a stub on loopback stays outside.
+pub const LOOPBACK_REGISTRIES: [&str; 3] = ["127.0.0.1:*", "[::1]:*", "localhost:*"];
 
 impl DfdaemonBuilder {
     /// Process name in logs.
@@ -45,6 +51,16 @@ impl DfdaemonBuilder {
     /// Use this data directory (kept by the caller, e.g. across a restart).
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Trust exactly these registries (`--access-allow`, see dfdaemon's `access.allow`)
+    /// instead of [`LOOPBACK_REGISTRIES`].
+    pub fn allow_registries<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        patterns: I,
+    ) -> Self {
+        self.allow = Some(patterns.into_iter().map(Into::into).collect());
         self
     }
 
@@ -80,6 +96,12 @@ impl DfdaemonBuilder {
             .env("RUST_LOG", "info,dfdaemon=debug,dfget=debug");
         for sn in &self.supernodes {
             builder = builder.args(["--supernode", sn]);
+        }
+        let allow = self
+            .allow
+            .unwrap_or_else(|| LOOPBACK_REGISTRIES.map(str::to_owned).to_vec());
+        for pattern in &allow {
+            builder = builder.args(["--access-allow", pattern]);
         }
         let mut daemon = builder.args(&self.args).spawn()?;
         let addr = daemon.wait_for_listen_addr("mirror=", Duration::from_secs(30))?;

@@ -14,6 +14,8 @@
 //!   access log how many times each blob was actually served.
 //! * [`LayeredImage`] is a multi-layer image with every kind of file and the tree it unpacks
 //!   to; [`nydus_fs`] and [`nydus_convert`] run the lazy-image converter on it.
+//! * [`RecordingProxy`] sits in front of a registry and records what it was sent (whose
+//!   credentials, which blobs).
 //! * [`http`] is a tiny synchronous HTTP client usable from plain and `#[tokio::test]` tests.
 //! * [`random_blob`], [`sha256_hex`], [`free_tcp_port`], [`ipv6_loopback_available`], ...
 
@@ -25,6 +27,7 @@ mod dfdaemon;
 pub mod http;
 mod image;
 mod nydus;
+mod recorder;
 mod registry;
 mod swarm;
 mod tls;
@@ -35,13 +38,14 @@ pub use containerd::{
     CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
 };
 pub use daemon::{Daemon, DaemonBuilder};
-pub use dfdaemon::{Dfdaemon, DfdaemonBuilder};
+pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{
     EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, NydusMount, RICH_LARGE_PATH,
     RICH_MTIME, RICH_SMALL_PATH, TreeEntry, fuse_available, is_mounted, mount_stat, nydus_convert,
     nydus_fs, nydus_fs_bin, registry_blob_path, try_nydus_convert,
 };
+pub use recorder::{RecordingProxy, SeenRequest};
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
     PushedImage, TestRegistry, TestRegistryBuilder,

@@ -38,6 +38,8 @@ pub struct Config {
     pub cdn: CdnConfig,
     /// Requests to origins.
     pub origin: OriginSection,
+    /// Which registries may admit a later requester to a private blob.
+    pub access: AccessSection,
     /// Harbor preheat jobs (`/preheats`, `/oapi/v1/jobs`).
     pub preheat: PreheatConfig,
     /// Limits of the API's HTTP listener (`listen`): header-read timeout, connection cap.
@@ -112,6 +114,23 @@ pub struct OriginSection {
     pub ca_files: Vec<PathBuf>,
 }
 
+/// Which registries may admit a requester to a private blob first fetched by someone else.
+///
+/// Tasks are keyed by digest, so one blob is shared by requesters of several registries
+/// and repositories. A later requester of a private blob is checked with a `HEAD` of its
+/// own URL, with its own credentials (never the first requester's URL, so a registry never
+/// sees another registry's token), and only if that URL's registry is the one the blob was
+/// fetched from or matches a pattern here; any other requester is refused (403) without a
+/// request. Public blobs (fetched without credentials) are handed to anyone.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessSection {
+    /// Registries (besides the blob's own) whose yes admits a requester, as patterns:
+    /// `host`, `host:port`, `host:*` (any port), `*.domain`, `*.domain:*`. `*` alone is
+    /// refused. Default none: only the blob's own registry.
+    pub allow: Vec<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -122,6 +141,7 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             cdn: CdnConfig::default(),
             origin: OriginSection::default(),
+            access: AccessSection::default(),
             preheat: PreheatConfig::default(),
             http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -277,6 +297,14 @@ impl Config {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
         self.http.validate("http", &mut errs);
+        if let Err(bad) = damselfly_common::allow::AllowList::parse(&self.access.allow) {
+            for (i, e) in bad {
+                errs.push(ConfigError::new(
+                    format!("access.allow[{i}]"),
+                    e.to_string(),
+                ));
+            }
+        }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 
@@ -343,6 +371,10 @@ pub struct Overrides {
     /// `preheat.token`: the Bearer token Harbor 2.12+ must present.
     #[arg(long, value_name = "TOKEN", env = "DAMSELFLY_PREHEAT_TOKEN")]
     pub preheat_token: Option<String>,
+    /// Adds a pattern to `access.allow` (repeatable): a registry whose yes admits a
+    /// requester to a private blob fetched from another registry.
+    #[arg(long = "access-allow", value_name = "PATTERN")]
+    pub access_allow: Vec<String>,
     /// `preheat.concurrency`.
     #[arg(long, value_name = "N")]
     pub preheat_concurrency: Option<usize>,
@@ -402,6 +434,7 @@ impl Overrides {
             c.origin.ca_files.clone_from(&self.origin_ca_files);
         }
         set(&mut c.preheat.token, self.preheat_token);
+        c.access.allow.extend(self.access_allow);
         set(&mut c.preheat.concurrency, self.preheat_concurrency);
         set(&mut c.preheat.timeout, self.preheat_timeout);
         set(&mut c.preheat.platform, self.preheat_platform);
@@ -430,6 +463,26 @@ mod tests {
         let back: Config = parse(&text).unwrap();
         assert_eq!(back, Config::default());
         back.validate().unwrap();
+    }
+
+    #[test]
+    fn access_allow_comes_from_file_or_flags_and_bad_patterns_are_named() {
+        let mut c: Config = parse("version = 1\n[access]\nallow = [\"*.corp.example\"]\n").unwrap();
+        c.validate().unwrap();
+        Overrides {
+            access_allow: vec!["reg.local:5000".into(), "*".into()],
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.access.allow, ["*.corp.example", "reg.local:5000", "*"]);
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["access.allow[2]"]);
+        assert!(parse::<Config>("version = 1\n[access]\ndeny = []\n").is_err());
     }
 
     /// deploy/config/supernode.toml is the default file with comments: the same keys, each

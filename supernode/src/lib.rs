@@ -69,6 +69,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Harbor preheat jobs.
     pub jobs: preheat::Jobs,
+    /// Registries besides a blob's own that may admit a requester to it (`access.allow`).
+    pub access_allow: damselfly_common::allow::AllowList,
     /// Nodes (dfdaemons) that announced themselves, by hostname.
     pub nodes: parking_lot::Mutex<std::collections::HashMap<String, preheat::Node>>,
 }
@@ -115,6 +117,9 @@ impl App {
         let metrics = Metrics::new(&mut registry);
         metrics.cache_bytes.set(store.used_bytes() as i64);
         let rate = config.cdn.upload_rate.as_u64();
+        // Validated with the config; a list that does not parse allows nothing.
+        let access_allow =
+            damselfly_common::allow::AllowList::parse(&config.access.allow).unwrap_or_default();
         let shared = Arc::new(Shared {
             upload_slots: Arc::new(Semaphore::new(config.cdn.upload_slots as usize)),
             upload_limiter: (rate > 0).then(|| RateLimiter::new(rate)),
@@ -122,6 +127,7 @@ impl App {
             store: Arc::new(store),
             origin,
             tasks: tasks::Tasks::default(),
+            access_allow,
             metrics,
             registry,
             tracker: TaskTracker::new(),

@@ -46,6 +46,22 @@ pub struct RegisterLabels {
     pub outcome: RegisterOutcome,
 }
 
+/// Why a later requester of a private blob was not admitted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum AccessRefusal {
+    /// Its registry said no to its credentials.
+    RegistryDenied,
+    /// Its registry is neither the blob's own nor on `access.allow`: not asked.
+    UnlistedRegistry,
+}
+
+/// Label set for access refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccessRefusalLabels {
+    /// Why.
+    pub reason: AccessRefusal,
+}
+
 /// Label set for preheat job states.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -68,6 +84,8 @@ pub struct Metrics {
     pub busy_refusals: Counter,
     /// Registrations by outcome.
     pub registrations: Family<RegisterLabels, Counter>,
+    /// Later requesters of private blobs refused, by reason.
+    pub access_refusals: Family<AccessRefusalLabels, Counter>,
     /// Tasks held in memory (running or cached and recently used).
     pub tasks: Gauge,
     /// Live peers over all tasks.
@@ -98,6 +116,7 @@ impl Metrics {
             served_pieces: Counter::default(),
             busy_refusals: Counter::default(),
             registrations: Family::default(),
+            access_refusals: Family::default(),
             tasks: Gauge::default(),
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
@@ -140,6 +159,22 @@ impl Metrics {
             "registrations",
             "Task registrations by outcome",
             m.registrations.clone(),
+        );
+        // Both reasons exported from the start, at 0: a refusal is rare, and an alert on
+        // its rate needs the series before the first one.
+        for reason in [
+            AccessRefusal::RegistryDenied,
+            AccessRefusal::UnlistedRegistry,
+        ] {
+            drop(
+                m.access_refusals
+                    .get_or_create(&AccessRefusalLabels { reason }),
+            );
+        }
+        r.register(
+            "access_refusals",
+            "Later requesters of private blobs refused, by reason",
+            m.access_refusals.clone(),
         );
         r.register("tasks", "Tasks held in memory", m.tasks.clone());
         r.register("peers", "Live peers over all tasks", m.peers.clone());
@@ -201,6 +236,13 @@ impl Metrics {
     pub fn origin_request(&self, kind: OriginKind) {
         self.origin_requests
             .get_or_create(&OriginLabels { kind })
+            .inc();
+    }
+
+    /// Counts one requester refused for `reason`.
+    pub fn access_refusal(&self, reason: AccessRefusal) {
+        self.access_refusals
+            .get_or_create(&AccessRefusalLabels { reason })
             .inc();
     }
 

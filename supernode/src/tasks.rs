@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use damselfly_common::Digest;
+use damselfly_common::{
+    Digest,
+    allow::{AllowList, url_host, url_origin},
+};
 use damselfly_oci::OriginError;
 use damselfly_store::{TaskMeta, TaskState};
 use damselfly_swarm::{SchedulerConfig, TaskScheduler, piece_count, piece_size_for};
@@ -21,7 +24,7 @@ use tracing::{debug, info};
 
 use crate::{
     Shared, cdn,
-    metrics::OriginKind,
+    metrics::{AccessRefusal, OriginKind},
     task::{CdnState, Task},
 };
 
@@ -77,7 +80,8 @@ type Access = (Instant, Option<(u16, String)>);
 #[derive(Debug, Default)]
 pub struct Tasks {
     slots: Mutex<HashMap<String, Slot>>,
-    /// `(task id, credential fingerprint)` → (checked at, refusal if refused).
+    /// `(task id, access_key(requester URL, credential fingerprint))` → (checked at,
+    /// refusal if refused).
     access: Mutex<HashMap<(String, [u8; 32]), Access>>,
 }
 
@@ -161,6 +165,12 @@ impl Tasks {
         }
     }
 
+    /// Whether a later requester may read `task`'s blob: public blobs and the requester
+    /// whose GET fetched it pass; anyone else is checked with a `HEAD` of its *own* URL
+    /// (its registry and repository), with its own credentials, and only when that URL's
+    /// registry is the blob's own or on `access.allow`: a registry the requester merely
+    /// names could answer yes to anyone, and the first requester's registry must never see
+    /// another registry's token.
     async fn authorize(
         &self,
         shared: &Shared,
@@ -174,7 +184,21 @@ impl Tasks {
         if task.creator == Some(fp) {
             return Ok(());
         }
-        let key = (task.id().to_owned(), fp);
+        if let Err(refusal) = vouching_registry(&shared.access_allow, &task.meta.url, &wanted.url) {
+            shared
+                .metrics
+                .access_refusal(AccessRefusal::UnlistedRegistry);
+            info!(
+                task = %task.id(),
+                registry = refusal.registry,
+                "refused a requester whose registry is neither the blob's own nor on access.allow"
+            );
+            return Err(RegisterError::Denied {
+                status: 403,
+                message: refusal.to_string(),
+            });
+        }
+        let key = (task.id().to_owned(), access_key(&wanted.url, &fp));
         let ttl = shared.config.origin.auth_cache_ttl;
         let now = Instant::now();
         if let Some((at, refusal)) = self.access.lock().get(&key).cloned()
@@ -188,14 +212,17 @@ impl Tasks {
         shared.metrics.origin_request(OriginKind::Head);
         let refusal = match shared
             .origin
-            .check_access(&task.meta.url, &wanted.headers)
+            .check_access(&wanted.url, &wanted.headers)
             .await
         {
             Ok(()) => None,
             Err(OriginError::Status { status, message }) => Some((status.as_u16(), message)),
             Err(other) => Some((502, other.to_string())),
         };
-        debug!(task = %task.id(), allowed = refusal.is_none(), "checked requester access at the origin");
+        if refusal.is_some() {
+            shared.metrics.access_refusal(AccessRefusal::RegistryDenied);
+        }
+        debug!(task = %task.id(), allowed = refusal.is_none(), "checked requester access at its registry");
         let mut access = self.access.lock();
         access.retain(|_, (at, _)| now.duration_since(*at) < ttl);
         access.insert(key, (now, refusal.clone()));
@@ -204,6 +231,51 @@ impl Tasks {
             Some((status, message)) => Err(RegisterError::Denied { status, message }),
         }
     }
+}
+
+/// A requester's registry that may not vouch for a blob fetched from another one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "registry {registry} may not admit requesters to this blob (it came from {origin}; \
+     the supernode's access.allow does not list {registry})"
+)]
+pub struct UnlistedRegistry {
+    /// `host[:port]` of the requester's URL (`<none>` if it has none).
+    pub registry: String,
+    /// `scheme://host[:port]` the blob was fetched from.
+    pub origin: String,
+}
+
+/// Checks that `requested` (a later requester's URL) is on the blob's own registry (the
+/// one `fetched_from` names: same scheme, host and port) or on `access.allow`.
+///
+/// # Errors
+/// [`UnlistedRegistry`] otherwise.
+pub fn vouching_registry(
+    allow: &AllowList,
+    fetched_from: &str,
+    requested: &str,
+) -> Result<(), UnlistedRegistry> {
+    let origin = url_origin(fetched_from);
+    let host = url_host(requested);
+    let own = origin.is_some() && origin == url_origin(requested);
+    if own || host.is_some_and(|h| allow.allows(h)) {
+        return Ok(());
+    }
+    Err(UnlistedRegistry {
+        registry: host.unwrap_or("<none>").to_owned(),
+        origin: origin.unwrap_or_else(|| "<unknown>".to_owned()),
+    })
+}
+
+/// The access cache's key for a requester: its URL (registry and repository) and its
+/// credentials' fingerprint.
+fn access_key(url: &str, fingerprint: &[u8; 32]) -> [u8; 32] {
+    let mut bytes = Vec::with_capacity(url.len() + 40);
+    bytes.extend_from_slice(&(url.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(url.as_bytes());
+    bytes.extend_from_slice(fingerprint);
+    Digest::of(&bytes).0
 }
 
 /// A fingerprint of the credentials among `headers` (`Authorization`, `Cookie`), so the access
@@ -328,5 +400,42 @@ pub fn sweep(tasks: &Tasks, now: Instant, idle: Duration) {
         if drop_it {
             tasks.forget(&task);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "http://reg-a.local:5000/v2/team-a/app/blobs/sha256:0";
+
+    #[test]
+    fn a_requester_is_checked_only_at_the_blobs_own_registry_or_a_listed_one() {
+        let none = AllowList::default();
+        // Its own registry, any repository.
+        assert!(vouching_registry(&none, A, "http://reg-a.local:5000/v2/other/blobs/x").is_ok());
+        assert!(vouching_registry(&none, A, "HTTP://REG-A.local:5000/v2/a/blobs/x").is_ok());
+        // Another registry, another port or scheme of the same host, a stub, no URL.
+        for other in [
+            "http://reg-b.local:5000/v2/team-b/app/blobs/x",
+            "http://reg-a.local:5001/v2/team-a/app/blobs/x",
+            "https://reg-a.local:5000/v2/team-a/app/blobs/x",
+            "http://127.0.0.1:8080/v2/team-a/app/blobs/x",
+            "not a url",
+        ] {
+            let e = vouching_registry(&none, A, other).unwrap_err();
+            assert!(e.to_string().contains("access.allow"), "{e}");
+        }
+        let allow = AllowList::parse(&["reg-b.local:*"]).unwrap();
+        assert!(vouching_registry(&allow, A, "http://reg-b.local:5000/v2/b/blobs/x").is_ok());
+        assert!(vouching_registry(&allow, A, "http://127.0.0.1:8080/v2/b/blobs/x").is_err());
+    }
+
+    #[test]
+    fn access_keys_differ_by_url_and_credential() {
+        let (a, b) = ([1; 32], [2; 32]);
+        assert_eq!(access_key(A, &a), access_key(A, &a));
+        assert_ne!(access_key(A, &a), access_key(A, &b));
+        assert_ne!(access_key(A, &a), access_key("http://reg-b.local/v2/x", &a));
     }
 }
