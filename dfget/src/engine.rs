@@ -110,7 +110,7 @@ pub struct EngineConfig {
     /// connection per parent, [`crate::announce`]) rather than from the supernode's sync
     /// answers, which then name parent changes only. Default on; applies to the TCP
     /// transport (QUIC peers always get bitmaps from the supernode). Off: every sync answer
-    /// carries every parent's bitmap, as before version 0.x. At 1,000 simulated peers this
+    /// carries every parent's bitmap. At 1,000 simulated peers this
     /// cut the supernode's sync-answer bytes about fivefold (docs/benchmarks.md).
     pub announcements: bool,
     /// Origin client settings.
