@@ -61,6 +61,10 @@ struct Args {
     /// Skip the everyone-from-the-origin baseline (it takes N·F/seed-rate).
     #[arg(long)]
     no_baseline: bool,
+    /// Peers learn parents' pieces from the supernode's sync answers, not from the parents'
+    /// announcements (dfget --no-announcements).
+    #[arg(long)]
+    no_announcements: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -127,6 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             supernodes: vec![sn.addr().to_string()],
             download_rate: rate,
             upload_rate: rate,
+            announcements: !args.no_announcements,
         };
         let label = format!("swarm #{}", i + 1);
         let mut run = flash_crowd(&origin, &digest, args.peers, &spec, label).await?;
@@ -141,6 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             supernodes: Vec::new(),
             download_rate: rate,
             upload_rate: rate,
+            announcements: !args.no_announcements,
         };
         let run = flash_crowd(&origin, &digest, args.peers, &spec, "origin only".into()).await?;
         print_run(&run, bound);

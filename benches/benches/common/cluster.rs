@@ -75,6 +75,8 @@ pub(crate) struct PeerSpec {
     pub(crate) download_rate: u64,
     /// Bytes per second; 0 = unlimited.
     pub(crate) upload_rate: u64,
+    /// Parents announce their pieces (dfget's default); false: the supernode relays bitmaps.
+    pub(crate) announcements: bool,
 }
 
 /// Starts `n` engines on loopback.
@@ -86,6 +88,7 @@ pub(crate) async fn engines(n: usize, spec: &PeerSpec) -> anyhow::Result<Vec<Arc
             peer_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             download_rate: spec.download_rate,
             upload_rate: spec.upload_rate,
+            announcements: spec.announcements,
             ..dfget::EngineConfig::default()
         })
         .await?;
