@@ -136,6 +136,8 @@ impl App {
             config.cache.low_watermark,
         )
         .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
         let engine = Engine::start(EngineConfig {
             supernodes: config.supernodes.clone(),
             peer_listen: Some(config.peer_listen),
@@ -154,6 +156,8 @@ impl App {
             origin: damselfly_oci::OriginConfig {
                 connect_timeout: config.upstream.connect_timeout,
                 read_timeout: config.upstream.read_timeout,
+                retry: config.upstream.retry.clone(),
+                observer: Some(Arc::new(metrics.clone())),
                 ca_files: config
                     .registries
                     .iter()
@@ -168,8 +172,6 @@ impl App {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the mirror to {}", config.listen))?;
-        let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
         metrics.cache_bytes.set(cache.used_bytes() as i64);
         let upstreams = Upstreams::new(&config)?;
         Ok(Self {

@@ -1,6 +1,7 @@
 //! Prometheus metrics of dfdaemon (prefix `damselfly_dfdaemon_`). Labels are bounded sets,
 //! never repositories, digests or URLs.
 
+use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -55,6 +56,15 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label set for failed origin attempts: the same labels as the supernode's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginFailureLabels {
+    /// [`FailureReason::label`].
+    pub reason: &'static str,
+    /// [`FailureAction::label`]: `retried` or `gave_up`.
+    pub action: &'static str,
+}
+
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -66,6 +76,8 @@ pub struct Metrics {
     pub fallbacks: Family<ReasonLabels, Counter>,
     /// Failures, by reason.
     pub errors: Family<ReasonLabels, Counter>,
+    /// Failed attempts of the node's own origin fetches (back to source).
+    pub origin_failures: Family<OriginFailureLabels, Counter>,
     /// Blob downloads in progress.
     pub downloads: Gauge,
     /// Bytes held in the node cache.
@@ -95,6 +107,11 @@ impl Metrics {
             m.fallbacks.clone(),
         );
         r.register("errors", "Failures, by reason", m.errors.clone());
+        r.register(
+            "origin_failures",
+            "Failed origin blob requests of back-to-source fetches, by reason and whether they were retried",
+            m.origin_failures.clone(),
+        );
         r.register(
             "downloads",
             "Blob downloads in progress",
@@ -145,5 +162,16 @@ impl Metrics {
     /// Counts a fallback to the origin.
     pub fn fallback(&self, reason: &'static str) {
         self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+impl OriginObserver for Metrics {
+    fn failure(&self, reason: FailureReason, action: FailureAction) {
+        self.origin_failures
+            .get_or_create(&OriginFailureLabels {
+                reason: reason.label(),
+                action: action.label(),
+            })
+            .inc();
     }
 }

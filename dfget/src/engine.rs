@@ -25,7 +25,10 @@ use std::{
 };
 
 use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
-use damselfly_oci::{Origin, OriginConfig, OriginError};
+use damselfly_oci::{
+    Origin, OriginConfig, OriginError,
+    retry::{FailureAction, FailureReason},
+};
 use damselfly_proto::{
     BadPiece, Header, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, TaskState,
@@ -995,6 +998,9 @@ impl Engine {
         if let Some(expected) = digest
             && expected != actual
         {
+            if let Some(observer) = &self.config.origin.observer {
+                observer.failure(FailureReason::DigestMismatch, FailureAction::GaveUp);
+            }
             return Err(DownloadError::DigestMismatch { expected, actual });
         }
         out.commit(req.durable)?;
@@ -1225,12 +1231,18 @@ fn strip_prefix(message: &str) -> String {
 }
 
 fn origin_error(e: OriginError) -> DownloadError {
-    match e {
-        OriginError::Status { status, message } => DownloadError::Origin {
+    match (&e, e.last()) {
+        (OriginError::GaveUp { attempts, .. }, OriginError::Status { status, message }) => {
+            DownloadError::Origin {
+                status: status.as_u16(),
+                message: format!("{message} (gave up after {attempts} attempts)"),
+            }
+        }
+        (_, OriginError::Status { status, message }) => DownloadError::Origin {
             status: status.as_u16(),
-            message,
+            message: message.clone(),
         },
-        other => DownloadError::NoRoute(other.to_string()),
+        _ => DownloadError::NoRoute(e.to_string()),
     }
 }
 
