@@ -107,6 +107,15 @@ impl Metrics {
             m.fallbacks.clone(),
         );
         r.register("errors", "Failures, by reason", m.errors.clone());
+        // Every (reason, action) from the start, as the supernode does.
+        for reason in FailureReason::ALL {
+            for action in [FailureAction::Retried, FailureAction::GaveUp] {
+                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
+                    reason: reason.label(),
+                    action: action.label(),
+                }));
+            }
+        }
         r.register(
             "origin_failures",
             "Failed origin blob requests of back-to-source fetches, by reason and whether they were retried",

@@ -134,6 +134,16 @@ impl Metrics {
             "Requests sent to origins",
             m.origin_requests.clone(),
         );
+        // Every (reason, action) from the start, so rates and alerts see zeros rather than
+        // no series (18 series: the labels are bounded).
+        for reason in FailureReason::ALL {
+            for action in [FailureAction::Retried, FailureAction::GaveUp] {
+                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
+                    reason: reason.label(),
+                    action: action.label(),
+                }));
+            }
+        }
         r.register(
             "origin_failures",
             "Failed origin blob requests, by reason and whether they were retried",
