@@ -797,7 +797,7 @@ async fn download(
             m.bytes(Source::Supernode, report.from_supernode);
             m.bytes(Source::Origin, report.from_origin);
             if let Some(why) = &report.back_source {
-                m.fallback(fallback_reason(why));
+                m.fallback(why.reason.label());
             }
             info!(
                 %digest,
@@ -860,18 +860,6 @@ async fn download(
         }
     }
     state.metrics.downloads.dec();
-}
-
-fn fallback_reason(why: &str) -> &'static str {
-    if why.starts_with("no supernode") {
-        "no_supernode"
-    } else if why.starts_with("supernode lost") {
-        "supernode_lost"
-    } else if why.starts_with("supernode cannot reach the origin") {
-        "supernode_origin_unreachable"
-    } else {
-        "supernode_unreachable"
-    }
 }
 
 impl Failure {
