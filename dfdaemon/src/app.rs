@@ -139,6 +139,8 @@ impl App {
             config.cache.low_watermark,
         )
         .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
         let engine = Engine::start(EngineConfig {
             supernodes: config.supernodes.clone(),
             peer_listen: Some(config.peer_listen),
@@ -158,6 +160,8 @@ impl App {
             origin: damselfly_oci::OriginConfig {
                 connect_timeout: config.upstream.connect_timeout,
                 read_timeout: config.upstream.read_timeout,
+                retry: config.upstream.retry.clone(),
+                observer: Some(Arc::new(metrics.clone())),
                 ca_files: config
                     .registries
                     .iter()
@@ -172,8 +176,6 @@ impl App {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the mirror to {}", config.listen))?;
-        let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
         metrics.cache_bytes.set(cache.used_bytes() as i64);
         let upstreams = Upstreams::new(&config)?;
         let policy = AccessPolicy::new(&config);
@@ -851,7 +853,7 @@ async fn download(
             m.bytes(Source::Supernode, report.from_supernode);
             m.bytes(Source::Origin, report.from_origin);
             if let Some(why) = &report.back_source {
-                m.fallback(fallback_reason(why));
+                m.fallback(why.reason.label());
             }
             info!(
                 %digest,
@@ -914,18 +916,6 @@ async fn download(
         }
     }
     state.metrics.downloads.dec();
-}
-
-fn fallback_reason(why: &str) -> &'static str {
-    if why.starts_with("no supernode") {
-        "no_supernode"
-    } else if why.starts_with("supernode lost") {
-        "supernode_lost"
-    } else if why.starts_with("supernode cannot reach the origin") {
-        "supernode_origin_unreachable"
-    } else {
-        "supernode_unreachable"
-    }
 }
 
 impl Failure {

@@ -23,6 +23,7 @@ use damselfly_common::{
     config::{CONFIG_VERSION, ConfigError},
     server::HttpLimits,
 };
+use damselfly_oci::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The whole dfdaemon config.
@@ -147,13 +148,18 @@ pub struct UpstreamConfig {
     /// TCP/TLS connect timeout. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest silence while reading an answer. Default 60 s.
+    /// Longest silence while reading an answer. Default 60 s. For blob bodies the node
+    /// fetches itself (back to source) it is only a backstop under `retry.stall_timeout`.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// How long a registry's "yes, these credentials may read this blob" is trusted before
     /// it is asked again. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub access_cache_ttl: Duration,
+    /// Retries, backoff and the stall watchdog of the blobs the node fetches from registries
+    /// itself (back to source); `[upstream.retry]`, the keys and defaults of the
+    /// supernode's `[origin.retry]` ([`RetryPolicy`]).
+    pub retry: RetryPolicy,
 }
 
 /// Registries whose access checks the node believes (see [`crate::access`]).
@@ -252,6 +258,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             access_cache_ttl: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -300,6 +307,7 @@ impl Config {
         if self.p2p.keepalive_interval.is_zero() {
             errs.push(ConfigError::new("p2p.keepalive_interval", "must be > 0"));
         }
+        self.upstream.retry.validate("upstream.retry", &mut errs);
         self.http.validate("http", &mut errs);
         if let Some(h) = &self.hostname
             && !valid_hostname(h)
@@ -446,6 +454,24 @@ pub struct Overrides {
     /// `upstream.read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Option<Duration>,
+    /// `upstream.retry.retries`: further attempts of a failing back-to-source fetch.
+    #[arg(long, value_name = "N")]
+    pub upstream_retries: Option<u32>,
+    /// `upstream.retry.backoff_base`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_backoff_base: Option<Duration>,
+    /// `upstream.retry.backoff_cap`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_backoff_cap: Option<Duration>,
+    /// `upstream.retry.retry_after_cap`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_retry_after_cap: Option<Duration>,
+    /// `upstream.retry.stall_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_stall_timeout: Option<Duration>,
+    /// `upstream.retry.min_rate` (bytes per second).
+    #[arg(long, value_name = "BYTES")]
+    pub upstream_min_rate: Option<ByteSize>,
     /// `upstream.access_cache_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_access_cache_ttl: Option<Duration>,
@@ -525,6 +551,13 @@ impl Overrides {
             self.upstream_connect_timeout,
         );
         set(&mut c.upstream.read_timeout, self.upstream_read_timeout);
+        let r = &mut c.upstream.retry;
+        set(&mut r.retries, self.upstream_retries);
+        set(&mut r.backoff_base, self.upstream_backoff_base);
+        set(&mut r.backoff_cap, self.upstream_backoff_cap);
+        set(&mut r.retry_after_cap, self.upstream_retry_after_cap);
+        set(&mut r.stall_timeout, self.upstream_stall_timeout);
+        set(&mut r.min_rate, self.upstream_min_rate);
         set(
             &mut c.upstream.access_cache_ttl,
             self.upstream_access_cache_ttl,
@@ -715,6 +748,32 @@ mod tests {
         assert_eq!(keys, ["access.allow[2]"]);
         assert!(parse::<Config>("version = 1\n[access]\nunlisted = \"allow\"\n").is_err());
         assert!(parse::<Config>("version = 1\n[access]\ndeny = []\n").is_err());
+    }
+
+    #[test]
+    fn upstream_retry_comes_from_file_or_flags() {
+        let mut c: Config =
+            parse("version = 1\n[upstream.retry]\nretries = 1\nretry_after_cap = \"30s\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.upstream.retry.retries, 1);
+        assert_eq!(c.upstream.retry.retry_after_cap, Duration::from_secs(30));
+        assert_eq!(c.upstream.retry.stall_timeout, Duration::from_secs(5));
+        Overrides {
+            upstream_stall_timeout: Some(Duration::from_secs(2)),
+            upstream_backoff_base: Some(Duration::from_secs(60)),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.upstream.retry.stall_timeout, Duration::from_secs(2));
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["upstream.retry.backoff_base"]);
+        assert!(parse::<Config>("version = 1\n[upstream.retry]\nretry = 1\n").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Prometheus metrics of dfdaemon (prefix `damselfly_dfdaemon_`). Labels are bounded sets,
 //! never repositories, digests or URLs.
 
+use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -57,6 +58,14 @@ pub struct ReasonLabels {
 
 /// The `reason`s of `access_refusals_total`.
 pub const ACCESS_REFUSALS: [&str; 3] = ["registry_denied", "unlisted_proxied", "unlisted_refused"];
+/// Label set for failed origin attempts: the same labels as the supernode's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginFailureLabels {
+    /// [`FailureReason::label`].
+    pub reason: &'static str,
+    /// [`FailureAction::label`]: `retried` or `gave_up`.
+    pub action: &'static str,
+}
 
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -71,6 +80,8 @@ pub struct Metrics {
     pub errors: Family<ReasonLabels, Counter>,
     /// Blob requests not served from this node for want of access, by reason.
     pub access_refusals: Family<ReasonLabels, Counter>,
+    /// Failed attempts of the node's own origin fetches (back to source).
+    pub origin_failures: Family<OriginFailureLabels, Counter>,
     /// Blob downloads in progress.
     pub downloads: Gauge,
     /// Bytes held in the node cache.
@@ -109,6 +120,20 @@ impl Metrics {
             "access_refusals",
             "Requests not served from this node for want of access, by reason",
             m.access_refusals.clone(),
+        );
+        // Every (reason, action) from the start, as the supernode does.
+        for reason in FailureReason::ALL {
+            for action in [FailureAction::Retried, FailureAction::GaveUp] {
+                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
+                    reason: reason.label(),
+                    action: action.label(),
+                }));
+            }
+        }
+        r.register(
+            "origin_failures",
+            "Failed origin blob requests of back-to-source fetches, by reason and whether they were retried",
+            m.origin_failures.clone(),
         );
         r.register(
             "downloads",
@@ -169,5 +194,16 @@ impl Metrics {
     /// Counts a fallback to the origin.
     pub fn fallback(&self, reason: &'static str) {
         self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+impl OriginObserver for Metrics {
+    fn failure(&self, reason: FailureReason, action: FailureAction) {
+        self.origin_failures
+            .get_or_create(&OriginFailureLabels {
+                reason: reason.label(),
+                action: action.label(),
+            })
+            .inc();
     }
 }

@@ -25,7 +25,10 @@ use std::{
 };
 
 use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
-use damselfly_oci::{Origin, OriginConfig, OriginError};
+use damselfly_oci::{
+    Origin, OriginConfig, OriginError,
+    retry::{FailureAction, FailureReason},
+};
 use damselfly_proto::{
     BadPiece, Header, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, TaskState,
@@ -47,7 +50,7 @@ use crate::{
     fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
-    report::{Progress, Report, WholeFileCheck},
+    report::{BackSource, FallbackReason, Progress, Report, WholeFileCheck},
     server::{Fault, PieceServer, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
     tcp,
@@ -581,7 +584,16 @@ impl Engine {
         let digest = req.digest.or_else(|| damselfly_oci::blob_digest(&req.url));
         if self.supernodes.is_empty() {
             return self
-                .back_source(req, digest, started, progress, "no supernode configured")
+                .back_source(
+                    req,
+                    digest,
+                    started,
+                    progress,
+                    BackSource {
+                        reason: FallbackReason::NoSupernode,
+                        detail: "no supernode configured".into(),
+                    },
+                )
                 .await;
         }
         let register = RegisterRequest {
@@ -616,15 +628,21 @@ impl Engine {
                 // The supernode cannot reach the origin (network, DNS, a CA it does not
                 // trust): this node may well, so it tries itself when it may.
                 Err(SupernodeError::Refused(r)) if r.code == "ORIGIN_UNREACHABLE" => {
-                    let why = format!("supernode cannot reach the origin ({})", r.message);
-                    return self.back_source(req, digest, started, progress, &why).await;
+                    let why = BackSource {
+                        reason: FallbackReason::SupernodeOriginUnreachable,
+                        detail: format!("supernode cannot reach the origin ({})", r.message),
+                    };
+                    return self.back_source(req, digest, started, progress, why).await;
                 }
                 Err(e) => return Err(refusal(e)),
             }
         }
         let Some((index, task)) = registered else {
-            let why = format!("supernode unreachable ({})", unreachable.join("; "));
-            return self.back_source(req, digest, started, progress, &why).await;
+            let why = BackSource {
+                reason: FallbackReason::SupernodeUnreachable,
+                detail: format!("supernode unreachable ({})", unreachable.join("; ")),
+            };
+            return self.back_source(req, digest, started, progress, why).await;
         };
         let sn = &self.supernodes[index];
         self.joined.lock().insert(
@@ -657,8 +675,11 @@ impl Engine {
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
                 self.abandon(&task.task_id);
                 drop(out);
-                let why = format!("supernode lost mid-download ({why})");
-                return self.back_source(req, digest, started, progress, &why).await;
+                let why = BackSource {
+                    reason: FallbackReason::SupernodeLost,
+                    detail: format!("supernode lost mid-download ({why})"),
+                };
+                return self.back_source(req, digest, started, progress, why).await;
             }
             Err(SwarmError::SupernodeLost(why)) => {
                 self.abandon(&task.task_id);
@@ -1009,14 +1030,14 @@ impl Engine {
         digest: Option<Digest>,
         started: Instant,
         progress: &dyn Progress,
-        why: &str,
+        why: BackSource,
     ) -> Result<Report, DownloadError> {
         if !self.config.back_source {
             return Err(DownloadError::NoRoute(format!(
                 "{why} and back-to-source is off"
             )));
         }
-        warn!(reason = why, url = %req.url, "fetching from the origin directly");
+        warn!(reason = why.reason.label(), detail = %why, url = %req.url, "fetching from the origin directly");
         let resp = self
             .origin
             .get(&req.url, &req.headers)
@@ -1060,6 +1081,9 @@ impl Engine {
         if let Some(expected) = digest
             && expected != actual
         {
+            if let Some(observer) = &self.config.origin.observer {
+                observer.failure(FailureReason::DigestMismatch, FailureAction::GaveUp);
+            }
             return Err(DownloadError::DigestMismatch { expected, actual });
         }
         out.commit(req.durable)?;
@@ -1068,7 +1092,7 @@ impl Engine {
             bytes: offset,
             elapsed: started.elapsed(),
             from_origin: offset,
-            back_source: Some(why.to_owned()),
+            back_source: Some(why),
             digest: actual.to_string(),
             ..Report::default()
         })
@@ -1297,12 +1321,18 @@ fn strip_prefix(message: &str) -> String {
 }
 
 fn origin_error(e: OriginError) -> DownloadError {
-    match e {
-        OriginError::Status { status, message } => DownloadError::Origin {
+    match (&e, e.last()) {
+        (OriginError::GaveUp { attempts, .. }, OriginError::Status { status, message }) => {
+            DownloadError::Origin {
+                status: status.as_u16(),
+                message: format!("{message} (gave up after {attempts} attempts)"),
+            }
+        }
+        (_, OriginError::Status { status, message }) => DownloadError::Origin {
             status: status.as_u16(),
-            message,
+            message: message.clone(),
         },
-        other => DownloadError::NoRoute(other.to_string()),
+        _ => DownloadError::NoRoute(e.to_string()),
     }
 }
 

@@ -26,5 +26,5 @@ pub mod tcp;
 
 pub use engine::{DownloadError, DownloadRequest, Engine, EngineConfig};
 pub use fetch::Transport;
-pub use report::{NoProgress, Progress, Report, WholeFileCheck};
+pub use report::{BackSource, FallbackReason, NoProgress, Progress, Report, WholeFileCheck};
 pub use server::Fault;

@@ -80,6 +80,23 @@ struct Cli {
     /// Concurrent piece downloads.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_in_flight: usize,
+    /// Further attempts of a failing origin fetch (back to source): 5xx, 429, connection
+    /// errors, a body that breaks, stalls or trickles; a resumed body continues with a
+    /// `Range` request. Default 4.
+    #[arg(long, value_name = "N")]
+    origin_retries: Option<u32>,
+    /// Wait before the first origin retry, doubled for each further one (jittered).
+    /// Default 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    origin_backoff_base: Option<Duration>,
+    /// An origin silent this long (no answer, no body byte) is dropped and the fetch
+    /// resumed. Default 5s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    origin_stall_timeout: Option<Duration>,
+    /// Slowest accepted origin rate per second over each stall window; below it the fetch is
+    /// resumed on a new connection (0 = only silence counts). Default 16KiB.
+    #[arg(long, value_name = "BYTES")]
+    origin_min_rate: Option<ByteSize>,
     /// Write a JSON report (bytes by source, time) to this file.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -145,6 +162,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     config.picker.max_in_flight = cli.max_in_flight.max(1);
+    let retry = &mut config.origin.retry;
+    retry.retries = cli.origin_retries.unwrap_or(retry.retries);
+    retry.backoff_base = cli.origin_backoff_base.unwrap_or(retry.backoff_base);
+    retry.backoff_cap = retry.backoff_cap.max(retry.backoff_base);
+    retry.stall_timeout = cli.origin_stall_timeout.unwrap_or(retry.stall_timeout);
+    retry.min_rate = cli.origin_min_rate.unwrap_or(retry.min_rate);
     let engine = Engine::start(config).await?;
     let request = DownloadRequest {
         url: cli.url.clone(),

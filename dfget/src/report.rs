@@ -33,7 +33,7 @@ pub struct Report {
     /// bitfield arrived); 0 with announcements off or on the QUIC transport.
     pub announcing_parents: u32,
     /// Whether the download went back to the origin, and why.
-    pub back_source: Option<String>,
+    pub back_source: Option<BackSource>,
     /// The sha256 of the output.
     pub digest: String,
     /// How the output was matched to `digest`.
@@ -45,6 +45,49 @@ pub struct Report {
     /// (empty back to source), so a cache can record them without hashing the file again.
     #[serde(skip)]
     pub piece_digests: Vec<[u8; 32]>,
+}
+
+/// Why a download went to the origin instead of the swarm. [`FallbackReason::label`] is
+/// the `reason` label of dfdaemon's `p2p_fallbacks_total`, defined here where the decision
+/// is made, so no caller matches on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// No supernode is configured.
+    NoSupernode,
+    /// No supernode answered the registration.
+    SupernodeUnreachable,
+    /// The supernode went silent mid-download, or forgot the task.
+    SupernodeLost,
+    /// The supernode could not reach the origin (network, DNS, a CA it does not trust).
+    SupernodeOriginUnreachable,
+}
+
+impl FallbackReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoSupernode => "no_supernode",
+            Self::SupernodeUnreachable => "supernode_unreachable",
+            Self::SupernodeLost => "supernode_lost",
+            Self::SupernodeOriginUnreachable => "supernode_origin_unreachable",
+        }
+    }
+}
+
+/// A back to source: why, and the details for people.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackSource {
+    /// Why.
+    pub reason: FallbackReason,
+    /// What happened, e.g. `supernode unreachable (127.0.0.1:8002: connection refused)`.
+    pub detail: String,
+}
+
+impl std::fmt::Display for BackSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 /// How a download's output was matched to its digest.
@@ -95,4 +138,33 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn set_total(&self, _: u64) {}
     fn advance(&self, _: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_source_reports_its_reason_as_a_label_and_in_json() {
+        let why = BackSource {
+            reason: FallbackReason::SupernodeOriginUnreachable,
+            detail: "supernode cannot reach the origin (dns error)".into(),
+        };
+        assert_eq!(
+            why.to_string(),
+            "supernode cannot reach the origin (dns error)"
+        );
+        assert_eq!(why.reason.label(), "supernode_origin_unreachable");
+        let json = serde_json::to_value(&why).unwrap();
+        assert_eq!(json["reason"], "supernode_origin_unreachable");
+        let labels: std::collections::HashSet<_> = [
+            FallbackReason::NoSupernode,
+            FallbackReason::SupernodeUnreachable,
+            FallbackReason::SupernodeLost,
+            FallbackReason::SupernodeOriginUnreachable,
+        ]
+        .map(FallbackReason::label)
+        .into();
+        assert_eq!(labels.len(), 4);
+    }
 }

@@ -16,6 +16,8 @@
 //!   to; [`nydus_fs`] and [`nydus_convert`] run the lazy-image converter on it.
 //! * [`RecordingProxy`] sits in front of a registry and records what it was sent (whose
 //!   credentials, which blobs).
+//! * [`FaultyOrigin`] is a stub registry for origin faults a real one cannot produce on
+//!   demand (503/429 with `Retry-After`, a body cut, stalled or trickling), with `Range`.
 //! * [`http`] is a tiny synchronous HTTP client usable from plain and `#[tokio::test]` tests.
 //! * [`random_blob`], [`sha256_hex`], [`free_tcp_port`], [`ipv6_loopback_available`], ...
 
@@ -24,6 +26,7 @@
 mod containerd;
 mod daemon;
 mod dfdaemon;
+mod faulty;
 pub mod http;
 mod image;
 mod nydus;
@@ -39,6 +42,7 @@ pub use containerd::{
 };
 pub use daemon::{Daemon, DaemonBuilder};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
+pub use faulty::{Fault, FaultyOrigin, OriginRequest};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{
     EntryKind, ImageLayer, LAYER_GZIP, LAYER_TAR, LayeredImage, NydusMount, RICH_LARGE_PATH,

@@ -3,6 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
+    sync::Arc,
     time::Duration,
 };
 
@@ -14,18 +15,28 @@ use reqwest::{
     redirect,
 };
 
+use crate::{
+    fetch::Fetch,
+    retry::{FailureReason, OriginObserver, RetryPolicy},
+};
+
 /// Origin client settings.
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
     /// TCP/TLS connect timeout.
     pub connect_timeout: Duration,
-    /// Longest silence while reading a body before the fetch is abandoned.
+    /// Longest silence of a socket (waiting for an answer or reading a body): the backstop
+    /// under `retry.stall_timeout`, which is what catches a stalled blob body.
     pub read_timeout: Duration,
     /// Redirects followed at most.
     pub max_redirects: usize,
     /// PEM files of extra certificate authorities to trust (each may hold several), on top
     /// of the built-in roots: for registries behind an internal CA.
     pub ca_files: Vec<PathBuf>,
+    /// Retries, backoff and the stall watchdog of [`Origin::get`].
+    pub retry: RetryPolicy,
+    /// Told about every failed attempt of [`Origin::get`] (a daemon's metrics).
+    pub observer: Option<Arc<dyn OriginObserver>>,
 }
 
 impl Default for OriginConfig {
@@ -35,6 +46,8 @@ impl Default for OriginConfig {
             read_timeout: Duration::from_secs(60),
             max_redirects: 10,
             ca_files: Vec::new(),
+            retry: RetryPolicy::default(),
+            observer: None,
         }
     }
 }
@@ -50,9 +63,51 @@ pub enum OriginError {
         /// The registry's error message, or the start of the body.
         message: String,
     },
-    /// The origin could not be reached or the connection broke.
+    /// The origin could not be reached or closed before answering.
     #[error("origin unreachable: {0}")]
     Transport(String),
+    /// The connection broke, or the body ended, before the whole blob arrived.
+    #[error("origin connection broke after {at} bytes: {reason}")]
+    Interrupted {
+        /// Bytes of the blob received so far.
+        at: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// The origin sent nothing (not even its answer's headers) for the stall timeout.
+    #[error("origin sent nothing for {0:?}")]
+    Stalled(Duration),
+    /// The origin trickled: fewer bytes than the minimum rate allows in a window.
+    #[error("origin sent only {bytes} bytes in {window:?}, below the minimum rate")]
+    Slow {
+        /// Bytes received in the window.
+        bytes: u64,
+        /// The window (the stall timeout).
+        window: Duration,
+    },
+    /// The origin sent more bytes than its `Content-Length`.
+    #[error("origin sent more than the {length} bytes it announced")]
+    TooLong {
+        /// The announced length.
+        length: u64,
+    },
+    /// A resumed request (`Range: bytes=<offset>-`) was answered with other content.
+    #[error("origin answered the resume at byte {offset} with {answer}")]
+    BadResume {
+        /// Where the resume starts.
+        offset: u64,
+        /// What came back instead.
+        answer: String,
+    },
+    /// Every allowed attempt failed; `last` is the last failure.
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's failure.
+        #[source]
+        last: Box<Self>,
+    },
     /// The answer lacks a usable `Content-Length`.
     #[error("origin sent no Content-Length; Damselfly needs the size up front to cut pieces")]
     NoLength,
@@ -73,6 +128,45 @@ pub enum OriginError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+impl OriginError {
+    /// The last attempt's failure, looking through [`OriginError::GaveUp`].
+    pub fn last(&self) -> &Self {
+        match self {
+            Self::GaveUp { last, .. } => last.last(),
+            other => other,
+        }
+    }
+
+    /// The origin's status, if it answered with a non-2xx one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.last() {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Why the origin failed, for metrics; `None` for local errors (a bad URL, header or CA
+    /// file), which no origin caused.
+    pub fn reason(&self) -> Option<FailureReason> {
+        Some(match self.last() {
+            Self::Status { status, .. } => FailureReason::of_status(status.as_u16()),
+            Self::Transport(_) => FailureReason::Unreachable,
+            Self::Interrupted { .. } => FailureReason::Interrupted,
+            Self::Stalled(_) => FailureReason::Stalled,
+            Self::Slow { .. } => FailureReason::Slow,
+            Self::NoLength | Self::TooLong { .. } | Self::BadResume { .. } => {
+                FailureReason::BadResponse
+            }
+            Self::BadHeader { .. }
+            | Self::BadUrl(_)
+            | Self::CaFile { .. }
+            | Self::GaveUp { .. } => {
+                return None;
+            }
+        })
+    }
 }
 
 /// The certificates in the PEM file at `path` (one or several).
@@ -116,7 +210,9 @@ impl std::fmt::Debug for OriginResponse {
 /// Cheap to clone; clones share the connection pool.
 #[derive(Debug, Clone)]
 pub struct Origin {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) observer: Option<Arc<dyn OriginObserver>>,
 }
 
 impl Origin {
@@ -140,37 +236,39 @@ impl Origin {
         let client = builder
             .build()
             .map_err(|e| OriginError::Transport(e.to_string()))?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            retry: config.retry.clone(),
+            observer: config.observer.clone(),
+        })
     }
 
-    /// Starts a GET of `url` with `headers`, returning once the status and headers are in.
+    /// Starts a GET of `url` with `headers`, returning once the status and headers are in;
+    /// the body is read as the stream is polled.
+    ///
+    /// The fetch survives a failing origin (see [`crate::retry`]): a 5xx, 429 or 408 answer,
+    /// an unreachable origin, a body that breaks, stalls or trickles is retried up to
+    /// `retry.retries` times after a jittered backoff (or the capped `Retry-After`), and a
+    /// body already partly read is resumed with `Range: bytes=<bytes delivered>-`, so the
+    /// stream carries on where it stopped and the caller never sees the seam. Its item is
+    /// an error only when the fetch has given up; the stream ends after it.
     ///
     /// # Errors
     /// [`OriginError::Status`] for a non-2xx answer (with the registry's message),
     /// [`OriginError::NoLength`] without `Content-Length`, [`OriginError::Transport`] if the
-    /// origin is unreachable.
+    /// origin is unreachable; wrapped in [`OriginError::GaveUp`] when retries were made.
     pub async fn get(
         &self,
         url: &str,
         headers: &[(String, String)],
     ) -> Result<OriginResponse, OriginError> {
         let url = parse_url(url)?;
-        let resp = self
-            .client
-            .get(url)
-            .headers(header_map(headers)?)
-            // Pieces are hashed as they arrive; a transparently decompressed body would not
-            // match the digest.
-            .header(reqwest::header::ACCEPT_ENCODING, "identity")
-            .send()
-            .await
-            .map_err(transport)?;
-        let resp = check_status(resp).await?;
-        let content_length = resp.content_length().ok_or(OriginError::NoLength)?;
-        let body = resp.bytes_stream().map(|r| r.map_err(transport)).boxed();
+        let headers = header_map(headers)?;
+        let fetch = Fetch::start(self.clone(), url, headers).await?;
+        let content_length = fetch.total();
         Ok(OriginResponse {
             content_length,
-            body,
+            body: fetch.into_stream(),
         })
     }
 
@@ -205,7 +303,7 @@ fn parse_url(url: &str) -> Result<reqwest::Url, OriginError> {
     }
 }
 
-fn transport(e: reqwest::Error) -> OriginError {
+pub(crate) fn transport(e: reqwest::Error) -> OriginError {
     OriginError::Transport(error_chain(&e))
 }
 
@@ -233,7 +331,9 @@ fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, OriginError> {
     Ok(map)
 }
 
-async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, OriginError> {
+pub(crate) async fn check_status(
+    resp: reqwest::Response,
+) -> Result<reqwest::Response, OriginError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

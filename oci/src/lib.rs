@@ -8,6 +8,12 @@
 //! (parsed from the OCI error JSON) so users see *why* ("401 Unauthorized: authentication
 //! required"), not just a number.
 //!
+//! [`Origin::get`] survives a failing origin: bounded, jittered retries of 5xx/429/408
+//! answers and connection errors, `Retry-After` honoured (capped), a watchdog that abandons a
+//! body that stalls or trickles, and a `Range` resume from the last byte delivered, so the
+//! caller reads one continuous body. The decisions are in [`retry`] (no I/O), and
+//! [`retry::FailureReason`] is the one list of failure reasons both daemons' metrics use.
+//!
 //! [`registry::RegistryClient`] is the client for tools that read and write whole images
 //! (`nydus-fs convert` and `mount`): image references, manifests, verified blob streams, exact
 //! `Range` reads, pushes, Basic and Bearer-token auth, and reads through a dfdaemon mirror.
@@ -19,7 +25,9 @@
 #![warn(missing_docs)]
 
 mod client;
+mod fetch;
 pub mod registry;
+pub mod retry;
 mod url_kind;
 
 pub use client::{

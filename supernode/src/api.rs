@@ -103,17 +103,14 @@ impl ApiError {
             Self::BadRequest(_) | Self::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", 0),
             Self::UnknownTask(_) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
             Self::NotAdmitted(_) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
-            Self::Register(RegisterError::Origin(damselfly_oci::OriginError::Status {
-                status,
-                ..
-            })) => (
-                StatusCode::BAD_GATEWAY,
-                "ORIGIN_STATUS",
-                u32::from(status.as_u16()),
-            ),
-            Self::Register(RegisterError::Origin(_)) => {
-                (StatusCode::BAD_GATEWAY, "ORIGIN_UNREACHABLE", 0)
-            }
+            Self::Register(RegisterError::Origin(e)) => match e.status() {
+                Some(status) => (
+                    StatusCode::BAD_GATEWAY,
+                    "ORIGIN_STATUS",
+                    u32::from(status.as_u16()),
+                ),
+                None => (StatusCode::BAD_GATEWAY, "ORIGIN_UNREACHABLE", 0),
+            },
             Self::Register(RegisterError::Denied { status, .. }) => {
                 (StatusCode::FORBIDDEN, "DENIED", u32::from(*status))
             }

@@ -7,13 +7,19 @@
 //!                        └──▶ whole-blob sha256 ──end──▶ matches the OCI digest? complete : fail
 //! ```
 //!
-//! A failed fetch (origin error, short body, digest mismatch) drops every stored piece: nothing
-//! unverified outlives the fetch.
+//! The body stream survives a failing origin by itself ([`damselfly_oci::Origin::get`]:
+//! retries, a stall watchdog, `Range` resumes from the first byte not yet received), so a
+//! break costs a reconnect, not the bytes already stored. A fetch that still fails (retries
+//! spent, short body, digest mismatch) drops every stored piece: nothing unverified outlives
+//! the fetch.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use damselfly_common::{Digest, Sha256Hasher};
-use damselfly_oci::BodyStream;
+use damselfly_oci::{
+    BodyStream,
+    retry::{FailureAction, FailureReason},
+};
 use futures::StreamExt;
 use tracing::{info, trace, warn};
 
@@ -44,9 +50,6 @@ pub enum FetchError {
         /// What the bytes hash to.
         actual: Digest,
     },
-    /// The origin went silent.
-    #[error("origin sent nothing for {0:?}")]
-    Stalled(Duration),
     /// Storing failed locally (disk full, I/O error).
     #[error("local storage failed: {0}")]
     Store(#[from] damselfly_store::Error),
@@ -65,6 +68,16 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
             task.finish(CdnState::Complete);
         }
         Err(e) => {
+            // The origin client counted its own failures; the checks made here are counted
+            // here, under the same labels.
+            let reason = match &e {
+                FetchError::Length { .. } => Some(FailureReason::BadResponse),
+                FetchError::DigestMismatch { .. } => Some(FailureReason::DigestMismatch),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                shared.metrics.origin_failure(reason, FailureAction::GaveUp);
+            }
             warn!(task = %id, error = %e, "origin fetch failed; dropping its data");
             let store = shared.store.clone();
             let rid = id.clone();
@@ -80,7 +93,6 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
 
 async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(), FetchError> {
     let meta = &task.meta;
-    let stall = shared.config.origin.read_timeout;
     let mut hasher = Sha256Hasher::new();
     let mut index = 0u32;
     let mut piece: Vec<u8> = Vec::new();
@@ -89,10 +101,10 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
     // published in order: a piece is awaited before the next one is handed over).
     let mut storing: Option<StoreJob> = None;
     loop {
-        let next = tokio::time::timeout(stall, body.next())
-            .await
-            .map_err(|_| FetchError::Stalled(stall))?;
-        let Some(chunk) = next else { break };
+        // The stream's own watchdog bounds each wait (and its retries' waits).
+        let Some(chunk) = body.next().await else {
+            break;
+        };
         let chunk = chunk?;
         received += chunk.len() as u64;
         if received > meta.content_length {

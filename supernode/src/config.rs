@@ -16,6 +16,7 @@ use damselfly_common::{
     config::{CONFIG_VERSION, ConfigError},
     server::HttpLimits,
 };
+use damselfly_oci::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The whole supernode config.
@@ -102,7 +103,8 @@ pub struct OriginSection {
     /// Connect timeout. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest silence while reading an origin body. Default 60 s.
+    /// Longest silence of an origin socket (an answer, a HEAD, a body) before it is dropped.
+    /// Only a backstop: a stalled blob body is caught by `retry.stall_timeout`. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     /// How long a requester's access check (a HEAD to the origin with its credentials) is
@@ -112,6 +114,9 @@ pub struct OriginSection {
     /// PEM files of extra certificate authorities to trust for registries (on top of the
     /// system's roots), e.g. a private registry's internal CA. Default none.
     pub ca_files: Vec<PathBuf>,
+    /// Retries, backoff and the stall watchdog of blob fetches (`[origin.retry]`; every key
+    /// and default is documented on [`RetryPolicy`]).
+    pub retry: RetryPolicy,
 }
 
 /// Which registries may admit a requester to a private blob first fetched by someone else.
@@ -226,6 +231,7 @@ impl Default for OriginSection {
             read_timeout: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(60),
             ca_files: Vec::new(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -296,6 +302,7 @@ impl Config {
         if self.cdn.upload_slots == 0 {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
+        self.origin.retry.validate("origin.retry", &mut errs);
         self.http.validate("http", &mut errs);
         if let Err(bad) = damselfly_common::allow::AllowList::parse(&self.access.allow) {
             for (i, e) in bad {
@@ -365,6 +372,24 @@ pub struct Overrides {
     /// `origin.auth_cache_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_auth_cache_ttl: Option<Duration>,
+    /// `origin.retry.retries`: further attempts of a failing blob fetch.
+    #[arg(long, value_name = "N")]
+    pub origin_retries: Option<u32>,
+    /// `origin.retry.backoff_base`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_backoff_base: Option<Duration>,
+    /// `origin.retry.backoff_cap`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_backoff_cap: Option<Duration>,
+    /// `origin.retry.retry_after_cap`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_retry_after_cap: Option<Duration>,
+    /// `origin.retry.stall_timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub origin_stall_timeout: Option<Duration>,
+    /// `origin.retry.min_rate` (bytes per second).
+    #[arg(long, value_name = "BYTES")]
+    pub origin_min_rate: Option<ByteSize>,
     /// `origin.ca_files` (repeat for several; replaces the file's list).
     #[arg(long = "origin-ca-file", value_name = "PEM")]
     pub origin_ca_files: Vec<PathBuf>,
@@ -430,6 +455,13 @@ impl Overrides {
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
         set(&mut c.origin.auth_cache_ttl, self.origin_auth_cache_ttl);
+        let r = &mut c.origin.retry;
+        set(&mut r.retries, self.origin_retries);
+        set(&mut r.backoff_base, self.origin_backoff_base);
+        set(&mut r.backoff_cap, self.origin_backoff_cap);
+        set(&mut r.retry_after_cap, self.origin_retry_after_cap);
+        set(&mut r.stall_timeout, self.origin_stall_timeout);
+        set(&mut r.min_rate, self.origin_min_rate);
         if !self.origin_ca_files.is_empty() {
             c.origin.ca_files.clone_from(&self.origin_ca_files);
         }
@@ -523,6 +555,7 @@ mod tests {
             "version = 1\n[scheduler]\nparents = 1\n",
             "version = 1\n[cdn]\nslots = 1\n",
             "version = 1\n[origin]\nttl = \"1s\"\n",
+            "version = 1\n[origin.retry]\ntries = 3\n",
             "version = 1\n[http]\ntimeout = \"1s\"\n",
         ] {
             assert!(parse::<Config>(text).is_err(), "{text}");
@@ -565,6 +598,33 @@ mod tests {
         let errs = c.validate().unwrap_err();
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["http.header_read_timeout"]);
+    }
+
+    #[test]
+    fn origin_retry_comes_from_file_or_flags() {
+        let mut c: Config = parse(
+            "version = 1\n[origin.retry]\nretries = 2\nstall_timeout = \"2s\"\n\
+             min_rate = \"1 KiB\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.origin.retry.retries, 2);
+        assert_eq!(c.origin.retry.stall_timeout, Duration::from_secs(2));
+        assert_eq!(c.origin.retry.min_rate, ByteSize::kib(1));
+        assert_eq!(
+            c.origin.retry.backoff_cap,
+            RetryPolicy::default().backoff_cap
+        );
+        Overrides {
+            origin_retries: Some(0),
+            origin_stall_timeout: Some(Duration::ZERO),
+            ..Default::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.origin.retry.retries, 0);
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["origin.retry.stall_timeout"]);
     }
 
     #[test]

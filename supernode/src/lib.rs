@@ -98,10 +98,14 @@ impl App {
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await?
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
         let origin = Origin::new(&OriginConfig {
             connect_timeout: config.origin.connect_timeout,
             read_timeout: config.origin.read_timeout,
             ca_files: config.origin.ca_files.clone(),
+            retry: config.origin.retry.clone(),
+            observer: Some(Arc::new(metrics.clone())),
             ..OriginConfig::default()
         })
         .context("building the origin client")?;
@@ -113,8 +117,6 @@ impl App {
             .await
             .with_context(|| format!("binding the API on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
         metrics.cache_bytes.set(store.used_bytes() as i64);
         let rate = config.cdn.upload_rate.as_u64();
         // Validated with the config; a list that does not parse allows nothing.

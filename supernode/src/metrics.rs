@@ -1,5 +1,6 @@
 //! Prometheus metrics of the supernode. Labels are bounded enums, never task ids or URLs.
 
+use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -20,6 +21,15 @@ pub enum OriginKind {
 pub struct OriginLabels {
     /// Request kind.
     pub kind: OriginKind,
+}
+
+/// Label set for failed origin attempts: the same labels as dfdaemon's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginFailureLabels {
+    /// [`FailureReason::label`].
+    pub reason: &'static str,
+    /// [`FailureAction::label`]: `retried` or `gave_up`.
+    pub action: &'static str,
 }
 
 /// Outcome of a registration.
@@ -76,6 +86,8 @@ pub struct Metrics {
     pub origin_bytes: Counter,
     /// Requests sent to origins, by kind.
     pub origin_requests: Family<OriginLabels, Counter>,
+    /// Failed origin attempts, by reason and what followed.
+    pub origin_failures: Family<OriginFailureLabels, Counter>,
     /// Piece bytes served to peers.
     pub served_bytes: Counter,
     /// Pieces served to peers.
@@ -112,6 +124,7 @@ impl Metrics {
         let m = Self {
             origin_bytes: Counter::default(),
             origin_requests: Family::default(),
+            origin_failures: Family::default(),
             served_bytes: Counter::default(),
             served_pieces: Counter::default(),
             busy_refusals: Counter::default(),
@@ -139,6 +152,21 @@ impl Metrics {
             "origin_requests",
             "Requests sent to origins",
             m.origin_requests.clone(),
+        );
+        // Every (reason, action) from the start, so rates and alerts see zeros rather than
+        // no series (18 series: the labels are bounded).
+        for reason in FailureReason::ALL {
+            for action in [FailureAction::Retried, FailureAction::GaveUp] {
+                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
+                    reason: reason.label(),
+                    action: action.label(),
+                }));
+            }
+        }
+        r.register(
+            "origin_failures",
+            "Failed origin blob requests, by reason and whether they were retried",
+            m.origin_failures.clone(),
         );
         r.register(
             "served_bytes",
@@ -246,10 +274,30 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one failed origin attempt.
+    pub fn origin_failure(&self, reason: FailureReason, action: FailureAction) {
+        self.origin_failures
+            .get_or_create(&OriginFailureLabels {
+                reason: reason.label(),
+                action: action.label(),
+            })
+            .inc();
+    }
+
     /// Counts one registration with `outcome`.
     pub fn registration(&self, outcome: RegisterOutcome) {
         self.registrations
             .get_or_create(&RegisterLabels { outcome })
             .inc();
+    }
+}
+
+impl OriginObserver for Metrics {
+    fn failure(&self, reason: FailureReason, action: FailureAction) {
+        self.origin_failure(reason, action);
+        if action == FailureAction::Retried {
+            // The retry is one more GET.
+            self.origin_request(OriginKind::Get);
+        }
     }
 }

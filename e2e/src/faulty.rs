@@ -1,0 +1,267 @@
+//! [`FaultyOrigin`]: a stub registry for the origin faults a real registry cannot produce on
+//! demand (a 503 or 429 with `Retry-After`, a body cut or stalled mid-way, a trickle). It
+//! serves one blob at every path, like a registry's blob endpoint: `ETag`, `Range: bytes=N-`
+//! and `If-Range` as distribution's registry answers them, and records every request.
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::util::sha256_digest;
+
+/// What the origin does to one GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer this status (with an OCI error body) and this `Retry-After`, if any.
+    Status {
+        /// HTTP status.
+        code: u16,
+        /// `Retry-After` header value.
+        retry_after: Option<String>,
+    },
+    /// Answer normally, send this many body bytes, then close the connection.
+    CutAfter(u64),
+    /// Answer normally, send this many body bytes, then send nothing while the client
+    /// keeps the connection open.
+    StallAfter(u64),
+    /// Answer normally and send the body at this many bytes per second.
+    Trickle(u64),
+}
+
+/// One request the origin received.
+#[derive(Debug, Clone)]
+pub struct OriginRequest {
+    /// `GET`, `HEAD`, …
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// The `Range` header.
+    pub range: Option<String>,
+    /// The `If-Range` header.
+    pub if_range: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    faults: VecDeque<Fault>,
+    forever: Option<Fault>,
+    requests: Vec<OriginRequest>,
+    body_bytes: u64,
+}
+
+/// A stub origin serving one blob, with scripted faults for its GETs.
+#[derive(Debug, Clone)]
+pub struct FaultyOrigin {
+    addr: SocketAddr,
+    digest: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FaultyOrigin {
+    /// Serves `body`; the first GETs meet `faults` in order, later ones are served.
+    ///
+    /// # Panics
+    /// Binding a loopback port fails.
+    pub fn start(body: Vec<u8>, faults: Vec<Fault>) -> Self {
+        Self::spawn(body, faults, None)
+    }
+
+    /// Serves `body` to no GET: every one meets `fault`.
+    ///
+    /// # Panics
+    /// Binding a loopback port fails.
+    pub fn always(body: Vec<u8>, fault: Fault) -> Self {
+        Self::spawn(body, Vec::new(), Some(fault))
+    }
+
+    fn spawn(body: Vec<u8>, faults: Vec<Fault>, forever: Option<Fault>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let origin = Self {
+            addr,
+            digest: sha256_digest(&body),
+            state: Arc::new(Mutex::new(State {
+                faults: faults.into(),
+                forever,
+                ..State::default()
+            })),
+        };
+        let body = Arc::new(body);
+        let server = origin.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (server, body) = (server.clone(), body.clone());
+                thread::spawn(move || server.serve(conn, &body));
+            }
+        });
+        origin
+    }
+
+    /// The blob's URL in repository `repo` (`http://addr/v2/<repo>/blobs/<digest>`).
+    pub fn blob_url(&self, repo: &str) -> String {
+        format!("http://{}/v2/{repo}/blobs/{}", self.addr, self.digest)
+    }
+
+    /// The blob's digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<OriginRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// The GETs so far.
+    pub fn gets(&self) -> Vec<OriginRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .collect()
+    }
+
+    /// Body bytes sent so far, over all responses.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.lock().body_bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers one connection (one request: every answer closes it).
+    fn serve(&self, mut conn: TcpStream, body: &[u8]) {
+        let Ok(clone) = conn.try_clone() else { return };
+        let mut reader = BufReader::new(clone);
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let path = parts.next().unwrap_or("").to_owned();
+        let (mut range, mut if_range) = (None, None);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = h.split_once(':') {
+                let value = Some(value.trim().to_owned());
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "range" => range = value,
+                    "if-range" => if_range = value,
+                    _ => {}
+                }
+            }
+        }
+        let fault = {
+            let mut state = self.lock();
+            state.requests.push(OriginRequest {
+                method: method.clone(),
+                path,
+                range: range.clone(),
+                if_range: if_range.clone(),
+                at: Instant::now(),
+            });
+            if method == "GET" {
+                state.faults.pop_front().or_else(|| state.forever.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(Fault::Status { code, retry_after }) = &fault {
+            let error =
+                format!(r#"{{"errors":[{{"code":"UNAVAILABLE","message":"fault {code}"}}]}}"#);
+            let retry_after = retry_after
+                .as_ref()
+                .map_or(String::new(), |v| format!("Retry-After: {v}\r\n"));
+            let head = format!(
+                "HTTP/1.1 {code} Fault\r\nContent-Type: application/json\r\n{retry_after}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                error.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(error.as_bytes());
+            return;
+        }
+        let etag = format!("\"{}\"", self.digest);
+        // `bytes=N-` (what a resume sends) is honoured unless If-Range names another ETag.
+        let start = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < body.len() && if_range.as_ref().is_none_or(|v| *v == etag));
+        let (status, part) = match start {
+            Some(n) => (
+                format!(
+                    "206 Partial Content\r\nContent-Range: bytes {n}-{}/{}",
+                    body.len() - 1,
+                    body.len()
+                ),
+                &body[n..],
+            ),
+            None => ("200 OK".to_owned(), body),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\
+             ETag: {etag}\r\nDocker-Content-Digest: {}\r\nAccept-Ranges: bytes\r\n\
+             Connection: close\r\n\r\n",
+            part.len(),
+            self.digest
+        );
+        if conn.write_all(head.as_bytes()).is_err() || method == "HEAD" {
+            return;
+        }
+        let send = |conn: &mut TcpStream, bytes: &[u8]| {
+            let ok = conn.write_all(bytes).is_ok();
+            if ok {
+                self.lock().body_bytes += bytes.len() as u64;
+            }
+            ok
+        };
+        match fault {
+            Some(Fault::CutAfter(n)) => {
+                let n = part.len().min(n as usize);
+                send(&mut conn, &part[..n]);
+                let _ = conn.flush();
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+            Some(Fault::StallAfter(n)) => {
+                let n = part.len().min(n as usize);
+                send(&mut conn, &part[..n]);
+                // Hold the connection open, silent, until the client gives up on it.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+                let mut sink = [0u8; 64];
+                while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+            }
+            Some(Fault::Trickle(rate)) => {
+                // A tenth of the rate every 100 ms, until done or the client hangs up.
+                let step = (rate / 10).max(1) as usize;
+                for chunk in part.chunks(step) {
+                    if !send(&mut conn, chunk) {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Some(Fault::Status { .. }) | None => {
+                send(&mut conn, part);
+            }
+        }
+    }
+}

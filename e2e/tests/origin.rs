@@ -1,0 +1,348 @@
+//! Origin resilience, end to end: a real `supernode` and real `dfget`s pulling from an origin
+//! that fails the way registries do under load (503, 429 with `Retry-After`), and the way
+//! networks do (a body cut, stalled or trickling mid-way). A stub origin
+//! ([`FaultyOrigin`]) plays the registry, because a real one cannot fail on demand.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use damselfly_e2e::{
+    Dfdaemon, Dfget, Fault, FaultyOrigin, Supernode, http, metric_sum, num, random_blob, sha256_hex,
+};
+
+/// These tests run several processes and measure time; one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const WAIT: Duration = Duration::from_secs(120);
+const BLOB: usize = 8 << 20;
+
+fn file_sha(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// `origin_failures_total{reason, action}` in a `/metrics` text.
+fn failures(metrics: &str, prefix: &str, reason: &str, action: &str) -> f64 {
+    metric_sum(
+        metrics,
+        &format!("{prefix}_origin_failures_total"),
+        Some(&format!("reason=\"{reason}\",action=\"{action}\"")),
+    )
+}
+
+/// The offset of a `Range: bytes=N-` request.
+fn range_start(range: Option<&str>) -> Option<u64> {
+    range?
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()
+}
+
+/// Pulls the origin's blob through `sn` with one dfget; the report and the time it took.
+fn pull(
+    origin: &FaultyOrigin,
+    sn: &Supernode,
+    out: &Path,
+) -> (anyhow::Result<serde_json::Value>, Duration) {
+    let started = Instant::now();
+    let result = Dfget::new(&origin.blob_url("app/blob"), out)
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s"])
+        .spawn()
+        .unwrap()
+        .wait(WAIT);
+    (result, started.elapsed())
+}
+
+/// The reproduction: a 503 to the first blob GET used to fail dfget at once.
+#[test]
+fn a_503_to_the_first_get_is_retried_and_the_pull_succeeds() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 41);
+    let origin = FaultyOrigin::start(
+        blob.clone(),
+        vec![Fault::Status {
+            code: 503,
+            retry_after: None,
+        }],
+    );
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, _) = pull(&origin, &sn, &out);
+    let report = report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    assert_eq!(
+        num(&report, "from_origin"),
+        0,
+        "dfget must not go to the origin"
+    );
+    assert_eq!(origin.gets().len(), 2, "one 503, then the blob");
+    let m = sn.metrics().unwrap();
+    let p = "damselfly_supernode";
+    assert_eq!(failures(&m, p, "server_error", "retried"), 1.0, "{m}");
+    assert_eq!(failures(&m, p, "server_error", "gave_up"), 0.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "damselfly_supernode_origin_bytes_total", None),
+        BLOB as f64
+    );
+}
+
+#[test]
+fn a_429_with_retry_after_is_honoured() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 42);
+    let origin = FaultyOrigin::start(
+        blob.clone(),
+        vec![Fault::Status {
+            code: 429,
+            retry_after: Some("1".into()),
+        }],
+    );
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, _) = pull(&origin, &sn, &out);
+    report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "one 429, then the blob");
+    // The backoff alone would be 125–250 ms: the wait is the registry's second.
+    let gap = gets[1].at.duration_since(gets[0].at);
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    let m = sn.metrics().unwrap();
+    assert_eq!(
+        failures(&m, "damselfly_supernode", "throttled", "retried"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_body_cut_midway_is_resumed_from_the_last_byte_received() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 43);
+    let cut = (3 << 20) + 12_345;
+    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::CutAfter(cut)]);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, _) = pull(&origin, &sn, &out);
+    report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].range, None);
+    let from = range_start(gets[1].range.as_deref())
+        .unwrap_or_else(|| panic!("the retry is not a resume: {:?}", gets[1]));
+    assert!(from > 0 && from <= cut, "resumed at {from}, cut at {cut}");
+    assert_eq!(
+        gets[1].if_range.as_deref(),
+        Some(&*format!("\"{}\"", origin.digest()))
+    );
+    let sent = origin.body_bytes_sent();
+    assert!(
+        sent <= BLOB as u64 * 11 / 10,
+        "the origin sent {sent} bytes for a {BLOB}-byte blob"
+    );
+    let m = sn.metrics().unwrap();
+    assert_eq!(
+        failures(&m, "damselfly_supernode", "interrupted", "retried"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "damselfly_supernode_origin_bytes_total", None),
+        BLOB as f64
+    );
+}
+
+#[test]
+fn a_stalled_body_is_abandoned_after_the_stall_timeout_and_resumed() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 44);
+    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::StallAfter(2 << 20)]);
+    let sn = Supernode::builder()
+        .args(["--origin-stall-timeout", "1s"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, took) = pull(&origin, &sn, &out);
+    report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    // The 60 s read timeout this replaces would have failed the fetch after a minute.
+    assert!(took < Duration::from_secs(15), "the pull took {took:?}");
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let gap = gets[1].at.duration_since(gets[0].at);
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    let from = range_start(gets[1].range.as_deref()).unwrap();
+    assert!(from > 0 && from <= 2 << 20, "resumed at {from}");
+    let m = sn.metrics().unwrap();
+    assert_eq!(
+        failures(&m, "damselfly_supernode", "stalled", "retried"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_trickling_body_is_abandoned_and_resumed() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 45);
+    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::Trickle(10 << 10)]);
+    let sn = Supernode::builder()
+        .args(["--origin-stall-timeout", "1s"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, took) = pull(&origin, &sn, &out);
+    report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    // At 10 KiB/s the blob would take 13 minutes.
+    assert!(took < Duration::from_secs(15), "the pull took {took:?}");
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(range_start(gets[1].range.as_deref()).is_some_and(|n| n > 0));
+    let m = sn.metrics().unwrap();
+    assert_eq!(
+        failures(&m, "damselfly_supernode", "slow", "retried"),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn an_origin_that_always_fails_fails_the_pull_clearly_in_bounded_time() {
+    let _g = serial();
+    let blob = random_blob(1 << 20, 46);
+    let origin = FaultyOrigin::always(
+        blob,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+    );
+    let sn = Supernode::builder()
+        .args(["--origin-retries", "2", "--origin-backoff-base", "100ms"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (report, took) = pull(&origin, &sn, &out);
+    let err = format!("{:#}", report.unwrap_err());
+    assert!(
+        err.contains("origin answered 503") && err.contains("gave up after 3 attempts"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "the pull took {took:?}");
+    assert!(!out.exists());
+    assert_eq!(origin.gets().len(), 3, "the first attempt and 2 retries");
+    let m = sn.metrics().unwrap();
+    let p = "damselfly_supernode";
+    assert_eq!(failures(&m, p, "server_error", "retried"), 2.0, "{m}");
+    assert_eq!(failures(&m, p, "server_error", "gave_up"), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "damselfly_supernode_registrations_total",
+            Some("outcome=\"OriginError\"")
+        ),
+        1.0
+    );
+}
+
+/// dfget's own origin fetch (back to source, here with no supernode at all) is as resilient.
+#[test]
+fn dfget_back_to_source_retries_and_resumes() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 47);
+    let cut = (1 << 20) + 7;
+    let origin = FaultyOrigin::start(
+        blob.clone(),
+        vec![
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+            Fault::CutAfter(cut),
+            Fault::StallAfter(3 << 20),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    let report = Dfget::new(&origin.blob_url("app/blob"), &out)
+        .args(["--keep-serving", "0s", "--origin-stall-timeout", "1s"])
+        .spawn()
+        .unwrap()
+        .wait(WAIT)
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    assert_eq!(num(&report, "from_origin"), BLOB as u64);
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 4, "{gets:?}");
+    assert_eq!(gets[1].range, None, "nothing to resume after the 503");
+    let first = range_start(gets[2].range.as_deref()).unwrap();
+    assert!(first > 0 && first <= cut, "resumed at {first}");
+    let second = range_start(gets[3].range.as_deref()).unwrap();
+    assert!(
+        second > first && second <= first + (3 << 20),
+        "resumed at {second}"
+    );
+    assert!(origin.body_bytes_sent() <= BLOB as u64 * 11 / 10);
+}
+
+/// dfdaemon counts its back-to-source failures under the supernode's labels.
+#[test]
+fn dfdaemon_counts_origin_failures_with_the_same_labels() {
+    let _g = serial();
+    let blob = random_blob(1 << 20, 48);
+    let origin = FaultyOrigin::start(
+        blob.clone(),
+        vec![
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+            Fault::CutAfter(100_000),
+        ],
+    );
+    let url = origin.blob_url("app/blob");
+    let registry = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split('/').next())
+        .unwrap()
+        .to_owned();
+    // No supernode: every blob is fetched from the origin by the node itself.
+    let node = Dfdaemon::builder().start();
+    let mirror = format!(
+        "{}/v2/app/blob/blobs/{}?ns={registry}",
+        node.url(),
+        origin.digest()
+    );
+    let resp = http::Request::get(&mirror)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", node.log_text());
+    assert_eq!(sha256_hex(&resp.body), sha256_hex(&blob));
+    let m = http::get(&format!("{}/metrics", node.url()), None)
+        .unwrap()
+        .text();
+    let p = "damselfly_dfdaemon";
+    assert_eq!(failures(&m, p, "server_error", "retried"), 1.0, "{m}");
+    assert_eq!(failures(&m, p, "interrupted", "retried"), 1.0, "{m}");
+    assert_eq!(origin.gets().len(), 3);
+}
