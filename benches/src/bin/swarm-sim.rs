@@ -53,10 +53,10 @@ struct Cli {
     /// (the supernode's uplink included). About half again as many events.
     #[arg(long)]
     control_traffic: bool,
-    /// Parents announce new pieces to their subscribed children; the supernode's sync
-    /// replies name parent changes only, without bitmaps.
+    /// What-if: parents do not announce their pieces; the supernode's sync answers carry
+    /// every parent's bitmap (dfget's QUIC transport, or `--no-announcements`).
     #[arg(long)]
-    announcements: bool,
+    no_announcements: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,8 +110,8 @@ fn main() -> anyhow::Result<()> {
             if cli.control_traffic {
                 c.control_traffic = true;
             }
-            if cli.announcements {
-                c.announcements = true;
+            if cli.no_announcements {
+                c.announcements = false;
             }
         });
         if !cli.json {
