@@ -525,7 +525,10 @@ async fn serve_blob(
         origin_headers.push(("Authorization".to_owned(), a.to_owned()));
     }
     let url = format!("{base}{}", route.path);
-    let (flight, mut rx) = match acquire(state, digest, url, origin_headers) {
+    // A ranged reader (a lazy mount) needs its bytes before the rest: say so before the
+    // download sends its first requests, not only once the blob's length is known.
+    let first = ByteRange::wanted_first(range);
+    let (flight, mut rx) = match acquire(state, digest, url, origin_headers, first) {
         Holding::Cached(blob) => {
             if blob.origin() != damselfly_common::allow::url_origin(&base) {
                 // Same bytes, another registry: this requester passed its own registry's
@@ -590,12 +593,16 @@ fn acquire(
     digest: Digest,
     url: String,
     origin_headers: Vec<(String, String)>,
+    wanted_first: Option<Range<u64>>,
 ) -> Holding {
     if let Some(blob) = state.cache.get(&digest) {
         return Holding::Cached(blob);
     }
     let mut flights = state.flights.lock();
     if let Some(f) = flights.get(&digest) {
+        if let Some(r) = wanted_first {
+            f.want(r);
+        }
         return Holding::Downloading(f.clone(), f.subscribe());
     }
     // A download may have ended since the look-up above; it adopts its blob into the
@@ -604,6 +611,9 @@ fn acquire(
         return Holding::Cached(blob);
     }
     let f = Arc::new(Flight::default());
+    if let Some(r) = wanted_first {
+        f.want(r);
+    }
     flights.insert(digest, f.clone());
     let rx = f.subscribe();
     state.downloads.spawn(download(
@@ -677,7 +687,7 @@ async fn ensure_preheated(
         bytes,
         source,
     };
-    let mut rx = match acquire(state, digest, req.blob.url.clone(), req.headers) {
+    let mut rx = match acquire(state, digest, req.blob.url.clone(), req.headers, None) {
         Holding::Cached(blob) => {
             debug!(%digest, host = %req.blob.host, "preheat: already cached");
             return Ok(answer(blob.size, PreheatSource::Cache));

@@ -53,6 +53,26 @@ impl ByteRange {
         }
     }
 
+    /// The bytes a `Range` header asks for first, read before the blob's length is known, so
+    /// a download started for this reader can fetch their pieces before any other: all of
+    /// `first-last`, the first byte of `first-` (the rest follows in order), nothing for a
+    /// suffix (`-n` needs the length) or for whatever [`ByteRange::parse`] ignores.
+    pub fn wanted_first(header: Option<&str>) -> Option<Range<u64>> {
+        let spec = header.and_then(strip_unit)?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        match (position(first.trim()), last.trim()) {
+            (Some(start), "") => Some(start..start.saturating_add(1)),
+            (Some(start), last) => {
+                let last = position(last)?;
+                (start <= last).then(|| start..last.saturating_add(1))
+            }
+            (None, _) => None,
+        }
+    }
+
     /// `start..end`, where `end <= total` already holds.
     fn part(start: u64, end: u64, total: u64) -> Self {
         if start < total && start < end {
@@ -97,6 +117,29 @@ mod tests {
         assert_eq!(parse("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse("bytes=100-200", 100), Unsatisfiable);
         assert_eq!(ByteRange::parse(None, 7), Whole);
+    }
+
+    #[test]
+    fn the_first_wanted_bytes_are_known_before_the_length() {
+        let first = |h: &str| ByteRange::wanted_first(Some(h));
+        assert_eq!(first("bytes=10-19"), Some(10..20));
+        assert_eq!(first("bytes=10-"), Some(10..11));
+        assert_eq!(first(&format!("bytes=0-{}", u64::MAX)), Some(0..u64::MAX));
+        assert_eq!(
+            first(&format!("bytes={}-", u64::MAX)),
+            Some(u64::MAX..u64::MAX)
+        );
+        for h in [
+            "bytes=-5",
+            "bytes=9-3",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=",
+            "",
+        ] {
+            assert_eq!(first(h), None, "{h:?}");
+        }
+        assert_eq!(ByteRange::wanted_first(None), None);
     }
 
     #[test]
