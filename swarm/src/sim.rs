@@ -169,6 +169,13 @@ pub struct SimConfig {
     /// parents (40 bytes each, no bitmap) and dropped ones (9 bytes each). Default on, as
     /// dfget's TCP transport.
     pub announcements: bool,
+    /// What-if (not built in the daemons): piece digests reach a peer from its parents
+    /// instead of in the supernode's sync answers, as they would if the supernode signed
+    /// them (or vouched for a hash chain) and parents relayed them. Charged as 32 bytes
+    /// more on each announcement, 32 per piece in a parent's bitfield and 32 on each
+    /// piece the supernode itself sends; the sync answers' digests cost nothing. Only
+    /// with [`SimConfig::announcements`] and [`SimConfig::control_traffic`]. Default off.
+    pub relayed_digests: bool,
 }
 
 impl SimConfig {
@@ -198,6 +205,7 @@ impl SimConfig {
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,
+            relayed_digests: false,
             announcements: true,
         }
     }

@@ -57,6 +57,11 @@ struct Cli {
     /// every parent's bitmap (dfget's QUIC transport, or `--no-announcements`).
     #[arg(long)]
     no_announcements: bool,
+    /// What-if: piece digests come from parents with their announcements (signed by the
+    /// supernode, not built yet) instead of in the supernode's sync answers. Needs
+    /// `--control-traffic` to change anything.
+    #[arg(long)]
+    relayed_digests: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +117,9 @@ fn main() -> anyhow::Result<()> {
             }
             if cli.no_announcements {
                 c.announcements = false;
+            }
+            if cli.relayed_digests {
+                c.relayed_digests = true;
             }
         });
         if !cli.json {

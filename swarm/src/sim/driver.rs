@@ -538,7 +538,11 @@ impl Sim {
         if !subs.contains(&child) {
             subs.push(child);
         }
-        let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
+        let mut bitmap = u64::from(self.seed_has.len()).div_ceil(8);
+        if self.relayed_digests() {
+            let held = self.peers[parent as usize].session.have().count();
+            bitmap += PER_DIGEST * held as u64;
+        }
         self.send_msg(
             from,
             to,
@@ -550,13 +554,18 @@ impl Sim {
     /// Peer `i` verified a new piece: its subscribed children hear of it.
     fn announce(&mut self, i: u32, piece: u32) {
         let subs = std::mem::take(&mut self.peers[i as usize].subscribers);
+        let have = if self.relayed_digests() {
+            HAVE + PER_DIGEST
+        } else {
+            HAVE
+        };
         for &child in &subs {
             let ev = Ev::Have {
                 parent: i,
                 child,
                 piece,
             };
-            self.send_msg(Node::Peer(i), Node::Peer(child), HAVE, ev);
+            self.send_msg(Node::Peer(i), Node::Peer(child), have, ev);
         }
         self.peers[i as usize].subscribers = subs;
     }
@@ -733,6 +742,10 @@ impl Sim {
             ),
             Err(_) => (0, 0, 0),
         };
+        // Relayed digests (a what-if) come with the parents' announcements instead.
+        let relayed =
+            self.config.relayed_digests && self.config.announcements && self.config.control_traffic;
+        let digest_bytes = if relayed { 0 } else { digest_bytes };
         let bytes = SYNC_REPLY + digest_bytes + parent_bytes + offer_bytes;
         if self.config.control_traffic {
             self.report.seed_digest_bytes += digest_bytes;
@@ -916,8 +929,16 @@ impl Sim {
         let range = piece_range(self.config.file_size, self.config.piece_size, piece);
         let mut bytes = range.end - range.start;
         if self.config.control_traffic {
-            bytes += PIECE_HEADER;
-            self.count_control(by, Node::Peer(to), PIECE_HEADER);
+            let header = if by == Node::Seed && self.relayed_digests() {
+                PIECE_HEADER + PER_DIGEST
+            } else {
+                PIECE_HEADER
+            };
+            bytes += header;
+            self.count_control(by, Node::Peer(to), header);
+            if by == Node::Seed {
+                self.report.seed_digest_bytes += header - PIECE_HEADER;
+            }
         }
         let carried = Carried::Piece(Transfer { by, to, piece });
         self.open_flow(by, Node::Peer(to), bytes, carried);
@@ -947,6 +968,11 @@ impl Sim {
         }
         self.count_control(from, to, bytes);
         self.open_flow(from, to, bytes, Carried::Msg { from, to, ev });
+    }
+
+    /// [`SimConfig::relayed_digests`], which needs announcements and charged control.
+    fn relayed_digests(&self) -> bool {
+        self.config.relayed_digests && self.config.announcements && self.config.control_traffic
     }
 
     fn count_control(&mut self, from: Node, to: Node, bytes: u64) {

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::piece_count;
 
 fn summary(name: &str, r: &SimReport) {
     println!(
@@ -180,6 +181,33 @@ fn charged_control_traffic_is_counted_and_runs_complete() {
     }
     let r = run(&SimConfig::default());
     assert_eq!(r.control_bytes, 0);
+}
+
+/// The relayed-digests what-if takes the piece digests off the supernode's uplink (it sends
+/// a digest only with a piece it serves itself) and puts them on the parents' announcements.
+#[test]
+fn relayed_digests_leave_the_supernode_and_runs_complete() {
+    let mut cfg = Scenario::FlashCrowd.config(50, 64 << 20);
+    cfg.control_traffic = true;
+    let direct = run(&cfg);
+    cfg.relayed_digests = true;
+    let relayed = run(&cfg);
+    summary("relayed", &relayed);
+    assert_physical(&relayed);
+    assert!(relayed.all_done());
+    let pieces = piece_count(cfg.file_size, cfg.piece_size) as u64;
+    // Every peer got every digest from the supernode before...
+    assert!(direct.seed_digest_bytes >= 50 * 32 * pieces, "{direct:?}");
+    // ...and now at most one per piece it sent.
+    let seed_pieces = relayed.seed_bytes_sent / u64::from(cfg.piece_size) + 1;
+    assert!(
+        relayed.seed_digest_bytes <= 32 * seed_pieces,
+        "{} for {seed_pieces} pieces",
+        relayed.seed_digest_bytes
+    );
+    assert!(relayed.seed_control_sent < direct.seed_control_sent);
+    // The peers carry them instead.
+    assert!(relayed.control_bytes > direct.control_bytes);
 }
 
 #[test]
