@@ -71,6 +71,7 @@ impl NodeCache {
             capacity,
             high_watermark: high,
             low_watermark: low,
+            min_free: damselfly_store::DEFAULT_MIN_FREE,
         })?;
         let incoming = dir.join("incoming");
         if incoming.exists() {

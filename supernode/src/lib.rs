@@ -94,6 +94,7 @@ impl App {
             capacity: config.storage.capacity.as_u64(),
             high_watermark: config.storage.high_watermark,
             low_watermark: config.storage.low_watermark,
+            min_free: damselfly_store::DEFAULT_MIN_FREE,
         };
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await?
