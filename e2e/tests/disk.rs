@@ -11,7 +11,8 @@
 use std::{path::Path, sync::Mutex, time::Duration};
 
 use damselfly_e2e::{
-    Dfdaemon, Dfget, FaultyOrigin, SmallFs, Supernode, TestRegistry, http, metric_sum, random_blob,
+    Containerd, Dfdaemon, Dfget, FaultyOrigin, SmallFs, Supernode, TestImage, TestRegistry,
+    describe_output, http, metric_sum, random_blob, write_hosts_toml,
 };
 
 const MIB: usize = 1 << 20;
@@ -301,5 +302,49 @@ fn dfget_on_a_full_disk_fails_before_fetching_and_leaves_nothing() {
         SmallFs::files_under(fs.path()).is_empty(),
         "{:?}",
         SmallFs::files_under(fs.path())
+    );
+}
+
+/// What a runtime does with the 507: containerd moves on to its next host, the registry,
+/// and the pull succeeds.
+#[test]
+fn containerd_pulls_from_the_registry_when_the_node_has_no_room() {
+    let _serial = serial();
+    let Some(fs) = small_fs("containerd_pulls_from_the_registry_when_the_node_has_no_room") else {
+        return;
+    };
+    let registry = TestRegistry::start();
+    let image = TestImage::busybox("pulled past a full node", HUGE, 331).unwrap();
+    let pushed = registry.push_test_image("e2e/full", "1", &image).unwrap();
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .data_dir(&fs.subdir("dfdaemon").unwrap())
+        .start();
+    let containerd = Containerd::start().unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    write_hosts_toml(
+        hosts.path(),
+        &registry.host(),
+        &dfdaemon.url(),
+        Some(&registry.url()),
+    )
+    .unwrap();
+    let reference = format!("{}/e2e/full:1", registry.host());
+    let pull = containerd.pull(&reference, hosts.path()).unwrap();
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    let run = containerd.run(&reference, "full", &[]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    let metrics = dfdaemon_metrics(&dfdaemon);
+    assert!(
+        storage_failures(&metrics, "damselfly_dfdaemon", "disk_full") >= 1.0,
+        "the node did not refuse the large layer:\n{}",
+        dfdaemon.log_text()
+    );
+    // The small layers came through the node; the large one from the registry itself.
+    let large = &pushed.layer_digests[2];
+    assert!(
+        registry.blob_get_count(large) >= 1,
+        "containerd did not fetch the refused layer from the registry"
     );
 }
