@@ -1,6 +1,6 @@
 //! Small pieces every Damselfly daemon shares: the content [`Digest`], config-file loading with
-//! all problems reported together, registry allow lists ([`allow`]), tracing set-up, the
-//! shutdown signal, and the bounded accept loop of the HTTP listeners ([`server`]).
+//! all problems reported together, registry allow lists ([`allow`]), tracing set-up, disk space
+//! ([`disk`]), the shutdown signal, and the bounded accept loop of the HTTP listeners ([`server`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -8,6 +8,7 @@
 pub mod allow;
 pub mod config;
 pub mod digest;
+pub mod disk;
 pub mod placement;
 pub mod rate;
 pub mod server;

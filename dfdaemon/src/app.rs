@@ -13,7 +13,8 @@ use axum::{
     routing::{get, post},
 };
 use damselfly_common::{Digest, server};
-use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig};
+use damselfly_store::{Fault, Reservation, StoreConfig};
+use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig, Progress};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
@@ -26,7 +27,7 @@ use crate::{
     Config,
     access::{AccessPolicy, Decision},
     announce::{Announcer, NodeAnnouncement},
-    cache::{CachedBlob, NodeCache},
+    cache::{CacheError, CachedBlob, NodeCache},
     flight::{self, Failure, Flight, FlightState},
     metrics::{Metrics, Source},
     preheat::{self, PreheatError, PreheatResponse, PreheatSource},
@@ -132,12 +133,13 @@ impl App {
     /// # Errors
     /// A port is taken, the data directory is unusable, or a CA file cannot be read.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let cache = NodeCache::open(
-            &config.data_dir,
-            config.cache.capacity.as_u64(),
-            config.cache.high_watermark,
-            config.cache.low_watermark,
-        )
+        let cache = NodeCache::open(StoreConfig {
+            dir: config.data_dir.clone(),
+            capacity: config.cache.capacity.as_u64(),
+            high_watermark: config.cache.high_watermark,
+            low_watermark: config.cache.low_watermark,
+            min_free: config.cache.min_free.as_u64(),
+        })
         .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
@@ -307,23 +309,109 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
             _ = gc.tick() => {
                 let in_use: Vec<String> = state.flights.lock().keys().map(ToString::to_string).collect();
                 match state.cache.gc(in_use).await {
-                    Ok(evicted) => {
-                        for digest in evicted {
-                            state.metrics.evictions.inc();
-                            let task = state.tasks.lock().remove(&digest);
-                            if let Some(task) = task {
-                                state.engine.forget(&task).await;
-                            }
-                        }
-                    }
+                    Ok(evicted) => forget_evicted(&state, evicted),
                     Err(e) => {
                         state.metrics.error("cache_gc");
+                        count_storage_failure(&state.metrics, &e);
                         warn!(error = %e, "cache GC failed");
                     }
                 }
                 state.metrics.cache_bytes.set(state.cache.used_bytes() as i64);
             }
         }
+    }
+}
+
+/// Counts evicted blobs and leaves their swarms (in the background: the caller may be
+/// synchronous).
+fn forget_evicted(state: &Arc<AppState>, evicted: Vec<String>) {
+    for digest in evicted {
+        state.metrics.evictions.inc();
+        let task = state.tasks.lock().remove(&digest);
+        if let Some(task) = task {
+            let state = state.clone();
+            tokio::spawn(async move { state.engine.forget(&task).await });
+        }
+    }
+    state
+        .metrics
+        .cache_bytes
+        .set(state.cache.used_bytes() as i64);
+}
+
+/// Counts a cache error under its storage fault, if it is one.
+fn count_storage_failure(metrics: &Metrics, e: &CacheError) {
+    if let CacheError::Store(s) = e
+        && let Some(fault) = s.fault()
+    {
+        metrics.storage_failure(fault);
+    }
+}
+
+/// What a download reports to: the flight its readers follow, and the space reserved for it
+/// in the node cache once its length is known ([`Progress::admit`]), held until the download
+/// and its adoption have ended.
+struct Receiving {
+    state: Arc<AppState>,
+    digest: Digest,
+    flight: Arc<Flight>,
+    space: Mutex<Option<Reservation>>,
+}
+
+impl Progress for Receiving {
+    fn set_total(&self, bytes: u64) {
+        self.flight.set_total(bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.flight.advance(bytes);
+    }
+
+    fn admit(&self, total: u64) -> Result<(), String> {
+        // Starting over (back to the origin after the swarm failed): the old file is gone.
+        drop(self.space.lock().take());
+        let in_use: Vec<String> = self
+            .state
+            .flights
+            .lock()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        // The engine serves a downloaded blob to peers from its own handle on the file:
+        // closed at once on eviction, so the blocks are freed for this blob.
+        let stop_serving = |digest: &str| {
+            let task = self.state.tasks.lock().get(digest).cloned();
+            if let Some(task) = task {
+                self.state.engine.stop_serving(&task);
+            }
+        };
+        match self.state.cache.reserve(total, &in_use, &stop_serving) {
+            Ok((reservation, evicted)) => {
+                *self.space.lock() = Some(reservation);
+                if !evicted.is_empty() {
+                    info!(digest = %self.digest, bytes = total, evicted = evicted.len(), "evicted cached blobs to make room");
+                }
+                forget_evicted(&self.state, evicted);
+                Ok(())
+            }
+            Err(e) => {
+                count_storage_failure(&self.state.metrics, &e);
+                warn!(digest = %self.digest, bytes = total, error = %e, "no room for the blob in the node cache; refusing it");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn started(&self, file: &Arc<std::fs::File>, total: u64) {
+        self.flight.started(file, total);
+    }
+
+    fn written(&self, range: Range<u64>) {
+        self.flight.written(range);
+    }
+
+    fn take_urgent(&self) -> Vec<Range<u64>> {
+        self.flight.take_urgent()
     }
 }
 
@@ -856,7 +944,13 @@ async fn download(
         // only an incoming file, and the cache re-checks every piece it serves.
         durable: false,
     };
-    let outcome = match state.engine.download(&req, flight.as_ref()).await {
+    let receiving = Receiving {
+        state: state.clone(),
+        digest,
+        flight: flight.clone(),
+        space: Mutex::new(None),
+    };
+    let outcome = match state.engine.download(&req, &receiving).await {
         Ok(report) => {
             let m = &state.metrics;
             m.bytes(Source::Peer, report.from_peers);
@@ -898,8 +992,9 @@ async fn download(
                 }
                 Err(e) => {
                     // The requests already streaming still have the file open; later ones
-                    // download again.
+                    // download again. Nothing of it stays in the cache.
                     state.metrics.error("cache_write");
+                    count_storage_failure(&state.metrics, &e);
                     warn!(%digest, error = %e, "cannot keep the blob in the node cache");
                     Ok(())
                 }
@@ -908,6 +1003,13 @@ async fn download(
         Err(e) => {
             let failure = failure(&e);
             state.metrics.error(failure.code_reason());
+            match &e {
+                // Counted by `Receiving::admit` under its limit.
+                DownloadError::NoSpace(_) => {}
+                e if e.is_no_space() => state.metrics.storage_failure(Fault::DiskFull),
+                DownloadError::Io(_) => state.metrics.storage_failure(Fault::Io),
+                _ => {}
+            }
             if matches!(e, DownloadError::NoRoute(_)) && !state.config.back_source {
                 state.metrics.fallback("refused_back_source_off");
             }
@@ -915,6 +1017,8 @@ async fn download(
             Err(failure)
         }
     };
+    // The blob is adopted (its bytes now count as the cache's) or gone.
+    drop(receiving);
     flight.finish(outcome);
     {
         let mut flights = state.flights.lock();
@@ -934,12 +1038,22 @@ impl Failure {
             "DENIED" => "download_denied",
             "BLOB_UNKNOWN" => "download_not_found",
             "UNAVAILABLE" => "download_unavailable",
+            "NO_SPACE" => "download_no_space",
             _ => "download_failed",
         }
     }
 }
 
 fn failure(e: &DownloadError) -> Failure {
+    if e.is_no_space() {
+        // 507: the request was fine, this node cannot store the blob. Runtimes treat it
+        // as any 5xx from a mirror and pull from the next host (the registry).
+        return Failure {
+            status: 507,
+            code: "NO_SPACE",
+            message: format!("this node cannot store the blob: {e}"),
+        };
+    }
     let (status, code) = match e {
         DownloadError::Origin { status: 404, .. } => (404, "BLOB_UNKNOWN"),
         DownloadError::Origin { status, .. } if (400..500).contains(status) => (*status, "DENIED"),

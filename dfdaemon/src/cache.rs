@@ -2,15 +2,11 @@
 //! (RocksDB metadata + one content file per blob, LRU GC). Every read re-verifies the piece
 //! it returns, so a blob damaged on disk is never served.
 
-use std::{
-    ops::Range,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{ops::Range, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use damselfly_common::Digest;
-use damselfly_store::{Store, StoreConfig, TaskMeta, TaskState, unix_now};
+use damselfly_store::{Reservation, Store, StoreConfig, TaskMeta, TaskState, unix_now};
 use futures::Stream;
 use tracing::warn;
 
@@ -65,13 +61,9 @@ impl NodeCache {
     ///
     /// # Errors
     /// The store cannot be opened or the directories created.
-    pub fn open(dir: &Path, capacity: u64, high: f64, low: f64) -> Result<Self, CacheError> {
-        let store = Store::open(StoreConfig {
-            dir: dir.to_path_buf(),
-            capacity,
-            high_watermark: high,
-            low_watermark: low,
-        })?;
+    pub fn open(config: StoreConfig) -> Result<Self, CacheError> {
+        let dir = config.dir.clone();
+        let store = Store::open(config)?;
         let incoming = dir.join("incoming");
         if incoming.exists() {
             let _ = std::fs::remove_dir_all(&incoming);
@@ -180,6 +172,27 @@ impl NodeCache {
         })
         .await
         .map_err(|e| CacheError::Worker(e.to_string()))?
+    }
+
+    /// Admits a download of `bytes` bytes into `incoming/`: evicts least recently used blobs
+    /// not `in_use` if the cache's capacity or the disk (keeping `min_free`) cannot take it,
+    /// else refuses ([`damselfly_store::Store::reserve`]). The bytes count against the
+    /// capacity until the [`Reservation`] is dropped, after the blob is adopted. Returns the
+    /// evicted digests too; `on_evict` runs right after each eviction, to close other
+    /// handles on its file. Blocks briefly (a `statvfs`, and any eviction's file removals).
+    ///
+    /// # Errors
+    /// [`damselfly_store::Error::NoSpace`] naming the limit, or an eviction failed.
+    pub fn reserve(
+        &self,
+        bytes: u64,
+        in_use: &[String],
+        on_evict: &dyn Fn(&str),
+    ) -> Result<(Reservation, Vec<String>), CacheError> {
+        let (reservation, report) =
+            self.store
+                .reserve(bytes, &|id| in_use.iter().any(|u| u == id), on_evict)?;
+        Ok((reservation, report.removed))
     }
 
     /// Streams bytes `range` of a cached blob, piece by piece, each piece verified.

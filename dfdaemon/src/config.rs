@@ -89,6 +89,10 @@ pub struct CacheConfig {
     /// How often GC checks the watermarks. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// Free space kept on the volume of `data_dir`: a download starts only if its blob fits
+    /// with this much left over (after evicting least recently used blobs if need be), for
+    /// the metadata database and logs. Default 16 MiB.
+    pub min_free: ByteSize,
 }
 
 /// Peer-to-peer transfer settings.
@@ -230,6 +234,7 @@ impl Default for CacheConfig {
             high_watermark: 0.9,
             low_watermark: 0.7,
             gc_interval: Duration::from_secs(60),
+            min_free: ByteSize::b(damselfly_store::DEFAULT_MIN_FREE),
         }
     }
 }
@@ -415,6 +420,9 @@ pub struct Overrides {
     /// `cache.gc_interval`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub cache_gc_interval: Option<Duration>,
+    /// `cache.min_free`, e.g. `1GiB`.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_min_free: Option<ByteSize>,
     /// `p2p.download_rate` (per second).
     #[arg(long, value_name = "BYTES")]
     pub p2p_download_rate: Option<ByteSize>,
@@ -532,6 +540,7 @@ impl Overrides {
         set(&mut c.cache.high_watermark, self.cache_high_watermark);
         set(&mut c.cache.low_watermark, self.cache_low_watermark);
         set(&mut c.cache.gc_interval, self.cache_gc_interval);
+        set(&mut c.cache.min_free, self.cache_min_free);
         set(&mut c.p2p.download_rate, self.p2p_download_rate);
         set(&mut c.p2p.upload_rate, self.p2p_upload_rate);
         set(&mut c.p2p.upload_slots, self.p2p_upload_slots);

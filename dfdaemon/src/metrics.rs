@@ -2,6 +2,7 @@
 //! never repositories, digests or URLs.
 
 use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
+use damselfly_store::Fault;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -56,6 +57,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label set for storage failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageFailureLabels {
+    /// [`Fault::label`]: `capacity`, `disk_full`, `db_write`, `io`.
+    pub reason: &'static str,
+}
+
 /// The `reason`s of `access_refusals_total`.
 pub const ACCESS_REFUSALS: [&str; 3] = ["registry_denied", "unlisted_proxied", "unlisted_refused"];
 /// Label set for failed origin attempts: the same labels as the supernode's.
@@ -88,6 +96,9 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Blobs evicted by GC.
     pub evictions: Counter,
+    /// Local storage failures (a download refused for want of space, a failed write), by
+    /// reason: the same labels as the supernode's.
+    pub storage_failures: Family<StorageFailureLabels, Counter>,
 }
 
 impl Metrics {
@@ -150,6 +161,17 @@ impl Metrics {
             "Blobs evicted from the node cache",
             m.evictions.clone(),
         );
+        // Every reason from the start, at 0, as the supernode does.
+        for fault in Fault::ALL {
+            drop(m.storage_failures.get_or_create(&StorageFailureLabels {
+                reason: fault.label(),
+            }));
+        }
+        r.register(
+            "storage_failures",
+            "Local storage failures: downloads refused for want of space, failed writes, by reason",
+            m.storage_failures.clone(),
+        );
         m
     }
 
@@ -188,6 +210,15 @@ impl Metrics {
     pub fn access_refusal(&self, reason: &'static str) {
         self.access_refusals
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a local storage failure under `fault`'s label.
+    pub fn storage_failure(&self, fault: Fault) {
+        self.storage_failures
+            .get_or_create(&StorageFailureLabels {
+                reason: fault.label(),
+            })
             .inc();
     }
 

@@ -213,9 +213,25 @@ pub enum DownloadError {
     /// A local file operation failed (disk full, permissions).
     #[error("local I/O failed: {0}")]
     Io(#[from] IoError),
+    /// The receiver has no room for the content ([`Progress::admit`] said no).
+    #[error("{0}")]
+    NoSpace(String),
     /// Engine set-up failed.
     #[error("setting up the peer endpoint failed: {0}")]
     Setup(String),
+}
+
+impl DownloadError {
+    /// True if the download failed for want of local space: the receiver refused it
+    /// ([`DownloadError::NoSpace`]) or the disk filled up (`ENOSPC`, `EDQUOT`).
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::NoSpace(_) => true,
+            Self::Io(e) => damselfly_common::disk::is_no_space(&e.source),
+            _ => false,
+        }
+    }
 }
 
 /// Internal: why the swarm path ended without the content.
@@ -345,6 +361,12 @@ impl Engine {
     /// This process's peer id.
     pub fn peer_id(&self) -> u64 {
         self.peer_id
+    }
+
+    /// Stops serving `task_id` to other peers at once, closing this engine's handle on its
+    /// file (so an evicted file's blocks are freed); [`Engine::forget`] then leaves the swarm.
+    pub fn stop_serving(&self, task_id: &str) {
+        self.server.remove(task_id);
     }
 
     /// Stops serving `task_id` to other peers and leaves its swarm (the content is gone
@@ -634,6 +656,15 @@ impl Engine {
                     };
                     return self.back_source(req, digest, started, progress, why).await;
                 }
+                // The supernode's disk is full: the swarm cannot start, but this node may
+                // have room for a fetch of its own.
+                Err(SupernodeError::Refused(r)) if r.code == "NO_SPACE" => {
+                    let why = BackSource {
+                        reason: FallbackReason::SupernodeNoSpace,
+                        detail: format!("supernode has no room for the blob ({})", r.message),
+                    };
+                    return self.back_source(req, digest, started, progress, why).await;
+                }
                 Err(e) => return Err(refusal(e)),
             }
         }
@@ -653,7 +684,14 @@ impl Engine {
             },
         );
         progress.set_total(task.content_length);
-        let out = OutputFile::create(&req.output, task.content_length, self.peer_id)?;
+        let out = progress
+            .admit(task.content_length)
+            .map_err(DownloadError::NoSpace)
+            .and_then(|()| {
+                OutputFile::create(&req.output, task.content_length, self.peer_id)
+                    .map_err(DownloadError::from)
+            })
+            .inspect_err(|_| self.abandon(&task.task_id))?;
         progress.started(&out.file(), task.content_length);
         let mut report = Report {
             task_id: task.task_id.clone(),
@@ -1044,6 +1082,9 @@ impl Engine {
             .await
             .map_err(origin_error)?;
         progress.set_total(resp.content_length);
+        progress
+            .admit(resp.content_length)
+            .map_err(DownloadError::NoSpace)?;
         let out = OutputFile::create(&req.output, resp.content_length, self.peer_id)?;
         let file = out.file();
         progress.started(&file, resp.content_length);

@@ -31,10 +31,12 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
-    /// Creates the temp file for `target`, sized to `len` (sparse).
+    /// Creates the temp file for `target`, sized to `len` with its blocks allocated
+    /// ([`damselfly_common::disk::allocate`]), so a full disk fails the download here, before
+    /// any byte is fetched, and never midway. The temp file is removed on error.
     ///
     /// # Errors
-    /// The directory is not writable, or the disk is full.
+    /// The directory is not writable, or the disk is full (`ENOSPC`).
     pub fn create(target: &Path, len: u64, tag: u64) -> Result<Self, IoError> {
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -61,7 +63,8 @@ impl OutputFile {
             file: Arc::new(file),
             committed: false,
         };
-        out.file.set_len(len).map_err(io)?;
+        // On error `out` is dropped, which removes the temp file.
+        damselfly_common::disk::allocate(&out.file, len).map_err(io)?;
         Ok(out)
     }
 

@@ -61,6 +61,8 @@ pub enum FallbackReason {
     SupernodeLost,
     /// The supernode could not reach the origin (network, DNS, a CA it does not trust).
     SupernodeOriginUnreachable,
+    /// The supernode has no room for the blob (its disk or cache is full).
+    SupernodeNoSpace,
 }
 
 impl FallbackReason {
@@ -71,6 +73,7 @@ impl FallbackReason {
             Self::SupernodeUnreachable => "supernode_unreachable",
             Self::SupernodeLost => "supernode_lost",
             Self::SupernodeOriginUnreachable => "supernode_origin_unreachable",
+            Self::SupernodeNoSpace => "supernode_no_space",
         }
     }
 }
@@ -114,6 +117,16 @@ mod secs {
 pub trait Progress: Send + Sync {
     /// The total is known.
     fn set_total(&self, bytes: u64);
+    /// Whether the receiver has room for `total` bytes: called once the length is known,
+    /// before the output file is created or any byte fetched. An `Err` (the reason, for
+    /// people) ends the download with [`DownloadError::NoSpace`](crate::DownloadError::NoSpace).
+    /// A receiver that reserves space here keeps it until the download has ended.
+    ///
+    /// # Errors
+    /// No room; the message says why.
+    fn admit(&self, _total: u64) -> Result<(), String> {
+        Ok(())
+    }
     /// `bytes` more are verified and written.
     fn advance(&self, bytes: u64);
     /// The download writes into `file` (`total` bytes long). Called again if the download

@@ -18,6 +18,7 @@
 //!   credentials, which blobs).
 //! * [`FaultyOrigin`] is a stub registry for origin faults a real one cannot produce on
 //!   demand (503/429 with `Retry-After`, a body cut, stalled or trickling), with `Range`.
+//! * [`SmallFs`] mounts a small `tmpfs` (root only) for disk-full tests: real `ENOSPC`.
 //! * [`http`] is a tiny synchronous HTTP client usable from plain and `#[tokio::test]` tests.
 //! * [`random_blob`], [`sha256_hex`], [`free_tcp_port`], [`ipv6_loopback_available`], ...
 
@@ -32,6 +33,7 @@ mod image;
 mod nydus;
 mod recorder;
 mod registry;
+mod smallfs;
 mod swarm;
 mod tls;
 mod token;
@@ -54,6 +56,7 @@ pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
     PushedImage, TestRegistry, TestRegistryBuilder,
 };
+pub use smallfs::SmallFs;
 pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
 pub use tls::TestCa;
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest, TokenServer};

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use crate::Error;
 
+/// Default [`StoreConfig::min_free`]: 16 MiB.
+pub const DEFAULT_MIN_FREE: u64 = 16 << 20;
+
 /// Where the store lives and how much it may hold.
 ///
 /// Garbage collection runs only when [`Store::gc`](crate::Store::gc) is called. It starts when
@@ -22,6 +25,9 @@ pub struct StoreConfig {
     /// Fraction of `capacity` that GC evicts down to. Default 0.7. Must satisfy
     /// `0 < low_watermark <= high_watermark <= 1`.
     pub low_watermark: f64,
+    /// Bytes [`Store::reserve`](crate::Store::reserve) keeps free on the filesystem, for
+    /// the metadata database and whatever else writes there. Default 16 MiB.
+    pub min_free: u64,
 }
 
 impl StoreConfig {
@@ -33,6 +39,7 @@ impl StoreConfig {
             capacity: 0,
             high_watermark: 0.9,
             low_watermark: 0.7,
+            min_free: DEFAULT_MIN_FREE,
         }
     }
 

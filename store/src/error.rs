@@ -7,9 +7,14 @@
 //!   expects, so whoever supplied them (peer or origin) misbehaved. [`Error::is_bad_data`]
 //!   answers this.
 //! * *We failed locally*: [`Error::Io`], [`Error::Db`], [`Error::Config`] and friends. A full
-//!   disk surfaces as [`Error::Io`] and never marks anything present.
+//!   disk surfaces as [`Error::NoSpace`] at admission ([`Store::reserve`](crate::Store::reserve)),
+//!   or as [`Error::Io`]/[`Error::Db`] when it fills up behind the store's back; either way it
+//!   never marks anything present. [`Error::fault`] names the kind of local failure, as a
+//!   bounded metrics label.
 
 use std::path::PathBuf;
+
+use crate::SpaceLimit;
 
 /// Everything that can go wrong in the piece store.
 #[derive(thiserror::Error, Debug)]
@@ -115,6 +120,17 @@ pub enum Error {
         /// Number of pieces in the task.
         count: u32,
     },
+    /// No room for a task of `needed` bytes, even after evicting every task that could go
+    /// (nothing was evicted if evicting all of them would not have made room).
+    #[error("no room for {needed} more bytes in {dir}: {limit}")]
+    NoSpace {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Bytes asked for.
+        needed: u64,
+        /// What they did not fit into.
+        limit: SpaceLimit,
+    },
     /// Persisted metadata under `key` could not be used.
     #[error("metadata {key}: {reason}")]
     Metadata {
@@ -138,10 +154,68 @@ impl Error {
         )
     }
 
+    /// What kind of local storage failure this is, or `None` if it is not one (bad data, an
+    /// unknown task, a caller's mistake).
+    #[must_use]
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            Self::NoSpace { limit, .. } => Some(match limit {
+                SpaceLimit::Capacity { .. } => Fault::Capacity,
+                SpaceLimit::Disk { .. } => Fault::DiskFull,
+            }),
+            Self::Io { source, .. } if damselfly_common::disk::is_no_space(source) => {
+                Some(Fault::DiskFull)
+            }
+            Self::Io { .. } => Some(Fault::Io),
+            // RocksDB reports ENOSPC as an `IOError` status whose message carries
+            // strerror(ENOSPC); after one, it refuses writes until it has recovered.
+            Self::Db(e) if e.as_ref().contains("No space left on device") => Some(Fault::DiskFull),
+            Self::Db(_) => Some(Fault::Database),
+            _ => None,
+        }
+    }
+
+    /// True if the disk (or the store's capacity) is full: the task may fit later, after GC.
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        matches!(self.fault(), Some(Fault::Capacity | Fault::DiskFull))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// A local storage failure, as a bounded metrics label (both daemons count them under
+/// `storage_failures{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The configured capacity cannot take the task, even after GC.
+    Capacity,
+    /// The filesystem is full (`ENOSPC`, `EDQUOT`), at admission or mid-write, in a content
+    /// file or in the metadata database.
+    DiskFull,
+    /// The metadata database (RocksDB) failed for another reason.
+    Database,
+    /// Another file operation failed.
+    Io,
+}
+
+impl Fault {
+    /// Every fault, for exporting each label from the start.
+    pub const ALL: [Self; 4] = [Self::Capacity, Self::DiskFull, Self::Database, Self::Io];
+
+    /// The metrics label: `capacity`, `disk_full`, `db_write`, `io`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Capacity => "capacity",
+            Self::DiskFull => "disk_full",
+            Self::Database => "db_write",
+            Self::Io => "io",
         }
     }
 }

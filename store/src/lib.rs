@@ -6,8 +6,8 @@
 //! ```text
 //! <dir>/
 //!   db/        RocksDB: format version, TaskMeta JSON per task, sha256 per present piece
-//!   content/   one sparse file per task, named hex(sha256(task id)),
-//!              `content_length` bytes long; piece i lives at i * piece_size
+//!   content/   one file per task, named hex(sha256(task id)), `content_length` bytes
+//!              long with its blocks allocated (fallocate); piece i lives at i * piece_size
 //! ```
 //!
 //! The key layout is documented in the private `keys` module; see [`TaskMeta`] for the
@@ -18,7 +18,8 @@
 //! ```text
 //!  downloader                      Store                          disk
 //!  ----------                      -----                          ----
-//!  create_task(meta) ─────────────► set_len(content_length) ─────► content/<h>  (sparse)
+//!  reserve(len, in_use) ──────────► fits capacity and disk? else evict LRU, else NoSpace
+//!  create_task(meta) ─────────────► fallocate(content_length) ───► content/<h>  (allocated)
 //!                                  put t/<id> = meta (Running) ──► db
 //!  write_piece(id, i, bytes) ─────► check length, sha256, expected
 //!                                  pwrite at i*piece_size ───────► content/<h>
@@ -49,12 +50,14 @@ mod config;
 mod error;
 mod keys;
 mod meta;
+mod space;
 mod store;
 
-pub use config::StoreConfig;
-pub use error::Error;
+pub use config::{DEFAULT_MIN_FREE, StoreConfig};
+pub use error::{Error, Fault};
 pub use meta::{GcReport, TaskMeta, TaskRecord, TaskState};
-pub use store::Store;
+pub use space::SpaceLimit;
+pub use store::{Reservation, Store};
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the unit of
 /// [`TaskMeta::created_unix`] and [`Store::touch`].

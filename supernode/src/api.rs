@@ -118,6 +118,11 @@ impl ApiError {
             Self::Register(RegisterError::TooLarge(_)) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", 0)
             }
+            // A full disk or cache: 507, so a peer tells it from a broken supernode and
+            // fetches from the origin itself when it may.
+            Self::Register(RegisterError::Store(e)) if e.is_no_space() => {
+                (StatusCode::INSUFFICIENT_STORAGE, "NO_SPACE", 0)
+            }
             Self::Register(RegisterError::Store(_) | RegisterError::Join(_)) | Self::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "STORAGE", 0)
             }
@@ -191,6 +196,8 @@ async fn register(
             let outcome = match e {
                 RegisterError::Denied { .. } => RegisterOutcome::Denied,
                 RegisterError::NotHere => RegisterOutcome::NotHere,
+                RegisterError::Store(ref s) if s.is_no_space() => RegisterOutcome::NoSpace,
+                RegisterError::Store(_) | RegisterError::Join(_) => RegisterOutcome::Storage,
                 _ => RegisterOutcome::OriginError,
             };
             shared.metrics.registration(outcome);

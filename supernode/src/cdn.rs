@@ -78,6 +78,11 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
             if let Some(reason) = reason {
                 shared.metrics.origin_failure(reason, FailureAction::GaveUp);
             }
+            if let FetchError::Store(s) = &e {
+                // A full disk mid-fetch (the content file is allocated up front, so this is
+                // the metadata database or a disk filled behind our back).
+                shared.metrics.storage_failure(s);
+            }
             warn!(task = %id, error = %e, "origin fetch failed; dropping its data");
             let store = shared.store.clone();
             let rid = id.clone();

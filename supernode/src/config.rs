@@ -63,6 +63,10 @@ pub struct StorageConfig {
     /// How often GC checks the watermarks. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// Free space kept on the volume of `data_dir`: a new task is admitted only if its blob
+    /// fits with this much left over (after evicting least recently used blobs if need be),
+    /// for the metadata database and logs. Default 16 MiB.
+    pub min_free: ByteSize,
 }
 
 /// Parent selection.
@@ -199,6 +203,7 @@ impl Default for StorageConfig {
             high_watermark: 0.9,
             low_watermark: 0.7,
             gc_interval: Duration::from_secs(60),
+            min_free: ByteSize::b(damselfly_store::DEFAULT_MIN_FREE),
         }
     }
 }
@@ -342,6 +347,9 @@ pub struct Overrides {
     /// `storage.gc_interval`, e.g. `60s`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub storage_gc_interval: Option<Duration>,
+    /// `storage.min_free`, e.g. `1GiB`.
+    #[arg(long, value_name = "BYTES")]
+    pub storage_min_free: Option<ByteSize>,
     /// `scheduler.parents_per_peer`.
     #[arg(long, value_name = "N")]
     pub scheduler_parents_per_peer: Option<usize>,
@@ -436,6 +444,7 @@ impl Overrides {
         set(&mut c.storage.high_watermark, self.storage_high_watermark);
         set(&mut c.storage.low_watermark, self.storage_low_watermark);
         set(&mut c.storage.gc_interval, self.storage_gc_interval);
+        set(&mut c.storage.min_free, self.storage_min_free);
         set(
             &mut c.scheduler.parents_per_peer,
             self.scheduler_parents_per_peer,

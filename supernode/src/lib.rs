@@ -94,6 +94,7 @@ impl App {
             capacity: config.storage.capacity.as_u64(),
             high_watermark: config.storage.high_watermark,
             low_watermark: config.storage.low_watermark,
+            min_free: config.storage.min_free.as_u64(),
         };
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await?
@@ -221,29 +222,45 @@ async fn maintain(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-async fn gc(shared: &Arc<Shared>) {
-    let in_use: std::collections::HashSet<String> = shared
+/// Tasks GC must not evict: fetching, or with live peers.
+fn in_use(shared: &Shared) -> std::collections::HashSet<String> {
+    shared
         .tasks
         .all()
         .into_iter()
         .filter(|t| t.fetching() || t.sched.lock().peer_count() > 0)
         .map(|t| t.id().to_owned())
-        .collect();
+        .collect()
+}
+
+/// Forgets the tasks GC (or an admission) evicted and counts them.
+fn evicted(shared: &Shared, report: &damselfly_store::GcReport) {
+    for id in &report.removed {
+        if let Some(t) = shared.tasks.get(id) {
+            shared.tasks.forget(&t);
+        }
+    }
+    shared
+        .metrics
+        .gc_evictions
+        .inc_by(report.removed.len() as u64);
+}
+
+async fn gc(shared: &Arc<Shared>) {
+    let in_use = in_use(shared);
     let store = shared.store.clone();
     let report = tokio::task::spawn_blocking(move || store.gc(&|id| in_use.contains(id))).await;
     match report {
         Ok(Ok(r)) => {
-            for id in &r.removed {
-                if let Some(t) = shared.tasks.get(id) {
-                    shared.tasks.forget(&t);
-                }
-            }
             if !r.removed.is_empty() {
                 info!(evicted = r.removed.len(), freed = r.freed_bytes, "cache GC");
-                shared.metrics.gc_evictions.inc_by(r.removed.len() as u64);
             }
+            evicted(shared, &r);
         }
-        Ok(Err(e)) => warn!(error = %e, "cache GC failed"),
+        Ok(Err(e)) => {
+            shared.metrics.storage_failure(&e);
+            warn!(error = %e, "cache GC failed");
+        }
         Err(e) => warn!(error = %e, "cache GC worker failed"),
     }
     shared

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the supernode. Labels are bounded enums, never task ids or URLs.
 
 use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
+use damselfly_store::Fault;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -47,6 +48,10 @@ pub enum RegisterOutcome {
     BadRequest,
     /// A holder (a node serving its cache) asked for a task this supernode does not have.
     NotHere,
+    /// No room for the blob in the cache or on the disk, even after GC.
+    NoSpace,
+    /// Local storage failed otherwise.
+    Storage,
 }
 
 /// Label set for registrations.
@@ -70,6 +75,13 @@ pub enum AccessRefusal {
 pub struct AccessRefusalLabels {
     /// Why.
     pub reason: AccessRefusal,
+}
+
+/// Label set for storage failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageFailureLabels {
+    /// [`Fault::label`]: `capacity`, `disk_full`, `db_write`, `io`.
+    pub reason: &'static str,
 }
 
 /// Label set for preheat job states.
@@ -108,6 +120,8 @@ pub struct Metrics {
     pub banned_peers: Counter,
     /// Blobs evicted by cache GC.
     pub gc_evictions: Counter,
+    /// Local storage failures (a task refused for want of space, a failed write), by reason.
+    pub storage_failures: Family<StorageFailureLabels, Counter>,
     /// Bytes in the cache.
     pub cache_bytes: Gauge,
     /// Time to answer a sync (scheduling parents), in seconds.
@@ -135,6 +149,7 @@ impl Metrics {
             bad_pieces: Counter::default(),
             banned_peers: Counter::default(),
             gc_evictions: Counter::default(),
+            storage_failures: Family::default(),
             cache_bytes: Gauge::default(),
             schedule_seconds: Histogram::new([
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
@@ -221,6 +236,17 @@ impl Metrics {
             "Blobs evicted by cache GC",
             m.gc_evictions.clone(),
         );
+        // Every reason from the start, at 0, like the other failure counters.
+        for fault in Fault::ALL {
+            drop(m.storage_failures.get_or_create(&StorageFailureLabels {
+                reason: fault.label(),
+            }));
+        }
+        r.register(
+            "storage_failures",
+            "Local storage failures: tasks refused for want of space, failed writes, by reason",
+            m.storage_failures.clone(),
+        );
         r.register("cache_bytes", "Bytes in the cache", m.cache_bytes.clone());
         r.register(
             "schedule_duration_seconds",
@@ -282,6 +308,17 @@ impl Metrics {
                 action: action.label(),
             })
             .inc();
+    }
+
+    /// Counts a storage error under its [`Fault`] (nothing if it is not a local failure).
+    pub fn storage_failure(&self, e: &damselfly_store::Error) {
+        if let Some(fault) = e.fault() {
+            self.storage_failures
+                .get_or_create(&StorageFailureLabels {
+                    reason: fault.label(),
+                })
+                .inc();
+        }
     }
 
     /// Counts one registration with `outcome`.

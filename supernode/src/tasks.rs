@@ -20,7 +20,7 @@ use damselfly_store::{TaskMeta, TaskState};
 use damselfly_swarm::{SchedulerConfig, TaskScheduler, piece_count, piece_size_for};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     Shared, cdn,
@@ -374,9 +374,25 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         created_unix: unix_now(),
         last_access_unix: unix_now(),
     };
+    // Room for the whole blob before its first byte: GC first if need be, else a clear
+    // refusal (and the origin response is dropped unread).
     let store = shared.store.clone();
     let m = meta.clone();
-    tokio::task::spawn_blocking(move || store.create_task(m)).await??;
+    let busy = crate::in_use(shared);
+    let admitted = tokio::task::spawn_blocking(move || {
+        // Only the store's own handles are open on an evictable task's file.
+        let (reservation, report) =
+            store.reserve(m.content_length, &|id| busy.contains(id), &|_| {})?;
+        let created = store.create_task(m);
+        drop(reservation);
+        created.map(|()| report)
+    })
+    .await?;
+    let report = admitted.inspect_err(|e| {
+        shared.metrics.storage_failure(e);
+        warn!(task = %wanted.id, bytes = length, error = %e, "cannot store the blob; task refused");
+    })?;
+    crate::evicted(shared, &report);
     let creator = Some(fingerprint(&wanted.headers));
     let task = Arc::new(Task::running(meta, scheduler(shared, pieces), creator, now));
     info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");

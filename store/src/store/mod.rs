@@ -14,13 +14,15 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use tracing::{debug, info, warn};
 
 use crate::keys::{self, sha256};
+use crate::space::Space;
 use crate::{Error, GcReport, StoreConfig, TaskMeta, TaskRecord, TaskState};
 
 /// Most content files kept open at once. Beyond this an arbitrary handle is closed; users
 /// holding its `Arc` finish undisturbed.
 const FILE_CACHE_CAP: usize = 128;
 
-/// Piece store: one sparse content file per task plus metadata in RocksDB.
+/// Piece store: one content file per task (its blocks allocated up front) plus metadata in
+/// RocksDB.
 ///
 /// Call order per task: [`create_task`](Self::create_task), then
 /// [`write_piece`](Self::write_piece) for each piece (any order, any thread), then
@@ -40,12 +42,17 @@ pub struct Store {
     gate: RwLock<()>,
     /// Lock order: `gate` before `inner`.
     inner: Mutex<Inner>,
+    /// Held through one [`Store::reserve`], so two admissions never both count the same
+    /// free bytes. Lock order: before `gate`.
+    admission: Mutex<()>,
 }
 
 struct Inner {
     tasks: HashMap<String, Entry>,
     /// Sum of `content_length` over `tasks`.
     used: u64,
+    /// Sum of live [`Reservation`]s.
+    reserved: u64,
     files: HashMap<String, Arc<File>>,
 }
 
@@ -79,6 +86,11 @@ impl Store {
         // No compression codecs are compiled in, and values are small JSON or digests.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_keep_log_file_num(4);
+        // RocksDB preallocates each WAL file at 1.1 × the write buffer (64 MiB by default)
+        // with fallocate: on a small data dir that would take a blob's worth of space for a
+        // few KiB of metadata. 4 MiB buffers keep it small and predictable.
+        opts.set_write_buffer_size(4 << 20);
+        opts.set_manifest_preallocation_size(256 << 10);
         let db = DB::open(&opts, &db_dir)?;
         recover::check_format(&db)?;
         let tasks = recover::load(&db, &content_dir)?;
@@ -108,8 +120,10 @@ impl Store {
             inner: Mutex::new(Inner {
                 tasks,
                 used,
+                reserved: 0,
                 files: HashMap::new(),
             }),
+            admission: Mutex::new(()),
         })
     }
 
@@ -119,13 +133,16 @@ impl Store {
         &self.config
     }
 
-    /// Registers a new task: creates its content file as a sparse file of `content_length`
-    /// bytes, then persists `meta`. No piece is present yet.
+    /// Registers a new task: creates its content file of `content_length` bytes with every
+    /// block allocated ([`damselfly_common::disk::allocate`]), then persists `meta`. No piece
+    /// is present yet. Piece writes into the file then do not fail for want of space. Call
+    /// [`reserve`](Self::reserve) first to apply the capacity and evict for room.
     ///
     /// # Errors
     ///
     /// [`Error::TaskExists`], [`Error::InvalidTask`] (empty ID, zero piece size, too many
-    /// pieces), [`Error::Io`] or [`Error::Db`].
+    /// pieces), [`Error::Io`] (`ENOSPC` when the disk cannot hold the file: nothing is left
+    /// behind) or [`Error::Db`].
     pub fn create_task(&self, meta: TaskMeta) -> Result<(), Error> {
         if let Some(reason) = meta.invalid_reason() {
             return Err(Error::InvalidTask {
@@ -144,8 +161,11 @@ impl Store {
             .create(true)
             .truncate(true)
             .open(&path)
-            .and_then(|f| f.set_len(meta.content_length).map(|()| f))
             .map_err(|e| Error::io(&path, e))?;
+        if let Err(e) = damselfly_common::disk::allocate(&file, meta.content_length) {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io(&path, e));
+        }
         let json = encode_meta(&meta)?;
         let mut batch = WriteBatch::default();
         // Defensive: recovery and remove_task leave no piece keys behind, but a stale one
@@ -506,6 +526,120 @@ impl Store {
         Ok(())
     }
 
+    /// Admits a task of `bytes` bytes: if it does not fit in the capacity (with what is
+    /// stored and reserved) or on the disk (keeping `min_free` free), evicts `Complete` tasks
+    /// not `in_use`, least recently accessed first, until it does. The bytes stay reserved
+    /// (counted against the capacity) until the returned [`Reservation`] is dropped: keep it
+    /// until the task is stored ([`create_task`](Self::create_task) or an import).
+    ///
+    /// When evicting every evictable task would still not make room, nothing is evicted:
+    /// a blob too large for this store does not cost it its cache.
+    ///
+    /// `on_evict(id)` runs right after each eviction (with no store lock held), for the
+    /// caller to close its own handles on the task's file: a deleted file's blocks are
+    /// freed only once nobody has it open. The bytes of an evicted task count as free from
+    /// then on, whatever `statvfs` says while a last reader finishes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSpace`] naming the limit, [`Error::Io`] if the filesystem cannot be queried,
+    /// or an eviction's [`Error::Db`]/[`Error::Io`] (tasks evicted before it stay evicted).
+    pub fn reserve(
+        self: &Arc<Self>,
+        bytes: u64,
+        in_use: &dyn Fn(&str) -> bool,
+        on_evict: &dyn Fn(&str),
+    ) -> Result<(Reservation, GcReport), Error> {
+        let _admission = self.admission.lock();
+        // Evictable: Complete and not in use, least recently accessed first.
+        let mut candidates: Vec<(u64, String, u64)> = {
+            let inner = self.inner.lock();
+            inner
+                .tasks
+                .values()
+                .filter(|e| e.meta.state == TaskState::Complete)
+                .map(|e| {
+                    let m = &e.meta;
+                    (m.last_access_unix, m.id.clone(), m.content_length)
+                })
+                .collect()
+        };
+        candidates.retain(|(_, id, _)| !in_use(id));
+        candidates.sort_unstable();
+        candidates.reverse();
+        let mut evictable: u64 = candidates.iter().map(|c| c.2).sum();
+        let mut report = GcReport::default();
+        let before = self.space()?.available;
+        loop {
+            let mut space = self.space()?;
+            space.available = space
+                .available
+                .max(before.saturating_add(report.freed_bytes));
+            let pinned = space.used.saturating_sub(evictable);
+            let Some(limit) = space.shortfall(bytes, pinned) else {
+                self.inner.lock().reserved += bytes;
+                if !report.removed.is_empty() {
+                    info!(
+                        evicted = report.removed.len(),
+                        freed_bytes = report.freed_bytes,
+                        admitted_bytes = bytes,
+                        "piece store evicted to admit a task"
+                    );
+                }
+                let reservation = Reservation {
+                    store: Arc::clone(self),
+                    bytes,
+                };
+                return Ok((reservation, report));
+            };
+            let hopeless = space
+                .after_evicting(evictable)
+                .shortfall(bytes, pinned)
+                .is_some();
+            let next = if hopeless { None } else { candidates.pop() };
+            let Some((_, id, len)) = next else {
+                let limit = match (hopeless, limit) {
+                    // Report the limit as it stands with everything evicted.
+                    (true, _) => space
+                        .after_evicting(evictable)
+                        .shortfall(bytes, pinned)
+                        .unwrap_or(limit),
+                    (false, l) => l,
+                };
+                return Err(Error::NoSpace {
+                    dir: self.config.dir.clone(),
+                    needed: bytes,
+                    limit,
+                });
+            };
+            self.remove_task(&id)?;
+            on_evict(&id);
+            evictable = evictable.saturating_sub(len);
+            report.freed_bytes += len;
+            report.removed.push(id);
+        }
+    }
+
+    /// Bytes promised to live [`Reservation`]s.
+    #[must_use]
+    pub fn reserved_bytes(&self) -> u64 {
+        self.inner.lock().reserved
+    }
+
+    /// Capacity, usage, reservations and the filesystem's free space, now.
+    fn space(&self) -> Result<Space, Error> {
+        let available = damselfly_common::disk::available(&self.config.dir)
+            .map_err(|e| Error::io(&self.config.dir, e))?;
+        let inner = self.inner.lock();
+        Ok(Space {
+            capacity: self.config.capacity,
+            used: inner.used,
+            reserved: inner.reserved,
+            available,
+            min_free: self.config.min_free,
+        })
+    }
+
     /// Sum of `content_length` over all stored tasks (running or complete), in bytes.
     #[must_use]
     pub fn used_bytes(&self) -> u64 {
@@ -640,6 +774,37 @@ impl std::fmt::Debug for Store {
             .field("used_bytes", &inner.used)
             .field("capacity", &self.config.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+/// Space promised to a task admitted by [`Store::reserve`]: counted against the capacity
+/// until dropped.
+#[must_use = "the space is released when the reservation is dropped"]
+pub struct Reservation {
+    store: Arc<Store>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes reserved.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut inner = self.store.inner.lock();
+        inner.reserved = inner.reserved.saturating_sub(self.bytes);
     }
 }
 

@@ -2,6 +2,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::*;
+use crate::SpaceLimit;
 
 const PIECE: u32 = 16;
 
@@ -591,4 +592,156 @@ fn a_verified_import_records_the_given_digests_without_reading_the_file() {
         read, content,
         "every piece reads back against the recorded digest"
     );
+}
+
+/// A store of `capacity` bytes with no disk headroom (a real disk has far more free).
+fn capped(dir: &Path, capacity: u64) -> Arc<Store> {
+    let config = StoreConfig {
+        capacity,
+        min_free: 0,
+        ..StoreConfig::new(dir)
+    };
+    Arc::new(Store::open(config).unwrap())
+}
+
+#[test]
+fn created_tasks_have_their_blocks_allocated() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let m = TaskMeta {
+        piece_size: 1 << 20,
+        ..meta("big", 3 << 20)
+    };
+    store.create_task(m.clone()).unwrap();
+    let file = std::fs::metadata(store.content_path(&m.id)).unwrap();
+    assert_eq!(file.len(), 3 << 20);
+    // Not sparse (unless the filesystem has no fallocate, where it is sized sparse).
+    let allocated = file.blocks() * 512;
+    assert!(allocated >= 3 << 20 || allocated == 0, "{allocated}");
+}
+
+#[test]
+fn reserve_admits_what_fits_and_counts_it_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = capped(dir.path(), 1000);
+    create_full(&store, meta("a", 400));
+    let (first, report) = store.reserve(500, &|_| false, &|_| {}).unwrap();
+    assert_eq!(report, GcReport::default());
+    assert_eq!(first.bytes(), 500);
+    assert_eq!(store.reserved_bytes(), 500);
+    // 400 stored + 500 promised: 100 left, so 200 more needs "a" gone, but it is in use.
+    let err = store.reserve(200, &|id| id == "a", &|_| {}).unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    assert_eq!(err.fault(), Some(crate::Fault::Capacity));
+    let Error::NoSpace { needed, limit, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*needed, 200);
+    assert_eq!(
+        *limit,
+        SpaceLimit::Capacity {
+            capacity: 1000,
+            pinned: 400,
+            reserved: 500
+        }
+    );
+    assert!(store.task("a").unwrap().is_some(), "nothing evicted");
+    assert_eq!(store.reserved_bytes(), 500, "a refusal reserves nothing");
+    drop(first);
+    assert_eq!(store.reserved_bytes(), 0);
+    let (_second, report) = store.reserve(200, &|id| id == "a", &|_| {}).unwrap();
+    assert_eq!(report, GcReport::default());
+}
+
+#[test]
+fn reserve_evicts_least_recently_used_until_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = capped(dir.path(), 1000);
+    for (i, id) in ["old", "mid", "new", "busy"].into_iter().enumerate() {
+        create_full(&store, meta(id, 200));
+        store.touch(id, 1000 + i as u64).unwrap();
+    }
+    store.touch("busy", 1).unwrap();
+    store.create_task(meta("running", 100)).unwrap();
+    assert_eq!(store.used_bytes(), 900);
+    // 900 used, 500 wanted: 400 must go. "busy" is oldest but in use; "running" never goes.
+    let seen = std::cell::RefCell::new(Vec::new());
+    let (reservation, report) = store
+        .reserve(500, &|id| id == "busy", &|id| {
+            // Called after the eviction, with no lock held: the store answers.
+            assert!(store.task_meta(id).is_none());
+            seen.borrow_mut().push(id.to_owned());
+        })
+        .unwrap();
+    assert_eq!(report.removed, ["old", "mid"]);
+    assert_eq!(seen.into_inner(), report.removed);
+    assert_eq!(report.freed_bytes, 400);
+    assert_eq!(store.used_bytes(), 500);
+    assert_eq!(store.reserved_bytes(), 500);
+    assert!(!store.content_path("old").exists());
+    assert!(store.task("new").unwrap().is_some());
+    drop(reservation);
+}
+
+#[test]
+fn a_task_that_can_never_fit_evicts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = capped(dir.path(), 1000);
+    create_full(&store, meta("a", 300));
+    create_full(&store, meta("b", 300));
+    let err = store.reserve(1001, &|_| false, &|_| {}).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::NoSpace {
+            limit: SpaceLimit::Capacity { .. },
+            ..
+        }
+    ));
+    assert_eq!(store.used_bytes(), 600, "the cache was kept");
+    // Fits only if "b" (in use) went too: still nothing evicted.
+    let err = store.reserve(800, &|id| id == "b", &|_| {}).unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    assert!(store.task("a").unwrap().is_some());
+}
+
+#[test]
+fn reserve_keeps_min_free_on_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = damselfly_common::disk::available(dir.path()).unwrap();
+    // Keep all but 1 MiB of the disk free: 2 MiB cannot be admitted, 512 KiB can.
+    let config = StoreConfig {
+        min_free: free.saturating_sub(1 << 20),
+        ..StoreConfig::new(dir.path())
+    };
+    let store = Arc::new(Store::open(config).unwrap());
+    let err = store.reserve(2 << 20, &|_| false, &|_| {}).unwrap_err();
+    assert_eq!(err.fault(), Some(crate::Fault::DiskFull), "{err}");
+    assert!(err.to_string().contains("kept free"), "{err}");
+    // (Other processes write to this disk too; a margin of 512 KiB is plenty.)
+    let (r, _) = store.reserve(512 << 10, &|_| false, &|_| {}).unwrap();
+    drop(r);
+}
+
+#[test]
+fn faults_name_local_failures_only() {
+    use crate::Fault;
+    let enospc = Error::io("/x", std::io::Error::from_raw_os_error(28));
+    assert_eq!(enospc.fault(), Some(Fault::DiskFull));
+    assert!(enospc.is_no_space());
+    let eio = Error::io("/x", std::io::Error::from_raw_os_error(5));
+    assert_eq!(eio.fault(), Some(Fault::Io));
+    assert!(!eio.is_no_space());
+    assert_eq!(Error::UnknownTask("t".into()).fault(), None);
+    assert_eq!(
+        Error::PieceLength {
+            index: 0,
+            expected: 1,
+            actual: 2
+        }
+        .fault(),
+        None
+    );
+    let labels: Vec<&str> = Fault::ALL.iter().map(|f| f.label()).collect();
+    assert_eq!(labels, ["capacity", "disk_full", "db_write", "io"]);
 }
