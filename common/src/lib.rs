@@ -14,6 +14,8 @@ pub mod rate;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use rate::RateLimiter;
+pub use token::{TokenError, TokenKey};

@@ -197,11 +197,11 @@ def check_promises(values: dict, docs: list[dict]) -> None:
             if token.get("existingSecret"):
                 assert ref["name"] == token["existingSecret"]
             else:
-                (secret,) = find(docs, "Secret")
-                assert ref["name"] == secret["metadata"]["name"]
+                (secret,) = [s for s in find(docs, "Secret") if s["metadata"]["name"] == ref["name"]]
                 assert secret["stringData"][ref["key"]] == token["token"]
         else:
-            assert "DAMSELFLY_PREHEAT_TOKEN" not in env and not find(docs, "Secret")
+            assert "DAMSELFLY_PREHEAT_TOKEN" not in env
+            assert not [s for s in find(docs, "Secret") if s["metadata"]["name"].endswith("-preheat")]
         assert bool(sts["spec"].get("volumeClaimTemplates")) == v_sn["persistence"]["enabled"]
         # Every CA the supernode is told to trust is a file of a ConfigMap mounted in its pod.
         mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c["volumeMounts"]}
@@ -233,6 +233,44 @@ def check_promises(values: dict, docs: list[dict]) -> None:
         assert cache["hostPath"]["path"] == v_df["cacheDir"]
         inits = pod.get("initContainers", [])
         assert bool(inits) == v_df["containerd"]["enabled"]
+    check_cluster_secret(merged, docs)
+
+
+CLUSTER_SECRET_FILE = "/etc/damselfly-cluster/secret"
+
+
+def check_cluster_secret(merged: dict, docs: list[dict]) -> None:
+    """With a cluster secret, both daemons' configs name the file, their pods mount it from
+    the Secret, and the secret itself is in no ConfigMap; without one, neither."""
+    files = configs(docs)
+    cs = merged["clusterSecret"]
+    on = bool(cs.get("existingSecret") or cs.get("secret"))
+    made = [s for s in find(docs, "Secret") if s["metadata"]["name"].endswith("-cluster")]
+    if cs.get("secret") and not cs.get("existingSecret"):
+        (secret,) = made
+        assert secret["stringData"]["secret"] == cs["secret"]
+        assert all(cs["secret"] not in text for text in files.values()), "secret in a ConfigMap"
+        name, key = secret["metadata"]["name"], "secret"
+    else:
+        assert not made
+        name, key = cs.get("existingSecret"), cs.get("existingSecretKey")
+    pods = [(w, "supernode.toml") for w in find(docs, "StatefulSet")]
+    pods += [(w, "dfdaemon.toml") for w in find(docs, "DaemonSet")]
+    for workload, config in pods:
+        pod = workload["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        conf = tomllib.loads(files[config])
+        mounted = [m for m in c["volumeMounts"] if m["name"] == "cluster-secret"]
+        volumes = [v for v in pod["volumes"] if v["name"] == "cluster-secret"]
+        if not on:
+            assert "cluster" not in conf and not mounted and not volumes, config
+            continue
+        assert conf["cluster"]["secret_file"] == CLUSTER_SECRET_FILE, config
+        (m,) = mounted
+        assert CLUSTER_SECRET_FILE.startswith(m["mountPath"] + "/") and m["readOnly"]
+        (v,) = volumes
+        assert v["secret"]["secretName"] == name
+        assert v["secret"]["items"] == [{"key": key, "path": "secret"}]
 
 
 def check_probes(container: dict) -> None:
@@ -245,6 +283,12 @@ def check_refusals() -> None:
         ({"supernode": {"config": {"listen": "0.0.0.0:1"}}}, "supernode.config.listen"),
         ({"supernode": {"config": {"preheat": {"token": "x"}}}}, "supernode.config.preheat.token"),
         ({"dfdaemon": {"config": {"p2p": {"upload_rate": "1MiB"}}}}, "dfdaemon.config.p2p.upload_rate"),
+        (
+            {"supernode": {"config": {"cluster": {"secret_file": "/x"}}}},
+            "supernode.config.cluster.secret_file",
+        ),
+        ({"dfdaemon": {"config": {"cluster": {"secret_file": "/x"}}}}, "dfdaemon.config.cluster.secret_file"),
+        ({"clusterSecret": {"secret": "too short"}}, "at least 16 characters"),
         (
             {"dfdaemon": {"registries": [{"host": "r", "ca": "PEM", "ca_file": "/x"}]}},
             "sets both ca and ca_file",
@@ -359,7 +403,10 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path) -> None:
             # The pods mount CA bundles at /etc/damselfly/ca (dfdaemon) and /etc/damselfly-ca
             # (supernode); here they live under tmp.
             text = text.replace("/etc/damselfly/ca/", f"{etc}/ca/")
+            # The cluster secret is mounted from its Secret; here a file with a test secret.
+            text = text.replace(CLUSTER_SECRET_FILE, f"{etc}/cluster-secret")
             dest.write_text(text.replace("/etc/damselfly-ca/", f"{etc}/ca/"))
+        (etc / "cluster-secret").write_text("chart-test-cluster-secret-0123456789\n")
         for sts in find(docs, "StatefulSet"):
             (c,) = sts["spec"]["template"]["spec"]["containers"]
             port = free_port()

@@ -143,7 +143,20 @@ impl App {
         .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
+        let token_key = config
+            .cluster
+            .token_key()
+            .context("loading cluster.secret_file")?;
+        if token_key.is_none() {
+            warn!(
+                "cluster.secret_file is not set: piece tokens are not checked, so any host \
+                 that reaches the peer port may download every blob this node holds, \
+                 private ones included (docs/security.md)"
+            );
+        }
         let engine = Engine::start(EngineConfig {
+            token_key,
+            refusals: Some(Arc::new(metrics.clone())),
             supernodes: config.supernodes.clone(),
             peer_listen: Some(config.peer_listen),
             advertise_ip: config.advertise_ip,

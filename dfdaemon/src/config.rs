@@ -61,6 +61,8 @@ pub struct Config {
     pub registries: Vec<RegistryConfig>,
     /// Which registries may approve a requester for a blob this node holds.
     pub access: AccessConfig,
+    /// The cluster secret, which checks the piece tokens of other nodes' requests.
+    pub cluster: ClusterConfig,
     /// Limits of the mirror's HTTP listener (`listen`): header-read timeout, connection cap.
     pub http: HttpLimits,
     /// Longest wait for requests to drain on SIGTERM. Default 10 s.
@@ -185,6 +187,35 @@ pub struct AccessConfig {
     pub unlisted: crate::access::Unlisted,
 }
 
+/// The cluster secret. With it, the piece server (`peer_listen`, TCP and QUIC) serves a
+/// piece or an announcement subscription only to a request carrying a piece token that the
+/// supernode issued to that requester for that task (an HMAC made with this secret); others
+/// are refused and counted in `access_refusals_total{reason="piece_token"}`. Without it
+/// every request is served and a warning is logged at start. The supernodes must hold the
+/// same secret, or they issue no (or other) tokens and this node refuses every peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// File holding the cluster secret (at least 16 bytes; surrounding whitespace is
+    /// ignored). Default empty: piece tokens not checked.
+    pub secret_file: PathBuf,
+}
+
+impl ClusterConfig {
+    /// The piece-token key, or `None` when no secret file is set.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds too short a secret.
+    pub fn token_key(
+        &self,
+    ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
+        if self.secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        damselfly_common::TokenKey::from_file(&self.secret_file).map(Some)
+    }
+}
+
 /// Settings for one registry, matched by the host name runtimes use for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -219,6 +250,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             registries: Vec::new(),
             access: AccessConfig::default(),
+            cluster: ClusterConfig::default(),
             http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
             hostname: None,
@@ -497,6 +529,9 @@ pub struct Overrides {
     /// `access.unlisted` (`proxy` or `refuse`).
     #[arg(long, value_name = "proxy|refuse")]
     pub access_unlisted: Option<crate::access::Unlisted>,
+    /// `cluster.secret_file`: the cluster secret that checks other nodes' piece tokens.
+    #[arg(long, value_name = "FILE", env = "DAMSELFLY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// `http.header_read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub http_header_read_timeout: Option<Duration>,
@@ -593,6 +628,7 @@ impl Overrides {
         }
         c.access.allow.extend(self.access_allow);
         set(&mut c.access.unlisted, self.access_unlisted);
+        set(&mut c.cluster.secret_file, self.cluster_secret_file);
         set(
             &mut c.http.header_read_timeout,
             self.http_header_read_timeout,
@@ -757,6 +793,29 @@ mod tests {
         assert_eq!(keys, ["access.allow[2]"]);
         assert!(parse::<Config>("version = 1\n[access]\nunlisted = \"allow\"\n").is_err());
         assert!(parse::<Config>("version = 1\n[access]\ndeny = []\n").is_err());
+    }
+
+    #[test]
+    fn cluster_secret_comes_from_file_or_flags() {
+        let c: Config = parse("version = 1\n[cluster]\nsecret_file = \"\"\n").unwrap();
+        assert!(c.cluster.token_key().unwrap().is_none(), "off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut c = Config::default();
+        Overrides {
+            cluster_secret_file: Some(secret.clone()),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.cluster.secret_file, secret);
+        assert!(c.cluster.token_key().unwrap().is_some());
+        std::fs::write(&secret, "").unwrap();
+        assert!(
+            c.cluster.token_key().is_err(),
+            "an empty secret file is an error"
+        );
+        assert!(parse::<Config>("version = 1\n[cluster]\nsecret = \"x\"\n").is_err());
     }
 
     #[test]

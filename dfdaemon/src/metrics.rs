@@ -65,7 +65,12 @@ pub struct StorageFailureLabels {
 }
 
 /// The `reason`s of `access_refusals_total`.
-pub const ACCESS_REFUSALS: [&str; 3] = ["registry_denied", "unlisted_proxied", "unlisted_refused"];
+pub const ACCESS_REFUSALS: [&str; 4] = [
+    "registry_denied",
+    "unlisted_proxied",
+    "unlisted_refused",
+    "piece_token",
+];
 /// Label set for failed origin attempts: the same labels as the supernode's.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginFailureLabels {
@@ -206,7 +211,8 @@ impl Metrics {
 
     /// Counts a request not served from this node: `registry_denied` (the listed registry
     /// refused the requester's credentials), `unlisted_proxied` or `unlisted_refused` (it
-    /// named a registry outside the allow list).
+    /// named a registry outside the allow list), `piece_token` (another peer's piece request
+    /// or subscription without a valid piece token).
     pub fn access_refusal(&self, reason: &'static str) {
         self.access_refusals
             .get_or_create(&ReasonLabels { reason })
@@ -225,6 +231,12 @@ impl Metrics {
     /// Counts a fallback to the origin.
     pub fn fallback(&self, reason: &'static str) {
         self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+impl dfget::server::RefusalObserver for Metrics {
+    fn piece_token_refused(&self, _reason: &'static str) {
+        self.access_refusal("piece_token");
     }
 }
 

@@ -95,6 +95,7 @@ fn announcement(status: PieceStatus) -> Announcement {
         status: status as i32,
         bitfield: Vec::new(),
         pieces: Vec::new(),
+        reason: String::new(),
     }
 }
 
@@ -113,6 +114,7 @@ impl PieceServer {
         self: Arc<Self>,
         mut rd: OwnedReadHalf,
         mut wr: OwnedWriteHalf,
+        remote: SocketAddr,
     ) -> Result<(), ConnError> {
         let raw = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut rd, MAX_REQUEST_FRAME))
             .await
@@ -127,6 +129,21 @@ impl PieceServer {
                 return Err(e.into());
             }
         };
+        if let Err(reason) = self.admit(
+            &req.task_id,
+            req.peer_id,
+            &req.token,
+            remote,
+            "subscription",
+        ) {
+            let refusal = Announcement {
+                reason,
+                ..announcement(PieceStatus::Unauthorized)
+            };
+            wr.write_all(&encode_frame(&refusal)).await?;
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
         let Some(task) = self.task(&req.task_id) else {
             wr.write_all(&encode_frame(&announcement(PieceStatus::UnknownTask)))
                 .await?;
@@ -172,39 +189,43 @@ impl PieceServer {
     }
 }
 
-/// Subscribes to `parent`'s announcements of `task_id` (of `pieces` pieces) at `addr` and
-/// forwards them to `news` until the connection ends; then sends [`News::Lost`]. Cancel it
-/// by dropping the future (its task).
+/// Subscribes to `parent`'s announcements of `task_id` (of `pieces` pieces) at `addr`,
+/// presenting `token` (this peer's piece token for the task), and forwards them to `news`
+/// until the connection ends; then sends [`News::Lost`]. Cancel it by dropping the future
+/// (its task).
+#[allow(clippy::too_many_arguments)]
 pub async fn subscribe(
     parent: PeerId,
     addr: SocketAddr,
     task_id: String,
     peer_id: u64,
+    token: Vec<u8>,
     pieces: u32,
     connect_timeout: Duration,
     news: mpsc::UnboundedSender<News>,
 ) {
-    if let Err(e) = listen(
-        parent,
-        addr,
-        &task_id,
+    let me = Subscriber {
+        task_id: &task_id,
         peer_id,
-        pieces,
-        connect_timeout,
-        &news,
-    )
-    .await
-    {
+        token,
+    };
+    if let Err(e) = listen(parent, addr, &me, pieces, connect_timeout, &news).await {
         debug!(%parent, %addr, error = %e, "announcements from parent ended");
     }
     let _ = news.send(News::Lost(parent));
 }
 
+/// Who subscribes, to what.
+struct Subscriber<'a> {
+    task_id: &'a str,
+    peer_id: u64,
+    token: Vec<u8>,
+}
+
 async fn listen(
     parent: PeerId,
     addr: SocketAddr,
-    task_id: &str,
-    peer_id: u64,
+    me: &Subscriber<'_>,
     pieces: u32,
     connect_timeout: Duration,
     news: &mpsc::UnboundedSender<News>,
@@ -221,8 +242,9 @@ async fn listen(
         wr.write_all(&encode_announce_preamble()).await?;
         wr.write_all(&encode_frame(&AnnounceRequest {
             version: PROTOCOL_VERSION,
-            task_id: task_id.to_owned(),
-            peer_id,
+            task_id: me.task_id.to_owned(),
+            peer_id: me.peer_id,
+            token: me.token.clone(),
         }))
         .await?;
         let mut theirs = [0u8; PREAMBLE_LEN];
@@ -251,6 +273,9 @@ async fn listen(
         };
         let a: Announcement = decode(&raw).map_err(|e| protocol(e.to_string()))?;
         a.validate().map_err(|e| protocol(e.to_string()))?;
+        if a.status == PieceStatus::Unauthorized as i32 {
+            return Err(FetchError::Unauthorized(a.reason));
+        }
         if a.status != PieceStatus::Ok as i32 {
             return Err(protocol(format!(
                 "subscription refused (status {})",
@@ -288,12 +313,23 @@ mod tests {
         SocketAddr,
         CancellationToken,
     ) {
+        parent_checking(None).await
+    }
+
+    async fn parent_checking(
+        key: Option<damselfly_common::TokenKey>,
+    ) -> (
+        Arc<PieceServer>,
+        Arc<ServedTask>,
+        SocketAddr,
+        CancellationToken,
+    ) {
         let limits = ServerLimits {
             upload_slots: 4,
             upload_queue: 32,
             upload_rate: 0,
         };
-        let server = Arc::new(PieceServer::new(limits, Fault::None));
+        let server = Arc::new(PieceServer::new(limits, Fault::None).with_tokens(key, None));
         let file = tempfile::tempfile().unwrap();
         file.set_len(4 << 20).unwrap();
         let task = Arc::new(ServedTask::new(Arc::new(file), 4 << 20, 1 << 20, 4));
@@ -322,7 +358,16 @@ mod tests {
         let (server, task, addr, _stop) = parent().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let p = PeerId(7);
-        tokio::spawn(subscribe(p, addr, "sha256:t".into(), 1, 4, WAIT, tx));
+        tokio::spawn(subscribe(
+            p,
+            addr,
+            "sha256:t".into(),
+            1,
+            Vec::new(),
+            4,
+            WAIT,
+            tx,
+        ));
         match next(&mut rx).await {
             News::Pieces(id, bits) => {
                 assert_eq!(id, p);
@@ -360,6 +405,7 @@ mod tests {
             addr,
             "sha256:other".into(),
             1,
+            Vec::new(),
             4,
             WAIT,
             tx,
@@ -383,6 +429,7 @@ mod tests {
             old_addr,
             "sha256:t".into(),
             1,
+            Vec::new(),
             4,
             WAIT,
             tx,
@@ -431,11 +478,85 @@ mod tests {
             addr,
             "sha256:t".into(),
             1,
+            Vec::new(),
             4,
             WAIT,
             tx,
         ));
         assert!(matches!(next(&mut rx).await, News::Pieces(PeerId(3), _)));
         assert_eq!(server.subscribers.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_parent_checking_tokens_refuses_a_subscriber_without_a_valid_one() {
+        let key = damselfly_common::TokenKey::new(b"announce-test-secret-0123456789").unwrap();
+        let (server, _task, addr, _stop) = parent_checking(Some(key.clone())).await;
+        let other = damselfly_common::TokenKey::new(b"another-cluster-secret-01234567").unwrap();
+        let refused = [
+            Vec::new(),
+            other.issue_for("sha256:t", 1, Duration::from_secs(60)),
+            key.issue_for("sha256:t", 2, Duration::from_secs(60)),
+            key.issue("sha256:t", 1, 1),
+        ];
+        for (i, token) in refused.into_iter().enumerate() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            tokio::spawn(subscribe(
+                PeerId(5),
+                addr,
+                "sha256:t".into(),
+                1,
+                token,
+                4,
+                WAIT,
+                tx,
+            ));
+            assert!(
+                matches!(next(&mut rx).await, News::Lost(PeerId(5))),
+                "token {i} got news"
+            );
+            assert_eq!(server.token_refusals(), i as u64 + 1);
+        }
+        assert_eq!(server.subscribers.load(Ordering::Relaxed), 0);
+
+        // The refusal says why, and the connection closes after it.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&encode_announce_preamble()).await.unwrap();
+        s.write_all(&encode_frame(&AnnounceRequest {
+            version: PROTOCOL_VERSION,
+            task_id: "sha256:t".into(),
+            peer_id: 1,
+            token: Vec::new(),
+        }))
+        .await
+        .unwrap();
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        s.read_exact(&mut theirs).await.unwrap();
+        let raw = read_frame(&mut s, MAX_MESSAGE_LEN).await.unwrap().unwrap();
+        let a: Announcement = decode(&raw).unwrap();
+        assert_eq!(a.status, PieceStatus::Unauthorized as i32);
+        assert_eq!(a.reason, "no piece token");
+        assert!(a.bitfield.is_empty());
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0, "nothing after the refusal");
+
+        // The admitted peer's own token opens it.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let token = key.issue_for("sha256:t", 1, Duration::from_secs(60));
+        tokio::spawn(subscribe(
+            PeerId(6),
+            addr,
+            "sha256:t".into(),
+            1,
+            token,
+            4,
+            WAIT,
+            tx,
+        ));
+        assert!(matches!(next(&mut rx).await, News::Pieces(PeerId(6), _)));
+        assert_eq!(server.token_refusals(), 5);
     }
 }

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use damselfly_common::{Digest, RateLimiter, Sha256Hasher};
+use damselfly_common::{Digest, RateLimiter, Sha256Hasher, TokenKey};
 use damselfly_oci::{
     Origin, OriginConfig, OriginError,
     retry::{FailureAction, FailureReason},
@@ -51,7 +51,7 @@ use crate::{
     output::{self, IoError, OutputFile},
     quic,
     report::{BackSource, FallbackReason, Progress, Report, WholeFileCheck},
-    server::{Fault, PieceServer, ServedTask, ServerLimits},
+    server::{Fault, PieceServer, RefusalObserver, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
     tcp,
 };
@@ -118,6 +118,13 @@ pub struct EngineConfig {
     pub announcements: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
+    /// The key of the cluster secret (the supernodes' `cluster.secret_file`): with it, the
+    /// piece server serves pieces and announcements only to requests whose piece token
+    /// admits the requester to the task; without it (the default) anyone who reaches the
+    /// piece port is served. This peer presents the tokens its supernode issues either way.
+    pub token_key: Option<TokenKey>,
+    /// Counts piece-token refusals (a daemon's metrics). Default none.
+    pub refusals: Option<Arc<dyn RefusalObserver>>,
     /// Test-only misbehaviour.
     pub fault: Fault,
 }
@@ -145,6 +152,8 @@ impl Default for EngineConfig {
             check_whole_file: false,
             announcements: true,
             origin: OriginConfig::default(),
+            token_key: None,
+            refusals: None,
             fault: Fault::None,
         }
     }
@@ -305,14 +314,17 @@ impl Engine {
             None => route_ip(config.supernodes.first().map(String::as_str)).await,
         };
         let advertise = SocketAddr::new(ip, local.port());
-        let server = Arc::new(PieceServer::new(
-            ServerLimits {
-                upload_slots: config.upload_slots,
-                upload_queue: config.upload_queue,
-                upload_rate: config.upload_rate,
-            },
-            config.fault,
-        ));
+        let server = Arc::new(
+            PieceServer::new(
+                ServerLimits {
+                    upload_slots: config.upload_slots,
+                    upload_queue: config.upload_queue,
+                    upload_rate: config.upload_rate,
+                },
+                config.fault,
+            )
+            .with_tokens(config.token_key.clone(), config.refusals.clone()),
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(
@@ -460,6 +472,11 @@ impl Engine {
     /// Bytes uploaded to other peers so far.
     pub fn bytes_uploaded(&self) -> u64 {
         self.server.bytes_served()
+    }
+
+    /// Piece requests and subscriptions refused for want of a valid piece token so far.
+    pub fn token_refusals(&self) -> u64 {
+        self.server.token_refusals()
     }
 
     /// Keeps serving for `dur` while reporting liveness to the supernode, so peers still
@@ -676,6 +693,14 @@ impl Engine {
             return self.back_source(req, digest, started, progress, why).await;
         };
         let sn = &self.supernodes[index];
+        if self.server.checks_tokens() && task.piece_token.is_empty() {
+            warn!(
+                supernode = sn.addr(),
+                task = %task.task_id,
+                "the supernode issued no piece token (is its cluster.secret_file set?): \
+                 peers that check tokens will refuse this one"
+            );
+        }
         self.joined.lock().insert(
             task.task_id.clone(),
             Joined {
@@ -806,6 +831,8 @@ impl Engine {
             task.piece_count,
         ));
         self.server.add(&task.task_id, served.clone());
+        // This peer's piece token for the task, refreshed by sync answers before it expires.
+        let token: PieceToken = Arc::new(parking_lot::RwLock::new(task.piece_token.clone()));
         let session_config = SessionConfig {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
@@ -882,6 +909,7 @@ impl Engine {
                             addr,
                             task.task_id.clone(),
                             self.peer_id,
+                            token.read().clone(),
                             task.piece_count,
                             self.config.supernode_connect_timeout,
                             news_tx.clone(),
@@ -903,6 +931,7 @@ impl Engine {
                     range: fetch.range,
                     expected: fetch.expected,
                     peer_id: self.peer_id,
+                    token: token.clone(),
                     timeout: fetch.timeout,
                 };
                 inflight.spawn(job.run(
@@ -938,6 +967,9 @@ impl Engine {
                                 // the piece digests it gave us are that blob's.
                                 job.abort();
                                 whole = WholeCheck::Vouched(d);
+                            }
+                            if !resp.piece_token.is_empty() {
+                                token.write().clone_from(&resp.piece_token);
                             }
                             session.handle_sync_reply(now, sync_reply(&resp, session.have().len()));
                         }
@@ -1184,8 +1216,12 @@ struct PieceJob {
     range: std::ops::Range<u64>,
     expected: [u8; 32],
     peer_id: u64,
+    token: PieceToken,
     timeout: Duration,
 }
+
+/// A download's piece token, shared by its piece jobs and replaced by sync answers.
+type PieceToken = Arc<parking_lot::RwLock<Vec<u8>>>;
 
 struct PieceOutcome {
     piece: u32,
@@ -1217,7 +1253,11 @@ impl PieceFailure {
             Self::Timeout => FailReason::Timeout,
             Self::Fetch(FetchError::Busy) => FailReason::Busy,
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
-            Self::Fetch(FetchError::Unavailable) | Self::NoAddr => FailReason::Unavailable,
+            // A parent refusing our token (its secret differs, or ours expired before a sync
+            // refreshed it) is not lying: it is avoided for the piece, like one without it.
+            Self::Fetch(FetchError::Unavailable | FetchError::Unauthorized(_)) | Self::NoAddr => {
+                FailReason::Unavailable
+            }
             Self::Supernode(e) if e.code() == Some("PIECE_ABSENT") => FailReason::Unavailable,
             // A parent that breaks the protocol is as bad as one that lies.
             Self::Fetch(FetchError::Protocol(_)) => FailReason::Corrupt,
@@ -1272,10 +1312,12 @@ impl PieceJob {
             len,
         };
         let local = |path, source| PieceFailure::Local(IoError { path, source });
+        let token = self.token.read().clone();
         let digest = match self.source {
             Source::Peer(_) => {
                 let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
-                let fetch = fetcher.fetch_into(addr, &self.task_id, piece, self.peer_id, sink);
+                let fetch =
+                    fetcher.fetch_into(addr, &self.task_id, piece, self.peer_id, &token, sink);
                 tokio::time::timeout(self.timeout, fetch)
                     .await
                     .map_err(|_| PieceFailure::Timeout)?
@@ -1286,7 +1328,7 @@ impl PieceJob {
                     })?
             }
             Source::Seed => {
-                let fetch = sn.piece_into(&self.task_id, piece, self.peer_id, &sink);
+                let fetch = sn.piece_into(&self.task_id, piece, self.peer_id, &token, &sink);
                 tokio::time::timeout(self.timeout, fetch)
                     .await
                     .map_err(|_| PieceFailure::Timeout)?

@@ -40,6 +40,10 @@ pub enum FetchError {
     /// The parent's upload queue is full.
     #[error("parent is busy")]
     Busy,
+    /// The parent checks piece tokens and refused ours (none, expired, or the parent's
+    /// cluster secret differs from the supernode's).
+    #[error("parent refused our piece token: {0}")]
+    Unauthorized(String),
     /// The parent broke the protocol (wrong length, malformed frame, another version).
     #[error("parent broke the protocol: {0}")]
     Protocol(String),
@@ -335,8 +339,8 @@ impl Fetcher {
         }
     }
 
-    /// Fetches piece `piece` of `task_id` from `addr` into `sink` and returns the sha256 of
-    /// the bytes written.
+    /// Fetches piece `piece` of `task_id` from `addr` into `sink`, presenting `token` (this
+    /// peer's piece token for the task), and returns the sha256 of the bytes written.
     ///
     /// # Errors
     /// See [`FetchError`]. The bytes are *not* verified here; the caller compares the digest.
@@ -346,6 +350,7 @@ impl Fetcher {
         task_id: &str,
         piece: u32,
         peer_id: u64,
+        token: &[u8],
         sink: PieceSink,
     ) -> Result<Digest, FetchError> {
         let req = PieceRequest {
@@ -353,6 +358,7 @@ impl Fetcher {
             task_id: task_id.to_owned(),
             piece,
             peer_id,
+            token: token.to_vec(),
         };
         match self.connection(addr).await? {
             Conn::Tcp(link) => link.fetch_into(addr, &req, sink).await,
@@ -392,6 +398,7 @@ fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
         Ok(PieceStatus::NotFound | PieceStatus::UnknownTask) => {
             return Err(FetchError::Unavailable);
         }
+        Ok(PieceStatus::Unauthorized) => return Err(FetchError::Unauthorized(resp.reason)),
         other => return Err(FetchError::Protocol(format!("status {other:?}"))),
     }
     if resp.length != expected_len {

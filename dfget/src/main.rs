@@ -50,6 +50,11 @@ struct Cli {
     /// IP other peers use to reach this one (default: the address that routes to the supernode).
     #[arg(long, value_name = "IP")]
     advertise_ip: Option<IpAddr>,
+    /// The cluster secret (the supernodes' `cluster.secret_file`): serve pieces only to
+    /// peers whose piece token the supernode issued for the task. Without it, anyone who
+    /// reaches the peer port may fetch what this peer holds.
+    #[arg(long, value_name = "FILE", env = "DAMSELFLY_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
     /// Keep serving pieces to other peers this long after finishing.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     keep_serving: Duration,
@@ -142,7 +147,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let token_key = match &cli.cluster_secret_file {
+        Some(path) => Some(damselfly_common::TokenKey::from_file(path)?),
+        None => {
+            tracing::info!(
+                "no --cluster-secret-file: piece tokens are not checked; anyone who reaches \
+                 the peer port may fetch what this peer holds"
+            );
+            None
+        }
+    };
     let mut config = EngineConfig {
+        token_key,
         supernodes: cli.supernode.clone(),
         peer_listen: cli.peer_listen,
         advertise_ip: cli.advertise_ip,

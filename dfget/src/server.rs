@@ -10,10 +10,17 @@
 //!
 //! QUIC: one bi-directional stream per request; the client sends a frame and finishes its
 //! side; the server answers a [`PieceResponse`] frame followed, on `Ok`, by the raw bytes.
+//!
+//! Admission: a server given the cluster's [`TokenKey`] serves a request (or an announcement
+//! subscription) only when its piece token admits its requester to its task
+//! ([`damselfly_common::token`]); any other gets `Unauthorized` with the reason, before the
+//! task is even looked up, and is logged and counted ([`RefusalObserver`]). Without a key
+//! nothing is checked.
 
 use std::{
     collections::HashMap,
     fs::File,
+    net::SocketAddr,
     os::unix::fs::FileExt,
     sync::{
         Arc,
@@ -22,7 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use damselfly_common::RateLimiter;
+use damselfly_common::{RateLimiter, TokenKey};
 use damselfly_proto::{
     DecodeError, FRAME_HEADER_LEN, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse,
     PieceStatus, decode, encode_frame,
@@ -31,7 +38,7 @@ use damselfly_swarm::{Bitmap, piece_range};
 use parking_lot::RwLock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 /// A task this peer serves from its (partial) content file.
 #[derive(Debug)]
@@ -94,11 +101,20 @@ pub enum Fault {
     CorruptUploads,
 }
 
+/// Counts the piece server's refusals, for a daemon's metrics.
+pub trait RefusalObserver: Send + Sync + std::fmt::Debug {
+    /// A request or subscription without a valid piece token was refused; `reason` is the
+    /// [`damselfly_common::TokenError::label`].
+    fn piece_token_refused(&self, reason: &'static str);
+}
+
 /// What the server answers to one request.
 #[derive(Debug)]
 pub(crate) enum Answer {
     /// A refusal: the status alone, no bytes.
     Refused(PieceStatus),
+    /// No valid piece token: `Unauthorized`, with the reason.
+    Unauthorized(String),
     /// The piece's bytes, holding an upload slot until they are sent.
     Piece {
         /// The bytes.
@@ -111,14 +127,16 @@ pub(crate) enum Answer {
 impl Answer {
     /// The response frame that goes before the bytes.
     pub(crate) fn header(&self) -> Vec<u8> {
-        let (status, length) = match self {
-            Self::Refused(status) => (*status, 0),
-            Self::Piece { data, .. } => (PieceStatus::Ok, data.len() as u64),
+        let (status, length, reason) = match self {
+            Self::Refused(status) => (*status, 0, String::new()),
+            Self::Unauthorized(reason) => (PieceStatus::Unauthorized, 0, reason.clone()),
+            Self::Piece { data, .. } => (PieceStatus::Ok, data.len() as u64, String::new()),
         };
         encode_frame(&PieceResponse {
             version: PROTOCOL_VERSION,
             status: status as i32,
             length,
+            reason,
         })
     }
 }
@@ -150,6 +168,11 @@ pub struct PieceServer {
     fault: Fault,
     /// Announcement connections open now.
     pub(crate) subscribers: AtomicU32,
+    /// The cluster's piece-token key; `None`: requests are not checked.
+    tokens: Option<TokenKey>,
+    /// Where token refusals are counted besides [`PieceServer::token_refusals`].
+    observer: Option<Arc<dyn RefusalObserver>>,
+    token_refusals: AtomicU64,
 }
 
 /// Piece server limits.
@@ -176,7 +199,64 @@ impl PieceServer {
             bytes_served: AtomicU64::new(0),
             fault,
             subscribers: AtomicU32::new(0),
+            tokens: None,
+            observer: None,
+            token_refusals: AtomicU64::new(0),
         }
+    }
+
+    /// Checks every request's piece token with `key` (the cluster secret's), counting
+    /// refusals in `observer` too.
+    #[must_use]
+    pub fn with_tokens(
+        mut self,
+        key: Option<TokenKey>,
+        observer: Option<Arc<dyn RefusalObserver>>,
+    ) -> Self {
+        self.tokens = key;
+        self.observer = observer;
+        self
+    }
+
+    /// Whether requests must carry a valid piece token.
+    pub fn checks_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Requests and subscriptions refused for want of a valid piece token so far.
+    pub fn token_refusals(&self) -> u64 {
+        self.token_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Checks that `token` admits `peer_id` to `task_id` (always, without a key); on a
+    /// refusal, logs it, counts it and returns the reason for the requester.
+    pub(crate) fn admit(
+        &self,
+        task_id: &str,
+        peer_id: u64,
+        token: &[u8],
+        remote: SocketAddr,
+        what: &'static str,
+    ) -> Result<(), String> {
+        let Some(key) = &self.tokens else {
+            return Ok(());
+        };
+        key.verify_now(token, task_id, peer_id)
+            .map(drop)
+            .map_err(|e| {
+                self.token_refusals.fetch_add(1, Ordering::Relaxed);
+                if let Some(o) = &self.observer {
+                    o.piece_token_refused(e.label());
+                }
+                info!(
+                    peer = %remote,
+                    requester = peer_id,
+                    task = task_id,
+                    reason = e.label(),
+                    "refused a {what} without a valid piece token: {e}"
+                );
+                e.to_string()
+            })
     }
 
     /// Starts serving `task`.
@@ -217,7 +297,17 @@ impl PieceServer {
     pub(crate) async fn prepare(
         self: &Arc<Self>,
         request: &PieceRequest,
+        remote: SocketAddr,
     ) -> Result<Answer, std::io::Error> {
+        if let Err(reason) = self.admit(
+            &request.task_id,
+            request.peer_id,
+            &request.token,
+            remote,
+            "piece request",
+        ) {
+            return Ok(Answer::Unauthorized(reason));
+        }
         let task = self.tasks.read().get(&request.task_id).cloned();
         let Some(task) = task else {
             return Ok(Answer::Refused(PieceStatus::UnknownTask));
@@ -318,7 +408,7 @@ impl PieceServer {
             };
             let server = self.clone();
             tracker.spawn(async move {
-                if let Err(e) = server.serve_quic_stream(send, recv).await {
+                if let Err(e) = server.serve_quic_stream(send, recv, remote).await {
                     debug!(peer = %remote, error = %e, "piece stream failed");
                 }
             });
@@ -329,6 +419,7 @@ impl PieceServer {
         self: Arc<Self>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        remote: SocketAddr,
     ) -> Result<(), StreamError> {
         let raw = recv
             .read_to_end(MAX_MESSAGE_LEN.min(64 << 10))
@@ -336,7 +427,7 @@ impl PieceServer {
             .map_err(|e| StreamError(e.to_string()))?;
         let answer = match parse_request(&raw) {
             Ok(request) => self
-                .prepare(&request)
+                .prepare(&request, remote)
                 .await
                 .map_err(|e| StreamError(e.to_string()))?,
             Err(e) => {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use damselfly_common::Digest;
+use damselfly_common::{Digest, token::PIECE_TOKEN_HEADER};
 use damselfly_proto::{
     ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, decode,
@@ -162,16 +162,19 @@ impl SupernodeClient {
     }
 
     /// Downloads one piece from the supernode into `sink` (as [`crate::fetch`] does from a
-    /// parent: block by block into the piece's sha256 and the file) and returns the sha256
-    /// of the bytes written. `Ok(Err(_))` is a local write failure, not the supernode's.
+    /// parent: block by block into the piece's sha256 and the file), presenting `token`
+    /// (this peer's piece token for the task; none if empty), and returns the sha256 of the
+    /// bytes written. `Ok(Err(_))` is a local write failure, not the supernode's.
     ///
     /// # Errors
-    /// Unreachable, refused (`BUSY`, `PIECE_ABSENT`…), or a body of the wrong length.
+    /// Unreachable, refused (`BUSY`, `PIECE_ABSENT`, `PIECE_TOKEN`…), or a body of the
+    /// wrong length.
     pub async fn piece_into(
         &self,
         task_id: &str,
         index: u32,
         peer_id: u64,
+        token: &[u8],
         sink: &crate::fetch::PieceSink,
     ) -> Result<Result<Digest, std::io::Error>, SupernodeError> {
         use futures::StreamExt as _;
@@ -179,12 +182,11 @@ impl SupernodeClient {
             "{}/api/v1/tasks/{task_id}/pieces/{index}?peer={peer_id}",
             self.base
         );
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        let mut get = self.http.get(url);
+        if !token.is_empty() {
+            get = get.header(PIECE_TOKEN_HEADER, hex::encode(token));
+        }
+        let resp = get.send().await.map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             return Err(self
                 .body(resp)

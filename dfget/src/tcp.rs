@@ -91,7 +91,7 @@ impl PieceServer {
             tracker.spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    r = server.serve_tcp(stream) => {
+                    r = server.serve_tcp(stream, remote) => {
                         if let Err(e) = r {
                             debug!(peer = %remote, error = %e, "peer connection ended");
                         }
@@ -101,7 +101,11 @@ impl PieceServer {
         }
     }
 
-    async fn serve_tcp(self: Arc<Self>, stream: TcpStream) -> Result<(), ConnError> {
+    async fn serve_tcp(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> Result<(), ConnError> {
         let _ = stream.set_nodelay(true);
         keepalive(&stream);
         let (mut rd, mut wr) = stream.into_split();
@@ -114,7 +118,7 @@ impl PieceServer {
         let kind = check_any_preamble(&theirs);
         if kind == Ok(ConnKind::Announcements) {
             wr.write_all(&encode_announce_preamble()).await?;
-            return self.serve_announcements(rd, wr).await;
+            return self.serve_announcements(rd, wr, remote).await;
         }
         wr.write_all(&encode_preamble()).await?;
         kind?;
@@ -139,7 +143,7 @@ impl PieceServer {
                     }
                     Err(e) => return Err(e),
                 };
-                let answer = server.prepare(&request).await?;
+                let answer = server.prepare(&request, remote).await?;
                 permit.send(answer);
             }
         };
@@ -367,7 +371,8 @@ async fn read_answers(
                 | FetchError::Protocol(_)
                 | FetchError::Local { .. }),
             ) => Some(e.to_string()),
-            Err(FetchError::Busy | FetchError::Unavailable) | Ok(_) => None,
+            Err(FetchError::Busy | FetchError::Unavailable | FetchError::Unauthorized(_))
+            | Ok(_) => None,
         };
         // The caller may have given up (timeout); the answer was still read off the stream.
         let _ = p.reply.send(result);

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use std::{fs::File, io::Write as _, sync::Arc, time::Duration};
 
-use damselfly_common::Digest;
+use damselfly_common::{Digest, TokenKey};
 use damselfly_proto::{
     FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION, PieceRequest,
     PieceResponse, PieceStatus, decode, encode_frame, encode_preamble, frame_len,
@@ -77,6 +77,7 @@ async fn hostile_piece_requests_get_errors_and_the_server_keeps_serving() {
         task_id: "sha256:00".into(),
         piece: 0,
         peer_id: 9,
+        token: Vec::new(),
     });
     assert_eq!(ask(&conn, &v2).await, Some(PieceStatus::BadRequest));
 
@@ -86,6 +87,7 @@ async fn hostile_piece_requests_get_errors_and_the_server_keeps_serving() {
         task_id: "sha256:00".into(),
         piece: 0,
         peer_id: 9,
+        token: Vec::new(),
     });
     assert_eq!(ask(&conn, &unknown).await, Some(PieceStatus::UnknownTask));
 
@@ -132,6 +134,7 @@ fn request(task: &str, piece: u32) -> PieceRequest {
         task_id: task.into(),
         piece,
         peer_id: 9,
+        token: Vec::new(),
     }
 }
 
@@ -259,6 +262,16 @@ impl Output {
 
 /// A piece server on loopback serving one task of `pieces` 64 KiB pieces.
 async fn serving(limits: ServerLimits, pieces: u32) -> (SocketAddr, Vec<u8>, CancellationToken) {
+    let (addr, _, content, stop) = serving_with(limits, pieces, None).await;
+    (addr, content, stop)
+}
+
+/// [`serving`], checking piece tokens with `key`; TCP and QUIC on the returned addresses.
+async fn serving_with(
+    limits: ServerLimits,
+    pieces: u32,
+    key: Option<TokenKey>,
+) -> (SocketAddr, SocketAddr, Vec<u8>, CancellationToken) {
     const PIECE: u32 = 64 << 10;
     let content: Vec<u8> = (0..pieces as usize * PIECE as usize)
         .map(|i| (i * 7 % 251) as u8)
@@ -270,13 +283,112 @@ async fn serving(limits: ServerLimits, pieces: u32) -> (SocketAddr, Vec<u8>, Can
     for p in 0..pieces {
         task.mark(p);
     }
-    let server = Arc::new(PieceServer::new(limits, Fault::None));
+    let server = Arc::new(PieceServer::new(limits, Fault::None).with_tokens(key, None));
     server.add("sha256:11", task);
     let listener = tcp::listener(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
+    let endpoint = quic::endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+    let quic_addr = endpoint.local_addr().unwrap();
+    tokio::spawn(
+        server
+            .clone()
+            .run_quic(endpoint, stop.clone(), TaskTracker::new()),
+    );
     tokio::spawn(server.run_tcp(listener, stop.clone(), TaskTracker::new()));
-    (addr, content, stop)
+    (addr, quic_addr, content, stop)
+}
+
+/// Over TCP and QUIC alike, a server with the cluster secret answers a request without a
+/// valid token for its task and requester `Unauthorized` with the reason and not one byte
+/// of the piece, and keeps the connection for the next request, which a valid token opens.
+#[tokio::test]
+async fn without_a_valid_token_a_checking_server_refuses_and_sends_no_bytes() {
+    let key = TokenKey::new(b"peer-protocol-test-secret-0123456789").unwrap();
+    let limits = ServerLimits {
+        upload_slots: 2,
+        upload_queue: 8,
+        upload_rate: 0,
+    };
+    let (addr, quic_addr, content, stop) = serving_with(limits, 2, Some(key.clone())).await;
+    let hour = Duration::from_secs(3600);
+    let other = TokenKey::new(b"not-the-cluster-secret-0123456789").unwrap();
+    let refused: [(Vec<u8>, &str); 5] = [
+        (Vec::new(), "no piece token"),
+        (other.issue_for("sha256:11", 9, hour), "not valid"),
+        (key.issue_for("sha256:22", 9, hour), "not valid"),
+        (key.issue_for("sha256:11", 10, hour), "not valid"),
+        (key.issue("sha256:11", 9, 1), "expired"),
+    ];
+    let with = |token: &[u8]| PieceRequest {
+        token: token.to_vec(),
+        ..request("sha256:11", 1)
+    };
+
+    // TCP: every refusal on one connection, then the piece on the same one.
+    let mut s = tcp_conn(addr).await;
+    for (token, why) in &refused {
+        s.write_all(&encode_frame(&with(token))).await.unwrap();
+        let r = tcp_answer(&mut s).await.unwrap();
+        assert_eq!(status(&r), PieceStatus::Unauthorized, "{why}");
+        assert_eq!(r.length, 0);
+        assert!(r.reason.contains(why), "{:?} lacks {why:?}", r.reason);
+    }
+    let valid = key.issue_for("sha256:11", 9, hour);
+    s.write_all(&encode_frame(&with(&valid))).await.unwrap();
+    let r = tcp_answer(&mut s).await.unwrap();
+    assert_eq!(status(&r), PieceStatus::Ok);
+    let mut piece = vec![0u8; r.length as usize];
+    s.read_exact(&mut piece).await.unwrap();
+    assert!(
+        piece[..] == content[64 << 10..],
+        "the admitted peer gets the piece"
+    );
+    // After a refusal, nothing but the refusal's frame: a client that half-closes reads
+    // exactly one header and then the end.
+    let mut t = tcp_conn(addr).await;
+    t.write_all(&encode_frame(&with(&[]))).await.unwrap();
+    t.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    t.read_to_end(&mut rest).await.unwrap();
+    let len = frame_len(&rest).unwrap();
+    assert_eq!(rest.len(), FRAME_HEADER_LEN + len, "no piece bytes follow");
+
+    // QUIC: the same answers, one stream each.
+    let client = quic::endpoint(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+    let conn = client
+        .connect(quic_addr, quic::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    for (token, why) in &refused {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode_frame(&with(token))).await.unwrap();
+        send.finish().unwrap();
+        let all = recv.read_to_end(1 << 20).await.unwrap();
+        let len = frame_len(&all).unwrap();
+        assert_eq!(all.len(), FRAME_HEADER_LEN + len, "{why}: no piece bytes");
+        let r: PieceResponse = decode(&all[FRAME_HEADER_LEN..]).unwrap();
+        assert_eq!(status(&r), PieceStatus::Unauthorized, "{why}");
+        assert!(r.reason.contains(why), "{:?} lacks {why:?}", r.reason);
+    }
+    assert_eq!(
+        ask(&conn, &encode_frame(&with(&valid))).await,
+        Some(PieceStatus::Ok)
+    );
+
+    // A fetching client sees the refusal as such, not as a lying parent.
+    let link = Link::connect(addr, hour, hour).await.unwrap();
+    let out = Output::new(64 << 10);
+    let got = link
+        .fetch_into(addr, &with(&[]), out.sink(0, 64 << 10))
+        .await;
+    assert!(
+        matches!(&got, Err(FetchError::Unauthorized(m)) if m == "no piece token"),
+        "{got:?}"
+    );
+    assert!(!link.is_closed(), "a refusal leaves the link up");
+    stop.cancel();
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ pub struct DfdaemonBuilder {
     data_dir: Option<PathBuf>,
     allow: Option<Vec<String>>,
     args: Vec<String>,
+    no_secret: bool,
 }
 
 /// The registries a test dfdaemon trusts unless told otherwise: every loopback one, where
@@ -61,6 +62,13 @@ impl DfdaemonBuilder {
         patterns: I,
     ) -> Self {
         self.allow = Some(patterns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Start without the cluster secret ([`crate::cluster_secret_file`], given by default):
+    /// the node serves pieces to anyone who asks.
+    pub fn no_cluster_secret(mut self) -> Self {
+        self.no_secret = true;
         self
     }
 
@@ -103,6 +111,11 @@ impl DfdaemonBuilder {
         for pattern in &allow {
             builder = builder.args(["--access-allow", pattern]);
         }
+        if !self.no_secret {
+            builder = builder
+                .arg("--cluster-secret-file")
+                .arg(crate::util::cluster_secret_file());
+        }
         let mut daemon = builder.args(&self.args).spawn()?;
         let addr = daemon.wait_for_listen_addr("mirror=", Duration::from_secs(30))?;
         daemon.wait_for_http_ok(&format!("http://{addr}/healthy"), Duration::from_secs(10))?;
@@ -119,6 +132,23 @@ impl Dfdaemon {
     /// A builder.
     pub fn builder() -> DfdaemonBuilder {
         DfdaemonBuilder::default()
+    }
+
+    /// The address of its piece server (TCP and QUIC), as it logged it at start.
+    ///
+    /// # Errors
+    /// No such log line within a few seconds.
+    pub fn peer_addr(&mut self) -> Result<SocketAddr> {
+        self.daemon
+            .wait_for(Duration::from_secs(10), "the piece server's address", |d| {
+                d.log_text()
+                    .lines()
+                    .filter(|l| l.contains("peer piece server listening"))
+                    .find_map(|l| {
+                        let (_, rest) = l.split_once("addr=")?;
+                        rest.split_whitespace().next()?.parse().ok()
+                    })
+            })
     }
 
     /// The mirror's address.

@@ -27,9 +27,17 @@ pub struct SupernodeBuilder {
     port: u16,
     data_dir: Option<PathBuf>,
     args: Vec<String>,
+    no_secret: bool,
 }
 
 impl SupernodeBuilder {
+    /// Start without the cluster secret ([`crate::cluster_secret_file`], given by default):
+    /// no piece tokens are issued or checked.
+    pub fn no_cluster_secret(mut self) -> Self {
+        self.no_secret = true;
+        self
+    }
+
     /// Listen on this IP (default 127.0.0.1).
     pub fn ip(mut self, ip: IpAddr) -> Self {
         self.ip = Some(ip);
@@ -74,12 +82,21 @@ impl SupernodeBuilder {
             }
         };
         let ip = self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let secret = if self.no_secret {
+            Vec::new()
+        } else {
+            vec![
+                "--cluster-secret-file".to_owned(),
+                crate::util::cluster_secret_file().display().to_string(),
+            ]
+        };
         let mut daemon = Daemon::builder(bin("supernode"))
             .name("supernode")
             .arg("--listen")
             .arg(SocketAddr::new(ip, self.port).to_string())
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(&secret)
             .args(&self.args)
             .env("RUST_LOG", "info,damselfly=debug")
             .spawn()?;
@@ -152,6 +169,7 @@ pub struct Dfget {
     url: String,
     output: PathBuf,
     args: Vec<String>,
+    no_secret: bool,
 }
 
 /// A running or finished `dfget`.
@@ -172,7 +190,15 @@ impl Dfget {
             url: url.to_owned(),
             output: output.to_path_buf(),
             args: Vec::new(),
+            no_secret: false,
         }
+    }
+
+    /// Run without the cluster secret ([`crate::cluster_secret_file`], given by default):
+    /// the peer serves anyone who asks.
+    pub fn no_cluster_secret(mut self) -> Self {
+        self.no_secret = true;
+        self
     }
 
     /// Through this supernode.
@@ -196,6 +222,14 @@ impl Dfget {
             .output
             .file_name()
             .map_or_else(|| "dfget".to_owned(), |n| n.to_string_lossy().into_owned());
+        let secret = if self.no_secret {
+            Vec::new()
+        } else {
+            vec![
+                "--cluster-secret-file".to_owned(),
+                crate::util::cluster_secret_file().display().to_string(),
+            ]
+        };
         let daemon = Daemon::builder(bin("dfget"))
             .name(format!("dfget-{name}"))
             .arg(&self.url)
@@ -204,6 +238,7 @@ impl Dfget {
             .arg("--no-progress")
             .arg("--report-json")
             .arg(&report)
+            .args(&secret)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .spawn()?;

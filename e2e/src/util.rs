@@ -196,6 +196,26 @@ pub fn lying_http_server(body: Vec<u8>) -> SocketAddr {
     addr
 }
 
+/// The cluster secret every supernode, dfdaemon and dfget the harness starts is given
+/// (`--cluster-secret-file`), so every test runs with piece tokens issued and checked, as a
+/// production cluster should. Tests mint or forge tokens with it.
+pub const TEST_CLUSTER_SECRET: &str = "damselfly-e2e-cluster-secret-0123456789abcdef";
+
+/// A file holding [`TEST_CLUSTER_SECRET`] (with a trailing newline, as `echo` writes it),
+/// written once per test process.
+pub fn cluster_secret_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("damselfly-e2e-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the cluster secret directory");
+        let path = dir.join("cluster-secret");
+        std::fs::write(&path, format!("{TEST_CLUSTER_SECRET}\n"))
+            .expect("writing the cluster secret");
+        path
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

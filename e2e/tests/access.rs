@@ -10,8 +10,20 @@
 
 use std::{sync::Mutex, time::Duration};
 
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+};
+
+use damselfly_common::TokenKey;
 use damselfly_e2e::{
-    Dfdaemon, Dfget, RecordingProxy, Supernode, TestRegistry, http, lying_http_server, random_blob,
+    Dfdaemon, Dfget, RecordingProxy, Supernode, TEST_CLUSTER_SECRET, TestRegistry, http,
+    lying_http_server, random_blob,
+};
+use damselfly_proto::{
+    AnnounceRequest, Announcement, FRAME_HEADER_LEN, PREAMBLE_LEN, PROTOCOL_VERSION, PieceRequest,
+    PieceResponse, PieceStatus, decode, encode_announce_preamble, encode_frame, encode_preamble,
+    frame_len,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -295,5 +307,203 @@ fn the_supernode_admits_nobody_on_the_word_of_a_registry_it_does_not_list() {
         supernode
             .log_text()
             .contains("neither the blob's own nor on access.allow")
+    );
+}
+
+/// One request on a fresh TCP peer connection to `addr` (after the preamble), our side
+/// closed after it: the server's answer header and every byte that followed it.
+fn ask_piece_port(addr: SocketAddr, request: &PieceRequest) -> (PieceResponse, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&encode_preamble()).unwrap();
+    s.write_all(&encode_frame(request)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    assert_eq!(
+        all[..PREAMBLE_LEN],
+        encode_preamble(),
+        "a Damselfly peer answers"
+    );
+    let rest = &all[PREAMBLE_LEN..];
+    let len = frame_len(rest).unwrap();
+    let header: PieceResponse = decode(&rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]).unwrap();
+    (header, rest[FRAME_HEADER_LEN + len..].to_vec())
+}
+
+/// Issue 13 part 1: a node's piece port serves a private blob's pieces only against a piece
+/// token the supernode issued to that requester for that blob (admitted after the registry
+/// accepted its own credentials). Strangers (no token, a forged one, another peer's or
+/// blob's, an expired one) get `Unauthorized` and not one byte, over pieces and
+/// announcements alike, at the node and at the supernode; each refusal is logged and
+/// counted. Admitted nodes still share the blob peer to peer.
+#[test]
+fn a_nodes_piece_port_serves_only_peers_the_supernode_admitted() {
+    let _serial = serial();
+    let registry = TestRegistry::builder().htpasswd("alice", "s3cret").start();
+    let blob = random_blob(3 * MIB, 41);
+    let digest = registry.push_blob("private/app", &blob);
+    let supernode = Supernode::builder().start();
+    let node = |name: &str| {
+        Dfdaemon::builder()
+            .name(name)
+            .supernode(supernode.addr())
+            .allow_registries([registry.host()])
+            .start()
+    };
+    let mut a = node("node-a");
+    let b = node("node-b");
+    let url = |n: &Dfdaemon| {
+        format!(
+            "{}/v2/private/app/blobs/{digest}?ns={}",
+            n.url(),
+            registry.host()
+        )
+    };
+    let first = http::get(&url(&a), Some(("alice", "s3cret"))).unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(first.body == blob, "the owner gets the blob through node A");
+
+    // Node B, admitted with its requester's credentials, fetches the blob from node A (the
+    // supernode is asked only for pieces no parent holds): tokens do not get in the way.
+    let second = http::get(&url(&b), Some(("alice", "s3cret"))).unwrap();
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert!(second.body == blob, "node B gets the blob");
+    let from_peers = || {
+        b.metric(
+            "damselfly_dfdaemon_blob_bytes_total",
+            Some("source=\"peer\""),
+        )
+        .unwrap()
+    };
+    // The download's sources are counted once it is committed, just after the last byte.
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || from_peers() == blob.len() as f64),
+        "node B got {} of {} bytes from node A:\n{}",
+        from_peers(),
+        blob.len(),
+        b.log_text()
+    );
+    assert_eq!(
+        refusals(&a, "piece_token"),
+        0.0,
+        "no admitted peer was refused"
+    );
+
+    // A stranger on the cluster network asks node A's piece port directly.
+    let port = a.peer_addr().unwrap();
+    let key = TokenKey::new(TEST_CLUSTER_SECRET.as_bytes()).unwrap();
+    let forger = TokenKey::new(b"a secret the attacker made up, 32b").unwrap();
+    let hour = Duration::from_secs(3600);
+    let other_blob = format!("sha256:{}", "0".repeat(64));
+    let ask = |token: Vec<u8>| PieceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: digest.clone(),
+        piece: 0,
+        peer_id: 42,
+        token,
+    };
+    let strangers = [
+        ("no token", Vec::new(), "no piece token"),
+        (
+            "a forged token",
+            forger.issue_for(&digest, 42, hour),
+            "not valid",
+        ),
+        (
+            "another peer's token",
+            key.issue_for(&digest, 43, hour),
+            "not valid",
+        ),
+        (
+            "another blob's token",
+            key.issue_for(&other_blob, 42, hour),
+            "not valid",
+        ),
+        ("an expired token", key.issue(&digest, 42, 1), "expired"),
+    ];
+    for (what, token, why) in &strangers {
+        let (header, after) = ask_piece_port(port, &ask(token.clone()));
+        assert_eq!(
+            PieceStatus::try_from(header.status),
+            Ok(PieceStatus::Unauthorized),
+            "{what}"
+        );
+        assert!(header.reason.contains(why), "{what}: {:?}", header.reason);
+        assert_eq!(header.length, 0, "{what}");
+        assert!(
+            after.is_empty(),
+            "{what}: {} bytes followed the refusal",
+            after.len()
+        );
+    }
+
+    // Announcements of what node A holds: refused too, with nothing about its pieces.
+    let mut s = TcpStream::connect(port).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&encode_announce_preamble()).unwrap();
+    s.write_all(&encode_frame(&AnnounceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: digest.clone(),
+        peer_id: 42,
+        token: Vec::new(),
+    }))
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let rest = &all[PREAMBLE_LEN..];
+    let len = frame_len(rest).unwrap();
+    let a_says: Announcement = decode(&rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]).unwrap();
+    assert_eq!(
+        PieceStatus::try_from(a_says.status),
+        Ok(PieceStatus::Unauthorized)
+    );
+    assert!(a_says.bitfield.is_empty() && a_says.pieces.is_empty());
+    assert_eq!(
+        rest.len(),
+        FRAME_HEADER_LEN + len,
+        "closed after the refusal"
+    );
+
+    // The supernode, which serves pieces as the seed, refuses the same way.
+    let seed_piece = format!(
+        "http://{}/api/v1/tasks/{digest}/pieces/0?peer=42",
+        supernode.addr()
+    );
+    let r = http::get(&seed_piece, None).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_no_blob_bytes(&r.body, &blob, "the supernode without a token");
+    let r = http::Request::get(seed_piece.clone())
+        .header(
+            "x-damselfly-piece-token",
+            hex::encode(forger.issue_for(&digest, 42, hour)),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_no_blob_bytes(&r.body, &blob, "the supernode with a forged token");
+
+    // Every refusal is counted and logged where it happened.
+    assert_eq!(refusals(&a, "piece_token"), strangers.len() as f64 + 1.0);
+    let sn_refusals = damselfly_e2e::metric_sum(
+        &supernode.metrics().unwrap(),
+        "damselfly_supernode_access_refusals_total",
+        Some("reason=\"PieceToken\""),
+    );
+    assert_eq!(sn_refusals, 2.0);
+    assert!(
+        a.log_text()
+            .contains("refused a piece request without a valid piece token"),
+        "node A logs its refusals"
+    );
+
+    // The port does serve this blob, to a token the cluster secret made for the requester:
+    // the refusals above were about the token and nothing else.
+    let (header, after) = ask_piece_port(port, &ask(key.issue_for(&digest, 42, hour)));
+    assert_eq!(PieceStatus::try_from(header.status), Ok(PieceStatus::Ok));
+    assert_eq!(header.length, after.len() as u64);
+    assert!(
+        !after.is_empty() && blob.starts_with(&after),
+        "a valid token gets the first piece of the blob"
     );
 }

@@ -62,6 +62,11 @@ pub struct RegisterResponse {
     /// Whole-content digest `sha256:<hex>` the result must match, empty if unknown.
     #[prost(string, tag = "6")]
     pub digest: String,
+    /// The peer's piece token for this task (see [`PieceRequest::token`]): proof, for the
+    /// peers it asks for pieces, that the supernode admitted it. Empty when the supernode
+    /// has no cluster secret (tokens are then not checked).
+    #[prost(bytes = "vec", tag = "7")]
+    pub piece_token: Vec<u8>,
 }
 
 /// A piece that failed its sha256 check, and who sent it.
@@ -212,6 +217,10 @@ pub struct SyncResponse {
     /// With `parents_delta`: listed parents the peer should drop.
     #[prost(uint64, repeated, tag = "10")]
     pub dropped_parents: Vec<u64>,
+    /// A fresh piece token for the peer (as [`RegisterResponse::piece_token`]), so a long
+    /// download never runs on an expired one. Empty: keep the one held (or there is none).
+    #[prost(bytes = "vec", tag = "11")]
+    pub piece_token: Vec<u8>,
 }
 
 /// Peer → supernode: the peer stops serving this task.
@@ -257,10 +266,22 @@ pub struct PieceRequest {
     /// The piece index.
     #[prost(uint32, tag = "3")]
     pub piece: u32,
-    /// The requester, for logs and fault reports.
+    /// The requester: the peer the token was issued to.
     #[prost(uint64, tag = "4")]
     pub peer_id: u64,
+    /// The requester's piece token for `task_id`, from the supernode (at most
+    /// [`MAX_TOKEN_LEN`] bytes). A server with a cluster secret serves only a request whose
+    /// token admits `peer_id` to `task_id` and has not expired; others get
+    /// [`PieceStatus::Unauthorized`]. A peer that predates tokens sends none.
+    #[prost(bytes = "vec", tag = "5")]
+    pub token: Vec<u8>,
 }
+
+/// Largest piece token accepted in a request (a token of this build is 41 bytes).
+pub const MAX_TOKEN_LEN: usize = 128;
+
+/// Longest refusal reason a server sends.
+pub const MAX_REASON_LEN: usize = 256;
 
 /// Child → parent, the one frame a child sends on an announcement connection (opened with
 /// [`crate::ANNOUNCE_MAGIC`]): send me the pieces you hold of this task, then each new one.
@@ -272,9 +293,13 @@ pub struct AnnounceRequest {
     /// The task.
     #[prost(string, tag = "2")]
     pub task_id: String,
-    /// The subscriber, for logs.
+    /// The subscriber: the peer the token was issued to.
     #[prost(uint64, tag = "3")]
     pub peer_id: u64,
+    /// The subscriber's piece token for `task_id`, as in [`PieceRequest::token`]; without a
+    /// valid one a parent with a cluster secret answers `Unauthorized` and closes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub token: Vec<u8>,
 }
 
 /// Parent → child on an announcement connection. The first frame has `status` and, on
@@ -285,8 +310,8 @@ pub struct Announcement {
     /// [`PROTOCOL_VERSION`].
     #[prost(uint32, tag = "1")]
     pub version: u32,
-    /// `Ok`, or why the parent refuses (`UnknownTask`, `Busy`, `BadRequest`); a refusal is
-    /// the last frame.
+    /// `Ok`, or why the parent refuses (`UnknownTask`, `Busy`, `BadRequest`,
+    /// `Unauthorized`); a refusal is the last frame.
     #[prost(enumeration = "PieceStatus", tag = "2")]
     pub status: i32,
     /// Every piece the parent holds (same bit layout as [`ParentInfo::pieces`]); empty when
@@ -296,6 +321,9 @@ pub struct Announcement {
     /// Pieces verified since the last frame.
     #[prost(uint32, repeated, tag = "4")]
     pub pieces: Vec<u32>,
+    /// Why, on a refusal (at most [`MAX_REASON_LEN`] bytes); empty otherwise.
+    #[prost(string, tag = "5")]
+    pub reason: String,
 }
 
 /// Outcome of a [`PieceRequest`].
@@ -314,6 +342,10 @@ pub enum PieceStatus {
     UnknownTask = 4,
     /// The request was malformed.
     BadRequest = 5,
+    /// The request carried no valid piece token for its task and requester (absent, expired,
+    /// for another task or peer, or made with another secret); `reason` says which. A peer
+    /// that predates tokens reads it as an unknown status, a protocol error.
+    Unauthorized = 6,
 }
 
 /// Peer → peer (QUIC): the answer header; on `Ok`, `length` raw bytes follow.
@@ -328,6 +360,9 @@ pub struct PieceResponse {
     /// Bytes that follow.
     #[prost(uint64, tag = "3")]
     pub length: u64,
+    /// Why, on a refusal (at most [`MAX_REASON_LEN`] bytes); empty otherwise.
+    #[prost(string, tag = "4")]
+    pub reason: String,
 }
 
 fn check_version(version: u32) -> Result<(), DecodeError> {
@@ -344,6 +379,23 @@ fn check_version(version: u32) -> Result<(), DecodeError> {
 fn check_task_id(task_id: &str) -> Result<(), DecodeError> {
     if task_id.is_empty() || task_id.len() > 256 {
         return Err(DecodeError::invalid("task_id", "empty or over 256 bytes"));
+    }
+    Ok(())
+}
+
+fn check_token(token: &[u8]) -> Result<(), DecodeError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(DecodeError::invalid(
+            "token",
+            format!("{} bytes, at most {MAX_TOKEN_LEN}", token.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_reason(reason: &str) -> Result<(), DecodeError> {
+    if reason.len() > MAX_REASON_LEN {
+        return Err(DecodeError::invalid("reason", "too long"));
     }
     Ok(())
 }
@@ -482,18 +534,19 @@ impl PieceRequest {
         if self.piece >= MAX_PIECES {
             return Err(DecodeError::invalid("piece", "index out of range"));
         }
-        Ok(())
+        check_token(&self.token)
     }
 }
 
 impl AnnounceRequest {
-    /// Checks version and the task id.
+    /// Checks version, the task id and the token's length.
     ///
     /// # Errors
     /// [`DecodeError::Invalid`] naming the field.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_version(self.version)?;
-        check_task_id(&self.task_id)
+        check_task_id(&self.task_id)?;
+        check_token(&self.token)
     }
 }
 
@@ -511,7 +564,7 @@ impl Announcement {
         if self.pieces.len() > MAX_PIECES as usize || self.pieces.iter().any(|&p| p >= MAX_PIECES) {
             return Err(DecodeError::invalid("pieces", "too many or out of range"));
         }
-        Ok(())
+        check_reason(&self.reason)
     }
 }
 
@@ -525,7 +578,7 @@ impl PieceResponse {
         if self.length > 64 << 20 {
             return Err(DecodeError::invalid("length", "over 64 MiB"));
         }
-        Ok(())
+        check_reason(&self.reason)
     }
 }
 

@@ -6,11 +6,16 @@
 //! | `POST /api/v1/register` | `RegisterRequest` | `RegisterResponse` |
 //! | `POST /api/v1/sync` | `SyncRequest` | `SyncResponse` |
 //! | `POST /api/v1/leave` | `LeaveRequest` | 204 |
-//! | `GET /api/v1/tasks/{task}/pieces/{index}?peer={id}` | – | piece bytes |
+//! | `GET /api/v1/tasks/{task}/pieces/{index}?peer={id}` | – (header `x-damselfly-piece-token`) | piece bytes |
 //! | `GET /healthy`, `GET /metrics` | – | text |
 //!
 //! Every refusal is an `ErrorResponse` with a stable `code`; [`ApiError`] is the one place
 //! errors become HTTP answers.
+//!
+//! With a cluster secret (`cluster.secret_file`), `register` and `sync` answers carry the
+//! peer's piece token for the task, and a piece request must present a valid one (hex in
+//! the `x-damselfly-piece-token` header) or get 403 `PIECE_TOKEN`, like a peer's piece
+//! server would refuse it.
 
 use std::{
     sync::Arc,
@@ -21,22 +26,22 @@ use axum::{
     Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use damselfly_common::Digest;
+use damselfly_common::{Digest, token::PIECE_TOKEN_HEADER};
 use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
     RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
 };
 use damselfly_swarm::{PeerId, SyncInput};
 use prost::Message;
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{
     Shared,
-    metrics::RegisterOutcome,
+    metrics::{AccessRefusal, RegisterOutcome},
     task::{CdnState, Task},
     tasks::{self, RegisterError, Wanted},
 };
@@ -83,6 +88,9 @@ pub enum ApiError {
     /// The peer did not register for this task.
     #[error("peer {0} is not registered for this task")]
     NotAdmitted(PeerId),
+    /// A piece request without a valid piece token for its task and requester.
+    #[error("{0}")]
+    PieceToken(damselfly_common::TokenError),
     /// Registration failed.
     #[error(transparent)]
     Register(#[from] RegisterError),
@@ -103,6 +111,7 @@ impl ApiError {
             Self::BadRequest(_) | Self::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", 0),
             Self::UnknownTask(_) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
             Self::NotAdmitted(_) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
+            Self::PieceToken(_) => (StatusCode::FORBIDDEN, "PIECE_TOKEN", 0),
             Self::Register(RegisterError::Origin(e)) => match e.status() {
                 Some(status) => (
                     StatusCode::BAD_GATEWAY,
@@ -229,6 +238,7 @@ async fn register(
         piece_size: meta.piece_size,
         piece_count: meta.piece_count(),
         digest: meta.digest.clone().unwrap_or_default(),
+        piece_token: piece_token(&shared, &meta.id, peer),
     }))
 }
 
@@ -320,6 +330,7 @@ async fn sync(
             .collect(),
         parents_delta: answer.delta,
         dropped_parents: answer.dropped_parents.iter().map(|p| p.0).collect(),
+        piece_token: piece_token(&shared, &req.task_id, peer),
     };
     drop(cdn);
     shared
@@ -367,16 +378,54 @@ struct PieceQuery {
     peer: u64,
 }
 
+/// The piece token admitting `peer` to `task_id` for `cluster.piece_token_ttl`; empty
+/// without a cluster secret. Only ever called for a peer the task admitted: registration
+/// (after the access check) or the sync of an admitted peer.
+fn piece_token(shared: &Shared, task_id: &str, peer: PeerId) -> Vec<u8> {
+    shared.piece_tokens.as_ref().map_or_else(Vec::new, |key| {
+        key.issue_for(task_id, peer.0, shared.config.cluster.piece_token_ttl)
+    })
+}
+
+/// Checks the piece token a piece request carries (hex in [`PIECE_TOKEN_HEADER`]), when
+/// the supernode has a cluster secret; logs and counts a refusal.
+fn check_piece_token(
+    shared: &Shared,
+    headers: &HeaderMap,
+    task_id: &str,
+    peer: PeerId,
+) -> Result<(), ApiError> {
+    let Some(key) = &shared.piece_tokens else {
+        return Ok(());
+    };
+    let checked = match headers
+        .get(PIECE_TOKEN_HEADER)
+        .map(|v| hex::decode(v.as_bytes()))
+    {
+        None => key.verify_now(&[], task_id, peer.0),
+        Some(Ok(token)) => key.verify_now(&token, task_id, peer.0),
+        Some(Err(_)) => Err(damselfly_common::TokenError::Malformed(0)),
+    };
+    checked.map(drop).map_err(|e| {
+        shared.metrics.access_refusal(AccessRefusal::PieceToken);
+        info!(task = task_id, %peer, reason = e.label(), "refused a piece request without a valid piece token: {e}");
+        ApiError::PieceToken(e)
+    })
+}
+
 async fn piece(
     State(shared): State<Arc<Shared>>,
     Path((task_id, index)): Path<(String, u32)>,
     Query(q): Query<PieceQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let peer = PeerId(q.peer);
+    // Before the task is looked up: a stranger learns nothing about what is stored here.
+    check_piece_token(&shared, &headers, &task_id, peer)?;
     let task = shared
         .tasks
         .get(&task_id)
         .ok_or_else(|| ApiError::UnknownTask(task_id.clone()))?;
-    let peer = PeerId(q.peer);
     if !task.is_admitted(peer) {
         return Err(ApiError::NotAdmitted(peer));
     }

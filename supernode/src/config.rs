@@ -41,6 +41,8 @@ pub struct Config {
     pub origin: OriginSection,
     /// Which registries may admit a later requester to a private blob.
     pub access: AccessSection,
+    /// The cluster secret, and the piece tokens it signs.
+    pub cluster: ClusterSection,
     /// Harbor preheat jobs (`/preheats`, `/oapi/v1/jobs`).
     pub preheat: PreheatConfig,
     /// Limits of the API's HTTP listener (`listen`): header-read timeout, connection cap.
@@ -140,6 +142,49 @@ pub struct AccessSection {
     pub allow: Vec<String>,
 }
 
+/// The cluster secret: with it, the supernode hands every peer it admits to a task a piece
+/// token for that task (HMAC-SHA256 over task, peer and expiry, see
+/// [`damselfly_common::token`]), refreshed in sync answers, and serves its own pieces only
+/// against a valid one; peers holding the same secret check it too. Without it no token is
+/// issued or checked, and a warning is logged at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// File holding the cluster secret (at least 16 bytes; surrounding whitespace is
+    /// ignored), the same file every supernode and dfdaemon of the cluster reads. Empty (the
+    /// default): piece tokens off.
+    pub secret_file: PathBuf,
+    /// How long a piece token is valid. Peers get a fresh one in every sync answer, so it
+    /// only needs to outlast a few missed syncs and the clock differences between nodes.
+    /// Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub piece_token_ttl: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            secret_file: PathBuf::new(),
+            piece_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The piece-token key, or `None` when no secret file is set.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds too short a secret.
+    pub fn token_key(
+        &self,
+    ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
+        if self.secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        damselfly_common::TokenKey::from_file(&self.secret_file).map(Some)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -151,6 +196,7 @@ impl Default for Config {
             cdn: CdnConfig::default(),
             origin: OriginSection::default(),
             access: AccessSection::default(),
+            cluster: ClusterSection::default(),
             preheat: PreheatConfig::default(),
             http: HttpLimits::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -304,6 +350,12 @@ impl Config {
                 "must be os/arch[/variant], e.g. linux/amd64",
             ));
         }
+        if self.cluster.piece_token_ttl < Duration::from_secs(60) {
+            errs.push(ConfigError::new(
+                "cluster.piece_token_ttl",
+                "must be >= 60s (tokens are refreshed at each sync; clocks differ)",
+            ));
+        }
         if self.cdn.upload_slots == 0 {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
@@ -423,6 +475,12 @@ pub struct Overrides {
     /// `preheat.supernodes` (repeatable; replaces the file's list).
     #[arg(long = "preheat-supernode", value_name = "HOST:PORT")]
     pub preheat_supernodes: Vec<String>,
+    /// `cluster.secret_file`: the cluster secret that signs piece tokens.
+    #[arg(long, value_name = "FILE", env = "DAMSELFLY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// `cluster.piece_token_ttl`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cluster_piece_token_ttl: Option<Duration>,
     /// `http.header_read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub http_header_read_timeout: Option<Duration>,
@@ -483,6 +541,8 @@ impl Overrides {
         if !self.preheat_supernodes.is_empty() {
             c.preheat.supernodes = self.preheat_supernodes;
         }
+        set(&mut c.cluster.secret_file, self.cluster_secret_file);
+        set(&mut c.cluster.piece_token_ttl, self.cluster_piece_token_ttl);
         set(
             &mut c.http.header_read_timeout,
             self.http_header_read_timeout,
@@ -634,6 +694,36 @@ mod tests {
         let errs = c.validate().unwrap_err();
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["origin.retry.stall_timeout"]);
+    }
+
+    #[test]
+    fn cluster_secret_comes_from_file_or_flags_and_is_checked() {
+        let mut c: Config = parse("version = 1\n[cluster]\npiece_token_ttl = \"10m\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.piece_token_ttl, Duration::from_secs(600));
+        assert!(c.cluster.token_key().unwrap().is_none(), "off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        Overrides {
+            cluster_secret_file: Some(secret.clone()),
+            cluster_piece_token_ttl: Some(Duration::from_secs(5)),
+            ..Overrides::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.cluster.secret_file, secret);
+        assert!(c.cluster.token_key().unwrap().is_some());
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.key.clone())
+            .collect();
+        assert_eq!(keys, ["cluster.piece_token_ttl"]);
+        std::fs::write(&secret, "short\n").unwrap();
+        let e = c.cluster.token_key().unwrap_err();
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        assert!(parse::<Config>("version = 1\n[cluster]\nsecret = \"x\"\n").is_err());
     }
 
     #[test]

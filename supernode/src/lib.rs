@@ -69,6 +69,9 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Harbor preheat jobs.
     pub jobs: preheat::Jobs,
+    /// The cluster secret's piece-token key (`cluster.secret_file`); `None`: tokens are
+    /// neither issued nor checked.
+    pub piece_tokens: Option<damselfly_common::TokenKey>,
     /// Registries besides a blob's own that may admit a requester to it (`access.allow`).
     pub access_allow: damselfly_common::allow::AllowList,
     /// Nodes (dfdaemons) that announced themselves, by hostname.
@@ -114,6 +117,17 @@ impl App {
         let jobs = tokio::task::spawn_blocking(move || preheat::Jobs::open(&jobs_dir))
             .await?
             .context("opening the preheat job table")?;
+        let piece_tokens = config
+            .cluster
+            .token_key()
+            .context("loading cluster.secret_file")?;
+        if piece_tokens.is_none() {
+            warn!(
+                "cluster.secret_file is not set: piece tokens are off, so any host that \
+                 reaches a peer's piece port (or this API) may download the blobs it holds, \
+                 private ones included (docs/security.md)"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the API on {}", config.listen))?;
@@ -131,6 +145,7 @@ impl App {
             origin,
             tasks: tasks::Tasks::default(),
             access_allow,
+            piece_tokens,
             metrics,
             registry,
             tracker: TaskTracker::new(),

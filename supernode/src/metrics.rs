@@ -68,6 +68,8 @@ pub enum AccessRefusal {
     RegistryDenied,
     /// Its registry is neither the blob's own nor on `access.allow`: not asked.
     UnlistedRegistry,
+    /// A piece request without a valid piece token for its task and requester.
+    PieceToken,
 }
 
 /// Label set for access refusals.
@@ -208,6 +210,7 @@ impl Metrics {
         for reason in [
             AccessRefusal::RegistryDenied,
             AccessRefusal::UnlistedRegistry,
+            AccessRefusal::PieceToken,
         ] {
             drop(
                 m.access_refusals
@@ -216,7 +219,7 @@ impl Metrics {
         }
         r.register(
             "access_refusals",
-            "Later requesters of private blobs refused, by reason",
+            "Requesters refused: later requesters of private blobs at registration, piece requests without a valid token",
             m.access_refusals.clone(),
         );
         r.register("tasks", "Tasks held in memory", m.tasks.clone());

@@ -112,6 +112,7 @@ fn frame_header_limits() {
         task_id: "sha256:ab".into(),
         piece: 3,
         peer_id: 1,
+        token: vec![1; 41],
     };
     let frame = encode_frame(&msg);
     let len = frame_len(&frame).unwrap();
@@ -138,6 +139,7 @@ fn register_response_geometry_is_checked() {
         piece_size: 4 << 20,
         piece_count: 3,
         digest: String::new(),
+        piece_token: vec![1; 41],
     };
     r.validate().unwrap();
     r.piece_count = 2;
@@ -166,6 +168,86 @@ fn piece_response_length_is_bounded() {
         version: PROTOCOL_VERSION,
         status: PieceStatus::Ok as i32,
         length: 1 << 40,
+        reason: String::new(),
     };
     assert!(r.validate().is_err());
+}
+
+#[test]
+fn tokens_and_refusal_reasons_are_bounded() {
+    let mut req = PieceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: "sha256:ab".into(),
+        piece: 0,
+        peer_id: 1,
+        token: vec![0; MAX_TOKEN_LEN],
+    };
+    req.validate().unwrap();
+    req.token.push(0);
+    assert!(matches!(
+        req.validate(),
+        Err(DecodeError::Invalid { field: "token", .. })
+    ));
+    let mut sub = AnnounceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: "sha256:ab".into(),
+        peer_id: 1,
+        token: Vec::new(),
+    };
+    // No token is well formed: the server decides whether it needs one.
+    sub.validate().unwrap();
+    sub.token = vec![0; MAX_TOKEN_LEN + 1];
+    assert!(sub.validate().is_err());
+    let mut refusal = PieceResponse {
+        version: PROTOCOL_VERSION,
+        status: PieceStatus::Unauthorized as i32,
+        length: 0,
+        reason: "piece token expired 3 s ago".into(),
+    };
+    refusal.validate().unwrap();
+    refusal.reason = "x".repeat(MAX_REASON_LEN + 1);
+    assert!(refusal.validate().is_err());
+    let mut a = Announcement {
+        version: PROTOCOL_VERSION,
+        status: PieceStatus::Unauthorized as i32,
+        reason: "no piece token".into(),
+        ..Announcement::default()
+    };
+    a.validate().unwrap();
+    a.reason = "x".repeat(MAX_REASON_LEN + 1);
+    assert!(a.validate().is_err());
+}
+
+/// A request from a peer that predates tokens decodes with an empty token (and so is
+/// refused by a server that checks them, rather than misread), and a token-carrying
+/// request still decodes at such a peer (the unknown field is skipped).
+#[test]
+fn old_and_new_piece_requests_decode_both_ways() {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldPieceRequest {
+        #[prost(uint32, tag = "1")]
+        version: u32,
+        #[prost(string, tag = "2")]
+        task_id: String,
+        #[prost(uint32, tag = "3")]
+        piece: u32,
+        #[prost(uint64, tag = "4")]
+        peer_id: u64,
+    }
+    let old = OldPieceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: "sha256:ab".into(),
+        piece: 2,
+        peer_id: 5,
+    };
+    let new: PieceRequest = decode(&old.encode_to_vec()).unwrap();
+    new.validate().unwrap();
+    assert!(new.token.is_empty());
+    let with_token = PieceRequest {
+        token: vec![1; 41],
+        ..new
+    };
+    let back: OldPieceRequest = decode(&with_token.encode_to_vec()).unwrap();
+    assert_eq!(back, old);
+    assert_eq!(PieceStatus::try_from(6), Ok(PieceStatus::Unauthorized));
 }

@@ -144,7 +144,8 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- define "damselfly.supernode.config" -}}
 {{- $v := .Values.supernode -}}
 {{- $c := deepCopy (default (dict) $v.config) -}}
-{{- include "damselfly.refuseManaged" (dict "config" $c "what" "supernode.config" "keys" (list "version" "listen" "data_dir" "storage.capacity" "cdn.upload_rate" "cdn.upload_slots" "preheat.token" "preheat.supernodes")) -}}
+{{- include "damselfly.refuseManaged" (dict "config" $c "what" "supernode.config" "keys" (list "version" "listen" "data_dir" "storage.capacity" "cdn.upload_rate" "cdn.upload_slots" "preheat.token" "preheat.supernodes" "cluster.secret_file")) -}}
+{{- include "damselfly.setClusterSecret" (dict "ctx" . "config" $c) -}}
 {{- $_ := set $c "version" 1 -}}
 {{- $_ := set $c "listen" (include "damselfly.hostPort" (dict "host" $v.bindAddress "port" $v.port)) -}}
 {{- $_ := set $c "data_dir" "/var/lib/damselfly/supernode" -}}
@@ -182,7 +183,8 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- define "damselfly.dfdaemon.config" -}}
 {{- $v := .Values.dfdaemon -}}
 {{- $c := deepCopy (default (dict) $v.config) -}}
-{{- include "damselfly.refuseManaged" (dict "config" $c "what" "dfdaemon.config" "keys" (list "version" "listen" "peer_listen" "data_dir" "supernodes" "default_upstream" "back_source" "registries" "advertise_ip" "hostname" "cache.capacity" "p2p.download_rate" "p2p.upload_rate" "p2p.upload_slots")) -}}
+{{- include "damselfly.refuseManaged" (dict "config" $c "what" "dfdaemon.config" "keys" (list "version" "listen" "peer_listen" "data_dir" "supernodes" "default_upstream" "back_source" "registries" "advertise_ip" "hostname" "cache.capacity" "p2p.download_rate" "p2p.upload_rate" "p2p.upload_slots" "cluster.secret_file")) -}}
+{{- include "damselfly.setClusterSecret" (dict "ctx" . "config" $c) -}}
 {{- $_ := set $c "version" 1 -}}
 {{- $_ := set $c "listen" (include "damselfly.hostPort" (dict "host" $v.bindAddress "port" $v.port)) -}}
 {{- $_ := set $c "peer_listen" (include "damselfly.hostPort" (dict "host" $v.bindAddress "port" $v.peerPort)) -}}
@@ -227,6 +229,30 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- .Values.preheat.existingSecret -}}
 {{- else if .Values.preheat.token -}}
 {{- printf "%s-preheat" (include "damselfly.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "damselfly.clusterSecretName" -}}
+{{- if .Values.clusterSecret.existingSecret -}}
+{{- .Values.clusterSecret.existingSecret -}}
+{{- else if .Values.clusterSecret.secret -}}
+{{- printf "%s-cluster" (include "damselfly.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "damselfly.clusterSecretKey" -}}
+{{- if .Values.clusterSecret.existingSecret -}}{{- .Values.clusterSecret.existingSecretKey -}}{{- else -}}secret{{- end -}}
+{{- end -}}
+
+{{/* Where the pods mount the cluster secret (cluster.secret_file). */}}
+{{- define "damselfly.clusterSecretFile" -}}/etc/damselfly-cluster/secret{{- end -}}
+
+{{/* Sets cluster.secret_file in config $c when the chart mounts a cluster secret. */}}
+{{- define "damselfly.setClusterSecret" -}}
+{{- if include "damselfly.clusterSecretName" .ctx -}}
+{{- $cluster := default (dict) (get .config "cluster") -}}
+{{- $_ := set $cluster "secret_file" (include "damselfly.clusterSecretFile" .ctx) -}}
+{{- $_ := set .config "cluster" $cluster -}}
 {{- end -}}
 {{- end -}}
 
