@@ -347,6 +347,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def free_tcp_udp_port() -> int:
+    """A port free for both TCP and UDP: the peer endpoint binds both (TCP pieces, QUIC)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
 def substitute(args: list[str], mapping: dict[str, str]) -> list[str]:
     return [mapping.get(a, a) for a in args]
 
@@ -430,7 +445,7 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path) -> None:
                 run_init(bin_dir, substitute(init["args"], mapping), tmp / "certs.d", files)
             (c,) = pod["containers"]
             argv = [str(bin_dir / "dfdaemon"), *substitute(c["args"], mapping)]
-            argv += ["--listen", f"127.0.0.1:{port}", "--peer-listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"]
+            argv += ["--listen", f"127.0.0.1:{port}", "--peer-listen", f"127.0.0.1:{free_tcp_udp_port()}"]
             argv += ["--data-dir", str(tmp / "dfdaemon")]
             log = tmp / "dfdaemon.log"
             with daemon(argv, log) as proc:

@@ -56,6 +56,24 @@ struct Inner {
     files: HashMap<String, Arc<File>>,
 }
 
+impl Inner {
+    /// Complete tasks as `(last access, id, length)`, least recently accessed first: the
+    /// order in which GC and admission evict.
+    fn evictable(&self) -> Vec<(u64, String, u64)> {
+        let mut v: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|e| e.meta.state == TaskState::Complete)
+            .map(|e| {
+                let m = &e.meta;
+                (m.last_access_unix, m.id.clone(), m.content_length)
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 struct Entry {
     meta: TaskMeta,
     /// `meta.last_access_unix` changed since the meta was last persisted.
@@ -552,20 +570,8 @@ impl Store {
     ) -> Result<(Reservation, GcReport), Error> {
         let _admission = self.admission.lock();
         // Evictable: Complete and not in use, least recently accessed first.
-        let mut candidates: Vec<(u64, String, u64)> = {
-            let inner = self.inner.lock();
-            inner
-                .tasks
-                .values()
-                .filter(|e| e.meta.state == TaskState::Complete)
-                .map(|e| {
-                    let m = &e.meta;
-                    (m.last_access_unix, m.id.clone(), m.content_length)
-                })
-                .collect()
-        };
+        let mut candidates = self.inner.lock().evictable();
         candidates.retain(|(_, id, _)| !in_use(id));
-        candidates.sort_unstable();
         candidates.reverse();
         let mut evictable: u64 = candidates.iter().map(|c| c.2).sum();
         let mut report = GcReport::default();
@@ -666,22 +672,13 @@ impl Store {
         }
         let high = watermark_bytes(capacity, self.config.high_watermark);
         let low = watermark_bytes(capacity, self.config.low_watermark);
-        let mut candidates: Vec<(u64, String, u64)> = {
+        let candidates = {
             let inner = self.inner.lock();
             if inner.used <= high {
                 return Ok(report);
             }
-            inner
-                .tasks
-                .values()
-                .filter(|e| e.meta.state == TaskState::Complete)
-                .map(|e| {
-                    let m = &e.meta;
-                    (m.last_access_unix, m.id.clone(), m.content_length)
-                })
-                .collect()
+            inner.evictable()
         };
-        candidates.sort_unstable();
         for (_, id, len) in candidates {
             if self.used_bytes() <= low {
                 break;
