@@ -158,6 +158,18 @@ impl TokenKey {
         Self::new(&std::fs::read(path).map_err(read)?)
     }
 
+    /// The key for a `cluster.secret_file` setting: `None` when it is empty (tokens off),
+    /// else [`TokenKey::from_file`].
+    ///
+    /// # Errors
+    /// As [`TokenKey::from_file`].
+    pub fn from_setting(secret_file: &Path) -> Result<Option<Self>, SecretError> {
+        if secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        Self::from_file(secret_file).map(Some)
+    }
+
     /// The bytes the MAC covers.
     fn message(task_id: &str, peer_id: u64, expires: u64) -> Vec<u8> {
         let mut m = Vec::with_capacity(21 + task_id.len());

@@ -209,10 +209,7 @@ impl ClusterConfig {
     pub fn token_key(
         &self,
     ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
-        if self.secret_file.as_os_str().is_empty() {
-            return Ok(None);
-        }
-        damselfly_common::TokenKey::from_file(&self.secret_file).map(Some)
+        damselfly_common::TokenKey::from_setting(&self.secret_file)
     }
 }
 
