@@ -176,7 +176,7 @@ impl App {
                 connect_timeout: config.upstream.connect_timeout,
                 read_timeout: config.upstream.read_timeout,
                 retry: config.upstream.retry.clone(),
-                observer: Some(Arc::new(metrics.clone())),
+                observer: Some(Arc::new(metrics.origin_failures.clone())),
                 ca_files: config
                     .registries
                     .iter()
@@ -320,7 +320,7 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = keepalive.tick() => state.engine.keepalive().await,
             _ = gc.tick() => {
-                let in_use: Vec<String> = state.flights.lock().keys().map(ToString::to_string).collect();
+                let in_use = blobs_in_flight(&state);
                 match state.cache.gc(in_use).await {
                     Ok(evicted) => forget_evicted(&state, evicted),
                     Err(e) => {
@@ -333,6 +333,16 @@ async fn maintain(state: Arc<AppState>, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// The digests of blobs being downloaded now: the node cache must not evict them.
+fn blobs_in_flight(state: &AppState) -> Vec<String> {
+    state
+        .flights
+        .lock()
+        .keys()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Counts evicted blobs and leaves their swarms (in the background: the caller may be
@@ -354,10 +364,8 @@ fn forget_evicted(state: &Arc<AppState>, evicted: Vec<String>) {
 
 /// Counts a cache error under its storage fault, if it is one.
 fn count_storage_failure(metrics: &Metrics, e: &CacheError) {
-    if let CacheError::Store(s) = e
-        && let Some(fault) = s.fault()
-    {
-        metrics.storage_failure(fault);
+    if let CacheError::Store(s) = e {
+        metrics.storage_failures.record_error(s);
     }
 }
 
@@ -383,13 +391,7 @@ impl Progress for Receiving {
     fn admit(&self, total: u64) -> Result<(), String> {
         // Starting over (back to the origin after the swarm failed): the old file is gone.
         drop(self.space.lock().take());
-        let in_use: Vec<String> = self
-            .state
-            .flights
-            .lock()
-            .keys()
-            .map(ToString::to_string)
-            .collect();
+        let in_use = blobs_in_flight(&self.state);
         // The engine serves a downloaded blob to peers from its own handle on the file:
         // closed at once on eviction, so the blocks are freed for this blob.
         let stop_serving = |digest: &str| {

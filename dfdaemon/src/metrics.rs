@@ -1,8 +1,8 @@
 //! Prometheus metrics of dfdaemon (prefix `damselfly_dfdaemon_`). Labels are bounded sets,
 //! never repositories, digests or URLs.
 
-use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
-use damselfly_store::Fault;
+use damselfly_oci::retry::OriginFailures;
+use damselfly_store::{Fault, StorageFailures};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -57,13 +57,6 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-/// Label set for storage failures.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StorageFailureLabels {
-    /// [`Fault::label`]: `capacity`, `disk_full`, `db_write`, `io`.
-    pub reason: &'static str,
-}
-
 /// The `reason`s of `access_refusals_total`.
 pub const ACCESS_REFUSALS: [&str; 4] = [
     "registry_denied",
@@ -71,15 +64,6 @@ pub const ACCESS_REFUSALS: [&str; 4] = [
     "unlisted_refused",
     "piece_token",
 ];
-/// Label set for failed origin attempts: the same labels as the supernode's.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OriginFailureLabels {
-    /// [`FailureReason::label`].
-    pub reason: &'static str,
-    /// [`FailureAction::label`]: `retried` or `gave_up`.
-    pub action: &'static str,
-}
-
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -94,7 +78,7 @@ pub struct Metrics {
     /// Blob requests not served from this node for want of access, by reason.
     pub access_refusals: Family<ReasonLabels, Counter>,
     /// Failed attempts of the node's own origin fetches (back to source).
-    pub origin_failures: Family<OriginFailureLabels, Counter>,
+    pub origin_failures: OriginFailures,
     /// Blob downloads in progress.
     pub downloads: Gauge,
     /// Bytes held in the node cache.
@@ -103,7 +87,7 @@ pub struct Metrics {
     pub evictions: Counter,
     /// Local storage failures (a download refused for want of space, a failed write), by
     /// reason: the same labels as the supernode's.
-    pub storage_failures: Family<StorageFailureLabels, Counter>,
+    pub storage_failures: StorageFailures,
 }
 
 impl Metrics {
@@ -137,19 +121,10 @@ impl Metrics {
             "Requests not served from this node for want of access, by reason",
             m.access_refusals.clone(),
         );
-        // Every (reason, action) from the start, as the supernode does.
-        for reason in FailureReason::ALL {
-            for action in [FailureAction::Retried, FailureAction::GaveUp] {
-                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
-                    reason: reason.label(),
-                    action: action.label(),
-                }));
-            }
-        }
         r.register(
             "origin_failures",
             "Failed origin blob requests of back-to-source fetches, by reason and whether they were retried",
-            m.origin_failures.clone(),
+            m.origin_failures.family(),
         );
         r.register(
             "downloads",
@@ -166,16 +141,10 @@ impl Metrics {
             "Blobs evicted from the node cache",
             m.evictions.clone(),
         );
-        // Every reason from the start, at 0, as the supernode does.
-        for fault in Fault::ALL {
-            drop(m.storage_failures.get_or_create(&StorageFailureLabels {
-                reason: fault.label(),
-            }));
-        }
         r.register(
             "storage_failures",
             "Local storage failures: downloads refused for want of space, failed writes, by reason",
-            m.storage_failures.clone(),
+            m.storage_failures.family(),
         );
         m
     }
@@ -221,11 +190,7 @@ impl Metrics {
 
     /// Counts a local storage failure under `fault`'s label.
     pub fn storage_failure(&self, fault: Fault) {
-        self.storage_failures
-            .get_or_create(&StorageFailureLabels {
-                reason: fault.label(),
-            })
-            .inc();
+        self.storage_failures.record(fault);
     }
 
     /// Counts a fallback to the origin.
@@ -237,16 +202,5 @@ impl Metrics {
 impl dfget::server::RefusalObserver for Metrics {
     fn piece_token_refused(&self, _reason: &'static str) {
         self.access_refusal("piece_token");
-    }
-}
-
-impl OriginObserver for Metrics {
-    fn failure(&self, reason: FailureReason, action: FailureAction) {
-        self.origin_failures
-            .get_or_create(&OriginFailureLabels {
-                reason: reason.label(),
-                action: action.label(),
-            })
-            .inc();
     }
 }

@@ -12,6 +12,10 @@
 //!   never marks anything present. [`Error::fault`] names the kind of local failure, as a
 //!   bounded metrics label.
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 use std::path::PathBuf;
 
 use crate::SpaceLimit;
@@ -202,6 +206,54 @@ pub enum Fault {
     Database,
     /// Another file operation failed.
     Io,
+}
+
+/// Labels of `storage_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageFailureLabels {
+    /// [`Fault::label`]: `capacity`, `disk_full`, `db_write`, `io`.
+    pub reason: &'static str,
+}
+
+/// `storage_failures_total{reason}`, the one definition both daemons export, every reason
+/// from the start at 0. Cheap to clone; clones count together.
+#[derive(Clone, Debug)]
+pub struct StorageFailures(Family<StorageFailureLabels, Counter>);
+
+impl Default for StorageFailures {
+    fn default() -> Self {
+        let family = Family::default();
+        for fault in Fault::ALL {
+            drop(family.get_or_create(&StorageFailureLabels {
+                reason: fault.label(),
+            }));
+        }
+        Self(family)
+    }
+}
+
+impl StorageFailures {
+    /// The counter family, to register under a daemon's prefix.
+    #[must_use]
+    pub fn family(&self) -> Family<StorageFailureLabels, Counter> {
+        self.0.clone()
+    }
+
+    /// Counts one failure under `fault`'s label.
+    pub fn record(&self, fault: Fault) {
+        self.0
+            .get_or_create(&StorageFailureLabels {
+                reason: fault.label(),
+            })
+            .inc();
+    }
+
+    /// Counts `e` under its [`Fault`]; nothing if it is not a local storage failure.
+    pub fn record_error(&self, e: &Error) {
+        if let Some(fault) = e.fault() {
+            self.record(fault);
+        }
+    }
 }
 
 impl Fault {

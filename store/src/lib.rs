@@ -54,7 +54,7 @@ mod space;
 mod store;
 
 pub use config::{DEFAULT_MIN_FREE, StoreConfig};
-pub use error::{Error, Fault};
+pub use error::{Error, Fault, StorageFailureLabels, StorageFailures};
 pub use meta::{GcReport, TaskMeta, TaskRecord, TaskState};
 pub use space::SpaceLimit;
 pub use store::{Reservation, Store};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use damselfly_common::{Digest, Sha256Hasher};
 use damselfly_oci::{
     BodyStream,
-    retry::{FailureAction, FailureReason},
+    retry::{FailureAction, FailureReason, OriginObserver as _},
 };
 use futures::StreamExt;
 use tracing::{info, trace, warn};
@@ -76,7 +76,10 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
                 _ => None,
             };
             if let Some(reason) = reason {
-                shared.metrics.origin_failure(reason, FailureAction::GaveUp);
+                shared
+                    .metrics
+                    .origin_failures
+                    .failure(reason, FailureAction::GaveUp);
             }
             if let FetchError::Store(s) = &e {
                 // A full disk mid-fetch (the content file is allocated up front, so this is

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the supernode. Labels are bounded enums, never task ids or URLs.
 
-use damselfly_oci::retry::{FailureAction, FailureReason, OriginObserver};
-use damselfly_store::Fault;
+use damselfly_oci::retry::{FailureAction, FailureReason, OriginFailures, OriginObserver};
+use damselfly_store::StorageFailures;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -22,15 +22,6 @@ pub enum OriginKind {
 pub struct OriginLabels {
     /// Request kind.
     pub kind: OriginKind,
-}
-
-/// Label set for failed origin attempts: the same labels as dfdaemon's.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OriginFailureLabels {
-    /// [`FailureReason::label`].
-    pub reason: &'static str,
-    /// [`FailureAction::label`]: `retried` or `gave_up`.
-    pub action: &'static str,
 }
 
 /// Outcome of a registration.
@@ -79,13 +70,6 @@ pub struct AccessRefusalLabels {
     pub reason: AccessRefusal,
 }
 
-/// Label set for storage failures.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StorageFailureLabels {
-    /// [`Fault::label`]: `capacity`, `disk_full`, `db_write`, `io`.
-    pub reason: &'static str,
-}
-
 /// Label set for preheat job states.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -101,7 +85,7 @@ pub struct Metrics {
     /// Requests sent to origins, by kind.
     pub origin_requests: Family<OriginLabels, Counter>,
     /// Failed origin attempts, by reason and what followed.
-    pub origin_failures: Family<OriginFailureLabels, Counter>,
+    pub origin_failures: OriginFailures,
     /// Piece bytes served to peers.
     pub served_bytes: Counter,
     /// Pieces served to peers.
@@ -123,7 +107,7 @@ pub struct Metrics {
     /// Blobs evicted by cache GC.
     pub gc_evictions: Counter,
     /// Local storage failures (a task refused for want of space, a failed write), by reason.
-    pub storage_failures: Family<StorageFailureLabels, Counter>,
+    pub storage_failures: StorageFailures,
     /// Bytes in the cache.
     pub cache_bytes: Gauge,
     /// Time to answer a sync (scheduling parents), in seconds.
@@ -140,7 +124,7 @@ impl Metrics {
         let m = Self {
             origin_bytes: Counter::default(),
             origin_requests: Family::default(),
-            origin_failures: Family::default(),
+            origin_failures: OriginFailures::default(),
             served_bytes: Counter::default(),
             served_pieces: Counter::default(),
             busy_refusals: Counter::default(),
@@ -151,7 +135,7 @@ impl Metrics {
             bad_pieces: Counter::default(),
             banned_peers: Counter::default(),
             gc_evictions: Counter::default(),
-            storage_failures: Family::default(),
+            storage_failures: StorageFailures::default(),
             cache_bytes: Gauge::default(),
             schedule_seconds: Histogram::new([
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
@@ -170,20 +154,10 @@ impl Metrics {
             "Requests sent to origins",
             m.origin_requests.clone(),
         );
-        // Every (reason, action) from the start, so rates and alerts see zeros rather than
-        // no series (18 series: the labels are bounded).
-        for reason in FailureReason::ALL {
-            for action in [FailureAction::Retried, FailureAction::GaveUp] {
-                drop(m.origin_failures.get_or_create(&OriginFailureLabels {
-                    reason: reason.label(),
-                    action: action.label(),
-                }));
-            }
-        }
         r.register(
             "origin_failures",
             "Failed origin blob requests, by reason and whether they were retried",
-            m.origin_failures.clone(),
+            m.origin_failures.family(),
         );
         r.register(
             "served_bytes",
@@ -239,16 +213,10 @@ impl Metrics {
             "Blobs evicted by cache GC",
             m.gc_evictions.clone(),
         );
-        // Every reason from the start, at 0, like the other failure counters.
-        for fault in Fault::ALL {
-            drop(m.storage_failures.get_or_create(&StorageFailureLabels {
-                reason: fault.label(),
-            }));
-        }
         r.register(
             "storage_failures",
             "Local storage failures: tasks refused for want of space, failed writes, by reason",
-            m.storage_failures.clone(),
+            m.storage_failures.family(),
         );
         r.register("cache_bytes", "Bytes in the cache", m.cache_bytes.clone());
         r.register(
@@ -303,25 +271,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one failed origin attempt.
-    pub fn origin_failure(&self, reason: FailureReason, action: FailureAction) {
-        self.origin_failures
-            .get_or_create(&OriginFailureLabels {
-                reason: reason.label(),
-                action: action.label(),
-            })
-            .inc();
-    }
-
-    /// Counts a storage error under its [`Fault`] (nothing if it is not a local failure).
+    /// Counts a storage error under its fault (nothing if it is not a local failure).
     pub fn storage_failure(&self, e: &damselfly_store::Error) {
-        if let Some(fault) = e.fault() {
-            self.storage_failures
-                .get_or_create(&StorageFailureLabels {
-                    reason: fault.label(),
-                })
-                .inc();
-        }
+        self.storage_failures.record_error(e);
     }
 
     /// Counts one registration with `outcome`.
@@ -334,7 +286,7 @@ impl Metrics {
 
 impl OriginObserver for Metrics {
     fn failure(&self, reason: FailureReason, action: FailureAction) {
-        self.origin_failure(reason, action);
+        self.origin_failures.failure(reason, action);
         if action == FailureAction::Retried {
             // The retry is one more GET.
             self.origin_request(OriginKind::Get);
