@@ -36,9 +36,9 @@ impl fmt::Display for SpaceLimit {
                 f,
                 "the store's capacity is {} ({} held by blobs in use or being written, {} \
                  promised to downloads in progress)",
-                Mib(capacity),
-                Mib(pinned),
-                Mib(reserved)
+                iec(capacity),
+                iec(pinned),
+                iec(reserved)
             ),
             Self::Disk {
                 available,
@@ -46,20 +46,16 @@ impl fmt::Display for SpaceLimit {
             } => write!(
                 f,
                 "the disk has {} free after evicting what could go, and {} is kept free",
-                Mib(available),
-                Mib(min_free)
+                iec(available),
+                iec(min_free)
             ),
         }
     }
 }
 
-/// Bytes as MiB with one decimal, for people.
-struct Mib(u64);
-
-impl fmt::Display for Mib {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.1} MiB", self.0 as f64 / f64::from(1u32 << 20))
-    }
+/// Bytes in binary units with one decimal, for people ("40.0 MiB").
+fn iec(bytes: u64) -> bytesize::Display {
+    bytesize::ByteSize::b(bytes).display().iec()
 }
 
 /// The numbers an admission decides on.

@@ -598,24 +598,19 @@ impl Store {
                 };
                 return Ok((reservation, report));
             };
-            let hopeless = space
-                .after_evicting(evictable)
-                .shortfall(bytes, pinned)
-                .is_some();
-            let next = if hopeless { None } else { candidates.pop() };
+            // What would still stop the task with everything evictable gone: if anything,
+            // evicting is pointless, and that limit is the one to report.
+            let hopeless = space.after_evicting(evictable).shortfall(bytes, pinned);
+            let next = if hopeless.is_some() {
+                None
+            } else {
+                candidates.pop()
+            };
             let Some((_, id, len)) = next else {
-                let limit = match (hopeless, limit) {
-                    // Report the limit as it stands with everything evicted.
-                    (true, _) => space
-                        .after_evicting(evictable)
-                        .shortfall(bytes, pinned)
-                        .unwrap_or(limit),
-                    (false, l) => l,
-                };
                 return Err(Error::NoSpace {
                     dir: self.config.dir.clone(),
                     needed: bytes,
-                    limit,
+                    limit: hopeless.unwrap_or(limit),
                 });
             };
             self.remove_task(&id)?;
