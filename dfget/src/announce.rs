@@ -189,26 +189,17 @@ impl PieceServer {
     }
 }
 
-/// Subscribes to `parent`'s announcements of `task_id` (of `pieces` pieces) at `addr`,
-/// presenting `token` (this peer's piece token for the task), and forwards them to `news`
-/// until the connection ends; then sends [`News::Lost`]. Cancel it by dropping the future
-/// (its task).
-#[allow(clippy::too_many_arguments)]
+/// Subscribes to `parent`'s announcements of a task of `pieces` pieces at `addr` as `me`,
+/// and forwards them to `news` until the connection ends; then sends [`News::Lost`]. Cancel
+/// it by dropping the future (its task).
 pub async fn subscribe(
     parent: PeerId,
     addr: SocketAddr,
-    task_id: String,
-    peer_id: u64,
-    token: Vec<u8>,
+    me: Subscriber,
     pieces: u32,
     connect_timeout: Duration,
     news: mpsc::UnboundedSender<News>,
 ) {
-    let me = Subscriber {
-        task_id: &task_id,
-        peer_id,
-        token,
-    };
     if let Err(e) = listen(parent, addr, &me, pieces, connect_timeout, &news).await {
         debug!(%parent, %addr, error = %e, "announcements from parent ended");
     }
@@ -216,16 +207,20 @@ pub async fn subscribe(
 }
 
 /// Who subscribes, to what.
-struct Subscriber<'a> {
-    task_id: &'a str,
-    peer_id: u64,
-    token: Vec<u8>,
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    /// The task whose pieces are announced.
+    pub task_id: String,
+    /// This peer's id, as the supernode registered it.
+    pub peer_id: u64,
+    /// This peer's piece token for the task (empty when the cluster has none).
+    pub token: Vec<u8>,
 }
 
 async fn listen(
     parent: PeerId,
     addr: SocketAddr,
-    me: &Subscriber<'_>,
+    me: &Subscriber,
     pieces: u32,
     connect_timeout: Duration,
     news: &mpsc::UnboundedSender<News>,
@@ -242,7 +237,7 @@ async fn listen(
         wr.write_all(&encode_announce_preamble()).await?;
         wr.write_all(&encode_frame(&AnnounceRequest {
             version: PROTOCOL_VERSION,
-            task_id: me.task_id.to_owned(),
+            task_id: me.task_id.clone(),
             peer_id: me.peer_id,
             token: me.token.clone(),
         }))
@@ -361,9 +356,11 @@ mod tests {
         tokio::spawn(subscribe(
             p,
             addr,
-            "sha256:t".into(),
-            1,
-            Vec::new(),
+            Subscriber {
+                task_id: "sha256:t".into(),
+                peer_id: 1,
+                token: Vec::new(),
+            },
             4,
             WAIT,
             tx,
@@ -403,9 +400,11 @@ mod tests {
         tokio::spawn(subscribe(
             PeerId(1),
             addr,
-            "sha256:other".into(),
-            1,
-            Vec::new(),
+            Subscriber {
+                task_id: "sha256:other".into(),
+                peer_id: 1,
+                token: Vec::new(),
+            },
             4,
             WAIT,
             tx,
@@ -427,9 +426,11 @@ mod tests {
         tokio::spawn(subscribe(
             PeerId(2),
             old_addr,
-            "sha256:t".into(),
-            1,
-            Vec::new(),
+            Subscriber {
+                task_id: "sha256:t".into(),
+                peer_id: 1,
+                token: Vec::new(),
+            },
             4,
             WAIT,
             tx,
@@ -476,9 +477,11 @@ mod tests {
         tokio::spawn(subscribe(
             PeerId(3),
             addr,
-            "sha256:t".into(),
-            1,
-            Vec::new(),
+            Subscriber {
+                task_id: "sha256:t".into(),
+                peer_id: 1,
+                token: Vec::new(),
+            },
             4,
             WAIT,
             tx,
@@ -503,9 +506,11 @@ mod tests {
             tokio::spawn(subscribe(
                 PeerId(5),
                 addr,
-                "sha256:t".into(),
-                1,
-                token,
+                Subscriber {
+                    task_id: "sha256:t".into(),
+                    peer_id: 1,
+                    token,
+                },
                 4,
                 WAIT,
                 tx,
@@ -549,9 +554,11 @@ mod tests {
         tokio::spawn(subscribe(
             PeerId(6),
             addr,
-            "sha256:t".into(),
-            1,
-            token,
+            Subscriber {
+                task_id: "sha256:t".into(),
+                peer_id: 1,
+                token,
+            },
             4,
             WAIT,
             tx,

@@ -907,9 +907,11 @@ impl Engine {
                         let listen = announce::subscribe(
                             parent,
                             addr,
-                            task.task_id.clone(),
-                            self.peer_id,
-                            token.read().clone(),
+                            announce::Subscriber {
+                                task_id: task.task_id.clone(),
+                                peer_id: self.peer_id,
+                                token: token.read().clone(),
+                            },
                             task.piece_count,
                             self.config.supernode_connect_timeout,
                             news_tx.clone(),
