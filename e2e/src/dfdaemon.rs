@@ -176,13 +176,20 @@ impl Dfdaemon {
         self.daemon.log_text()
     }
 
+    /// The `/metrics` text.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(http::get(&format!("{}/metrics", self.url()), None)?.text())
+    }
+
     /// Sum of metric `name` over label sets containing `label` (or all).
     ///
     /// # Errors
     /// The request failed.
     pub fn metric(&self, name: &str, label: Option<&str>) -> Result<f64> {
-        let text = http::get(&format!("{}/metrics", self.url()), None)?.text();
-        Ok(crate::util::metric_sum(&text, name, label))
+        Ok(crate::util::metric_sum(&self.metrics()?, name, label))
     }
 
     /// SIGTERM and wait.

@@ -5,13 +5,14 @@
 
 use std::{
     collections::VecDeque,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
 
+use crate::stub_http::RequestHead;
 use crate::util::sha256_digest;
 
 /// What the origin does to one GET.
@@ -143,31 +144,12 @@ impl FaultyOrigin {
     fn serve(&self, mut conn: TcpStream, body: &[u8]) {
         let Ok(clone) = conn.try_clone() else { return };
         let mut reader = BufReader::new(clone);
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Ok(Some(head)) = RequestHead::read(&mut reader) else {
             return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_owned();
-        let path = parts.next().unwrap_or("").to_owned();
-        let (mut range, mut if_range) = (None, None);
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = h.split_once(':') {
-                let value = Some(value.trim().to_owned());
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "range" => range = value,
-                    "if-range" => if_range = value,
-                    _ => {}
-                }
-            }
-        }
+        };
+        let range = head.header("range").map(str::to_owned);
+        let if_range = head.header("if-range").map(str::to_owned);
+        let (method, path) = (head.method, head.target);
         let fault = {
             let mut state = self.lock();
             state.requests.push(OriginRequest {

@@ -34,6 +34,7 @@ mod nydus;
 mod recorder;
 mod registry;
 mod smallfs;
+mod stub_http;
 mod swarm;
 mod tls;
 mod token;

@@ -3,11 +3,13 @@
 //! whose credentials it saw, which blobs it was asked for.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex, PoisonError},
     thread,
 };
+
+use crate::stub_http::RequestHead;
 
 /// One request the proxy passed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,30 +95,21 @@ fn forward(
     log: &Mutex<Vec<SeenRequest>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line)? == 0 {
+    let Some(request) = RequestHead::read(&mut reader)? else {
         return Ok(());
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let mut head = request_line.clone();
-    let (mut authorization, mut body_len) = (None, 0usize);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
+    };
+    let mut head = format!("{} {} HTTP/1.1\r\n", request.method, request.target);
+    for (name, value) in &request.headers {
+        if !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive") {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
-        let (name, value) = line.split_once(':').unwrap_or((&line, ""));
-        let value = value.trim().to_owned();
-        match name.to_ascii_lowercase().as_str() {
-            "connection" | "keep-alive" => continue,
-            "authorization" => authorization = Some(value),
-            "content-length" => body_len = value.parse().unwrap_or(0),
-            _ => {}
-        }
-        head.push_str(&line);
     }
+    let authorization = request.header("authorization").map(str::to_owned);
+    let body_len: usize = request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let RequestHead { method, target, .. } = request;
     head.push_str("Connection: close\r\n\r\n");
     log.lock()
         .unwrap_or_else(PoisonError::into_inner)

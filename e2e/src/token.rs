@@ -4,7 +4,7 @@
 //! would hand out; [`TokenServer`] also serves them at the registry's realm, as a real token
 //! server would, for clients that run the whole token flow.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow};
+
+use crate::stub_http::RequestHead;
 use base64::{
     Engine as _, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD,
 };
@@ -235,21 +237,9 @@ fn serve_token(
 ) -> Option<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).ok()?;
-    let mut authorization = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(value.trim().to_owned());
-        }
-    }
-    let target = request_line.split_whitespace().nth(1)?;
+    let head = RequestHead::read(&mut reader).ok()??;
+    let authorization = head.header("authorization");
+    let target = &head.target;
     let url = reqwest::Url::parse(&format!("http://token{target}")).ok()?;
     let scopes: Vec<String> = url
         .query_pairs()
@@ -257,7 +247,6 @@ fn serve_token(
         .map(|(_, v)| v.into_owned())
         .collect();
     let sent = authorization
-        .as_deref()
         .and_then(|a| a.strip_prefix("Basic "))
         .and_then(|b| STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok())

@@ -149,7 +149,8 @@ pub fn describe_output(output: &std::process::Output) -> String {
 /// # Panics
 /// Binding a loopback port fails.
 pub fn lying_http_server(body: Vec<u8>) -> SocketAddr {
-    use std::io::{BufRead as _, BufReader, Write as _};
+    use crate::stub_http::RequestHead;
+    use std::io::{BufReader, Write as _};
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     let addr = listener
         .local_addr()
@@ -161,25 +162,9 @@ pub fn lying_http_server(body: Vec<u8>) -> SocketAddr {
             thread::spawn(move || {
                 let Ok(clone) = conn.try_clone() else { return };
                 let mut reader = BufReader::new(clone);
-                loop {
-                    let mut head_only = false;
-                    let mut line = String::new();
-                    // Request line, then headers up to the blank line.
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line.starts_with("HEAD") {
-                        head_only = true;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                    }
+                // One request after another on the connection (keep-alive).
+                while let Ok(Some(request)) = RequestHead::read(&mut reader) {
+                    let head_only = request.method == "HEAD";
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
                         body.len()

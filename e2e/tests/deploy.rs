@@ -181,12 +181,8 @@ fn dashboard_and_operations_doc_name_exactly_the_exported_metrics() {
 
     let texts: Vec<String> = [
         sn.metrics().unwrap(),
-        http::get(&format!("{}/metrics", node.url()), None)
-            .unwrap()
-            .text(),
-        http::get(&format!("{}/metrics", lonely.url()), None)
-            .unwrap()
-            .text(),
+        node.metrics().unwrap(),
+        lonely.metrics().unwrap(),
     ]
     .into();
     let (samples, families) = exported(&texts);

@@ -56,12 +56,6 @@ fn storage_failures(metrics: &str, prefix: &str, reason: &str) -> f64 {
     )
 }
 
-fn dfdaemon_metrics(d: &Dfdaemon) -> String {
-    http::get(&format!("{}/metrics", d.url()), None)
-        .unwrap()
-        .text()
-}
-
 /// Content files of a store under `dir`, with sizes.
 fn content_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     SmallFs::files_under(&dir.join("content"))
@@ -119,7 +113,7 @@ fn a_full_node_cache_refuses_a_blob_clearly_keeps_serving_and_evicts_for_the_nex
         log.contains("no room for the blob in the node cache"),
         "{log}"
     );
-    let metrics = dfdaemon_metrics(&dfdaemon);
+    let metrics = dfdaemon.metrics().unwrap();
     assert_eq!(
         storage_failures(&metrics, "damselfly_dfdaemon", "disk_full"),
         1.0
@@ -152,7 +146,7 @@ fn a_full_node_cache_refuses_a_blob_clearly_keeps_serving_and_evicts_for_the_nex
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body == small, "wrong bytes");
     assert_eq!(
-        local(&dfdaemon_metrics(&dfdaemon)) - before,
+        local(&dfdaemon.metrics().unwrap()) - before,
         small.len() as f64
     );
 
@@ -167,7 +161,7 @@ fn a_full_node_cache_refuses_a_blob_clearly_keeps_serving_and_evicts_for_the_nex
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body == next, "wrong bytes");
-    let metrics = dfdaemon_metrics(&dfdaemon);
+    let metrics = dfdaemon.metrics().unwrap();
     assert_eq!(
         metric_sum(&metrics, "damselfly_dfdaemon_cache_evictions_total", None),
         1.0
@@ -335,7 +329,7 @@ fn containerd_pulls_from_the_registry_when_the_node_has_no_room() {
     assert!(pull.status.success(), "{}", describe_output(&pull));
     let run = containerd.run(&reference, "full", &[]).unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
-    let metrics = dfdaemon_metrics(&dfdaemon);
+    let metrics = dfdaemon.metrics().unwrap();
     assert!(
         storage_failures(&metrics, "damselfly_dfdaemon", "disk_full") >= 1.0,
         "the node did not refuse the large layer:\n{}",

@@ -11,7 +11,8 @@ use std::{
 };
 
 use damselfly_e2e::{
-    Dfdaemon, Dfget, Fault, FaultyOrigin, Supernode, http, metric_sum, num, random_blob, sha256_hex,
+    Dfdaemon, Dfget, Fault, FaultyOrigin, OriginRequest, Supernode, http, metric_sum, num,
+    random_blob, sha256_hex,
 };
 
 /// These tests run several processes and measure time; one at a time.
@@ -168,11 +169,16 @@ fn a_body_cut_midway_is_resumed_from_the_last_byte_received() {
     );
 }
 
-#[test]
-fn a_stalled_body_is_abandoned_after_the_stall_timeout_and_resumed() {
-    let _g = serial();
-    let blob = random_blob(BLOB, 44);
-    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::StallAfter(2 << 20)]);
+/// Pulls a blob whose first GET `fault` slows to a crawl, with a 1 s stall timeout: the
+/// pull must succeed well before the slow body would have ended, with one retry resumed
+/// past byte 0, counted under `reason`. Returns the origin's GETs.
+fn a_slow_body_is_abandoned_and_resumed(
+    fault: Fault,
+    seed: u64,
+    reason: &str,
+) -> Vec<OriginRequest> {
+    let blob = random_blob(BLOB, seed);
+    let origin = FaultyOrigin::start(blob.clone(), vec![fault]);
     let sn = Supernode::builder()
         .args(["--origin-stall-timeout", "1s"])
         .start();
@@ -181,46 +187,38 @@ fn a_stalled_body_is_abandoned_after_the_stall_timeout_and_resumed() {
     let (report, took) = pull(&origin, &sn, &out);
     report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
     assert_eq!(file_sha(&out), sha256_hex(&blob));
-    // The 60 s read timeout this replaces would have failed the fetch after a minute.
     assert!(took < Duration::from_secs(15), "the pull took {took:?}");
     let gets = origin.gets();
     assert_eq!(gets.len(), 2, "{gets:?}");
-    let gap = gets[1].at.duration_since(gets[0].at);
-    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
-    let from = range_start(gets[1].range.as_deref()).unwrap();
-    assert!(from > 0 && from <= 2 << 20, "resumed at {from}");
+    assert!(
+        range_start(gets[1].range.as_deref()).is_some_and(|n| n > 0),
+        "{gets:?}"
+    );
     let m = sn.metrics().unwrap();
     assert_eq!(
-        failures(&m, "damselfly_supernode", "stalled", "retried"),
+        failures(&m, "damselfly_supernode", reason, "retried"),
         1.0,
         "{m}"
     );
+    gets
+}
+
+#[test]
+fn a_stalled_body_is_abandoned_after_the_stall_timeout_and_resumed() {
+    let _g = serial();
+    // The 60 s read timeout this replaces would have failed the fetch after a minute.
+    let gets = a_slow_body_is_abandoned_and_resumed(Fault::StallAfter(2 << 20), 44, "stalled");
+    let gap = gets[1].at.duration_since(gets[0].at);
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    let from = range_start(gets[1].range.as_deref()).unwrap();
+    assert!(from <= 2 << 20, "resumed at {from}, past the stall");
 }
 
 #[test]
 fn a_trickling_body_is_abandoned_and_resumed() {
     let _g = serial();
-    let blob = random_blob(BLOB, 45);
-    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::Trickle(10 << 10)]);
-    let sn = Supernode::builder()
-        .args(["--origin-stall-timeout", "1s"])
-        .start();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let (report, took) = pull(&origin, &sn, &out);
-    report.unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
-    assert_eq!(file_sha(&out), sha256_hex(&blob));
     // At 10 KiB/s the blob would take 13 minutes.
-    assert!(took < Duration::from_secs(15), "the pull took {took:?}");
-    let gets = origin.gets();
-    assert_eq!(gets.len(), 2, "{gets:?}");
-    assert!(range_start(gets[1].range.as_deref()).is_some_and(|n| n > 0));
-    let m = sn.metrics().unwrap();
-    assert_eq!(
-        failures(&m, "damselfly_supernode", "slow", "retried"),
-        1.0,
-        "{m}"
-    );
+    a_slow_body_is_abandoned_and_resumed(Fault::Trickle(10 << 10), 45, "slow");
 }
 
 #[test]
@@ -338,9 +336,7 @@ fn dfdaemon_counts_origin_failures_with_the_same_labels() {
         .unwrap();
     assert_eq!(resp.status, 200, "{}", node.log_text());
     assert_eq!(sha256_hex(&resp.body), sha256_hex(&blob));
-    let m = http::get(&format!("{}/metrics", node.url()), None)
-        .unwrap()
-        .text();
+    let m = node.metrics().unwrap();
     let p = "damselfly_dfdaemon";
     assert_eq!(failures(&m, p, "server_error", "retried"), 1.0, "{m}");
     assert_eq!(failures(&m, p, "interrupted", "retried"), 1.0, "{m}");
