@@ -694,6 +694,8 @@ impl Sim {
         }
         let now = self.instant();
         let id = peer_id(i);
+        // Relayed digests (a what-if) come with the parents' announcements instead.
+        let relayed = self.relayed_digests();
         let Some(trip) = self.peers[i as usize].sync.as_mut() else {
             return;
         };
@@ -742,9 +744,6 @@ impl Sim {
             ),
             Err(_) => (0, 0, 0),
         };
-        // Relayed digests (a what-if) come with the parents' announcements instead.
-        let relayed =
-            self.config.relayed_digests && self.config.announcements && self.config.control_traffic;
         let digest_bytes = if relayed { 0 } else { digest_bytes };
         let bytes = SYNC_REPLY + digest_bytes + parent_bytes + offer_bytes;
         if self.config.control_traffic {
