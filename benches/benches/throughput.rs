@@ -53,6 +53,10 @@ struct Args {
     /// Measurements of each kind (alternating).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The parent reads each piece into a buffer instead of sending it from its file with
+    /// `sendfile` (to compare the two; alternate invocations with and without it).
+    #[arg(long)]
+    parent_no_sendfile: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -74,6 +78,9 @@ enum Role {
         /// How to fetch from parents.
         #[arg(long, default_value = "tcp")]
         transport: dfget::Transport,
+        /// Serve pieces read into buffers, not with `sendfile`.
+        #[arg(long)]
+        no_sendfile: bool,
     },
     /// A plain HTTP GET into a file; prints a JSON line when done.
     Http {
@@ -107,7 +114,8 @@ fn main() -> anyhow::Result<()> {
             output,
             serve,
             transport,
-        }) => runtime.block_on(peer(url, supernode, output, serve, transport)),
+            no_sendfile,
+        }) => runtime.block_on(peer(url, supernode, output, serve, transport, !no_sendfile)),
         Some(Role::Http { url, output }) => runtime.block_on(http(url, output)),
         Some(Role::Quic) => runtime.block_on(async {
             for i in 0..args.runs.max(1) {
@@ -120,15 +128,24 @@ fn main() -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         }),
-        None => runtime.block_on(bench(args.size.as_u64(), args.runs.max(1))),
+        None => runtime.block_on(bench(
+            args.size.as_u64(),
+            args.runs.max(1),
+            !args.parent_no_sendfile,
+        )),
     }
 }
 
-async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
+async fn bench(size: u64, runs: usize, sendfile: bool) -> anyhow::Result<()> {
     println!("machine: {}", common::machine());
     println!(
-        "throughput: {} from one parent, unshaped, against plain HTTP",
-        mib(size as f64)
+        "throughput: {} from one parent (serving {}), unshaped, against plain HTTP",
+        mib(size as f64),
+        if sendfile {
+            "with sendfile"
+        } else {
+            "from buffers, no sendfile"
+        }
     );
     let blob = Bytes::from(damselfly_e2e::random_blob(size as usize, 0x7e57));
     let digest = Digest::of(&blob).to_string();
@@ -141,15 +158,21 @@ async fn bench(size: u64, runs: usize) -> anyhow::Result<()> {
     let has_curl = Command::new("curl").arg("--version").output().is_ok();
 
     // The parent: fetches from the supernode, then serves.
-    let mut parent = Proc::spawn(&[
+    let parent_out = dir.path().join("parent").to_string_lossy().into_owned();
+    let sn_addr = sn.addr().to_string();
+    let mut parent_args = vec![
         "peer",
         &url,
         "--supernode",
-        &sn.addr().to_string(),
+        &sn_addr,
         "--output",
-        &dir.path().join("parent").to_string_lossy(),
+        &parent_out,
         "--serve",
-    ])?;
+    ];
+    if !sendfile {
+        parent_args.push("--no-sendfile");
+    }
+    let mut parent = Proc::spawn(&parent_args)?;
     let first = parent.line().await?;
     println!(
         "parent: fetched from the supernode in {:.2} s",
@@ -490,10 +513,12 @@ async fn peer(
     output: PathBuf,
     serve: bool,
     transport: dfget::Transport,
+    sendfile: bool,
 ) -> anyhow::Result<()> {
     let config = dfget::EngineConfig {
         supernodes: vec![supernode],
         transport,
+        sendfile,
         peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         ..dfget::EngineConfig::default()
     };

@@ -165,6 +165,7 @@ impl App {
             upload_rate: config.p2p.upload_rate.as_u64(),
             upload_slots: config.p2p.upload_slots,
             upload_queue: config.p2p.upload_queue,
+            sendfile: config.p2p.sendfile,
             check_whole_file: config.p2p.check_whole_file,
             announcements: config.p2p.announcements,
             transport: config.p2p.transport,

@@ -110,6 +110,10 @@ pub struct P2pConfig {
     /// Piece requests from other peers that may wait for an upload slot before more are
     /// refused as busy (the requester then asks another parent). Default 32.
     pub upload_queue: u32,
+    /// Send pieces to other nodes over TCP straight from the cache file (`sendfile`), with
+    /// no copy through dfdaemon. Off only for a filesystem whose `sendfile` misbehaves.
+    /// Default on.
+    pub sendfile: bool,
     /// Hash each blob once more at the end of a download even when the supernode vouches
     /// for its piece digests (the supernode's copy matched the blob's digest, and every
     /// piece matched those digests). Only for a supernode that is not trusted; the runtime
@@ -275,6 +279,7 @@ impl Default for P2pConfig {
             upload_rate: ByteSize::b(0),
             upload_slots: 4,
             upload_queue: 32,
+            sendfile: true,
             check_whole_file: false,
             announcements: true,
             transport: dfget::Transport::Tcp,
@@ -464,6 +469,9 @@ pub struct Overrides {
     /// `p2p.upload_queue`.
     #[arg(long, value_name = "N")]
     pub p2p_upload_queue: Option<u32>,
+    /// `p2p.sendfile`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_sendfile: Option<bool>,
     /// `p2p.check_whole_file`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_check_whole_file: Option<bool>,
@@ -577,6 +585,7 @@ impl Overrides {
         set(&mut c.p2p.upload_rate, self.p2p_upload_rate);
         set(&mut c.p2p.upload_slots, self.p2p_upload_slots);
         set(&mut c.p2p.upload_queue, self.p2p_upload_queue);
+        set(&mut c.p2p.sendfile, self.p2p_sendfile);
         set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
         set(&mut c.p2p.announcements, self.p2p_announcements);
         set(&mut c.p2p.transport, self.p2p_transport);

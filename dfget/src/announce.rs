@@ -323,6 +323,7 @@ mod tests {
             upload_slots: 4,
             upload_queue: 32,
             upload_rate: 0,
+            sendfile: true,
         };
         let server = Arc::new(PieceServer::new(limits, Fault::None).with_tokens(key, None));
         let file = tempfile::tempfile().unwrap();

@@ -85,6 +85,9 @@ pub struct EngineConfig {
     /// Piece requests that may wait for an upload slot before further ones are answered
     /// `Busy`. Default 32.
     pub upload_queue: u32,
+    /// Send pieces to TCP children straight from the content file (`sendfile`), not through
+    /// a buffer. Default on.
+    pub sendfile: bool,
     /// Piece picking limits.
     pub picker: PickerConfig,
     /// Longest time for one piece transfer before it is retried elsewhere (times
@@ -141,6 +144,7 @@ impl Default for EngineConfig {
             upload_rate: 0,
             upload_slots: 4,
             upload_queue: 32,
+            sendfile: true,
             // One setting for the engine and the simulator, decided there (docs/benchmarks.md,
             // "The upload queue and pipelined requests").
             picker: PickerConfig::default(),
@@ -319,6 +323,7 @@ impl Engine {
                 ServerLimits {
                     upload_slots: config.upload_slots,
                     upload_queue: config.upload_queue,
+                    sendfile: config.sendfile,
                     upload_rate: config.upload_rate,
                 },
                 config.fault,

@@ -8,6 +8,12 @@
 //! to another parent. A slot is held from the disk read until the piece is sent, which bounds
 //! the piece buffers an uploading peer holds to `upload_slots` pieces.
 //!
+//! Over TCP a piece goes from the content file to the socket by `sendfile(2)`
+//! ([`ServerLimits::sendfile`], on by default): no copy into this process, no buffer held; the
+//! reading stage only asks the kernel to read the piece ahead (`POSIX_FADV_WILLNEED`). QUIC
+//! (whose bytes are encrypted in user space) and a server with a fault switched on read the
+//! piece into a buffer.
+//!
 //! QUIC: one bi-directional stream per request; the client sends a frame and finishes its
 //! side; the server answers a [`PieceResponse`] frame followed, on `Ok`, by the raw bytes.
 //!
@@ -115,13 +121,39 @@ pub(crate) enum Answer {
     Refused(PieceStatus),
     /// No valid piece token: `Unauthorized`, with the reason.
     Unauthorized(String),
-    /// The piece's bytes, holding an upload slot until they are sent.
+    /// The piece, holding an upload slot until it is sent.
     Piece {
-        /// The bytes.
-        data: Bytes,
+        /// Its bytes, or where they lie.
+        body: Body,
         /// The slot, released when the answer is dropped.
         _slot: UploadSlot,
     },
+}
+
+/// A piece's bytes as an answer carries them.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// Read into memory.
+    Bytes(Bytes),
+    /// `len` bytes of `file` at `offset`, for the transport to send from the file itself.
+    File {
+        /// The task's content file.
+        file: Arc<File>,
+        /// Where the piece starts.
+        offset: u64,
+        /// The piece's length.
+        len: u64,
+    },
+}
+
+impl Body {
+    /// The piece's length.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Self::Bytes(b) => b.len() as u64,
+            Self::File { len, .. } => *len,
+        }
+    }
 }
 
 impl Answer {
@@ -130,7 +162,7 @@ impl Answer {
         let (status, length, reason) = match self {
             Self::Refused(status) => (*status, 0, String::new()),
             Self::Unauthorized(reason) => (PieceStatus::Unauthorized, 0, reason.clone()),
-            Self::Piece { data, .. } => (PieceStatus::Ok, data.len() as u64, String::new()),
+            Self::Piece { body, .. } => (PieceStatus::Ok, body.len(), String::new()),
         };
         encode_frame(&PieceResponse {
             version: PROTOCOL_VERSION,
@@ -166,6 +198,8 @@ pub struct PieceServer {
     uploading: AtomicU32,
     bytes_served: AtomicU64,
     fault: Fault,
+    /// [`ServerLimits::sendfile`].
+    sendfile: bool,
     /// Announcement connections open now.
     pub(crate) subscribers: AtomicU32,
     /// The cluster's piece-token key; `None`: requests are not checked.
@@ -184,6 +218,9 @@ pub struct ServerLimits {
     pub upload_queue: u32,
     /// Upload rate limit in bytes per second; 0 = unlimited.
     pub upload_rate: u64,
+    /// Send pieces over TCP straight from the content file (`sendfile`) instead of reading
+    /// them into a buffer first.
+    pub sendfile: bool,
 }
 
 impl PieceServer {
@@ -198,6 +235,7 @@ impl PieceServer {
             uploading: AtomicU32::new(0),
             bytes_served: AtomicU64::new(0),
             fault,
+            sendfile: limits.sendfile,
             subscribers: AtomicU32::new(0),
             tokens: None,
             observer: None,
@@ -289,8 +327,11 @@ impl PieceServer {
         self.bytes_served.load(Ordering::Relaxed)
     }
 
-    /// Answers `request`: a refusal, or the piece's bytes with an upload slot held. Waits in
-    /// the upload queue while every slot is taken, unless the queue is full (`Busy`).
+    /// Answers `request`: a refusal, or the piece with an upload slot held. Waits in the
+    /// upload queue while every slot is taken, unless the queue is full (`Busy`). With
+    /// `from_file` (a transport that can send from the file) and `sendfile` on, the piece
+    /// is only read ahead by the kernel and answered as [`Body::File`]; otherwise it is read
+    /// into memory.
     ///
     /// # Errors
     /// Reading the piece from the content file failed (logged here).
@@ -298,6 +339,7 @@ impl PieceServer {
         self: &Arc<Self>,
         request: &PieceRequest,
         remote: SocketAddr,
+        from_file: bool,
     ) -> Result<Answer, std::io::Error> {
         if let Err(reason) = self.admit(
             &request.task_id,
@@ -337,6 +379,28 @@ impl PieceServer {
         let range = piece_range(task.content_length, task.piece_size, piece);
         let len = range.end - range.start;
         let file = task.file.clone();
+        if from_file && self.sendfile && self.fault == Fault::None {
+            // Start the disk read now, while the previous answer is being sent; advice only,
+            // so a failure to give it changes nothing but speed.
+            let advise = file.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                rustix::fs::fadvise(
+                    &*advise,
+                    range.start,
+                    std::num::NonZeroU64::new(len),
+                    rustix::fs::Advice::WillNeed,
+                )
+            })
+            .await;
+            return Ok(Answer::Piece {
+                body: Body::File {
+                    file,
+                    offset: range.start,
+                    len,
+                },
+                _slot: slot,
+            });
+        }
         let mut data = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, range.start).map(|()| buf)
@@ -350,24 +414,23 @@ impl PieceServer {
             *b ^= 0xff;
         }
         Ok(Answer::Piece {
-            data: Bytes::from(data),
+            body: Body::Bytes(Bytes::from(data)),
             _slot: slot,
         })
     }
 
     /// Waits for the upload rate limit to allow `answer`'s bytes. Call just before sending.
     pub(crate) async fn pace(&self, answer: &Answer) {
-        if let (Some(limiter), Answer::Piece { data, .. }) = (&self.limiter, answer) {
-            limiter.acquire(data.len() as u64).await;
+        if let (Some(limiter), Answer::Piece { body, .. }) = (&self.limiter, answer) {
+            limiter.acquire(body.len()).await;
         }
     }
 
     /// Counts `answer`'s bytes as served. Call once they are sent.
     pub(crate) fn sent(&self, answer: &Answer) {
-        if let Answer::Piece { data, .. } = answer {
-            self.bytes_served
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            trace!(bytes = data.len(), "piece served");
+        if let Answer::Piece { body, .. } = answer {
+            self.bytes_served.fetch_add(body.len(), Ordering::Relaxed);
+            trace!(bytes = body.len(), "piece served");
         }
     }
 
@@ -427,7 +490,7 @@ impl PieceServer {
             .map_err(|e| StreamError(e.to_string()))?;
         let answer = match parse_request(&raw) {
             Ok(request) => self
-                .prepare(&request, remote)
+                .prepare(&request, remote, false)
                 .await
                 .map_err(|e| StreamError(e.to_string()))?,
             Err(e) => {
@@ -439,7 +502,11 @@ impl PieceServer {
         send.write_all(&answer.header())
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        if let Answer::Piece { data, .. } = &answer {
+        if let Answer::Piece {
+            body: Body::Bytes(data),
+            ..
+        } = &answer
+        {
             // Handed to QUIC as it is, not copied.
             send.write_chunk(data.clone())
                 .await

@@ -309,6 +309,7 @@ async fn without_a_valid_token_a_checking_server_refuses_and_sends_no_bytes() {
         upload_slots: 2,
         upload_queue: 8,
         upload_rate: 0,
+        sendfile: true,
     };
     let (addr, quic_addr, content, stop) = serving_with(limits, 2, Some(key.clone())).await;
     let hour = Duration::from_secs(3600);
@@ -393,12 +394,23 @@ async fn without_a_valid_token_a_checking_server_refuses_and_sends_no_bytes() {
 
 #[tokio::test]
 async fn pipelined_requests_queue_for_a_slot_and_come_back_in_order() {
+    pipelined_requests(true).await;
+}
+
+/// The same with pieces read into buffers instead of sent from the file.
+#[tokio::test]
+async fn without_sendfile_pipelined_requests_come_back_the_same() {
+    pipelined_requests(false).await;
+}
+
+async fn pipelined_requests(sendfile: bool) {
     // One upload slot and 32 requests outstanding over two connections: nobody is told
     // `Busy`, every piece arrives intact.
     let limits = ServerLimits {
         upload_slots: 1,
         upload_queue: 32,
         upload_rate: 0,
+        sendfile,
     };
     let (addr, content, stop) = serving(limits, 16).await;
     let idle = Duration::from_secs(5);
@@ -446,6 +458,7 @@ async fn a_full_upload_queue_answers_busy_and_the_link_stays_up() {
         upload_slots: 1,
         upload_queue: 0,
         upload_rate: 64 << 10,
+        sendfile: true,
     };
     // One slot, no queue, and 64 KiB/s (burst 64 KiB): the first piece leaves at once, the
     // second holds the slot for about a second while it is paced out; meanwhile a request
