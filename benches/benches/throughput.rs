@@ -53,10 +53,10 @@ struct Args {
     /// Measurements of each kind (alternating).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The parent reads each piece into a buffer instead of sending it from its file with
-    /// `sendfile` (to compare the two; alternate invocations with and without it).
+    /// The parent sends pieces from its file with `sendfile` instead of reading them into
+    /// buffers (to compare the two; alternate invocations with and without it).
     #[arg(long)]
-    parent_no_sendfile: bool,
+    parent_sendfile: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -78,9 +78,9 @@ enum Role {
         /// How to fetch from parents.
         #[arg(long, default_value = "tcp")]
         transport: dfget::Transport,
-        /// Serve pieces read into buffers, not with `sendfile`.
+        /// Serve pieces with `sendfile`, not read into buffers.
         #[arg(long)]
-        no_sendfile: bool,
+        sendfile: bool,
     },
     /// A plain HTTP GET into a file; prints a JSON line when done.
     Http {
@@ -114,8 +114,8 @@ fn main() -> anyhow::Result<()> {
             output,
             serve,
             transport,
-            no_sendfile,
-        }) => runtime.block_on(peer(url, supernode, output, serve, transport, !no_sendfile)),
+            sendfile,
+        }) => runtime.block_on(peer(url, supernode, output, serve, transport, sendfile)),
         Some(Role::Http { url, output }) => runtime.block_on(http(url, output)),
         Some(Role::Quic) => runtime.block_on(async {
             for i in 0..args.runs.max(1) {
@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(bench(
             args.size.as_u64(),
             args.runs.max(1),
-            !args.parent_no_sendfile,
+            args.parent_sendfile,
         )),
     }
 }
@@ -169,8 +169,8 @@ async fn bench(size: u64, runs: usize, sendfile: bool) -> anyhow::Result<()> {
         &parent_out,
         "--serve",
     ];
-    if !sendfile {
-        parent_args.push("--no-sendfile");
+    if sendfile {
+        parent_args.push("--sendfile");
     }
     let mut parent = Proc::spawn(&parent_args)?;
     let first = parent.line().await?;

@@ -86,7 +86,8 @@ pub struct EngineConfig {
     /// `Busy`. Default 32.
     pub upload_queue: u32,
     /// Send pieces to TCP children straight from the content file (`sendfile`), not through
-    /// a buffer. Default on.
+    /// a buffer. Default off: on a loopback hop it measured 7–10 % slower (docs/benchmarks.md,
+    /// "sendfile on the parent").
     pub sendfile: bool,
     /// Piece picking limits.
     pub picker: PickerConfig,
@@ -144,7 +145,7 @@ impl Default for EngineConfig {
             upload_rate: 0,
             upload_slots: 4,
             upload_queue: 32,
-            sendfile: true,
+            sendfile: false,
             // One setting for the engine and the simulator, decided there (docs/benchmarks.md,
             // "The upload queue and pipelined requests").
             picker: PickerConfig::default(),

@@ -69,10 +69,10 @@ struct Cli {
     /// own announcements (for a mixed cluster with nodes that predate announcements).
     #[arg(long)]
     no_announcements: bool,
-    /// Read each piece served to another peer into a buffer instead of sending it straight
-    /// from the file with `sendfile` (for a filesystem whose `sendfile` misbehaves).
+    /// Send pieces to other peers over TCP straight from the file with `sendfile` instead of
+    /// reading them into a buffer (experimental: not faster on a loopback hop).
     #[arg(long)]
-    no_sendfile: bool,
+    sendfile: bool,
     /// Download bandwidth limit per second, e.g. `20MiB` (0 = unlimited).
     #[arg(long, value_name = "BYTES", default_value = "0")]
     download_rate: ByteSize,
@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,
         upload_queue: cli.upload_queue,
-        sendfile: !cli.no_sendfile,
+        sendfile: cli.sendfile,
         transport: cli.transport,
         fault: if cli.fault_corrupt_uploads {
             Fault::CorruptUploads

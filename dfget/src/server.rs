@@ -8,11 +8,11 @@
 //! to another parent. A slot is held from the disk read until the piece is sent, which bounds
 //! the piece buffers an uploading peer holds to `upload_slots` pieces.
 //!
-//! Over TCP a piece goes from the content file to the socket by `sendfile(2)`
-//! ([`ServerLimits::sendfile`], on by default): no copy into this process, no buffer held; the
-//! reading stage only asks the kernel to read the piece ahead (`POSIX_FADV_WILLNEED`). QUIC
-//! (whose bytes are encrypted in user space) and a server with a fault switched on read the
-//! piece into a buffer.
+//! With [`ServerLimits::sendfile`] (off by default: not faster on a loopback hop) a TCP piece
+//! goes from the content file to the socket by `sendfile(2)`: no copy into this process, no
+//! buffer held; the reading stage only asks the kernel to read the piece ahead
+//! (`POSIX_FADV_WILLNEED`). QUIC (whose bytes are encrypted in user space) and a server with
+//! a fault switched on always read the piece into a buffer.
 //!
 //! QUIC: one bi-directional stream per request; the client sends a frame and finishes its
 //! side; the server answers a [`PieceResponse`] frame followed, on `Ok`, by the raw bytes.
