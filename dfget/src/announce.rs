@@ -29,16 +29,13 @@ use std::{
 
 use damselfly_proto::{
     AnnounceRequest, Announcement, ConnKind, DecodeError, FRAME_HEADER_LEN, MAX_MESSAGE_LEN,
-    PREAMBLE_LEN, PROTOCOL_VERSION, PieceStatus, check_any_preamble, decode,
-    encode_announce_preamble, encode_frame, frame_len,
+    PROTOCOL_VERSION, PieceStatus, check_any_preamble, decode, encode_announce_preamble,
+    encode_frame, frame_len,
 };
 use damselfly_swarm::{Bitmap, PeerId};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
     sync::{broadcast::error::RecvError, mpsc},
 };
 use tracing::debug;
@@ -225,31 +222,15 @@ async fn listen(
     connect_timeout: Duration,
     news: &mpsc::UnboundedSender<News>,
 ) -> Result<(), FetchError> {
-    let transport = |reason: String| FetchError::Transport { addr, reason };
     let protocol = |reason: String| FetchError::Protocol(format!("{addr}: {reason}"));
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| transport("connect timed out".into()))?
-        .map_err(|e| transport(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let handshake = async {
-        wr.write_all(&encode_announce_preamble()).await?;
-        wr.write_all(&encode_frame(&AnnounceRequest {
-            version: PROTOCOL_VERSION,
-            task_id: me.task_id.clone(),
-            peer_id: me.peer_id,
-            token: me.token.clone(),
-        }))
-        .await?;
-        let mut theirs = [0u8; PREAMBLE_LEN];
-        rd.read_exact(&mut theirs).await?;
-        Ok::<_, std::io::Error>(theirs)
-    };
-    let theirs = tokio::time::timeout(connect_timeout, handshake)
-        .await
-        .map_err(|_| transport("handshake timed out".into()))?
-        .map_err(|e| transport(e.to_string()))?;
+    let mut hello = encode_announce_preamble().to_vec();
+    hello.extend(encode_frame(&AnnounceRequest {
+        version: PROTOCOL_VERSION,
+        task_id: me.task_id.clone(),
+        peer_id: me.peer_id,
+        token: me.token.clone(),
+    }));
+    let (mut rd, _wr, theirs) = crate::tcp::dial(addr, connect_timeout, &hello).await?;
     match check_any_preamble(&theirs) {
         Ok(ConnKind::Announcements) => {}
         Ok(ConnKind::Pieces) => {
@@ -298,6 +279,8 @@ async fn listen(
 mod tests {
     use super::*;
     use crate::server::{Fault, ServedTask, ServerLimits};
+    use damselfly_proto::PREAMBLE_LEN;
+    use tokio::net::TcpStream;
     use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
     const WAIT: Duration = Duration::from_secs(5);

@@ -187,6 +187,38 @@ impl PieceServer {
     }
 }
 
+/// Opens a connection to a parent: connects within `connect_timeout`, sends `hello` (a
+/// preamble and whatever goes with it) and reads the parent's preamble, all within that
+/// time again; with no delay and keep-alive probes on.
+///
+/// # Errors
+/// [`FetchError::Transport`] when the parent cannot be reached or does not answer in time.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    hello: &[u8],
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, [u8; PREAMBLE_LEN]), FetchError> {
+    let transport = |reason: String| FetchError::Transport { addr, reason };
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| transport("connect timed out".into()))?
+        .map_err(|e| transport(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    keepalive(&stream);
+    let (mut rd, mut wr) = stream.into_split();
+    let handshake = async {
+        wr.write_all(hello).await?;
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        rd.read_exact(&mut theirs).await?;
+        Ok::<_, std::io::Error>(theirs)
+    };
+    let theirs = tokio::time::timeout(connect_timeout, handshake)
+        .await
+        .map_err(|_| transport("handshake timed out".into()))?
+        .map_err(|e| transport(e.to_string()))?;
+    Ok((rd, wr, theirs))
+}
+
 /// Sends `len` bytes of `file` from `offset` on the connection by `sendfile(2)`: the kernel
 /// moves them from the page cache to the socket, no copy through this process. Waits for
 /// the socket to take more whenever it is full, as `write_all` would.
@@ -293,24 +325,8 @@ impl Link {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<Self, FetchError> {
+        let (rd, mut wr, theirs) = dial(addr, connect_timeout, &encode_preamble()).await?;
         let transport = move |reason: String| FetchError::Transport { addr, reason };
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| transport("connect timed out".into()))?
-            .map_err(|e| transport(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        keepalive(&stream);
-        let (mut rd, mut wr) = stream.into_split();
-        let handshake = async {
-            wr.write_all(&encode_preamble()).await?;
-            let mut theirs = [0u8; PREAMBLE_LEN];
-            rd.read_exact(&mut theirs).await?;
-            Ok::<_, std::io::Error>(theirs)
-        };
-        let theirs = tokio::time::timeout(connect_timeout, handshake)
-            .await
-            .map_err(|_| transport("handshake timed out".into()))?
-            .map_err(|e| transport(e.to_string()))?;
         check_preamble(&theirs).map_err(|e| FetchError::Protocol(format!("{addr}: {e}")))?;
 
         let (requests, mut outgoing) = mpsc::channel::<(Vec<u8>, Pending)>(MAX_PIPELINE);
