@@ -15,6 +15,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod vouch;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use rate::RateLimiter;
