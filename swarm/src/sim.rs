@@ -170,10 +170,10 @@ pub struct SimConfig {
     /// dfget's TCP transport.
     pub announcements: bool,
     /// What-if (not built in the daemons): piece digests reach a peer from its parents
-    /// instead of in the supernode's sync answers, as they would if the supernode signed
-    /// them (or vouched for a hash chain) and parents relayed them. Charged as 32 bytes
-    /// more on each announcement, 32 per piece in a parent's bitfield and 32 on each
-    /// piece the supernode itself sends; the sync answers' digests cost nothing. Only
+    /// instead of in the supernode's sync answers, each with the supernode's Ed25519
+    /// signature (`common::vouch`), relayed by parents. Charged as 96 bytes (digest and
+    /// signature) more on each announcement, 96 per piece in a parent's bitfield and 96 on
+    /// each piece the supernode itself sends; the sync answers' digests cost nothing. Only
     /// with [`SimConfig::announcements`] and [`SimConfig::control_traffic`]. Default off.
     pub relayed_digests: bool,
 }

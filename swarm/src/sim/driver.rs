@@ -199,6 +199,8 @@ const SYNC_REQUEST: u64 = 100;
 const PER_REPORTED_PIECE: u64 = 4;
 const SYNC_REPLY: u64 = 100;
 const PER_DIGEST: u64 = 32;
+/// A relayed digest with the supernode's Ed25519 signature over it (`common::vouch`).
+const PER_VOUCHED_DIGEST: u64 = PER_DIGEST + 64;
 const PER_PARENT: u64 = 40;
 const PIECE_REQUEST: u64 = 60;
 const PIECE_HEADER: u64 = 10;
@@ -541,7 +543,7 @@ impl Sim {
         let mut bitmap = u64::from(self.seed_has.len()).div_ceil(8);
         if self.relayed_digests() {
             let held = self.peers[parent as usize].session.have().count();
-            bitmap += PER_DIGEST * held as u64;
+            bitmap += PER_VOUCHED_DIGEST * held as u64;
         }
         self.send_msg(
             from,
@@ -555,7 +557,7 @@ impl Sim {
     fn announce(&mut self, i: u32, piece: u32) {
         let subs = std::mem::take(&mut self.peers[i as usize].subscribers);
         let have = if self.relayed_digests() {
-            HAVE + PER_DIGEST
+            HAVE + PER_VOUCHED_DIGEST
         } else {
             HAVE
         };
@@ -929,7 +931,7 @@ impl Sim {
         let mut bytes = range.end - range.start;
         if self.config.control_traffic {
             let header = if by == Node::Seed && self.relayed_digests() {
-                PIECE_HEADER + PER_DIGEST
+                PIECE_HEADER + PER_VOUCHED_DIGEST
             } else {
                 PIECE_HEADER
             };
