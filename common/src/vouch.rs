@@ -16,7 +16,12 @@
 //! ```
 //!
 //! The task id in the message keeps a signature from being replayed for another blob; the
-//! piece index, for another piece of the same blob. The daemons do not use this yet.
+//! piece index, for another piece of the same blob.
+//!
+//! The supernode publishes its public key in its registration answer and sends a
+//! [`Vouch`] with every piece it serves ([`PIECE_DIGEST_HEADER`],
+//! [`PIECE_SIGNATURE_HEADER`]); a peer keeps the vouch of each piece it verified and sends
+//! it with every piece it serves (`PieceResponse.digest`, `.signature`).
 
 use std::{io::Write as _, path::Path};
 
@@ -38,6 +43,57 @@ const MAX_KEY_FILE: u64 = 1024;
 
 /// Domain label of the signed message.
 const LABEL: &[u8] = b"damselfly piece digest v1";
+
+/// HTTP header of the supernode's piece answers: the piece's sha256, hex.
+pub const PIECE_DIGEST_HEADER: &str = "x-damselfly-piece-digest";
+
+/// HTTP header of the supernode's piece answers: its signature over the digest, hex.
+pub const PIECE_SIGNATURE_HEADER: &str = "x-damselfly-piece-signature";
+
+/// A piece's digest with the supernode's signature over it, as piece answers carry it.
+/// Unchecked until [`DigestVerifier::check`] accepts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vouch {
+    /// The piece's sha256.
+    pub digest: Digest,
+    /// The supernode's signature over it.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl Vouch {
+    /// The vouch of a wire answer's `digest` and `signature` fields: `None` when both are
+    /// empty (the sender has none) or either has the wrong length (a decoder checks lengths
+    /// before this).
+    #[must_use]
+    pub fn from_wire(digest: &[u8], signature: &[u8]) -> Option<Self> {
+        Some(Self {
+            digest: Digest(digest.try_into().ok()?),
+            signature: signature.try_into().ok()?,
+        })
+    }
+
+    /// The vouch of the supernode's piece headers (hex): `None` without them.
+    ///
+    /// # Errors
+    /// [`VouchError::Malformed`] when a header is there but is not hex of the right length.
+    pub fn from_hex(
+        digest: Option<&[u8]>,
+        signature: Option<&[u8]>,
+    ) -> Result<Option<Self>, VouchError> {
+        let (Some(digest), Some(signature)) = (digest, signature) else {
+            return if digest.is_none() && signature.is_none() {
+                Ok(None)
+            } else {
+                Err(VouchError::Malformed)
+            };
+        };
+        let digest = hex::decode(digest).map_err(|_| VouchError::Malformed)?;
+        let signature = hex::decode(signature).map_err(|_| VouchError::Malformed)?;
+        Self::from_wire(&digest, &signature)
+            .map(Some)
+            .ok_or(VouchError::Malformed)
+    }
+}
 
 /// Why a key could not be loaded or made, or a signature is not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +118,9 @@ pub enum VouchError {
     /// A public key of the wrong length.
     #[error("a supernode public key is {PUBLIC_KEY_LEN} bytes, not {0}")]
     PublicKeyLength(usize),
+    /// A digest or signature of the wrong form.
+    #[error("a vouched digest must be 32 bytes with a 64-byte signature")]
+    Malformed,
     /// The signature does not match (forged, for another task or piece, or another key).
     #[error("the digest of piece {piece} is not vouched for by the supernode")]
     NotVouched {
@@ -161,6 +220,15 @@ impl DigestSigner {
         out.copy_from_slice(self.key.sign(&message(task_id, piece, digest)).as_ref());
         out
     }
+
+    /// [`sign`](Self::sign) as a [`Vouch`].
+    #[must_use]
+    pub fn vouch(&self, task_id: &str, piece: u32, digest: Digest) -> Vouch {
+        Vouch {
+            digest,
+            signature: self.sign(task_id, piece, &digest),
+        }
+    }
 }
 
 /// A supernode's public key, to check vouched digests with.
@@ -197,6 +265,14 @@ impl DigestVerifier {
         UnparsedPublicKey::new(&ED25519, &self.key)
             .verify(&message(task_id, piece, digest), signature)
             .map_err(|_| VouchError::NotVouched { piece })
+    }
+
+    /// [`verify`](Self::verify) for a [`Vouch`].
+    ///
+    /// # Errors
+    /// [`VouchError::NotVouched`].
+    pub fn check(&self, task_id: &str, piece: u32, vouch: &Vouch) -> Result<(), VouchError> {
+        self.verify(task_id, piece, &vouch.digest, &vouch.signature)
     }
 }
 
@@ -252,6 +328,31 @@ mod tests {
             DigestVerifier::new(&[0u8; 31]),
             Err(VouchError::PublicKeyLength(31))
         ));
+    }
+
+    #[test]
+    fn vouches_come_from_the_wire_whole_or_not_at_all() {
+        let signer = DigestSigner::generate().unwrap();
+        let v = signer.vouch("t", 1, Digest::of(b"p"));
+        assert_eq!(Vouch::from_wire(&v.digest.0, &v.signature), Some(v));
+        assert_eq!(Vouch::from_wire(&[], &[]), None);
+        assert_eq!(Vouch::from_wire(&v.digest.0, &v.signature[1..]), None);
+        let (d, s) = (hex::encode(v.digest.0), hex::encode(v.signature));
+        assert_eq!(
+            Vouch::from_hex(Some(d.as_bytes()), Some(s.as_bytes())).unwrap(),
+            Some(v)
+        );
+        assert_eq!(Vouch::from_hex(None, None).unwrap(), None);
+        for (d, s) in [
+            (Some(d.as_bytes()), None),
+            (Some(b"zz".as_slice()), Some(s.as_bytes())),
+            (Some(&d.as_bytes()[2..]), Some(s.as_bytes())),
+        ] {
+            assert!(matches!(Vouch::from_hex(d, s), Err(VouchError::Malformed)));
+        }
+        let verifier = DigestVerifier::new(&signer.public_key()).unwrap();
+        verifier.check("t", 1, &v).unwrap();
+        assert!(verifier.check("t", 2, &v).is_err());
     }
 
     #[test]

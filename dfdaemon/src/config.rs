@@ -125,6 +125,12 @@ pub struct P2pConfig {
     /// that predate announcements still run (they refuse the connection, and this node
     /// would then not fetch from them).
     pub announcements: bool,
+    /// Take each piece's digest from the piece itself, signed by the supernode, instead of
+    /// from the supernode's sync answers (when the supernode publishes its key). Default
+    /// on: the supernode then sends each digest once instead of to every node. A parent
+    /// that has no signature for a piece (a node that predates this) makes the download
+    /// ask the supernode for digests after all.
+    pub vouched_digests: bool,
     /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
     /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
     /// UDP: encrypted in transit, several times the CPU per byte; for networks where node
@@ -282,6 +288,7 @@ impl Default for P2pConfig {
             sendfile: false,
             check_whole_file: false,
             announcements: true,
+            vouched_digests: true,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),
@@ -478,6 +485,9 @@ pub struct Overrides {
     /// `p2p.announcements`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_announcements: Option<bool>,
+    /// `p2p.vouched_digests`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_vouched_digests: Option<bool>,
     /// `p2p.transport` (`tcp` or `quic`).
     #[arg(long, value_name = "tcp|quic")]
     pub p2p_transport: Option<dfget::Transport>,
@@ -588,6 +598,7 @@ impl Overrides {
         set(&mut c.p2p.sendfile, self.p2p_sendfile);
         set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
         set(&mut c.p2p.announcements, self.p2p_announcements);
+        set(&mut c.p2p.vouched_digests, self.p2p_vouched_digests);
         set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
         set(

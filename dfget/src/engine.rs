@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use damselfly_common::{Digest, RateLimiter, Sha256Hasher, TokenKey};
+use damselfly_common::{
+    Digest, RateLimiter, Sha256Hasher, TokenKey,
+    vouch::{DigestVerifier, Vouch, VouchError},
+};
 use damselfly_oci::{
     Origin, OriginConfig, OriginError,
     retry::{FailureAction, FailureReason},
@@ -120,6 +123,13 @@ pub struct EngineConfig {
     /// carries every parent's bitmap. At 1,000 simulated peers this
     /// cut the supernode's sync-answer bytes about fivefold (docs/benchmarks.md).
     pub announcements: bool,
+    /// Take each piece's digest from the piece answer, signed by the supernode
+    /// (`damselfly_common::vouch`), instead of from the supernode's sync answers, when the
+    /// supernode publishes a key. Default on: the supernode then sends each digest once,
+    /// with a piece it serves, instead of every digest to every peer (at 10,000 simulated
+    /// peers its sync bytes fell and the flash crowd finished sooner, docs/benchmarks.md).
+    /// Pieces from a parent that has no vouch turn it off for the rest of that download.
+    pub vouched_digests: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
     /// The key of the cluster secret (the supernodes' `cluster.secret_file`): with it, the
@@ -156,6 +166,7 @@ impl Default for EngineConfig {
             stall_timeout: Duration::from_secs(120),
             check_whole_file: false,
             announcements: true,
+            vouched_digests: true,
             origin: OriginConfig::default(),
             token_key: None,
             refusals: None,
@@ -581,6 +592,7 @@ impl Engine {
             wait_ms: 0,
             announced: false,
             known_parents: Vec::new(),
+            vouched: false,
         }
     }
 
@@ -594,13 +606,21 @@ impl Engine {
         task_id: &str,
         ours: &[[u8; 32]],
     ) -> bool {
-        match sn
-            .sync(&self.sync_request(task_id, Vec::new(), Vec::new(), false, 0))
-            .await
-        {
+        // Asked as `vouched`: a supernode that knows the field answers with the sha256 of its
+        // digests instead of the digests themselves (32 bytes instead of 32 per piece).
+        let mut req = self.sync_request(task_id, Vec::new(), Vec::new(), false, 0);
+        req.vouched = true;
+        match sn.sync(&req).await {
+            Ok(resp) if resp.state != TaskState::Complete as i32 => false,
+            Ok(resp) if !resp.digests_sha256.is_empty() => {
+                let mut h = Sha256Hasher::new();
+                for d in ours {
+                    h.update(d);
+                }
+                resp.digests_sha256 == h.finish().0
+            }
             Ok(resp) => {
-                resp.state == TaskState::Complete as i32
-                    && resp.digests_from == 0
+                resp.digests_from == 0
                     && resp.digests.len() == ours.len()
                     && resp
                         .digests
@@ -839,6 +859,15 @@ impl Engine {
         self.server.add(&task.task_id, served.clone());
         // This peer's piece token for the task, refreshed by sync answers before it expires.
         let token: PieceToken = Arc::new(parking_lot::RwLock::new(task.piece_token.clone()));
+        // The supernode's key, when it vouches for digests and this engine takes them so.
+        let verifier = match DigestVerifier::new(&task.digest_key) {
+            _ if !self.config.vouched_digests || task.digest_key.is_empty() => None,
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(task = %task.task_id, error = %e, "ignoring the supernode's digest key; taking digests from its syncs");
+                None
+            }
+        };
         let session_config = SessionConfig {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
@@ -846,6 +875,7 @@ impl Engine {
             piece_timeout: self.config.piece_timeout,
             picker: self.config.picker.clone(),
             announcements: self.config.announcements && self.config.transport == Transport::Tcp,
+            vouched_digests: verifier.is_some(),
         };
         let mut session = PeerSession::new(
             Instant::now(),
@@ -938,6 +968,7 @@ impl Engine {
                     addr: fetch.addr,
                     range: fetch.range,
                     expected: fetch.expected,
+                    verifier: verifier.clone(),
                     peer_id: self.peer_id,
                     token: token.clone(),
                     timeout: fetch.timeout,
@@ -1029,8 +1060,12 @@ impl Engine {
                         DownloadError::Setup(format!("piece worker failed: {e}"))
                     })?;
                     match outcome.result {
-                        Ok(len) => {
+                        Ok(done) => {
+                            let len = done.len;
                             trace!(piece = outcome.piece, source = ?outcome.source, "piece verified and written");
+                            if let Some(d) = done.vouched {
+                                session.handle_vouched_digest(outcome.piece, d);
+                            }
                             let before = session.verified_prefix();
                             session.handle_piece_done(now, outcome.piece, outcome.source, len);
                             let prefix = session.verified_prefix();
@@ -1041,6 +1076,10 @@ impl Engine {
                             progress.written(piece_range(task.content_length, task.piece_size, outcome.piece));
                         }
                         Err(PieceFailure::Local(e)) => return Err(DownloadError::Io(e).into()),
+                        Err(PieceFailure::Unvouched) => {
+                            debug!(piece = outcome.piece, source = ?outcome.source, "piece came without a vouched digest; taking digests from the supernode");
+                            session.handle_unvouched(now, outcome.piece, outcome.source);
+                        }
                         Err(failure) => {
                             debug!(piece = outcome.piece, source = ?outcome.source, error = %failure, "piece fetch failed");
                             // A silent parent is probably dead: make the next attempt
@@ -1064,7 +1103,7 @@ impl Engine {
         report.liars = session.liars().map(|p| p.0).collect();
         report.announcing_parents = u32::try_from(announcing.len()).unwrap_or(u32::MAX);
         report.piece_size = task.piece_size;
-        report.piece_digests = session.digests().to_vec();
+        report.piece_digests = session.digests();
         // A sync still in flight is dropped (its reports go into the final one), and the
         // final report (every piece, and any liar) goes out before completion is declared.
         let now = Instant::now();
@@ -1090,6 +1129,7 @@ impl Engine {
             .collect();
         let mut req = self.sync_request(task_id, msg.new_pieces, bad, msg.done, msg.digests_from);
         req.urgent_pieces = msg.urgent;
+        req.vouched = msg.vouched;
         if let Some(known) = msg.known_parents {
             req.announced = true;
             req.known_parents = known.into_iter().map(|p| p.0).collect();
@@ -1210,6 +1250,7 @@ fn sync_reply(resp: &SyncResponse, pieces: u32) -> SyncReply {
             })
             .collect(),
         readmitted: resp.readmitted,
+        stored: resp.stored_pieces,
         delta: resp.parents_delta,
         dropped_parents: resp.dropped_parents.iter().map(|&p| PeerId(p)).collect(),
     }
@@ -1222,7 +1263,10 @@ struct PieceJob {
     source: Source,
     addr: Option<SocketAddr>,
     range: std::ops::Range<u64>,
-    expected: [u8; 32],
+    /// The digest from the supernode's syncs, if known; otherwise the answer's vouch.
+    expected: Option<[u8; 32]>,
+    /// The supernode's key, when digests are vouched.
+    verifier: Option<DigestVerifier>,
     peer_id: u64,
     token: PieceToken,
     timeout: Duration,
@@ -1235,7 +1279,16 @@ struct PieceOutcome {
     piece: u32,
     source: Source,
     addr: Option<SocketAddr>,
-    result: Result<u64, PieceFailure>,
+    result: Result<PieceDone, PieceFailure>,
+}
+
+/// A piece verified and written.
+struct PieceDone {
+    /// Its length.
+    len: u64,
+    /// The digest it was verified against, when it came vouched with the answer (for the
+    /// session, which may not have known it).
+    vouched: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1246,6 +1299,12 @@ enum PieceFailure {
     Supernode(SupernodeError),
     #[error("bytes do not match the piece digest")]
     Corrupt,
+    /// The answer's vouched digest is not the supernode's (forged, or for another piece).
+    #[error(transparent)]
+    NotVouched(VouchError),
+    /// The answer came without a vouched digest and the digest is not known otherwise.
+    #[error("the answer carries no vouched digest")]
+    Unvouched,
     #[error("timed out")]
     Timeout,
     #[error("unknown parent address")]
@@ -1257,7 +1316,8 @@ enum PieceFailure {
 impl PieceFailure {
     fn reason(&self) -> FailReason {
         match self {
-            Self::Corrupt => FailReason::Corrupt,
+            Self::Corrupt | Self::NotVouched(_) => FailReason::Corrupt,
+            Self::Unvouched => FailReason::Unavailable,
             Self::Timeout => FailReason::Timeout,
             Self::Fetch(FetchError::Busy) => FailReason::Busy,
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
@@ -1306,11 +1366,10 @@ impl PieceJob {
         path: Arc<Path>,
         limiter: Option<Arc<RateLimiter>>,
         received: tokio::sync::mpsc::UnboundedSender<(u32, Source)>,
-    ) -> Result<u64, PieceFailure> {
+    ) -> Result<PieceDone, PieceFailure> {
         let len = self.range.end - self.range.start;
         let offset = self.range.start;
         let piece = self.piece;
-        let expected = self.expected;
         // From a parent or the supernode, the bytes go straight into the file, hashed on
         // the way; the piece is marked held only once the digest matches.
         let sink = PieceSink {
@@ -1321,7 +1380,7 @@ impl PieceJob {
         };
         let local = |path, source| PieceFailure::Local(IoError { path, source });
         let token = self.token.read().clone();
-        let digest = match self.source {
+        let fetched = match self.source {
             Source::Peer(_) => {
                 let addr = self.addr.ok_or(PieceFailure::NoAddr)?;
                 let fetch =
@@ -1353,12 +1412,52 @@ impl PieceJob {
         // The source is done with this piece: it may take our next request (the session
         // still holds the piece until the outcome).
         let _ = received.send((piece, self.source));
-        if digest.0 != expected {
-            return Err(PieceFailure::Corrupt);
-        }
-        served.mark(piece);
-        Ok(len)
+        let vouch = accept(
+            &self.task_id,
+            piece,
+            self.expected,
+            self.verifier.as_ref(),
+            &fetched,
+        )?;
+        served.mark_vouched(piece, vouch);
+        Ok(PieceDone {
+            len,
+            vouched: vouch.map(|v| v.digest.0),
+        })
     }
+}
+
+/// Checks a fetched piece: against `expected` (the syncs' digest) if known, else against
+/// the digest the answer vouched for, whose signature must be the supernode's. Returns the
+/// vouch to keep with the piece (passed on to this peer's children): only one whose
+/// signature checked out and whose digest the bytes have.
+fn accept(
+    task_id: &str,
+    piece: u32,
+    expected: Option<[u8; 32]>,
+    verifier: Option<&DigestVerifier>,
+    fetched: &crate::fetch::Fetched,
+) -> Result<Option<Vouch>, PieceFailure> {
+    let vouch = match (verifier, fetched.vouch) {
+        (Some(key), Some(v)) => {
+            key.check(task_id, piece, &v)
+                .map_err(PieceFailure::NotVouched)?;
+            Some(v)
+        }
+        // Without the key there is nothing to check a vouch with: it is not kept.
+        _ => None,
+    };
+    let expected = match (expected, vouch) {
+        // Both: the supernode signed the digest it stored, so they agree unless it fetched
+        // the blob anew; the syncs' digest is the one this download verifies against.
+        (Some(d), _) => d,
+        (None, Some(v)) => v.digest.0,
+        (None, None) => return Err(PieceFailure::Unvouched),
+    };
+    if fetched.digest.0 != expected {
+        return Err(PieceFailure::Corrupt);
+    }
+    Ok(vouch.filter(|v| v.digest.0 == expected))
 }
 
 /// The whole-file digest being computed beside a download ([`output::hash_prefix`]).
@@ -1478,4 +1577,61 @@ async fn route_ip(supernode: Option<&str>) -> IpAddr {
         return fallback;
     }
     sock.local_addr().map_or(fallback, |a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use damselfly_common::vouch::DigestSigner;
+
+    use super::*;
+    use crate::fetch::Fetched;
+
+    /// What a child does with each kind of answer: a piece vouched for by the supernode is
+    /// taken on its word alone; a forged, replayed or missing vouch, or bytes that are not
+    /// what the vouch says, are not.
+    #[test]
+    fn a_piece_is_accepted_only_against_a_digest_the_supernode_vouched_for() {
+        let signer = DigestSigner::generate().unwrap();
+        let key = DigestVerifier::new(&signer.public_key()).unwrap();
+        let good = Digest::of(b"piece 3");
+        let bad = Digest::of(b"something else");
+        let v = signer.vouch("sha256:t", 3, good);
+        let answer = |digest, vouch| Fetched { digest, vouch };
+
+        // Vouched, right bytes: accepted, and the vouch is kept for this peer's children.
+        let kept = accept("sha256:t", 3, None, Some(&key), &answer(good, Some(v))).unwrap();
+        assert_eq!(kept, Some(v));
+        // Vouched, wrong bytes: corrupt.
+        assert!(matches!(
+            accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(v))),
+            Err(PieceFailure::Corrupt)
+        ));
+        // A liar vouching for its own bytes with a made-up signature.
+        let mut forged = signer.vouch("sha256:t", 3, bad);
+        forged.signature[0] ^= 1;
+        let e = accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(forged)));
+        assert!(matches!(e, Err(PieceFailure::NotVouched(_))));
+        assert_eq!(e.err().map(|e| e.reason()), Some(FailReason::Corrupt));
+        // Another key's signature, or this key's for another piece, are forgeries too.
+        let other = DigestSigner::generate().unwrap().vouch("sha256:t", 3, bad);
+        let replayed = signer.vouch("sha256:t", 4, bad);
+        for v in [other, replayed] {
+            assert!(matches!(
+                accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(v))),
+                Err(PieceFailure::NotVouched(_))
+            ));
+        }
+        // No vouch and no digest from the syncs: nothing to verify against.
+        let e = accept("sha256:t", 3, None, Some(&key), &answer(good, None));
+        assert!(matches!(e, Err(PieceFailure::Unvouched)));
+        // The syncs' digest rules when known; a vouch without the key is not kept.
+        assert_eq!(
+            accept("sha256:t", 3, Some(good.0), None, &answer(good, Some(v))).unwrap(),
+            None
+        );
+        assert!(matches!(
+            accept("sha256:t", 3, Some(good.0), Some(&key), &answer(bad, None)),
+            Err(PieceFailure::Corrupt)
+        ));
+    }
 }

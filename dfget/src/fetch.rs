@@ -12,7 +12,7 @@ use std::{
     str::FromStr, sync::Arc, time::Duration,
 };
 
-use damselfly_common::{Digest, Sha256Hasher};
+use damselfly_common::{Digest, Sha256Hasher, vouch::Vouch};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use damselfly_proto::{
@@ -133,7 +133,7 @@ pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
     rd: &mut R,
     sink: &PieceSink,
     idle: Duration,
-) -> Result<Digest, FetchError> {
+) -> Result<Fetched, FetchError> {
     let transport = |reason: String| FetchError::Transport { addr, reason };
     let stalled = || transport(format!("no data for {idle:?}"));
     let mut header = [0u8; FRAME_HEADER_LEN];
@@ -152,7 +152,7 @@ pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
         .await
         .map_err(|_| stalled())?
         .map_err(|e| transport(e.to_string()))?;
-    check_response(&body, sink.len)?;
+    let vouch = check_response(&body, sink.len)?;
 
     let mut piece = PieceWriter::new(sink);
     let mut buf = vec![0u8; BLOCK.min(usize::try_from(sink.len).unwrap_or(BLOCK)).max(1)];
@@ -183,9 +183,20 @@ pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
                 source,
             })?;
     }
-    piece
+    let digest = piece
         .finish()
-        .ok_or_else(|| transport("short piece".into()))
+        .ok_or_else(|| transport("short piece".into()))?;
+    Ok(Fetched { digest, vouch })
+}
+
+/// A piece's bytes written to their sink, not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// The sha256 of the bytes.
+    pub digest: Digest,
+    /// The digest the sender vouched for with the supernode's signature (unchecked), if it
+    /// sent one.
+    pub vouch: Option<Vouch>,
 }
 
 /// How peers move pieces between each other.
@@ -352,7 +363,7 @@ impl Fetcher {
         peer_id: u64,
         token: &[u8],
         sink: PieceSink,
-    ) -> Result<Digest, FetchError> {
+    ) -> Result<Fetched, FetchError> {
         let req = PieceRequest {
             version: PROTOCOL_VERSION,
             task_id: task_id.to_owned(),
@@ -373,7 +384,7 @@ async fn fetch_quic(
     req: &PieceRequest,
     sink: PieceSink,
     idle: Duration,
-) -> Result<Digest, FetchError> {
+) -> Result<Fetched, FetchError> {
     let transport = |reason: String| FetchError::Transport { addr, reason };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(e.to_string()))?;
     send.write_all(&encode_frame(req))
@@ -384,11 +395,12 @@ async fn fetch_quic(
 }
 
 /// Checks a response header frame's body: well formed, our version, `Ok`, and announcing
-/// exactly the piece's length. A refusal becomes `Busy` or `Unavailable`.
+/// exactly the piece's length. A refusal becomes `Busy` or `Unavailable`. Returns the
+/// vouched digest the answer carries, if any (unchecked).
 ///
 /// # Errors
 /// See [`FetchError`].
-fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
+fn check_response(body: &[u8], expected_len: u64) -> Result<Option<Vouch>, FetchError> {
     let resp: PieceResponse = decode(body).map_err(|e| FetchError::Protocol(e.to_string()))?;
     resp.validate()
         .map_err(|e| FetchError::Protocol(e.to_string()))?;
@@ -407,5 +419,5 @@ fn check_response(body: &[u8], expected_len: u64) -> Result<(), FetchError> {
             resp.length
         )));
     }
-    Ok(())
+    Ok(Vouch::from_wire(&resp.digest, &resp.signature))
 }

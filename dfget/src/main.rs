@@ -69,6 +69,11 @@ struct Cli {
     /// own announcements (for a mixed cluster with nodes that predate announcements).
     #[arg(long)]
     no_announcements: bool,
+    /// Take piece digests from the supernode's sync answers even when it vouches for them
+    /// (signs each and sends it with the piece): for a cluster with nodes that predate
+    /// vouched digests.
+    #[arg(long)]
+    no_vouched_digests: bool,
     /// Send pieces to other peers over TCP straight from the file with `sendfile` instead of
     /// reading them into a buffer (experimental: not faster on a loopback hop).
     #[arg(long)]
@@ -169,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         back_source: !cli.no_back_source,
         check_whole_file: cli.check_whole_file,
         announcements: !cli.no_announcements,
+        vouched_digests: !cli.no_vouched_digests,
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,

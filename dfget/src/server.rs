@@ -35,7 +35,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use damselfly_common::{RateLimiter, TokenKey};
+use damselfly_common::{RateLimiter, TokenKey, vouch::Vouch};
 use damselfly_proto::{
     DecodeError, FRAME_HEADER_LEN, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse,
     PieceStatus, decode, encode_frame,
@@ -53,6 +53,9 @@ pub struct ServedTask {
     content_length: u64,
     piece_size: u32,
     pub(crate) have: RwLock<Bitmap>,
+    /// Each held piece's digest as the supernode vouched for it, sent with the piece
+    /// (`None`: held without one, e.g. a copy made before digests were vouched).
+    vouches: RwLock<Vec<Option<Vouch>>>,
     /// Each piece marked, for the children subscribed to this task's announcements.
     pub(crate) news: tokio::sync::broadcast::Sender<u32>,
     /// Cancelled when the task stops being served: its announcement connections close.
@@ -67,6 +70,7 @@ impl ServedTask {
             content_length,
             piece_size,
             have: RwLock::new(Bitmap::new(pieces)),
+            vouches: RwLock::new(vec![None; pieces as usize]),
             news: tokio::sync::broadcast::channel(crate::announce::NEWS_BACKLOG).0,
             closed: CancellationToken::new(),
         }
@@ -84,6 +88,17 @@ impl ServedTask {
 
     /// Marks a verified, written piece servable.
     pub fn mark(&self, piece: u32) {
+        self.mark_vouched(piece, None);
+    }
+
+    /// Marks a verified, written piece servable, with the supernode's vouch for its digest
+    /// (checked by the caller), which goes with the piece to whoever asks for it.
+    pub fn mark_vouched(&self, piece: u32, vouch: Option<Vouch>) {
+        if let Some(v) = vouch
+            && let Some(slot) = self.vouches.write().get_mut(piece as usize)
+        {
+            *slot = Some(v);
+        }
         let fresh = {
             let mut have = self.have.write();
             let fresh = !have.get(piece);
@@ -125,6 +140,8 @@ pub(crate) enum Answer {
     Piece {
         /// Its bytes, or where they lie.
         body: Body,
+        /// The supernode's vouch for its digest, if this peer holds one.
+        vouch: Option<Vouch>,
         /// The slot, released when the answer is dropped.
         _slot: UploadSlot,
     },
@@ -159,16 +176,18 @@ impl Body {
 impl Answer {
     /// The response frame that goes before the bytes.
     pub(crate) fn header(&self) -> Vec<u8> {
-        let (status, length, reason) = match self {
-            Self::Refused(status) => (*status, 0, String::new()),
-            Self::Unauthorized(reason) => (PieceStatus::Unauthorized, 0, reason.clone()),
-            Self::Piece { body, .. } => (PieceStatus::Ok, body.len(), String::new()),
+        let (status, length, reason, vouch) = match self {
+            Self::Refused(status) => (*status, 0, String::new(), None),
+            Self::Unauthorized(reason) => (PieceStatus::Unauthorized, 0, reason.clone(), None),
+            Self::Piece { body, vouch, .. } => (PieceStatus::Ok, body.len(), String::new(), *vouch),
         };
         encode_frame(&PieceResponse {
             version: PROTOCOL_VERSION,
             status: status as i32,
             length,
             reason,
+            digest: vouch.map(|v| v.digest.0.to_vec()).unwrap_or_default(),
+            signature: vouch.map(|v| v.signature.to_vec()).unwrap_or_default(),
         })
     }
 }
@@ -379,6 +398,7 @@ impl PieceServer {
         let range = piece_range(task.content_length, task.piece_size, piece);
         let len = range.end - range.start;
         let file = task.file.clone();
+        let vouch = task.vouches.read().get(piece as usize).copied().flatten();
         if from_file && self.sendfile && self.fault == Fault::None {
             // Start the disk read now, while the previous answer is being sent; advice only,
             // so a failure to give it changes nothing but speed.
@@ -398,6 +418,7 @@ impl PieceServer {
                     offset: range.start,
                     len,
                 },
+                vouch,
                 _slot: slot,
             });
         }
@@ -415,6 +436,7 @@ impl PieceServer {
         }
         Ok(Answer::Piece {
             body: Body::Bytes(Bytes::from(data)),
+            vouch,
             _slot: slot,
         })
     }

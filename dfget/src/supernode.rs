@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use damselfly_common::{Digest, token::PIECE_TOKEN_HEADER};
+use damselfly_common::token::PIECE_TOKEN_HEADER;
 use damselfly_proto::{
     ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, decode,
@@ -176,7 +176,8 @@ impl SupernodeClient {
         peer_id: u64,
         token: &[u8],
         sink: &crate::fetch::PieceSink,
-    ) -> Result<Result<Digest, std::io::Error>, SupernodeError> {
+    ) -> Result<Result<crate::fetch::Fetched, std::io::Error>, SupernodeError> {
+        use damselfly_common::vouch::{PIECE_DIGEST_HEADER, PIECE_SIGNATURE_HEADER, Vouch};
         use futures::StreamExt as _;
         let url = format!(
             "{}/api/v1/tasks/{task_id}/pieces/{index}?peer={peer_id}",
@@ -194,6 +195,9 @@ impl SupernodeClient {
                 .err()
                 .unwrap_or_else(|| SupernodeError::Protocol("refusal without a status".into())));
         }
+        let header = |name| resp.headers().get(name).map(|v| v.as_bytes());
+        let vouch = Vouch::from_hex(header(PIECE_DIGEST_HEADER), header(PIECE_SIGNATURE_HEADER))
+            .map_err(|e| SupernodeError::Protocol(format!("piece {index}: {e}")))?;
         let mut piece = crate::fetch::PieceWriter::new(sink);
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -209,7 +213,8 @@ impl SupernodeClient {
             }
         }
         let remaining = piece.remaining();
-        piece.finish().map(Ok).ok_or_else(|| {
+        let fetched = |digest| Ok(crate::fetch::Fetched { digest, vouch });
+        piece.finish().map(fetched).ok_or_else(|| {
             SupernodeError::Protocol(format!(
                 "piece {index}: {} of its {} bytes",
                 sink.len - remaining,

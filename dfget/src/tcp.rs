@@ -29,7 +29,6 @@ use std::{
     time::Duration,
 };
 
-use damselfly_common::Digest;
 use damselfly_proto::{
     ConnKind, DecodeError, PREAMBLE_LEN, PieceRequest, PieceStatus, check_any_preamble,
     check_preamble, decode, encode_announce_preamble, encode_frame, encode_preamble,
@@ -50,7 +49,7 @@ use tokio_util::{
 use tracing::debug;
 
 use crate::{
-    fetch::{FetchError, PieceSink, read_answer},
+    fetch::{FetchError, Fetched, PieceSink, read_answer},
     server::{Answer, Body, PieceServer},
 };
 
@@ -295,7 +294,7 @@ pub enum ConnError {
 /// A request waiting for its answer on a [`Link`].
 struct Pending {
     sink: PieceSink,
-    reply: oneshot::Sender<Result<Digest, FetchError>>,
+    reply: oneshot::Sender<Result<Fetched, FetchError>>,
 }
 
 /// One TCP connection to a parent, with requests pipelined on it.
@@ -394,7 +393,7 @@ impl Link {
         addr: SocketAddr,
         request: &PieceRequest,
         sink: PieceSink,
-    ) -> Result<Digest, FetchError> {
+    ) -> Result<Fetched, FetchError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { sink, reply };
         let gone = || FetchError::Transport {

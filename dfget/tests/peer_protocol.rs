@@ -435,10 +435,11 @@ async fn pipelined_requests(sendfile: bool) {
     for (piece, digest) in futures::future::join_all(fetches).await {
         let at = piece as usize * (64 << 10);
         assert_eq!(
-            digest,
+            digest.digest,
             Digest::of(&content[at..at + (64 << 10)]),
             "piece {piece}"
         );
+        assert_eq!(digest.vouch, None, "held without a vouch, sent without one");
     }
     let written = std::fs::read(out.path()).unwrap();
     assert!(
@@ -486,4 +487,63 @@ async fn a_full_upload_queue_answers_busy_and_the_link_stays_up() {
     // Busy is an answer, not a failure: the same link serves the next request.
     assert!(!b.is_closed());
     stop.cancel();
+}
+
+/// A piece held with the supernode's vouch for its digest goes out with it (a child then
+/// needs the digest from nowhere else); one held without goes out without; both for
+/// sendfile and buffered answers.
+#[tokio::test]
+async fn a_vouched_piece_goes_out_with_its_vouch() {
+    use damselfly_common::vouch::{DigestSigner, DigestVerifier};
+    const PIECE: u32 = 64 << 10;
+    let content: Vec<u8> = (0..2 * PIECE as usize).map(|i| (i % 253) as u8).collect();
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&content).unwrap();
+    let task = Arc::new(ServedTask::new(
+        Arc::new(file),
+        content.len() as u64,
+        PIECE,
+        2,
+    ));
+    let signer = DigestSigner::generate().unwrap();
+    let vouch = signer.vouch("sha256:11", 0, Digest::of(&content[..PIECE as usize]));
+    task.mark_vouched(0, Some(vouch));
+    task.mark(1);
+    for sendfile in [true, false] {
+        let limits = ServerLimits {
+            upload_slots: 2,
+            upload_queue: 4,
+            upload_rate: 0,
+            sendfile,
+        };
+        let server = Arc::new(PieceServer::new(limits, Fault::None));
+        server.add("sha256:11", task.clone());
+        let listener = tcp::listener(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run_tcp(listener, stop.clone(), TaskTracker::new()));
+        let idle = Duration::from_secs(5);
+        let link = Link::connect(addr, idle, idle).await.unwrap();
+        let out = Output::new(content.len());
+        let first = link
+            .fetch_into(addr, &request("sha256:11", 0), out.sink(0, PIECE.into()))
+            .await
+            .unwrap();
+        assert_eq!(first.vouch, Some(vouch), "sendfile {sendfile}");
+        DigestVerifier::new(&signer.public_key())
+            .unwrap()
+            .check("sha256:11", 0, &first.vouch.unwrap())
+            .unwrap();
+        assert_eq!(first.digest, vouch.digest);
+        let second = link
+            .fetch_into(
+                addr,
+                &request("sha256:11", 1),
+                out.sink(PIECE.into(), PIECE.into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(second.vouch, None, "held without a vouch");
+        stop.cancel();
+    }
 }

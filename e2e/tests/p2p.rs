@@ -81,6 +81,56 @@ fn eight_peers_share_a_64mib_blob_and_the_registry_sends_it_once() {
         sn.metric("damselfly_supernode_origin_bytes_total").unwrap(),
         blob.len() as f64
     );
+    // Digests came signed with the pieces (the default), not in sync answers: the
+    // supernode sent each one only with a piece it served itself.
+    assert_eq!(
+        sn.metric("damselfly_supernode_sync_digests_total").unwrap(),
+        0.0
+    );
+    let vouched = sn
+        .metric("damselfly_supernode_vouched_digests_total")
+        .unwrap();
+    let served = sn
+        .metric("damselfly_supernode_served_pieces_total")
+        .unwrap();
+    assert!(
+        vouched > 0.0 && vouched == served,
+        "{vouched} vouched, {served} served"
+    );
+}
+
+#[test]
+fn peers_that_take_digests_from_syncs_and_vouched_peers_share_one_swarm() {
+    // A cluster mid-upgrade: half the peers predate vouched digests (they take digests from
+    // the syncs and keep no signatures); a vouched peer that fetches from one of them gets
+    // a piece without a vouch and asks the supernode for digests instead.
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(24 << 20, 11);
+    let digest = registry.push_blob("app/mixed-digests", &blob);
+    let url = registry.blob_url("app/mixed-digests", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs: Vec<DfgetRun> = (0..6)
+        .map(|i| {
+            let mut d = Dfget::new(&url, &dir.path().join(format!("out{i}"))).supernode(sn.addr());
+            if i % 2 == 0 {
+                d = d.args(["--no-vouched-digests"]);
+            }
+            d.args(["--keep-serving", "5s"]).spawn().unwrap()
+        })
+        .collect();
+    let reports: Vec<_> = runs.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
+    for (run, r) in runs.iter().zip(&reports) {
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+        assert_eq!(num(r, "from_origin"), 0, "{r}");
+        assert_eq!(num(r, "corrupt_pieces"), 0, "{r}");
+    }
+    assert_eq!(registry.blob_get_count(&digest), 1);
+    assert!(
+        sn.metric("damselfly_supernode_sync_digests_total").unwrap() > 0.0,
+        "the older peers got their digests from the syncs"
+    );
 }
 
 #[test]

@@ -67,6 +67,12 @@ pub struct RegisterResponse {
     /// has no cluster secret (tokens are then not checked).
     #[prost(bytes = "vec", tag = "7")]
     pub piece_token: Vec<u8>,
+    /// The supernode's Ed25519 public key (`damselfly_common::vouch`), 32 bytes: piece
+    /// answers carry each piece's digest signed with it, so a peer that sets
+    /// [`SyncRequest::vouched`] needs no digests in its sync answers. Empty: the supernode
+    /// does not vouch (a peer takes digests from the syncs).
+    #[prost(bytes = "vec", tag = "8")]
+    pub digest_key: Vec<u8>,
 }
 
 /// A piece that failed its sha256 check, and who sent it.
@@ -130,6 +136,13 @@ pub struct SyncRequest {
     /// With `announced`: the parents the peer knows, at most [`MAX_KNOWN_PARENTS`].
     #[prost(uint64, repeated, tag = "13")]
     pub known_parents: Vec<u64>,
+    /// The peer takes each piece's digest, signed by the supernode, from the piece answer
+    /// ([`PieceResponse::digest`], or the supernode's piece headers): send no `digests`.
+    /// `digests_from` then counts the pieces the supernode had stored at the last answer
+    /// ([`SyncResponse::stored_pieces`]), for the long poll. A supernode that predates the
+    /// field sends digests anyway.
+    #[prost(bool, tag = "14")]
+    pub vouched: bool,
 }
 
 /// Most parents a sync may list in [`SyncRequest::known_parents`].
@@ -221,6 +234,15 @@ pub struct SyncResponse {
     /// download never runs on an expired one. Empty: keep the one held (or there is none).
     #[prost(bytes = "vec", tag = "11")]
     pub piece_token: Vec<u8>,
+    /// Pieces the supernode has stored, counted from the first (its digests are known this
+    /// far), whether or not `digests` carries them.
+    #[prost(uint32, tag = "12")]
+    pub stored_pieces: u32,
+    /// To a `vouched` sync once the supernode's copy is complete: the sha256 of all piece
+    /// digests in order (32 bytes each, concatenated), so a peer can confirm the digests it
+    /// verified against are the complete copy's without receiving them. Empty otherwise.
+    #[prost(bytes = "vec", tag = "13")]
+    pub digests_sha256: Vec<u8>,
 }
 
 /// Peer → supernode: the peer stops serving this task.
@@ -363,6 +385,14 @@ pub struct PieceResponse {
     /// Why, on a refusal (at most [`MAX_REASON_LEN`] bytes); empty otherwise.
     #[prost(string, tag = "4")]
     pub reason: String,
+    /// On `Ok`, when the sender holds it: the piece's sha256 (32 bytes) as the supernode
+    /// vouched for it, with `signature`. Empty otherwise.
+    #[prost(bytes = "vec", tag = "5")]
+    pub digest: Vec<u8>,
+    /// The supernode's Ed25519 signature over `digest` (`damselfly_common::vouch`), 64
+    /// bytes, present exactly when `digest` is.
+    #[prost(bytes = "vec", tag = "6")]
+    pub signature: Vec<u8>,
 }
 
 fn check_version(version: u32) -> Result<(), DecodeError> {
@@ -447,6 +477,9 @@ impl RegisterResponse {
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_version(self.version)?;
         check_task_id(&self.task_id)?;
+        if !matches!(self.digest_key.len(), 0 | 32) {
+            return Err(DecodeError::invalid("digest_key", "not 32 bytes"));
+        }
         if self.piece_size == 0 || !self.piece_size.is_power_of_two() {
             return Err(DecodeError::invalid("piece_size", "not a power of two"));
         }
@@ -577,6 +610,15 @@ impl PieceResponse {
         check_version(self.version)?;
         if self.length > 64 << 20 {
             return Err(DecodeError::invalid("length", "over 64 MiB"));
+        }
+        match (self.digest.len(), self.signature.len()) {
+            (0, 0) | (32, 64) => {}
+            _ => {
+                return Err(DecodeError::invalid(
+                    "digest",
+                    "a vouched digest is 32 bytes with a 64-byte signature",
+                ));
+            }
         }
         check_reason(&self.reason)
     }

@@ -30,7 +30,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use damselfly_common::{Digest, token::PIECE_TOKEN_HEADER};
+use damselfly_common::{
+    Digest,
+    token::PIECE_TOKEN_HEADER,
+    vouch::{PIECE_DIGEST_HEADER, PIECE_SIGNATURE_HEADER},
+};
 use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
     RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
@@ -239,6 +243,11 @@ async fn register(
         piece_count: meta.piece_count(),
         digest: meta.digest.clone().unwrap_or_default(),
         piece_token: piece_token(&shared, &meta.id, peer),
+        digest_key: shared
+            .signer
+            .as_ref()
+            .map(|s| s.public_key().to_vec())
+            .unwrap_or_default(),
     }))
 }
 
@@ -307,12 +316,31 @@ async fn sync(
         CdnState::Failed(e) => (TaskState::Failed, e.clone()),
     };
     let from = (req.digests_from as usize).min(cdn.digests.len());
+    // A peer that takes vouched digests gets each with its piece; one that asks for them
+    // of a supernode that does not vouch gets them here after all.
+    let to = if req.vouched && shared.signer.is_some() {
+        from
+    } else {
+        cdn.digests.len()
+    };
+    shared.metrics.sync_digests.inc_by((to - from) as u64);
+    let digests_sha256 = if req.vouched && state == TaskState::Complete {
+        let mut h = damselfly_common::Sha256Hasher::new();
+        for d in &cdn.digests {
+            h.update(d);
+        }
+        h.finish().0.to_vec()
+    } else {
+        Vec::new()
+    };
     let resp = SyncResponse {
         version: PROTOCOL_VERSION,
         state: state as i32,
         error,
         seed_pieces: answer.seed_pieces.to_bytes(),
-        digests: cdn.digests[from..].iter().map(|d| d.to_vec()).collect(),
+        digests: cdn.digests[from..to].iter().map(|d| d.to_vec()).collect(),
+        stored_pieces: u32::try_from(cdn.digests.len()).unwrap_or(u32::MAX),
+        digests_sha256,
         digests_from: from as u32,
         readmitted: answer.readmitted,
         parents: answer
@@ -429,16 +457,21 @@ async fn piece(
     if !task.is_admitted(peer) {
         return Err(ApiError::NotAdmitted(peer));
     }
-    if !task.cdn.lock().have.get(index) {
-        return Err(ApiError::PieceAbsent(index));
-    }
+    let digest = {
+        let cdn = task.cdn.lock();
+        if !cdn.have.get(index) {
+            return Err(ApiError::PieceAbsent(index));
+        }
+        cdn.digests.get(index as usize).copied()
+    };
     let Ok(_permit) = shared.upload_slots.clone().try_acquire_owned() else {
         shared.metrics.busy_refusals.inc();
         return Err(ApiError::Busy);
     };
     task.touch(Instant::now());
     let store = shared.store.clone();
-    let data = tokio::task::spawn_blocking(move || store.read_piece(&task_id, index))
+    let id = task_id.clone();
+    let data = tokio::task::spawn_blocking(move || store.read_piece(&id, index))
         .await
         .map_err(|e| ApiError::Store(e.to_string()))?
         .map_err(|e| match e {
@@ -450,6 +483,25 @@ async fn piece(
     if let Some(limiter) = &shared.upload_limiter {
         limiter.acquire(data.len() as u64).await;
     }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    // The digest the piece was stored under, signed, so the peer needs it from nowhere
+    // else (and can pass it on to its own children).
+    if let (Some(signer), Some(digest)) = (&shared.signer, digest) {
+        let v = signer.vouch(&task_id, index, Digest(digest));
+        for (name, bytes) in [
+            (PIECE_DIGEST_HEADER, &v.digest.0[..]),
+            (PIECE_SIGNATURE_HEADER, &v.signature[..]),
+        ] {
+            if let Ok(value) = header::HeaderValue::from_str(&hex::encode(bytes)) {
+                headers.insert(name, value);
+            }
+        }
+        shared.metrics.vouched_digests.inc();
+    }
     shared.metrics.served_bytes.inc_by(data.len() as u64);
     shared.metrics.served_pieces.inc();
     trace!(piece = index, %peer, "piece read for a peer");
@@ -458,7 +510,7 @@ async fn piece(
     task.sched
         .lock()
         .handle_seed_sent(Instant::now(), peer, index);
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    Ok((headers, data).into_response())
 }
 
 async fn healthy() -> &'static str {

@@ -159,6 +159,14 @@ pub struct ClusterSection {
     /// Default 1 h.
     #[serde(with = "humantime_serde")]
     pub piece_token_ttl: Duration,
+    /// Sign each piece digest (Ed25519, `damselfly_common::vouch`) and publish the public
+    /// key at registration, so peers take digests from the pieces they receive instead of
+    /// from every sync answer. Default on.
+    pub vouch_digests: bool,
+    /// The signing key (PKCS#8), created (mode 0600) on first start if missing. Empty (the
+    /// default): `signing.key` in `data_dir`. Keep it across restarts: peers in the middle of
+    /// a download keep the key they registered with.
+    pub signing_key_file: PathBuf,
 }
 
 impl Default for ClusterSection {
@@ -166,6 +174,8 @@ impl Default for ClusterSection {
         Self {
             secret_file: PathBuf::new(),
             piece_token_ttl: Duration::from_secs(3600),
+            vouch_digests: true,
+            signing_key_file: PathBuf::new(),
         }
     }
 }
@@ -179,6 +189,27 @@ impl ClusterSection {
         &self,
     ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
         damselfly_common::TokenKey::from_setting(&self.secret_file)
+    }
+
+    /// The digest signing key (`signing_key_file`, else `signing.key` in `data_dir`, made
+    /// if missing), or `None` when `vouch_digests` is off.
+    ///
+    /// # Errors
+    /// The file cannot be read or written, or holds something else than a key.
+    pub fn digest_signer(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<Option<damselfly_common::vouch::DigestSigner>, damselfly_common::vouch::VouchError>
+    {
+        if !self.vouch_digests {
+            return Ok(None);
+        }
+        let path = if self.signing_key_file.as_os_str().is_empty() {
+            data_dir.join("signing.key")
+        } else {
+            self.signing_key_file.clone()
+        };
+        damselfly_common::vouch::DigestSigner::load_or_create(&path).map(Some)
     }
 }
 
@@ -478,6 +509,12 @@ pub struct Overrides {
     /// `cluster.piece_token_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub cluster_piece_token_ttl: Option<Duration>,
+    /// `cluster.vouch_digests`.
+    #[arg(long, value_name = "BOOL")]
+    pub cluster_vouch_digests: Option<bool>,
+    /// `cluster.signing_key_file`.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_signing_key_file: Option<PathBuf>,
     /// `http.header_read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub http_header_read_timeout: Option<Duration>,
@@ -540,6 +577,11 @@ impl Overrides {
         }
         set(&mut c.cluster.secret_file, self.cluster_secret_file);
         set(&mut c.cluster.piece_token_ttl, self.cluster_piece_token_ttl);
+        set(&mut c.cluster.vouch_digests, self.cluster_vouch_digests);
+        set(
+            &mut c.cluster.signing_key_file,
+            self.cluster_signing_key_file,
+        );
         set(
             &mut c.http.header_read_timeout,
             self.http_header_read_timeout,

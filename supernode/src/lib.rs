@@ -72,6 +72,8 @@ pub struct Shared {
     /// The cluster secret's piece-token key (`cluster.secret_file`); `None`: tokens are
     /// neither issued nor checked.
     pub piece_tokens: Option<damselfly_common::TokenKey>,
+    /// Signs piece digests (`cluster.vouch_digests`); `None`: digests go in sync answers.
+    pub signer: Option<damselfly_common::vouch::DigestSigner>,
     /// Registries besides a blob's own that may admit a requester to it (`access.allow`).
     pub access_allow: damselfly_common::allow::AllowList,
     /// Nodes (dfdaemons) that announced themselves, by hostname.
@@ -128,6 +130,16 @@ impl App {
                  private ones included (docs/security.md)"
             );
         }
+        let signer = {
+            let cluster = config.cluster.clone();
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || cluster.digest_signer(&dir))
+                .await?
+                .context("loading the digest signing key (cluster.signing_key_file)")?
+        };
+        if let Some(s) = &signer {
+            info!(public_key = %hex::encode(s.public_key()), "vouching for piece digests");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the API on {}", config.listen))?;
@@ -146,6 +158,7 @@ impl App {
             tasks: tasks::Tasks::default(),
             access_allow,
             piece_tokens,
+            signer,
             metrics,
             registry,
             tracker: TaskTracker::new(),

@@ -102,6 +102,10 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Corrupt pieces reported by peers.
     pub bad_pieces: Counter,
+    /// Piece digests sent in sync answers (peers that take vouched digests need none).
+    pub sync_digests: Counter,
+    /// Piece digests signed and sent with pieces this supernode served.
+    pub vouched_digests: Counter,
     /// Peers banned for serving corrupt pieces.
     pub banned_peers: Counter,
     /// Blobs evicted by cache GC.
@@ -133,6 +137,8 @@ impl Metrics {
             tasks: Gauge::default(),
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
+            sync_digests: Counter::default(),
+            vouched_digests: Counter::default(),
             banned_peers: Counter::default(),
             gc_evictions: Counter::default(),
             storage_failures: StorageFailures::default(),
@@ -202,6 +208,16 @@ impl Metrics {
             "bad_pieces",
             "Corrupt pieces reported by peers",
             m.bad_pieces.clone(),
+        );
+        r.register(
+            "sync_digests",
+            "Piece digests sent in sync answers",
+            m.sync_digests.clone(),
+        );
+        r.register(
+            "vouched_digests",
+            "Piece digests signed and sent with served pieces",
+            m.vouched_digests.clone(),
         );
         r.register(
             "banned_peers",

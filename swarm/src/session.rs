@@ -49,6 +49,14 @@ pub struct SessionConfig {
     /// hear of it from them). Off: the supernode relays every parent's bitmap on every sync.
     /// Default off; dfget turns it on for its TCP transport.
     pub announcements: bool,
+    /// Take each piece's digest from the piece answer (signed by the supernode, checked by
+    /// the driver) instead of the supernode's syncs: syncs ask for no digests
+    /// ([`SyncMsg::vouched`]), pieces are requested before their digest is known
+    /// ([`PieceFetch::expected`] is `None`) and the driver reports the digest it accepted
+    /// with [`PeerSession::handle_vouched_digest`]. A parent that cannot vouch
+    /// ([`PeerSession::handle_unvouched`]) turns it off for the rest of the download. The
+    /// driver sets it only when the supernode publishes a key. Default off.
+    pub vouched_digests: bool,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +68,7 @@ impl Default for SessionConfig {
             piece_timeout: Duration::from_secs(10),
             picker: PickerConfig::default(),
             announcements: false,
+            vouched_digests: false,
         }
     }
 }
@@ -73,8 +82,11 @@ pub struct SyncMsg {
     /// `(offender, piece)`: pieces a parent sent that failed verification.
     pub bad_pieces: Vec<(PeerId, u32)>,
     /// Digests known so far; the supernode sends the ones from here on. `u32::MAX` on the
-    /// final sync, which wants none.
+    /// final sync, which wants none. With `vouched`, the pieces the supernode had stored at
+    /// its last answer.
     pub digests_from: u32,
+    /// Digests come with the pieces ([`SessionConfig::vouched_digests`]): send none.
+    pub vouched: bool,
     /// Pieces a reader is waiting for, lowest first, at most [`MAX_URGENT`].
     pub urgent: Vec<u32>,
     /// Every piece is held: the final sync.
@@ -97,6 +109,9 @@ pub struct SyncReply {
     pub digests_from: u32,
     /// sha256 of pieces `digests_from..`, in order.
     pub digests: Vec<[u8; 32]>,
+    /// Pieces the supernode has stored from the first (at least `digests_from +
+    /// digests.len()`, which the session assumes when this is smaller).
+    pub stored: u32,
     /// Pieces the supernode offers this peer.
     pub seed_pieces: Bitmap,
     /// The peer's parents, each with the pieces it holds; with `delta`, only new parents
@@ -138,8 +153,11 @@ pub struct PieceFetch {
     pub source: Source,
     /// The parent's address for a [`Source::Peer`]; `None` for the seed.
     pub addr: Option<SocketAddr>,
-    /// sha256 the bytes must have.
-    pub expected: [u8; 32],
+    /// sha256 the bytes must have; `None` with [`SessionConfig::vouched_digests`] while it
+    /// is not known: the driver takes it from the answer, checks the supernode's signature,
+    /// reports it ([`PeerSession::handle_vouched_digest`]) and verifies the bytes against it
+    /// (an answer without one: [`PeerSession::handle_unvouched`]).
+    pub expected: Option<[u8; 32]>,
     /// The piece's bytes within the blob.
     pub range: Range<u64>,
     /// How long the transfer may take before the driver abandons it (see
@@ -239,7 +257,8 @@ struct InFlight {
 /// urgent pieces, a corrupt piece or the last piece. A failed sync's reports go into the
 /// next one. Only pieces whose digest is known are requested:
 /// digests arrive in order from `digests_from`, and the parents' and the supernode's
-/// bitmaps are masked to them. A parent that sends a corrupt piece is reported at the next
+/// bitmaps are masked to them; with vouched digests every piece may be requested and its
+/// digest comes with it. A parent that sends a corrupt piece is reported at the next
 /// sync and banned by the picker for the rest of the download.
 #[derive(Debug)]
 pub struct PeerSession {
@@ -248,7 +267,14 @@ pub struct PeerSession {
     piece_size: u32,
     picker: Picker,
     phase: Phase,
-    digests: Vec<[u8; 32]>,
+    /// Each piece's digest once known (from syncs, or vouched with a piece).
+    digests: Vec<Option<[u8; 32]>>,
+    /// Digests known from the first, contiguously (what the syncs have sent so far).
+    digests_prefix: u32,
+    /// Pieces the supernode had stored at its last answer.
+    stored: u32,
+    /// Digests come with the pieces (the config's wish, until a parent cannot vouch).
+    vouched: bool,
     addrs: HashMap<PeerId, SocketAddr>,
     /// Reports for the next sync.
     new_pieces: Vec<u32>,
@@ -288,13 +314,17 @@ impl PeerSession {
         rng_seed: u64,
     ) -> Self {
         let pieces = piece_count(content_length, piece_size);
+        let vouched = config.vouched_digests;
         let mut session = Self {
             picker: Picker::new(pieces, config.picker.clone(), rng_seed),
             config,
             content_length,
             piece_size,
             phase: Phase::Downloading,
-            digests: Vec::new(),
+            digests: vec![None; pieces as usize],
+            digests_prefix: 0,
+            stored: 0,
+            vouched,
             addrs: HashMap::new(),
             new_pieces: Vec::new(),
             bad_pieces: Vec::new(),
@@ -342,13 +372,22 @@ impl PeerSession {
         if reply.readmitted {
             self.new_pieces = self.picker.have().iter_ones().collect();
         }
-        let pieces = self.picker.have().len();
-        let known_before = self.digests.len();
-        if reply.digests_from as usize == self.digests.len() {
-            let room = (pieces as usize).saturating_sub(self.digests.len());
-            self.digests.extend(reply.digests.into_iter().take(room));
+        let known_before = self.digests_prefix;
+        if reply.digests_from == self.digests_prefix {
+            let sent = reply.digests.len();
+            for (slot, d) in self.digests[self.digests_prefix as usize..]
+                .iter_mut()
+                .zip(reply.digests)
+            {
+                *slot = Some(d);
+            }
+            self.stored = self
+                .stored
+                .max(reply.digests_from.saturating_add(sent as u32));
+            self.advance_digests_prefix();
         }
-        let known = self.digests.len() as u32;
+        self.stored = self.stored.max(reply.stored).min(self.picker.have().len());
+        let known = self.known();
         // Only pieces whose digest is known can be verified, so only those are requested.
         let mask = |mut bits: Bitmap| {
             bits.clear_from(known);
@@ -369,7 +408,7 @@ impl PeerSession {
         }
         self.picker.handle_seed_pieces(seed);
         if reply.delta {
-            let mut changed = self.digests.len() != known_before;
+            let mut changed = self.digests_prefix != known_before;
             for id in reply.dropped_parents {
                 if let Some(i) = self.views.iter().position(|(p, _)| *p == id) {
                     self.views.remove(i);
@@ -436,7 +475,7 @@ impl PeerSession {
             return;
         };
         bits.set(piece);
-        if (piece as usize) < self.digests.len() {
+        if piece < self.known() {
             self.picker.handle_parent_have(parent, piece);
         }
     }
@@ -459,7 +498,7 @@ impl PeerSession {
 
     /// Hands the picker every parent whose bitfield arrived, masked to known digests.
     fn push_views(&mut self, now: Instant) {
-        let known = self.digests.len() as u32;
+        let known = self.known();
         let views = self
             .views
             .iter()
@@ -611,16 +650,19 @@ impl PeerSession {
             && self.new_pieces.is_empty()
             && self.bad_pieces.is_empty()
             && urgent.is_empty()
-            && self.digests.len() < self.picker.have().len() as usize)
-            .then_some(self.config.sync_interval);
+            && self.stored < self.picker.have().len())
+        .then_some(self.config.sync_interval);
         let msg = SyncMsg {
             new_pieces: std::mem::take(&mut self.new_pieces),
             bad_pieces: std::mem::take(&mut self.bad_pieces),
             digests_from: if done {
                 u32::MAX
+            } else if self.vouched {
+                self.stored
             } else {
-                self.digests.len() as u32
+                self.digests_prefix
             },
+            vouched: self.vouched,
             urgent,
             done,
             wait,
@@ -651,8 +693,10 @@ impl PeerSession {
                 Source::Seed => Some(None),
                 Source::Peer(id) => self.addrs.get(&id).map(|&a| Some(a)),
             };
-            // Bitmaps are masked to known digests; never fetch what cannot be verified.
-            let (Some(&expected), Some(addr)) = (self.digests.get(req.piece as usize), addr) else {
+            // Bitmaps are masked to known digests (unless they come with the pieces); never
+            // fetch what cannot be verified.
+            let expected = self.digests.get(req.piece as usize).copied().flatten();
+            let (true, Some(addr)) = (self.vouched || expected.is_some(), addr) else {
                 self.picker.handle_piece_failed(
                     now,
                     req.piece,
@@ -724,10 +768,57 @@ impl PeerSession {
         }
     }
 
-    /// The sha256 of each piece whose digest is known so far, in order (all of them once
-    /// the session is complete; every held piece matched its digest).
-    pub fn digests(&self) -> &[[u8; 32]] {
-        &self.digests
+    /// The sha256 of each piece from the first whose digest is known so far, in order (all
+    /// of them once the session is complete; every held piece matched its digest).
+    pub fn digests(&self) -> Vec<[u8; 32]> {
+        self.digests.iter().map_while(|d| *d).collect()
+    }
+
+    /// The driver accepted `digest` for `piece` from a piece answer, signed by the
+    /// supernode: it is the piece's digest from now on. Out-of-range pieces are ignored.
+    pub fn handle_vouched_digest(&mut self, piece: u32, digest: [u8; 32]) {
+        if let Some(slot) = self.digests.get_mut(piece as usize) {
+            *slot = Some(digest);
+            self.advance_digests_prefix();
+        }
+    }
+
+    /// A piece answer came without a vouched digest for a piece whose digest is unknown (a
+    /// parent that got its copy before digests were vouched): the piece fails as
+    /// unavailable from that source, and from now on the digests come from the syncs.
+    pub fn handle_unvouched(&mut self, now: Instant, piece: u32, source: Source) {
+        if self.vouched {
+            debug!(
+                ?source,
+                piece, "a source cannot vouch for digests; asking the supernode for them"
+            );
+            self.vouched = false;
+            self.sync_at_once(now);
+            self.push_views(now);
+        }
+        self.picker
+            .handle_piece_failed(now, piece, source, FailReason::Unavailable);
+        self.check_stall(now);
+    }
+
+    /// Pieces that may be requested: those below this index (every piece when digests come
+    /// with the pieces).
+    fn known(&self) -> u32 {
+        if self.vouched {
+            self.picker.have().len()
+        } else {
+            self.digests_prefix
+        }
+    }
+
+    fn advance_digests_prefix(&mut self) {
+        while self
+            .digests
+            .get(self.digests_prefix as usize)
+            .is_some_and(Option::is_some)
+        {
+            self.digests_prefix += 1;
+        }
     }
 
     /// Parents that sent a corrupt piece during this download.

@@ -169,13 +169,11 @@ pub struct SimConfig {
     /// parents (40 bytes each, no bitmap) and dropped ones (9 bytes each). Default on, as
     /// dfget's TCP transport.
     pub announcements: bool,
-    /// What-if (not built in the daemons): piece digests reach a peer from its parents
-    /// instead of in the supernode's sync answers, each with the supernode's Ed25519
-    /// signature (`common::vouch`), relayed by parents. Charged as 96 bytes (digest and
-    /// signature) more on each announcement, 96 per piece in a parent's bitfield and 96 on
-    /// each piece the supernode itself sends; the sync answers' digests cost nothing. Only
-    /// with [`SimConfig::announcements`] and [`SimConfig::control_traffic`]. Default off.
-    pub relayed_digests: bool,
+    /// Piece digests come with the pieces, signed by the supernode
+    /// ([`crate::SessionConfig::vouched_digests`]), instead of in the supernode's sync
+    /// answers: 96 bytes (digest and signature) more on every piece answer, the seed's and
+    /// the parents'. Default on, as dfget when the supernode publishes its key.
+    pub vouched_digests: bool,
 }
 
 impl SimConfig {
@@ -205,7 +203,7 @@ impl SimConfig {
             sync_interval: Duration::from_millis(200),
             keepalive: Duration::from_secs(5),
             sync_waits: false,
-            relayed_digests: false,
+            vouched_digests: true,
             announcements: true,
         }
     }
@@ -361,7 +359,8 @@ pub struct SimReport {
     pub seed_control_sent: u64,
     /// Of those, bytes the supernode received (sync requests).
     pub seed_control_received: u64,
-    /// Of the supernode's sync replies, bytes of piece digests.
+    /// Of the supernode's sync replies and piece answers, bytes of piece digests (with their
+    /// signatures, when vouched).
     pub seed_digest_bytes: u64,
     /// Of the supernode's sync replies, bytes naming parents (with their bitmaps, if sent).
     pub seed_parent_bytes: u64,

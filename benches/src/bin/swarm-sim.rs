@@ -57,11 +57,10 @@ struct Cli {
     /// every parent's bitmap (dfget's QUIC transport, or `--no-announcements`).
     #[arg(long)]
     no_announcements: bool,
-    /// What-if: piece digests come from parents with their announcements (signed by the
-    /// supernode, not built yet) instead of in the supernode's sync answers. Needs
-    /// `--control-traffic` to change anything.
+    /// Piece digests come in the supernode's sync answers, not with the pieces (signed by
+    /// the supernode): dfget against a supernode without a key, or an older one.
     #[arg(long)]
-    relayed_digests: bool,
+    no_vouched_digests: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,8 +117,8 @@ fn main() -> anyhow::Result<()> {
             if cli.no_announcements {
                 c.announcements = false;
             }
-            if cli.relayed_digests {
-                c.relayed_digests = true;
+            if cli.no_vouched_digests {
+                c.vouched_digests = false;
             }
         });
         if !cli.json {

@@ -140,6 +140,7 @@ fn register_response_geometry_is_checked() {
         piece_count: 3,
         digest: String::new(),
         piece_token: vec![1; 41],
+        digest_key: vec![3; 32],
     };
     r.validate().unwrap();
     r.piece_count = 2;
@@ -147,6 +148,18 @@ fn register_response_geometry_is_checked() {
     r.piece_count = 3;
     r.piece_size = 3 << 20;
     assert!(r.validate().is_err());
+    r.piece_size = 4 << 20;
+    r.digest_key.pop();
+    assert!(
+        matches!(
+            r.validate(),
+            Err(DecodeError::Invalid {
+                field: "digest_key",
+                ..
+            })
+        ),
+        "a public key of 31 bytes"
+    );
 }
 
 #[test]
@@ -168,9 +181,28 @@ fn piece_response_length_is_bounded() {
         version: PROTOCOL_VERSION,
         status: PieceStatus::Ok as i32,
         length: 1 << 40,
-        reason: String::new(),
+        ..PieceResponse::default()
     };
     assert!(r.validate().is_err());
+}
+
+#[test]
+fn a_vouched_digest_comes_whole_or_not_at_all() {
+    let mut r = PieceResponse {
+        version: PROTOCOL_VERSION,
+        status: PieceStatus::Ok as i32,
+        length: 1 << 20,
+        ..PieceResponse::default()
+    };
+    r.validate().unwrap();
+    r.digest = vec![7; 32];
+    assert!(r.validate().is_err(), "a digest without its signature");
+    r.signature = vec![9; 64];
+    r.validate().unwrap();
+    r.signature.pop();
+    assert!(r.validate().is_err(), "a short signature");
+    let back = PieceResponse::decode(r.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(back.digest, vec![7; 32]);
 }
 
 #[test]
@@ -203,6 +235,7 @@ fn tokens_and_refusal_reasons_are_bounded() {
         status: PieceStatus::Unauthorized as i32,
         length: 0,
         reason: "piece token expired 3 s ago".into(),
+        ..PieceResponse::default()
     };
     refusal.validate().unwrap();
     refusal.reason = "x".repeat(MAX_REASON_LEN + 1);

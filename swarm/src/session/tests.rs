@@ -266,7 +266,7 @@ fn a_fetch_names_the_parent_address_digest_and_range() {
     assert_eq!(f.piece, 2);
     assert_eq!(f.source, Source::Peer(PeerId(9)));
     assert_eq!(f.addr, Some(addr(9)));
-    assert_eq!(f.expected, digest(2));
+    assert_eq!(f.expected, Some(digest(2)));
     let m = u64::from(MIB);
     assert_eq!(f.range, 2 * m..2 * m + m / 2, "the last piece is short");
 }
@@ -663,4 +663,116 @@ fn a_full_reply_replaces_announced_parents_with_relayed_bitmaps() {
     );
     let r = requests(&mut s, t + 200 * MS);
     assert_eq!((r[0].piece, r[0].source), (1, Source::Peer(PeerId(2))));
+}
+
+fn vouched(pieces: u32, t: Instant) -> PeerSession {
+    let len = u64::from(pieces) * u64::from(MIB);
+    let config = SessionConfig {
+        vouched_digests: true,
+        ..SessionConfig::default()
+    };
+    PeerSession::new(t, len, MIB, config, 5)
+}
+
+#[test]
+fn vouched_digests_are_not_asked_for_and_pieces_go_out_without_them() {
+    let t = Instant::now();
+    let mut s = vouched(4, t);
+    let first = s.poll_sync(t).unwrap();
+    assert!(first.vouched, "the sync asks for no digests");
+    assert_eq!(first.digests_from, 0);
+    // The supernode stored 3 pieces and offers two; a parent holds piece 2.
+    let n = s.have().len();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            digests_from: 0,
+            stored: 3,
+            seed_pieces: bits(n, [0, 1]),
+            parents: vec![Parent {
+                id: PeerId(7),
+                addr: addr(7),
+                pieces: bits(n, [2]),
+            }],
+            ..SyncReply::default()
+        },
+    );
+    let fetches = requests(&mut s, t);
+    let mut pieces: Vec<u32> = fetches.iter().map(|f| f.piece).collect();
+    pieces.sort_unstable();
+    assert_eq!(
+        pieces,
+        vec![0, 1, 2],
+        "nothing is masked for want of a digest"
+    );
+    assert!(fetches.iter().all(|f| f.expected.is_none()));
+    // The driver accepts each answer's vouched digest, then the verified piece.
+    for f in &fetches {
+        s.handle_vouched_digest(f.piece, digest(f.piece));
+        s.handle_piece_done(t, f.piece, f.source, u64::from(MIB));
+    }
+    assert_eq!(s.digests(), vec![digest(0), digest(1), digest(2)]);
+    // The next sync reports the pieces and counts what the supernode had stored.
+    let next = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(next.digests_from, 3);
+    assert!(next.vouched);
+    assert_eq!(next.wait, None, "it reports pieces");
+}
+
+#[test]
+fn a_vouched_session_long_polls_until_the_supernode_stored_everything() {
+    let t = Instant::now();
+    let mut s = vouched(2, t);
+    let first = s.poll_sync(t).unwrap();
+    assert_eq!(
+        first.wait,
+        Some(200 * MS),
+        "nothing stored yet: a long poll"
+    );
+    let n = s.have().len();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            stored: 2,
+            seed_pieces: bits(n, [0, 1]),
+            ..SyncReply::default()
+        },
+    );
+    let _ = requests(&mut s, t);
+    let next = s.poll_sync(t + 200 * MS).unwrap();
+    assert_eq!(next.wait, None, "everything is stored: nothing to wait for");
+    assert_eq!(next.digests_from, 2);
+}
+
+#[test]
+fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
+    let t = Instant::now();
+    let mut s = vouched(3, t);
+    s.poll_sync(t).unwrap();
+    let n = s.have().len();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            stored: 3,
+            parents: vec![Parent {
+                id: PeerId(7),
+                addr: addr(7),
+                pieces: bits(n, [1]),
+            }],
+            ..SyncReply::default()
+        },
+    );
+    let f = s.poll_request(t).unwrap();
+    assert_eq!((f.piece, f.expected), (1, None));
+    s.handle_unvouched(t, f.piece, f.source);
+    assert!(
+        s.poll_request(t).is_none(),
+        "without digests nothing can be verified"
+    );
+    let sync = s.poll_sync(t).unwrap();
+    assert!(!sync.vouched, "the supernode is asked for digests, at once");
+    assert_eq!(sync.digests_from, 0);
+    s.handle_sync_reply(t, reply(&s, 0, &[], &[(7, &[1])]));
+    let again = s.poll_request(t + 2 * s.config.piece_timeout).unwrap();
+    assert_eq!((again.piece, again.expected), (1, Some(digest(1))));
 }

@@ -199,7 +199,8 @@ const SYNC_REQUEST: u64 = 100;
 const PER_REPORTED_PIECE: u64 = 4;
 const SYNC_REPLY: u64 = 100;
 const PER_DIGEST: u64 = 32;
-/// A relayed digest with the supernode's Ed25519 signature over it (`common::vouch`).
+/// A piece answer's digest with the supernode's Ed25519 signature over it
+/// (`common::vouch`, `PieceResponse.digest` and `.signature`).
 const PER_VOUCHED_DIGEST: u64 = PER_DIGEST + 64;
 const PER_PARENT: u64 = 40;
 const PIECE_REQUEST: u64 = 60;
@@ -352,6 +353,7 @@ impl Sim {
             sync_interval: config.sync_interval,
             picker: config.picker.clone(),
             announcements: config.announcements,
+            vouched_digests: config.vouched_digests,
             ..SessionConfig::default()
         };
         for (i, link) in links.into_iter().enumerate() {
@@ -540,11 +542,7 @@ impl Sim {
         if !subs.contains(&child) {
             subs.push(child);
         }
-        let mut bitmap = u64::from(self.seed_has.len()).div_ceil(8);
-        if self.relayed_digests() {
-            let held = self.peers[parent as usize].session.have().count();
-            bitmap += PER_VOUCHED_DIGEST * held as u64;
-        }
+        let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
         self.send_msg(
             from,
             to,
@@ -556,18 +554,13 @@ impl Sim {
     /// Peer `i` verified a new piece: its subscribed children hear of it.
     fn announce(&mut self, i: u32, piece: u32) {
         let subs = std::mem::take(&mut self.peers[i as usize].subscribers);
-        let have = if self.relayed_digests() {
-            HAVE + PER_VOUCHED_DIGEST
-        } else {
-            HAVE
-        };
         for &child in &subs {
             let ev = Ev::Have {
                 parent: i,
                 child,
                 piece,
             };
-            self.send_msg(Node::Peer(i), Node::Peer(child), have, ev);
+            self.send_msg(Node::Peer(i), Node::Peer(child), HAVE, ev);
         }
         self.peers[i as usize].subscribers = subs;
     }
@@ -696,8 +689,6 @@ impl Sim {
         }
         let now = self.instant();
         let id = peer_id(i);
-        // Relayed digests (a what-if) come with the parents' announcements instead.
-        let relayed = self.relayed_digests();
         let Some(trip) = self.peers[i as usize].sync.as_mut() else {
             return;
         };
@@ -717,10 +708,17 @@ impl Sim {
                     self.report.syncs += 1;
                 }
                 let from = (msg.digests_from as usize).min(self.digests.len());
+                // With vouched digests they come with the pieces instead.
+                let to = if msg.vouched {
+                    from
+                } else {
+                    self.digests.len()
+                };
                 Ok(SyncReply {
                     failed: None,
                     digests_from: from as u32,
-                    digests: self.digests[from..].to_vec(),
+                    digests: self.digests[from..to].to_vec(),
+                    stored: self.digests.len() as u32,
                     seed_pieces: out.seed_pieces,
                     parents: out.parents,
                     delta: out.delta,
@@ -746,7 +744,6 @@ impl Sim {
             ),
             Err(_) => (0, 0, 0),
         };
-        let digest_bytes = if relayed { 0 } else { digest_bytes };
         let bytes = SYNC_REPLY + digest_bytes + parent_bytes + offer_bytes;
         if self.config.control_traffic {
             self.report.seed_digest_bytes += digest_bytes;
@@ -811,11 +808,17 @@ impl Sim {
         let session = &mut self.peers[i as usize].session;
         match o.end {
             End::Failed(reason) => session.handle_piece_failed(now, o.piece, from, reason),
-            End::Bytes { corrupt: true } => {
-                session.handle_piece_received(now, o.piece, from);
-                session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
-            }
-            End::Bytes { corrupt: false } => {
+            End::Bytes { corrupt } => {
+                if self.config.vouched_digests {
+                    // The answer's digest and signature check out (a liar corrupts bytes;
+                    // it cannot forge the supernode's signature).
+                    session.handle_vouched_digest(o.piece, self.digests[o.piece as usize]);
+                }
+                if corrupt {
+                    session.handle_piece_received(now, o.piece, from);
+                    session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
+                    return;
+                }
                 let fresh = !session.have().get(o.piece);
                 session.handle_piece_received(now, o.piece, from);
                 session.handle_piece_done(now, o.piece, from, range.end - range.start);
@@ -930,7 +933,7 @@ impl Sim {
         let range = piece_range(self.config.file_size, self.config.piece_size, piece);
         let mut bytes = range.end - range.start;
         if self.config.control_traffic {
-            let header = if by == Node::Seed && self.relayed_digests() {
+            let header = if self.config.vouched_digests {
                 PIECE_HEADER + PER_VOUCHED_DIGEST
             } else {
                 PIECE_HEADER
@@ -969,11 +972,6 @@ impl Sim {
         }
         self.count_control(from, to, bytes);
         self.open_flow(from, to, bytes, Carried::Msg { from, to, ev });
-    }
-
-    /// [`SimConfig::relayed_digests`], which needs announcements and charged control.
-    fn relayed_digests(&self) -> bool {
-        self.config.relayed_digests && self.config.announcements && self.config.control_traffic
     }
 
     fn count_control(&mut self, from: Node, to: Node, bytes: u64) {

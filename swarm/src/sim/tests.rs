@@ -183,32 +183,33 @@ fn charged_control_traffic_is_counted_and_runs_complete() {
     assert_eq!(r.control_bytes, 0);
 }
 
-/// The relayed-digests what-if takes the piece digests off the supernode's uplink (it sends
-/// a digest only with a piece it serves itself) and puts them on the parents' announcements.
+/// Vouched digests take the piece digests off the supernode's sync answers (it sends a
+/// digest only with a piece it serves itself) and put them on every piece answer.
 #[test]
-fn relayed_digests_leave_the_supernode_and_runs_complete() {
+fn vouched_digests_leave_the_supernode_and_runs_complete() {
     let mut cfg = Scenario::FlashCrowd.config(50, 64 << 20);
     cfg.control_traffic = true;
+    cfg.vouched_digests = false;
     let direct = run(&cfg);
-    cfg.relayed_digests = true;
-    let relayed = run(&cfg);
-    summary("relayed", &relayed);
-    assert_physical(&relayed);
-    assert!(relayed.all_done());
+    cfg.vouched_digests = true;
+    let vouched = run(&cfg);
+    summary("vouched", &vouched);
+    assert_physical(&vouched);
+    assert!(vouched.all_done());
     let pieces = piece_count(cfg.file_size, cfg.piece_size) as u64;
     // Every peer got every digest from the supernode before...
     assert!(direct.seed_digest_bytes >= 50 * 32 * pieces, "{direct:?}");
-    // ...and now at most one per piece it sent, with its signature (32 + 64 bytes).
-    let seed_pieces = relayed.seed_bytes_sent / u64::from(cfg.piece_size) + 1;
-    assert!(relayed.seed_digest_bytes > 0);
+    // ...and now one per piece it sent, with its signature (32 + 64 bytes).
+    let seed_pieces = vouched.seed_bytes_sent / u64::from(cfg.piece_size) + 1;
+    assert!(vouched.seed_digest_bytes > 0);
     assert!(
-        relayed.seed_digest_bytes <= 96 * seed_pieces,
+        vouched.seed_digest_bytes <= 96 * seed_pieces,
         "{} for {seed_pieces} pieces",
-        relayed.seed_digest_bytes
+        vouched.seed_digest_bytes
     );
-    assert!(relayed.seed_control_sent < direct.seed_control_sent);
-    // The peers carry them instead.
-    assert!(relayed.control_bytes > direct.control_bytes);
+    assert!(vouched.seed_control_sent < direct.seed_control_sent);
+    // The parents' piece answers carry them instead.
+    assert!(vouched.control_bytes > direct.control_bytes);
 }
 
 #[test]
