@@ -11,8 +11,10 @@
 #
 # Usage: benches/netns/run.sh [--hosts N] [--rate-mbit R] [--seed-rate-mbit S]
 #            [--image-mib M] [--layers L] [--bin-dir DIR] [--baseline] [--keep] [--timeout S]
+#            [--dfdaemon-arg ARG]...
 # Defaults: 4 hosts, 200 Mbit/s links (seed: the same), a 64 MiB image in 4 layers,
-# binaries from $CARGO_TARGET_DIR/release, 600 s per blob download.
+# binaries from $CARGO_TARGET_DIR/release, 600 s per blob download. --dfdaemon-arg passes one
+# more argument to every dfdaemon (e.g. `--dfdaemon-arg=--p2p-vouched-digests=false`).
 set -euo pipefail
 
 HOSTS=4
@@ -24,8 +26,9 @@ BIN_DIR=${CARGO_TARGET_DIR:-/var/tmp/damselfly-target}/release
 BASELINE=0
 KEEP=0
 TIMEOUT=600
+DFDAEMON_ARGS=()
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --hosts) HOSTS=$2; shift 2 ;;
@@ -37,6 +40,8 @@ while [ $# -gt 0 ]; do
         --baseline) BASELINE=1; shift ;;
         --keep) KEEP=1; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
+        --dfdaemon-arg) DFDAEMON_ARGS+=("$2"); shift 2 ;;
+        --dfdaemon-arg=*) DFDAEMON_ARGS+=("${1#--dfdaemon-arg=}"); shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 64 >&2 ;;
     esac
@@ -195,7 +200,7 @@ for i in "${!HOST_NS[@]}"; do
     mkdir -p "$WORK/node$i"
     ip netns exec "$ns" env RUST_LOG=warn "$BIN_DIR/dfdaemon" --listen "$ip:65001" --peer-listen "$ip:65000" \
         --data-dir "$WORK/node$i" --supernode "$SEED_IP:8002" --default-upstream "http://$SEED_IP:5000" \
-        --hostname "node$i" >"$WORK/node$i.log" 2>&1 &
+        --hostname "node$i" ${DFDAEMON_ARGS[@]+"${DFDAEMON_ARGS[@]}"} >"$WORK/node$i.log" 2>&1 &
     PIDS+=($!)
 done
 for i in "${!HOST_NS[@]}"; do wait_http "${HOST_NS[$i]}" "http://${HOST_IP[$i]}:65001/healthy"; done
@@ -279,7 +284,9 @@ pull_all mirror
 ROWS=$(summarize mirror "through dfdaemon (swarm)" "$before")
 SWARM_NOTE=$(awk -v sn="$(supernode_sent)" -v peers="$(peer_bytes)" -v img="$IMAGE_BYTES" -v n="$HOSTS" \
     -v busy="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_busy_refusals_total)" \
-    'BEGIN { printf "supernode sent %.2f × the image (%d piece requests refused busy); %.1f %% of the bytes the hosts received came from other hosts", sn / img, busy, peers / (n * img) * 100 }')
+    -v syncd="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_sync_digests_total)" \
+    -v vouched="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_vouched_digests_total)" \
+    'BEGIN { printf "supernode sent %.2f × the image (%d piece requests refused busy, %d piece digests in sync answers, %d signed with pieces); %.1f %% of the bytes the hosts received came from other hosts", sn / img, busy, syncd, vouched, peers / (n * img) * 100 }')
 if [ "$BASELINE" -eq 1 ]; then
     before=$(registry_blob_bytes)
     pull_all registry

@@ -54,6 +54,12 @@ fn three_namespaced_hosts_pull_an_image_and_the_registry_sends_it_once() {
         })
         .unwrap_or_else(|| panic!("no peer share in: {report}"));
     assert!(shared > 0.0, "no host got bytes from another: {report}");
+    // Every dfdaemon took its piece digests signed, with the pieces: the supernode sent none
+    // in its sync answers.
+    assert!(
+        stdout.contains(", 0 piece digests in sync answers,"),
+        "the supernode sent digests in sync answers: {report}"
+    );
 
     // Nothing of this run left behind (the script logs "namespaces dflyXXXX-*").
     let prefix = report
