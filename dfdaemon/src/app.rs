@@ -72,11 +72,13 @@ struct Upstreams {
 impl Upstreams {
     fn new(config: &Config) -> anyhow::Result<Self> {
         let build = |r: Option<&crate::config::RegistryConfig>| -> anyhow::Result<reqwest::Client> {
-            let mut b = reqwest::Client::builder()
+            let b = reqwest::Client::builder()
                 .connect_timeout(config.upstream.connect_timeout)
                 .read_timeout(config.upstream.read_timeout)
-                .redirect(reqwest::redirect::Policy::limited(10))
                 .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")));
+            // Every resolved address and redirect target is checked; a registry named by
+            // address is checked per request (`forbidden_upstream`).
+            let mut b = config.origin_addresses().apply(b, 10);
             if let Some(r) = r {
                 if let Some(ca) = &r.ca_file {
                     for cert in damselfly_oci::load_ca_file(ca)? {
@@ -184,6 +186,7 @@ impl App {
                     .iter()
                     .filter_map(|r| r.ca_file.clone())
                     .collect(),
+                addresses: config.origin_addresses(),
                 ..damselfly_oci::OriginConfig::default()
             },
             ..EngineConfig::default()
@@ -467,8 +470,13 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
         }
     };
     let kind = route.kind.label();
-    let decision = state.policy.decide(&route, &state.upstream(&route).0);
+    let base = state.upstream(&route).0;
+    let decision = state.policy.decide(&route, &base);
+    let forbidden = reqwest::Url::parse(&base)
+        .ok()
+        .and_then(|u| state.config.origin_addresses().check_url(&u).err());
     let resp = match (&route.kind, &parts.method) {
+        _ if forbidden.is_some() => refuse_forbidden(&state, &route, forbidden),
         _ if decision == Decision::Refuse => refuse_unlisted(&state, &route),
         (Kind::Blob { repo, digest }, &Method::GET) if decision == Decision::Listed => {
             let (repo, digest) = (repo.clone(), *digest);
@@ -501,6 +509,24 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
         "request"
     );
     resp
+}
+
+/// A request naming a registry at an address this node never fetches from (metadata,
+/// link-local, loopback unless configured): no request leaves the node.
+fn refuse_forbidden(
+    state: &AppState,
+    route: &Route,
+    why: Option<damselfly_oci::guard::ForbiddenAddress>,
+) -> Response<Body> {
+    state.metrics.access_refusal("forbidden_address");
+    let registry = route.registry.as_deref().unwrap_or_default();
+    let why = why.map(|w| w.to_string()).unwrap_or_default();
+    info!(registry, path = %route.path, "refused a request for a registry at a forbidden address: {why}");
+    oci_error(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &format!("this mirror does not fetch from registry {registry}: {why}"),
+    )
 }
 
 /// A request naming a registry outside the allow list, with `access.unlisted = "refuse"`.

@@ -176,6 +176,13 @@ pub struct UpstreamConfig {
     /// itself (back to source); `[upstream.retry]`, the keys and defaults of the
     /// supernode's `[origin.retry]` ([`RetryPolicy`]).
     pub retry: RetryPolicy,
+    /// Allow registries on loopback addresses. Runtimes name the registry a request goes
+    /// to (`?ns=`, `X-Damselfly-Registry`), so the node refuses loopback, link-local and
+    /// cloud metadata addresses, for a registry's address, every address its name resolves
+    /// to and every redirect (`damselfly_oci::guard`). Loopback is allowed anyway when the
+    /// default upstream or a `[[registries]]` entry is on this host (the operator named
+    /// it). Link-local and metadata addresses stay refused either way. Default off.
+    pub allow_loopback: bool,
 }
 
 /// Registries whose access checks the node believes (see [`crate::access`]).
@@ -305,6 +312,7 @@ impl Default for UpstreamConfig {
             read_timeout: Duration::from_secs(60),
             access_cache_ttl: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            allow_loopback: false,
         }
     }
 }
@@ -401,6 +409,30 @@ impl Config {
     /// The settings for registry `host`, if configured.
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries.iter().find(|r| r.host == host)
+    }
+
+    /// Which registry addresses this node fetches from: `upstream.allow_loopback`, or a
+    /// configured registry (the default upstream, a `[[registries]]` host or endpoint) on a
+    /// loopback address.
+    pub fn origin_addresses(&self) -> damselfly_oci::guard::AddressPolicy {
+        let base_host = |url: &str| {
+            crate::upstream::parse_base(url).and_then(|b| {
+                b.split_once("://")
+                    .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
+            })
+        };
+        let configured_loopback = base_host(&self.default_upstream)
+            .into_iter()
+            .chain(self.registries.iter().map(|r| r.host.clone()))
+            .chain(
+                self.registries
+                    .iter()
+                    .filter_map(|r| r.endpoint.as_deref().and_then(base_host)),
+            )
+            .any(|h| crate::upstream::is_loopback(&h));
+        damselfly_oci::guard::AddressPolicy {
+            allow_loopback: self.upstream.allow_loopback || configured_loopback,
+        }
     }
 
     /// The name announced to the supernodes: `hostname`, else the machine's.
@@ -509,6 +541,9 @@ pub struct Overrides {
     /// `upstream.read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Option<Duration>,
+    /// `upstream.allow_loopback`.
+    #[arg(long, value_name = "BOOL")]
+    pub upstream_allow_loopback: Option<bool>,
     /// `upstream.retry.retries`: further attempts of a failing back-to-source fetch.
     #[arg(long, value_name = "N")]
     pub upstream_retries: Option<u32>,
@@ -612,6 +647,7 @@ impl Overrides {
             self.upstream_connect_timeout,
         );
         set(&mut c.upstream.read_timeout, self.upstream_read_timeout);
+        set(&mut c.upstream.allow_loopback, self.upstream_allow_loopback);
         let r = &mut c.upstream.retry;
         set(&mut r.retries, self.upstream_retries);
         set(&mut r.backoff_base, self.upstream_backoff_base);
@@ -683,6 +719,45 @@ mod tests {
     /// deploy/config/dfdaemon.toml is the default file with comments: the same keys, each
     /// with its default value, accepted as it is; the keys without a default (optional ones
     /// and a `[[registries]]` entry) are there commented out, and accepted once uncommented.
+    #[test]
+    fn loopback_registries_are_allowed_only_when_configured() {
+        let mut c = Config::default();
+        assert!(
+            !c.origin_addresses().allow_loopback,
+            "Docker Hub only: strict"
+        );
+        c.default_upstream = "http://127.0.0.1:5000".into();
+        assert!(
+            c.origin_addresses().allow_loopback,
+            "the default upstream is local"
+        );
+        let mut c = Config::default();
+        c.registries.push(RegistryConfig {
+            host: "localhost:5000".into(),
+            ..RegistryConfig::default()
+        });
+        assert!(
+            c.origin_addresses().allow_loopback,
+            "a [[registries]] host is local"
+        );
+        let mut c = Config::default();
+        c.registries.push(RegistryConfig {
+            host: "registry.local".into(),
+            endpoint: Some("http://[::1]:5000".into()),
+            ..RegistryConfig::default()
+        });
+        assert!(c.origin_addresses().allow_loopback, "an endpoint is local");
+        let mut c = Config::default();
+        c.upstream.allow_loopback = true;
+        assert!(c.origin_addresses().allow_loopback);
+        // Whatever is configured, the metadata service stays out of reach.
+        assert!(
+            c.origin_addresses()
+                .check("169.254.169.254".parse().unwrap())
+                .is_err()
+        );
+    }
+
     #[test]
     fn deploy_example_holds_every_key_with_its_default() {
         let example = include_str!("../../deploy/config/dfdaemon.toml");

@@ -58,10 +58,11 @@ pub struct ReasonLabels {
 }
 
 /// The `reason`s of `access_refusals_total`.
-pub const ACCESS_REFUSALS: [&str; 4] = [
+pub const ACCESS_REFUSALS: [&str; 5] = [
     "registry_denied",
     "unlisted_proxied",
     "unlisted_refused",
+    "forbidden_address",
     "piece_token",
 ];
 /// All dfdaemon metrics; cheap to clone.

@@ -303,7 +303,7 @@ pub fn base_url(host: &str, endpoint: Option<&str>, plain_http: bool) -> String 
     format!("{scheme}://{host}")
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let name = if let Some(v6) = host.strip_prefix('[') {
         v6.split(']').next().unwrap_or_default()
     } else {

@@ -75,6 +75,10 @@ async fn a_slow_blob_times_out_the_preheat_but_not_its_download() {
             allow: vec!["127.0.0.1:*".into()],
             ..Default::default()
         },
+        upstream: dfdaemon::config::UpstreamConfig {
+            allow_loopback: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let app = App::build(config).await.unwrap();

@@ -189,6 +189,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     config.picker.max_in_flight = cli.max_in_flight.max(1);
+    // The URL is this command's user's own choice, so a file server on this host is fine;
+    // link-local and metadata addresses stay refused. (dfdaemon and the supernode, which
+    // fetch what others name, refuse loopback too unless configured.)
+    config.origin.addresses.allow_loopback = true;
     let retry = &mut config.origin.retry;
     retry.retries = cli.origin_retries.unwrap_or(retry.retries);
     retry.backoff_base = cli.origin_backoff_base.unwrap_or(retry.backoff_base);

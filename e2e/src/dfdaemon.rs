@@ -29,6 +29,7 @@ pub struct DfdaemonBuilder {
     allow: Option<Vec<String>>,
     args: Vec<String>,
     no_secret: bool,
+    strict_origins: bool,
 }
 
 /// The registries a test dfdaemon trusts unless told otherwise: every loopback one, where
@@ -78,6 +79,13 @@ impl DfdaemonBuilder {
         self
     }
 
+    /// Keep dfdaemon's default origin policy, which refuses registries on loopback that its
+    /// config does not name (the harness otherwise allows them: its registries run there).
+    pub fn strict_origins(mut self) -> Self {
+        self.strict_origins = true;
+        self
+    }
+
     /// Starts it and waits until `/healthy` answers. Panics on failure.
     pub fn start(self) -> Dfdaemon {
         self.try_start()
@@ -115,6 +123,9 @@ impl DfdaemonBuilder {
             builder = builder
                 .arg("--cluster-secret-file")
                 .arg(crate::util::cluster_secret_file());
+        }
+        if !self.strict_origins {
+            builder = builder.args(["--upstream-allow-loopback", "true"]);
         }
         let mut daemon = builder.args(&self.args).spawn()?;
         let addr = daemon.wait_for_listen_addr("mirror=", Duration::from_secs(30))?;

@@ -28,9 +28,17 @@ pub struct SupernodeBuilder {
     data_dir: Option<PathBuf>,
     args: Vec<String>,
     no_secret: bool,
+    strict_origins: bool,
 }
 
 impl SupernodeBuilder {
+    /// Keep the supernode's default origin policy, which refuses loopback origins (the
+    /// harness otherwise allows them: its registries run on loopback).
+    pub fn strict_origins(mut self) -> Self {
+        self.strict_origins = true;
+        self
+    }
+
     /// Start without the cluster secret ([`crate::cluster_secret_file`], given by default):
     /// no piece tokens are issued or checked.
     pub fn no_cluster_secret(mut self) -> Self {
@@ -97,6 +105,11 @@ impl SupernodeBuilder {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&secret)
+            .args(if self.strict_origins {
+                &[][..]
+            } else {
+                &["--origin-allow-loopback", "true"][..]
+            })
             .args(&self.args)
             .env("RUST_LOG", "info,damselfly=debug")
             .spawn()?;

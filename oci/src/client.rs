@@ -12,11 +12,11 @@ use futures::{Stream, StreamExt};
 use reqwest::{
     StatusCode,
     header::{HeaderMap, HeaderName, HeaderValue},
-    redirect,
 };
 
 use crate::{
     fetch::Fetch,
+    guard::{AddressPolicy, ForbiddenAddress},
     retry::{FailureReason, OriginObserver, RetryPolicy},
 };
 
@@ -37,6 +37,14 @@ pub struct OriginConfig {
     pub retry: RetryPolicy,
     /// Told about every failed attempt of [`Origin::get`] (a daemon's metrics).
     pub observer: Option<Arc<dyn OriginObserver>>,
+    /// Which addresses an origin may have ([`crate::guard`]): metadata and link-local
+    /// never, loopback only if allowed. Checked for the URL, every resolved address and every
+    /// redirect target.
+    pub addresses: AddressPolicy,
+    /// Only these request headers (case-insensitive) go to an origin; others are dropped
+    /// (logged at debug). `None` (the default): every header the caller passes, for a
+    /// caller that chose them itself; a daemon that fetches what others ask for sets a list.
+    pub forward_headers: Option<Vec<String>>,
 }
 
 impl Default for OriginConfig {
@@ -48,6 +56,8 @@ impl Default for OriginConfig {
             ca_files: Vec::new(),
             retry: RetryPolicy::default(),
             observer: None,
+            addresses: AddressPolicy::default(),
+            forward_headers: None,
         }
     }
 }
@@ -120,6 +130,10 @@ pub enum OriginError {
     /// The URL is not an http(s) URL.
     #[error("invalid origin URL {0:?}")]
     BadUrl(String),
+    /// The origin (its URL, an address its name resolves to, or a redirect target) is an
+    /// address the policy refuses ([`crate::guard`]); no request was sent to it.
+    #[error("{0}")]
+    Forbidden(#[from] ForbiddenAddress),
     /// A CA file could not be read or holds no usable certificate.
     #[error("CA file {path}: {reason}")]
     CaFile {
@@ -161,6 +175,7 @@ impl OriginError {
             }
             Self::BadHeader { .. }
             | Self::BadUrl(_)
+            | Self::Forbidden(_)
             | Self::CaFile { .. }
             | Self::GaveUp { .. } => {
                 return None;
@@ -213,6 +228,8 @@ pub struct Origin {
     pub(crate) client: reqwest::Client,
     pub(crate) retry: RetryPolicy,
     pub(crate) observer: Option<Arc<dyn OriginObserver>>,
+    pub(crate) addresses: AddressPolicy,
+    pub(crate) forward_headers: Option<Arc<[String]>>,
 }
 
 impl Origin {
@@ -223,11 +240,11 @@ impl Origin {
     pub fn new(config: &OriginConfig) -> Result<Self, OriginError> {
         // reqwest drops Authorization, Cookie and Proxy-Authorization when a redirect changes
         // host, port or scheme, which is exactly the rule registries' signed storage URLs need.
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
-            .redirect(redirect::Policy::limited(config.max_redirects))
             .user_agent(concat!("damselfly/", env!("CARGO_PKG_VERSION")));
+        let mut builder = config.addresses.apply(builder, config.max_redirects);
         for path in &config.ca_files {
             for cert in load_ca_file(path)? {
                 builder = builder.add_root_certificate(cert);
@@ -240,6 +257,8 @@ impl Origin {
             client,
             retry: config.retry.clone(),
             observer: config.observer.clone(),
+            addresses: config.addresses,
+            forward_headers: config.forward_headers.as_deref().map(Arc::from),
         })
     }
 
@@ -263,7 +282,8 @@ impl Origin {
         headers: &[(String, String)],
     ) -> Result<OriginResponse, OriginError> {
         let url = parse_url(url)?;
-        let headers = header_map(headers)?;
+        self.addresses.check_url(&url)?;
+        let headers = header_map(&self.forwarded(headers))?;
         let fetch = Fetch::start(self.clone(), url, headers).await?;
         let content_length = fetch.total();
         Ok(OriginResponse {
@@ -284,10 +304,11 @@ impl Origin {
         headers: &[(String, String)],
     ) -> Result<(), OriginError> {
         let url = parse_url(url)?;
+        self.addresses.check_url(&url)?;
         let resp = self
             .client
             .head(url)
-            .headers(header_map(headers)?)
+            .headers(header_map(&self.forwarded(headers))?)
             .send()
             .await
             .map_err(transport)?;
@@ -304,7 +325,10 @@ fn parse_url(url: &str) -> Result<reqwest::Url, OriginError> {
 }
 
 pub(crate) fn transport(e: reqwest::Error) -> OriginError {
-    OriginError::Transport(error_chain(&e))
+    match crate::guard::forbidden_in(&e) {
+        Some(f) => OriginError::Forbidden(f),
+        None => OriginError::Transport(error_chain(&e)),
+    }
 }
 
 /// An error and its causes, `"error: cause: cause"`: the chain says what failed
@@ -318,6 +342,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+impl Origin {
+    /// The headers of `headers` that may go to an origin (see
+    /// [`OriginConfig::forward_headers`]).
+    fn forwarded(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        let Some(allowed) = &self.forward_headers else {
+            return headers.to_vec();
+        };
+        headers
+            .iter()
+            .filter(|(name, _)| {
+                let keep = allowed.iter().any(|a| a.eq_ignore_ascii_case(name));
+                if !keep {
+                    tracing::debug!(header = %name, "header not forwarded to the origin");
+                }
+                keep
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, OriginError> {

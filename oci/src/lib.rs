@@ -26,6 +26,7 @@
 
 mod client;
 mod fetch;
+pub mod guard;
 pub mod registry;
 pub mod retry;
 mod url_kind;

@@ -35,6 +35,7 @@ use damselfly_common::{
     token::PIECE_TOKEN_HEADER,
     vouch::{PIECE_DIGEST_HEADER, PIECE_SIGNATURE_HEADER},
 };
+use damselfly_oci::OriginError;
 use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
     RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
@@ -116,6 +117,9 @@ impl ApiError {
             Self::UnknownTask(_) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
             Self::NotAdmitted(_) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
             Self::PieceToken(_) => (StatusCode::FORBIDDEN, "PIECE_TOKEN", 0),
+            Self::Register(RegisterError::Origin(OriginError::Forbidden(_))) => {
+                (StatusCode::FORBIDDEN, "FORBIDDEN_ORIGIN", 0)
+            }
             Self::Register(RegisterError::Origin(e)) => match e.status() {
                 Some(status) => (
                     StatusCode::BAD_GATEWAY,

@@ -123,6 +123,15 @@ pub struct OriginSection {
     /// Retries, backoff and the stall watchdog of blob fetches (`[origin.retry]`; every key
     /// and default is documented on [`RetryPolicy`]).
     pub retry: RetryPolicy,
+    /// Allow origins on loopback addresses (a registry on the supernode's own host). Peers
+    /// name the URLs the supernode fetches, so by default it refuses loopback, link-local
+    /// and cloud metadata addresses, for the URL, every address its host resolves to and
+    /// every redirect (`damselfly_oci::guard`). Link-local and metadata addresses stay
+    /// refused either way. Default off.
+    pub allow_loopback: bool,
+    /// Request headers a peer's registration (or a seed request) may pass on to the origin,
+    /// case-insensitive; the others are dropped. Default `["Authorization", "Accept"]`.
+    pub forward_headers: Vec<String>,
 }
 
 /// Which registries may admit a requester to a private blob first fetched by someone else.
@@ -311,6 +320,8 @@ impl Default for OriginSection {
             auth_cache_ttl: Duration::from_secs(60),
             ca_files: Vec::new(),
             retry: RetryPolicy::default(),
+            allow_loopback: false,
+            forward_headers: vec!["Authorization".into(), "Accept".into()],
         }
     }
 }
@@ -457,6 +468,9 @@ pub struct Overrides {
     /// `origin.read_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_read_timeout: Option<Duration>,
+    /// `origin.allow_loopback`.
+    #[arg(long, value_name = "BOOL")]
+    pub origin_allow_loopback: Option<bool>,
     /// `origin.auth_cache_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_auth_cache_ttl: Option<Duration>,
@@ -555,6 +569,7 @@ impl Overrides {
         set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
+        set(&mut c.origin.allow_loopback, self.origin_allow_loopback);
         set(&mut c.origin.auth_cache_ttl, self.origin_auth_cache_ttl);
         let r = &mut c.origin.retry;
         set(&mut r.retries, self.origin_retries);

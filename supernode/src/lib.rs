@@ -112,6 +112,10 @@ impl App {
             ca_files: config.origin.ca_files.clone(),
             retry: config.origin.retry.clone(),
             observer: Some(Arc::new(metrics.clone())),
+            addresses: damselfly_oci::guard::AddressPolicy {
+                allow_loopback: config.origin.allow_loopback,
+            },
+            forward_headers: Some(config.origin.forward_headers.clone()),
             ..OriginConfig::default()
         })
         .context("building the origin client")?;

@@ -217,6 +217,10 @@ impl Tasks {
         {
             Ok(()) => None,
             Err(OriginError::Status { status, message }) => Some((status.as_u16(), message)),
+            // Not the origin's answer: nothing was sent to it.
+            Err(OriginError::Forbidden(f)) => {
+                return Err(RegisterError::Origin(OriginError::Forbidden(f)));
+            }
             Err(other) => Some((502, other.to_string())),
         };
         if refusal.is_some() {

@@ -32,6 +32,8 @@ impl Supernode {
             ..supernode::Config::default()
         };
         config.cdn.upload_rate = ByteSize::b(upload_rate);
+        // The benchmarks' registries and file servers are on loopback.
+        config.origin.allow_loopback = true;
         tweak(&mut config);
         let app = supernode::App::build(config).await?;
         let addr = app.addr();
