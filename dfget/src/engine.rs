@@ -471,7 +471,7 @@ impl Engine {
         for piece in 0..task.piece_count {
             served.mark(piece);
         }
-        self.server.add(&task.task_id, served);
+        self.server.add(&task.task_id, served.clone());
         self.joined.lock().insert(
             task.task_id.clone(),
             Joined {
@@ -479,9 +479,33 @@ impl Engine {
                 complete: true,
             },
         );
-        let done = self.sync_request(&task.task_id, Vec::new(), Vec::new(), true, u32::MAX);
-        if let Err(e) = sn.sync(&done).await {
-            debug!(%digest, error = %e, "reporting a held blob failed; the keepalive retries");
+        // With the supernode's key, the report also asks for every digest with its signature,
+        // so this node sends them with its pieces as a node that downloaded the blob would
+        // (peers that take vouched digests otherwise fall back to the supernode's).
+        let verifier = DigestVerifier::new(&task.digest_key)
+            .ok()
+            .filter(|_| self.config.vouched_digests);
+        let mut done = self.sync_request(
+            &task.task_id,
+            Vec::new(),
+            Vec::new(),
+            true,
+            if verifier.is_some() { 0 } else { u32::MAX },
+        );
+        done.signatures = verifier.is_some();
+        match sn.sync(&done).await {
+            Ok(resp) => {
+                if let Some(key) = &verifier {
+                    let vouched = held_vouches(&task.task_id, key, &resp, task.piece_count);
+                    debug!(%digest, vouched, "held blob's piece digests vouched");
+                    for (piece, v) in resp_vouches(&resp).enumerate().take(vouched) {
+                        served.mark_vouched(u32::try_from(piece).unwrap_or(u32::MAX), Some(v));
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(%digest, error = %e, "reporting a held blob failed; the keepalive retries");
+            }
         }
         Ok(Some(task.task_id))
     }
@@ -593,6 +617,7 @@ impl Engine {
             announced: false,
             known_parents: Vec::new(),
             vouched: false,
+            signatures: false,
         }
     }
 
@@ -1317,7 +1342,7 @@ impl PieceFailure {
     fn reason(&self) -> FailReason {
         match self {
             Self::Corrupt | Self::NotVouched(_) => FailReason::Corrupt,
-            Self::Unvouched => FailReason::Unavailable,
+            Self::Unvouched => FailReason::Busy,
             Self::Timeout => FailReason::Timeout,
             Self::Fetch(FetchError::Busy) => FailReason::Busy,
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
@@ -1425,6 +1450,27 @@ impl PieceJob {
             vouched: vouch.map(|v| v.digest.0),
         })
     }
+}
+
+/// The vouches of a sync answer's digests and signatures from piece 0, in order.
+fn resp_vouches(resp: &SyncResponse) -> impl Iterator<Item = Vouch> + '_ {
+    resp.digests
+        .iter()
+        .zip(&resp.signatures)
+        .map_while(|(d, s)| Vouch::from_wire(d, s))
+}
+
+/// How many of a sync answer's vouches (from piece 0) a held blob may pass on: all of them
+/// if the answer starts at 0, covers every piece and each signature checks out with `key`;
+/// otherwise none (the node then serves its pieces without, as a node that predates them).
+fn held_vouches(task_id: &str, key: &DigestVerifier, resp: &SyncResponse, pieces: u32) -> usize {
+    let all: Vec<Vouch> = resp_vouches(resp).collect();
+    let whole = resp.digests_from == 0 && all.len() == pieces as usize;
+    let checked = all
+        .iter()
+        .zip(0u32..)
+        .all(|(v, piece)| key.check(task_id, piece, v).is_ok());
+    if whole && checked { all.len() } else { 0 }
 }
 
 /// Checks a fetched piece: against `expected` (the syncs' digest) if known, else against

@@ -839,6 +839,9 @@ fn a_restarted_node_serves_its_cached_blobs_to_peers() {
     let served_before = supernode
         .metric("damselfly_supernode_served_bytes_total")
         .unwrap();
+    let sync_digests_before = supernode
+        .metric("damselfly_supernode_sync_digests_total")
+        .unwrap();
     // ...so a new node gets it from that peer, not from the supernode.
     let other = Dfdaemon::builder().supernode(supernode.addr()).start();
     let got = http::get(&format!("{}{path}", other.url()), None).unwrap();
@@ -857,6 +860,14 @@ fn a_restarted_node_serves_its_cached_blobs_to_peers() {
             .metric("damselfly_supernode_served_bytes_total")
             .unwrap(),
         served_before
+    );
+    // The restarted node got the signatures of its held blob's digests again, and sent them
+    // with its pieces: the new node needed no digest from the supernode's syncs.
+    assert_eq!(
+        supernode
+            .metric("damselfly_supernode_sync_digests_total")
+            .unwrap(),
+        sync_digests_before
     );
     assert_eq!(registry.blob_get_count(layer), 1);
 

@@ -143,6 +143,11 @@ pub struct SyncRequest {
     /// field sends digests anyway.
     #[prost(bool, tag = "14")]
     pub vouched: bool,
+    /// Send the supernode's signature of each digest sent
+    /// ([`SyncResponse::signatures`]): for a node that holds a blob from before a restart
+    /// and serves it to peers that take vouched digests.
+    #[prost(bool, tag = "15")]
+    pub signatures: bool,
 }
 
 /// Most parents a sync may list in [`SyncRequest::known_parents`].
@@ -243,6 +248,10 @@ pub struct SyncResponse {
     /// verified against are the complete copy's without receiving them. Empty otherwise.
     #[prost(bytes = "vec", tag = "13")]
     pub digests_sha256: Vec<u8>,
+    /// To a sync that set `signatures`, when the supernode vouches: the Ed25519 signature
+    /// (64 bytes) of each digest in `digests`, in the same order.
+    #[prost(bytes = "vec", repeated, tag = "14")]
+    pub signatures: Vec<Vec<u8>>,
 }
 
 /// Peer → supernode: the peer stops serving this task.
@@ -537,6 +546,15 @@ impl SyncResponse {
         check_version(self.version)?;
         if self.digests.iter().any(|d| d.len() != 32) {
             return Err(DecodeError::invalid("digests", "a digest is not 32 bytes"));
+        }
+        if !self.signatures.is_empty()
+            && (self.signatures.len() != self.digests.len()
+                || self.signatures.iter().any(|s| s.len() != 64))
+        {
+            return Err(DecodeError::invalid(
+                "signatures",
+                "not one 64-byte signature per digest",
+            ));
         }
         for p in &self.parents {
             check_peer_addr(&p.addr)?;

@@ -343,6 +343,17 @@ async fn sync(
         error,
         seed_pieces: answer.seed_pieces.to_bytes(),
         digests: cdn.digests[from..to].iter().map(|d| d.to_vec()).collect(),
+        signatures: match &shared.signer {
+            Some(signer) if req.signatures => cdn.digests[from..to]
+                .iter()
+                .zip(from..)
+                .map(|(d, i)| {
+                    let piece = u32::try_from(i).unwrap_or(u32::MAX);
+                    signer.sign(&req.task_id, piece, &Digest(*d)).to_vec()
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
         stored_pieces: u32::try_from(cdn.digests.len()).unwrap_or(u32::MAX),
         digests_sha256,
         digests_from: from as u32,

@@ -784,8 +784,10 @@ impl PeerSession {
     }
 
     /// A piece answer came without a vouched digest for a piece whose digest is unknown (a
-    /// parent that got its copy before digests were vouched): the piece fails as
-    /// unavailable from that source, and from now on the digests come from the syncs.
+    /// parent that got its copy before digests were vouched): the source holds the piece, so
+    /// it is only backed off briefly (as `Busy`, not dropped from its bitmap: a lone parent
+    /// that holds everything would otherwise leave nothing to fetch, and the download
+    /// stalled), and from now on the digests come from the syncs.
     pub fn handle_unvouched(&mut self, now: Instant, piece: u32, source: Source) {
         if self.vouched {
             debug!(
@@ -797,7 +799,7 @@ impl PeerSession {
             self.push_views(now);
         }
         self.picker
-            .handle_piece_failed(now, piece, source, FailReason::Unavailable);
+            .handle_piece_failed(now, piece, source, FailReason::Busy);
         self.check_stall(now);
     }
 

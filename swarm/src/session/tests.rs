@@ -746,25 +746,28 @@ fn a_vouched_session_long_polls_until_the_supernode_stored_everything() {
 
 #[test]
 fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
+    // With announcements (dfget's default) a parent's bitfield arrives once; the parent
+    // that cannot vouch holds every piece and is the only source.
     let t = Instant::now();
-    let mut s = vouched(3, t);
+    let len = 3 * u64::from(MIB);
+    let config = SessionConfig {
+        vouched_digests: true,
+        announcements: true,
+        ..SessionConfig::default()
+    };
+    let mut s = PeerSession::new(t, len, MIB, config, 5);
     s.poll_sync(t).unwrap();
-    let n = s.have().len();
-    s.handle_sync_reply(
-        t,
-        SyncReply {
-            stored: 3,
-            parents: vec![Parent {
-                id: PeerId(7),
-                addr: addr(7),
-                pieces: bits(n, [1]),
-            }],
-            ..SyncReply::default()
-        },
-    );
-    let f = s.poll_request(t).unwrap();
-    assert_eq!((f.piece, f.expected), (1, None));
-    s.handle_unvouched(t, f.piece, f.source);
+    let mut joined = delta(&s, 0, &[7], &[]);
+    joined.stored = 3;
+    s.handle_sync_reply(t, joined);
+    let _ = subscriptions(&mut s);
+    s.handle_parent_pieces(t, PeerId(7), bits(3, [0, 1, 2]));
+    let fetches = requests(&mut s, t);
+    assert_eq!(fetches.len(), 3);
+    assert!(fetches.iter().all(|f| f.expected.is_none()));
+    for f in &fetches {
+        s.handle_unvouched(t, f.piece, f.source);
+    }
     assert!(
         s.poll_request(t).is_none(),
         "without digests nothing can be verified"
@@ -772,7 +775,18 @@ fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
     let sync = s.poll_sync(t).unwrap();
     assert!(!sync.vouched, "the supernode is asked for digests, at once");
     assert_eq!(sync.digests_from, 0);
-    s.handle_sync_reply(t, reply(&s, 0, &[], &[(7, &[1])]));
-    let again = s.poll_request(t + 2 * s.config.piece_timeout).unwrap();
-    assert_eq!((again.piece, again.expected), (1, Some(digest(1))));
+    // The parent still holds the pieces (they are not dropped from its bitmap, and it will
+    // not announce them again): once the digests are in and its short back-off has passed,
+    // it is asked again, each piece with its digest.
+    s.handle_sync_reply(t, delta(&s, 3, &[], &[]));
+    let later = t + s.config.picker.busy_backoff;
+    let again = requests(&mut s, later);
+    let mut pieces: Vec<u32> = again.iter().map(|f| f.piece).collect();
+    pieces.sort_unstable();
+    assert_eq!(pieces, vec![0, 1, 2], "{again:?}");
+    for f in &again {
+        assert_eq!(f.source, Source::Peer(PeerId(7)));
+        assert_eq!(f.expected, Some(digest(f.piece)));
+    }
+    assert!(events(&mut s).is_empty(), "no stall");
 }
