@@ -588,3 +588,31 @@ fn with_several_supernodes_each_blob_is_seeded_where_nodes_will_look_for_it() {
         );
     }
 }
+
+/// The node table is bounded (`preheat.max_nodes`): a caller inventing host names fills it
+/// to the cap, and past it a new name gets 503 with `Retry-After`, while nodes already in
+/// it keep announcing.
+#[test]
+fn the_node_table_is_bounded() {
+    let sn = Supernode::builder()
+        .args(["--preheat-max-nodes", "2"])
+        .start();
+    let announce = |host: &str| {
+        http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#
+            ))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(announce("a").status, 204);
+    assert_eq!(announce("b").status, 204);
+    let full = announce("c");
+    assert_eq!(full.status, 503, "{}", full.text());
+    assert!(full.text().contains("preheat.max_nodes"), "{}", full.text());
+    let retry: u64 = full.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert_eq!(announce("a").status, 204, "a known node still announces");
+    assert!(sn.log_text().contains("node table full"));
+}

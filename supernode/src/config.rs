@@ -264,6 +264,11 @@ pub struct PreheatConfig {
     /// downloads of it will go), and `all_seed_peers` seeds it at every one, through their
     /// `/api/v1/seed`.
     pub supernodes: Vec<String>,
+    /// Most nodes (dfdaemons announcing themselves on `/api/v1/nodes`) remembered at once;
+    /// an announcement of a new host name beyond it is refused with 503 until entries expire
+    /// (three `scheduler.peer_timeout`s without an announcement). Bounds the table against
+    /// a caller inventing host names. Default 10,000.
+    pub max_nodes: usize,
 }
 
 impl Default for PreheatConfig {
@@ -275,6 +280,7 @@ impl Default for PreheatConfig {
             platform: "linux/amd64".into(),
             hostname: String::new(),
             supernodes: Vec::new(),
+            max_nodes: 10_000,
         }
     }
 }
@@ -514,6 +520,9 @@ pub struct Overrides {
     /// `preheat.hostname`.
     #[arg(long, value_name = "NAME")]
     pub preheat_hostname: Option<String>,
+    /// `preheat.max_nodes`.
+    #[arg(long, value_name = "N")]
+    pub preheat_max_nodes: Option<usize>,
     /// `preheat.supernodes` (repeatable; replaces the file's list).
     #[arg(long = "preheat-supernode", value_name = "HOST:PORT")]
     pub preheat_supernodes: Vec<String>,
@@ -587,6 +596,7 @@ impl Overrides {
         set(&mut c.preheat.timeout, self.preheat_timeout);
         set(&mut c.preheat.platform, self.preheat_platform);
         set(&mut c.preheat.hostname, self.preheat_hostname);
+        set(&mut c.preheat.max_nodes, self.preheat_max_nodes);
         if !self.preheat_supernodes.is_empty() {
             c.preheat.supernodes = self.preheat_supernodes;
         }

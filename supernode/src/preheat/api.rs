@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::{Path, State, rejection::JsonRejection},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -368,6 +368,23 @@ async fn announce(
     let mut nodes = shared.nodes.lock();
     let live = shared.config.scheduler.peer_timeout * 3;
     nodes.retain(|_, n| n.seen.elapsed() < live);
+    let max = shared.config.preheat.max_nodes;
+    if nodes.len() >= max && !nodes.contains_key(&a.hostname) {
+        drop(nodes);
+        tracing::warn!(
+            hostname = %a.hostname,
+            max,
+            "node table full (preheat.max_nodes): announcement refused"
+        );
+        let mut refusal = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this supernode already tracks {max} nodes (preheat.max_nodes)"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&live.as_secs().max(1).to_string()) {
+            refusal.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return refusal;
+    }
     nodes.insert(
         a.hostname,
         Node {
