@@ -73,6 +73,10 @@ pub enum Decision {
     Proxy,
     /// Not listed: refuse the request.
     Refuse,
+    /// The registry is at an address this node never fetches from (metadata, link-local,
+    /// loopback unless configured: [`Config::origin_addresses`]): refuse it, whether
+    /// listed or not.
+    Forbidden(damselfly_oci::guard::ForbiddenAddress),
 }
 
 /// The registries the operator lists, built once from the config.
@@ -85,6 +89,7 @@ pub struct AccessPolicy {
     default_base: String,
     allow: AllowList,
     unlisted: Unlisted,
+    addresses: damselfly_oci::guard::AddressPolicy,
 }
 
 impl AccessPolicy {
@@ -97,11 +102,20 @@ impl AccessPolicy {
                 .unwrap_or_else(|| config.default_upstream.clone()),
             allow: AllowList::parse(&config.access.allow).unwrap_or_default(),
             unlisted: config.access.unlisted,
+            addresses: config.origin_addresses(),
         }
     }
 
     /// The decision for `route`, whose requests go to `base` (its registry's base URL).
     pub fn decide(&self, route: &Route, base: &str) -> Decision {
+        // A registry named by address is checked here, before anything is sent; one named by
+        // host name when its addresses are resolved (the upstream clients' resolver).
+        if let Some(f) = reqwest::Url::parse(base)
+            .ok()
+            .and_then(|u| self.addresses.check_url(&u).err())
+        {
+            return Decision::Forbidden(f);
+        }
         let Some(host) = route.registry.as_deref() else {
             // No registry named: the operator's default upstream.
             return Decision::Listed;
@@ -155,6 +169,8 @@ mod tests {
             ..RegistryConfig::default()
         });
         c.access.allow = vec!["*.corp.example".into(), "127.0.0.1:*".into()];
+        // Registries on loopback are allowed as origins here; the list is what is tested.
+        c.upstream.allow_loopback = true;
         assert_eq!(decide(&c, None, None), Decision::Listed);
         assert_eq!(decide(&c, Some("ns=docker.io"), None), Decision::Listed);
         assert_eq!(
@@ -168,6 +184,7 @@ mod tests {
     #[test]
     fn a_registry_the_requester_invents_is_proxied_or_refused() {
         let mut c = Config::default();
+        c.upstream.allow_loopback = true;
         c.registries.push(RegistryConfig {
             host: "reg.local:5000".into(),
             ..RegistryConfig::default()
@@ -194,6 +211,28 @@ mod tests {
             AccessPolicy::new(&c).decide(&r, "http://stub.evil:80"),
             Decision::Refuse
         );
+    }
+
+    #[test]
+    fn a_registry_at_a_forbidden_address_is_refused_even_when_listed() {
+        let mut c = Config::default();
+        c.access.allow = vec!["169.254.169.254".into(), "127.0.0.1:*".into()];
+        for q in ["ns=169.254.169.254", "ns=127.0.0.1:5000"] {
+            assert!(
+                matches!(decide(&c, Some(q), None), Decision::Forbidden(_)),
+                "{q}"
+            );
+        }
+        // Loopback allowed: listed again; metadata never.
+        c.upstream.allow_loopback = true;
+        assert_eq!(
+            decide(&c, Some("ns=127.0.0.1:5000"), None),
+            Decision::Listed
+        );
+        assert!(matches!(
+            decide(&c, Some("ns=169.254.169.254"), None),
+            Decision::Forbidden(_)
+        ));
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Upstreams {
                 .read_timeout(config.upstream.read_timeout)
                 .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")));
             // Every resolved address and redirect target is checked; a registry named by
-            // address is checked per request (`forbidden_upstream`).
+            // address is checked per request (`AccessPolicy::decide`).
             let mut b = config.origin_addresses().apply(b, 10);
             if let Some(r) = r {
                 if let Some(ca) = &r.ca_file {
@@ -470,19 +470,15 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
         }
     };
     let kind = route.kind.label();
-    let base = state.upstream(&route).0;
-    let decision = state.policy.decide(&route, &base);
-    let forbidden = reqwest::Url::parse(&base)
-        .ok()
-        .and_then(|u| state.config.origin_addresses().check_url(&u).err());
-    let resp = match (&route.kind, &parts.method) {
-        _ if forbidden.is_some() => refuse_forbidden(&state, &route, forbidden),
-        _ if decision == Decision::Refuse => refuse_unlisted(&state, &route),
-        (Kind::Blob { repo, digest }, &Method::GET) if decision == Decision::Listed => {
+    let decision = state.policy.decide(&route, &state.upstream(&route).0);
+    let resp = match (decision, &route.kind, &parts.method) {
+        (Decision::Forbidden(why), ..) => refuse_forbidden(&state, &route, why),
+        (Decision::Refuse, ..) => refuse_unlisted(&state, &route),
+        (Decision::Listed, Kind::Blob { repo, digest }, &Method::GET) => {
             let (repo, digest) = (repo.clone(), *digest);
             serve_blob(&state, &route, &repo, digest, &parts.headers).await
         }
-        (Kind::Blob { digest, .. }, &Method::GET) => {
+        (_, Kind::Blob { digest, .. }, &Method::GET) => {
             // A registry the operator did not list cannot vouch for bytes this node holds:
             // the requester gets whatever that registry itself answers, nothing from here.
             state.metrics.access_refusal("unlisted_proxied");
@@ -493,7 +489,7 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
             );
             pass_through(&state, &route, parts.method.clone(), &parts.headers, body).await
         }
-        (Kind::Base, _) if route.registry.is_none() => {
+        (_, Kind::Base, _) if route.registry.is_none() => {
             mirror_ping(&state, &route, parts.method.clone(), &parts.headers).await
         }
         _ => pass_through(&state, &route, parts.method.clone(), &parts.headers, body).await,
@@ -516,11 +512,10 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
 fn refuse_forbidden(
     state: &AppState,
     route: &Route,
-    why: Option<damselfly_oci::guard::ForbiddenAddress>,
+    why: damselfly_oci::guard::ForbiddenAddress,
 ) -> Response<Body> {
     state.metrics.access_refusal("forbidden_address");
     let registry = route.registry.as_deref().unwrap_or_default();
-    let why = why.map(|w| w.to_string()).unwrap_or_default();
     info!(registry, path = %route.path, "refused a request for a registry at a forbidden address: {why}");
     oci_error(
         StatusCode::FORBIDDEN,

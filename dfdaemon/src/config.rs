@@ -415,21 +415,17 @@ impl Config {
     /// configured registry (the default upstream, a `[[registries]]` host or endpoint) on a
     /// loopback address.
     pub fn origin_addresses(&self) -> damselfly_oci::guard::AddressPolicy {
-        let base_host = |url: &str| {
-            crate::upstream::parse_base(url).and_then(|b| {
-                b.split_once("://")
-                    .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
-            })
+        let url_is_loopback = |url: &str| {
+            reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(crate::upstream::is_loopback))
+                .unwrap_or(false)
         };
-        let configured_loopback = base_host(&self.default_upstream)
-            .into_iter()
-            .chain(self.registries.iter().map(|r| r.host.clone()))
-            .chain(
-                self.registries
-                    .iter()
-                    .filter_map(|r| r.endpoint.as_deref().and_then(base_host)),
-            )
-            .any(|h| crate::upstream::is_loopback(&h));
+        let configured_loopback = url_is_loopback(&self.default_upstream)
+            || self.registries.iter().any(|r| {
+                crate::upstream::is_loopback(&r.host)
+                    || r.endpoint.as_deref().is_some_and(url_is_loopback)
+            });
         damselfly_oci::guard::AddressPolicy {
             allow_loopback: self.upstream.allow_loopback || configured_loopback,
         }

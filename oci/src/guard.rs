@@ -39,7 +39,7 @@ pub struct AddressPolicy {
 }
 
 /// An origin address the policy refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("origin address {addr} is not allowed: {why}")]
 pub struct ForbiddenAddress {
     /// The address.
@@ -149,7 +149,7 @@ pub fn forbidden_in(e: &(dyn std::error::Error + 'static)) -> Option<ForbiddenAd
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(f) = c.downcast_ref::<ForbiddenAddress>() {
-            return Some(f.clone());
+            return Some(*f);
         }
         cause = c.source();
     }
