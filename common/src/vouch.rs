@@ -1,11 +1,12 @@
 //! Vouched piece digests: the supernode's signature over a piece's digest, so that a peer
-//! can take a digest relayed by another peer (with the parent's announcements) instead of
-//! from the supernode's own sync answers, and still never accept bytes the supernode did
-//! not vouch for.
+//! can take a digest relayed by another peer (with the piece it sends) instead of from the
+//! supernode's own sync answers, and still never accept bytes the supernode did not vouch
+//! for.
 //!
-//! The simulator measured the gain (`swarm-sim --relayed-digests`: at 10,000 peers the
-//! supernode's control bytes fall from 300 to 130 MB and the flash crowd's median from
-//! 1.39 to 1.23 `T_min`, docs/benchmarks.md). An HMAC with the cluster secret would not do:
+//! The simulator measured the gain (`swarm-sim --peers 10000 --control-traffic`, against
+//! `--no-vouched-digests`: the supernode's control bytes fall from 300 to 130 MB and the
+//! flash crowd's median from 1.39 to 1.23 `T_min`; docs/benchmarks.md, "Vouched digests,
+//! built"). An HMAC with the cluster secret would not do:
 //! every node holds that secret, so any peer could forge a digest. Ed25519 signatures can
 //! be checked by every peer with the supernode's public key and made only by the supernode.
 //!
@@ -274,6 +275,18 @@ impl DigestVerifier {
     pub fn check(&self, task_id: &str, piece: u32, vouch: &Vouch) -> Result<(), VouchError> {
         self.verify(task_id, piece, &vouch.digest, &vouch.signature)
     }
+}
+
+/// The sha256 of a blob's piece digests in order (32 bytes each, concatenated): what the
+/// supernode answers an end-of-download confirmation with (`SyncResponse.digests_sha256`)
+/// and the peer compares with the digests it verified against.
+#[must_use]
+pub fn digests_sha256(digests: &[[u8; 32]]) -> Digest {
+    let mut h = crate::Sha256Hasher::new();
+    for d in digests {
+        h.update(d);
+    }
+    h.finish()
 }
 
 /// The bytes a signature covers.

@@ -482,9 +482,7 @@ impl Engine {
         // With the supernode's key, the report also asks for every digest with its signature,
         // so this node sends them with its pieces as a node that downloaded the blob would
         // (peers that take vouched digests otherwise fall back to the supernode's).
-        let verifier = DigestVerifier::new(&task.digest_key)
-            .ok()
-            .filter(|_| self.config.vouched_digests);
+        let verifier = self.digest_verifier(&task);
         let mut done = self.sync_request(
             &task.task_id,
             Vec::new(),
@@ -495,12 +493,12 @@ impl Engine {
         done.signatures = verifier.is_some();
         match sn.sync(&done).await {
             Ok(resp) => {
-                if let Some(key) = &verifier {
-                    let vouched = held_vouches(&task.task_id, key, &resp, task.piece_count);
-                    debug!(%digest, vouched, "held blob's piece digests vouched");
-                    for (piece, v) in resp_vouches(&resp).enumerate().take(vouched) {
-                        served.mark_vouched(u32::try_from(piece).unwrap_or(u32::MAX), Some(v));
-                    }
+                let vouches = verifier
+                    .as_ref()
+                    .and_then(|key| held_vouches(&task.task_id, key, &resp, task.piece_count));
+                debug!(%digest, vouched = vouches.is_some(), "held blob reported complete");
+                for (piece, v) in (0..).zip(vouches.into_iter().flatten()) {
+                    served.mark_vouched(piece, Some(v));
                 }
             }
             Err(e) => {
@@ -621,6 +619,19 @@ impl Engine {
         }
     }
 
+    /// The supernode's key from its registration answer, when it vouches for digests and
+    /// this engine takes them so (`vouched_digests`).
+    fn digest_verifier(&self, task: &RegisterResponse) -> Option<DigestVerifier> {
+        if !self.config.vouched_digests || task.digest_key.is_empty() {
+            return None;
+        }
+        DigestVerifier::new(&task.digest_key)
+            .inspect_err(|e| {
+                warn!(task = %task.task_id, error = %e, "ignoring the supernode's digest key; taking digests from its syncs");
+            })
+            .ok()
+    }
+
     /// Asks the supernode, once every piece is in, whether its copy of the task is complete
     /// (so it matched the task's digest) and its piece digests are exactly the ones this
     /// download verified against (they would differ only if the supernode had fetched the
@@ -638,11 +649,7 @@ impl Engine {
         match sn.sync(&req).await {
             Ok(resp) if resp.state != TaskState::Complete as i32 => false,
             Ok(resp) if !resp.digests_sha256.is_empty() => {
-                let mut h = Sha256Hasher::new();
-                for d in ours {
-                    h.update(d);
-                }
-                resp.digests_sha256 == h.finish().0
+                resp.digests_sha256 == damselfly_common::vouch::digests_sha256(ours).0
             }
             Ok(resp) => {
                 resp.digests_from == 0
@@ -884,15 +891,7 @@ impl Engine {
         self.server.add(&task.task_id, served.clone());
         // This peer's piece token for the task, refreshed by sync answers before it expires.
         let token: PieceToken = Arc::new(parking_lot::RwLock::new(task.piece_token.clone()));
-        // The supernode's key, when it vouches for digests and this engine takes them so.
-        let verifier = match DigestVerifier::new(&task.digest_key) {
-            _ if !self.config.vouched_digests || task.digest_key.is_empty() => None,
-            Ok(v) => Some(v),
-            Err(e) => {
-                warn!(task = %task.task_id, error = %e, "ignoring the supernode's digest key; taking digests from its syncs");
-                None
-            }
-        };
+        let verifier = self.digest_verifier(task);
         let session_config = SessionConfig {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
@@ -1452,25 +1451,27 @@ impl PieceJob {
     }
 }
 
-/// The vouches of a sync answer's digests and signatures from piece 0, in order.
-fn resp_vouches(resp: &SyncResponse) -> impl Iterator<Item = Vouch> + '_ {
-    resp.digests
+/// The vouches a held blob may pass on, piece 0 first: every piece's digest and signature
+/// from a sync answer that starts at 0, covers every piece, and whose every signature checks
+/// out with `key`; otherwise none (the node then serves its pieces without, as a node that
+/// predates vouched digests).
+fn held_vouches(
+    task_id: &str,
+    key: &DigestVerifier,
+    resp: &SyncResponse,
+    pieces: u32,
+) -> Option<Vec<Vouch>> {
+    let all: Vec<Vouch> = resp
+        .digests
         .iter()
         .zip(&resp.signatures)
         .map_while(|(d, s)| Vouch::from_wire(d, s))
-}
-
-/// How many of a sync answer's vouches (from piece 0) a held blob may pass on: all of them
-/// if the answer starts at 0, covers every piece and each signature checks out with `key`;
-/// otherwise none (the node then serves its pieces without, as a node that predates them).
-fn held_vouches(task_id: &str, key: &DigestVerifier, resp: &SyncResponse, pieces: u32) -> usize {
-    let all: Vec<Vouch> = resp_vouches(resp).collect();
+        .collect();
     let whole = resp.digests_from == 0 && all.len() == pieces as usize;
-    let checked = all
-        .iter()
-        .zip(0u32..)
-        .all(|(v, piece)| key.check(task_id, piece, v).is_ok());
-    if whole && checked { all.len() } else { 0 }
+    let checked = (0u32..)
+        .zip(&all)
+        .all(|(piece, v)| key.check(task_id, piece, v).is_ok());
+    (whole && checked).then_some(all)
 }
 
 /// Checks a fetched piece: against `expected` (the syncs' digest) if known, else against

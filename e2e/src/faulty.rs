@@ -108,6 +108,11 @@ impl FaultyOrigin {
         origin
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The blob's URL in repository `repo` (`http://addr/v2/<repo>/blobs/<digest>`).
     pub fn blob_url(&self, repo: &str) -> String {
         format!("http://{}/v2/{repo}/blobs/{}", self.addr, self.digest)

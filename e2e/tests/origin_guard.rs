@@ -74,13 +74,7 @@ fn no_setting_lets_the_supernode_fetch_from_the_metadata_service() {
 #[test]
 fn dfdaemon_refuses_a_registry_named_at_a_metadata_or_unconfigured_loopback_address() {
     let origin = FaultyOrigin::start(random_blob(1 << 20, 6), Vec::new());
-    let port = origin
-        .blob_url("r")
-        .split(':')
-        .nth(2)
-        .and_then(|p| p.split('/').next())
-        .unwrap()
-        .to_owned();
+    let port = origin.addr().port();
     let node = Dfdaemon::builder().strict_origins().start();
     let path = format!("/v2/app/x/blobs/{}", origin.digest());
     for registry in ["169.254.169.254".to_owned(), format!("127.0.0.1:{port}")] {

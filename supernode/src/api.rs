@@ -329,11 +329,9 @@ async fn sync(
     };
     shared.metrics.sync_digests.inc_by((to - from) as u64);
     let digests_sha256 = if req.vouched && state == TaskState::Complete {
-        let mut h = damselfly_common::Sha256Hasher::new();
-        for d in &cdn.digests {
-            h.update(d);
-        }
-        h.finish().0.to_vec()
+        damselfly_common::vouch::digests_sha256(&cdn.digests)
+            .0
+            .to_vec()
     } else {
         Vec::new()
     };
@@ -371,8 +369,8 @@ async fn sync(
         piece_token: piece_token(&shared, &req.task_id, peer),
     };
     drop(cdn);
-    // Signed outside the task's lock (about 20 µs each): only a node re-offering a held
-    // blob asks, once per blob.
+    // Signed outside the task's lock (one signature per piece): only a node re-offering a
+    // held blob asks, once per blob.
     if let (Some(signer), true) = (&shared.signer, req.signatures) {
         resp.signatures = to_sign
             .iter()
