@@ -745,6 +745,52 @@ fn a_vouched_session_long_polls_until_the_supernode_stored_everything() {
 }
 
 #[test]
+fn a_peer_that_caught_up_with_the_supernodes_fetch_long_polls_at_once() {
+    let t = Instant::now();
+    let mut s = vouched(4, t);
+    let n = s.have().len();
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            stored: 1,
+            seed_pieces: bits(n, [0]),
+            ..SyncReply::default()
+        },
+    );
+    let fetch = requests(&mut s, t);
+    assert_eq!(fetch.len(), 1);
+    s.handle_vouched_digest(0, digest(0));
+    s.handle_piece_done(t + MS, 0, Source::Seed, u64::from(MIB));
+    // Nothing in flight: the report goes out at once.
+    let report = s.poll_sync(t + MS).unwrap();
+    assert_eq!(report.new_pieces, vec![0]);
+    assert_eq!(report.wait, None, "it reports a piece");
+    // The supernode has stored nothing more yet.
+    s.handle_sync_reply(
+        t + 2 * MS,
+        SyncReply {
+            stored: 1,
+            ..SyncReply::default()
+        },
+    );
+    let wait = s
+        .poll_sync(t + 2 * MS)
+        .expect("the next sync is due at once, not a period later");
+    assert_eq!(wait.wait, Some(200 * MS), "and waits at the supernode");
+    // An empty answer to the long poll keeps to the period it started.
+    s.handle_sync_reply(
+        t + 50 * MS,
+        SyncReply {
+            stored: 1,
+            ..SyncReply::default()
+        },
+    );
+    assert_eq!(s.poll_sync(t + 50 * MS), None);
+    assert_eq!(s.poll_timeout(), Some(t + 202 * MS));
+}
+
+#[test]
 fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
     // With announcements (dfget's default) a parent's bitfield arrives once; the parent
     // that cannot vouch holds every piece and is the only source.
