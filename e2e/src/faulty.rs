@@ -32,6 +32,8 @@ pub enum Fault {
     StallAfter(u64),
     /// Answer normally and send the body at this many bytes per second.
     Trickle(u64),
+    /// Ignore `Range`: answer 200 with the whole body, as an origin without range support.
+    IgnoreRange,
 }
 
 /// One request the origin received.
@@ -186,21 +188,32 @@ impl FaultyOrigin {
             return;
         }
         let etag = format!("\"{}\"", self.digest);
-        // `bytes=N-` (what a resume sends) is honoured unless If-Range names another ETag.
-        let start = range
+        // `bytes=N-` (what a resume sends) and `bytes=N-M` are honoured unless If-Range
+        // names another ETag (or the fault is to ignore them).
+        let span = range
             .as_deref()
             .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n < body.len() && if_range.as_ref().is_none_or(|v| *v == etag));
-        let (status, part) = match start {
-            Some(n) => (
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(n, m)| {
+                let n = n.parse::<usize>().ok()?;
+                let m = if m.is_empty() {
+                    body.len().checked_sub(1)?
+                } else {
+                    m.parse::<usize>().ok()?.min(body.len().checked_sub(1)?)
+                };
+                (n <= m).then_some((n, m))
+            })
+            .filter(|_| {
+                if_range.as_ref().is_none_or(|v| *v == etag)
+                    && !matches!(fault, Some(Fault::IgnoreRange))
+            });
+        let (status, part) = match span {
+            Some((n, m)) => (
                 format!(
-                    "206 Partial Content\r\nContent-Range: bytes {n}-{}/{}",
-                    body.len() - 1,
+                    "206 Partial Content\r\nContent-Range: bytes {n}-{m}/{}",
                     body.len()
                 ),
-                &body[n..],
+                &body[n..=m],
             ),
             None => ("200 OK".to_owned(), body),
         };
@@ -246,7 +259,7 @@ impl FaultyOrigin {
                     thread::sleep(Duration::from_millis(100));
                 }
             }
-            Some(Fault::Status { .. }) | None => {
+            Some(Fault::Status { .. } | Fault::IgnoreRange) | None => {
                 send(&mut conn, part);
             }
         }

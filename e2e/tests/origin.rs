@@ -342,3 +342,81 @@ fn dfdaemon_counts_origin_failures_with_the_same_labels() {
     assert_eq!(failures(&m, p, "interrupted", "retried"), 1.0, "{m}");
     assert_eq!(origin.gets().len(), 3);
 }
+
+/// A client for the stub origin (loopback allowed), with quick retries.
+fn window_client() -> damselfly_oci::Origin {
+    damselfly_oci::Origin::new(&damselfly_oci::OriginConfig {
+        addresses: damselfly_oci::guard::AddressPolicy {
+            allow_loopback: true,
+        },
+        retry: damselfly_oci::retry::RetryPolicy {
+            backoff_base: Duration::from_millis(10),
+            ..damselfly_oci::retry::RetryPolicy::default()
+        },
+        ..damselfly_oci::OriginConfig::default()
+    })
+    .unwrap()
+}
+
+/// Reads a window fetch of `len` bytes from `start` to its end.
+fn read_window(origin: &FaultyOrigin, start: u64, len: u64) -> Vec<u8> {
+    use futures::StreamExt as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = window_client()
+            .get_range(&origin.blob_url("app/blob"), &[], start, len)
+            .await
+            .unwrap();
+        assert_eq!(resp.content_length, len);
+        let mut body = resp.body;
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    })
+}
+
+#[test]
+fn a_window_of_a_blob_is_fetched_with_range_resumed_and_cut_from_a_whole_answer() {
+    let blob = random_blob(BLOB, 60);
+    let (start, len) = (3 << 20, 1 << 20);
+    let want = &blob[start..start + len];
+    let last = start + len - 1;
+
+    // One request for exactly the span.
+    let origin = FaultyOrigin::start(blob.clone(), Vec::new());
+    assert_eq!(read_window(&origin, start as u64, len as u64), want);
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 1);
+    assert_eq!(
+        gets[0].range.as_deref(),
+        Some(&*format!("bytes={start}-{last}"))
+    );
+    assert_eq!(origin.body_bytes_sent(), len as u64);
+
+    // Cut midway: the retry asks for the rest of the span only.
+    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::CutAfter(300 << 10)]);
+    assert_eq!(read_window(&origin, start as u64, len as u64), want);
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let resumed = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+        .unwrap_or_else(|| panic!("not a span: {:?}", gets[1]));
+    assert!(
+        resumed.0 > start && resumed.0 <= start + (300 << 10) && resumed.1 == last,
+        "resumed with {resumed:?}"
+    );
+
+    // An origin that ignores Range: the whole answer, cut to the span.
+    let origin = FaultyOrigin::start(blob.clone(), vec![Fault::IgnoreRange]);
+    assert_eq!(read_window(&origin, start as u64, len as u64), want);
+    assert_eq!(origin.gets().len(), 1);
+}

@@ -284,10 +284,41 @@ impl Origin {
         let url = parse_url(url)?;
         self.addresses.check_url(&url)?;
         let headers = header_map(&self.forwarded(headers))?;
-        let fetch = Fetch::start(self.clone(), url, headers).await?;
+        let fetch = Fetch::start(self.clone(), url, headers, None).await?;
         let content_length = fetch.total();
         Ok(OriginResponse {
             content_length,
+            body: fetch.into_stream(),
+        })
+    }
+
+    /// Starts a GET of the `len` bytes of `url` from offset `start` (`len > 0`), with the
+    /// same resilience as [`Origin::get`]: each attempt asks for the rest of the span with
+    /// `Range`, and an origin that ignores `Range` has its whole body read and cut to the
+    /// span. `content_length` of the answer is `len`.
+    ///
+    /// # Errors
+    /// As [`Origin::get`]; [`OriginError::BadResume`] for an answer that is not the span.
+    pub async fn get_range(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        start: u64,
+        len: u64,
+    ) -> Result<OriginResponse, OriginError> {
+        let url = parse_url(url)?;
+        self.addresses.check_url(&url)?;
+        let headers = header_map(&self.forwarded(headers))?;
+        if len == 0 {
+            return Ok(OriginResponse {
+                content_length: 0,
+                body: futures::stream::empty().boxed(),
+            });
+        }
+        let window = crate::fetch::Window { start, len };
+        let fetch = Fetch::start(self.clone(), url, headers, Some(window)).await?;
+        Ok(OriginResponse {
+            content_length: fetch.total(),
             body: fetch.into_stream(),
         })
     }

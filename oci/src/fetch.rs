@@ -10,6 +10,10 @@
 //!                 200 of the same length (no If-Range sent) → skip <delivered> bytes
 //!                 anything else → BadResume
 //! ```
+//!
+//! A window fetch ([`Origin::get_range`]) asks for `bytes=<start+delivered>-<end-1>` from the
+//! first attempt on and takes a 206 for exactly that span, or a whole 200 body (an origin
+//! that ignores `Range`) from which it keeps only the window.
 
 use std::time::{Duration, SystemTime};
 
@@ -34,8 +38,10 @@ pub(crate) struct Fetch {
     origin: Origin,
     url: reqwest::Url,
     headers: HeaderMap,
-    /// The blob's length, from the first answer.
+    /// The bytes to deliver: the blob's length, from the first answer, or the window's.
     total: u64,
+    /// Only these bytes of the blob (a window fetch), else the whole blob.
+    window: Option<Window>,
     /// Bytes handed to the caller: where a resume starts.
     delivered: u64,
     /// Attempts that failed so far.
@@ -47,12 +53,22 @@ pub(crate) struct Fetch {
     done: bool,
 }
 
+/// A span of a blob: `len` bytes from `start`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
 /// One attempt's open body.
 struct Attempt {
     stream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     watchdog: Watchdog,
     /// Bytes still to drop (a resume answered with the whole body).
     skip: u64,
+    /// The body runs past the window (a whole-blob answer to a window fetch): what follows
+    /// the window's end is dropped, not an error.
+    truncate: bool,
     /// A failure already decided, reported at the next read (the chunk that revealed it
     /// was good and has been delivered).
     doomed: Option<OriginError>,
@@ -79,12 +95,14 @@ impl Fetch {
         origin: Origin,
         url: reqwest::Url,
         headers: HeaderMap,
+        window: Option<Window>,
     ) -> Result<Self, OriginError> {
         let mut fetch = Self {
             origin,
             url,
             headers,
-            total: 0,
+            total: window.map_or(0, |w| w.len),
+            window,
             delivered: 0,
             failures: 0,
             etag: None,
@@ -167,7 +185,11 @@ impl Fetch {
             return Ok(None);
         }
         if self.delivered + chunk.len() as u64 > self.total {
-            return Err(OriginError::TooLong { length: self.total });
+            if !self.body.as_ref().is_some_and(|a| a.truncate) {
+                return Err(OriginError::TooLong { length: self.total });
+            }
+            // total - delivered < chunk.len(), so it fits in usize.
+            chunk = chunk.slice(..(self.total - self.delivered) as usize);
         }
         self.delivered += chunk.len() as u64;
         Ok(Some(chunk))
@@ -229,11 +251,16 @@ impl Fetch {
             // match the digest.
             .header(header::ACCEPT_ENCODING, "identity");
         let resume = !first && self.delivered > 0;
-        if resume {
+        if let Some(w) = self.window {
+            request = request.header(
+                header::RANGE,
+                format!("bytes={}-{}", w.start + self.delivered, w.start + w.len - 1),
+            );
+        } else if resume {
             request = request.header(header::RANGE, format!("bytes={}-", self.delivered));
-            if let Some(etag) = &self.etag {
-                request = request.header(header::IF_RANGE, etag.clone());
-            }
+        }
+        if resume && let Some(etag) = &self.etag {
+            request = request.header(header::IF_RANGE, etag.clone());
         }
         let response = tokio::time::timeout(policy.stall_timeout, request.send())
             .await
@@ -254,14 +281,19 @@ impl Fetch {
             return Err(Failed { error, retry_after });
         }
         let length = response.content_length().ok_or(OriginError::NoLength)?;
-        let mut skip = 0;
         if first {
-            self.total = length;
             self.etag = response
                 .headers()
                 .get(header::ETAG)
                 .filter(|v| !v.as_bytes().starts_with(b"W/"))
                 .cloned();
+        }
+        if let Some(w) = self.window {
+            return self.window_attempt(w, status, length, response, resume);
+        }
+        let mut skip = 0;
+        if first {
+            self.total = length;
         } else if !resume {
             // Nothing was delivered yet: a fresh start, which must be the same blob.
             if status != StatusCode::OK || length != self.total {
@@ -299,6 +331,49 @@ impl Fetch {
             stream: response.bytes_stream().boxed(),
             watchdog: policy.watchdog(),
             skip,
+            truncate: false,
+            doomed: None,
+        })
+    }
+
+    /// Checks an answer to a window fetch's request: a 206 for exactly the rest of the
+    /// window, or a whole-blob 200 that reaches past it (not after an `If-Range` resume,
+    /// where a 200 means the blob changed).
+    fn window_attempt(
+        &self,
+        w: Window,
+        status: StatusCode,
+        length: u64,
+        response: reqwest::Response,
+        resume: bool,
+    ) -> Result<Attempt, Failed> {
+        let from = w.start + self.delivered;
+        let last = w.start + w.len - 1;
+        let skip = if status == StatusCode::PARTIAL_CONTENT {
+            let got = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !got.starts_with(&format!("bytes {from}-{last}/")) || length != last + 1 - from {
+                return Err(self
+                    .bad_resume(format!("Content-Range {got:?} of {length} bytes"))
+                    .into());
+            }
+            0
+        } else if status == StatusCode::OK && length > last && !(resume && self.etag.is_some()) {
+            debug!(path = self.url.path(), skip = from, "origin ignored Range");
+            from
+        } else {
+            return Err(self
+                .bad_resume(format!("{status} of {length} bytes"))
+                .into());
+        };
+        Ok(Attempt {
+            stream: response.bytes_stream().boxed(),
+            watchdog: self.origin.retry.watchdog(),
+            skip,
+            truncate: status == StatusCode::OK,
             doomed: None,
         })
     }
