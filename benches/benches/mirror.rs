@@ -47,6 +47,9 @@ struct Args {
     /// Bytes per Range read.
     #[arg(long, default_value = "64KiB")]
     range_size: ByteSize,
+    /// The supernode's `cdn.hot_pieces_memory` (`0B`: every piece read back from disk).
+    #[arg(long, default_value = "128MiB")]
+    supernode_hot_pieces: ByteSize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -89,7 +92,8 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
         common::mib(size as f64),
         registry.url()
     );
-    let sn = cluster::Supernode::start(0, |_| {}).await?;
+    let hot = args.supernode_hot_pieces;
+    let sn = cluster::Supernode::start(0, |c| c.cdn.hot_pieces_memory = hot).await?;
     let stop = CancellationToken::new();
     let a = Daemon::start(&sn, registry, &stop).await?;
     let b = Daemon::start(&sn, registry, &stop).await?;

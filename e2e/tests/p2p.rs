@@ -380,6 +380,140 @@ fn the_supernodes_checked_copy_stands_for_a_second_hash_and_a_wrong_one_for_noth
 }
 
 #[test]
+fn the_supernode_serves_just_stored_pieces_from_memory_and_older_ones_from_disk() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(8 << 20, 7);
+    let digest = registry.push_blob("app/hot", &blob);
+    let url = registry.blob_url("app/hot", &digest);
+    // Eight 1 MiB pieces, room in memory for the last four.
+    let sn = Supernode::builder()
+        .args([
+            "--cdn-piece-size",
+            "1MiB",
+            "--cdn-hot-pieces-memory",
+            "4MiB",
+        ])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let reads = |from: &str| {
+        damselfly_e2e::metric_sum(
+            &sn.metrics().unwrap(),
+            "damselfly_supernode_piece_reads_total",
+            Some(&format!("from=\"{from}\"")),
+        )
+    };
+
+    let mut first = Dfget::new(&url, &dir.path().join("first"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    first.wait(WAIT).unwrap();
+    assert_eq!(
+        sn.metric("damselfly_supernode_hot_pieces_bytes").unwrap(),
+        f64::from(4u32 << 20),
+        "the newest four pieces stay in memory"
+    );
+    let (memory, disk) = (reads("Memory"), reads("Disk"));
+
+    // The first peer is gone: every piece of the second pull comes from the supernode.
+    let mut second = Dfget::new(&url, &dir.path().join("second"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s", "--no-back-source"])
+        .spawn()
+        .unwrap();
+    let r = second.wait(WAIT).unwrap();
+    assert_eq!(num(&r, "from_supernode"), 8 << 20);
+    assert_eq!(file_sha(&second.output), sha256_hex(&blob));
+    assert_eq!(reads("Memory") - memory, 4.0, "pieces 4-7 from memory");
+    assert_eq!(reads("Disk") - disk, 4.0, "pieces 0-3 read back from disk");
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
+#[test]
+fn a_piece_corrupted_on_the_supernodes_disk_is_fetched_again_with_range() {
+    use std::os::unix::fs::FileExt as _;
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(8 << 20, 8);
+    let digest = registry.push_blob("app/repair", &blob);
+    let url = registry.blob_url("app/repair", &digest);
+    let data = tempfile::tempdir().unwrap();
+    // Nothing kept in memory: every piece is read back from disk and verified.
+    let sn = Supernode::builder()
+        .data_dir(data.path())
+        .args(["--cdn-piece-size", "1MiB", "--cdn-hot-pieces-memory", "0"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let pull = |name: &str| {
+        let mut run = Dfget::new(&url, &dir.path().join(name))
+            .supernode(sn.addr())
+            .args(["--keep-serving", "0s", "--no-back-source"])
+            .spawn()
+            .unwrap();
+        let r = run.wait(WAIT).unwrap();
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob), "{name}");
+        r
+    };
+    pull("first");
+
+    // Piece 2 rots on the supernode's disk.
+    let content = damselfly_e2e::SmallFs::files_under(&data.path().join("content"));
+    let [(file, len)] = &content[..] else {
+        panic!("one content file expected: {content:?}")
+    };
+    assert_eq!(*len, 8 << 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(&[0x5a; 4096], (2 << 20) + 1000)
+        .unwrap();
+
+    // The next pull meets the corruption, gets the piece after the supernode fetched it
+    // again, and never sees a wrong byte.
+    let started = std::time::Instant::now();
+    let r = pull("second");
+    assert_eq!(num(&r, "from_supernode"), 8 << 20);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the repaired piece took {:?}",
+        started.elapsed()
+    );
+    let metrics = sn.metrics().unwrap();
+    let sum = |name: &str, label: Option<&str>| damselfly_e2e::metric_sum(&metrics, name, label);
+    assert_eq!(sum("damselfly_supernode_corrupt_pieces_total", None), 1.0);
+    assert_eq!(
+        sum(
+            "damselfly_supernode_piece_repairs_total",
+            Some("outcome=\"Repaired\"")
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            "damselfly_supernode_origin_requests_total",
+            Some("kind=\"Range\"")
+        ),
+        1.0
+    );
+    // One piece from the registry again, not the blob.
+    assert_eq!(
+        sum("damselfly_supernode_origin_bytes_total", None),
+        f64::from(9u32 << 20)
+    );
+    // Repaired on disk: served from there again with no further repair.
+    pull("third");
+    let metrics = sn.metrics().unwrap();
+    assert_eq!(
+        damselfly_e2e::metric_sum(&metrics, "damselfly_supernode_corrupt_pieces_total", None),
+        1.0
+    );
+}
+
+#[test]
 fn a_restarted_supernode_serves_its_cache_without_the_origin() {
     let _g = heavy();
     let registry = TestRegistry::start();

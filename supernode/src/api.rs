@@ -46,7 +46,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::{
     Shared,
-    metrics::{AccessRefusal, RegisterOutcome},
+    metrics::{AccessRefusal, PieceFrom, RegisterOutcome},
     task::{CdnState, Task},
     tasks::{self, RegisterError, Wanted},
 };
@@ -489,17 +489,34 @@ async fn piece(
         return Err(ApiError::Busy);
     };
     task.touch(Instant::now());
-    let store = shared.store.clone();
-    let id = task_id.clone();
-    let data = tokio::task::spawn_blocking(move || store.read_piece(&id, index))
-        .await
-        .map_err(|e| ApiError::Store(e.to_string()))?
-        .map_err(|e| match e {
-            damselfly_store::Error::PieceAbsent { .. } | damselfly_store::Error::UnknownTask(_) => {
-                ApiError::PieceAbsent(index)
+    let data = if let Some(data) = task.hot_piece(index) {
+        shared.metrics.piece_reads(PieceFrom::Memory);
+        data
+    } else {
+        shared.metrics.piece_reads(PieceFrom::Disk);
+        let store = shared.store.clone();
+        let id = task_id.clone();
+        let read = tokio::task::spawn_blocking(move || store.read_piece(&id, index))
+            .await
+            .map_err(|e| ApiError::Store(e.to_string()))?;
+        match read {
+            Ok(data) => data.into(),
+            Err(damselfly_store::Error::Corrupt { .. }) => {
+                // The store dropped it; stop offering it and fetch it again. The peer takes
+                // it from another parent meanwhile.
+                shared.metrics.corrupt_pieces.inc();
+                warn!(task = %task_id, piece = index, "piece corrupt on disk: not served, fetching it again");
+                if task.piece_lost(index) {
+                    crate::repair::spawn(&shared, task.clone());
+                }
+                return Err(ApiError::PieceAbsent(index));
             }
-            other => ApiError::Store(other.to_string()),
-        })?;
+            Err(
+                damselfly_store::Error::PieceAbsent { .. } | damselfly_store::Error::UnknownTask(_),
+            ) => return Err(ApiError::PieceAbsent(index)),
+            Err(other) => return Err(ApiError::Store(other.to_string())),
+        }
+    };
     if let Some(limiter) = &shared.upload_limiter {
         limiter.acquire(data.len() as u64).await;
     }
@@ -538,6 +555,11 @@ async fn healthy() -> &'static str {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    // Read at scrape time: it changes with every stored piece.
+    shared
+        .metrics
+        .hot_pieces_bytes
+        .set(i64::try_from(shared.hot.bytes()).unwrap_or(i64::MAX));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &shared.registry) {
         Ok(()) => (

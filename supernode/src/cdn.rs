@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use damselfly_common::{Digest, Sha256Hasher};
 use damselfly_oci::{
     BodyStream,
@@ -162,6 +163,8 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
     {
         return Err(FetchError::DigestMismatch { expected, actual });
     }
+    // A piece found corrupt meanwhile is being fetched again: completing needs it.
+    task.repairs_settled().await;
     let store = shared.store.clone();
     let id = meta.id.clone();
     tokio::task::spawn_blocking(move || store.complete_task(&id)).await??;
@@ -171,21 +174,25 @@ async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(),
 /// One full piece being hashed and written off the async threads.
 struct StoreJob {
     index: u32,
-    job: tokio::task::JoinHandle<Result<[u8; 32], damselfly_store::Error>>,
+    job: tokio::task::JoinHandle<Result<([u8; 32], Bytes), damselfly_store::Error>>,
 }
 
 impl StoreJob {
     fn start(shared: &Shared, task: &Task, index: u32, data: Vec<u8>) -> Self {
         let store = shared.store.clone();
         let id = task.id().to_owned();
-        let job = tokio::task::spawn_blocking(move || store.write_piece(&id, index, &data, None));
+        let job = tokio::task::spawn_blocking(move || {
+            let digest = store.write_piece(&id, index, &data, None)?;
+            Ok((digest, Bytes::from(data)))
+        });
         Self { index, job }
     }
 
-    /// Waits for the write and publishes the piece.
+    /// Waits for the write and publishes the piece (keeping the bytes that were hashed in
+    /// memory for the peers about to ask for it).
     async fn finish(self, task: &Task) -> Result<(), FetchError> {
-        let digest = self.job.await??;
-        task.piece_stored(self.index, digest);
+        let (digest, data) = self.job.await??;
+        task.piece_stored(self.index, digest, data);
         trace!(
             task = task.id(),
             piece = self.index,

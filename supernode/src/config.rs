@@ -100,6 +100,10 @@ pub struct CdnConfig {
     pub upload_slots: u32,
     /// Upload bandwidth limit to peers in bytes per second; `0 B` = unlimited. Default unlimited.
     pub upload_rate: ByteSize,
+    /// Memory for pieces just fetched from origins, served from there without reading them
+    /// back from disk (and hashing them again) while they are recent; oldest out first.
+    /// `0 B` serves every piece from disk. Default 128 MiB.
+    pub hot_pieces_memory: ByteSize,
 }
 
 /// Origin (registry) requests.
@@ -314,6 +318,7 @@ impl Default for CdnConfig {
             piece_size: ByteSize::b(0),
             upload_slots: 8,
             upload_rate: ByteSize::b(0),
+            hot_pieces_memory: ByteSize::mib(128),
         }
     }
 }
@@ -468,6 +473,9 @@ pub struct Overrides {
     /// `cdn.upload_rate` (bytes per second).
     #[arg(long, value_name = "BYTES")]
     pub cdn_upload_rate: Option<ByteSize>,
+    /// `cdn.hot_pieces_memory`.
+    #[arg(long, value_name = "BYTES")]
+    pub cdn_hot_pieces_memory: Option<ByteSize>,
     /// `origin.connect_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_connect_timeout: Option<Duration>,
@@ -576,6 +584,7 @@ impl Overrides {
         set(&mut c.cdn.piece_size, self.cdn_piece_size);
         set(&mut c.cdn.upload_slots, self.cdn_upload_slots);
         set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
+        set(&mut c.cdn.hot_pieces_memory, self.cdn_hot_pieces_memory);
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
         set(&mut c.origin.allow_loopback, self.origin_allow_loopback);

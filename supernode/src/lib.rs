@@ -15,6 +15,8 @@
 //!   it is on disk; an OCI blob must hash to its digest or the task fails and its data is dropped.
 //! * Each task's [`damselfly_swarm::TaskScheduler`] (pure logic, shared with the simulator)
 //!   knows which peer holds which piece and hands out parents.
+//! * [`hot`] keeps the pieces just stored in memory (served without a disk read or a second
+//!   hash); [`repair`] fetches again, with `Range`, a piece found corrupt on disk.
 //! * [`preheat`] runs Harbor preheat jobs (both API generations) and remembers the nodes
 //!   (dfdaemons) that announce themselves, for `all_peers` jobs.
 //! * [`api`] is the HTTP surface; [`App`] binds it and runs the maintenance loop (peer expiry,
@@ -26,8 +28,10 @@
 pub mod api;
 pub mod cdn;
 pub mod config;
+pub mod hot;
 pub mod metrics;
 pub mod preheat;
+pub mod repair;
 pub mod task;
 pub mod tasks;
 
@@ -78,6 +82,8 @@ pub struct Shared {
     pub access_allow: damselfly_common::allow::AllowList,
     /// Nodes (dfdaemons) that announced themselves, by hostname.
     pub nodes: parking_lot::Mutex<std::collections::HashMap<String, preheat::Node>>,
+    /// Pieces just stored, served from memory (`cdn.hot_pieces_memory`).
+    pub hot: Arc<hot::HotPieces>,
 }
 
 /// A bound, ready-to-run supernode.
@@ -153,6 +159,7 @@ impl App {
         // Validated with the config; a list that does not parse allows nothing.
         let access_allow =
             damselfly_common::allow::AllowList::parse(&config.access.allow).unwrap_or_default();
+        let hot = Arc::new(hot::HotPieces::new(config.cdn.hot_pieces_memory.as_u64()));
         let shared = Arc::new(Shared {
             upload_slots: Arc::new(Semaphore::new(config.cdn.upload_slots as usize)),
             upload_limiter: (rate > 0).then(|| RateLimiter::new(rate)),
@@ -168,6 +175,7 @@ impl App {
             tracker: TaskTracker::new(),
             jobs,
             nodes: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            hot,
         });
         shared.metrics.preheat_states(&shared.jobs.counts());
         Ok(Self {

@@ -15,6 +15,8 @@ pub enum OriginKind {
     Get,
     /// A credential check.
     Head,
+    /// A `Range` GET of one piece found corrupt on disk (self-repair).
+    Range,
 }
 
 /// Label set for origin requests.
@@ -70,6 +72,39 @@ pub struct AccessRefusalLabels {
     pub reason: AccessRefusal,
 }
 
+/// Where a served piece was read from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PieceFrom {
+    /// Kept in memory since it was stored (`cdn.hot_pieces_memory`): no read, no re-hash.
+    Memory,
+    /// Read back from disk and verified against its recorded digest.
+    Disk,
+}
+
+/// How a repair of a piece found corrupt on disk ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RepairOutcome {
+    /// Fetched again, verified against its digest and stored.
+    Repaired,
+    /// The origin or the disk failed (or no requester's credentials were known); the next
+    /// registration of the blob tries again.
+    Failed,
+}
+
+/// Label set for piece repairs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// How it ended.
+    pub outcome: RepairOutcome,
+}
+
+/// Label set for piece reads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PieceFromLabels {
+    /// Where from.
+    pub from: PieceFrom,
+}
+
 /// Label set for preheat job states.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -90,6 +125,14 @@ pub struct Metrics {
     pub served_bytes: Counter,
     /// Pieces served to peers.
     pub served_pieces: Counter,
+    /// Pieces read to serve a peer, by where from.
+    pub piece_reads: Family<PieceFromLabels, Counter>,
+    /// Bytes of pieces kept in memory.
+    pub hot_pieces_bytes: Gauge,
+    /// Pieces found corrupt on disk when read to serve a peer (dropped, then repaired).
+    pub corrupt_pieces: Counter,
+    /// Repairs of pieces found corrupt, by outcome.
+    pub piece_repairs: Family<RepairLabels, Counter>,
     /// Piece requests refused because every upload slot was busy.
     pub busy_refusals: Counter,
     /// Registrations by outcome.
@@ -123,6 +166,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a piece read to serve a peer.
+    pub fn piece_reads(&self, from: PieceFrom) {
+        self.piece_reads
+            .get_or_create(&PieceFromLabels { from })
+            .inc();
+    }
+
+    /// Counts a repair's outcome.
+    pub fn piece_repair(&self, outcome: RepairOutcome) {
+        self.piece_repairs
+            .get_or_create(&RepairLabels { outcome })
+            .inc();
+    }
+
     /// Creates the metrics and registers them under `damselfly_supernode_`.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
@@ -131,6 +188,10 @@ impl Metrics {
             origin_failures: OriginFailures::default(),
             served_bytes: Counter::default(),
             served_pieces: Counter::default(),
+            piece_reads: Family::default(),
+            hot_pieces_bytes: Gauge::default(),
+            corrupt_pieces: Counter::default(),
+            piece_repairs: Family::default(),
             busy_refusals: Counter::default(),
             registrations: Family::default(),
             access_refusals: Family::default(),
@@ -174,6 +235,32 @@ impl Metrics {
             "served_pieces",
             "Pieces served to peers",
             m.served_pieces.clone(),
+        );
+        for from in [PieceFrom::Memory, PieceFrom::Disk] {
+            drop(m.piece_reads.get_or_create(&PieceFromLabels { from }));
+        }
+        r.register(
+            "piece_reads",
+            "Pieces read to serve a peer, from memory (just stored) or from disk (verified)",
+            m.piece_reads.clone(),
+        );
+        r.register(
+            "hot_pieces_bytes",
+            "Bytes of just-stored pieces kept in memory to serve (cdn.hot_pieces_memory)",
+            m.hot_pieces_bytes.clone(),
+        );
+        r.register(
+            "corrupt_pieces",
+            "Pieces found corrupt on disk when read to serve a peer (dropped and fetched again)",
+            m.corrupt_pieces.clone(),
+        );
+        for outcome in [RepairOutcome::Repaired, RepairOutcome::Failed] {
+            drop(m.piece_repairs.get_or_create(&RepairLabels { outcome }));
+        }
+        r.register(
+            "piece_repairs",
+            "Repairs of pieces found corrupt on disk, by outcome",
+            m.piece_repairs.clone(),
         );
         r.register(
             "busy_refusals",

@@ -161,6 +161,13 @@ impl Tasks {
             if !created {
                 self.authorize(shared, &task, wanted).await?;
             }
+            // Access proven (the origin GET, or the check above): what a repair of a
+            // piece found corrupt asks the origin with, and the moment to retry one that
+            // failed (with credentials that may be fresher).
+            task.remember_origin(&wanted.url, &wanted.headers);
+            if task.start_repair() {
+                crate::repair::spawn(shared, task.clone());
+            }
             return Ok((task, created));
         }
     }
@@ -339,7 +346,13 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         if let (TaskState::Complete, Some(digests)) = (&record.meta.state, digests) {
             info!(task = %wanted.id, "serving from cache");
             let sched = scheduler(shared, record.meta.piece_count());
-            let task = Arc::new(Task::cached(record.meta, digests, sched, now));
+            let task = Arc::new(Task::cached(
+                record.meta,
+                digests,
+                sched,
+                shared.hot.clone(),
+                now,
+            ));
             return Ok((task, false));
         }
     }
@@ -398,7 +411,13 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
     })?;
     crate::evicted(shared, &report);
     let creator = Some(fingerprint(&wanted.headers));
-    let task = Arc::new(Task::running(meta, scheduler(shared, pieces), creator, now));
+    let task = Arc::new(Task::running(
+        meta,
+        scheduler(shared, pieces),
+        creator,
+        shared.hot.clone(),
+        now,
+    ));
     info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
     shared
         .tracker
