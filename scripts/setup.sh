@@ -8,9 +8,10 @@ set -euo pipefail
 # test image's userland; ccache: lets `cargo clippy` reuse `cargo build`'s RocksDB C++ objects;
 # python3-venv: the deploy checks' pinned PyPI packages (Helm SDK, Kubernetes schemas);
 # systemd: `systemd-analyze verify` of the units in deploy/systemd; fuse3: fusermount3 for the
-# nydus-fs mounts (the tests mount as root through /dev/fuse, and detach with fusermount3).
+# nydus-fs mounts (the tests mount as root through /dev/fuse, and detach with fusermount3);
+# iptables: a test drops the packets to a supernode (a black hole, not a refusal).
 PACKAGES=(docker-registry apache2-utils libclang-dev clang iproute2 ca-certificates curl
-    containerd runc skopeo busybox-static ccache python3-venv systemd fuse3)
+    containerd runc skopeo busybox-static ccache python3-venv systemd fuse3 iptables)
 
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=()

@@ -39,12 +39,22 @@ impl SupernodeError {
     }
 }
 
+/// How long a registration may go unanswered before the client asks whether the supernode
+/// is alive at all (see [`SupernodeClient::register`]).
+pub const REGISTER_PROBE_AFTER: Duration = Duration::from_millis(250);
+
+/// How often that question is asked again while the registration stays unanswered.
+const REGISTER_PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// A supernode API client.
 #[derive(Debug, Clone)]
 pub struct SupernodeClient {
     addr: String,
     base: String,
     http: reqwest::Client,
+    /// For liveness probes: a new connection each time (a pooled one could be a black
+    /// hole's), answered within the connect timeout.
+    probe: reqwest::Client,
 }
 
 impl SupernodeClient {
@@ -65,11 +75,43 @@ impl SupernodeClient {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?;
+        let probe = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .connect_timeout(connect_timeout)
+            .timeout(connect_timeout)
+            .build()
+            .map_err(|e| SupernodeError::Unreachable {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             addr: addr.to_owned(),
             base: format!("http://{addr}"),
             http,
+            probe,
         })
+    }
+
+    /// Whether the supernode answers `/healthy` on a new connection within the connect
+    /// timeout.
+    ///
+    /// # Errors
+    /// [`SupernodeError::Unreachable`] with what went wrong.
+    pub async fn probe(&self) -> Result<(), SupernodeError> {
+        let resp = self
+            .probe
+            .get(format!("{}/healthy", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(SupernodeError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("/healthy answered {}", resp.status()),
+            })
+        }
     }
 
     /// The supernode address.
@@ -119,13 +161,47 @@ impl SupernodeClient {
 
     /// Registers for a task.
     ///
+    /// A registration may rightly take long (a cold blob waits for the registry's first
+    /// answer, retries included), so its own timeout is long; but a supernode that stopped
+    /// answering altogether (hung, or its packets dropped on a connection the pool kept)
+    /// must not hold a pull for that long, or the runtime gives up on the mirror before it
+    /// falls back. Unanswered after [`REGISTER_PROBE_AFTER`], and every second after, the
+    /// client asks `/healthy` on a new connection ([`Self::probe`]); a supernode that does
+    /// not answer that within the connect timeout is unreachable.
+    ///
     /// # Errors
-    /// Unreachable, refused (origin error, denied), or a malformed answer.
+    /// Unreachable (also: alive no more while the registration waited), refused (origin
+    /// error, denied), or a malformed answer.
     pub async fn register(
         &self,
         req: &RegisterRequest,
     ) -> Result<RegisterResponse, SupernodeError> {
-        let bytes = self.call("/api/v1/register", req.encode_to_vec()).await?;
+        let call = self.call("/api/v1/register", req.encode_to_vec());
+        tokio::pin!(call);
+        let mut wait = REGISTER_PROBE_AFTER;
+        let bytes = loop {
+            tokio::select! {
+                answer = &mut call => break answer?,
+                () = tokio::time::sleep(wait) => {}
+            }
+            // Probing while the registration may still be answered.
+            let probe = self.probe();
+            tokio::pin!(probe);
+            tokio::select! {
+                answer = &mut call => break answer?,
+                alive = &mut probe => {
+                    if let Err(SupernodeError::Unreachable { reason, .. }) = alive {
+                        return Err(SupernodeError::Unreachable {
+                            addr: self.addr.clone(),
+                            reason: format!(
+                                "no answer to the registration, and none to a health check: {reason}"
+                            ),
+                        });
+                    }
+                }
+            }
+            wait = REGISTER_PROBE_EVERY;
+        };
         let resp: RegisterResponse =
             decode(&bytes).map_err(|e| SupernodeError::Protocol(e.to_string()))?;
         resp.validate()

@@ -140,6 +140,11 @@ impl Supernode {
         &self.data_dir
     }
 
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// The process.
     pub fn daemon_mut(&mut self) -> &mut Daemon {
         &mut self.daemon

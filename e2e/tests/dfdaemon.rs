@@ -418,6 +418,119 @@ fn without_p2p_and_back_to_source_the_mirror_fails_fast_and_containerd_falls_bac
     assert_eq!(registry.blob_get_count(layer), 2);
 }
 
+/// Undoes a fault on the supernode when the test ends, passed or not.
+struct Undo(Vec<String>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let (program, args) = self.0.split_first().unwrap();
+        let _ = std::process::Command::new(program).args(args).status();
+    }
+}
+
+#[test]
+fn a_supernode_that_stops_answering_gets_a_502_within_a_second_or_the_registry_serves() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (_, pushed) = push(&registry, "e2e/blackhole", "blackhole", 18);
+    let sn = Supernode::builder().start();
+    let strict = Dfdaemon::builder()
+        .supernode(sn.addr())
+        .args(["--back-source", "false"])
+        .start();
+    let lenient = Dfdaemon::builder().supernode(sn.addr()).start();
+    let url = |d: &Dfdaemon, layer: &str| {
+        format!(
+            "{}/v2/e2e/blackhole/blobs/{layer}?ns={}",
+            d.url(),
+            registry.host()
+        )
+    };
+    let layers = &pushed.layer_digests;
+    // Through the swarm first: both nodes' clients keep a connection to the supernode.
+    for d in [&strict, &lenient] {
+        let r = http::get(&url(d, &layers[0]), None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Hung: the process stops (its connections stay open, the kernel still accepts new ones
+    // for it), so nothing is refused, nothing answers.
+    let pid = sn.pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cont = Undo(vec!["kill".into(), "-CONT".into(), pid.clone()]);
+    let started = Instant::now();
+    let r = http::get(&url(&strict, &layers[1]), None).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(took < Duration::from_secs(1), "the 502 took {took:?}");
+    assert_eq!(registry.blob_get_count(&layers[1]), 0);
+    // With back to source, the node fetches the blob itself, quickly.
+    let started = Instant::now();
+    let r = http::get(&url(&lenient, &layers[1]), None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256_digest(&r.body), layers[1]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the fallback took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(registry.blob_get_count(&layers[1]), 1);
+    assert!(
+        lenient
+            .metric(
+                "damselfly_dfdaemon_p2p_fallbacks_total",
+                Some("reason=\"supernode_unreachable\"")
+            )
+            .unwrap()
+            >= 1.0
+    );
+    drop(cont);
+    // Awake again, it serves.
+    let r = http::get(&url(&strict, &layers[2]), None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Black-holed: every packet to it dropped (root, iptables).
+    if !running_as_root("a_supernode_that_stops_answering_... (iptables part)") {
+        return;
+    }
+    let rule = |op: &str| -> Vec<String> {
+        [
+            "iptables",
+            op,
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            &sn.addr().port().to_string(),
+            "-j",
+            "DROP",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let add = rule("-I");
+    match std::process::Command::new(&add[0]).args(&add[1..]).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("skipping the iptables part: `iptables -I` failed: {other:?}");
+            return;
+        }
+    }
+    let _rule = Undo(rule("-D"));
+    let started = Instant::now();
+    let r = http::get(&url(&strict, &layers[1]), None).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(took < Duration::from_secs(1), "the 502 took {took:?}");
+    assert_eq!(registry.blob_get_count(&layers[1]), 1, "nothing more");
+}
+
 #[test]
 fn the_node_cache_survives_a_restart() {
     let _serial = serial();
