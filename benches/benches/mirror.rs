@@ -50,6 +50,10 @@ struct Args {
     /// The supernode's `cdn.hot_pieces_memory` (`0B`: every piece read back from disk).
     #[arg(long, default_value = "128MiB")]
     supernode_hot_pieces: ByteSize,
+    /// Wait this long before each pull, so that one pull's background work (the
+    /// supernode's and the node's flush to disk) is over before the next is timed.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pause: Duration,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -103,11 +107,39 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
     let (mut direct, mut cold, mut remote, mut local) = Default::default();
     for digest in digests {
         let path = format!("/v2/{REPO}/blobs/{digest}");
-        get(&client, &registry.url(), &path, None, size, &mut direct).await?;
-        get(&client, &a.url, &path, None, size, &mut cold).await?;
-        get(&client, &b.url, &path, None, size, &mut remote).await?;
-        get(&client, &a.url, &path, None, size, &mut local).await?;
+        for (base, into) in [
+            (&registry.url(), &mut direct),
+            (&a.url, &mut cold),
+            (&b.url, &mut remote),
+            (&a.url, &mut local),
+        ] {
+            tokio::time::sleep(args.pause).await;
+            get(&client, base, &path, None, size, into).await?;
+        }
     }
+    // Where B's bytes came from (B pulls each blob once, while A holds it): a node with a
+    // complete peer still takes some pieces from the supernode.
+    let metrics = client
+        .get(format!("{}/metrics", b.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let source = |s: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("damselfly_dfdaemon_blob_bytes_total")
+                    && l.contains(&format!("source=\"{s}\""))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    println!(
+        "remote-peer pulls (node B): {} from peers, {} from the supernode",
+        common::mib(source("peer")),
+        common::mib(source("supernode"))
+    );
     let ms = |v: f64| format!("{:.1}", v * 1000.0);
     let base = percentile(&direct.total, 50.0);
     let mut pulls = Table::new([
