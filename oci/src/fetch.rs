@@ -327,13 +327,7 @@ impl Fetch {
                 .bad_resume(format!("{status} of {length} bytes"))
                 .into());
         }
-        Ok(Attempt {
-            stream: response.bytes_stream().boxed(),
-            watchdog: policy.watchdog(),
-            skip,
-            truncate: false,
-            doomed: None,
-        })
+        Ok(Attempt::open(response, policy.watchdog(), skip, false))
     }
 
     /// Checks an answer to a window fetch's request: a 206 for exactly the rest of the
@@ -369,13 +363,13 @@ impl Fetch {
                 .bad_resume(format!("{status} of {length} bytes"))
                 .into());
         };
-        Ok(Attempt {
-            stream: response.bytes_stream().boxed(),
-            watchdog: self.origin.retry.watchdog(),
+        let truncate = status == StatusCode::OK;
+        Ok(Attempt::open(
+            response,
+            self.origin.retry.watchdog(),
             skip,
-            truncate: status == StatusCode::OK,
-            doomed: None,
-        })
+            truncate,
+        ))
     }
 
     fn bad_resume(&self, answer: String) -> OriginError {
@@ -387,6 +381,17 @@ impl Fetch {
 }
 
 impl Attempt {
+    /// Reads `response`'s body, dropping its first `skip` bytes.
+    fn open(response: reqwest::Response, watchdog: Watchdog, skip: u64, truncate: bool) -> Self {
+        Self {
+            stream: response.bytes_stream().boxed(),
+            watchdog,
+            skip,
+            truncate,
+            doomed: None,
+        }
+    }
+
     /// The next chunk of this attempt's body (`None` at its end), or why it failed;
     /// `delivered` is where the blob stands, for the error.
     async fn read(&mut self, delivered: u64) -> Result<Option<Bytes>, Failed> {
