@@ -429,7 +429,10 @@ impl Engine {
         if self.supernodes.is_empty() {
             return Ok(None);
         }
-        let index = home_index(url, self.supernodes.len());
+        let index = supernode_order(url, &self.supernodes)
+            .first()
+            .copied()
+            .unwrap_or(0);
         let sn = &self.supernodes[index];
         let register = RegisterRequest {
             version: PROTOCOL_VERSION,
@@ -709,10 +712,9 @@ impl Engine {
             peer_addr: self.advertise.to_string(),
             holder: false,
         };
-        let first = home_index(&req.url, self.supernodes.len());
         let mut unreachable = Vec::new();
         let mut registered = None;
-        for index in (0..self.supernodes.len()).map(|i| (first + i) % self.supernodes.len()) {
+        for index in supernode_order(&req.url, &self.supernodes) {
             match self.supernodes[index].register(&register).await {
                 Ok(t) => {
                     registered = Some((index, t));
@@ -1596,10 +1598,11 @@ fn bind_peer_port(
     })
 }
 
-/// Which supernode a URL belongs to (see [`damselfly_common::placement`]).
-fn home_index(url: &str, n: usize) -> usize {
+/// The supernodes a URL's peers try, its home first (see [`damselfly_common::placement`]).
+fn supernode_order(url: &str, supernodes: &[SupernodeClient]) -> Vec<usize> {
     let key = damselfly_oci::blob_digest(url).unwrap_or_else(|| Digest::of(url.as_bytes()));
-    damselfly_common::placement::home_index(&key, n)
+    let addrs: Vec<&str> = supernodes.iter().map(SupernodeClient::addr).collect();
+    damselfly_common::placement::order(&key, &addrs)
 }
 
 /// The local IP that routes to the supernode (no packet is sent), else loopback.

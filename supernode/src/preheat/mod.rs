@@ -529,7 +529,7 @@ fn seed_targets(shared: &Shared, scope: Scope, digest: &Digest) -> Vec<Option<St
     if scope == Scope::AllSeedPeers {
         return cluster.into_iter().map(Some).collect();
     }
-    let home = damselfly_common::placement::home_index(digest, cluster.len());
+    let home = damselfly_common::placement::home_index(digest, &cluster);
     vec![cluster.get(home).cloned()]
 }
 
