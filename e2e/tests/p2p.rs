@@ -514,6 +514,64 @@ fn a_piece_corrupted_on_the_supernodes_disk_is_fetched_again_with_range() {
 }
 
 #[test]
+/// Issue 14 asks for no stall over 15 s here; today the child waits for the supernode to
+/// expire the hung parent (`scheduler.peer_timeout`, 15 s after its last keep-alive), and
+/// only then gets the pieces from the supernode: ~16 s in all for 8 MiB. The bound below
+/// holds that (a parent that claimed everything used to stall a child 120 s, then fail);
+/// the target needs the child to give up on a parent that never announces.
+fn a_parent_that_stops_answering_delays_a_lone_downloader_by_its_expiry_not_a_stall() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(8 << 20, 9);
+    let digest = registry.push_blob("app/hung", &blob);
+    let url = registry.blob_url("app/hung", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Dfget::new(&url, &dir.path().join("parent"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "120s"])
+        .spawn()
+        .unwrap();
+    // The parent has the blob and keeps serving it.
+    let output = parent.output.clone();
+    assert!(
+        wait_until(WAIT, || output.exists()),
+        "the parent never finished"
+    );
+    // Its keep-alive tells the supernode it holds every piece.
+    std::thread::sleep(Duration::from_secs(1));
+    // Then it hangs: registered, holding every piece, answering nothing.
+    let pid = parent.daemon.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let mut child = Dfget::new(&url, &dir.path().join("child"))
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s", "--no-back-source"])
+        .spawn()
+        .unwrap();
+    let r = child.wait(WAIT);
+    let took = started.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let r = r.unwrap();
+    assert_eq!(file_sha(&child.output), sha256_hex(&blob));
+    assert!(
+        took < Duration::from_secs(20),
+        "the child took {took:?}: {r}\n{}\n{}",
+        child.daemon.log_text(),
+        sn.log_text()
+    );
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
+#[test]
 fn a_restarted_supernode_serves_its_cache_without_the_origin() {
     let _g = heavy();
     let registry = TestRegistry::start();
