@@ -126,14 +126,11 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
         .text()
         .await?;
     let source = |s: &str| {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("damselfly_dfdaemon_blob_bytes_total")
-                    && l.contains(&format!("source=\"{s}\""))
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>()
+        damselfly_e2e::metric_sum(
+            &metrics,
+            "damselfly_dfdaemon_blob_bytes_total",
+            Some(&format!("source=\"{s}\"")),
+        )
     };
     println!(
         "remote-peer pulls (node B): {} from peers, {} from the supernode",

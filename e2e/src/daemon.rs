@@ -345,19 +345,24 @@ impl Daemon {
         }
     }
 
+    /// Stops the process with SIGSTOP (hung: its sockets stay open and the kernel still
+    /// accepts connections for it, but nothing answers) until the returned guard is
+    /// dropped, which sends SIGCONT.
+    ///
+    /// # Errors
+    /// `kill` could not be run or failed.
+    pub fn freeze(&self) -> Result<Frozen> {
+        signal(self.pid(), "-STOP")?;
+        Ok(Frozen { pid: self.pid() })
+    }
+
     /// Sends SIGTERM, waits up to `timeout` for the process to exit, then SIGKILLs it.
     /// Returns the exit status (an error if it had to be killed).
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.try_exit_status() {
             return Ok(status);
         }
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run `kill`")?;
-        if !sent.success() {
+        if signal(self.pid(), "-TERM").is_err() {
             // Probably exited in between.
             if let Some(status) = self.try_exit_status() {
                 return Ok(status);
@@ -397,6 +402,31 @@ impl Daemon {
             stderr = self.stderr_path.display(),
         )
     }
+}
+
+/// A process stopped by [`Daemon::freeze`]; dropping it lets the process go on.
+#[derive(Debug)]
+#[must_use = "the process resumes when this is dropped"]
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal(self.pid, "-CONT");
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-TERM`…) to `pid` with `kill`.
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let sent = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run `kill`")?;
+    anyhow::ensure!(sent.success(), "kill {sig} {pid} failed");
+    Ok(())
 }
 
 impl Drop for Daemon {

@@ -43,7 +43,7 @@ mod util;
 pub use containerd::{
     CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
 };
-pub use daemon::{Daemon, DaemonBuilder};
+pub use daemon::{Daemon, DaemonBuilder, Frozen};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
 pub use faulty::{Fault, FaultyOrigin, OriginRequest};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};

@@ -140,9 +140,12 @@ impl Supernode {
         &self.data_dir
     }
 
-    /// The process id (to signal it).
-    pub fn pid(&self) -> u32 {
-        self.daemon.pid()
+    /// Stops the process until the guard is dropped (see [`Daemon::freeze`]).
+    ///
+    /// # Errors
+    /// The signal could not be sent.
+    pub fn freeze(&self) -> Result<crate::Frozen> {
+        self.daemon.freeze()
     }
 
     /// The process.

@@ -418,7 +418,7 @@ fn without_p2p_and_back_to_source_the_mirror_fails_fast_and_containerd_falls_bac
     assert_eq!(registry.blob_get_count(layer), 2);
 }
 
-/// Undoes a fault on the supernode when the test ends, passed or not.
+/// Runs a command undoing a fault when the test ends, passed or not.
 struct Undo(Vec<String>);
 
 impl Drop for Undo {
@@ -455,13 +455,7 @@ fn a_supernode_that_stops_answering_gets_a_502_within_a_second_or_the_registry_s
 
     // Hung: the process stops (its connections stay open, the kernel still accepts new ones
     // for it), so nothing is refused, nothing answers.
-    let pid = sn.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cont = Undo(vec!["kill".into(), "-CONT".into(), pid.clone()]);
+    let frozen = sn.freeze().unwrap();
     let started = Instant::now();
     let r = http::get(&url(&strict, &layers[1]), None).unwrap();
     let took = started.elapsed();
@@ -488,7 +482,7 @@ fn a_supernode_that_stops_answering_gets_a_502_within_a_second_or_the_registry_s
             .unwrap()
             >= 1.0
     );
-    drop(cont);
+    drop(frozen);
     // Awake again, it serves.
     let r = http::get(&url(&strict, &layers[2]), None).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());

@@ -541,14 +541,7 @@ fn a_parent_that_stops_answering_delays_a_lone_downloader_by_its_expiry_not_a_st
     // Its keep-alive tells the supernode it holds every piece.
     std::thread::sleep(Duration::from_secs(1));
     // Then it hangs: registered, holding every piece, answering nothing.
-    let pid = parent.daemon.pid().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let frozen = parent.daemon.freeze().unwrap();
     let started = std::time::Instant::now();
     let mut child = Dfget::new(&url, &dir.path().join("child"))
         .supernode(sn.addr())
@@ -557,9 +550,7 @@ fn a_parent_that_stops_answering_delays_a_lone_downloader_by_its_expiry_not_a_st
         .unwrap();
     let r = child.wait(WAIT);
     let took = started.elapsed();
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
+    drop(frozen);
     let r = r.unwrap();
     assert_eq!(file_sha(&child.output), sha256_hex(&blob));
     assert!(
