@@ -1017,21 +1017,22 @@ fn a_range_of_a_blob_still_downloading_is_fetched_before_the_rest() {
         registry.host()
     );
     let tail = (blob.len() - 64 * 1024)..blob.len();
+    let started = Instant::now();
     let r = http::Request::get(&url)
         .header("range", format!("bytes={}-{}", tail.start, tail.end - 1))
         .timeout(Duration::from_secs(60))
         .send()
         .unwrap();
+    let waited = started.elapsed();
     assert_eq!(r.status, 206, "{}", r.text());
     assert!(r.body == blob[tail], "wrong bytes");
-    // The reader waited for its own pieces, not for the blob: when the answer was complete,
-    // the supernode had sent the node only a few of the 32 pieces.
-    let sent = supernode
-        .metric("damselfly_supernode_served_bytes_total")
-        .unwrap();
+    // The reader waited for its own piece, not for the blob: the whole blob takes ~16 s at
+    // this rate, so an answer within 6 s means the last piece was fetched out of order.
+    // (The supernode's sent-bytes counter is no measure of this: on loopback the socket
+    // buffers can hold many MiB the rate-limited node has not read yet.)
     assert!(
-        sent <= (8 * MIB) as f64,
-        "{sent} bytes sent before the range was served"
+        waited < Duration::from_secs(6),
+        "the range took {waited:?}, as long as the whole blob"
     );
 }
 
