@@ -7,6 +7,7 @@
 
 pub mod allow;
 pub mod config;
+pub mod control;
 pub mod digest;
 pub mod disk;
 pub mod placement;
@@ -17,6 +18,7 @@ pub mod telemetry;
 pub mod token;
 pub mod vouch;
 
+pub use control::{ControlAuthError, ControlKey};
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use rate::RateLimiter;
 pub use token::{TokenError, TokenKey};

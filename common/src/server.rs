@@ -131,10 +131,16 @@ pub async fn serve(
             info!(max_connections = max, "below the connection cap again");
             at_cap = false;
         }
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
+        // Handlers that decide by the caller's address take it as `ConnectInfo`.
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
         );
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         let cut = cut.clone();
         tokio::spawn(

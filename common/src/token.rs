@@ -144,18 +144,7 @@ impl TokenKey {
     /// # Errors
     /// The file cannot be read, is over 4 KiB, or holds too short a secret.
     pub fn from_file(path: &Path) -> Result<Self, SecretError> {
-        let read = |source| SecretError::Read {
-            path: path.display().to_string(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read)?.len();
-        if len > MAX_SECRET_FILE {
-            return Err(SecretError::TooLarge {
-                path: path.display().to_string(),
-                len,
-            });
-        }
-        Self::new(&std::fs::read(path).map_err(read)?)
+        Self::new(&read_secret_file(path)?)
     }
 
     /// The key for a `cluster.secret_file` setting: `None` when it is empty (tokens off),
@@ -240,6 +229,25 @@ impl TokenKey {
     pub fn verify_now(&self, token: &[u8], task_id: &str, peer_id: u64) -> Result<u64, TokenError> {
         self.verify(token, task_id, peer_id, unix_now())
     }
+}
+
+/// The bytes of a cluster secret file (at most 4 KiB).
+///
+/// # Errors
+/// The file cannot be read or is over 4 KiB.
+pub(crate) fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let read = |source| SecretError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_SECRET_FILE {
+        return Err(SecretError::TooLarge {
+            path: path.display().to_string(),
+            len,
+        });
+    }
+    std::fs::read(path).map_err(read)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde::{Deserialize, Serialize};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Path of the announce on the supernode's HTTP API.
 pub const NODES_PATH: &str = "/api/v1/nodes";
@@ -66,6 +66,8 @@ pub(crate) struct Announcer {
     targets: Vec<(String, String)>,
     node: NodeAnnouncement,
     body: bytes::Bytes,
+    /// Signs each announcement when the cluster has a secret.
+    control: Option<damselfly_common::ControlKey>,
 }
 
 impl Announcer {
@@ -76,6 +78,7 @@ impl Announcer {
     pub(crate) fn new(
         supernodes: &[String],
         node: NodeAnnouncement,
+        control: Option<damselfly_common::ControlKey>,
     ) -> Result<Self, AnnounceError> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -92,6 +95,7 @@ impl Announcer {
             targets,
             node,
             body,
+            control,
         })
     }
 
@@ -101,7 +105,9 @@ impl Announcer {
             return;
         }
         let node = &self.node;
-        let mut accepted = vec![false; self.targets.len()];
+        // The last answer of each supernode: None accepted, Some(status) refused (0: no
+        // answer).
+        let mut last: Vec<Option<Option<u16>>> = vec![None; self.targets.len()];
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -114,36 +120,50 @@ impl Announcer {
                 () = shutdown.cancelled() => return,
                 r = futures::future::join_all(sends) => r,
             };
-            for ((ok, was), (sn, _)) in results.into_iter().zip(&mut accepted).zip(&self.targets) {
-                if ok && !*was {
-                    info!(supernode = %sn, hostname = %node.hostname, mirror = %node.mirror, "announced to the supernode");
+            for ((now, was), (sn, _)) in results.into_iter().zip(&mut last).zip(&self.targets) {
+                match now {
+                    None if *was != Some(None) => {
+                        info!(supernode = %sn, hostname = %node.hostname, mirror = %node.mirror, "announced to the supernode");
+                    }
+                    // Not a passing fault: said once per change, not every interval.
+                    Some(401) if *was != Some(Some(401)) => warn!(
+                        supernode = %sn,
+                        "the supernode refused this node's announcement for want of the \
+                         cluster signature: set the same cluster.secret_file on both"
+                    ),
+                    _ => {}
                 }
-                *was = ok;
+                *was = Some(now);
             }
         }
     }
 
-    /// One announce to one supernode; whether it was accepted. Failures are logged at
-    /// debug only.
-    async fn send(&self, supernode: &str, url: &str) -> bool {
-        let req = self
+    /// One announce to one supernode: `None` accepted, else the refusal's status (0: no
+    /// answer). Failures are logged at debug here.
+    async fn send(&self, supernode: &str, url: &str) -> Option<u16> {
+        let mut req = self
             .client
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(self.body.clone());
-        match req.send().await {
-            Ok(r) if r.status().is_success() => true,
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.control {
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                key.sign("POST", NODES_PATH, &self.body),
+            );
+        }
+        match req.body(self.body.clone()).send().await {
+            Ok(r) if r.status().is_success() => None,
             Ok(r) => {
                 debug!(
                     supernode,
                     status = r.status().as_u16(),
                     "node announce refused"
                 );
-                false
+                Some(r.status().as_u16())
             }
             Err(e) => {
                 debug!(supernode, error = %damselfly_oci::error_chain(&e), "node announce failed");
-                false
+                Some(0)
             }
         }
     }

@@ -12,7 +12,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use damselfly_common::{Digest, server};
+use damselfly_common::{Digest, control, server};
 use damselfly_store::{Fault, Reservation, StoreConfig};
 use dfget::{DownloadError, DownloadRequest, Engine, EngineConfig, Progress};
 use futures::StreamExt;
@@ -149,15 +149,20 @@ impl App {
             .cluster
             .token_key()
             .context("loading cluster.secret_file")?;
+        let control_key = config
+            .cluster
+            .control_key()
+            .context("loading cluster.secret_file")?;
         if token_key.is_none() {
             warn!(
                 "cluster.secret_file is not set: piece tokens are not checked, so any host \
                  that reaches the peer port may download every blob this node holds, \
-                 private ones included (docs/security.md)"
+                 private ones included, and /api/v1/preheat is open (docs/security.md)"
             );
         }
         let engine = Engine::start(EngineConfig {
             token_key,
+            control_key: control_key.clone(),
             refusals: Some(Arc::new(metrics.clone())),
             supernodes: config.supernodes.clone(),
             peer_listen: Some(config.peer_listen),
@@ -242,7 +247,11 @@ impl App {
             self.peer_addr(),
             self.addr().port(),
         );
-        let announcer = Announcer::new(&state.config.supernodes, node)?;
+        let announcer = Announcer::new(
+            &state.config.supernodes,
+            node,
+            state.config.cluster.control_key()?,
+        )?;
         let announce =
             tokio::spawn(announcer.run(state.config.p2p.keepalive_interval, shutdown.clone()));
         let background = tokio::spawn(maintain(state.clone(), shutdown.clone()));
@@ -252,7 +261,19 @@ impl App {
             .route("/metrics", get(metrics))
             .route(
                 "/api/v1/preheat",
-                post(preheat).layer(DefaultBodyLimit::max(preheat::BODY_LIMIT)),
+                // With a cluster secret, only the supernodes (which sign) may preheat.
+                post(preheat)
+                    .layer(DefaultBodyLimit::max(preheat::BODY_LIMIT))
+                    .layer(axum::middleware::from_fn_with_state(
+                        control::Guard {
+                            key: state.config.cluster.control_key()?,
+                            max_skew: state.config.cluster.max_clock_skew,
+                            max_body: preheat::BODY_LIMIT,
+                            enforce: true,
+                            refuse: Arc::new(PreheatRefusal(state.metrics.clone())),
+                        },
+                        control::require_signature,
+                    )),
             )
             .fallback(handle)
             .with_state(state.clone());
@@ -280,6 +301,20 @@ impl App {
         state.engine.shutdown(grace).await;
         info!("dfdaemon stopped");
         Ok(())
+    }
+}
+
+/// Refusals of unsigned preheat requests: the preheat API's JSON error, counted.
+struct PreheatRefusal(Metrics);
+
+impl control::Refuse for PreheatRefusal {
+    fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response<Body> {
+        self.0.access_refusal("control_credential");
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response()
     }
 }
 

@@ -210,12 +210,29 @@ pub struct AccessConfig {
 /// are refused and counted in `access_refusals_total{reason="piece_token"}`. Without it
 /// every request is served and a warning is logged at start. The supernodes must hold the
 /// same secret, or they issue no (or other) tokens and this node refuses every peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// The same secret signs this node's calls to the supernodes (`register`, `sync`, `leave`,
+/// `/api/v1/nodes`), which a supernode with a secret requires, and `POST /api/v1/preheat`
+/// on this node then needs the supernodes' signature ([`damselfly_common::control`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// File holding the cluster secret (at least 16 bytes; surrounding whitespace is
-    /// ignored). Default empty: piece tokens not checked.
+    /// ignored). Default empty: piece tokens not checked, calls not signed.
     pub secret_file: PathBuf,
+    /// A control signature further from this host's clock than this is refused. Default
+    /// 5 min.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            secret_file: PathBuf::new(),
+            max_clock_skew: damselfly_common::control::DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -227,6 +244,16 @@ impl ClusterConfig {
         &self,
     ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
         damselfly_common::TokenKey::from_setting(&self.secret_file)
+    }
+
+    /// The control-plane key, or `None` when no secret file is set.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds too short a secret.
+    pub fn control_key(
+        &self,
+    ) -> Result<Option<damselfly_common::ControlKey>, damselfly_common::token::SecretError> {
+        damselfly_common::ControlKey::from_setting(&self.secret_file)
     }
 }
 

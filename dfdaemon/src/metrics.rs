@@ -58,12 +58,13 @@ pub struct ReasonLabels {
 }
 
 /// The `reason`s of `access_refusals_total`.
-pub const ACCESS_REFUSALS: [&str; 5] = [
+pub const ACCESS_REFUSALS: [&str; 6] = [
     "registry_denied",
     "unlisted_proxied",
     "unlisted_refused",
     "forbidden_address",
     "piece_token",
+    "control_credential",
 ];
 /// All dfdaemon metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]

@@ -137,6 +137,9 @@ pub struct EngineConfig {
     /// admits the requester to the task; without it (the default) anyone who reaches the
     /// piece port is served. This peer presents the tokens its supernode issues either way.
     pub token_key: Option<TokenKey>,
+    /// The control key of the same secret: signs this peer's calls to the supernodes
+    /// (`register`, `sync`, `leave`), which a supernode with a secret requires. Default none.
+    pub control_key: Option<damselfly_common::ControlKey>,
     /// Counts piece-token refusals (a daemon's metrics). Default none.
     pub refusals: Option<Arc<dyn RefusalObserver>>,
     /// Test-only misbehaviour.
@@ -169,6 +172,7 @@ impl Default for EngineConfig {
             vouched_digests: true,
             origin: OriginConfig::default(),
             token_key: None,
+            control_key: None,
             refusals: None,
             fault: Fault::None,
         }
@@ -321,6 +325,7 @@ impl Engine {
                     config.supernode_connect_timeout,
                     Duration::from_secs(60),
                 )
+                .map(|c| c.with_control_key(config.control_key.clone()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| setup(&e))?;

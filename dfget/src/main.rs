@@ -51,8 +51,9 @@ struct Cli {
     #[arg(long, value_name = "IP")]
     advertise_ip: Option<IpAddr>,
     /// The cluster secret (the supernodes' `cluster.secret_file`): serve pieces only to
-    /// peers whose piece token the supernode issued for the task. Without it, anyone who
-    /// reaches the peer port may fetch what this peer holds.
+    /// peers whose piece token the supernode issued for the task, and sign calls to the
+    /// supernode. Without it, anyone who reaches the peer port may fetch what this peer
+    /// holds, and a supernode with a secret refuses this peer.
     #[arg(long, value_name = "FILE", env = "DAMSELFLY_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
     /// Keep serving pieces to other peers this long after finishing.
@@ -156,18 +157,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let token_key = match &cli.cluster_secret_file {
-        Some(path) => Some(damselfly_common::TokenKey::from_file(path)?),
+    let (token_key, control_key) = match &cli.cluster_secret_file {
+        Some(path) => (
+            Some(damselfly_common::TokenKey::from_file(path)?),
+            damselfly_common::ControlKey::from_setting(path)?,
+        ),
         None => {
             tracing::info!(
-                "no --cluster-secret-file: piece tokens are not checked; anyone who reaches \
-                 the peer port may fetch what this peer holds"
+                "no --cluster-secret-file: piece tokens are not checked (anyone who reaches \
+                 the peer port may fetch what this peer holds), and calls to the supernode \
+                 are not signed (a supernode with a cluster secret refuses them)"
             );
-            None
+            (None, None)
         }
     };
     let mut config = EngineConfig {
         token_key,
+        control_key,
         supernodes: cli.supernode.clone(),
         peer_listen: cli.peer_listen,
         advertise_ip: cli.advertise_ip,

@@ -55,6 +55,8 @@ pub struct SupernodeClient {
     /// For liveness probes: a new connection each time (a pooled one could be a black
     /// hole's), answered within the connect timeout.
     probe: reqwest::Client,
+    /// Signs control calls when the cluster has a secret.
+    control: Option<damselfly_common::ControlKey>,
 }
 
 impl SupernodeClient {
@@ -89,7 +91,16 @@ impl SupernodeClient {
             base: format!("http://{addr}"),
             http,
             probe,
+            control: None,
         })
+    }
+
+    /// Signs every control call (`register`, `sync`, `leave`) with the cluster secret's
+    /// control key, as a supernode with a secret requires.
+    #[must_use]
+    pub fn with_control_key(mut self, key: Option<damselfly_common::ControlKey>) -> Self {
+        self.control = key;
+        self
     }
 
     /// Whether the supernode answers `/healthy` on a new connection within the connect
@@ -133,10 +144,14 @@ impl SupernodeClient {
     }
 
     async fn call(&self, path: &str, body: Vec<u8>) -> Result<Bytes, SupernodeError> {
-        let resp = self
+        let mut req = self
             .http
             .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-protobuf")
+            .header("content-type", "application/x-protobuf");
+        if let Some(key) = &self.control {
+            req = req.header("authorization", key.sign("POST", path, &body));
+        }
+        let resp = req
             .body(body)
             .send()
             .await

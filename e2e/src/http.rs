@@ -48,6 +48,8 @@ pub struct Request {
     timeout: Duration,
     /// A CA (PEM) to trust on top of the built-in roots.
     ca_pem: Option<Vec<u8>>,
+    /// Sign as a cluster member (`damselfly_common::control`) with this secret at send.
+    signed_with: Option<String>,
 }
 
 impl Request {
@@ -60,7 +62,22 @@ impl Request {
             body: None,
             timeout: Duration::from_secs(120),
             ca_pem: None,
+            signed_with: None,
         }
+    }
+
+    /// Signs the request as a member of the test cluster would (the control plane's
+    /// `Authorization`, made with [`crate::TEST_CLUSTER_SECRET`]) when it is sent.
+    #[must_use]
+    pub fn signed(self) -> Self {
+        self.signed_with_secret(crate::TEST_CLUSTER_SECRET)
+    }
+
+    /// Signs the request with the control key of `secret` when it is sent.
+    #[must_use]
+    pub fn signed_with_secret(mut self, secret: &str) -> Self {
+        self.signed_with = Some(secret.to_owned());
+        self
     }
 
     pub fn get(url: impl Into<String>) -> Self {
@@ -119,6 +136,22 @@ impl Request {
     /// Sends the request and reads the whole body. Non-2xx statuses are not errors.
     pub fn send(self) -> Result<Response> {
         let description = format!("{} {}", self.method, self.url);
+        let signature = match &self.signed_with {
+            Some(secret) => {
+                let url = reqwest::Url::parse(&self.url).context("signing: not a URL")?;
+                let path = match url.query() {
+                    Some(q) => format!("{}?{q}", url.path()),
+                    None => url.path().to_owned(),
+                };
+                let key = damselfly_common::ControlKey::new(secret.as_bytes())?;
+                Some(key.sign(
+                    self.method.as_str(),
+                    &path,
+                    self.body.as_deref().unwrap_or_default(),
+                ))
+            }
+            None => None,
+        };
         block_on(async move {
             let mut builder = reqwest::Client::builder()
                 .no_proxy()
@@ -137,6 +170,9 @@ impl Request {
             }
             if let Some((user, pass)) = &self.basic_auth {
                 request = request.basic_auth(user, Some(pass));
+            }
+            if let Some(auth) = &signature {
+                request = request.header("authorization", auth);
             }
             if let Some(body) = self.body {
                 request = request.body(body);

@@ -640,6 +640,7 @@ fn a_rate_limited_pull_completes_across_keepalives_and_keeps_to_its_limit() {
 /// `POST /api/v1/preheat` with a JSON `body`; the status and the JSON answer.
 fn preheat(d: &Dfdaemon, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
     let r = http::Request::post(format!("{}/api/v1/preheat", d.url()))
+        .signed()
         .header("content-type", "application/json")
         .body(body)
         .send()

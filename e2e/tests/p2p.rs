@@ -740,7 +740,9 @@ fn malformed_requests_get_errors_not_panics() {
     let sn = Supernode::builder().start();
     let base = format!("http://{}", sn.addr());
     for path in ["/api/v1/register", "/api/v1/sync", "/api/v1/leave"] {
+        // Signed, as a cluster member's would be: past the credential check, to the decoder.
         let resp = http::Request::post(format!("{base}{path}"))
+            .signed()
             .body(vec![
                 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
             ])
@@ -750,6 +752,7 @@ fn malformed_requests_get_errors_not_panics() {
     }
     // Oversize body: refused before it is decoded.
     let resp = http::Request::post(format!("{base}/api/v1/register"))
+        .signed()
         .body(vec![0u8; 5 << 20])
         .send()
         .unwrap();

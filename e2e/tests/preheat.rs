@@ -26,8 +26,14 @@ fn setup(repo: &str, seed: u64) -> Setup {
     let registry = TestRegistry::builder().token_auth().start();
     let image = TestImage::busybox("preheated", 3 * MIB, seed).unwrap();
     let pushed = registry.push_test_image(repo, "1", &image).unwrap();
+    // Generation 1 carries no credential: allowed from this machine only.
     let supernode = Supernode::builder()
-        .args(["--preheat-token", TOKEN])
+        .args([
+            "--preheat-token",
+            TOKEN,
+            "--preheat-v1-source",
+            "127.0.0.0/8",
+        ])
         .start();
     let api = format!("http://{}", supernode.addr());
     Setup {
@@ -383,7 +389,12 @@ fn finished_jobs_survive_a_supernode_restart() {
     let start = || {
         Supernode::builder()
             .data_dir(data.path())
-            .args(["--preheat-token", TOKEN])
+            .args([
+                "--preheat-token",
+                TOKEN,
+                "--preheat-v1-source",
+                "127.0.0.1/32",
+            ])
             .start()
     };
     let supernode = start();
@@ -599,6 +610,7 @@ fn the_node_table_is_bounded() {
         .start();
     let announce = |host: &str| {
         http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
+            .signed()
             .header("Content-Type", "application/json")
             .body(format!(
                 r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#

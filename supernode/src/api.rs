@@ -31,7 +31,7 @@ use axum::{
     routing::{get, post},
 };
 use damselfly_common::{
-    Digest,
+    Digest, control,
     token::PIECE_TOKEN_HEADER,
     vouch::{PIECE_DIGEST_HEADER, PIECE_SIGNATURE_HEADER},
 };
@@ -53,16 +53,55 @@ use crate::{
 
 /// Builds the router.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    // With a cluster secret, the peer protocol's control calls need its signature.
+    let control = Router::new()
         .route("/api/v1/register", post(register))
         .route("/api/v1/sync", post(sync))
         .route("/api/v1/leave", post(leave))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_guard(&shared, Arc::new(ProtoRefusal(shared.clone()))),
+            control::require_signature,
+        ));
+    Router::new()
+        .merge(control)
         .route("/api/v1/tasks/{task}/pieces/{index}", get(piece))
         .route("/healthy", get(healthy))
         .route("/metrics", get(metrics))
-        .merge(crate::preheat::api::routes())
+        .merge(crate::preheat::api::routes(&shared))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_LEN))
         .with_state(shared)
+}
+
+/// The signature check of control routes, answering refusals with `refuse`.
+pub(crate) fn control_guard(shared: &Shared, refuse: Arc<dyn control::Refuse>) -> control::Guard {
+    control::Guard {
+        key: shared.control.clone(),
+        max_skew: shared.config.cluster.max_clock_skew,
+        max_body: MAX_MESSAGE_LEN,
+        enforce: shared.config.cluster.enforce_signatures,
+        refuse,
+    }
+}
+
+/// Refusals of the peer protocol's control calls: a protobuf `ErrorResponse`, code
+/// `UNAUTHENTICATED`, counted.
+struct ProtoRefusal(Arc<Shared>);
+
+impl control::Refuse for ProtoRefusal {
+    fn refuse(&self, error: &control::ControlAuthError, _path: &str) -> Response {
+        self.0
+            .metrics
+            .access_refusal(AccessRefusal::ControlCredential);
+        (
+            StatusCode::UNAUTHORIZED,
+            Proto(ErrorResponse::new("UNAUTHENTICATED", error.to_string())),
+        )
+            .into_response()
+    }
+
+    fn let_through(&self, _error: &control::ControlAuthError, _path: &str) {
+        self.0.metrics.control_unsigned_accepted.inc();
+    }
 }
 
 /// A protobuf answer.

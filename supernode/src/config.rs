@@ -180,6 +180,17 @@ pub struct ClusterSection {
     /// default): `signing.key` in `data_dir`. Keep it across restarts: peers in the middle of
     /// a download keep the key they registered with.
     pub signing_key_file: PathBuf,
+    /// With a secret, every control request (`register`, `sync`, `leave`, `/api/v1/nodes`,
+    /// `/api/v1/seed`) must be signed with it ([`damselfly_common::control`]); a signature
+    /// older or newer than this, by this host's clock, is refused. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Refuse (401) control requests without a valid signature. Default on. Off only while
+    /// a running cluster is switched to a secret: the supernodes then issue piece tokens and
+    /// sign their own calls, and count unsigned requests
+    /// (`control_unsigned_accepted_total`) instead of refusing them, until every node has
+    /// the secret.
+    pub enforce_signatures: bool,
 }
 
 impl Default for ClusterSection {
@@ -189,6 +200,8 @@ impl Default for ClusterSection {
             piece_token_ttl: Duration::from_secs(3600),
             vouch_digests: true,
             signing_key_file: PathBuf::new(),
+            max_clock_skew: damselfly_common::control::DEFAULT_MAX_CLOCK_SKEW,
+            enforce_signatures: true,
         }
     }
 }
@@ -202,6 +215,16 @@ impl ClusterSection {
         &self,
     ) -> Result<Option<damselfly_common::TokenKey>, damselfly_common::token::SecretError> {
         damselfly_common::TokenKey::from_setting(&self.secret_file)
+    }
+
+    /// The control-plane key, or `None` when no secret file is set (control plane open).
+    ///
+    /// # Errors
+    /// The file cannot be read or holds too short a secret.
+    pub fn control_key(
+        &self,
+    ) -> Result<Option<damselfly_common::ControlKey>, damselfly_common::token::SecretError> {
+        damselfly_common::ControlKey::from_setting(&self.secret_file)
     }
 
     /// The digest signing key (`signing_key_file`, else `signing.key` in `data_dir`, made
@@ -273,6 +296,10 @@ pub struct PreheatConfig {
     /// (three `scheduler.peer_timeout`s without an announcement). Bounds the table against
     /// a caller inventing host names. Default 10,000.
     pub max_nodes: usize,
+    /// Generation 1 (`/_ping`, `/preheats`), which Harbor sends without any credential, is
+    /// served only to callers from these networks (`10.0.0.0/8`, `192.0.2.7/32`, `::1/128`).
+    /// Empty (the default): generation 1 is off (403); use generation 2 and `token`.
+    pub v1_sources: Vec<String>,
 }
 
 impl Default for PreheatConfig {
@@ -285,6 +312,7 @@ impl Default for PreheatConfig {
             hostname: String::new(),
             supernodes: Vec::new(),
             max_nodes: 10_000,
+            v1_sources: Vec::new(),
         }
     }
 }
@@ -399,6 +427,17 @@ impl Config {
                 "preheat.platform",
                 "must be os/arch[/variant], e.g. linux/amd64",
             ));
+        }
+        if self.cluster.max_clock_skew < Duration::from_secs(1) {
+            errs.push(ConfigError::new("cluster.max_clock_skew", "must be >= 1s"));
+        }
+        for (i, net) in self.preheat.v1_sources.iter().enumerate() {
+            if let Err(e) = net.parse::<ipnet::IpNet>() {
+                errs.push(ConfigError::new(
+                    format!("preheat.v1_sources[{i}]"),
+                    format!("{net:?} is not a network (address/prefix): {e}"),
+                ));
+            }
         }
         if self.cluster.piece_token_ttl < Duration::from_secs(60) {
             errs.push(ConfigError::new(
@@ -540,6 +579,16 @@ pub struct Overrides {
     /// `cluster.piece_token_ttl`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub cluster_piece_token_ttl: Option<Duration>,
+    /// `cluster.max_clock_skew`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cluster_max_clock_skew: Option<Duration>,
+    /// `cluster.enforce_signatures`.
+    #[arg(long, value_name = "BOOL")]
+    pub cluster_enforce_signatures: Option<bool>,
+    /// `preheat.v1_sources` (repeatable; replaces the file's list): networks allowed to use
+    /// Harbor preheat generation 1.
+    #[arg(long = "preheat-v1-source", value_name = "NET")]
+    pub preheat_v1_sources: Vec<String>,
     /// `cluster.vouch_digests`.
     #[arg(long, value_name = "BOOL")]
     pub cluster_vouch_digests: Option<bool>,
@@ -611,6 +660,14 @@ impl Overrides {
         }
         set(&mut c.cluster.secret_file, self.cluster_secret_file);
         set(&mut c.cluster.piece_token_ttl, self.cluster_piece_token_ttl);
+        set(&mut c.cluster.max_clock_skew, self.cluster_max_clock_skew);
+        set(
+            &mut c.cluster.enforce_signatures,
+            self.cluster_enforce_signatures,
+        );
+        if !self.preheat_v1_sources.is_empty() {
+            c.preheat.v1_sources = self.preheat_v1_sources;
+        }
         set(&mut c.cluster.vouch_digests, self.cluster_vouch_digests);
         set(
             &mut c.cluster.signing_key_file,
@@ -657,6 +714,23 @@ mod tests {
             .collect();
         assert_eq!(keys, ["access.allow[2]"]);
         assert!(parse::<Config>("version = 1\n[access]\ndeny = []\n").is_err());
+    }
+
+    #[test]
+    fn preheat_v1_sources_must_be_networks() {
+        let mut c: Config =
+            parse("version = 1\n[preheat]\nv1_sources = [\"10.0.0.0/8\", \"::1/128\"]\n").unwrap();
+        c.validate().unwrap();
+        Overrides {
+            preheat_v1_sources: vec!["10.0.0.1".into(), "192.0.2.0/24".into()],
+            cluster_max_clock_skew: Some(Duration::ZERO),
+            ..Default::default()
+        }
+        .apply(&mut c);
+        assert_eq!(c.preheat.v1_sources, ["10.0.0.1", "192.0.2.0/24"]);
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["cluster.max_clock_skew", "preheat.v1_sources[0]"]);
     }
 
     /// deploy/config/supernode.toml is the default file with comments: the same keys, each

@@ -76,6 +76,11 @@ pub struct Shared {
     /// The cluster secret's piece-token key (`cluster.secret_file`); `None`: tokens are
     /// neither issued nor checked.
     pub piece_tokens: Option<damselfly_common::TokenKey>,
+    /// The cluster secret's control-plane key: control requests must be signed with it, and
+    /// this supernode signs its own (seeds, node preheats). `None`: the control plane is open.
+    pub control: Option<damselfly_common::ControlKey>,
+    /// Networks allowed to use preheat generation 1 (`preheat.v1_sources`); empty: it is off.
+    pub v1_sources: Vec<ipnet::IpNet>,
     /// Signs piece digests (`cluster.vouch_digests`); `None`: digests go in sync answers.
     pub signer: Option<damselfly_common::vouch::DigestSigner>,
     /// Registries besides a blob's own that may admit a requester to it (`access.allow`).
@@ -133,13 +138,25 @@ impl App {
             .cluster
             .token_key()
             .context("loading cluster.secret_file")?;
+        let control = config
+            .cluster
+            .control_key()
+            .context("loading cluster.secret_file")?;
         if piece_tokens.is_none() {
             warn!(
-                "cluster.secret_file is not set: piece tokens are off, so any host that \
-                 reaches a peer's piece port (or this API) may download the blobs it holds, \
-                 private ones included (docs/security.md)"
+                "cluster.secret_file is not set: piece tokens are off and the control plane \
+                 is open, so any host that reaches a peer's piece port (or this API) may \
+                 download the blobs it holds, private ones included, and register, seed or \
+                 announce (docs/security.md)"
             );
         }
+        // Validated with the config.
+        let v1_sources = config
+            .preheat
+            .v1_sources
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
         let signer = {
             let cluster = config.cluster.clone();
             let dir = config.data_dir.clone();
@@ -169,6 +186,8 @@ impl App {
             tasks: tasks::Tasks::default(),
             access_allow,
             piece_tokens,
+            control,
+            v1_sources,
             signer,
             metrics,
             registry,

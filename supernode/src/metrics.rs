@@ -63,6 +63,11 @@ pub enum AccessRefusal {
     UnlistedRegistry,
     /// A piece request without a valid piece token for its task and requester.
     PieceToken,
+    /// A control request (`register`, `sync`, `leave`, `/api/v1/nodes`, `/api/v1/seed`)
+    /// without a valid cluster signature.
+    ControlCredential,
+    /// A Harbor preheat generation-1 request from outside `preheat.v1_sources`.
+    PreheatV1Source,
 }
 
 /// Label set for access refusals.
@@ -139,6 +144,9 @@ pub struct Metrics {
     pub registrations: Family<RegisterLabels, Counter>,
     /// Later requesters of private blobs refused, by reason.
     pub access_refusals: Family<AccessRefusalLabels, Counter>,
+    /// Control requests let through without a valid signature (`cluster.enforce_signatures`
+    /// off).
+    pub control_unsigned_accepted: Counter,
     /// Tasks held in memory (running or cached and recently used).
     pub tasks: Gauge,
     /// Live peers over all tasks.
@@ -195,6 +203,7 @@ impl Metrics {
             busy_refusals: Counter::default(),
             registrations: Family::default(),
             access_refusals: Family::default(),
+            control_unsigned_accepted: Counter::default(),
             tasks: Gauge::default(),
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
@@ -272,12 +281,14 @@ impl Metrics {
             "Task registrations by outcome",
             m.registrations.clone(),
         );
-        // Both reasons exported from the start, at 0: a refusal is rare, and an alert on
+        // Every reason exported from the start, at 0: a refusal is rare, and an alert on
         // its rate needs the series before the first one.
         for reason in [
             AccessRefusal::RegistryDenied,
             AccessRefusal::UnlistedRegistry,
             AccessRefusal::PieceToken,
+            AccessRefusal::ControlCredential,
+            AccessRefusal::PreheatV1Source,
         ] {
             drop(
                 m.access_refusals
@@ -286,8 +297,13 @@ impl Metrics {
         }
         r.register(
             "access_refusals",
-            "Requesters refused: later requesters of private blobs at registration, piece requests without a valid token",
+            "Requesters refused: later requesters of private blobs at registration, piece requests without a valid token, control requests without a valid cluster signature, preheat generation 1 from outside its networks",
             m.access_refusals.clone(),
+        );
+        r.register(
+            "control_unsigned_accepted",
+            "Control requests let through without a valid cluster signature (cluster.enforce_signatures off)",
+            m.control_unsigned_accepted.clone(),
         );
         r.register("tasks", "Tasks held in memory", m.tasks.clone());
         r.register("peers", "Live peers over all tasks", m.peers.clone());

@@ -6,16 +6,23 @@
 //!
 //! Errors are JSON `{"code": <status>, "error": "<reason>"}`; nothing is fetched for a request
 //! that is refused.
+//!
+//! Generation 1 carries no credential, so it is served only to callers from
+//! `preheat.v1_sources` (off when empty). The cluster's own calls, `POST /api/v1/nodes`
+//! (dfdaemons announcing) and `POST /api/v1/seed` (another supernode's preheat), need the
+//! cluster signature when a secret is set ([`damselfly_common::control`]).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{ConnectInfo, Path, Request, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use damselfly_common::control;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,15 +30,71 @@ use super::{Api, Job, JobRequest, JobState, Node, Scope, manifest};
 use crate::Shared;
 
 /// The preheat and node routes.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
+pub fn routes(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
+    let v1 = Router::new()
         .route("/_ping", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/preheats", post(create_v1))
         .route("/preheats/{id}", get(status_v1))
-        .route("/oapi/v1/jobs", post(create_v2))
-        .route("/oapi/v1/jobs/{id}", get(status_v2))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            v1_source,
+        ));
+    let cluster = Router::new()
         .route("/api/v1/nodes", post(announce))
         .route("/api/v1/seed", post(seed))
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::api::control_guard(shared, Arc::new(JsonRefusal(shared.clone()))),
+            control::require_signature,
+        ));
+    Router::new()
+        .merge(v1)
+        .merge(cluster)
+        .route("/oapi/v1/jobs", post(create_v2))
+        .route("/oapi/v1/jobs/{id}", get(status_v2))
+}
+
+/// Refusals of the cluster's JSON calls: [`error`], counted.
+struct JsonRefusal(Arc<Shared>);
+
+impl control::Refuse for JsonRefusal {
+    fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response {
+        self.0
+            .metrics
+            .access_refusal(crate::metrics::AccessRefusal::ControlCredential);
+        error(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+
+    fn let_through(&self, _e: &control::ControlAuthError, _path: &str) {
+        self.0.metrics.control_unsigned_accepted.inc();
+    }
+}
+
+/// Lets a generation-1 request through only from `preheat.v1_sources`.
+async fn v1_source(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    // Set by the server for every connection.
+    let from = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_canonical());
+    let allowed = from.is_some_and(|ip| shared.v1_sources.iter().any(|n| n.contains(&ip)));
+    if allowed {
+        return next.run(request).await;
+    }
+    shared
+        .metrics
+        .access_refusal(crate::metrics::AccessRefusal::PreheatV1Source);
+    let reason = if shared.v1_sources.is_empty() {
+        "preheat generation 1 (no credential) is off on this supernode: use generation 2 \
+         with preheat.token, or list the caller's network in preheat.v1_sources"
+            .to_owned()
+    } else {
+        format!(
+            "preheat generation 1 is not allowed from {} (preheat.v1_sources)",
+            from.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+        )
+    };
+    tracing::warn!(from = ?from, "preheat generation 1 request refused");
+    error(StatusCode::FORBIDDEN, reason)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

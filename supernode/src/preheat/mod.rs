@@ -486,7 +486,15 @@ async fn execute(
                             sn.rsplit_once(':')
                                 .map_or(sn.as_str(), |(h, _)| h)
                                 .to_owned(),
-                            remote_seed(client, sn, &url, digest, &req.headers).await,
+                            remote_seed(
+                                client,
+                                shared.control.as_ref(),
+                                sn,
+                                &url,
+                                digest,
+                                &req.headers,
+                            )
+                            .await,
                         ),
                     };
                     out.push(TaskResult {
@@ -500,7 +508,15 @@ async fn execute(
                 let ok = out.iter().all(|r| r.ok);
                 if ok {
                     for (name, node) in nodes {
-                        let r = node_fetch(client, node, &url, digest, &req.headers).await;
+                        let r = node_fetch(
+                            client,
+                            shared.control.as_ref(),
+                            node,
+                            &url,
+                            digest,
+                            &req.headers,
+                        )
+                        .await;
                         out.push(TaskResult {
                             url: url.clone(),
                             hostname: name.clone(),
@@ -536,6 +552,7 @@ fn seed_targets(shared: &Shared, scope: Scope, digest: &Digest) -> Vec<Option<St
 /// Asks supernode `sn` to fetch and keep a blob (`POST /api/v1/seed`).
 async fn remote_seed(
     client: &reqwest::Client,
+    control: Option<&damselfly_common::ControlKey>,
     sn: &str,
     url: &str,
     digest: Digest,
@@ -543,6 +560,7 @@ async fn remote_seed(
 ) -> Result<(), String> {
     post_and_check(
         client,
+        control,
         &format!("http://{sn}/api/v1/seed"),
         url,
         digest,
@@ -610,6 +628,7 @@ async fn wait_complete(task: &Task) -> Result<(), String> {
 /// Asks a node's dfdaemon to fetch a blob through the swarm and keep it.
 async fn node_fetch(
     client: &reqwest::Client,
+    control: Option<&damselfly_common::ControlKey>,
     node: &Node,
     url: &str,
     digest: Digest,
@@ -617,6 +636,7 @@ async fn node_fetch(
 ) -> Result<(), String> {
     post_and_check(
         client,
+        control,
         &format!("{}/api/v1/preheat", node.mirror),
         url,
         digest,
@@ -625,9 +645,11 @@ async fn node_fetch(
     .await
 }
 
-/// POSTs `{url, digest, headers}` to `endpoint`; a 2xx is success, anything else the reason.
+/// POSTs `{url, digest, headers}` to `endpoint`, signed with `control` when the cluster has
+/// a secret; a 2xx is success, anything else the reason.
 async fn post_and_check(
     client: &reqwest::Client,
+    control: Option<&damselfly_common::ControlKey>,
     endpoint: &str,
     url: &str,
     digest: Digest,
@@ -638,10 +660,24 @@ async fn post_and_check(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let body = serde_json::json!({ "url": url, "digest": digest.to_string(), "headers": headers });
-    let resp = client
+    let body = body.to_string();
+    let mut req = client
         .post(endpoint)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = control {
+        // Signed over the path (and query) the receiver sees.
+        let target = reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
+        let path = match target.query() {
+            Some(q) => format!("{}?{q}", target.path()),
+            None => target.path().to_owned(),
+        };
+        req = req.header(
+            reqwest::header::AUTHORIZATION,
+            key.sign("POST", &path, body.as_bytes()),
+        );
+    }
+    let resp = req
+        .body(body)
         .send()
         .await
         .map_err(|e| format!("{endpoint} unreachable: {e}"))?;
