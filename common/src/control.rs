@@ -56,6 +56,10 @@ pub enum ControlAuthError {
     /// The signature does not match: another secret, or an altered request.
     #[error("control-plane credential not valid for this request (another cluster secret?)")]
     Invalid,
+    /// The body could not be read to check the signature: longer than the route allows, or
+    /// cut off (answered 413, not 401).
+    #[error("request body too large or unreadable (at most {0} bytes)")]
+    Body(usize),
 }
 
 impl ControlAuthError {
@@ -66,6 +70,7 @@ impl ControlAuthError {
             Self::Malformed => "malformed",
             Self::Skew(_) => "skew",
             Self::Invalid => "invalid",
+            Self::Body(_) => "body",
         }
     }
 }
@@ -206,6 +211,7 @@ fn parse(value: &str) -> Option<(u64, Vec<u8>)> {
 /// and its metrics.
 pub trait Refuse: Send + Sync + 'static {
     /// The answer to a request refused for `error` (status 401).
+    /// The status is set by the caller (401, or 413 for [`ControlAuthError::Body`]).
     fn refuse(&self, error: &ControlAuthError, path: &str) -> Response<Body>;
 
     /// A request let through without a valid signature because signatures are not enforced
@@ -243,7 +249,10 @@ pub async fn require_signature(
     };
     let (parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, guard.max_body).await else {
-        let mut r = Response::new(Body::from("request body too large or unreadable\n"));
+        // In the route's own error format; not counted as a credential refusal.
+        let mut r = guard
+            .refuse
+            .refuse(&ControlAuthError::Body(guard.max_body), parts.uri.path());
         *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
         return r;
     };

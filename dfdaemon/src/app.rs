@@ -309,9 +309,16 @@ struct PreheatRefusal(Metrics);
 
 impl control::Refuse for PreheatRefusal {
     fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response<Body> {
-        self.0.access_refusal("control_credential");
+        let status = if let control::ControlAuthError::Body(_) = e {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            self.0.access_refusal("control_credential");
+            StatusCode::UNAUTHORIZED
+        };
+        // Answered here, not by the handler: counted as the handler counts its answers.
+        self.0.request("preheat", status.as_u16());
         (
-            StatusCode::UNAUTHORIZED,
+            status,
             axum::Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response()

@@ -89,12 +89,17 @@ struct ProtoRefusal(Arc<Shared>);
 
 impl control::Refuse for ProtoRefusal {
     fn refuse(&self, error: &control::ControlAuthError, _path: &str) -> Response {
-        self.0
-            .metrics
-            .access_refusal(AccessRefusal::ControlCredential);
+        let code = if let control::ControlAuthError::Body(_) = error {
+            "TOO_LARGE"
+        } else {
+            self.0
+                .metrics
+                .access_refusal(AccessRefusal::ControlCredential);
+            "UNAUTHENTICATED"
+        };
         (
             StatusCode::UNAUTHORIZED,
-            Proto(ErrorResponse::new("UNAUTHENTICATED", error.to_string())),
+            Proto(ErrorResponse::new(code, error.to_string())),
         )
             .into_response()
     }

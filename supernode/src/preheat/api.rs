@@ -58,9 +58,11 @@ struct JsonRefusal(Arc<Shared>);
 
 impl control::Refuse for JsonRefusal {
     fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response {
-        self.0
-            .metrics
-            .access_refusal(crate::metrics::AccessRefusal::ControlCredential);
+        if !matches!(e, control::ControlAuthError::Body(_)) {
+            self.0
+                .metrics
+                .access_refusal(crate::metrics::AccessRefusal::ControlCredential);
+        }
         error(StatusCode::UNAUTHORIZED, e.to_string())
     }
 
