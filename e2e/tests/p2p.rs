@@ -750,13 +750,17 @@ fn malformed_requests_get_errors_not_panics() {
             .unwrap();
         assert_eq!(resp.status, 400, "{path}: {}", resp.text());
     }
-    // Oversize body: refused before it is decoded.
-    let resp = http::Request::post(format!("{base}/api/v1/register"))
+    // Oversize body: refused before it is decoded. The answer may come while the client
+    // is still sending, and the server then closes the connection: the client sees either
+    // the 413 or its upload cut, never a 2xx.
+    match http::Request::post(format!("{base}/api/v1/register"))
         .signed()
         .body(vec![0u8; 5 << 20])
         .send()
-        .unwrap();
-    assert!(resp.status == 413 || resp.status == 400, "{}", resp.status);
+    {
+        Ok(resp) => assert!(resp.status == 413 || resp.status == 400, "{}", resp.status),
+        Err(e) => assert!(format!("{e:#}").contains("error sending request"), "{e:#}"),
+    }
     // A piece without a piece token: refused before the task is even looked up, so a
     // stranger cannot tell a stored blob from an unknown one.
     let resp = http::get(
