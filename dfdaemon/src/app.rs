@@ -30,6 +30,7 @@ use crate::{
     cache::{CacheError, CachedBlob, NodeCache},
     flight::{self, Failure, Flight, FlightState},
     metrics::{Metrics, Source},
+    prefetch,
     preheat::{self, PreheatError, PreheatResponse, PreheatSource},
     proxy::{self, oci_error},
     range::ByteRange,
@@ -103,6 +104,12 @@ impl Upstreams {
 }
 
 impl AppState {
+    /// Whether manifests start their layers' downloads (`p2p.prefetch_layers`, and a swarm
+    /// to fetch them through).
+    fn prefetching(&self) -> bool {
+        self.config.p2p.prefetch_layers && !self.config.supernodes.is_empty()
+    }
+
     /// Base URL and client for a route's registry.
     fn upstream(&self, route: &Route) -> (String, &reqwest::Client) {
         match &route.registry {
@@ -520,6 +527,10 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
             let (repo, digest) = (repo.clone(), *digest);
             serve_blob(&state, &route, &repo, digest, &parts.headers).await
         }
+        (Decision::Listed, Kind::Manifest { repo }, &Method::GET) if state.prefetching() => {
+            let repo = repo.clone();
+            manifest_prefetching(&state, &route, &repo, &parts.headers).await
+        }
         (_, Kind::Blob { digest, .. }, &Method::GET) => {
             // A registry the operator did not list cannot vouch for bytes this node holds:
             // the requester gets whatever that registry itself answers, nothing from here.
@@ -606,6 +617,86 @@ async fn pass_through(
             oci_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
         }
     }
+}
+
+/// A manifest GET passed through; an image manifest's tar layers start downloading into the
+/// node cache at once (`p2p.prefetch_layers`, see [`crate::prefetch`]). The manifest is
+/// read whole (at most 4 MiB, as registries allow) and answered unchanged.
+async fn manifest_prefetching(
+    state: &Arc<AppState>,
+    route: &Route,
+    repo: &str,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let resp = pass_through(state, route, Method::GET, headers, Body::empty()).await;
+    let image = resp.status() == StatusCode::OK
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(prefetch::is_image_manifest);
+    if !image {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, prefetch::MAX_MANIFEST_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            state.metrics.error("upstream_unreachable");
+            warn!(error = %e, path = %route.path, "manifest body failed or is over 4 MiB");
+            return oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "the registry's manifest body failed or is over 4 MiB",
+            );
+        }
+    };
+    let layers = prefetch::tar_layers(&bytes);
+    if !layers.is_empty() {
+        prefetch_layers(
+            state,
+            route,
+            repo,
+            headers.get(header::AUTHORIZATION),
+            &layers,
+        );
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Starts the download of each of `layers` not cached or downloading already, with the
+/// manifest request's credentials (the registry checks them; the runtime's own GET of each
+/// blob is checked again before it is served).
+fn prefetch_layers(
+    state: &Arc<AppState>,
+    route: &Route,
+    repo: &str,
+    auth: Option<&HeaderValue>,
+    layers: &[Digest],
+) {
+    let (base, _) = state.upstream(route);
+    let mut origin_headers = Vec::new();
+    if let Some(a) = auth.and_then(|a| a.to_str().ok()) {
+        origin_headers.push(("Authorization".to_owned(), a.to_owned()));
+    }
+    let mut started = 0u32;
+    for &digest in layers {
+        if state.cache.get(&digest).is_some() || state.flights.lock().contains_key(&digest) {
+            continue;
+        }
+        let url = format!("{base}/v2/{repo}/blobs/{digest}");
+        if let Holding::Downloading(..) = acquire(state, digest, url, origin_headers.clone(), None)
+        {
+            state.metrics.prefetched_blobs.inc();
+            started += 1;
+        }
+    }
+    debug!(
+        repo,
+        layers = layers.len(),
+        started,
+        "manifest passed through: fetching its layers ahead"
+    );
 }
 
 /// `/v2/` with no registry named: the version check of the mirror itself. Clients using

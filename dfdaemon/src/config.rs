@@ -131,6 +131,14 @@ pub struct P2pConfig {
     /// that has no signature for a piece (a node that predates this) makes the download
     /// ask the supernode for digests after all.
     pub vouched_digests: bool,
+    /// When an image manifest passes through the mirror, start downloading its tar layers
+    /// (those not in the node cache) through the swarm at once, instead of when the runtime
+    /// asks for each: runtimes fetch a few layers at a time (containerd 3), which leaves
+    /// the supernode's uplink idle between them. Default on. The registry still sends each
+    /// blob to the cluster once; the cost is a layer the runtime turns out to have already
+    /// (fetched into the node cache anyway). Nydus blobs and other lazily read layers are
+    /// never fetched ahead.
+    pub prefetch_layers: bool,
     /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
     /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
     /// UDP: encrypted in transit, several times the CPU per byte; for networks where node
@@ -323,6 +331,7 @@ impl Default for P2pConfig {
             check_whole_file: false,
             announcements: true,
             vouched_digests: true,
+            prefetch_layers: true,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),
@@ -543,6 +552,9 @@ pub struct Overrides {
     /// `p2p.vouched_digests`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_vouched_digests: Option<bool>,
+    /// `p2p.prefetch_layers`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_prefetch_layers: Option<bool>,
     /// `p2p.transport` (`tcp` or `quic`).
     #[arg(long, value_name = "tcp|quic")]
     pub p2p_transport: Option<dfget::Transport>,
@@ -657,6 +669,7 @@ impl Overrides {
         set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
         set(&mut c.p2p.announcements, self.p2p_announcements);
         set(&mut c.p2p.vouched_digests, self.p2p_vouched_digests);
+        set(&mut c.p2p.prefetch_layers, self.p2p_prefetch_layers);
         set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);
         set(

@@ -26,6 +26,7 @@ pub mod config;
 pub mod flight;
 pub mod init;
 pub mod metrics;
+pub mod prefetch;
 pub mod preheat;
 pub mod proxy;
 pub mod range;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Blobs evicted by GC.
     pub evictions: Counter,
+    /// Blob downloads started because a manifest passing through listed them.
+    pub prefetched_blobs: Counter,
     /// Local storage failures (a download refused for want of space, a failed write), by
     /// reason: the same labels as the supernode's.
     pub storage_failures: StorageFailures,
@@ -142,6 +144,11 @@ impl Metrics {
             "cache_evictions",
             "Blobs evicted from the node cache",
             m.evictions.clone(),
+        );
+        r.register(
+            "prefetched_blobs",
+            "Blob downloads started ahead of the runtime because a manifest listed them (p2p.prefetch_layers)",
+            m.prefetched_blobs.clone(),
         );
         r.register(
             "storage_failures",

@@ -1077,3 +1077,88 @@ fn a_blob_that_does_not_match_its_digest_never_arrives_complete() {
         "the second request got the whole wrong blob"
     );
 }
+
+/// `p2p.prefetch_layers`: an image manifest passing through the mirror starts its layers'
+/// downloads at once, so they are in the node cache before the runtime asks for them; with
+/// the setting off, nothing is fetched until asked.
+#[test]
+fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/ahead", "ahead", 71);
+    let supernode = Supernode::builder().start();
+    let get_manifest = |d: &Dfdaemon| {
+        let r = http::Request::get(format!(
+            "{}/v2/e2e/ahead/manifests/1?ns={}",
+            d.url(),
+            registry.host()
+        ))
+        .header("accept", damselfly_e2e::OCI_MANIFEST_MEDIA_TYPE)
+        .send()
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Answered unchanged.
+        assert_eq!(r.body, pushed.manifest);
+    };
+    let total: usize = image.layers.iter().map(Vec::len).sum();
+    let fetched = |d: &Dfdaemon| bytes_from(d, "supernode") + bytes_from(d, "peer");
+
+    // Off: the manifest alone fetches no layer.
+    let off = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--p2p-prefetch-layers", "false"])
+        .start();
+    get_manifest(&off);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fetched(&off), 0.0);
+    assert_eq!(
+        off.metric("damselfly_dfdaemon_prefetched_blobs_total", None)
+            .unwrap(),
+        0.0
+    );
+    for layer in &pushed.layer_digests {
+        assert_eq!(registry.blob_get_count(layer), 0, "{layer}");
+    }
+
+    // On (the default): every layer lands in the node cache without a blob request.
+    let on = Dfdaemon::builder().supernode(supernode.addr()).start();
+    get_manifest(&on);
+    assert_eq!(
+        on.metric("damselfly_dfdaemon_prefetched_blobs_total", None)
+            .unwrap(),
+        pushed.layer_digests.len() as f64
+    );
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(20), || fetched(&on) == total as f64),
+        "fetched {} of {total} bytes ahead",
+        fetched(&on)
+    );
+    assert_eq!(blob_requests(&on), 0.0);
+    // The runtime's GETs are then answered from the node cache, and the registry sent each
+    // layer once (to the supernode).
+    for (layer, data) in pushed.layer_digests.iter().zip(&image.layers) {
+        let url = format!(
+            "{}/v2/e2e/ahead/blobs/{layer}?ns={}",
+            on.url(),
+            registry.host()
+        );
+        let r = http::get(&url, None).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body == *data, "{layer}: wrong bytes");
+        assert_eq!(registry.blob_get_count(layer), 1, "{layer}");
+    }
+    // Counted just after the last byte of each answer went out.
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || bytes_from(&on, "local")
+            == total as f64),
+        "local bytes {}",
+        bytes_from(&on, "local")
+    );
+    // A second pass of the manifest starts nothing: the layers are cached.
+    get_manifest(&on);
+    assert_eq!(
+        on.metric("damselfly_dfdaemon_prefetched_blobs_total", None)
+            .unwrap(),
+        pushed.layer_digests.len() as f64
+    );
+}
