@@ -134,10 +134,11 @@ pub struct P2pConfig {
     /// When an image manifest passes through the mirror, start downloading its tar layers
     /// (those not in the node cache) through the swarm at once, instead of when the runtime
     /// asks for each: runtimes fetch a few layers at a time (containerd 3), which leaves
-    /// the supernode's uplink idle between them. Default on. The registry still sends each
-    /// blob to the cluster once; the cost is a layer the runtime turns out to have already
-    /// (fetched into the node cache anyway). Nydus blobs and other lazily read layers are
-    /// never fetched ahead.
+    /// the supernode's uplink idle between them. Default off: on 16 network-namespace hosts
+    /// it did not shorten pulls and the supernode sent 1.20-1.34x the image instead of 1.00x
+    /// (docs/benchmarks.md). The registry still sends each blob to the cluster once; the
+    /// cost is also any layer the runtime turns out to have already. Nydus blobs and other
+    /// lazily read layers are never fetched ahead.
     pub prefetch_layers: bool,
     /// How this node fetches pieces from other nodes: `"tcp"` (one connection per parent,
     /// requests pipelined, no encryption: the cheapest per byte) or `"quic"` (TLS 1.3 over
@@ -331,7 +332,7 @@ impl Default for P2pConfig {
             check_whole_file: false,
             announcements: true,
             vouched_digests: true,
-            prefetch_layers: true,
+            prefetch_layers: false,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
             supernode_connect_timeout: Duration::from_millis(500),

@@ -1078,9 +1078,9 @@ fn a_blob_that_does_not_match_its_digest_never_arrives_complete() {
     );
 }
 
-/// `p2p.prefetch_layers`: an image manifest passing through the mirror starts its layers'
-/// downloads at once, so they are in the node cache before the runtime asks for them; with
-/// the setting off, nothing is fetched until asked.
+/// `p2p.prefetch_layers`: with it on, an image manifest passing through the mirror starts its
+/// layers' downloads at once, so they are in the node cache before the runtime asks for
+/// them; off (the default), nothing is fetched until asked.
 #[test]
 fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
     let _serial = serial();
@@ -1103,11 +1103,8 @@ fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
     let total: usize = image.layers.iter().map(Vec::len).sum();
     let fetched = |d: &Dfdaemon| bytes_from(d, "supernode") + bytes_from(d, "peer");
 
-    // Off: the manifest alone fetches no layer.
-    let off = Dfdaemon::builder()
-        .supernode(supernode.addr())
-        .args(["--p2p-prefetch-layers", "false"])
-        .start();
+    // Off (the default): the manifest alone fetches no layer.
+    let off = Dfdaemon::builder().supernode(supernode.addr()).start();
     get_manifest(&off);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(fetched(&off), 0.0);
@@ -1120,8 +1117,11 @@ fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
         assert_eq!(registry.blob_get_count(layer), 0, "{layer}");
     }
 
-    // On (the default): every layer lands in the node cache without a blob request.
-    let on = Dfdaemon::builder().supernode(supernode.addr()).start();
+    // On: every layer lands in the node cache without a blob request.
+    let on = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--p2p-prefetch-layers", "true"])
+        .start();
     get_manifest(&on);
     assert_eq!(
         on.metric("damselfly_dfdaemon_prefetched_blobs_total", None)
