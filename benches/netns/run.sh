@@ -11,10 +11,12 @@
 #
 # Usage: benches/netns/run.sh [--hosts N] [--rate-mbit R] [--seed-rate-mbit S]
 #            [--image-mib M] [--layers L] [--bin-dir DIR] [--baseline] [--keep] [--timeout S]
-#            [--dfdaemon-arg ARG]...
+#            [--dfdaemon-arg ARG]... [--timeline]
 # Defaults: 4 hosts, 200 Mbit/s links (seed: the same), a 64 MiB image in 4 layers,
 # binaries from $CARGO_TARGET_DIR/release, 600 s per blob download. --dfdaemon-arg passes one
 # more argument to every dfdaemon (e.g. `--dfdaemon-arg=--p2p-vouched-digests=false`).
+# --timeline samples every link's byte counters (4 times a second) during the swarm pull and
+# prints, per second, the seed's upload and the hosts' mean upload and download (Mbit/s).
 set -euo pipefail
 
 HOSTS=4
@@ -27,6 +29,7 @@ BASELINE=0
 KEEP=0
 TIMEOUT=600
 DFDAEMON_ARGS=()
+TIMELINE=0
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -42,6 +45,7 @@ while [ $# -gt 0 ]; do
         --timeout) TIMEOUT=$2; shift 2 ;;
         --dfdaemon-arg) DFDAEMON_ARGS+=("$2"); shift 2 ;;
         --dfdaemon-arg=*) DFDAEMON_ARGS+=("${1#--dfdaemon-arg=}"); shift ;;
+        --timeline) TIMELINE=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 64 >&2 ;;
     esac
@@ -278,9 +282,60 @@ peer_bytes() { # bytes all dfdaemons received from other peers
     echo "$sum"
 }
 
+# Every hub port's counters (rx = that host's upload, tx = its download; v1 is the seed),
+# appended to $WORK/timeline with a timestamp, 4 times a second until killed.
+sample_links() {
+    while true; do
+        in_ns "$HUB" sh -c 't=$(date +%s.%N); for p in /sys/class/net/v*; do
+            echo "$t ${p##*/} $(cat "$p/statistics/rx_bytes") $(cat "$p/statistics/tx_bytes")"; done' \
+            >> "$WORK/timeline"
+        sleep 0.25
+    done
+}
+
+# Per second from the first sample: seed upload, hosts' mean upload and download (Mbit/s),
+# each from the counters' change between the samples nearest the second's ends.
+print_timeline() {
+    echo
+    echo "| s | seed up | hosts up (mean) | hosts down (mean) |"
+    echo "|---:|---:|---:|---:|"
+    awk -v hosts="$HOSTS" '
+        { t[NR] = $1; port[NR] = $2; rx[NR] = $3; tx[NR] = $4; if (NR == 1) first = $1 }
+        END {
+            # last sample at or before each whole second, per port
+            for (i = 1; i <= NR; i++) {
+                s = int(t[i] - first); key = s SUBSEP port[i]
+                lrx[key] = rx[i]; ltx[key] = tx[i]; if (s > last) last = s
+            }
+            for (s = 1; s <= last; s++) {
+                su = 0; hu = 0; hd = 0
+                for (k in lrx) {
+                    split(k, kk, SUBSEP); if (kk[1] != s) continue
+                    p = kk[2]; prev = (s - 1) SUBSEP p
+                    if (!(prev in lrx)) continue
+                    up = (lrx[k] - lrx[prev]) * 8 / 1e6; down = (ltx[k] - ltx[prev]) * 8 / 1e6
+                    if (p == "v1") su = up; else { hu += up; hd += down }
+                }
+                row[s] = sprintf("| %d | %.0f | %.0f | %.0f |", s, su, hu / hosts, hd / hosts)
+                if (su + hu + hd >= 1) end = s
+            }
+            # up to the last second anything moved (the digests are checked after the pull)
+            for (s = 1; s <= end; s++) print row[s]
+        }' "$WORK/timeline"
+}
+
 log "bound T_min = $T_MIN s ($HOSTS hosts, image $IMAGE_BYTES bytes, hosts ${RATE_MBIT} Mbit/s, seed ${SEED_RATE_MBIT} Mbit/s up/down)"
 before=$(registry_blob_bytes)
+if [ "$TIMELINE" -eq 1 ]; then
+    sample_links &
+    SAMPLER=$!
+    PIDS+=("$SAMPLER")
+fi
 pull_all mirror
+if [ "$TIMELINE" -eq 1 ]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+fi
 ROWS=$(summarize mirror "through dfdaemon (swarm)" "$before")
 SWARM_NOTE=$(awk -v sn="$(supernode_sent)" -v peers="$(peer_bytes)" -v img="$IMAGE_BYTES" -v n="$HOSTS" \
     -v busy="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_busy_refusals_total)" \
@@ -302,4 +357,5 @@ echo "|----------------------------|----------:|------:|------:|------:|-------:
 echo "$ROWS"
 echo
 echo "swarm: $SWARM_NOTE"
+[ "$TIMELINE" -eq 0 ] || print_timeline
 echo "per host (s): $(for i in "${!HOST_NS[@]}"; do printf '%s ' "$(cat "$WORK/mirror.$i.done")"; done)"
