@@ -127,6 +127,8 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                 "injected_secs": rep.injected.map(|d| d.as_secs_f64()),
                 "delivered_per_100ms": rep.delivered,
                 "busy": rep.busy,
+                "seed_offer_conflicts": rep.seed_offer_conflicts,
+                "seed_bytes_sent": rep.seed_bytes_sent,
                 "syncs": rep.syncs,
                 "control_bytes": rep.control_bytes,
                 "seed_control_sent": rep.seed_control_sent,

@@ -528,6 +528,18 @@ async fn piece(
         }
         cdn.digests.get(index as usize).copied()
     };
+    // A piece no peer holds yet goes only to the peer it is offered to (a late request on an
+    // expired offer would make the seed send it twice); the late peer gets it from the
+    // holder.
+    if !task
+        .sched
+        .lock()
+        .seed_send_allowed(Instant::now(), peer, index)
+    {
+        shared.metrics.seed_offer_conflicts.inc();
+        debug!(task = %task_id, piece = index, %peer, "piece offered to another peer: not sent");
+        return Err(ApiError::PieceAbsent(index));
+    }
     let Ok(_permit) = shared.upload_slots.clone().try_acquire_owned() else {
         shared.metrics.busy_refusals.inc();
         return Err(ApiError::Busy);

@@ -147,6 +147,9 @@ pub struct Metrics {
     /// Control requests let through without a valid signature (`cluster.enforce_signatures`
     /// off).
     pub control_unsigned_accepted: Counter,
+    /// Piece requests refused because the piece, which no peer holds yet, is offered to
+    /// another peer.
+    pub seed_offer_conflicts: Counter,
     /// Tasks held in memory (running or cached and recently used).
     pub tasks: Gauge,
     /// Live peers over all tasks.
@@ -204,6 +207,7 @@ impl Metrics {
             registrations: Family::default(),
             access_refusals: Family::default(),
             control_unsigned_accepted: Counter::default(),
+            seed_offer_conflicts: Counter::default(),
             tasks: Gauge::default(),
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
@@ -304,6 +308,11 @@ impl Metrics {
             "control_unsigned_accepted",
             "Control requests let through without a valid cluster signature (cluster.enforce_signatures off)",
             m.control_unsigned_accepted.clone(),
+        );
+        r.register(
+            "seed_offer_conflicts",
+            "Piece requests refused because the piece, held by no peer yet, is offered to another peer (a late request on an expired offer)",
+            m.seed_offer_conflicts.clone(),
         );
         r.register("tasks", "Tasks held in memory", m.tasks.clone());
         r.register("peers", "Live peers over all tasks", m.peers.clone());

@@ -165,8 +165,8 @@ pub struct TaskScheduler {
 struct SeedOffer {
     to: PeerId,
     until: Instant,
-    /// The supernode has sent it ([`TaskScheduler::handle_seed_sent`]); it no longer counts
-    /// against `seed_offers` but stays reserved (for `SEED_SENT_TTL`) until reported.
+    /// The supernode has sent it ([`TaskScheduler::handle_seed_sent`]): it stays reserved
+    /// (for `SEED_SENT_TTL`) and counts against `seed_offers` until reported.
     sent: bool,
 }
 
@@ -535,10 +535,15 @@ impl TaskScheduler {
             }
             match self.seed_offers[p as usize] {
                 Some(o) if o.until > now => {
-                    open += u32::from(!o.sent);
+                    // Sent or not, an offer counts until its receiver reports the piece: a
+                    // piece handed to the connection is still on its way over the seed's
+                    // uplink, and offers freed at hand-off put every offered piece on
+                    // that link at once (16 netns hosts: each piece so slow that some
+                    // timed out and were sent twice).
+                    open += 1;
                     if o.to == peer && !mine.get(p) && seed_has.get(p) {
                         out.set(p);
-                        my_open += u32::from(!o.sent);
+                        my_open += 1;
                     }
                 }
                 _ if seed_has.get(p) && !mine.get(p) => fresh.push(p),
@@ -578,17 +583,33 @@ impl TaskScheduler {
         Ok(out)
     }
 
-    /// The supernode finished sending `piece` to `peer` (optional; call it when the last
-    /// byte has left). The piece then stops counting against `seed_offers`, so the next
-    /// offer goes out at once instead of after `peer`'s next report, and stays reserved for
-    /// `peer` for `SEED_SENT_TTL` while the bytes travel. Calls that do not match a current
-    /// offer are ignored.
+    /// The supernode sent `piece` to `peer` (optional; call it when the piece is handed to
+    /// the connection). It then stays reserved for `peer` for `SEED_SENT_TTL` while the
+    /// bytes travel, instead of `SEED_OFFER_TTL`, and keeps counting against `seed_offers`
+    /// until `peer` reports it. Calls that do not match a current offer are ignored.
     pub fn handle_seed_sent(&mut self, now: Instant, peer: PeerId, piece: u32) {
         if let Some(Some(o)) = self.seed_offers.get_mut(piece as usize)
             && o.to == peer
         {
             o.sent = true;
             o.until = now + SEED_SENT_TTL;
+        }
+    }
+
+    /// Whether the supernode should send `piece` to `peer` when asked: not while no peer
+    /// holds it and the supernode's live offer of it is to another peer. A peer whose offer
+    /// expired before its request got through (behind its other transfers, or the seed's
+    /// queue) would otherwise get the piece as well as the peer it was offered to next: the
+    /// seed's uplink, the scarcest link, sending one piece twice (1.02-1.12x the image with
+    /// 16 netns hosts). Refused, the late peer takes it from the holder soon after.
+    pub fn seed_send_allowed(&self, now: Instant, peer: PeerId, piece: u32) -> bool {
+        let p = piece as usize;
+        if self.holders.get(p).is_none_or(|&h| h > 0) {
+            return true;
+        }
+        match self.seed_offers.get(p).copied().flatten() {
+            Some(o) => o.to == peer || o.until <= now,
+            None => true,
         }
     }
 

@@ -350,6 +350,9 @@ pub struct SimReport {
     pub requests: u64,
     /// Piece requests refused because every upload slot of the source was taken.
     pub busy: u64,
+    /// Seed requests refused because the piece, held by no peer yet, was offered to another
+    /// peer ([`crate::TaskScheduler::seed_send_allowed`]).
+    pub seed_offer_conflicts: u64,
     /// Piece requests that waited in a peer's upload queue.
     pub queued: u64,
     /// Bytes of control messages (syncs, piece requests, answer headers), with

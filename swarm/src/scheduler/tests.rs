@@ -259,19 +259,22 @@ fn seed_offers_each_missing_piece_once() {
     let a = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
     assert_eq!(a.count(), 1);
     assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 0);
-    // Sent: it no longer holds up the next offers, and one piece out allows two.
+    // Sent: still on its way, so it still holds up the next offers (and stays 1's).
     let p = a.iter_ones().next().unwrap();
     s.handle_seed_sent(t, PeerId(2), p); // not peer 2's offer: ignored
     assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 0);
     s.handle_seed_sent(t, PeerId(1), p);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 0);
+    assert_eq!(s.seed_pieces(t, PeerId(1), &all, &[]).unwrap(), a);
+    // Reported: held, it comes from peers now, and one piece out allows two offers.
+    s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
     let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(b.count(), 2);
-    assert_eq!(a.count_not_in(&b), 1, "offers overlap: {a:?} {b:?}");
+    assert!(!b.get(p), "{b:?}");
     // Repeated asks get the same reservation back.
-    assert_eq!(s.seed_pieces(t, PeerId(1), &all, &[]).unwrap(), a);
     assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap(), b);
-    // Once a piece is held it comes from peers; expired reservations are re-offered.
-    s.handle_sync(t, PeerId(1), &[p], 0, false).unwrap();
+    assert_eq!(s.seed_pieces(t, PeerId(1), &all, &[]).unwrap().count(), 0);
+    // Expired reservations are re-offered.
     let later = t + SEED_OFFER_TTL;
     s.handle_sync(later, PeerId(3), &[], 0, false).unwrap();
     let c = s.seed_pieces(later, PeerId(3), &all, &[]).unwrap();
@@ -292,6 +295,33 @@ fn seed_offers_each_missing_piece_once() {
 }
 
 #[test]
+fn the_seed_sends_a_piece_nobody_holds_only_to_the_peer_it_is_offered_to() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=2);
+    let all = Bitmap::full(8);
+    let a = s.seed_pieces(t, PeerId(1), &all, &[]).unwrap();
+    let p = a.iter_ones().next().unwrap();
+    // Offered to 1: sent to 1, not to 2 (whose request is stale or out of turn).
+    assert!(s.seed_send_allowed(t, PeerId(1), p));
+    assert!(!s.seed_send_allowed(t, PeerId(2), p));
+    // Offered to 2 once 1's offer expired unfetched: now 1 is the late one.
+    let later = t + SEED_OFFER_TTL;
+    let b = s.seed_pieces(later, PeerId(2), &all, &[]).unwrap();
+    assert!(b.get(p), "{b:?}");
+    assert!(s.seed_send_allowed(later, PeerId(2), p));
+    assert!(!s.seed_send_allowed(later, PeerId(1), p));
+    // Sent, it stays 2's until reported; once held, anyone may have it from the seed.
+    s.handle_seed_sent(later, PeerId(2), p);
+    assert!(!s.seed_send_allowed(later, PeerId(1), p));
+    s.handle_sync(later, PeerId(2), &[p], 0, false).unwrap();
+    assert!(s.seed_send_allowed(later, PeerId(1), p));
+    // A piece never offered, or out of range, is not held back here.
+    let q = (0..8).find(|&q| q != p && !a.get(q) && !b.get(q)).unwrap();
+    assert!(s.seed_send_allowed(later, PeerId(1), q));
+    assert!(s.seed_send_allowed(later, PeerId(1), 99));
+}
+
+#[test]
 fn seed_offers_are_capped() {
     let cfg = SchedulerConfig {
         seed_offers: 3,
@@ -302,12 +332,16 @@ fn seed_offers_are_capped() {
     s.handle_sync(t, PeerId(1), &(0..8).collect::<Vec<_>>(), 0, false)
         .unwrap();
     let all = Bitmap::full(16);
-    // Eight pieces are out, but at most three unsent offers at once.
+    // Eight pieces are out, but at most three offers at once.
     let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(b.count(), 3);
     assert!(b.iter_ones().all(|p| p >= 8));
     assert_eq!(s.seed_pieces(t, PeerId(3), &all, &[]).unwrap().count(), 0);
-    s.handle_seed_sent(t, PeerId(2), b.iter_ones().next().unwrap());
+    // Sent is not delivered: the piece still counts until its receiver reports it.
+    let first = b.iter_ones().next().unwrap();
+    s.handle_seed_sent(t, PeerId(2), first);
+    assert_eq!(s.seed_pieces(t, PeerId(3), &all, &[]).unwrap().count(), 0);
+    s.handle_sync(t, PeerId(2), &[first], 0, false).unwrap();
     let c = s.seed_pieces(t, PeerId(3), &all, &[]).unwrap();
     assert_eq!(c.count(), 1);
     assert_eq!(c.count_not_in(&b), 1);
@@ -377,19 +411,24 @@ fn a_crowd_shares_the_offer_budget() {
     // 16 over 7 peers still downloading is 2 each, but never fewer than the upload slots.
     let a = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
     assert_eq!(a.count(), 4);
-    // Asking again gets the same reservation, nothing more, until some are sent.
+    // Asking again gets the same reservation, nothing more, until some are reported (sent
+    // is not enough: the bytes are still on the seed's uplink).
     assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap(), a);
     let first = a.iter_ones().next().unwrap();
     s.handle_seed_sent(t, PeerId(2), first);
-    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap().count(), 5);
+    assert_eq!(s.seed_pieces(t, PeerId(2), &all, &[]).unwrap(), a);
+    s.handle_sync(t, PeerId(2), &[first], 0, false).unwrap();
+    let after = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
+    assert_eq!(after.count(), 4);
+    assert!(!after.get(first));
     // Only peers still downloading count: with peer 1 the only other one, peer 2's share is
-    // 8 unsent offers. It holds 3 unsent and 1 sent, so it gets 5 more.
+    // 8 offers. It holds 4, so it gets 4 more.
     for p in 3..=8 {
         s.handle_leave(t, PeerId(p));
     }
     let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
-    assert_eq!(b.count(), 9, "{b:?}");
-    assert_eq!(b.count_not_in(&a), 5);
+    assert_eq!(b.count(), 8, "{b:?}");
+    assert_eq!(b.count_not_in(&after), 4);
 }
 
 #[test]

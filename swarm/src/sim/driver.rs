@@ -335,6 +335,7 @@ impl Sim {
                 syncs: 0,
                 requests: 0,
                 busy: 0,
+                seed_offer_conflicts: 0,
                 queued: 0,
                 control_bytes: 0,
                 seed_control_sent: 0,
@@ -833,6 +834,16 @@ impl Sim {
     /// free slot, else a place in the upload queue, else `Busy`), the supernode's slot check.
     fn request(&mut self, to: Node, from: u32, piece: u32) {
         let refusal = match to {
+            // The supernode's piece handler: a piece nobody holds goes only to the peer it
+            // is offered to; then the upload slots.
+            Node::Seed
+                if !self
+                    .sched
+                    .seed_send_allowed(self.instant(), peer_id(from), piece) =>
+            {
+                self.report.seed_offer_conflicts += 1;
+                Some(FailReason::Unavailable)
+            }
             Node::Seed => (self.seed_uploads >= self.config.seed_slots).then_some(FailReason::Busy),
             Node::Peer(j) => {
                 let p = &mut self.peers[j as usize];
