@@ -26,6 +26,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo test"
 cargo test --workspace
 
+section "fuzz: every target ${FUZZ_SECONDS:-60}s from the seed corpus (scripts/fuzz.sh)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --target-dir "$CARGO_TARGET_DIR/fuzz-check" -- -D warnings
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+
 section "deploy: Helm chart, plain manifests, systemd units (scripts/test-deploy.sh)"
 bash scripts/test-deploy.sh
 
