@@ -25,7 +25,7 @@ use axum::{
 };
 use ring::{digest, hmac};
 
-use crate::token::{MIN_SECRET_LEN, SecretError, unix_now};
+use crate::token::{SecretError, unix_now};
 
 /// The `Authorization` scheme of a signed control request.
 pub const SCHEME: &str = "Damselfly-HMAC-SHA256";
@@ -92,16 +92,10 @@ impl ControlKey {
     /// piece tokens).
     ///
     /// # Errors
-    /// [`SecretError::TooShort`] below [`MIN_SECRET_LEN`] bytes.
+    /// [`SecretError::TooShort`] below [`crate::token::MIN_SECRET_LEN`] bytes.
     pub fn new(secret: &[u8]) -> Result<Self, SecretError> {
-        let secret = secret.trim_ascii();
-        if secret.len() < MIN_SECRET_LEN {
-            return Err(SecretError::TooShort { len: secret.len() });
-        }
-        let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let derived = hmac::sign(&root, LABEL);
         Ok(Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            key: crate::token::derive_key(secret, LABEL)?,
         })
     }
 

@@ -128,14 +128,8 @@ impl TokenKey {
     /// # Errors
     /// [`SecretError::TooShort`] below [`MIN_SECRET_LEN`] bytes.
     pub fn new(secret: &[u8]) -> Result<Self, SecretError> {
-        let secret = secret.trim_ascii();
-        if secret.len() < MIN_SECRET_LEN {
-            return Err(SecretError::TooShort { len: secret.len() });
-        }
-        let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let derived = hmac::sign(&root, LABEL);
         Ok(Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            key: derive_key(secret, LABEL)?,
         })
     }
 
@@ -229,6 +223,21 @@ impl TokenKey {
     pub fn verify_now(&self, token: &[u8], task_id: &str, peer_id: u64) -> Result<u64, TokenError> {
         self.verify(token, task_id, peer_id, unix_now())
     }
+}
+
+/// An HMAC-SHA256 key derived from cluster secret `secret` (surrounding ASCII whitespace
+/// ignored) for one purpose, named by `label`: each use of the secret gets its own key.
+///
+/// # Errors
+/// [`SecretError::TooShort`] below [`MIN_SECRET_LEN`] bytes.
+pub(crate) fn derive_key(secret: &[u8], label: &[u8]) -> Result<hmac::Key, SecretError> {
+    let secret = secret.trim_ascii();
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(SecretError::TooShort { len: secret.len() });
+    }
+    let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let derived = hmac::sign(&root, label);
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
 }
 
 /// The bytes of a cluster secret file (at most 4 KiB).
