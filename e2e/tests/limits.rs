@@ -1,6 +1,6 @@
 //! The HTTP listeners' limits on the real daemons: a client that trickles its request
 //! headers, or sends none, is disconnected after `http.header_read_timeout`, and the
-//! listener goes on serving everyone else.
+//! listener goes on serving everyone else. And the supernode's cap on origin fetches.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use damselfly_e2e::{Dfdaemon, Supernode, http};
+use damselfly_e2e::{Dfdaemon, Dfget, Fault, FaultyOrigin, Supernode, http, random_blob};
+use damselfly_proto::{PROTOCOL_VERSION, RegisterRequest};
+use prost::Message as _;
 
 /// The test's header-read timeout (the default is 10 s).
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -65,4 +67,72 @@ fn supernode_cuts_a_client_that_never_finishes_its_headers() {
     let supernode = Supernode::builder().args(limit_flags()).start();
     slow_clients_are_cut(supernode.addr());
     supernode.stop().unwrap();
+}
+
+/// A signed registration of `url` for peer `peer` (listening nowhere): the status and the
+/// `Retry-After` header.
+fn register(sn: &Supernode, url: &str, peer: u64) -> (u16, Option<String>) {
+    let body = RegisterRequest {
+        version: PROTOCOL_VERSION,
+        url: url.to_owned(),
+        peer_id: peer,
+        peer_addr: "127.0.0.1:9".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let r = http::Request::post(format!("http://{}/api/v1/register", sn.addr()))
+        .signed()
+        .body(body)
+        .send()
+        .unwrap();
+    (r.status, r.header("retry-after").map(str::to_owned))
+}
+
+/// `cdn.max_fetches`: with one fetch running, a registration that would start another gets
+/// 503 with `Retry-After` and nothing is asked of its origin; joining the running fetch is
+/// not refused; once it ends, the other blob is fetched.
+#[test]
+fn the_supernode_caps_its_origin_fetches() {
+    // 256 KiB at 64 KiB/s: the first fetch runs about 4 s.
+    let slow = FaultyOrigin::always(random_blob(256 << 10, 81), Fault::Trickle(64 << 10));
+    let other = FaultyOrigin::start(random_blob(64 << 10, 82), Vec::new());
+    let sn = Supernode::builder()
+        .args(["--cdn-max-fetches", "1"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Dfget::new(&slow.blob_url("app/slow"), &dir.path().join("slow"))
+        .supernode(sn.addr())
+        .args(["--no-back-source"])
+        .spawn()
+        .unwrap();
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(10), || !slow.gets().is_empty()),
+        "the first fetch never started"
+    );
+    let (status, retry) = register(&sn, &other.blob_url("app/other"), 7);
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("5"));
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+    // Joining the running fetch is not a new fetch.
+    assert_eq!(register(&sn, &slow.blob_url("app/slow"), 8).0, 200);
+    assert_eq!(
+        damselfly_e2e::metric_sum(
+            &sn.metrics().unwrap(),
+            "damselfly_supernode_registrations_total",
+            Some("outcome=\"Busy\""),
+        ),
+        1.0
+    );
+    first.wait(Duration::from_secs(60)).unwrap();
+    // The slot is free again once the first fetch has ended.
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || register(
+            &sn,
+            &other.blob_url("app/other"),
+            9
+        )
+        .0 == 200),
+        "the second blob is still refused"
+    );
+    assert!(!other.gets().is_empty());
 }

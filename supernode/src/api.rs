@@ -176,6 +176,9 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "DENIED", u32::from(*status))
             }
             Self::Register(RegisterError::NotHere) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
+            Self::Register(RegisterError::FetchesBusy(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "BUSY", 0)
+            }
             Self::Register(RegisterError::TooLarge(_)) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", 0)
             }
@@ -203,7 +206,13 @@ impl IntoResponse for ApiError {
         }
         let mut body = ErrorResponse::new(code, self.to_string());
         body.origin_status = origin_status;
-        (status, Proto(body)).into_response()
+        let mut resp = (status, Proto(body)).into_response();
+        if let Self::Register(RegisterError::FetchesBusy(_)) = self {
+            // About the time a fetch of a typical layer takes to finish and free a slot.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        resp
     }
 }
 
@@ -257,6 +266,7 @@ async fn register(
             let outcome = match e {
                 RegisterError::Denied { .. } => RegisterOutcome::Denied,
                 RegisterError::NotHere => RegisterOutcome::NotHere,
+                RegisterError::FetchesBusy(_) => RegisterOutcome::Busy,
                 RegisterError::Store(ref s) if s.is_no_space() => RegisterOutcome::NoSpace,
                 RegisterError::Store(_) | RegisterError::Join(_) => RegisterOutcome::Storage,
                 _ => RegisterOutcome::OriginError,

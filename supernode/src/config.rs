@@ -104,6 +104,11 @@ pub struct CdnConfig {
     /// back from disk (and hashing them again) while they are recent; oldest out first.
     /// `0 B` serves every piece from disk. Default 128 MiB.
     pub hot_pieces_memory: ByteSize,
+    /// Origin fetches running at once. A registration that would start another gets 503
+    /// `BUSY` with `Retry-After` (its peer fetches the blob itself or tries again); joining a
+    /// running or cached task is never refused. Bounds the memory, descriptors and registry
+    /// connections a burst of new blobs (or a caller inventing URLs) can take. Default 64.
+    pub max_fetches: u32,
 }
 
 /// Origin (registry) requests.
@@ -347,6 +352,7 @@ impl Default for CdnConfig {
             upload_slots: 8,
             upload_rate: ByteSize::b(0),
             hot_pieces_memory: ByteSize::mib(128),
+            max_fetches: 64,
         }
     }
 }
@@ -448,6 +454,9 @@ impl Config {
         if self.cdn.upload_slots == 0 {
             errs.push(ConfigError::new("cdn.upload_slots", "must be > 0"));
         }
+        if self.cdn.max_fetches == 0 {
+            errs.push(ConfigError::new("cdn.max_fetches", "must be > 0"));
+        }
         self.origin.retry.validate("origin.retry", &mut errs);
         self.http.validate("http", &mut errs);
         if let Err(bad) = damselfly_common::allow::AllowList::parse(&self.access.allow) {
@@ -512,6 +521,9 @@ pub struct Overrides {
     /// `cdn.upload_rate` (bytes per second).
     #[arg(long, value_name = "BYTES")]
     pub cdn_upload_rate: Option<ByteSize>,
+    /// `cdn.max_fetches`.
+    #[arg(long, value_name = "N")]
+    pub cdn_max_fetches: Option<u32>,
     /// `cdn.hot_pieces_memory`.
     #[arg(long, value_name = "BYTES")]
     pub cdn_hot_pieces_memory: Option<ByteSize>,
@@ -632,6 +644,7 @@ impl Overrides {
         );
         set(&mut c.cdn.piece_size, self.cdn_piece_size);
         set(&mut c.cdn.upload_slots, self.cdn_upload_slots);
+        set(&mut c.cdn.max_fetches, self.cdn_max_fetches);
         set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
         set(&mut c.cdn.hot_pieces_memory, self.cdn_hot_pieces_memory);
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);

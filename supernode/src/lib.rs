@@ -67,6 +67,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Concurrent piece uploads to peers.
     pub upload_slots: Arc<Semaphore>,
+    /// Origin fetches that may still start (`cdn.max_fetches`).
+    pub fetch_slots: Arc<Semaphore>,
     /// Upload bandwidth limit, if any.
     pub upload_limiter: Option<RateLimiter>,
     /// Background work (origin fetches) to wait for at shutdown.
@@ -179,6 +181,7 @@ impl App {
         let hot = Arc::new(hot::HotPieces::new(config.cdn.hot_pieces_memory.as_u64()));
         let shared = Arc::new(Shared {
             upload_slots: Arc::new(Semaphore::new(config.cdn.upload_slots as usize)),
+            fetch_slots: Arc::new(Semaphore::new(config.cdn.max_fetches as usize)),
             upload_limiter: (rate > 0).then(|| RateLimiter::new(rate)),
             config,
             store: Arc::new(store),

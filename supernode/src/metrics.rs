@@ -45,6 +45,8 @@ pub enum RegisterOutcome {
     NoSpace,
     /// Local storage failed otherwise.
     Storage,
+    /// A new fetch would pass `cdn.max_fetches`.
+    Busy,
 }
 
 /// Label set for registrations.

@@ -54,6 +54,9 @@ pub enum RegisterError {
     /// A holder asked to join a task this supernode neither runs nor stores.
     #[error("no such task here; a holder's registration does not start one")]
     NotHere,
+    /// Starting the fetch would pass `cdn.max_fetches`.
+    #[error("{0} origin fetches are running (cdn.max_fetches); try again shortly")]
+    FetchesBusy(u32),
 }
 
 /// What a registration asks for.
@@ -366,6 +369,12 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         let id = wanted.id.clone();
         tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
     }
+    // Held by the fetch until it ends; none left, the registration is refused before the
+    // origin is asked anything.
+    let Ok(fetch_slot) = shared.fetch_slots.clone().try_acquire_owned() else {
+        warn!(task = %wanted.id, max = shared.config.cdn.max_fetches, "origin fetch refused: cdn.max_fetches are running");
+        return Err(RegisterError::FetchesBusy(shared.config.cdn.max_fetches));
+    };
     shared.metrics.origin_request(OriginKind::Get);
     let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
     let length = resp.content_length;
@@ -419,9 +428,11 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         now,
     ));
     info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
-    shared
-        .tracker
-        .spawn(cdn::run(shared.clone(), task.clone(), resp.body));
+    let fetch = cdn::run(shared.clone(), task.clone(), resp.body);
+    shared.tracker.spawn(async move {
+        fetch.await;
+        drop(fetch_slot);
+    });
     Ok((task, true))
 }
 
