@@ -797,6 +797,16 @@ async fn serve_blob(
             return serve_cached(state, digest, &blob, range);
         }
         Holding::Downloading(flight, rx) => (flight, rx),
+        Holding::Full => {
+            let mut resp = oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOOMANYREQUESTS",
+                "this node is running max_downloads blob downloads; try again shortly",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return resp;
+        }
     };
     let ready = rx
         .wait_for(|s| s.total.is_some() || s.outcome.is_some())
@@ -841,6 +851,8 @@ enum Holding {
     Cached(CachedBlob),
     /// Being downloaded: a download that was running already, or one just started.
     Downloading(Arc<Flight>, watch::Receiver<FlightState>),
+    /// Neither, and `max_downloads` are running: nothing was started.
+    Full,
 }
 
 /// The one way a blob gets onto this node, shared by blob GETs and preheats: the node
@@ -868,6 +880,12 @@ fn acquire(
     // cache before it leaves `flights`, so the cache has it now.
     if let Some(blob) = state.cache.get(&digest) {
         return Holding::Cached(blob);
+    }
+    if flights.len() >= state.config.max_downloads as usize {
+        drop(flights);
+        state.metrics.error("too_many_downloads");
+        warn!(%digest, max = state.config.max_downloads, "download not started: max_downloads are running");
+        return Holding::Full;
     }
     let f = Arc::new(Flight::default());
     if let Some(r) = wanted_first {
@@ -952,6 +970,12 @@ async fn ensure_preheated(
             return Ok(answer(blob.size, PreheatSource::Cache));
         }
         Holding::Downloading(_, rx) => rx,
+        Holding::Full => {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node is running max_downloads blob downloads; try again shortly".into(),
+            ));
+        }
     };
     let timeout = state.config.preheat_timeout;
     let finished = tokio::time::timeout(timeout, async {

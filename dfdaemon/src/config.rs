@@ -76,6 +76,10 @@ pub struct Config {
     /// download itself goes on. Default 30 min.
     #[serde(with = "humantime_serde")]
     pub preheat_timeout: Duration,
+    /// Blob downloads this node runs at once. A request that would start another gets 503
+    /// with `Retry-After` (a runtime then tries its next host); requests for a blob being
+    /// downloaded or cached are always served. Default 64.
+    pub max_downloads: u32,
 }
 
 /// Node cache limits.
@@ -305,6 +309,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             hostname: None,
             preheat_timeout: Duration::from_secs(30 * 60),
+            max_downloads: 64,
         }
     }
 }
@@ -410,6 +415,9 @@ impl Config {
         }
         if self.preheat_timeout.is_zero() {
             errs.push(ConfigError::new("preheat_timeout", "must be > 0"));
+        }
+        if self.max_downloads == 0 {
+            errs.push(ConfigError::new("max_downloads", "must be > 0"));
         }
         for (i, r) in self.registries.iter().enumerate() {
             if r.host.is_empty() || r.host.contains('/') {
@@ -633,6 +641,9 @@ pub struct Overrides {
     /// `preheat_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub preheat_timeout: Option<Duration>,
+    /// `max_downloads`.
+    #[arg(long, value_name = "N")]
+    pub max_downloads: Option<u32>,
 }
 
 fn parse_endpoint(s: &str) -> Result<(String, String), String> {
@@ -729,6 +740,7 @@ impl Overrides {
             c.hostname = self.hostname;
         }
         set(&mut c.preheat_timeout, self.preheat_timeout);
+        set(&mut c.max_downloads, self.max_downloads);
     }
 }
 

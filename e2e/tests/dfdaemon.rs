@@ -1162,3 +1162,75 @@ fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
         pushed.layer_digests.len() as f64
     );
 }
+
+/// `max_downloads`: with the one allowed download running, a GET that would start another
+/// gets 503 with `Retry-After` (nothing is fetched for it), a GET of the blob being
+/// downloaded joins it, and once it ends the other blob is served.
+#[test]
+fn a_node_at_max_downloads_refuses_a_new_one_and_serves_the_running_one() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let slow = random_blob(4 * MIB, 72);
+    let other = random_blob(MIB, 73);
+    let slow_digest = registry.push_blob("e2e/max", &slow);
+    let other_digest = registry.push_blob("e2e/max", &other);
+    let supernode = Supernode::builder().start();
+    // 4 MiB at 1 MiB/s: the first download runs about 3 s.
+    let d = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--max-downloads", "1", "--p2p-download-rate", "1MiB"])
+        .start();
+    let url = |digest: &str| {
+        format!(
+            "{}/v2/e2e/max/blobs/{digest}?ns={}",
+            d.url(),
+            registry.host()
+        )
+    };
+    let first_url = url(&slow_digest);
+    let first = std::thread::spawn(move || http::get(&first_url, None).unwrap());
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(10), || d
+            .metric("damselfly_dfdaemon_downloads", None)
+            .unwrap()
+            == 1.0),
+        "the first download never started"
+    );
+    let refused = http::get(&url(&other_digest), None).unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert!(
+        refused.text().contains("max_downloads"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(registry.blob_get_count(&other_digest), 0);
+    // The running one is joined, not refused.
+    let joined = http::get(&url(&slow_digest), None).unwrap();
+    assert_eq!(joined.status, 200);
+    assert!(joined.body == slow, "wrong bytes");
+    let first = first.join().unwrap();
+    assert!(first.body == slow, "wrong bytes");
+    assert_eq!(
+        d.metric(
+            "damselfly_dfdaemon_errors_total",
+            Some("reason=\"too_many_downloads\"")
+        )
+        .unwrap(),
+        1.0
+    );
+    // Done (the download leaves the running set just after its last byte went out): the
+    // other blob is served now, as to a runtime that retries after `Retry-After`.
+    let mut later = None;
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || {
+            let r = http::get(&url(&other_digest), None).unwrap();
+            let ok = r.status == 200;
+            later = Some(r);
+            ok
+        }),
+        "still refused: {:?}",
+        later.as_ref().map(|r| r.status)
+    );
+    assert!(later.unwrap().body == other, "wrong bytes");
+}
