@@ -131,6 +131,12 @@ impl Announcer {
                         "the supernode refused this node's announcement for want of the \
                          cluster signature: set the same cluster.secret_file on both"
                     ),
+                    Some(409) if *was != Some(Some(409)) => warn!(
+                        supernode = %sn,
+                        hostname = %node.hostname,
+                        "the supernode holds this host name for another address: give each \
+                         node its own `hostname`, or wait for the old entry to expire"
+                    ),
                     _ => {}
                 }
                 *was = Some(now);

@@ -50,6 +50,8 @@ pub struct Request {
     ca_pem: Option<Vec<u8>>,
     /// Sign as a cluster member (`damselfly_common::control`) with this secret at send.
     signed_with: Option<String>,
+    /// Connect from this local address (e.g. another loopback address, to play another host).
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl Request {
@@ -63,7 +65,15 @@ impl Request {
             timeout: Duration::from_secs(120),
             ca_pem: None,
             signed_with: None,
+            local_address: None,
         }
+    }
+
+    /// Connects from `ip` (any of 127.0.0.0/8 plays another host on this machine).
+    #[must_use]
+    pub fn local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_address = Some(ip);
+        self
     }
 
     /// Signs the request as a member of the test cluster would (the control plane's
@@ -157,7 +167,8 @@ impl Request {
                 .no_proxy()
                 .timeout(self.timeout)
                 .connect_timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none());
+                .redirect(reqwest::redirect::Policy::none())
+                .local_address(self.local_address);
             if let Some(pem) = &self.ca_pem {
                 for cert in reqwest::Certificate::from_pem_bundle(pem)? {
                     builder = builder.add_root_certificate(cert);

@@ -628,3 +628,36 @@ fn the_node_table_is_bounded() {
     assert_eq!(announce("a").status, 204, "a known node still announces");
     assert!(sn.log_text().contains("node table full"));
 }
+
+/// A node's name is bound to the address that announced it: another host (here another
+/// loopback address) announcing the same name is refused with 409 until the entry expires,
+/// while its own announcements, and other names, are accepted.
+#[test]
+fn a_node_name_stays_with_the_address_that_announced_it() {
+    let sn = Supernode::builder().start();
+    let announce = |from: [u8; 4], host: &str| {
+        http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
+            .local_address(from.into())
+            .signed()
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#
+            ))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(announce([127, 0, 0, 1], "node-a").status, 204);
+    let taken = announce([127, 0, 0, 2], "node-a");
+    assert_eq!(taken.status, 409, "{}", taken.text());
+    assert!(taken.text().contains("127.0.0.1"), "{}", taken.text());
+    assert_eq!(announce([127, 0, 0, 1], "node-a").status, 204);
+    assert_eq!(announce([127, 0, 0, 2], "node-b").status, 204);
+    assert_eq!(
+        damselfly_e2e::metric_sum(
+            &sn.metrics().unwrap(),
+            "damselfly_supernode_access_refusals_total",
+            Some("reason=\"NodeIdentity\""),
+        ),
+        1.0
+    );
+}

@@ -70,6 +70,8 @@ pub enum AccessRefusal {
     ControlCredential,
     /// A Harbor preheat generation-1 request from outside `preheat.v1_sources`.
     PreheatV1Source,
+    /// A node announcement under a name another address holds.
+    NodeIdentity,
 }
 
 /// Label set for access refusals.
@@ -295,6 +297,7 @@ impl Metrics {
             AccessRefusal::PieceToken,
             AccessRefusal::ControlCredential,
             AccessRefusal::PreheatV1Source,
+            AccessRefusal::NodeIdentity,
         ] {
             drop(
                 m.access_refusals

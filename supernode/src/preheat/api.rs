@@ -417,6 +417,7 @@ struct Announce {
 /// A dfdaemon says it is alive and where its mirror is (for `all_peers` preheats).
 async fn announce(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     parsed: Result<Json<Announce>, JsonRejection>,
 ) -> Response {
     let a = match body(parsed) {
@@ -430,9 +431,31 @@ async fn announce(
             "hostname and an http(s) mirror URL are required",
         );
     }
+    let from = peer.ip().to_canonical();
     let mut nodes = shared.nodes.lock();
     let live = shared.config.scheduler.peer_timeout * 3;
     nodes.retain(|_, n| n.seen.elapsed() < live);
+    // A node's name stays bound to the address that announced it until the entry expires:
+    // another host cannot take over its name (and with it the preheat orders, Harbor's
+    // registry credentials included, that `all_peers` jobs send there).
+    if let Some(bound) = nodes.get(&a.hostname).map(|n| n.from)
+        && bound != from
+    {
+        drop(nodes);
+        shared
+            .metrics
+            .access_refusal(crate::metrics::AccessRefusal::NodeIdentity);
+        tracing::warn!(hostname = %a.hostname, %bound, %from, "node announcement from another address refused");
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "node {:?} is announced from {bound}; announcements from {from} are refused \
+                 until that entry expires ({} s without one)",
+                a.hostname,
+                live.as_secs()
+            ),
+        );
+    }
     let max = shared.config.preheat.max_nodes;
     if nodes.len() >= max && !nodes.contains_key(&a.hostname) {
         drop(nodes);
@@ -456,6 +479,7 @@ async fn announce(
             ip: a.ip,
             mirror: a.mirror.trim_end_matches('/').to_owned(),
             seen: std::time::Instant::now(),
+            from,
         },
     );
     StatusCode::NO_CONTENT.into_response()

@@ -341,6 +341,8 @@ pub struct Node {
     pub mirror: String,
     /// Last announce.
     pub seen: Instant,
+    /// The address its announcements come from: the entry is bound to it until it expires.
+    pub from: std::net::IpAddr,
 }
 
 /// Runs job `id` to the end.
