@@ -600,6 +600,19 @@ fn with_several_supernodes_each_blob_is_seeded_where_nodes_will_look_for_it() {
     }
 }
 
+/// A signed announcement of node `host` (mirror on 10.0.0.1), sent from local address `from`.
+fn announce_from(sn: &Supernode, from: [u8; 4], host: &str) -> http::Response {
+    http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
+        .local_address(from.into())
+        .signed()
+        .header("Content-Type", "application/json")
+        .body(format!(
+            r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#
+        ))
+        .send()
+        .unwrap()
+}
+
 /// The node table is bounded (`preheat.max_nodes`): a caller inventing host names fills it
 /// to the cap, and past it a new name gets 503 with `Retry-After`, while nodes already in
 /// it keep announcing.
@@ -608,16 +621,7 @@ fn the_node_table_is_bounded() {
     let sn = Supernode::builder()
         .args(["--preheat-max-nodes", "2"])
         .start();
-    let announce = |host: &str| {
-        http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
-            .signed()
-            .header("Content-Type", "application/json")
-            .body(format!(
-                r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#
-            ))
-            .send()
-            .unwrap()
-    };
+    let announce = |host: &str| announce_from(&sn, [127, 0, 0, 1], host);
     assert_eq!(announce("a").status, 204);
     assert_eq!(announce("b").status, 204);
     let full = announce("c");
@@ -635,17 +639,7 @@ fn the_node_table_is_bounded() {
 #[test]
 fn a_node_name_stays_with_the_address_that_announced_it() {
     let sn = Supernode::builder().start();
-    let announce = |from: [u8; 4], host: &str| {
-        http::Request::post(format!("http://{}/api/v1/nodes", sn.addr()))
-            .local_address(from.into())
-            .signed()
-            .header("Content-Type", "application/json")
-            .body(format!(
-                r#"{{"hostname":"{host}","ip":"10.0.0.1","mirror":"http://10.0.0.1:65001"}}"#
-            ))
-            .send()
-            .unwrap()
-    };
+    let announce = |from: [u8; 4], host: &str| announce_from(&sn, from, host);
     assert_eq!(announce([127, 0, 0, 1], "node-a").status, 204);
     let taken = announce([127, 0, 0, 2], "node-a");
     assert_eq!(taken.status, 409, "{}", taken.text());
