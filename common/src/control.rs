@@ -132,6 +132,14 @@ impl ControlKey {
         self.sign_at(method, path_and_query, body, unix_now())
     }
 
+    /// The `Authorization` value for a request to absolute `url` sent now: signed over the
+    /// path and query the receiver sees. `None` if `url` does not parse.
+    pub fn sign_url(&self, method: &str, url: &str, body: &[u8]) -> Option<String> {
+        let uri: axum::http::Uri = url.parse().ok()?;
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        Some(self.sign(method, target, body))
+    }
+
     /// Checks `authorization` (the header's value, if any) for a request at `now`.
     ///
     /// # Errors
@@ -204,13 +212,17 @@ fn parse(value: &str) -> Option<(u64, Vec<u8>)> {
 /// What a verifying layer does with a refusal: the daemon's answer (its own body format)
 /// and its metrics.
 pub trait Refuse: Send + Sync + 'static {
-    /// The answer to a request refused for `error` (status 401).
-    /// The status is set by the caller (401, or 413 for [`ControlAuthError::Body`]).
-    fn refuse(&self, error: &ControlAuthError, path: &str) -> Response<Body>;
+    /// The answer, in the route's own format, to a request refused for `error` with
+    /// `status`: 401 for a credential, 413 for [`ControlAuthError::Body`].
+    fn answer(&self, error: &ControlAuthError, status: StatusCode) -> Response<Body>;
+
+    /// A request refused for want of a valid credential (not for its body): count it.
+    /// Default: nothing.
+    fn refused(&self) {}
 
     /// A request let through without a valid signature because signatures are not enforced
     /// (a cluster being switched over): count it. Default: nothing.
-    fn let_through(&self, _error: &ControlAuthError, _path: &str) {}
+    fn let_through(&self) {}
 }
 
 /// State of [`require_signature`]: the key (none: the control plane is open) and how
@@ -244,10 +256,11 @@ pub async fn require_signature(
     let (parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, guard.max_body).await else {
         // In the route's own error format; not counted as a credential refusal.
+        let status = StatusCode::PAYLOAD_TOO_LARGE;
         let mut r = guard
             .refuse
-            .refuse(&ControlAuthError::Body(guard.max_body), parts.uri.path());
-        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            .answer(&ControlAuthError::Body(guard.max_body), status);
+        *r.status_mut() = status;
         return r;
     };
     let path = parts
@@ -261,13 +274,14 @@ pub async fn require_signature(
     if let Err(e) = key.verify(auth, parts.method.as_str(), path, &bytes, guard.max_skew) {
         if !guard.enforce {
             tracing::debug!(path = %parts.uri.path(), reason = e.label(), "unsigned control request let through (signatures not enforced)");
-            guard.refuse.let_through(&e, parts.uri.path());
+            guard.refuse.let_through();
             return next
                 .run(Request::from_parts(parts, Body::from(bytes)))
                 .await;
         }
         tracing::warn!(path = %parts.uri.path(), reason = e.label(), error = %e, "control request refused");
-        let mut r = guard.refuse.refuse(&e, parts.uri.path());
+        guard.refuse.refused();
+        let mut r = guard.refuse.answer(&e, StatusCode::UNAUTHORIZED);
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(SCHEME));
@@ -314,6 +328,19 @@ mod tests {
             k.verify_at(Some(&altered), "POST", "/api/v1/sync", b"body", 1000, SKEW),
             Err(ControlAuthError::Invalid)
         );
+    }
+
+    #[test]
+    fn a_url_is_signed_over_the_path_and_query_its_receiver_sees() {
+        let k = key();
+        let auth = k
+            .sign_url("POST", "http://10.0.0.1:8002/api/v1/seed?x=1", b"b")
+            .unwrap();
+        assert_eq!(
+            k.verify(Some(&auth), "POST", "/api/v1/seed?x=1", b"b", SKEW),
+            Ok(())
+        );
+        assert!(k.sign_url("POST", "not a url", b"").is_none());
     }
 
     #[test]

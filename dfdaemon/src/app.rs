@@ -315,13 +315,7 @@ impl App {
 struct PreheatRefusal(Metrics);
 
 impl control::Refuse for PreheatRefusal {
-    fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response<Body> {
-        let status = if let control::ControlAuthError::Body(_) = e {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            self.0.access_refusal("control_credential");
-            StatusCode::UNAUTHORIZED
-        };
+    fn answer(&self, e: &control::ControlAuthError, status: StatusCode) -> Response<Body> {
         // Answered here, not by the handler: counted as the handler counts its answers.
         self.0.request("preheat", status.as_u16());
         (
@@ -329,6 +323,10 @@ impl control::Refuse for PreheatRefusal {
             axum::Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response()
+    }
+
+    fn refused(&self) {
+        self.0.access_refusal("control_credential");
     }
 }
 

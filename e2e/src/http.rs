@@ -148,17 +148,13 @@ impl Request {
         let description = format!("{} {}", self.method, self.url);
         let signature = match &self.signed_with {
             Some(secret) => {
-                let url = reqwest::Url::parse(&self.url).context("signing: not a URL")?;
-                let path = match url.query() {
-                    Some(q) => format!("{}?{q}", url.path()),
-                    None => url.path().to_owned(),
-                };
                 let key = damselfly_common::ControlKey::new(secret.as_bytes())?;
-                Some(key.sign(
+                let auth = key.sign_url(
                     self.method.as_str(),
-                    &path,
+                    &self.url,
                     self.body.as_deref().unwrap_or_default(),
-                ))
+                );
+                Some(auth.context("signing: not a URL")?)
             }
             None => None,
         };

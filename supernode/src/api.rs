@@ -88,23 +88,22 @@ pub(crate) fn control_guard(shared: &Shared, refuse: Arc<dyn control::Refuse>) -
 struct ProtoRefusal(Arc<Shared>);
 
 impl control::Refuse for ProtoRefusal {
-    fn refuse(&self, error: &control::ControlAuthError, _path: &str) -> Response {
+    fn answer(&self, error: &control::ControlAuthError, status: StatusCode) -> Response {
         let code = if let control::ControlAuthError::Body(_) = error {
             "TOO_LARGE"
         } else {
-            self.0
-                .metrics
-                .access_refusal(AccessRefusal::ControlCredential);
             "UNAUTHENTICATED"
         };
-        (
-            StatusCode::UNAUTHORIZED,
-            Proto(ErrorResponse::new(code, error.to_string())),
-        )
-            .into_response()
+        (status, Proto(ErrorResponse::new(code, error.to_string()))).into_response()
     }
 
-    fn let_through(&self, _error: &control::ControlAuthError, _path: &str) {
+    fn refused(&self) {
+        self.0
+            .metrics
+            .access_refusal(AccessRefusal::ControlCredential);
+    }
+
+    fn let_through(&self) {
         self.0.metrics.control_unsigned_accepted.inc();
     }
 }

@@ -57,16 +57,17 @@ pub fn routes(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
 struct JsonRefusal(Arc<Shared>);
 
 impl control::Refuse for JsonRefusal {
-    fn refuse(&self, e: &control::ControlAuthError, _path: &str) -> Response {
-        if !matches!(e, control::ControlAuthError::Body(_)) {
-            self.0
-                .metrics
-                .access_refusal(crate::metrics::AccessRefusal::ControlCredential);
-        }
-        error(StatusCode::UNAUTHORIZED, e.to_string())
+    fn answer(&self, e: &control::ControlAuthError, status: StatusCode) -> Response {
+        error(status, e.to_string())
     }
 
-    fn let_through(&self, _e: &control::ControlAuthError, _path: &str) {
+    fn refused(&self) {
+        self.0
+            .metrics
+            .access_refusal(crate::metrics::AccessRefusal::ControlCredential);
+    }
+
+    fn let_through(&self) {
         self.0.metrics.control_unsigned_accepted.inc();
     }
 }

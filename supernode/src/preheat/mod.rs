@@ -667,16 +667,10 @@ async fn post_and_check(
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(key) = control {
-        // Signed over the path (and query) the receiver sees.
-        let target = reqwest::Url::parse(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
-        let path = match target.query() {
-            Some(q) => format!("{}?{q}", target.path()),
-            None => target.path().to_owned(),
-        };
-        req = req.header(
-            reqwest::header::AUTHORIZATION,
-            key.sign("POST", &path, body.as_bytes()),
-        );
+        let auth = key
+            .sign_url("POST", endpoint, body.as_bytes())
+            .ok_or_else(|| format!("{endpoint}: not a URL"))?;
+        req = req.header(reqwest::header::AUTHORIZATION, auth);
     }
     let resp = req
         .body(body)
