@@ -61,6 +61,27 @@ pub fn is_no_space(e: &io::Error) -> bool {
     )
 }
 
+/// Writes `contents` to `path` through a temporary file beside it and a rename, so a reader
+/// sees either the old file or the whole new one, never a part (a report polled by a script,
+/// a runtime's config file). Creates the parent directory.
+///
+/// # Errors
+/// The directory cannot be created or the file cannot be written or renamed; the temporary
+/// file is removed then.
+pub fn write_replacing(path: &Path, contents: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".damselfly-tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +115,19 @@ mod tests {
             "{e:?}"
         );
         assert!(!is_no_space(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+
+    #[test]
+    fn write_replacing_leaves_the_whole_new_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("report.json");
+        write_replacing(&path, b"old").unwrap();
+        write_replacing(&path, b"new contents").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("report.json")]);
     }
 }

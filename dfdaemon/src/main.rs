@@ -1,9 +1,6 @@
 //! `dfdaemon`: the per-node registry mirror. See the library docs.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dfdaemon::{App, Config, config::Overrides, init};
@@ -152,23 +149,13 @@ fn emit(files: &[init::ConfigFile], write: bool) -> ExitCode {
             println!("# {}\n{}", f.path.display(), f.contents);
             continue;
         }
-        if let Err(e) = write_file(&f.path, &f.contents) {
+        if let Err(e) = damselfly_common::disk::write_replacing(&f.path, f.contents.as_bytes()) {
             eprintln!("dfdaemon init: writing {}: {e}", f.path.display());
             return ExitCode::FAILURE;
         }
         println!("wrote {}", f.path.display());
     }
     ExitCode::SUCCESS
-}
-
-/// Writes via a temp file and rename, so a runtime never reads half a file.
-fn write_file(path: &Path, contents: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("damselfly-tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn config_failed(errs: &[damselfly_common::config::ConfigError]) -> ExitCode {

@@ -234,7 +234,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut report = serde_json::to_value(&report)?;
         report["uploaded"] = engine.bytes_uploaded().into();
         report["peer_id"] = engine.peer_id().into();
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        // Whole or absent: scripts poll for this file while the peer keeps serving.
+        damselfly_common::disk::write_replacing(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     if !cli.keep_serving.is_zero() && !cli.supernode.is_empty() {
         engine.linger(cli.keep_serving).await;
