@@ -1152,6 +1152,8 @@ async fn download(
             if let Some(why) = &report.back_source {
                 m.fallback(why.reason.label());
             }
+            m.supernode_takeovers
+                .inc_by(u64::from(report.supernode_takeovers));
             info!(
                 %digest,
                 bytes = report.bytes,

@@ -89,6 +89,9 @@ pub struct Metrics {
     pub evictions: Counter,
     /// Blob downloads started because a manifest passing through listed them.
     pub prefetched_blobs: Counter,
+    /// Downloads moved to the next supernode in the blob's placement order because theirs
+    /// was lost mid-download.
+    pub supernode_takeovers: Counter,
     /// Local storage failures (a download refused for want of space, a failed write), by
     /// reason: the same labels as the supernode's.
     pub storage_failures: StorageFailures,
@@ -149,6 +152,11 @@ impl Metrics {
             "prefetched_blobs",
             "Blob downloads started ahead of the runtime because a manifest listed them (p2p.prefetch_layers)",
             m.prefetched_blobs.clone(),
+        );
+        r.register(
+            "supernode_takeovers",
+            "Downloads moved to the next supernode in the blob's placement order because theirs was lost mid-download",
+            m.supernode_takeovers.clone(),
         );
         r.register(
             "storage_failures",

@@ -417,7 +417,8 @@ impl Engine {
 
     /// Serves a blob this node already holds in full at `path` (verified against `digest`
     /// when it was stored, e.g. a node cache entry after a restart) to the swarm of its
-    /// task, if the blob's home supernode runs or stores that task: registers as a holder
+    /// task, if the blob's home supernode (or, while it is unreachable, the next in the
+    /// placement order) runs or stores that task: registers as a holder
     /// (which never starts an origin fetch), serves every piece, and reports itself
     /// complete, as after a download. Returns the task id, or `None` when the supernode does
     /// not have the task, refuses this node (a private blob without credentials), or is
@@ -434,11 +435,6 @@ impl Engine {
         if self.supernodes.is_empty() {
             return Ok(None);
         }
-        let index = supernode_order(url, &self.supernodes)
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let sn = &self.supernodes[index];
         let register = RegisterRequest {
             version: PROTOCOL_VERSION,
             url: url.to_owned(),
@@ -448,13 +444,28 @@ impl Engine {
             peer_addr: self.advertise.to_string(),
             holder: true,
         };
-        let task = match sn.register(&register).await {
-            Ok(task) => task,
-            Err(e) => {
-                debug!(%digest, error = %e, "not serving a held blob to the swarm");
-                return Ok(None);
+        // The home supernode first; while it is down, the one that took its tasks over.
+        let mut found = None;
+        for index in supernode_order(url, &self.supernodes) {
+            match self.supernodes[index].register(&register).await {
+                Ok(task) => {
+                    found = Some((index, task));
+                    break;
+                }
+                Err(SupernodeError::Unreachable { addr, reason }) => {
+                    debug!(%digest, supernode = %addr, %reason, "supernode unreachable; asking the next for a held blob");
+                }
+                Err(e) => {
+                    debug!(%digest, error = %e, "not serving a held blob to the swarm");
+                    return Ok(None);
+                }
             }
+        }
+        let Some((index, task)) = found else {
+            debug!(%digest, "no supernode reachable; not serving a held blob to the swarm");
+            return Ok(None);
         };
+        let sn = &self.supernodes[index];
         let io = |source| IoError {
             path: path.to_owned(),
             source,
@@ -675,6 +686,50 @@ impl Engine {
         }
     }
 
+    /// After the supernode at `lost` was given up mid-download: registers the same download
+    /// with the other supernodes, in the blob's placement order (the order every node
+    /// computes alike, so the swarm regroups at one supernode), and returns the first that
+    /// takes it. That supernode fetches what no peer has from the origin; the peers already
+    /// hold the rest. `None` when none answers, or the one that does cuts the blob
+    /// differently (another length or piece size: the held pieces would not fit).
+    async fn take_over(
+        &self,
+        register: &RegisterRequest,
+        lost: usize,
+        task: &RegisterResponse,
+    ) -> Option<(usize, RegisterResponse)> {
+        for index in supernode_order(&register.url, &self.supernodes) {
+            if index == lost {
+                continue;
+            }
+            let sn = &self.supernodes[index];
+            match sn.register(register).await {
+                Ok(answer)
+                    if answer.task_id == task.task_id
+                        && answer.content_length == task.content_length
+                        && answer.piece_size == task.piece_size =>
+                {
+                    return Some((index, answer));
+                }
+                Ok(answer) => {
+                    warn!(
+                        supernode = sn.addr(),
+                        task = %task.task_id,
+                        piece_size = answer.piece_size,
+                        ours = task.piece_size,
+                        "the next supernode cuts the blob differently; not taking the download over"
+                    );
+                    let _ = sn.leave(&answer.task_id, self.peer_id).await;
+                    return None;
+                }
+                Err(e) => {
+                    debug!(supernode = sn.addr(), error = %e, "supernode cannot take the download over");
+                }
+            }
+        }
+        None
+    }
+
     /// Downloads `req.url` to `req.output` through the swarm (or the origin when the swarm is
     /// unreachable and back-to-source is on).
     ///
@@ -795,9 +850,20 @@ impl Engine {
             .parse::<Digest>()
             .ok()
             .filter(|d| digest.is_none_or(|want| want == *d) && !self.config.check_whole_file);
+        let mut index = index;
         let result = self
-            .swarm_download(sn, &task, vouchable, &out, progress, &mut report)
+            .swarm_download(
+                &register,
+                &mut index,
+                &task,
+                vouchable,
+                &out,
+                progress,
+                &mut report,
+            )
             .await;
+        // The supernode the download ended with (another one if its own was lost).
+        let sn = &self.supernodes[index];
         let whole = match result {
             Ok(whole) => whole,
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
@@ -879,9 +945,11 @@ impl Engine {
     /// loss, completion); this loop only moves bytes and time. One `select!` over the sync
     /// in flight, the piece jobs and the session's one timer; after every input the
     /// session's `poll_*` outputs are drained.
+    #[allow(clippy::too_many_arguments)]
     async fn swarm_download(
         &self,
-        sn: &SupernodeClient,
+        register: &RegisterRequest,
+        index: &mut usize,
         task: &RegisterResponse,
         vouchable: Option<Digest>,
         out: &OutputFile,
@@ -898,7 +966,10 @@ impl Engine {
         self.server.add(&task.task_id, served.clone());
         // This peer's piece token for the task, refreshed by sync answers before it expires.
         let token: PieceToken = Arc::new(parking_lot::RwLock::new(task.piece_token.clone()));
-        let verifier = self.digest_verifier(task);
+        let mut sn = self.supernodes[*index].clone();
+        // The keys piece digests may be vouched with: this supernode's, and those of any
+        // supernode that takes the task over (pieces vouched by the lost one are still good).
+        let mut verifiers: Arc<[DigestVerifier]> = self.digest_verifier(task).into_iter().collect();
         let session_config = SessionConfig {
             sync_interval: self.config.sync_interval,
             supernode_timeout: self.config.supernode_timeout,
@@ -906,7 +977,7 @@ impl Engine {
             piece_timeout: self.config.piece_timeout,
             picker: self.config.picker.clone(),
             announcements: self.config.announcements && self.config.transport == Transport::Tcp,
-            vouched_digests: verifier.is_some(),
+            vouched_digests: !verifiers.is_empty(),
         };
         let mut session = PeerSession::new(
             Instant::now(),
@@ -943,7 +1014,32 @@ impl Engine {
                     SessionEvent::Complete => {}
                     SessionEvent::Stalled(d) => return Err(DownloadError::Stalled(d).into()),
                     SessionEvent::SupernodeLost(why) => {
-                        return Err(SwarmError::SupernodeLost(why.to_string()));
+                        let Some((next, answer)) = self.take_over(register, *index, task).await
+                        else {
+                            return Err(SwarmError::SupernodeLost(why.to_string()));
+                        };
+                        warn!(
+                            task = %task.task_id,
+                            lost = sn.addr(),
+                            next = self.supernodes[next].addr(),
+                            reason = %why,
+                            held = session.have().count(),
+                            "supernode lost; the next one in the blob's placement order takes the download over"
+                        );
+                        // A sync still out to the lost supernode is dropped; the session
+                        // reports every held piece to the new one at once.
+                        syncing.abort_all();
+                        *index = next;
+                        sn = self.supernodes[next].clone();
+                        token.write().clone_from(&answer.piece_token);
+                        if let Some(key) = self.digest_verifier(&answer) {
+                            verifiers = verifiers.iter().cloned().chain([key]).collect();
+                        }
+                        if let Some(j) = self.joined.lock().get_mut(&task.task_id) {
+                            j.supernode = next;
+                        }
+                        report.supernode_takeovers += 1;
+                        session.rejoin(Instant::now());
                     }
                     SessionEvent::TaskFailed(why) => {
                         return Err(DownloadError::TaskFailed(why).into());
@@ -999,7 +1095,7 @@ impl Engine {
                     addr: fetch.addr,
                     range: fetch.range,
                     expected: fetch.expected,
-                    verifier: verifier.clone(),
+                    verifiers: verifiers.clone(),
                     peer_id: self.peer_id,
                     token: token.clone(),
                     timeout: fetch.timeout,
@@ -1107,7 +1203,7 @@ impl Engine {
                             progress.written(piece_range(task.content_length, task.piece_size, outcome.piece));
                         }
                         Err(PieceFailure::Local(e)) => return Err(DownloadError::Io(e).into()),
-                        Err(PieceFailure::Unvouched) => {
+                        Err(PieceFailure::Unvouched | PieceFailure::NotVouched(_)) => {
                             debug!(piece = outcome.piece, source = ?outcome.source, "piece came without a vouched digest; taking digests from the supernode");
                             session.handle_unvouched(now, outcome.piece, outcome.source);
                         }
@@ -1296,8 +1392,8 @@ struct PieceJob {
     range: std::ops::Range<u64>,
     /// The digest from the supernode's syncs, if known; otherwise the answer's vouch.
     expected: Option<[u8; 32]>,
-    /// The supernode's key, when digests are vouched.
-    verifier: Option<DigestVerifier>,
+    /// The supernodes' keys, when digests are vouched (empty otherwise).
+    verifiers: Arc<[DigestVerifier]>,
     peer_id: u64,
     token: PieceToken,
     timeout: Duration,
@@ -1330,7 +1426,8 @@ enum PieceFailure {
     Supernode(SupernodeError),
     #[error("bytes do not match the piece digest")]
     Corrupt,
-    /// The answer's vouched digest is not the supernode's (forged, or for another piece).
+    /// The answer's vouched digest is signed by none of the supernodes this download knows
+    /// (forged, for another piece, or by a supernode this peer never registered with).
     #[error(transparent)]
     NotVouched(VouchError),
     /// The answer came without a vouched digest and the digest is not known otherwise.
@@ -1347,8 +1444,8 @@ enum PieceFailure {
 impl PieceFailure {
     fn reason(&self) -> FailReason {
         match self {
-            Self::Corrupt | Self::NotVouched(_) => FailReason::Corrupt,
-            Self::Unvouched => FailReason::Busy,
+            Self::Corrupt => FailReason::Corrupt,
+            Self::Unvouched | Self::NotVouched(_) => FailReason::Busy,
             Self::Timeout => FailReason::Timeout,
             Self::Fetch(FetchError::Busy) => FailReason::Busy,
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
@@ -1447,7 +1544,7 @@ impl PieceJob {
             &self.task_id,
             piece,
             self.expected,
-            self.verifier.as_ref(),
+            &self.verifiers,
             &fetched,
         )?;
         served.mark_vouched(piece, vouch);
@@ -1482,23 +1579,36 @@ fn held_vouches(
 }
 
 /// Checks a fetched piece: against `expected` (the syncs' digest) if known, else against
-/// the digest the answer vouched for, whose signature must be the supernode's. Returns the
-/// vouch to keep with the piece (passed on to this peer's children): only one whose
-/// signature checked out and whose digest the bytes have.
+/// the digest the answer vouched for, whose signature must be one of the supernodes' this
+/// download registered with. Returns the vouch to keep with the piece (passed on to this
+/// peer's children): only one whose signature checked out and whose digest the bytes have.
+///
+/// A vouch that checks out under none of `verifiers` is not proof of a lie: after a
+/// supernode was lost, parents pass on vouches of a supernode this peer never registered
+/// with. It is ignored when the digest is known; otherwise the piece fails as
+/// [`PieceFailure::NotVouched`], which the session treats as an answer without a vouch
+/// (digests come from the syncs from then on, and the bytes are checked against those).
 fn accept(
     task_id: &str,
     piece: u32,
     expected: Option<[u8; 32]>,
-    verifier: Option<&DigestVerifier>,
+    verifiers: &[DigestVerifier],
     fetched: &crate::fetch::Fetched,
 ) -> Result<Option<Vouch>, PieceFailure> {
-    let vouch = match (verifier, fetched.vouch) {
-        (Some(key), Some(v)) => {
-            key.check(task_id, piece, &v)
-                .map_err(PieceFailure::NotVouched)?;
-            Some(v)
+    let vouch = match fetched.vouch {
+        // Without a key there is nothing to check a vouch with: it is not kept.
+        Some(v) if !verifiers.is_empty() => {
+            let checked = verifiers
+                .iter()
+                .map(|key| key.check(task_id, piece, &v))
+                .find(Result::is_ok)
+                .unwrap_or_else(|| verifiers[0].check(task_id, piece, &v));
+            match checked {
+                Ok(()) => Some(v),
+                Err(_) if expected.is_some() => None,
+                Err(e) => return Err(PieceFailure::NotVouched(e)),
+            }
         }
-        // Without the key there is nothing to check a vouch with: it is not kept.
         _ => None,
     };
     let expected = match (expected, vouch) {
@@ -1648,44 +1758,73 @@ mod tests {
     fn a_piece_is_accepted_only_against_a_digest_the_supernode_vouched_for() {
         let signer = DigestSigner::generate().unwrap();
         let key = DigestVerifier::new(&signer.public_key()).unwrap();
+        let keys = std::slice::from_ref(&key);
         let good = Digest::of(b"piece 3");
         let bad = Digest::of(b"something else");
         let v = signer.vouch("sha256:t", 3, good);
         let answer = |digest, vouch| Fetched { digest, vouch };
 
         // Vouched, right bytes: accepted, and the vouch is kept for this peer's children.
-        let kept = accept("sha256:t", 3, None, Some(&key), &answer(good, Some(v))).unwrap();
+        let kept = accept("sha256:t", 3, None, keys, &answer(good, Some(v))).unwrap();
         assert_eq!(kept, Some(v));
         // Vouched, wrong bytes: corrupt.
         assert!(matches!(
-            accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(v))),
+            accept("sha256:t", 3, None, keys, &answer(bad, Some(v))),
             Err(PieceFailure::Corrupt)
         ));
         // A liar vouching for its own bytes with a made-up signature.
         let mut forged = signer.vouch("sha256:t", 3, bad);
         forged.signature[0] ^= 1;
-        let e = accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(forged)));
+        let e = accept("sha256:t", 3, None, keys, &answer(bad, Some(forged)));
         assert!(matches!(e, Err(PieceFailure::NotVouched(_))));
-        assert_eq!(e.err().map(|e| e.reason()), Some(FailReason::Corrupt));
-        // Another key's signature, or this key's for another piece, are forgeries too.
+        // Not a ban: a vouch this peer cannot check may be another supernode's (after a
+        // takeover). The session takes digests from the syncs from then on, and the bytes
+        // then fail against those (below: `Corrupt` with the digest known).
+        assert_eq!(e.err().map(|e| e.reason()), Some(FailReason::Busy));
+        // Another key's signature, or this key's for another piece, do not check out either.
         let other = DigestSigner::generate().unwrap().vouch("sha256:t", 3, bad);
         let replayed = signer.vouch("sha256:t", 4, bad);
         for v in [other, replayed] {
             assert!(matches!(
-                accept("sha256:t", 3, None, Some(&key), &answer(bad, Some(v))),
+                accept("sha256:t", 3, None, keys, &answer(bad, Some(v))),
                 Err(PieceFailure::NotVouched(_))
             ));
         }
         // No vouch and no digest from the syncs: nothing to verify against.
-        let e = accept("sha256:t", 3, None, Some(&key), &answer(good, None));
+        let e = accept("sha256:t", 3, None, keys, &answer(good, None));
         assert!(matches!(e, Err(PieceFailure::Unvouched)));
+        // A peer that registered with two supernodes (one took over from the other) takes
+        // either one's vouch.
+        let other_signer = DigestSigner::generate().unwrap();
+        let both = [
+            key.clone(),
+            DigestVerifier::new(&other_signer.public_key()).unwrap(),
+        ];
+        let theirs = other_signer.vouch("sha256:t", 3, good);
+        assert_eq!(
+            accept("sha256:t", 3, None, &both, &answer(good, Some(theirs))).unwrap(),
+            Some(theirs)
+        );
+        // With the digest known from the syncs, a vouch that does not check out is dropped
+        // and the bytes decide.
+        assert_eq!(
+            accept(
+                "sha256:t",
+                3,
+                Some(good.0),
+                keys,
+                &answer(good, Some(forged))
+            )
+            .unwrap(),
+            None
+        );
         // The syncs' digest rules when known; a vouch without the key is not kept.
         assert_eq!(
-            accept("sha256:t", 3, Some(good.0), None, &answer(good, Some(v))).unwrap(),
+            accept("sha256:t", 3, Some(good.0), &[], &answer(good, Some(v))).unwrap(),
             None
         );
         assert!(matches!(
-            accept("sha256:t", 3, Some(good.0), Some(&key), &answer(bad, None)),
+            accept("sha256:t", 3, Some(good.0), keys, &answer(bad, None)),
             Err(PieceFailure::Corrupt)
         ));
     }

@@ -59,6 +59,11 @@ struct Cli {
     /// Keep serving pieces to other peers this long after finishing.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     keep_serving: Duration,
+    /// How long the supernode may stay unreachable mid-download before it is given up: the
+    /// download then moves to the next supernode in the blob's placement order (keeping
+    /// the pieces it holds), or to the origin when there is none.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    supernode_timeout: Duration,
     /// Fail instead of fetching from the origin when the supernode is unreachable.
     #[arg(long)]
     no_back_source: bool,
@@ -187,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         upload_queue: cli.upload_queue,
         sendfile: cli.sendfile,
         transport: cli.transport,
+        supernode_timeout: cli.supernode_timeout,
         fault: if cli.fault_corrupt_uploads {
             Fault::CorruptUploads
         } else {
@@ -258,6 +264,12 @@ fn summarise(cli: &Cli, r: &Report) {
     );
     if let Some(why) = &r.back_source {
         line.push_str(&format!(" [back to source: {why}]"));
+    }
+    if r.supernode_takeovers > 0 {
+        line.push_str(&format!(
+            " [supernode lost; taken over {} time(s)]",
+            r.supernode_takeovers
+        ));
     }
     if r.corrupt_pieces > 0 {
         line.push_str(&format!(

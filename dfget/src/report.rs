@@ -32,6 +32,9 @@ pub struct Report {
     /// Parents whose announcements this download subscribed to and received (their
     /// bitfield arrived); 0 with announcements off or on the QUIC transport.
     pub announcing_parents: u32,
+    /// Times the download moved to the next supernode in the blob's placement order
+    /// because the one it was registered with was lost (it kept the pieces it held).
+    pub supernode_takeovers: u32,
     /// Whether the download went back to the origin, and why.
     pub back_source: Option<BackSource>,
     /// The sha256 of the output.

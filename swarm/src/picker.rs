@@ -222,6 +222,13 @@ impl Picker {
         self.seed = pieces;
     }
 
+    /// The seed is another supernode from now on (the old one was lost): it holds nothing
+    /// yet as far as this picker knows, and the old one's back-off does not apply to it.
+    pub fn handle_new_seed(&mut self) {
+        self.seed = Bitmap::new(self.have.len());
+        self.backoff.retain(|(s, _)| *s != Source::Seed);
+    }
+
     /// The bytes of a requested piece have all arrived and are being verified: its source
     /// is free for the next request (the parent's upload slot was released when it sent
     /// them), while the piece stays reserved until `handle_piece_done` or

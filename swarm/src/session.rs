@@ -301,6 +301,8 @@ pub struct PeerSession {
     /// its bitfield arrives), in the order they were assigned.
     views: Vec<(PeerId, Option<Bitmap>)>,
     subscriptions: VecDeque<Subscription>,
+    /// The session closed with [`SessionEvent::SupernodeLost`] (and may be rejoined).
+    supernode_lost: bool,
 }
 
 impl PeerSession {
@@ -342,6 +344,7 @@ impl PeerSession {
             offered: Bitmap::new(pieces),
             views: Vec::new(),
             subscriptions: VecDeque::new(),
+            supernode_lost: false,
         };
         if pieces == 0 {
             session.complete(now);
@@ -642,6 +645,43 @@ impl PeerSession {
         self.sync_at_once(now);
     }
 
+    /// The driver registered this download with another supernode after
+    /// [`SessionEvent::SupernodeLost`] (the next in the blob's placement order took the task
+    /// over): the session goes on from the pieces it holds. The new supernode knows nothing
+    /// of this peer, so the first sync, due at once, reports every held piece; what the old
+    /// supernode had stored or offered counts for nothing; a sync still out to the old one
+    /// is forgotten (drop it; a late answer is ignored). Parents already known stay usable
+    /// until the new supernode's answers replace them, and the wait for the takeover does
+    /// not count towards a stall. Digests already known stay: the same blob cut into the
+    /// same pieces has the same digests (the driver must rejoin only a task of the same
+    /// length and piece size). Does nothing to a session that completed, stalled or failed
+    /// otherwise.
+    pub fn rejoin(&mut self, now: Instant) {
+        let open = match self.phase {
+            Phase::Downloading => true,
+            Phase::Closed => self.supernode_lost,
+            Phase::Finishing => false,
+        };
+        if !open {
+            return;
+        }
+        self.supernode_lost = false;
+        self.events.clear();
+        self.phase = Phase::Downloading;
+        self.sync = None;
+        self.new_pieces = self.picker.have().iter_ones().collect();
+        self.bad_pieces.clear();
+        self.stored = 0;
+        self.offered = Bitmap::new(self.picker.have().len());
+        self.picker.handle_new_seed();
+        self.unreachable_since = None;
+        self.last_progress = now;
+        self.sync_at_once(now);
+        if self.picker.is_complete() {
+            self.complete(now);
+        }
+    }
+
     /// The timer from [`PeerSession::poll_timeout`] fired (calling it early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.check_stall(now);
@@ -912,6 +952,7 @@ impl PeerSession {
     fn close(&mut self, event: SessionEvent) {
         debug!(?event, "download session ends");
         self.phase = Phase::Closed;
+        self.supernode_lost = matches!(event, SessionEvent::SupernodeLost(_));
         self.unsubscribe_all();
         self.events.push_back(event);
     }

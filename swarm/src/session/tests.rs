@@ -351,6 +351,86 @@ fn supernode_lost_after_being_unreachable_for_the_timeout() {
     assert_eq!(s.poll_request(at), None);
 }
 
+/// The supernode is lost with two of four pieces held; the driver registers with the next
+/// supernode and rejoins: the first sync goes at once and reports both held pieces, the
+/// old seed's offer is forgotten, only the missing pieces are fetched from the new seed,
+/// and the download completes.
+#[test]
+fn a_session_rejoined_at_another_supernode_reports_what_it_holds_and_goes_on() {
+    let t = Instant::now();
+    let mut s = session(4, t);
+    s.poll_sync(t).unwrap();
+    let r = reply(&s, 0, &[0, 1, 2], &[]);
+    s.handle_sync_reply(t, r);
+    let fetches = requests(&mut s, t);
+    assert_eq!(fetches.len(), 3);
+    for f in &fetches[..2] {
+        s.handle_piece_done(t, f.piece, Source::Seed, u64::from(MIB));
+    }
+    let in_flight = fetches[2].piece;
+    // The supernode dies: the sync out to it fails until the session gives it up.
+    let timeout = SessionConfig::default().supernode_timeout;
+    let mut at = t;
+    let lost = loop {
+        let ev = events(&mut s);
+        if !ev.is_empty() {
+            break ev;
+        }
+        at = s.poll_timeout().unwrap();
+        if s.poll_sync(at).is_some() {
+            s.handle_sync_failed(at, SyncFailure::Unreachable("refused".into()));
+        }
+        assert!(at < t + 2 * timeout, "never lost");
+    };
+    assert!(
+        matches!(lost[..], [SessionEvent::SupernodeLost(_)]),
+        "{lost:?}"
+    );
+    s.handle_piece_failed(at, in_flight, Source::Seed, FailReason::Io);
+    assert_eq!(s.poll_sync(at), None);
+
+    // Rejoined: held pieces are reported at once; nothing is asked of the old seed.
+    s.rejoin(at);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(requests(&mut s, at), vec![]);
+    let first = s.poll_sync(at).expect("a sync at once");
+    let mut held = first.new_pieces.clone();
+    held.sort_unstable();
+    let mut done: Vec<u32> = fetches[..2].iter().map(|f| f.piece).collect();
+    done.sort_unstable();
+    assert_eq!(held, done);
+    // The new seed offers everything; the session fetches the rest and completes.
+    s.handle_sync_reply(at, reply(&s, 4, &[0, 1, 2, 3], &[]));
+    let mut rest: Vec<u32> = requests(&mut s, at).iter().map(|f| f.piece).collect();
+    rest.sort_unstable();
+    let mut missing: Vec<u32> = (0..4).filter(|p| !done.contains(p)).collect();
+    missing.sort_unstable();
+    assert_eq!(rest, missing);
+    for p in rest {
+        s.handle_piece_done(at, p, Source::Seed, u64::from(MIB));
+    }
+    assert!(s.is_complete());
+    assert_eq!(events(&mut s), vec![SessionEvent::Complete]);
+}
+
+#[test]
+fn only_a_session_that_lost_its_supernode_can_rejoin() {
+    let t = Instant::now();
+    let mut s = session(2, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(
+        t,
+        SyncReply {
+            failed: Some("origin answered 404".into()),
+            ..SyncReply::default()
+        },
+    );
+    assert_eq!(events(&mut s).len(), 1);
+    s.rejoin(t);
+    assert_eq!(s.poll_sync(t), None, "a failed task stays failed");
+    assert_eq!(s.poll_timeout(), None);
+}
+
 #[test]
 fn a_reply_resets_the_unreachable_clock() {
     let t = Instant::now();

@@ -1,0 +1,116 @@
+//! Several supernodes as one fleet, end to end: real `docker-registry`, three real
+//! `supernode`s and real `dfget` peers. When a blob's home supernode is killed mid-download,
+//! the peers keep what they hold and move to the next supernode in the blob's placement
+//! order, which takes the task over: the registry sends the blob once more, not once per
+//! peer.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, time::Duration};
+
+use damselfly_common::{Digest, placement};
+use damselfly_e2e::{Dfget, DfgetRun, Supernode, TestRegistry, num, random_blob, sha256_hex};
+
+const WAIT: Duration = Duration::from_secs(180);
+const MIB: usize = 1 << 20;
+
+fn file_sha(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// Eight peers, each held to 4 MiB/s, pull a 64 MiB blob through a fleet of three
+/// supernodes; its home supernode is SIGKILLed a few seconds in. Every peer ends with the
+/// right bytes without going to the origin itself (back-to-source is off), each says it was
+/// taken over once, and the registry served the blob at most twice: once to the home
+/// supernode, once to its successor.
+#[test]
+fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
+    let registry = TestRegistry::start();
+    let blob = random_blob(64 * MIB, 41);
+    let digest = registry.push_blob("app/fleet", &blob);
+    let url = registry.blob_url("app/fleet", &digest);
+    let mut fleet: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
+    let addrs: Vec<String> = fleet.iter().map(|s| s.addr().to_string()).collect();
+    let key: Digest = digest.parse().unwrap();
+    let order = placement::order(&key, &addrs);
+    let (home, next) = (order[0], order[1]);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut peers: Vec<DfgetRun> = (0..8)
+        .map(|i| {
+            let mut d = Dfget::new(&url, &dir.path().join(format!("peer{i}")));
+            for addr in fleet.iter().map(Supernode::addr) {
+                d = d.supernode(addr);
+            }
+            d.args([
+                "--download-rate",
+                "4MiB",
+                "--supernode-timeout",
+                "2s",
+                "--no-back-source",
+                "--keep-serving",
+                "3s",
+            ])
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    // A quarter of the way in (64 MiB at 4 MiB/s is 16 s per peer), the home goes away
+    // without a word.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        fleet[home]
+            .metric("damselfly_supernode_registrations_total")
+            .unwrap()
+            >= 8.0,
+        "the peers did not all register with the blob's home supernode first"
+    );
+    fleet[home].daemon_mut().kill();
+
+    let reports: Vec<serde_json::Value> = peers
+        .iter_mut()
+        .map(|p| {
+            p.wait(WAIT).unwrap_or_else(|e| {
+                panic!("{e:#}\n--- next supernode ---\n{}", fleet[next].log_text())
+            })
+        })
+        .collect();
+    for (p, r) in peers.iter().zip(&reports) {
+        assert_eq!(file_sha(&p.output), sha256_hex(&blob), "{r}");
+        assert_eq!(num(r, "supernode_takeovers"), 1, "{r}");
+        assert_eq!(num(r, "from_origin"), 0, "{r}");
+    }
+    // What the peers held when the home died was not fetched again: together they took
+    // less than the whole blob from the successor each.
+    let from_next: u64 = reports.iter().map(|r| num(r, "from_supernode")).sum();
+    let from_peers: u64 = reports.iter().map(|r| num(r, "from_peers")).sum();
+    assert!(from_peers > 0, "the peers shared nothing: {reports:?}");
+    assert!(
+        from_next < 8 * blob.len() as u64,
+        "every peer fetched everything from a supernode: {reports:?}"
+    );
+    let gets = registry.blob_get_count(&digest);
+    println!(
+        "8 peers × 64 MiB, home killed at 4 s: {} MiB from peers, {} MiB from supernodes, registry GETs {gets}",
+        from_peers >> 20,
+        from_next >> 20
+    );
+    assert!(
+        (1..=2).contains(&gets),
+        "the registry sent the blob {gets} times (home once, its successor once at most)"
+    );
+    assert!(
+        fleet[next]
+            .metric("damselfly_supernode_registrations_total")
+            .unwrap()
+            >= 8.0,
+        "the successor did not take the peers in"
+    );
+    let third = order[2];
+    assert_eq!(
+        fleet[third]
+            .metric("damselfly_supernode_registrations_total")
+            .unwrap(),
+        0.0,
+        "the third supernode was asked although the second took over"
+    );
+}
