@@ -635,6 +635,7 @@ impl Engine {
             known_parents: Vec::new(),
             vouched: false,
             signatures: false,
+            unreachable_parents: Vec::new(),
         }
     }
 
@@ -1058,6 +1059,7 @@ impl Engine {
                     reported = req.new_pieces.len(),
                     digests_from = req.digests_from,
                     wait_ms = req.wait_ms,
+                    unreachable = req.unreachable_parents.len(),
                     "sync sent"
                 );
                 let sn = sn.clone();
@@ -1175,6 +1177,7 @@ impl Engine {
                             }
                         }
                         News::Lost(parent) => {
+                            trace!(%parent, "parent's announcements ended");
                             if subscriptions.remove(&parent).is_some() {
                                 session.handle_parent_lost(now, parent);
                             }
@@ -1257,6 +1260,7 @@ impl Engine {
         let mut req = self.sync_request(task_id, msg.new_pieces, bad, msg.done, msg.digests_from);
         req.urgent_pieces = msg.urgent;
         req.vouched = msg.vouched;
+        req.unreachable_parents = msg.unreachable_parents.iter().map(|p| p.0).collect();
         if let Some(known) = msg.known_parents {
             req.announced = true;
             req.known_parents = known.into_iter().map(|p| p.0).collect();

@@ -148,9 +148,16 @@ pub struct SyncRequest {
     /// and serves it to peers that take vouched digests.
     #[prost(bool, tag = "15")]
     pub signatures: bool,
+    /// Parents the peer could not reach since its last sync (no connection or no answer),
+    /// at most [`MAX_KNOWN_PARENTS`]: the supernode stops naming them to this peer for a
+    /// while and offers it the pieces only they hold, so a parent that hangs does not
+    /// starve its children until it expires. A supernode that predates the field ignores it.
+    #[prost(uint64, repeated, tag = "16")]
+    pub unreachable_parents: Vec<u64>,
 }
 
-/// Most parents a sync may list in [`SyncRequest::known_parents`].
+/// Most parents a sync may list in [`SyncRequest::known_parents`] or
+/// [`SyncRequest::unreachable_parents`].
 pub const MAX_KNOWN_PARENTS: usize = 64;
 
 /// Longest long poll a sync may ask for ([`SyncRequest::wait_ms`]), in milliseconds.
@@ -164,6 +171,7 @@ impl SyncRequest {
             && self.new_pieces.is_empty()
             && self.bad_pieces.is_empty()
             && self.urgent_pieces.is_empty()
+            && self.unreachable_parents.is_empty()
             && !self.done
     }
 }
@@ -532,6 +540,9 @@ impl SyncRequest {
         }
         if self.known_parents.len() > MAX_KNOWN_PARENTS {
             return Err(DecodeError::invalid("known_parents", "too many"));
+        }
+        if self.unreachable_parents.len() > MAX_KNOWN_PARENTS {
+            return Err(DecodeError::invalid("unreachable_parents", "too many"));
         }
         Ok(())
     }

@@ -347,6 +347,13 @@ async fn sync(
         .collect();
     shared.metrics.bad_pieces.inc_by(bad.len() as u64);
     let known: Vec<PeerId> = req.known_parents.iter().map(|&p| PeerId(p)).collect();
+    let unreachable: Vec<PeerId> = req.unreachable_parents.iter().map(|&p| PeerId(p)).collect();
+    if !unreachable.is_empty() {
+        shared
+            .metrics
+            .unreachable_parents
+            .inc_by(unreachable.len() as u64);
+    }
     // The scheduler's whole side of a sync, the same call the simulator makes.
     let answer = task
         .sched
@@ -363,9 +370,19 @@ async fn sync(
                 done: req.done,
                 seed_has: &seed_has,
                 known_parents: req.announced.then_some(known.as_slice()),
+                unreachable_parents: &unreachable,
             },
         )
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if !unreachable.is_empty() {
+        debug!(
+            task = %req.task_id,
+            %peer,
+            parents = ?unreachable,
+            seed_offer = answer.seed_pieces.count(),
+            "peer cannot reach parents"
+        );
+    }
     let cdn = task.cdn.lock();
     let (state, error) = match &cdn.state {
         CdnState::Running => (TaskState::Running, String::new()),

@@ -160,6 +160,8 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Corrupt pieces reported by peers.
     pub bad_pieces: Counter,
+    /// Parents peers reported they could not reach.
+    pub unreachable_parents: Counter,
     /// Piece digests sent in sync answers (peers that take vouched digests need none).
     pub sync_digests: Counter,
     /// Piece digests signed and sent with pieces this supernode served.
@@ -215,6 +217,7 @@ impl Metrics {
             tasks: Gauge::default(),
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
+            unreachable_parents: Counter::default(),
             sync_digests: Counter::default(),
             vouched_digests: Counter::default(),
             banned_peers: Counter::default(),
@@ -325,6 +328,11 @@ impl Metrics {
             "bad_pieces",
             "Corrupt pieces reported by peers",
             m.bad_pieces.clone(),
+        );
+        r.register(
+            "unreachable_parents",
+            "Parents peers reported they could not reach (each then gets the pieces only those parents hold from the supernode)",
+            m.unreachable_parents.clone(),
         );
         r.register(
             "sync_digests",

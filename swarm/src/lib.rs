@@ -55,11 +55,11 @@ pub use picker::{FailReason, Picker, PickerConfig, Request, Source};
 pub use piece::{MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count, piece_range, piece_size_for};
 pub use scheduler::{
     Parent, SEED_OFFER_TTL, SEED_SENT_TTL, SchedError, SchedEvent, SchedulerConfig, SyncInput,
-    SyncOutput, TaskScheduler,
+    SyncOutput, TaskScheduler, UNREACHABLE_PARENT_TTL,
 };
 pub use session::{
-    MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent, Subscription, SyncFailure,
-    SyncMsg, SyncReply,
+    MAX_UNREACHABLE, MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent,
+    Subscription, SyncFailure, SyncMsg, SyncReply,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node

@@ -104,6 +104,9 @@ struct PeerState {
     parents: Vec<(u32, PeerId)>,
     /// Peers that currently list this one among their parents (approximate after churn).
     children: u32,
+    /// Peers this one reported it could not reach, each until when the report holds: not
+    /// named to it as parents, and not counted as holders in its seed offers.
+    unreachable: Vec<(PeerId, Instant)>,
 }
 
 /// The scheduler for one task (one blob), run by the supernode.
@@ -200,6 +203,12 @@ pub const SEED_SENT_TTL: Duration = Duration::from_secs(60);
 /// were kept into the end game and the slowest of 1,000 simulated peers took 1.53× the
 /// bound; with 8, 1.27×.
 const STICKY_MIN_PIECES: u32 = 8;
+/// How long a peer's report that it cannot reach a parent holds (see
+/// [`TaskScheduler::handle_unreachable`]). A parent that hangs expires from the swarm after
+/// `peer_timeout` anyway; one only this peer cannot reach is tried again after this.
+pub const UNREACHABLE_PARENT_TTL: Duration = Duration::from_secs(30);
+/// Unreachable parents remembered per peer.
+const MAX_UNREACHABLE_PER_PEER: usize = 64;
 /// How many holder slots are remembered per piece.
 const RECENT_HOLDERS: usize = 4;
 /// Candidates sampled per parent slot.
@@ -255,6 +264,7 @@ impl TaskScheduler {
             live_pos: self.live.len(),
             parents: Vec::new(),
             children: 0,
+            unreachable: Vec::new(),
         };
         self.downloading += 1;
         let slot = match self.free.pop() {
@@ -313,6 +323,9 @@ impl TaskScheduler {
             }
             state.pieces.set(p);
             self.holders[p as usize] += 1;
+            // The supernode's offer of it is done with: a held piece is not offered (until
+            // its holders are unreachable for someone, and then anew).
+            self.seed_offers[p as usize] = None;
             let recent = &mut self.recent_holders[p as usize];
             if recent.len() < RECENT_HOLDERS {
                 recent.push(slot);
@@ -405,8 +418,9 @@ impl TaskScheduler {
     /// # Errors
     ///
     /// [`SchedError::UnknownPeer`] or [`SchedError::Banned`] when `peer` is not in the swarm.
-    pub fn parents(&mut self, _now: Instant, peer: PeerId) -> Result<Vec<Parent>, SchedError> {
+    pub fn parents(&mut self, now: Instant, peer: PeerId) -> Result<Vec<Parent>, SchedError> {
         let me = self.check_peer(peer)?;
+        let blocked = self.blocked(me, now);
         let k = self.config.parents_per_peer;
         let old: Vec<u32> = self
             .state(me)
@@ -430,7 +444,10 @@ impl TaskScheduler {
                 break;
             }
             let s = self.state(p);
-            if p != me && s.pieces.count_not_in(&my_pieces) >= keep_at_least {
+            if p != me
+                && !blocked.contains(&p)
+                && s.pieces.count_not_in(&my_pieces) >= keep_at_least
+            {
                 chosen.push(p);
                 covered.union_with(&s.pieces);
             }
@@ -440,6 +457,7 @@ impl TaskScheduler {
         let mut cands: Vec<Cand> = self
             .candidates(me, &chosen, &old)
             .into_iter()
+            .filter(|c| !blocked.contains(c))
             .map(|c| self.cand(&my_pieces, c, old.contains(&c)))
             .collect();
         let missing = f64::from((self.piece_count - my_pieces.count()).max(1));
@@ -524,13 +542,23 @@ impl TaskScheduler {
         urgent: &[u32],
     ) -> Result<Bitmap, SchedError> {
         let me = self.check_peer(peer)?;
+        // Holders this peer cannot reach do not count for it.
+        let blocked = self.blocked(me, now);
         let mine = &self.state(me).pieces;
         let mut out = Bitmap::new(self.piece_count);
         let mut open = 0u32;
         let mut my_open = 0u32;
         let mut fresh: Vec<u32> = Vec::new();
         for p in 0..self.piece_count {
-            if self.holders[p as usize] > 0 {
+            let holders = self.holders[p as usize];
+            if holders > 0
+                && (blocked.is_empty()
+                    || holders as usize
+                        > blocked
+                            .iter()
+                            .filter(|&&b| self.state(b).pieces.get(p))
+                            .count())
+            {
                 continue;
             }
             match self.seed_offers[p as usize] {
@@ -631,6 +659,44 @@ impl TaskScheduler {
     /// Pieces in the task.
     pub fn piece_count(&self) -> u32 {
         self.piece_count
+    }
+
+    /// `peer` could not reach these parents (its sync's `unreachable_parents`): for
+    /// [`UNREACHABLE_PARENT_TTL`] they are not named to it as parents, and pieces only they
+    /// hold are offered to it by the supernode. Only `peer` is affected: one peer's word
+    /// does not take a parent from anyone else. Unknown ids and `peer` itself are ignored.
+    pub fn handle_unreachable(&mut self, now: Instant, peer: PeerId, parents: &[PeerId]) {
+        let live: Vec<PeerId> = parents
+            .iter()
+            .copied()
+            .filter(|p| *p != peer && self.index.contains_key(p))
+            .collect();
+        let Some(s) = self.state_mut(peer) else {
+            return;
+        };
+        s.unreachable.retain(|(_, until)| *until > now);
+        for p in live {
+            let until = now + UNREACHABLE_PARENT_TTL;
+            match s.unreachable.iter_mut().find(|(id, _)| *id == p) {
+                Some(e) => e.1 = until,
+                None => {
+                    if s.unreachable.len() == MAX_UNREACHABLE_PER_PEER {
+                        s.unreachable.remove(0);
+                    }
+                    s.unreachable.push((p, until));
+                }
+            }
+        }
+    }
+
+    /// Live slots of the parents `me` reported unreachable, while the report holds.
+    fn blocked(&self, me: u32, now: Instant) -> Vec<u32> {
+        self.state(me)
+            .unreachable
+            .iter()
+            .filter(|(_, until)| *until > now)
+            .filter_map(|(id, _)| self.index.get(id).copied())
+            .collect()
     }
 
     fn check_peer(&self, peer: PeerId) -> Result<u32, SchedError> {

@@ -20,6 +20,10 @@ mod tests;
 /// Urgent pieces one sync names at most (the wire limit of `SyncRequest.urgent_pieces`).
 pub const MAX_URGENT: usize = 64;
 
+/// Unreachable parents one sync names at most (the wire limit of
+/// `SyncRequest.unreachable_parents`).
+pub const MAX_UNREACHABLE: usize = 64;
+
 /// Knobs for [`PeerSession`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -98,6 +102,11 @@ pub struct SyncMsg {
     /// With [`SessionConfig::announcements`]: the parents this peer already knows (the
     /// supernode answers with changes). `None`: send every parent's bitmap.
     pub known_parents: Option<Vec<PeerId>>,
+    /// Parents this peer could not reach since the last sync (their announcements could
+    /// not be subscribed to or broke, or a piece request found no connection): the
+    /// supernode stops naming them to this peer for a while and offers it what only they
+    /// hold.
+    pub unreachable_parents: Vec<PeerId>,
 }
 
 /// The supernode's answer to a sync, validated by the driver (wire types converted).
@@ -219,6 +228,7 @@ enum Phase {
 struct InFlight {
     new_pieces: Vec<u32>,
     bad_pieces: Vec<(PeerId, u32)>,
+    unreachable: Vec<PeerId>,
     done: bool,
     /// When it was sent, if it was a long poll (its wait counts as the sync period).
     long_poll: Option<Instant>,
@@ -279,6 +289,8 @@ pub struct PeerSession {
     /// Reports for the next sync.
     new_pieces: Vec<u32>,
     bad_pieces: Vec<(PeerId, u32)>,
+    /// Parents found unreachable, for the next sync.
+    unreachable: Vec<PeerId>,
     sync: Option<InFlight>,
     /// When the next sync is due (meaningless while one is in flight: it is set again when
     /// that one ends).
@@ -330,6 +342,7 @@ impl PeerSession {
             addrs: HashMap::new(),
             new_pieces: Vec::new(),
             bad_pieces: Vec::new(),
+            unreachable: Vec::new(),
             sync: None,
             next_sync: now,
             sync_now: false,
@@ -503,6 +516,17 @@ impl PeerSession {
             self.views.remove(i);
             self.addrs.remove(&parent);
             self.push_views(now);
+            if self.phase == Phase::Downloading {
+                self.note_unreachable(parent);
+            }
+        }
+    }
+
+    /// Reports `parent` as unreachable at the next sync (once, and at most
+    /// `MAX_KNOWN_PARENTS`-many per sync).
+    fn note_unreachable(&mut self, parent: PeerId) {
+        if !self.unreachable.contains(&parent) && self.unreachable.len() < MAX_UNREACHABLE {
+            self.unreachable.push(parent);
         }
     }
 
@@ -551,6 +575,9 @@ impl PeerSession {
         let mut bad = sent.bad_pieces;
         bad.append(&mut self.bad_pieces);
         self.bad_pieces = bad;
+        for p in sent.unreachable {
+            self.note_unreachable(p);
+        }
         if self.phase != Phase::Downloading {
             return;
         }
@@ -622,6 +649,12 @@ impl PeerSession {
             self.bad_pieces.push((offender, piece));
             self.sync_at_once(now);
         }
+        if let (FailReason::Io, Source::Peer(parent)) = (reason, source)
+            && self.addrs.contains_key(&parent)
+        {
+            // No connection to it (refused, or no handshake within the connect timeout).
+            self.note_unreachable(parent);
+        }
         self.picker.handle_piece_failed(now, piece, source, reason);
         self.check_stall(now);
     }
@@ -671,6 +704,7 @@ impl PeerSession {
         self.sync = None;
         self.new_pieces = self.picker.have().iter_ones().collect();
         self.bad_pieces.clear();
+        self.unreachable.clear();
         self.stored = 0;
         self.offered = Bitmap::new(self.picker.have().len());
         self.picker.handle_new_seed();
@@ -701,6 +735,7 @@ impl PeerSession {
         let wait = (!done
             && self.new_pieces.is_empty()
             && self.bad_pieces.is_empty()
+            && self.unreachable.is_empty()
             && urgent.is_empty()
             && self.stored < self.picker.have().len())
         .then_some(self.config.sync_interval);
@@ -722,10 +757,17 @@ impl PeerSession {
                 .config
                 .announcements
                 .then(|| self.views.iter().map(|(id, _)| *id).collect()),
+            unreachable_parents: if done {
+                self.unreachable.clear();
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.unreachable)
+            },
         };
         self.sync = Some(InFlight {
             new_pieces: msg.new_pieces.clone(),
             bad_pieces: msg.bad_pieces.clone(),
+            unreachable: msg.unreachable_parents.clone(),
             done,
             long_poll: wait.map(|_| now),
         });

@@ -27,6 +27,9 @@ pub struct SyncInput<'a> {
     /// announcements) and already knows these parents, so the answer names only the changes
     /// ([`SyncOutput::delta`]). `None`: the answer lists every parent with its bitmap.
     pub known_parents: Option<&'a [PeerId]>,
+    /// Parents the peer could not reach since its last sync (see
+    /// [`TaskScheduler::handle_unreachable`]).
+    pub unreachable_parents: &'a [PeerId],
 }
 
 /// The scheduler's answer to one sync.
@@ -86,6 +89,9 @@ impl TaskScheduler {
         result?;
         for &(offender, piece) in input.bad_pieces {
             self.handle_bad_piece(now, peer, offender, piece);
+        }
+        if !input.unreachable_parents.is_empty() {
+            self.handle_unreachable(now, peer, input.unreachable_parents);
         }
         if input.done {
             return Ok(SyncOutput {

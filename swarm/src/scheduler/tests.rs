@@ -497,6 +497,7 @@ fn sync_input<'a>(new: &'a [u32], bad: &'a [(PeerId, u32)], seed: &'a Bitmap) ->
         done: false,
         seed_has: seed,
         known_parents: None,
+        unreachable_parents: &[],
     }
 }
 
@@ -607,4 +608,68 @@ fn a_peer_that_lists_its_parents_gets_only_the_changes_without_bitmaps() {
     assert!(!full.delta);
     assert_eq!(full.parents.len(), 3);
     assert!(full.parents.iter().all(|p| p.pieces.count() == 1));
+}
+
+/// A parent that holds everything and hangs: its child reports it unreachable, and from
+/// then on the child is not sent to it and the supernode offers the child what only that
+/// parent held. Another peer's view is unchanged, and the report lapses after its TTL.
+#[test]
+fn a_parent_its_child_cannot_reach_is_not_named_to_it_and_its_pieces_are_seeded() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=3);
+    let seed = Bitmap::full(8);
+    // Peer 1 takes the whole blob from the supernode, piece by piece as offered (the
+    // offers, sent, must not outlive the reports); peers 2 and 3 hold nothing.
+    let mut held = 0;
+    while held < 8 {
+        let offer = s.seed_pieces(t, PeerId(1), &seed, &[]).unwrap();
+        let got: Vec<u32> = offer.iter_ones().collect();
+        assert!(!got.is_empty());
+        for &p in &got {
+            s.handle_seed_sent(t, PeerId(1), p);
+        }
+        s.handle_sync_request(t, PeerId(1), addr(1), &sync_input(&got, &[], &seed))
+            .unwrap();
+        held += got.len();
+    }
+    let mut done = sync_input(&[], &[], &seed);
+    done.done = true;
+    s.handle_sync_request(t, PeerId(1), addr(1), &done).unwrap();
+    let before = s
+        .handle_sync_request(t, PeerId(2), addr(2), &sync_input(&[], &[], &seed))
+        .unwrap();
+    assert!(ids(&before.parents).contains(&PeerId(1)));
+    assert_eq!(
+        before.seed_pieces.count(),
+        0,
+        "everything is held by a peer"
+    );
+
+    let mut report = sync_input(&[], &[], &seed);
+    let hung = [PeerId(1)];
+    report.unreachable_parents = &hung;
+    let after = s
+        .handle_sync_request(t, PeerId(2), addr(2), &report)
+        .unwrap();
+    assert!(!ids(&after.parents).contains(&PeerId(1)), "{after:?}");
+    assert!(after.seed_pieces.count() > 0, "{after:?}");
+    // Peer 3 never reported it: it still gets peer 1 and no seed offer of its pieces.
+    let other = s
+        .handle_sync_request(t, PeerId(3), addr(3), &sync_input(&[], &[], &seed))
+        .unwrap();
+    assert!(ids(&other.parents).contains(&PeerId(1)));
+    assert!(
+        other
+            .seed_pieces
+            .iter_ones()
+            .all(|p| !after.seed_pieces.get(p))
+    );
+    // After the TTL (and without a new report) peer 1 is named to peer 2 again.
+    let later = t + UNREACHABLE_PARENT_TTL + Duration::from_secs(1);
+    s.handle_sync_request(later, PeerId(1), addr(1), &done)
+        .unwrap();
+    let lapsed = s
+        .handle_sync_request(later, PeerId(2), addr(2), &sync_input(&[], &[], &seed))
+        .unwrap();
+    assert!(ids(&lapsed.parents).contains(&PeerId(1)), "{lapsed:?}");
 }

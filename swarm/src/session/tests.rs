@@ -916,3 +916,32 @@ fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
     }
     assert!(events(&mut s).is_empty(), "no stall");
 }
+
+/// A parent whose announcements cannot be subscribed to is reported in the next sync as
+/// unreachable, once; a failed sync keeps the report for the one after.
+#[test]
+fn a_lost_parent_is_reported_unreachable_in_the_next_sync() {
+    let t = Instant::now();
+    let mut s = announced(4, t);
+    s.poll_sync(t).unwrap();
+    s.handle_sync_reply(t, delta(&s, 4, &[7], &[]));
+    assert_eq!(
+        subscriptions(&mut s),
+        vec![Subscription::Subscribe {
+            parent: PeerId(7),
+            addr: addr(7)
+        }]
+    );
+    s.handle_parent_lost(t + MS, PeerId(7));
+    let at = s.poll_timeout().unwrap();
+    let msg = s.poll_sync(at).unwrap();
+    assert_eq!(msg.unreachable_parents, vec![PeerId(7)]);
+    assert_eq!(msg.wait, None, "a report is not a long poll");
+    s.handle_sync_failed(at, SyncFailure::Unreachable("x".into()));
+    let again = s.poll_timeout().unwrap();
+    let msg = s.poll_sync(again).unwrap();
+    assert_eq!(msg.unreachable_parents, vec![PeerId(7)]);
+    s.handle_sync_reply(again, delta(&s, 4, &[], &[]));
+    let next = s.poll_timeout().unwrap();
+    assert!(s.poll_sync(next).unwrap().unreachable_parents.is_empty());
+}

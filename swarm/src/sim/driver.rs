@@ -671,7 +671,8 @@ impl Sim {
 
     fn send_sync(&mut self, i: u32, msg: SyncMsg) {
         let reported = msg.new_pieces.len() + msg.bad_pieces.len() + msg.urgent.len();
-        let listed = msg.known_parents.as_ref().map_or(0, Vec::len) as u64;
+        let listed =
+            (msg.known_parents.as_ref().map_or(0, Vec::len) + msg.unreachable_parents.len()) as u64;
         let bytes = SYNC_REQUEST + PER_REPORTED_PIECE * reported as u64 + PER_PARENT_ID * listed;
         let p = &mut self.peers[i as usize];
         p.sync = Some(Box::new(SyncTrip {
@@ -702,6 +703,7 @@ impl Sim {
             done: msg.done,
             seed_has: &self.seed_has,
             known_parents: msg.known_parents.as_deref(),
+            unreachable_parents: &msg.unreachable_parents,
         };
         let reply = match self.sched.handle_sync_request(now, id, addr(i), &input) {
             Ok(out) => {
