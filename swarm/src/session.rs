@@ -626,6 +626,10 @@ impl PeerSession {
             // it has) now rather than idle until the next period. A lone peer of a cold blob
             // otherwise sat ~50 ms between its last offered piece and the next offers.
             self.sync_at_once(now);
+        } else if source == Source::Seed {
+            // The supernode's offer of it counts against its budget of pieces in flight
+            // until this peer reports it: report at once, so the next piece can leave.
+            self.sync_at_once(now);
         } else if !self.config.announcements {
             // Report new pieces soon so others learn of them through the supernode.
             self.next_sync = self.next_sync.min(now + self.config.sync_interval / 4);

@@ -669,6 +669,26 @@ fn with_announcements_a_new_piece_does_not_bring_the_sync_forward() {
     assert!(s.poll_sync(t + 200 * MS).is_some());
 }
 
+/// A piece from the supernode is reported at once, announcements or not: its offer holds
+/// one of the supernode's few offer slots until this peer reports it (`seed_offers`). Left
+/// to the next period, the slots idled: 1,000 simulated peers, 1 GiB, median 1.36x the
+/// bound against 1.22x reported at once.
+#[test]
+fn a_piece_from_the_supernode_is_reported_at_once() {
+    let t = Instant::now();
+    let mut s = announced(8, t);
+    s.poll_sync(t).unwrap();
+    let mut r = delta(&s, 8, &[1], &[]);
+    r.seed_pieces = bits(8, [0, 1]);
+    s.handle_sync_reply(t, r);
+    let asked = requests(&mut s, t);
+    assert_eq!(asked.len(), 2);
+    assert!(asked.iter().all(|f| f.source == Source::Seed));
+    s.handle_piece_done(t + MS, asked[0].piece, Source::Seed, u64::from(MIB));
+    let msg = s.poll_sync(t + MS).expect("reported at once");
+    assert_eq!(msg.new_pieces, vec![asked[0].piece]);
+}
+
 #[test]
 fn announced_pieces_without_a_known_digest_wait_for_it() {
     let t = Instant::now();
