@@ -687,20 +687,20 @@ impl Engine {
         }
     }
 
-    /// After the supernode at `lost` was given up mid-download: registers the same download
-    /// with the other supernodes, in the blob's placement order (the order every node
-    /// computes alike, so the swarm regroups at one supernode), and returns the first that
-    /// takes it. That supernode fetches what no peer has from the origin; the peers already
+    /// After the download's supernode was given up: registers the same download with the
+    /// supernodes in the blob's placement order (the order every node computes alike, so the
+    /// swarm regroups at one supernode), except `skip` (the one that stopped answering), and
+    /// returns the first that takes it. That supernode fetches what no peer has from the origin; the peers already
     /// hold the rest. `None` when none answers, or the one that does cuts the blob
     /// differently (another length or piece size: the held pieces would not fit).
     async fn take_over(
         &self,
         register: &RegisterRequest,
-        lost: usize,
+        skip: Option<usize>,
         task: &RegisterResponse,
     ) -> Option<(usize, RegisterResponse)> {
         for index in supernode_order(&register.url, &self.supernodes) {
-            if index == lost {
+            if Some(index) == skip {
                 continue;
             }
             let sn = &self.supernodes[index];
@@ -1015,7 +1015,10 @@ impl Engine {
                     SessionEvent::Complete => {}
                     SessionEvent::Stalled(d) => return Err(DownloadError::Stalled(d).into()),
                     SessionEvent::SupernodeLost(why) => {
-                        let Some((next, answer)) = self.take_over(register, *index, task).await
+                        // A supernode that answers but forgot the task (restarted, or it
+                        // dropped this peer) is asked again first; an unreachable one is not.
+                        let skip = matches!(why, SyncFailure::Unreachable(_)).then_some(*index);
+                        let Some((next, answer)) = self.take_over(register, skip, task).await
                         else {
                             return Err(SwarmError::SupernodeLost(why.to_string()));
                         };
