@@ -1,6 +1,7 @@
 //! The HTTP listeners' limits on the real daemons: a client that trickles its request
 //! headers, or sends none, is disconnected after `http.header_read_timeout`, and the
-//! listener goes on serving everyone else. And the supernode's cap on origin fetches.
+//! listener goes on serving everyone else. And the supernode's caps on origin fetches, on
+//! tasks held in memory and on the peers admitted to one task.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
 };
 
 use damselfly_e2e::{Dfdaemon, Dfget, Fault, FaultyOrigin, Supernode, http, random_blob};
-use damselfly_proto::{PROTOCOL_VERSION, RegisterRequest};
+use damselfly_proto::{LeaveRequest, PROTOCOL_VERSION, RegisterRequest};
 use prost::Message as _;
 
 /// The test's header-read timeout (the default is 10 s).
@@ -135,4 +136,85 @@ fn the_supernode_caps_its_origin_fetches() {
         "the second blob is still refused"
     );
     assert!(!other.gets().is_empty());
+}
+
+fn leave(sn: &Supernode, task_id: &str, peer: u64) {
+    let body = LeaveRequest {
+        version: PROTOCOL_VERSION,
+        task_id: task_id.to_owned(),
+        peer_id: peer,
+    }
+    .encode_to_vec();
+    let r = http::Request::post(format!("http://{}/api/v1/leave", sn.addr()))
+        .signed()
+        .body(body)
+        .send()
+        .unwrap();
+    assert!((200..300).contains(&r.status), "{}: {}", r.status, r.text());
+}
+
+fn busy(sn: &Supernode) -> f64 {
+    damselfly_e2e::metric_sum(
+        &sn.metrics().unwrap(),
+        "damselfly_supernode_registrations_total",
+        Some("outcome=\"Busy\""),
+    )
+}
+
+/// `cdn.max_tasks`: with two blobs in memory, each with a live peer, a third blob is
+/// refused with 503 and `Retry-After`, and its origin is not asked; once a task has no live
+/// peer left it makes room, and the third blob is fetched.
+#[test]
+fn the_supernode_caps_the_tasks_it_holds_in_memory() {
+    let origins: Vec<FaultyOrigin> = (0..3)
+        .map(|i| FaultyOrigin::start(random_blob(64 << 10, 90 + i), Vec::new()))
+        .collect();
+    let urls: Vec<String> = origins
+        .iter()
+        .enumerate()
+        .map(|(i, o)| o.blob_url(&format!("app/t{i}")))
+        .collect();
+    let sn = Supernode::builder()
+        .args(["--cdn-max-tasks", "2", "--cdn-max-fetches", "2"])
+        .start();
+    assert_eq!(register(&sn, &urls[0], 1).0, 200);
+    assert_eq!(register(&sn, &urls[1], 2).0, 200);
+    let (status, retry) = register(&sn, &urls[2], 3);
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("5"));
+    assert!(
+        origins[2].requests().is_empty(),
+        "{:?}",
+        origins[2].requests()
+    );
+    assert_eq!(busy(&sn), 1.0);
+    // Joining a task in memory is never refused.
+    assert_eq!(register(&sn, &urls[1], 4).0, 200);
+    // The first blob's only peer leaves: its task can go.
+    let task = format!("sha256:{}", urls[0].rsplit_once("sha256:").unwrap().1);
+    leave(&sn, &task, 1);
+    assert_eq!(register(&sn, &urls[2], 3).0, 200);
+    assert!(!origins[2].gets().is_empty());
+}
+
+/// `scheduler.max_peers_per_task`: a task with two live admitted peers refuses a third with
+/// 503 and `Retry-After`; once one of them has left the swarm, the third is admitted.
+#[test]
+fn the_supernode_caps_the_peers_it_admits_to_a_task() {
+    let origin = FaultyOrigin::start(random_blob(64 << 10, 95), Vec::new());
+    let url = origin.blob_url("app/peers");
+    let sn = Supernode::builder()
+        .args(["--scheduler-max-peers-per-task", "2"])
+        .start();
+    assert_eq!(register(&sn, &url, 1).0, 200);
+    assert_eq!(register(&sn, &url, 2).0, 200);
+    // A peer already admitted registers again freely.
+    assert_eq!(register(&sn, &url, 2).0, 200);
+    let (status, retry) = register(&sn, &url, 3);
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("5"));
+    assert_eq!(busy(&sn), 1.0);
+    let task = format!("sha256:{}", url.rsplit_once("sha256:").unwrap().1);
+    leave(&sn, &task, 1);
+    assert_eq!(register(&sn, &url, 3).0, 200);
 }

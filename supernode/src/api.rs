@@ -175,9 +175,11 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "DENIED", u32::from(*status))
             }
             Self::Register(RegisterError::NotHere) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
-            Self::Register(RegisterError::FetchesBusy(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "BUSY", 0)
-            }
+            Self::Register(
+                RegisterError::FetchesBusy(_)
+                | RegisterError::TasksBusy(_)
+                | RegisterError::PeersBusy(_),
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "BUSY", 0),
             Self::Register(RegisterError::TooLarge(_)) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", 0)
             }
@@ -206,7 +208,12 @@ impl IntoResponse for ApiError {
         let mut body = ErrorResponse::new(code, self.to_string());
         body.origin_status = origin_status;
         let mut resp = (status, Proto(body)).into_response();
-        if let Self::Register(RegisterError::FetchesBusy(_)) = self {
+        if let Self::Register(
+            RegisterError::FetchesBusy(_)
+            | RegisterError::TasksBusy(_)
+            | RegisterError::PeersBusy(_),
+        ) = self
+        {
             // About the time a fetch of a typical layer takes to finish and free a slot.
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
@@ -265,7 +272,9 @@ async fn register(
             let outcome = match e {
                 RegisterError::Denied { .. } => RegisterOutcome::Denied,
                 RegisterError::NotHere => RegisterOutcome::NotHere,
-                RegisterError::FetchesBusy(_) => RegisterOutcome::Busy,
+                RegisterError::FetchesBusy(_)
+                | RegisterError::TasksBusy(_)
+                | RegisterError::PeersBusy(_) => RegisterOutcome::Busy,
                 RegisterError::Store(ref s) if s.is_no_space() => RegisterOutcome::NoSpace,
                 RegisterError::Store(_) | RegisterError::Join(_) => RegisterOutcome::Storage,
                 _ => RegisterOutcome::OriginError,
@@ -274,14 +283,19 @@ async fn register(
             return Err(e.into());
         }
     };
+    let peer = PeerId(req.peer_id);
+    let max_peers = shared.config.scheduler.max_peers_per_task;
+    if !task.admit(peer, max_peers as usize) {
+        warn!(task = %task.id(), max = max_peers, "registration refused: scheduler.max_peers_per_task live peers");
+        shared.metrics.registration(RegisterOutcome::Busy);
+        return Err(RegisterError::PeersBusy(max_peers).into());
+    }
     shared.metrics.registration(if created {
         RegisterOutcome::New
     } else {
         RegisterOutcome::Joined
     });
-    let peer = PeerId(req.peer_id);
     let now = Instant::now();
-    task.admit(peer);
     task.touch(now);
     task.sched.lock().handle_join(now, peer, addr);
     let (store, id) = (shared.store.clone(), task.id().to_owned());

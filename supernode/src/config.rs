@@ -86,6 +86,13 @@ pub struct SchedulerSection {
     /// Distinct peers that must report a corrupt piece from a peer before it is banned.
     /// Default 2.
     pub ban_after_reports: u32,
+    /// Peers one task remembers as admitted (registered with proven access). When the set
+    /// is full, peers no longer live in the swarm are forgotten first (one that comes back
+    /// registers again); a task whose live peers alone fill it answers further
+    /// registrations 503 `BUSY` with `Retry-After`. Bounds the memory a long-lived task
+    /// (every restarted node is a new peer) or a flood of registrations can take. Default
+    /// 100000.
+    pub max_peers_per_task: u32,
 }
 
 /// The supernode's own piece uploads.
@@ -109,6 +116,11 @@ pub struct CdnConfig {
     /// running or cached task is never refused. Bounds the memory, descriptors and registry
     /// connections a burst of new blobs (or a caller inventing URLs) can take. Default 64.
     pub max_fetches: u32,
+    /// Tasks held in memory (running, or cached blobs registered recently). When a new one
+    /// would pass it, finished tasks with no live peer are dropped first, least recently
+    /// active first; if none can go, the registration gets 503 `BUSY` with `Retry-After`.
+    /// Joining a task already in memory is never refused. Default 10000.
+    pub max_tasks: u32,
 }
 
 /// Origin (registry) requests.
@@ -341,6 +353,7 @@ impl Default for SchedulerSection {
             peer_upload_slots: 4,
             peer_timeout: Duration::from_secs(15),
             ban_after_reports: 2,
+            max_peers_per_task: 100_000,
         }
     }
 }
@@ -353,6 +366,7 @@ impl Default for CdnConfig {
             upload_rate: ByteSize::b(0),
             hot_pieces_memory: ByteSize::mib(128),
             max_fetches: 64,
+            max_tasks: 10_000,
         }
     }
 }
@@ -457,6 +471,18 @@ impl Config {
         if self.cdn.max_fetches == 0 {
             errs.push(ConfigError::new("cdn.max_fetches", "must be > 0"));
         }
+        if self.cdn.max_tasks < self.cdn.max_fetches {
+            errs.push(ConfigError::new(
+                "cdn.max_tasks",
+                "must be at least cdn.max_fetches",
+            ));
+        }
+        if self.scheduler.max_peers_per_task == 0 {
+            errs.push(ConfigError::new(
+                "scheduler.max_peers_per_task",
+                "must be > 0",
+            ));
+        }
         self.origin.retry.validate("origin.retry", &mut errs);
         self.http.validate("http", &mut errs);
         if let Err(bad) = damselfly_common::allow::AllowList::parse(&self.access.allow) {
@@ -524,6 +550,12 @@ pub struct Overrides {
     /// `cdn.max_fetches`.
     #[arg(long, value_name = "N")]
     pub cdn_max_fetches: Option<u32>,
+    /// `cdn.max_tasks`.
+    #[arg(long, value_name = "N")]
+    pub cdn_max_tasks: Option<u32>,
+    /// `scheduler.max_peers_per_task`.
+    #[arg(long, value_name = "N")]
+    pub scheduler_max_peers_per_task: Option<u32>,
     /// `cdn.hot_pieces_memory`.
     #[arg(long, value_name = "BYTES")]
     pub cdn_hot_pieces_memory: Option<ByteSize>,
@@ -645,6 +677,11 @@ impl Overrides {
         set(&mut c.cdn.piece_size, self.cdn_piece_size);
         set(&mut c.cdn.upload_slots, self.cdn_upload_slots);
         set(&mut c.cdn.max_fetches, self.cdn_max_fetches);
+        set(&mut c.cdn.max_tasks, self.cdn_max_tasks);
+        set(
+            &mut c.scheduler.max_peers_per_task,
+            self.scheduler_max_peers_per_task,
+        );
         set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
         set(&mut c.cdn.hot_pieces_memory, self.cdn_hot_pieces_memory);
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);

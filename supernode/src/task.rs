@@ -183,9 +183,24 @@ impl Task {
         self.cdn.lock().state == CdnState::Running
     }
 
-    /// Records that `peer` proved it may read this blob.
-    pub fn admit(&self, peer: PeerId) {
-        self.admitted.lock().insert(peer);
+    /// Records that `peer` proved it may read this blob, in a set of at most `max`
+    /// (`scheduler.max_peers_per_task`): when it is full, peers no longer live in the swarm
+    /// are forgotten first (one that comes back is refused its syncs and registers again).
+    /// Returns false, admitting nobody, when the live peers alone fill it.
+    pub fn admit(&self, peer: PeerId, max: usize) -> bool {
+        let mut admitted = self.admitted.lock();
+        if admitted.contains(&peer) {
+            return true;
+        }
+        if admitted.len() >= max {
+            let sched = self.sched.lock();
+            admitted.retain(|p| sched.is_live(*p));
+        }
+        if admitted.len() >= max {
+            return false;
+        }
+        admitted.insert(peer);
+        true
     }
 
     /// Whether `peer` proved access at registration.

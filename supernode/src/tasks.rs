@@ -57,6 +57,12 @@ pub enum RegisterError {
     /// Starting the fetch would pass `cdn.max_fetches`.
     #[error("{0} origin fetches are running (cdn.max_fetches); try again shortly")]
     FetchesBusy(u32),
+    /// Another task in memory would pass `cdn.max_tasks`, and none could be dropped.
+    #[error("{0} tasks are in memory, all in use (cdn.max_tasks); try again shortly")]
+    TasksBusy(u32),
+    /// The task's admitted peers, all live, fill `scheduler.max_peers_per_task`.
+    #[error("the task has {0} live peers (scheduler.max_peers_per_task); try again shortly")]
+    PeersBusy(u32),
 }
 
 /// What a registration asks for.
@@ -127,12 +133,13 @@ impl Tasks {
         wanted: &Wanted,
     ) -> Result<(Arc<Task>, bool), RegisterError> {
         loop {
-            let slot = self
-                .slots
-                .lock()
-                .entry(wanted.id.clone())
-                .or_default()
-                .clone();
+            let slot = {
+                let mut slots = self.slots.lock();
+                if !slots.contains_key(&wanted.id) {
+                    make_room(&mut slots, shared.config.cdn.max_tasks as usize)?;
+                }
+                slots.entry(wanted.id.clone()).or_default().clone()
+            };
             let proved = AtomicBool::new(false);
             let task = match slot
                 .get_or_try_init(|| async {
@@ -434,6 +441,44 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         drop(fetch_slot);
     });
     Ok((task, true))
+}
+
+/// Makes room for one more task under `max` (`cdn.max_tasks`): drops finished tasks with no
+/// live peer (and failed ones), least recently active first, until one fits.
+///
+/// # Errors
+/// [`RegisterError::TasksBusy`] when every task in memory is running or has live peers.
+fn make_room(slots: &mut HashMap<String, Slot>, max: usize) -> Result<(), RegisterError> {
+    if slots.len() < max {
+        return Ok(());
+    }
+    let mut idle: Vec<(Instant, String)> = slots
+        .iter()
+        .filter_map(|(id, slot)| {
+            let task = slot.get()?;
+            let state = task.cdn.lock().state.clone();
+            let droppable = match state {
+                CdnState::Failed(_) => true,
+                CdnState::Complete => task.sched.lock().peer_count() == 0,
+                CdnState::Running => false,
+            };
+            droppable.then(|| (task.last_active(), id.clone()))
+        })
+        .collect();
+    idle.sort();
+    let excess = slots.len() + 1 - max;
+    for (_, id) in idle.into_iter().take(excess) {
+        slots.remove(&id);
+    }
+    if slots.len() < max {
+        Ok(())
+    } else {
+        warn!(
+            max,
+            "task refused: cdn.max_tasks tasks are in memory, all in use"
+        );
+        Err(RegisterError::TasksBusy(max as u32))
+    }
 }
 
 /// Drops idle tasks from memory: failed ones after a minute, finished ones with no live peer

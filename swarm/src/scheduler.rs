@@ -646,6 +646,11 @@ impl TaskScheduler {
         self.live.len()
     }
 
+    /// Whether `p` is in the swarm now (joined, not expired, left or banned).
+    pub fn is_live(&self, p: PeerId) -> bool {
+        self.index.contains_key(&p)
+    }
+
     /// Whether `p` has been banned from this task.
     pub fn is_banned(&self, p: PeerId) -> bool {
         self.banned.contains(&p)
