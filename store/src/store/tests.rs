@@ -154,6 +154,46 @@ fn running_tasks_dropped_on_reopen() {
     assert!(store.task("url:done").unwrap().unwrap().is_full());
 }
 
+/// With `keep_partial`, a task left running is kept as `Partial` with the pieces written
+/// so far, and is taken up again by `resume_task`.
+#[test]
+fn running_tasks_kept_as_partial_on_reopen_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = meta("url:running", 40);
+    {
+        let store = open(dir.path());
+        store.create_task(m.clone()).unwrap();
+        store
+            .write_piece(&m.id, 0, &piece_data(&m, 0), None)
+            .unwrap();
+    }
+    let config = StoreConfig {
+        keep_partial: true,
+        ..StoreConfig::new(dir.path())
+    };
+    let store = Store::open(config.clone()).unwrap();
+    let record = store.task(&m.id).unwrap().unwrap();
+    assert_eq!(record.meta.state, TaskState::Partial);
+    assert_eq!(record.present_count(), 1);
+    assert_eq!(store.read_piece(&m.id, 0).unwrap(), piece_data(&m, 0));
+    assert!(store.resume_task(&m.id).unwrap());
+    assert_eq!(
+        store.task(&m.id).unwrap().unwrap().meta.state,
+        TaskState::Running
+    );
+    assert!(
+        !store.resume_task(&m.id).unwrap(),
+        "only a partial task resumes"
+    );
+    drop(store);
+    // Running again when the process dies: kept again at the next open.
+    let store = Store::open(config).unwrap();
+    assert_eq!(
+        store.task(&m.id).unwrap().unwrap().meta.state,
+        TaskState::Partial
+    );
+}
+
 #[test]
 fn unusable_metadata_dropped_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -708,17 +748,27 @@ fn a_task_that_can_never_fit_evicts_nothing() {
 #[test]
 fn reserve_keeps_min_free_on_the_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let free = damselfly_common::disk::available(dir.path()).unwrap();
-    // Keep all but 1 MiB of the disk free: 2 MiB cannot be admitted, 512 KiB can.
-    let config = StoreConfig {
-        min_free: free.saturating_sub(1 << 20),
-        ..StoreConfig::new(dir.path())
+    // Other processes write to this disk too (a build beside the tests took a 512 KiB
+    // margin once): each store is opened with the free space measured just before, and the
+    // admitted case gets a wide margin. Writes elsewhere only make the refusal surer.
+    let open_keeping = |spare: u64| {
+        let free = damselfly_common::disk::available(dir.path()).unwrap();
+        Arc::new(
+            Store::open(StoreConfig {
+                min_free: free.saturating_sub(spare),
+                ..StoreConfig::new(dir.path())
+            })
+            .unwrap(),
+        )
     };
-    let store = Arc::new(Store::open(config).unwrap());
+    // All but 1 MiB of the disk kept free: 2 MiB cannot be admitted.
+    let store = open_keeping(1 << 20);
     let err = store.reserve(2 << 20, &|_| false, &|_| {}).unwrap_err();
     assert_eq!(err.fault(), Some(crate::Fault::DiskFull), "{err}");
     assert!(err.to_string().contains("kept free"), "{err}");
-    // (Other processes write to this disk too; a margin of 512 KiB is plenty.)
+    drop(store);
+    // All but 256 MiB kept free: 512 KiB can.
+    let store = open_keeping(256 << 20);
     let (r, _) = store.reserve(512 << 10, &|_| false, &|_| {}).unwrap();
     drop(r);
 }
