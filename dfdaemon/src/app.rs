@@ -148,6 +148,8 @@ impl App {
             high_watermark: config.cache.high_watermark,
             low_watermark: config.cache.low_watermark,
             min_free: config.cache.min_free.as_u64(),
+            // The node cache imports whole verified files; nothing to resume.
+            keep_partial: false,
         })
         .with_context(|| format!("opening the node cache in {}", config.data_dir.display()))?;
         let mut registry = Registry::default();

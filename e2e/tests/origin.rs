@@ -420,3 +420,85 @@ fn a_window_of_a_blob_is_fetched_with_range_resumed_and_cut_from_a_whole_answer(
     assert_eq!(read_window(&origin, start as u64, len as u64), want);
     assert_eq!(origin.gets().len(), 1);
 }
+
+/// The start of a `Range: bytes=N-` or `bytes=N-M` request.
+fn range_from(range: Option<&str>) -> Option<u64> {
+    range?
+        .strip_prefix("bytes=")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A supernode SIGKILLed mid-fetch and started again on the same data directory takes the
+/// fetch up after the pieces it had stored, with one `Range` request, instead of fetching
+/// the blob from its start: the dfget waiting on it finds the task forgotten, registers
+/// again with the same supernode, keeps the pieces it held, and ends with the right bytes.
+#[test]
+fn a_supernode_killed_mid_fetch_resumes_the_fetch_after_a_restart() {
+    let _g = serial();
+    let blob = random_blob(BLOB, 47);
+    // 8 MiB at 2 MiB/s: about 4 s for the whole blob.
+    let origin = FaultyOrigin::always(blob.clone(), Fault::Trickle(2 << 20));
+    let data = tempfile::tempdir().unwrap();
+    let mut sn = Supernode::builder().data_dir(data.path()).start();
+    let port = sn.addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut waiting = Dfget::new(&origin.blob_url("app/blob"), &out)
+        .supernode(sn.addr())
+        .args(["--keep-serving", "0s", "--no-back-source"])
+        .spawn()
+        .unwrap();
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(20), || sn
+            .metric("damselfly_supernode_origin_bytes_total")
+            .unwrap_or(0.0)
+            >= f64::from(3u32 << 20)),
+        "the fetch never got 3 MiB in"
+    );
+    sn.daemon_mut().kill();
+    let stored_before = origin.body_bytes_sent();
+    let sn = Supernode::builder()
+        .data_dir(data.path())
+        .port(port)
+        .start();
+
+    let report = waiting
+        .wait(WAIT)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", sn.log_text()));
+    assert_eq!(file_sha(&out), sha256_hex(&blob));
+    assert_eq!(num(&report, "from_origin"), 0, "{report}");
+    assert_eq!(num(&report, "supernode_takeovers"), 1, "{report}");
+    let gets = origin.gets();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].range, None);
+    let from = range_from(gets[1].range.as_deref())
+        .unwrap_or_else(|| panic!("the restarted supernode did not resume: {:?}", gets[1]));
+    // At least the pieces whole before the kill (1 MiB each), never past what was sent.
+    assert!(
+        from >= 2 << 20 && from <= stored_before && from.is_multiple_of(1 << 20),
+        "resumed at {from}, {stored_before} bytes sent before the kill"
+    );
+    let sent = origin.body_bytes_sent();
+    println!(
+        "killed after {stored_before} bytes sent, resumed at {from}; the origin sent {sent} for {BLOB}"
+    );
+    assert!(
+        sent <= BLOB as u64 + (2 << 20),
+        "the origin sent {sent} bytes for a {BLOB}-byte blob"
+    );
+    assert_eq!(
+        sn.metric("damselfly_supernode_fetch_resumes_total")
+            .unwrap(),
+        1.0
+    );
+    // The store is consistent: the blob is served from the cache, complete, with no new
+    // origin request.
+    let again = dir.path().join("again");
+    let (second, _) = pull(&origin, &sn, &again);
+    second.unwrap();
+    assert_eq!(file_sha(&again), sha256_hex(&blob));
+    assert_eq!(origin.gets().len(), 2);
+}

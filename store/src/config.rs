@@ -28,6 +28,10 @@ pub struct StoreConfig {
     /// Bytes [`Store::reserve`](crate::Store::reserve) keeps free on the filesystem, for
     /// the metadata database and whatever else writes there. Default 16 MiB.
     pub min_free: u64,
+    /// Keep tasks a previous process left running (as [`TaskState::Partial`](crate::TaskState::Partial),
+    /// with their pieces) instead of removing them on open, for a caller that resumes
+    /// downloads. Default false.
+    pub keep_partial: bool,
 }
 
 impl StoreConfig {
@@ -40,6 +44,7 @@ impl StoreConfig {
             high_watermark: 0.9,
             low_watermark: 0.7,
             min_free: DEFAULT_MIN_FREE,
+            keep_partial: false,
         }
     }
 

@@ -7,8 +7,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Pieces are still being written. A task found in this state when the store is opened
-    /// was abandoned by a previous process and is removed.
+    /// was abandoned by a previous process: it is removed, or kept as [`TaskState::Partial`]
+    /// when [`StoreConfig::keep_partial`](crate::StoreConfig::keep_partial) is set.
     Running,
+    /// Left running by a process that died mid-download, kept with the pieces written until
+    /// then, so the next fetch can resume after them (each is checked against its recorded
+    /// digest when read). Eligible for GC like a complete task; a new fetch sets it back to
+    /// [`TaskState::Running`] ([`Store::resume_task`](crate::Store::resume_task)).
+    Partial,
     /// Every piece was present when [`Store::complete_task`](crate::Store::complete_task)
     /// ran. Only complete tasks are eligible for GC. A piece may later be dropped as corrupt;
     /// the task stays complete and the piece can be written again.

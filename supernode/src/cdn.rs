@@ -59,10 +59,33 @@ pub enum FetchError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Runs the fetch to its end and records the outcome on `task` and in the store.
-pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
+/// Where a fetch starts: at byte 0, or after the pieces a previous process stored.
+pub struct Start {
+    /// The first piece the body carries.
+    pub index: u32,
+    /// Bytes of the blob before it (what the body skips).
+    pub offset: u64,
+    /// The whole-blob hash over those bytes.
+    pub hasher: Sha256Hasher,
+}
+
+impl Start {
+    /// A fetch of the whole blob.
+    #[must_use]
+    pub fn fresh() -> Self {
+        Self {
+            index: 0,
+            offset: 0,
+            hasher: Sha256Hasher::new(),
+        }
+    }
+}
+
+/// Runs the fetch to its end and records the outcome on `task` and in the store. `body`
+/// carries the blob from `start.offset`.
+pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream, start: Start) {
     let id = task.id().to_owned();
-    let result = fetch(&shared, &task, body).await;
+    let result = fetch(&shared, &task, body, start).await;
     match result {
         Ok(()) => {
             info!(task = %id, bytes = task.meta.content_length, "origin fetch complete");
@@ -100,12 +123,19 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream) {
     }
 }
 
-async fn fetch(shared: &Shared, task: &Task, mut body: BodyStream) -> Result<(), FetchError> {
+async fn fetch(
+    shared: &Shared,
+    task: &Task,
+    mut body: BodyStream,
+    start: Start,
+) -> Result<(), FetchError> {
     let meta = &task.meta;
-    let mut hasher = Sha256Hasher::new();
-    let mut index = 0u32;
+    let Start {
+        mut index,
+        offset: mut received,
+        mut hasher,
+    } = start;
     let mut piece: Vec<u8> = Vec::new();
-    let mut received = 0u64;
     // The previous full piece being written while the next one arrives (pieces are still
     // published in order: a piece is awaited before the next one is handed over).
     let mut storing: Option<StoreJob> = None;

@@ -113,6 +113,8 @@ impl App {
             high_watermark: config.storage.high_watermark,
             low_watermark: config.storage.low_watermark,
             min_free: config.storage.min_free.as_u64(),
+            // A fetch cut short by a crash resumes after the pieces it had stored.
+            keep_partial: true,
         };
         let store = tokio::task::spawn_blocking(move || Store::open(store_config))
             .await?

@@ -162,6 +162,8 @@ pub struct Metrics {
     pub bad_pieces: Counter,
     /// Parents peers reported they could not reach.
     pub unreachable_parents: Counter,
+    /// Origin fetches taken up after a restart from the pieces a previous process stored.
+    pub fetch_resumes: Counter,
     /// Piece digests sent in sync answers (peers that take vouched digests need none).
     pub sync_digests: Counter,
     /// Piece digests signed and sent with pieces this supernode served.
@@ -218,6 +220,7 @@ impl Metrics {
             peers: Gauge::default(),
             bad_pieces: Counter::default(),
             unreachable_parents: Counter::default(),
+            fetch_resumes: Counter::default(),
             sync_digests: Counter::default(),
             vouched_digests: Counter::default(),
             banned_peers: Counter::default(),
@@ -333,6 +336,11 @@ impl Metrics {
             "unreachable_parents",
             "Parents peers reported they could not reach (each then gets the pieces only those parents hold from the supernode)",
             m.unreachable_parents.clone(),
+        );
+        r.register(
+            "fetch_resumes",
+            "Origin fetches taken up after a restart with a Range request, from the pieces a previous process stored",
+            m.fetch_resumes.clone(),
         );
         r.register(
             "sync_digests",

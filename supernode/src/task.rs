@@ -121,6 +121,37 @@ impl Task {
         )
     }
 
+    /// A fetch taken up after a restart: pieces `0..digests.len()` were stored (and checked)
+    /// by the previous process; the rest come from the origin.
+    pub fn resumed(
+        meta: TaskMeta,
+        digests: Vec<[u8; 32]>,
+        sched: TaskScheduler,
+        creator: Option<[u8; 32]>,
+        hot: Arc<HotPieces>,
+        now: Instant,
+    ) -> Self {
+        let pieces = meta.piece_count();
+        let mut have = Bitmap::new(pieces);
+        for i in 0..u32::try_from(digests.len()).unwrap_or(pieces).min(pieces) {
+            have.set(i);
+        }
+        Self::new(
+            meta,
+            sched,
+            CdnProgress {
+                state: CdnState::Running,
+                digests,
+                have,
+                lost: BTreeSet::new(),
+                repairing: false,
+            },
+            creator,
+            hot,
+            now,
+        )
+    }
+
     /// A task loaded from the cache with every piece present.
     pub fn cached(
         meta: TaskMeta,

@@ -12,11 +12,11 @@ use std::{
 };
 
 use damselfly_common::{
-    Digest,
+    Digest, Sha256Hasher,
     allow::{AllowList, url_host, url_origin},
 };
 use damselfly_oci::OriginError;
-use damselfly_store::{TaskMeta, TaskState};
+use damselfly_store::{TaskMeta, TaskRecord, TaskState};
 use damselfly_swarm::{SchedulerConfig, TaskScheduler, piece_count, piece_size_for};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
@@ -351,13 +351,13 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
     let record = tokio::task::spawn_blocking(move || store.task(&id)).await??;
     let now = Instant::now();
     let leftover = record.is_some();
-    if let Some(record) = record {
+    if let Some(record) = &record {
         let digests: Option<Vec<[u8; 32]>> = record.pieces.iter().copied().collect();
         if let (TaskState::Complete, Some(digests)) = (&record.meta.state, digests) {
             info!(task = %wanted.id, "serving from cache");
             let sched = scheduler(shared, record.meta.piece_count());
             let task = Arc::new(Task::cached(
-                record.meta,
+                record.meta.clone(),
                 digests,
                 sched,
                 shared.hot.clone(),
@@ -370,18 +370,39 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
     if wanted.holder {
         return Err(RegisterError::NotHere);
     }
-    if leftover {
-        // A partial leftover: start over.
-        let store = shared.store.clone();
-        let id = wanted.id.clone();
-        tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
-    }
     // Held by the fetch until it ends; none left, the registration is refused before the
     // origin is asked anything.
     let Ok(fetch_slot) = shared.fetch_slots.clone().try_acquire_owned() else {
         warn!(task = %wanted.id, max = shared.config.cdn.max_fetches, "origin fetch refused: cdn.max_fetches are running");
         return Err(RegisterError::FetchesBusy(shared.config.cdn.max_fetches));
     };
+    // A fetch a previous process left partial (it was killed mid-download): take it up
+    // after the pieces it stored, with `Range`. Only for a blob with a digest, which the
+    // whole-blob check at the end holds the two halves to.
+    if let Some(record) = record.filter(|r| {
+        r.meta.state == TaskState::Partial && r.meta.digest.is_some() && r.meta.url == wanted.url
+    }) {
+        match resume(shared, wanted, record).await {
+            Ok((task, body, start)) => {
+                shared.metrics.fetch_resumes.inc();
+                let fetch = cdn::run(shared.clone(), task.clone(), body, start);
+                shared.tracker.spawn(async move {
+                    fetch.await;
+                    drop(fetch_slot);
+                });
+                return Ok((task, true));
+            }
+            Err(e) => {
+                warn!(task = %wanted.id, error = %e, "cannot resume the fetch a previous process left; starting over");
+            }
+        }
+    }
+    if leftover {
+        // A partial leftover that cannot be resumed: start over.
+        let store = shared.store.clone();
+        let id = wanted.id.clone();
+        tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
+    }
     shared.metrics.origin_request(OriginKind::Get);
     let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
     let length = resp.content_length;
@@ -435,12 +456,95 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         now,
     ));
     info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
-    let fetch = cdn::run(shared.clone(), task.clone(), resp.body);
+    let fetch = cdn::run(shared.clone(), task.clone(), resp.body, cdn::Start::fresh());
     shared.tracker.spawn(async move {
         fetch.await;
         drop(fetch_slot);
     });
     Ok((task, true))
+}
+
+/// Takes up the fetch `record` (left [`TaskState::Partial`] by a process that died): reads
+/// back the pieces it stored from the first, each checked against its recorded digest (the
+/// first that is missing or fails ends the prefix), hashing them into the whole-blob
+/// digest; then asks the origin for the rest with `Range`.
+///
+/// # Errors
+/// The store or the origin failed, or the origin's answer is not the rest of the blob; the
+/// caller then starts over.
+async fn resume(
+    shared: &Arc<Shared>,
+    wanted: &Wanted,
+    record: TaskRecord,
+) -> Result<(Arc<Task>, damselfly_oci::BodyStream, cdn::Start), RegisterError> {
+    let meta = record.meta;
+    let stored: Vec<[u8; 32]> = record.pieces.iter().map_while(|p| *p).collect();
+    let store = shared.store.clone();
+    let id = meta.id.clone();
+    let (hasher, digests) = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256Hasher::new();
+        let mut kept = Vec::with_capacity(stored.len());
+        for (index, digest) in (0u32..).zip(stored) {
+            match store.read_piece(&id, index) {
+                Ok(bytes) => {
+                    hasher.update(&bytes);
+                    kept.push(digest);
+                }
+                Err(e) => {
+                    debug!(task = %id, piece = index, error = %e, "stored piece unusable; resuming before it");
+                    break;
+                }
+            }
+        }
+        (hasher, kept)
+    })
+    .await?;
+    let index = u32::try_from(digests.len()).unwrap_or(u32::MAX);
+    let offset = meta.piece_offset(index).min(meta.content_length);
+    let store = shared.store.clone();
+    let id = meta.id.clone();
+    if !tokio::task::spawn_blocking(move || store.resume_task(&id)).await?? {
+        return Err(RegisterError::Store(damselfly_store::Error::UnknownTask(
+            meta.id.clone(),
+        )));
+    }
+    shared.metrics.origin_request(OriginKind::Get);
+    let rest = meta.content_length - offset;
+    let resp = shared
+        .origin
+        .get_range(&wanted.url, &wanted.headers, offset, rest)
+        .await?;
+    if resp.content_length != rest {
+        return Err(RegisterError::Origin(OriginError::BadResume {
+            offset,
+            answer: format!("{} bytes where {rest} remain", resp.content_length),
+        }));
+    }
+    info!(
+        task = %meta.id,
+        from = offset,
+        pieces_kept = index,
+        bytes = meta.content_length,
+        "origin fetch resumed after the pieces a previous process stored"
+    );
+    let pieces = meta.piece_count();
+    let task = Arc::new(Task::resumed(
+        meta,
+        digests,
+        scheduler(shared, pieces),
+        Some(fingerprint(&wanted.headers)),
+        shared.hot.clone(),
+        Instant::now(),
+    ));
+    Ok((
+        task,
+        resp.body,
+        cdn::Start {
+            index,
+            offset,
+            hasher,
+        },
+    ))
 }
 
 /// Makes room for one more task under `max` (`cdn.max_tasks`): drops finished tasks with no

@@ -63,7 +63,7 @@ impl Inner {
         let mut v: Vec<_> = self
             .tasks
             .values()
-            .filter(|e| e.meta.state == TaskState::Complete)
+            .filter(|e| e.meta.state != TaskState::Running)
             .map(|e| {
                 let m = &e.meta;
                 (m.last_access_unix, m.id.clone(), m.content_length)
@@ -111,7 +111,7 @@ impl Store {
         opts.set_manifest_preallocation_size(256 << 10);
         let db = DB::open(&opts, &db_dir)?;
         recover::check_format(&db)?;
-        let tasks = recover::load(&db, &content_dir)?;
+        let tasks = recover::load(&db, &content_dir, config.keep_partial)?;
         let used = tasks.values().map(|t| t.content_length).sum();
         info!(
             dir = %config.dir.display(),
@@ -468,6 +468,31 @@ impl Store {
         entry.access_dirty = false;
         debug!(task = %id, "task complete");
         Ok(())
+    }
+
+    /// Takes a [`TaskState::Partial`] task up again: it is [`TaskState::Running`] (not
+    /// evictable) from now on, with the pieces it kept. Returns false, changing nothing,
+    /// for a task in another state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTask`], or [`Error::Db`].
+    pub fn resume_task(&self, id: &str) -> Result<bool, Error> {
+        let _gate = self.gate.read();
+        let mut inner = self.inner.lock();
+        let entry = inner
+            .tasks
+            .get_mut(id)
+            .ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
+        if entry.meta.state != TaskState::Partial {
+            return Ok(false);
+        }
+        let mut meta = entry.meta.clone();
+        meta.state = TaskState::Running;
+        self.put_meta(&meta)?;
+        entry.meta = meta;
+        debug!(task = %id, "partial task resumed");
+        Ok(true)
     }
 
     /// Deletes the task's metadata, piece digests and content file. Unknown IDs are fine.

@@ -4,7 +4,8 @@
 //!
 //! * `create_task` crashed after creating the file, before the meta => file without a task.
 //! * `remove_task` crashed after the metadata batch, before deleting the file => same.
-//! * a process died mid-download => task in `Running` state, dropped with its pieces.
+//! * a process died mid-download => task in `Running` state, dropped with its pieces, or kept
+//!   as `Partial` (its pieces too) when the caller resumes downloads.
 //!
 //! Anything that fails a check is treated as absent (style §6.7) and fetched again later.
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, WriteBatch};
 use tracing::{info, warn};
 
-use super::{content_path, scan};
+use super::{content_path, encode_meta, scan};
 use crate::keys::{self, sha256};
 use crate::{Error, TaskMeta, TaskState};
 
@@ -35,13 +36,22 @@ pub(super) fn check_format(db: &DB) -> Result<(), Error> {
 }
 
 /// Loads every usable task, deleting everything else from the database and `content_dir`.
-pub(super) fn load(db: &DB, content_dir: &Path) -> Result<HashMap<String, TaskMeta>, Error> {
+pub(super) fn load(
+    db: &DB,
+    content_dir: &Path,
+    keep_partial: bool,
+) -> Result<HashMap<String, TaskMeta>, Error> {
     let mut tasks = HashMap::new();
     let mut batch = WriteBatch::default();
     for item in scan(db, keys::TASK_PREFIX) {
         let (key, value) = item?;
-        match check_task(&key, &value, content_dir) {
-            Ok(meta) => {
+        match check_task(&key, &value, content_dir, keep_partial) {
+            Ok(mut meta) => {
+                if meta.state == TaskState::Running {
+                    info!(task = %meta.id, "keeping the pieces of a task left running by a previous process");
+                    meta.state = TaskState::Partial;
+                    batch.put(&key, encode_meta(&meta)?);
+                }
                 tasks.insert(meta.id.clone(), meta);
             }
             Err(Discard::Abandoned(id)) => {
@@ -94,7 +104,12 @@ enum Discard {
     Invalid(String),
 }
 
-fn check_task(key: &[u8], value: &[u8], content_dir: &Path) -> Result<TaskMeta, Discard> {
+fn check_task(
+    key: &[u8],
+    value: &[u8],
+    content_dir: &Path,
+    keep_partial: bool,
+) -> Result<TaskMeta, Discard> {
     let meta: TaskMeta =
         serde_json::from_slice(value).map_err(|e| Discard::Invalid(format!("bad JSON: {e}")))?;
     if key != keys::task_key(&meta.id) {
@@ -105,7 +120,7 @@ fn check_task(key: &[u8], value: &[u8], content_dir: &Path) -> Result<TaskMeta, 
     if let Some(reason) = meta.invalid_reason() {
         return Err(Discard::Invalid(reason.into()));
     }
-    if meta.state == TaskState::Running {
+    if meta.state == TaskState::Running && !keep_partial {
         return Err(Discard::Abandoned(meta.id));
     }
     let path = content_path(content_dir, &meta.id);
