@@ -30,6 +30,7 @@ pub struct DfdaemonBuilder {
     args: Vec<String>,
     no_secret: bool,
     strict_origins: bool,
+    listen: Option<SocketAddr>,
 }
 
 /// The registries a test dfdaemon trusts unless told otherwise: every loopback one, where
@@ -38,6 +39,13 @@ pub struct DfdaemonBuilder {
 pub const LOOPBACK_REGISTRIES: [&str; 3] = ["127.0.0.1:*", "[::1]:*", "localhost:*"];
 
 impl DfdaemonBuilder {
+    /// Serve the mirror on this address (default: a free loopback port), e.g. to start it
+    /// again where runtimes already look for it.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
     /// Process name in logs.
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
@@ -104,9 +112,12 @@ impl DfdaemonBuilder {
                 (t.path().to_path_buf(), Some(t))
             }
         };
+        let listen = self
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         let mut builder = Daemon::builder(bin("dfdaemon"))
             .name(self.name.as_deref().unwrap_or("dfdaemon"))
-            .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .args(["--listen", &listen, "--peer-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .env("RUST_LOG", "info,dfdaemon=debug,dfget=debug");

@@ -1234,3 +1234,85 @@ fn a_node_at_max_downloads_refuses_a_new_one_and_serves_the_running_one() {
     );
     assert!(later.unwrap().body == other, "wrong bytes");
 }
+
+/// A dfdaemon SIGKILLed in the middle of a containerd pull and started again on its data
+/// directory and address: it keeps nothing of the cut download (no partial file, no entry),
+/// containerd's next pull goes through it and runs the image, and every blob it then
+/// serves is whole.
+#[test]
+fn a_dfdaemon_killed_mid_pull_keeps_nothing_partial_and_the_next_pull_succeeds() {
+    if !running_as_root(
+        "a_dfdaemon_killed_mid_pull_keeps_nothing_partial_and_the_next_pull_succeeds",
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/killed", "killed", 23);
+    let sn = Supernode::builder().start();
+    let data = tempfile::tempdir().unwrap();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port([127, 0, 0, 1].into())));
+    // 1 MiB/s: the 6 MiB layer takes about 6 s through the node.
+    let start = || {
+        Dfdaemon::builder()
+            .supernode(sn.addr())
+            .data_dir(data.path())
+            .listen(listen)
+            .args(["--p2p-download-rate", "1MiB"])
+            .start()
+    };
+    let mut dfdaemon = start();
+    let reference = format!("{}/e2e/killed:1", registry.host());
+    let hosts = hosts_dir(&registry, &dfdaemon.url());
+    let containerd = Containerd::start().unwrap();
+    let first = std::thread::scope(|s| {
+        let pulling = s.spawn(|| containerd.pull(&reference, hosts.path()).unwrap());
+        assert!(
+            damselfly_e2e::wait_until(Duration::from_secs(30), || bytes_from(
+                &dfdaemon,
+                "supernode"
+            ) + bytes_from(
+                &dfdaemon, "peer"
+            ) >= (2 * MIB) as f64),
+            "the pull never got 2 MiB through the node"
+        );
+        dfdaemon.daemon_mut().kill();
+        pulling.join().unwrap()
+    });
+    // containerd may have finished from the registry (its next host) or failed; either way
+    // the node must hold nothing partial.
+    let big = &pushed.layer_digests[pushed.layer_digests.len() - 1];
+    println!(
+        "pull across the kill: {} (registry GETs of the cut layer: {})",
+        first.status,
+        registry.blob_get_count(big)
+    );
+    let dfdaemon = start();
+    let incoming: Vec<_> = std::fs::read_dir(data.path().join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(incoming.is_empty(), "{incoming:?}");
+    let _ = containerd.remove_image(&reference);
+    let before = blob_requests(&dfdaemon);
+    let pull = containerd.pull(&reference, hosts.path()).unwrap();
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    assert!(
+        blob_requests(&dfdaemon) > before,
+        "the second pull did not go through the node"
+    );
+    let run = containerd.run(&reference, "killed", &[]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    for layer in &pushed.layer_digests {
+        let r = http::get(
+            &format!(
+                "{}/v2/e2e/killed/blobs/{layer}?ns={}",
+                dfdaemon.url(),
+                registry.host()
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(&sha256_digest(&r.body), layer);
+    }
+}
