@@ -277,13 +277,19 @@ impl From<DownloadError> for SwarmError {
 }
 
 /// A task this peer joined at a supernode.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Joined {
     /// Index of its supernode in `Engine::supernodes`.
     supernode: usize,
     /// The download finished and was verified: the peer holds every piece. Only then may
     /// [`Engine::keepalive`] tell the supernode so.
     complete: bool,
+    /// The blob's URL and digest, to offer it to another supernode as a holder when this
+    /// one is lost.
+    url: String,
+    digest: String,
+    /// Since when keep-alives to the supernode have found it unreachable.
+    unreachable_since: Option<Instant>,
 }
 
 /// The P2P download engine of one process.
@@ -496,6 +502,9 @@ impl Engine {
             Joined {
                 supernode: index,
                 complete: true,
+                url: url.to_owned(),
+                digest: digest.to_string(),
+                unreachable_since: None,
             },
         );
         // With the supernode's key, the report also asks for every digest with its signature,
@@ -554,16 +563,21 @@ impl Engine {
     /// own, and claiming them complete would make the supernode stop offering them pieces.
     /// Tasks the supernode no longer knows are dropped from the list (their content is still
     /// served to anyone who asks).
+    ///
+    /// A supernode unreachable for `supernode_timeout` is given up for the task: the peer
+    /// offers the blob as a holder to the next supernode in the blob's placement order
+    /// that runs the task (the one its downloading peers moved to), so it goes on serving
+    /// them there.
     pub async fn keepalive(&self) {
-        let joined: Vec<(String, usize)> = self
+        let joined: Vec<(String, Joined)> = self
             .joined
             .lock()
             .iter()
             .filter(|(_, j)| j.complete)
-            .map(|(t, j)| (t.clone(), j.supernode))
+            .map(|(t, j)| (t.clone(), j.clone()))
             .collect();
-        for (task_id, index) in joined {
-            let Some(sn) = self.supernodes.get(index) else {
+        for (task_id, j) in joined {
+            let Some(sn) = self.supernodes.get(j.supernode) else {
                 continue;
             };
             let req = self.sync_request(&task_id, Vec::new(), Vec::new(), true, u32::MAX);
@@ -571,8 +585,71 @@ impl Engine {
                 Err(e) if e.code() == Some("UNKNOWN_TASK") => {
                     self.joined.lock().remove(&task_id);
                 }
+                Err(SupernodeError::Unreachable { .. }) if self.supernodes.len() > 1 => {
+                    let now = Instant::now();
+                    let since = {
+                        let mut all = self.joined.lock();
+                        let Some(entry) = all.get_mut(&task_id) else {
+                            continue;
+                        };
+                        *entry.unreachable_since.get_or_insert(now)
+                    };
+                    if now.duration_since(since) >= self.config.supernode_timeout {
+                        self.rehome(&task_id, &j).await;
+                    }
+                }
                 Err(e) => debug!(error = %e, task = %task_id, "keepalive failed"),
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(entry) = self.joined.lock().get_mut(&task_id) {
+                        entry.unreachable_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offers a complete blob, whose supernode `j.supernode` is lost, as a holder to the
+    /// other supernodes in the blob's placement order; the first that runs or stores the
+    /// task takes it (a holder never starts a fetch, so the others answer "not here" until
+    /// a downloading peer has moved the task there).
+    async fn rehome(&self, task_id: &str, j: &Joined) {
+        let register = RegisterRequest {
+            version: PROTOCOL_VERSION,
+            url: j.url.clone(),
+            headers: Vec::new(),
+            digest: j.digest.clone(),
+            peer_id: self.peer_id,
+            peer_addr: self.advertise.to_string(),
+            holder: true,
+        };
+        for index in supernode_order(&j.url, &self.supernodes) {
+            if index == j.supernode {
+                continue;
+            }
+            let sn = &self.supernodes[index];
+            match sn.register(&register).await {
+                Ok(task) if task.task_id == task_id => {
+                    info!(
+                        task = task_id,
+                        supernode = sn.addr(),
+                        "supernode lost; serving the blob to its swarm at the next supernode"
+                    );
+                    if let Some(entry) = self.joined.lock().get_mut(task_id) {
+                        entry.supernode = index;
+                        entry.unreachable_since = None;
+                    }
+                    let done = self.sync_request(task_id, Vec::new(), Vec::new(), true, u32::MAX);
+                    if let Err(e) = sn.sync(&done).await {
+                        debug!(task = task_id, error = %e, "reporting a re-homed blob failed; the keepalive retries");
+                    }
+                    return;
+                }
+                Ok(task) => {
+                    let _ = sn.leave(&task.task_id, self.peer_id).await;
+                }
+                Err(e) => {
+                    trace!(task = task_id, supernode = sn.addr(), error = %e, "not re-homed there");
+                }
             }
         }
     }
@@ -827,6 +904,9 @@ impl Engine {
             Joined {
                 supernode: index,
                 complete: false,
+                url: req.url.clone(),
+                digest: task.digest.clone(),
+                unreachable_since: None,
             },
         );
         progress.set_total(task.content_length);

@@ -114,3 +114,66 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
         "the third supernode was asked although the second took over"
     );
 }
+
+/// A peer that finished before its blob's home supernode died goes on serving the blob:
+/// its keep-alives find the home gone, and it offers the blob as a holder to the next
+/// supernode in the order once a downloader has moved the task there. The later downloader
+/// then takes most of the blob from it rather than from the supernode.
+#[test]
+fn a_finished_peer_serves_its_blob_at_the_next_supernode_when_the_home_dies() {
+    let registry = TestRegistry::start();
+    let blob = random_blob(32 * MIB, 43);
+    let digest = registry.push_blob("app/holder", &blob);
+    let url = registry.blob_url("app/holder", &digest);
+    let mut fleet: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
+    let addrs: Vec<String> = fleet.iter().map(|s| s.addr().to_string()).collect();
+    let key: Digest = digest.parse().unwrap();
+    let order = placement::order(&key, &addrs);
+    let (home, next) = (order[0], order[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let sn_addrs: Vec<_> = fleet.iter().map(Supernode::addr).collect();
+    let through_fleet = |name: &str| {
+        let mut d = Dfget::new(&url, &dir.path().join(name));
+        for &addr in &sn_addrs {
+            d = d.supernode(addr);
+        }
+        d
+    };
+
+    let done = through_fleet("done")
+        .args(["--keep-serving", "60s", "--supernode-timeout", "1s"])
+        .spawn()
+        .unwrap();
+    let report = done.report.clone();
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(60), || report.exists()),
+        "the first peer never finished"
+    );
+    fleet[home].daemon_mut().kill();
+
+    let mut late = through_fleet("late")
+        .args([
+            "--download-rate",
+            "4MiB",
+            "--no-back-source",
+            "--keep-serving",
+            "0s",
+        ])
+        .spawn()
+        .unwrap();
+    let r = late
+        .wait(WAIT)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- next ---\n{}", fleet[next].log_text()));
+    assert_eq!(file_sha(&late.output), sha256_hex(&blob));
+    println!(
+        "late peer: {} MiB from peers, {} MiB from the supernode",
+        num(&r, "from_peers") >> 20,
+        num(&r, "from_supernode") >> 20
+    );
+    assert!(
+        num(&r, "from_peers") >= (blob.len() / 2) as u64,
+        "the finished peer did not serve at the next supernode: {r}"
+    );
+    assert!(registry.blob_get_count(&digest) <= 2);
+    drop(done);
+}
