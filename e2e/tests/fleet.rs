@@ -17,6 +17,47 @@ fn file_sha(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
 
+/// A registry holding one random blob and three supernodes, with the blob's placement
+/// order over them (home first).
+struct Fleet {
+    registry: TestRegistry,
+    blob: Vec<u8>,
+    digest: String,
+    url: String,
+    supernodes: Vec<Supernode>,
+    order: Vec<usize>,
+}
+
+impl Fleet {
+    fn start(repo: &str, size: usize, seed: u64) -> Self {
+        let registry = TestRegistry::start();
+        let blob = random_blob(size, seed);
+        let digest = registry.push_blob(repo, &blob);
+        let url = registry.blob_url(repo, &digest);
+        let supernodes: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
+        let addrs: Vec<String> = supernodes.iter().map(|s| s.addr().to_string()).collect();
+        let key: Digest = digest.parse().unwrap();
+        let order = placement::order(&key, &addrs);
+        Self {
+            registry,
+            blob,
+            digest,
+            url,
+            supernodes,
+            order,
+        }
+    }
+
+    /// A dfget of the blob into `dir/name` that knows every supernode.
+    fn dfget(&self, dir: &Path, name: &str) -> Dfget {
+        let mut d = Dfget::new(&self.url, &dir.join(name));
+        for addr in self.supernodes.iter().map(Supernode::addr) {
+            d = d.supernode(addr);
+        }
+        d
+    }
+}
+
 /// Eight peers, each held to 4 MiB/s, pull a 64 MiB blob through a fleet of three
 /// supernodes; its home supernode is SIGKILLed a few seconds in. Every peer ends with the
 /// right bytes without going to the origin itself (back-to-source is off), each says it was
@@ -24,58 +65,52 @@ fn file_sha(path: &Path) -> String {
 /// supernode, once to its successor.
 #[test]
 fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
-    let registry = TestRegistry::start();
-    let blob = random_blob(64 * MIB, 41);
-    let digest = registry.push_blob("app/fleet", &blob);
-    let url = registry.blob_url("app/fleet", &digest);
-    let mut fleet: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
-    let addrs: Vec<String> = fleet.iter().map(|s| s.addr().to_string()).collect();
-    let key: Digest = digest.parse().unwrap();
-    let order = placement::order(&key, &addrs);
+    let mut f = Fleet::start("app/fleet", 64 * MIB, 41);
+    let (registry, blob, digest, order) = (&f.registry, &f.blob, &f.digest, &f.order);
     let (home, next) = (order[0], order[1]);
     let dir = tempfile::tempdir().unwrap();
 
     let mut peers: Vec<DfgetRun> = (0..8)
         .map(|i| {
-            let mut d = Dfget::new(&url, &dir.path().join(format!("peer{i}")));
-            for addr in fleet.iter().map(Supernode::addr) {
-                d = d.supernode(addr);
-            }
-            d.args([
-                "--download-rate",
-                "4MiB",
-                "--supernode-timeout",
-                "2s",
-                "--no-back-source",
-                "--keep-serving",
-                "3s",
-            ])
-            .spawn()
-            .unwrap()
+            f.dfget(dir.path(), &format!("peer{i}"))
+                .args([
+                    "--download-rate",
+                    "4MiB",
+                    "--supernode-timeout",
+                    "2s",
+                    "--no-back-source",
+                    "--keep-serving",
+                    "3s",
+                ])
+                .spawn()
+                .unwrap()
         })
         .collect();
     // A quarter of the way in (64 MiB at 4 MiB/s is 16 s per peer), the home goes away
     // without a word.
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        fleet[home]
+        f.supernodes[home]
             .metric("damselfly_supernode_registrations_total")
             .unwrap()
             >= 8.0,
         "the peers did not all register with the blob's home supernode first"
     );
-    fleet[home].daemon_mut().kill();
+    f.supernodes[home].daemon_mut().kill();
 
     let reports: Vec<serde_json::Value> = peers
         .iter_mut()
         .map(|p| {
             p.wait(WAIT).unwrap_or_else(|e| {
-                panic!("{e:#}\n--- next supernode ---\n{}", fleet[next].log_text())
+                panic!(
+                    "{e:#}\n--- next supernode ---\n{}",
+                    f.supernodes[next].log_text()
+                )
             })
         })
         .collect();
     for (p, r) in peers.iter().zip(&reports) {
-        assert_eq!(file_sha(&p.output), sha256_hex(&blob), "{r}");
+        assert_eq!(file_sha(&p.output), sha256_hex(blob), "{r}");
         assert_eq!(num(r, "supernode_takeovers"), 1, "{r}");
         assert_eq!(num(r, "from_origin"), 0, "{r}");
     }
@@ -88,7 +123,7 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
         from_next < 8 * blob.len() as u64,
         "every peer fetched everything from a supernode: {reports:?}"
     );
-    let gets = registry.blob_get_count(&digest);
+    let gets = registry.blob_get_count(digest);
     println!(
         "8 peers × 64 MiB, home killed at 4 s: {} MiB from peers, {} MiB from supernodes, registry GETs {gets}",
         from_peers >> 20,
@@ -99,7 +134,7 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
         "the registry sent the blob {gets} times (home once, its successor once at most)"
     );
     assert!(
-        fleet[next]
+        f.supernodes[next]
             .metric("damselfly_supernode_registrations_total")
             .unwrap()
             >= 8.0,
@@ -107,7 +142,7 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
     );
     let third = order[2];
     assert_eq!(
-        fleet[third]
+        f.supernodes[third]
             .metric("damselfly_supernode_registrations_total")
             .unwrap(),
         0.0,
@@ -121,26 +156,12 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
 /// then takes most of the blob from it rather than from the supernode.
 #[test]
 fn a_finished_peer_serves_its_blob_at_the_next_supernode_when_the_home_dies() {
-    let registry = TestRegistry::start();
-    let blob = random_blob(32 * MIB, 43);
-    let digest = registry.push_blob("app/holder", &blob);
-    let url = registry.blob_url("app/holder", &digest);
-    let mut fleet: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
-    let addrs: Vec<String> = fleet.iter().map(|s| s.addr().to_string()).collect();
-    let key: Digest = digest.parse().unwrap();
-    let order = placement::order(&key, &addrs);
-    let (home, next) = (order[0], order[1]);
+    let mut f = Fleet::start("app/holder", 32 * MIB, 43);
+    let (home, next) = (f.order[0], f.order[1]);
     let dir = tempfile::tempdir().unwrap();
-    let sn_addrs: Vec<_> = fleet.iter().map(Supernode::addr).collect();
-    let through_fleet = |name: &str| {
-        let mut d = Dfget::new(&url, &dir.path().join(name));
-        for &addr in &sn_addrs {
-            d = d.supernode(addr);
-        }
-        d
-    };
 
-    let done = through_fleet("done")
+    let done = f
+        .dfget(dir.path(), "done")
         .args(["--keep-serving", "60s", "--supernode-timeout", "1s"])
         .spawn()
         .unwrap();
@@ -149,9 +170,10 @@ fn a_finished_peer_serves_its_blob_at_the_next_supernode_when_the_home_dies() {
         damselfly_e2e::wait_until(Duration::from_secs(60), || report.exists()),
         "the first peer never finished"
     );
-    fleet[home].daemon_mut().kill();
+    f.supernodes[home].daemon_mut().kill();
 
-    let mut late = through_fleet("late")
+    let mut late = f
+        .dfget(dir.path(), "late")
         .args([
             "--download-rate",
             "4MiB",
@@ -163,17 +185,17 @@ fn a_finished_peer_serves_its_blob_at_the_next_supernode_when_the_home_dies() {
         .unwrap();
     let r = late
         .wait(WAIT)
-        .unwrap_or_else(|e| panic!("{e:#}\n--- next ---\n{}", fleet[next].log_text()));
-    assert_eq!(file_sha(&late.output), sha256_hex(&blob));
+        .unwrap_or_else(|e| panic!("{e:#}\n--- next ---\n{}", f.supernodes[next].log_text()));
+    assert_eq!(file_sha(&late.output), sha256_hex(&f.blob));
     println!(
         "late peer: {} MiB from peers, {} MiB from the supernode",
         num(&r, "from_peers") >> 20,
         num(&r, "from_supernode") >> 20
     );
     assert!(
-        num(&r, "from_peers") >= (blob.len() / 2) as u64,
+        num(&r, "from_peers") >= (f.blob.len() / 2) as u64,
         "the finished peer did not serve at the next supernode: {r}"
     );
-    assert!(registry.blob_get_count(&digest) <= 2);
+    assert!(f.registry.blob_get_count(&f.digest) <= 2);
     drop(done);
 }

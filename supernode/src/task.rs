@@ -104,25 +104,12 @@ impl Task {
         hot: Arc<HotPieces>,
         now: Instant,
     ) -> Self {
-        let pieces = meta.piece_count();
-        Self::new(
-            meta,
-            sched,
-            CdnProgress {
-                state: CdnState::Running,
-                digests: Vec::new(),
-                have: Bitmap::new(pieces),
-                lost: BTreeSet::new(),
-                repairing: false,
-            },
-            creator,
-            hot,
-            now,
-        )
+        Self::resumed(meta, Vec::new(), sched, creator, hot, now)
     }
 
     /// A fetch taken up after a restart: pieces `0..digests.len()` were stored (and checked)
-    /// by the previous process; the rest come from the origin.
+    /// by the previous process; the rest come from the origin. With no digests, a fresh
+    /// fetch ([`Task::running`]).
     pub fn resumed(
         meta: TaskMeta,
         digests: Vec<[u8; 32]>,
