@@ -542,8 +542,11 @@ impl TaskScheduler {
         urgent: &[u32],
     ) -> Result<Bitmap, SchedError> {
         let me = self.check_peer(peer)?;
-        // Holders this peer cannot reach do not count for it.
+        // Holders this peer cannot reach do not count for it, nor do offers to them: a
+        // piece offered to a peer that is gone (killed, hung) would otherwise be held for
+        // it until it expires from the swarm.
         let blocked = self.blocked(me, now);
+        let blocked_ids: Vec<PeerId> = blocked.iter().map(|&b| self.state(b).id).collect();
         let mine = &self.state(me).pieces;
         let mut out = Bitmap::new(self.piece_count);
         let mut open = 0u32;
@@ -562,7 +565,7 @@ impl TaskScheduler {
                 continue;
             }
             match self.seed_offers[p as usize] {
-                Some(o) if o.until > now => {
+                Some(o) if o.until > now && !blocked_ids.contains(&o.to) => {
                     // Sent or not, an offer counts until its receiver reports the piece: a
                     // piece handed to the connection is still on its way over the seed's
                     // uplink, and offers freed at hand-off put every offered piece on

@@ -673,3 +673,34 @@ fn a_parent_its_child_cannot_reach_is_not_named_to_it_and_its_pieces_are_seeded(
         .unwrap();
     assert!(ids(&lapsed.parents).contains(&PeerId(1)), "{lapsed:?}");
 }
+
+/// Pieces the supernode offered (and sent) to a peer that then died are not held for it
+/// from a peer that reported it unreachable: they are offered to the reporter, and the
+/// supernode may send them to it. Others still wait for the offer to lapse.
+#[test]
+fn offers_to_a_peer_its_reporter_cannot_reach_go_to_the_reporter() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=3);
+    let seed = Bitmap::full(8);
+    let dead = s.seed_pieces(t, PeerId(1), &seed, &[]).unwrap();
+    assert!(dead.count() > 0);
+    for p in dead.iter_ones() {
+        s.handle_seed_sent(t, PeerId(1), p);
+    }
+    let p = dead.iter_ones().next().unwrap();
+    // Peer 3 never heard of trouble: not offered, and not sent if it asks.
+    let other = s
+        .handle_sync_request(t, PeerId(3), addr(3), &sync_input(&[], &[], &seed))
+        .unwrap();
+    assert!(!other.seed_pieces.get(p));
+    assert!(!s.seed_send_allowed(t, PeerId(3), p));
+    // Peer 2 reports peer 1 unreachable: peer 1's pieces are offered to it.
+    let mut report = sync_input(&[], &[], &seed);
+    let gone = [PeerId(1)];
+    report.unreachable_parents = &gone;
+    let out = s
+        .handle_sync_request(t, PeerId(2), addr(2), &report)
+        .unwrap();
+    assert!(out.seed_pieces.get(p), "{out:?}");
+    assert!(s.seed_send_allowed(t, PeerId(2), p));
+}
