@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod containerd;
 mod daemon;
 mod dfdaemon;
@@ -40,6 +41,7 @@ mod tls;
 mod token;
 mod util;
 
+pub use chaos::{ChaosFault, ChaosOutcome, ChaosRound, run_round};
 pub use containerd::{
     CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
 };
