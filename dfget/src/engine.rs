@@ -38,7 +38,7 @@ use damselfly_proto::{
 };
 use damselfly_swarm::{
     Bitmap, FailReason, Parent, PeerId, PeerSession, PickerConfig, SessionConfig, SessionEvent,
-    Source, Subscription, SyncFailure, SyncMsg, SyncReply, piece_range,
+    Source, Subscription, SupernodeWatch, SyncFailure, SyncMsg, SyncReply, piece_range,
 };
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -288,8 +288,8 @@ struct Joined {
     /// one is lost.
     url: String,
     digest: String,
-    /// Since when keep-alives to the supernode have found it unreachable.
-    unreachable_since: Option<Instant>,
+    /// Whether keep-alives still count on the supernode.
+    watch: SupernodeWatch,
 }
 
 /// The P2P download engine of one process.
@@ -504,7 +504,7 @@ impl Engine {
                 complete: true,
                 url: url.to_owned(),
                 digest: digest.to_string(),
-                unreachable_since: None,
+                watch: SupernodeWatch::new(self.config.supernode_timeout),
             },
         );
         // With the supernode's key, the report also asks for every digest with its signature,
@@ -586,22 +586,19 @@ impl Engine {
                     self.joined.lock().remove(&task_id);
                 }
                 Err(SupernodeError::Unreachable { .. }) if self.supernodes.len() > 1 => {
-                    let now = Instant::now();
-                    let since = {
-                        let mut all = self.joined.lock();
-                        let Some(entry) = all.get_mut(&task_id) else {
-                            continue;
-                        };
-                        *entry.unreachable_since.get_or_insert(now)
-                    };
-                    if now.duration_since(since) >= self.config.supernode_timeout {
+                    let lost = self
+                        .joined
+                        .lock()
+                        .get_mut(&task_id)
+                        .is_some_and(|entry| entry.watch.handle_unreachable(Instant::now()));
+                    if lost {
                         self.rehome(&task_id, &j).await;
                     }
                 }
                 Err(e) => debug!(error = %e, task = %task_id, "keepalive failed"),
                 Ok(_) => {
                     if let Some(entry) = self.joined.lock().get_mut(&task_id) {
-                        entry.unreachable_since = None;
+                        entry.watch.handle_reachable();
                     }
                 }
             }
@@ -636,7 +633,7 @@ impl Engine {
                     );
                     if let Some(entry) = self.joined.lock().get_mut(task_id) {
                         entry.supernode = index;
-                        entry.unreachable_since = None;
+                        entry.watch.handle_reachable();
                     }
                     let done = self.sync_request(task_id, Vec::new(), Vec::new(), true, u32::MAX);
                     if let Err(e) = sn.sync(&done).await {
@@ -906,7 +903,7 @@ impl Engine {
                 complete: false,
                 url: req.url.clone(),
                 digest: task.digest.clone(),
-                unreachable_since: None,
+                watch: SupernodeWatch::new(self.config.supernode_timeout),
             },
         );
         progress.set_total(task.content_length);

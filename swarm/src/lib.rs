@@ -59,7 +59,7 @@ pub use scheduler::{
 };
 pub use session::{
     MAX_UNREACHABLE, MAX_URGENT, PeerSession, PieceFetch, SessionConfig, SessionEvent,
-    Subscription, SyncFailure, SyncMsg, SyncReply,
+    Subscription, SupernodeWatch, SyncFailure, SyncMsg, SyncReply,
 };
 
 /// A peer's identity within the swarm, assigned by the driver (e.g. derived from its node

@@ -77,6 +77,38 @@ impl Default for SessionConfig {
     }
 }
 
+/// Whether a supernode is still to be counted on for a task the peer has finished (its
+/// keep-alives), by the same rule a [`PeerSession`] applies to a download: unreachable for
+/// longer than `timeout` since the first failure in a row, it is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupernodeWatch {
+    timeout: Duration,
+    unreachable_since: Option<Instant>,
+}
+
+impl SupernodeWatch {
+    /// A watch that gives a supernode up after `timeout` (`SessionConfig::supernode_timeout`).
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            unreachable_since: None,
+        }
+    }
+
+    /// The supernode answered.
+    pub fn handle_reachable(&mut self) {
+        self.unreachable_since = None;
+    }
+
+    /// The supernode could not be reached at `now`. Returns true once it has been
+    /// unreachable for `timeout`: it is lost, and the caller moves on.
+    pub fn handle_unreachable(&mut self, now: Instant) -> bool {
+        let since = *self.unreachable_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.timeout
+    }
+}
+
 /// What the next sync must carry, from [`PeerSession::poll_sync`]. The driver adds what only
 /// it knows (its identity, address and current upload count) and sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

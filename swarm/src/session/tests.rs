@@ -951,3 +951,15 @@ fn a_lost_parent_is_reported_unreachable_in_the_next_sync() {
     let next = s.poll_timeout().unwrap();
     assert!(s.poll_sync(next).unwrap().unreachable_parents.is_empty());
 }
+
+#[test]
+fn a_supernode_watch_gives_up_after_the_timeout_of_failures_in_a_row() {
+    let t = Instant::now();
+    let mut w = SupernodeWatch::new(Duration::from_secs(10));
+    assert!(!w.handle_unreachable(t));
+    assert!(!w.handle_unreachable(t + Duration::from_secs(9)));
+    // An answer in between starts the count again.
+    w.handle_reachable();
+    assert!(!w.handle_unreachable(t + Duration::from_secs(11)));
+    assert!(w.handle_unreachable(t + Duration::from_secs(21)));
+}
