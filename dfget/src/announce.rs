@@ -62,8 +62,12 @@ pub enum News {
     Pieces(PeerId, Bitmap),
     /// Pieces the parent verified since.
     Have(PeerId, Vec<u32>),
-    /// The subscription could not be made or ended.
+    /// The subscription ended, or the parent refused it (it does not know the task yet,
+    /// predates announcements, or refused the token).
     Lost(PeerId),
+    /// No connection to the parent could be made or kept (refused, no handshake within the
+    /// connect timeout, broken): it is probably gone or hung.
+    Unreachable(PeerId),
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
@@ -187,8 +191,9 @@ impl PieceServer {
 }
 
 /// Subscribes to `parent`'s announcements of a task of `pieces` pieces at `addr` as `me`,
-/// and forwards them to `news` until the connection ends; then sends [`News::Lost`]. Cancel
-/// it by dropping the future (its task).
+/// and forwards them to `news` until the connection ends; then sends [`News::Unreachable`]
+/// if the connection failed, else [`News::Lost`]. Cancel it by dropping the future (its
+/// task).
 pub async fn subscribe(
     parent: PeerId,
     addr: SocketAddr,
@@ -197,10 +202,18 @@ pub async fn subscribe(
     connect_timeout: Duration,
     news: mpsc::UnboundedSender<News>,
 ) {
-    if let Err(e) = listen(parent, addr, &me, pieces, connect_timeout, &news).await {
-        debug!(%parent, %addr, error = %e, "announcements from parent ended");
-    }
-    let _ = news.send(News::Lost(parent));
+    let end = match listen(parent, addr, &me, pieces, connect_timeout, &news).await {
+        Err(e @ FetchError::Transport { .. }) => {
+            debug!(%parent, %addr, error = %e, "parent unreachable for announcements");
+            News::Unreachable(parent)
+        }
+        Err(e) => {
+            debug!(%parent, %addr, error = %e, "announcements from parent ended");
+            News::Lost(parent)
+        }
+        Ok(()) => News::Lost(parent),
+    };
+    let _ = news.send(end);
 }
 
 /// Who subscribes, to what.
@@ -420,6 +433,25 @@ mod tests {
             tx,
         ));
         assert!(matches!(next(&mut rx).await, News::Lost(PeerId(2))));
+
+        // Nobody listening: unreachable, not merely lost.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone_addr = gone.local_addr().unwrap();
+        drop(gone);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(subscribe(
+            PeerId(3),
+            gone_addr,
+            Subscriber {
+                task_id: "sha256:t".into(),
+                peer_id: 1,
+                token: Vec::new(),
+            },
+            4,
+            WAIT,
+            tx,
+        ));
+        assert!(matches!(next(&mut rx).await, News::Unreachable(PeerId(3))));
     }
 
     #[tokio::test]

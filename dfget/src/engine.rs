@@ -1262,6 +1262,12 @@ impl Engine {
                                 session.handle_parent_lost(now, parent);
                             }
                         }
+                        News::Unreachable(parent) => {
+                            trace!(%parent, "parent unreachable for announcements");
+                            if subscriptions.remove(&parent).is_some() {
+                                session.handle_parent_unreachable(now, parent);
+                            }
+                        }
                     }
                 }
                 Some(joined) = inflight.join_next() => {

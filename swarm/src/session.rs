@@ -544,14 +544,29 @@ impl PeerSession {
     /// next sync does not list it and the supernode names it again if it is still the
     /// right parent.
     pub fn handle_parent_lost(&mut self, now: Instant, parent: PeerId) {
-        if let Some(i) = self.views.iter().position(|(id, _)| *id == parent) {
-            self.views.remove(i);
-            self.addrs.remove(&parent);
-            self.push_views(now);
-            if self.phase == Phase::Downloading {
-                self.note_unreachable(parent);
-            }
+        self.forget_parent(now, parent);
+    }
+
+    /// No connection to `parent` could be made or kept for its announcements (refused, no
+    /// handshake within the connect timeout): as [`PeerSession::handle_parent_lost`], and
+    /// the next sync reports it unreachable. A parent that refused the subscription (it
+    /// did not know the task yet, say) is only lost: reported, a parent that is merely a
+    /// moment behind would have its pieces seeded to this peer twice.
+    pub fn handle_parent_unreachable(&mut self, now: Instant, parent: PeerId) {
+        if self.forget_parent(now, parent) && self.phase == Phase::Downloading {
+            self.note_unreachable(parent);
         }
+    }
+
+    /// Drops `parent` from the parents listened to; whether it was one.
+    fn forget_parent(&mut self, now: Instant, parent: PeerId) -> bool {
+        let Some(i) = self.views.iter().position(|(id, _)| *id == parent) else {
+            return false;
+        };
+        self.views.remove(i);
+        self.addrs.remove(&parent);
+        self.push_views(now);
+        true
     }
 
     /// Reports `parent` as unreachable at the next sync (once, and at most

@@ -923,8 +923,9 @@ fn a_source_that_cannot_vouch_turns_the_syncs_digests_back_on() {
     assert!(events(&mut s).is_empty(), "no stall");
 }
 
-/// A parent whose announcements cannot be subscribed to is reported in the next sync as
-/// unreachable, once; a failed sync keeps the report for the one after.
+/// A parent that cannot be reached for its announcements is reported in the next sync as
+/// unreachable, once; a failed sync keeps the report for the one after. One that refused
+/// the subscription is only forgotten.
 #[test]
 fn a_lost_parent_is_reported_unreachable_in_the_next_sync() {
     let t = Instant::now();
@@ -938,7 +939,7 @@ fn a_lost_parent_is_reported_unreachable_in_the_next_sync() {
             addr: addr(7)
         }]
     );
-    s.handle_parent_lost(t + MS, PeerId(7));
+    s.handle_parent_unreachable(t + MS, PeerId(7));
     let at = s.poll_timeout().unwrap();
     let msg = s.poll_sync(at).unwrap();
     assert_eq!(msg.unreachable_parents, vec![PeerId(7)]);
@@ -947,9 +948,13 @@ fn a_lost_parent_is_reported_unreachable_in_the_next_sync() {
     let again = s.poll_timeout().unwrap();
     let msg = s.poll_sync(again).unwrap();
     assert_eq!(msg.unreachable_parents, vec![PeerId(7)]);
-    s.handle_sync_reply(again, delta(&s, 4, &[], &[]));
+    s.handle_sync_reply(again, delta(&s, 4, &[8], &[]));
     let next = s.poll_timeout().unwrap();
     assert!(s.poll_sync(next).unwrap().unreachable_parents.is_empty());
+    s.handle_parent_lost(next, PeerId(8));
+    s.handle_sync_reply(next, delta(&s, 4, &[], &[]));
+    let later = s.poll_timeout().unwrap();
+    assert!(s.poll_sync(later).unwrap().unreachable_parents.is_empty());
 }
 
 #[test]

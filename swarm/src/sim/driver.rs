@@ -524,7 +524,8 @@ impl Sim {
                 let now = self.instant();
                 let c = &mut self.peers[child as usize];
                 if !c.left {
-                    c.session.handle_parent_lost(now, peer_id(parent));
+                    // The parent left the swarm: nobody answers there any more.
+                    c.session.handle_parent_unreachable(now, peer_id(parent));
                     self.drive(child);
                 }
             }
