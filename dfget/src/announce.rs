@@ -338,6 +338,30 @@ mod tests {
         (server, task, addr, stop)
     }
 
+    /// Subscribes (as peer 1) to the announcements of `task_id` (4 pieces) at `addr`, in a
+    /// task of its own; the news it forwards.
+    fn listen_to(
+        parent: PeerId,
+        addr: SocketAddr,
+        task_id: &str,
+        token: Vec<u8>,
+    ) -> mpsc::UnboundedReceiver<News> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(subscribe(
+            parent,
+            addr,
+            Subscriber {
+                task_id: task_id.into(),
+                peer_id: 1,
+                token,
+            },
+            4,
+            WAIT,
+            tx,
+        ));
+        rx
+    }
+
     async fn next(rx: &mut mpsc::UnboundedReceiver<News>) -> News {
         tokio::time::timeout(WAIT, rx.recv())
             .await
@@ -393,19 +417,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_task_or_an_older_parent_ends_the_subscription_without_news() {
         let (_server, _task, addr, _stop) = parent().await;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe(
-            PeerId(1),
-            addr,
-            Subscriber {
-                task_id: "sha256:other".into(),
-                peer_id: 1,
-                token: Vec::new(),
-            },
-            4,
-            WAIT,
-            tx,
-        ));
+        let mut rx = listen_to(PeerId(1), addr, "sha256:other", Vec::new());
         assert!(matches!(next(&mut rx).await, News::Lost(PeerId(1))));
 
         // A parent that predates announcements answers with its piece preamble and closes.
@@ -419,38 +431,14 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe(
-            PeerId(2),
-            old_addr,
-            Subscriber {
-                task_id: "sha256:t".into(),
-                peer_id: 1,
-                token: Vec::new(),
-            },
-            4,
-            WAIT,
-            tx,
-        ));
+        let mut rx = listen_to(PeerId(2), old_addr, "sha256:t", Vec::new());
         assert!(matches!(next(&mut rx).await, News::Lost(PeerId(2))));
 
         // Nobody listening: unreachable, not merely lost.
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone_addr = gone.local_addr().unwrap();
         drop(gone);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe(
-            PeerId(3),
-            gone_addr,
-            Subscriber {
-                task_id: "sha256:t".into(),
-                peer_id: 1,
-                token: Vec::new(),
-            },
-            4,
-            WAIT,
-            tx,
-        ));
+        let mut rx = listen_to(PeerId(3), gone_addr, "sha256:t", Vec::new());
         assert!(matches!(next(&mut rx).await, News::Unreachable(PeerId(3))));
     }
 
@@ -489,19 +477,7 @@ mod tests {
         );
 
         // Others are untouched.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe(
-            PeerId(3),
-            addr,
-            Subscriber {
-                task_id: "sha256:t".into(),
-                peer_id: 1,
-                token: Vec::new(),
-            },
-            4,
-            WAIT,
-            tx,
-        ));
+        let mut rx = listen_to(PeerId(3), addr, "sha256:t", Vec::new());
         assert!(matches!(next(&mut rx).await, News::Pieces(PeerId(3), _)));
         assert_eq!(server.subscribers.load(Ordering::Relaxed), 1);
     }
@@ -518,19 +494,7 @@ mod tests {
             key.issue("sha256:t", 1, 1),
         ];
         for (i, token) in refused.into_iter().enumerate() {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            tokio::spawn(subscribe(
-                PeerId(5),
-                addr,
-                Subscriber {
-                    task_id: "sha256:t".into(),
-                    peer_id: 1,
-                    token,
-                },
-                4,
-                WAIT,
-                tx,
-            ));
+            let mut rx = listen_to(PeerId(5), addr, "sha256:t", token);
             assert!(
                 matches!(next(&mut rx).await, News::Lost(PeerId(5))),
                 "token {i} got news"
@@ -565,20 +529,8 @@ mod tests {
         assert_eq!(n, 0, "nothing after the refusal");
 
         // The admitted peer's own token opens it.
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let token = key.issue_for("sha256:t", 1, Duration::from_secs(60));
-        tokio::spawn(subscribe(
-            PeerId(6),
-            addr,
-            Subscriber {
-                task_id: "sha256:t".into(),
-                peer_id: 1,
-                token,
-            },
-            4,
-            WAIT,
-            tx,
-        ));
+        let mut rx = listen_to(PeerId(6), addr, "sha256:t", token);
         assert!(matches!(next(&mut rx).await, News::Pieces(PeerId(6), _)));
         assert_eq!(server.token_refusals(), 5);
     }

@@ -225,12 +225,7 @@ pub fn run_round(fault: ChaosFault, round: &ChaosRound) -> Result<ChaosOutcome> 
             path.display()
         ));
     }
-    let registry_bytes = registry
-        .access_log()
-        .iter()
-        .filter(|e| e.method == "GET" && e.is_success() && e.is_blob(&digest))
-        .map(|e| e.bytes)
-        .sum();
+    let registry_bytes = registry.blob_bytes_served(&digest);
     Ok(ChaosOutcome {
         fault,
         expected: peers.len(),
