@@ -673,9 +673,12 @@ impl PeerSession {
             // it has) now rather than idle until the next period. A lone peer of a cold blob
             // otherwise sat ~50 ms between its last offered piece and the next offers.
             self.sync_at_once(now);
-        } else if source == Source::Seed {
-            // The supernode's offer of it counts against its budget of pieces in flight
-            // until this peer reports it: report at once, so the next piece can leave.
+        } else if source == Source::Seed && self.views.is_empty() {
+            // A peer without parents (a lone puller of a cold blob) gets its next pieces only
+            // from the supernode's offers: ask for more now, so they queue behind the
+            // requests in flight. In a crowd the supernode frees the offer's slot when it
+            // has sent the piece (`TaskScheduler::handle_seed_delivered`), and a sync per
+            // seed piece there cost 0.05x at the median (1,000 simulated peers).
             self.sync_at_once(now);
         } else if !self.config.announcements {
             // Report new pieces soon so others learn of them through the supernode.
