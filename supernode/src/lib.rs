@@ -28,6 +28,7 @@
 pub mod api;
 pub mod cdn;
 pub mod config;
+pub mod delivery;
 pub mod hot;
 pub mod metrics;
 pub mod preheat;
