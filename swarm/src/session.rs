@@ -39,9 +39,11 @@ pub struct SessionConfig {
     /// Default 120 s.
     pub stall_timeout: Duration,
     /// Longest time for one piece transfer before the driver abandons it (reported as
-    /// [`FailReason::Timeout`]): this for the supernode, this times the most requests the
-    /// picker pipelines to one parent (`per_parent_in_flight`, `lone_parent_in_flight`) for
-    /// a parent, where a pipelined request waits behind the ones sent before it. Default 10 s.
+    /// [`FailReason::Timeout`]): for a parent, this times the most requests the picker
+    /// pipelines to one parent (`per_parent_in_flight`, `lone_parent_in_flight`), where a
+    /// pipelined request waits behind the ones sent before it; for the supernode, the longest
+    /// silence (no byte) of the transfer, since up to `seed_offers` pieces share its uplink
+    /// and one over a slow link may take longer while still arriving. Default 10 s.
     pub piece_timeout: Duration,
     /// The piece picker's knobs.
     pub picker: PickerConfig,
