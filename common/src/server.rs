@@ -86,37 +86,6 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(
-        listener,
-        router,
-        limits,
-        &Sockets::default(),
-        grace,
-        shutdown,
-    )
-    .await;
-}
-
-/// Options set on every accepted connection's socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sockets {
-    /// `TCP_NOTSENT_LOWAT` (Linux): at most this many bytes not yet sent wait in the socket's
-    /// send buffer, so a response body is taken from the application only as fast as it
-    /// leaves (bytes in flight are not limited, so throughput is not). `None`: the kernel's
-    /// default, where the send buffer can hold megabytes not yet sent.
-    pub unsent_limit: Option<u32>,
-}
-
-/// [`serve`], with `sockets` set on each accepted connection (a failure to set them is
-/// logged at debug and the connection served anyway).
-pub async fn serve_with(
-    listener: TcpListener,
-    router: Router,
-    limits: &HttpLimits,
-    sockets: &Sockets,
-    grace: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -158,11 +127,6 @@ pub async fn serve_with(
                 }
             },
         };
-        if let Some(lowat) = sockets.unsent_limit
-            && let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(lowat)
-        {
-            debug!(error = %e, "could not set TCP_NOTSENT_LOWAT");
-        }
         if at_cap && slots.available_permits() > 0 {
             info!(max_connections = max, "below the connection cap again");
             at_cap = false;

@@ -96,9 +96,7 @@ pub struct EngineConfig {
     pub picker: PickerConfig,
     /// Longest time for one piece transfer before it is retried elsewhere (times
     /// the most requests the picker pipelines to one parent, where they queue behind each other),
-    /// and the longest silence of a parent with requests outstanding, or of the supernode
-    /// sending a piece (whose transfer has no total limit below the client's 60 s: its uplink
-    /// is shared by many pieces at once). Default 10 s.
+    /// and the longest silence of a parent with requests outstanding. Default 10 s.
     pub piece_timeout: Duration,
     /// Sync period with the supernode. Default 200 ms.
     pub sync_interval: Duration,
@@ -1615,22 +1613,12 @@ impl PieceJob {
                     })?
             }
             Source::Seed => {
-                // The session's timeout bounds the supernode's silence here, not the whole
-                // transfer (see `SupernodeClient::piece_into`).
-                sn.piece_into(
-                    &self.task_id,
-                    piece,
-                    self.peer_id,
-                    &token,
-                    &sink,
-                    self.timeout,
-                )
-                .await
-                .map_err(|e| match e {
-                    SupernodeError::Silent(_) => PieceFailure::Timeout,
-                    other => PieceFailure::Supernode(other),
-                })?
-                .map_err(|e| local(sink.path.to_path_buf(), e))?
+                let fetch = sn.piece_into(&self.task_id, piece, self.peer_id, &token, &sink);
+                tokio::time::timeout(self.timeout, fetch)
+                    .await
+                    .map_err(|_| PieceFailure::Timeout)?
+                    .map_err(PieceFailure::Supernode)?
+                    .map_err(|e| local(sink.path.to_path_buf(), e))?
             }
         };
         // The download limit is charged for bytes received, after the fact: a request the

@@ -24,7 +24,7 @@ use std::{
 
 use axum::{
     Router,
-    body::{Body, Bytes},
+    body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -46,7 +46,6 @@ use tracing::{debug, info, trace, warn};
 
 use crate::{
     Shared,
-    delivery::DeliveryBody,
     metrics::{AccessRefusal, PieceFrom, RegisterOutcome},
     task::{CdnState, Task},
     tasks::{self, RegisterError, Wanted},
@@ -639,20 +638,12 @@ async fn piece(
     shared.metrics.served_bytes.inc_by(data.len() as u64);
     shared.metrics.served_pieces.inc();
     trace!(piece = index, %peer, "piece read for a peer");
-    // The piece is handed to the connection: reserved for this peer while it travels. Once
-    // the connection has taken its last byte, the scheduler may offer the next fresh piece
-    // rather than wait for this peer's report.
+    // The piece is handed to the connection: the scheduler may offer the next fresh piece
+    // now rather than after this peer's next report.
     task.sched
         .lock()
         .handle_seed_sent(Instant::now(), peer, index);
-    let sent = task.clone();
-    let body = DeliveryBody::new(data, move || {
-        trace!(piece = index, %peer, "piece taken by the connection");
-        sent.sched
-            .lock()
-            .handle_seed_delivered(Instant::now(), peer, index);
-    });
-    Ok((headers, Body::new(body)).into_response())
+    Ok((headers, data).into_response())
 }
 
 async fn healthy() -> &'static str {

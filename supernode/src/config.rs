@@ -121,14 +121,6 @@ pub struct CdnConfig {
     /// active first; if none can go, the registration gets 503 `BUSY` with `Retry-After`.
     /// Joining a task already in memory is never refused. Default 10000.
     pub max_tasks: u32,
-    /// Bytes not yet sent that may wait in the send buffer of each connection to the
-    /// supernode (Linux `TCP_NOTSENT_LOWAT`); `0 B` leaves the kernel's default. A piece's
-    /// offer holds one of the scheduler's `seed_offers` slots until the connection has taken
-    /// the piece's last byte; with the kernel's default a send buffer takes a whole piece at
-    /// once, long before it is on the wire, so the slot came free too early and more pieces
-    /// shared the uplink than the budget allows (16 netns hosts at 100 Mbit/s: pieces sent
-    /// twice). Bytes in flight are not limited by it. Default 256 KiB.
-    pub unsent_limit: ByteSize,
 }
 
 /// Origin (registry) requests.
@@ -373,7 +365,6 @@ impl Default for CdnConfig {
             upload_slots: 8,
             upload_rate: ByteSize::b(0),
             hot_pieces_memory: ByteSize::mib(128),
-            unsent_limit: ByteSize::kib(256),
             max_fetches: 64,
             max_tasks: 10_000,
         }
@@ -443,12 +434,6 @@ impl Config {
             errs.push(ConfigError::new(
                 "cdn.piece_size",
                 "must be 0 (auto) or a power of two from 64 KiB to 64 MiB",
-            ));
-        }
-        if self.cdn.unsent_limit.as_u64() > u64::from(u32::MAX / 2) {
-            errs.push(ConfigError::new(
-                "cdn.unsent_limit",
-                "must be at most 1 GiB",
             ));
         }
         if self.preheat.concurrency == 0 || self.preheat.concurrency > 64 {
@@ -574,9 +559,6 @@ pub struct Overrides {
     /// `cdn.hot_pieces_memory`.
     #[arg(long, value_name = "BYTES")]
     pub cdn_hot_pieces_memory: Option<ByteSize>,
-    /// `cdn.unsent_limit`.
-    #[arg(long, value_name = "BYTES")]
-    pub cdn_unsent_limit: Option<ByteSize>,
     /// `origin.connect_timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub origin_connect_timeout: Option<Duration>,
@@ -702,7 +684,6 @@ impl Overrides {
         );
         set(&mut c.cdn.upload_rate, self.cdn_upload_rate);
         set(&mut c.cdn.hot_pieces_memory, self.cdn_hot_pieces_memory);
-        set(&mut c.cdn.unsent_limit, self.cdn_unsent_limit);
         set(&mut c.origin.connect_timeout, self.origin_connect_timeout);
         set(&mut c.origin.read_timeout, self.origin_read_timeout);
         set(&mut c.origin.allow_loopback, self.origin_allow_loopback);

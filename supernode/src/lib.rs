@@ -28,7 +28,6 @@
 pub mod api;
 pub mod cdn;
 pub mod config;
-pub mod delivery;
 pub mod hot;
 pub mod metrics;
 pub mod preheat;
@@ -227,19 +226,7 @@ impl App {
         let router = api::router(shared.clone());
         let stop = shutdown.clone();
         let signal = async move { stop.cancelled().await };
-        let unsent = shared.config.cdn.unsent_limit.as_u64();
-        let sockets = server::Sockets {
-            unsent_limit: (unsent > 0).then(|| u32::try_from(unsent).unwrap_or(u32::MAX)),
-        };
-        server::serve_with(
-            self.listener,
-            router,
-            &shared.config.http,
-            &sockets,
-            grace,
-            signal,
-        )
-        .await;
+        server::serve(self.listener, router, &shared.config.http, grace, signal).await;
         shutdown.cancel();
         maintenance.abort();
         shared.tracker.close();

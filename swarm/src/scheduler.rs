@@ -168,13 +168,9 @@ pub struct TaskScheduler {
 struct SeedOffer {
     to: PeerId,
     until: Instant,
-    /// The supernode has started sending it ([`TaskScheduler::handle_seed_sent`]): it stays
-    /// reserved (for `SEED_SENT_TTL`) until its receiver reports it.
+    /// The supernode has sent it ([`TaskScheduler::handle_seed_sent`]): it stays reserved
+    /// (for `SEED_SENT_TTL`) and counts against `seed_offers` until reported.
     sent: bool,
-    /// Its last byte has left the supernode ([`TaskScheduler::handle_seed_delivered`]): still
-    /// reserved for its receiver, but no longer counted against `seed_offers`, since it no
-    /// longer takes a share of the seed's uplink.
-    delivered: bool,
 }
 
 /// A parent candidate during one [`TaskScheduler::parents`] call.
@@ -521,7 +517,7 @@ impl TaskScheduler {
     /// Optional but recommended: pass the result to `Picker::handle_seed_pieces` instead of
     /// the supernode's full bitmap. It offers only pieces no live peer holds yet, each to one
     /// peer at a time (for `SEED_OFFER_TTL`, 5 s, or `SEED_SENT_TTL` once sent, or until
-    /// someone reports it), lowest index first, and at most `seed_offers` undelivered pieces in the
+    /// someone reports it), lowest index first, and at most `seed_offers` unsent pieces in the
     /// whole swarm, of which one peer holds at most its share: `seed_offers` split over the
     /// peers still downloading, and at least `upload_slots`. The supernode then sends each
     /// piece about once, to few peers at a time so each arrives quickly, and different peers
@@ -570,18 +566,15 @@ impl TaskScheduler {
             }
             match self.seed_offers[p as usize] {
                 Some(o) if o.until > now && !blocked_ids.contains(&o.to) => {
-                    // An offer counts until its last byte has left the supernode (or its
-                    // receiver reports it): a piece handed to the connection is still on
-                    // its way over the seed's uplink, and offers freed at hand-off put every
-                    // offered piece on that link at once (16 netns hosts: each piece so slow
-                    // that some timed out and were sent twice). Freed only at the report, a
-                    // slot idled for the report's round trip (10,000 simulated peers:
-                    // 1.23x -> 1.35x at the median).
-                    let counts = !o.delivered;
-                    open += u32::from(counts);
+                    // Sent or not, an offer counts until its receiver reports the piece: a
+                    // piece handed to the connection is still on its way over the seed's
+                    // uplink, and offers freed at hand-off put every offered piece on
+                    // that link at once (16 netns hosts: each piece so slow that some
+                    // timed out and were sent twice).
+                    open += 1;
                     if o.to == peer && !mine.get(p) && seed_has.get(p) {
                         out.set(p);
-                        my_open += u32::from(counts);
+                        my_open += 1;
                     }
                 }
                 _ if seed_has.get(p) && !mine.get(p) => fresh.push(p),
@@ -603,7 +596,6 @@ impl TaskScheduler {
                     to: peer,
                     until: now + SEED_OFFER_TTL,
                     sent: false,
-                    delivered: false,
                 });
                 out.set(p);
             }
@@ -616,42 +608,22 @@ impl TaskScheduler {
                 to: peer,
                 until: now + SEED_OFFER_TTL,
                 sent: false,
-                delivered: false,
             });
             out.set(p);
         }
         Ok(out)
     }
 
-    /// The supernode started sending `piece` to `peer` (optional; call it when the piece is
-    /// handed to the connection). It then stays reserved for `peer` for `SEED_SENT_TTL` while
-    /// the bytes travel, instead of `SEED_OFFER_TTL`, and keeps counting against
-    /// `seed_offers` until its last byte has left ([`TaskScheduler::handle_seed_delivered`])
-    /// or `peer` reports it. Calls that do not match a current offer are ignored.
+    /// The supernode sent `piece` to `peer` (optional; call it when the piece is handed to
+    /// the connection). It then stays reserved for `peer` for `SEED_SENT_TTL` while the
+    /// bytes travel, instead of `SEED_OFFER_TTL`, and keeps counting against `seed_offers`
+    /// until `peer` reports it. Calls that do not match a current offer are ignored.
     pub fn handle_seed_sent(&mut self, now: Instant, peer: PeerId, piece: u32) {
         if let Some(Some(o)) = self.seed_offers.get_mut(piece as usize)
             && o.to == peer
         {
             o.sent = true;
             o.until = now + SEED_SENT_TTL;
-        }
-    }
-
-    /// The last byte of `piece` has left the supernode for `peer` (optional; call it when
-    /// the connection has taken the whole piece). The piece stays reserved for `peer` (as
-    /// after [`TaskScheduler::handle_seed_sent`]) but no longer counts against
-    /// `seed_offers`, so the next fresh piece can start over the seed's uplink now rather
-    /// than after `peer`'s report comes back. Calls that do not match a current offer are
-    /// ignored.
-    pub fn handle_seed_delivered(&mut self, now: Instant, peer: PeerId, piece: u32) {
-        if let Some(Some(o)) = self.seed_offers.get_mut(piece as usize)
-            && o.to == peer
-        {
-            if !o.sent {
-                o.sent = true;
-                o.until = now + SEED_SENT_TTL;
-            }
-            o.delivered = true;
         }
     }
 

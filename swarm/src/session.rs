@@ -39,11 +39,9 @@ pub struct SessionConfig {
     /// Default 120 s.
     pub stall_timeout: Duration,
     /// Longest time for one piece transfer before the driver abandons it (reported as
-    /// [`FailReason::Timeout`]): for a parent, this times the most requests the picker
-    /// pipelines to one parent (`per_parent_in_flight`, `lone_parent_in_flight`), where a
-    /// pipelined request waits behind the ones sent before it; for the supernode, the longest
-    /// silence (no byte) of the transfer, since up to `seed_offers` pieces share its uplink
-    /// and one over a slow link may take longer while still arriving. Default 10 s.
+    /// [`FailReason::Timeout`]): this for the supernode, this times the most requests the
+    /// picker pipelines to one parent (`per_parent_in_flight`, `lone_parent_in_flight`) for
+    /// a parent, where a pipelined request waits behind the ones sent before it. Default 10 s.
     pub piece_timeout: Duration,
     /// The piece picker's knobs.
     pub picker: PickerConfig,
@@ -675,12 +673,9 @@ impl PeerSession {
             // it has) now rather than idle until the next period. A lone peer of a cold blob
             // otherwise sat ~50 ms between its last offered piece and the next offers.
             self.sync_at_once(now);
-        } else if source == Source::Seed && self.views.is_empty() {
-            // A peer without parents (a lone puller of a cold blob) gets its next pieces only
-            // from the supernode's offers: ask for more now, so they queue behind the
-            // requests in flight. In a crowd the supernode frees the offer's slot when it
-            // has sent the piece (`TaskScheduler::handle_seed_delivered`), and a sync per
-            // seed piece there cost 0.05x at the median (1,000 simulated peers).
+        } else if source == Source::Seed {
+            // The supernode's offer of it counts against its budget of pieces in flight
+            // until this peer reports it: report at once, so the next piece can leave.
             self.sync_at_once(now);
         } else if !self.config.announcements {
             // Report new pieces soon so others learn of them through the supernode.

@@ -348,50 +348,6 @@ fn seed_offers_are_capped() {
 }
 
 #[test]
-fn a_delivered_piece_frees_its_offer_slot_and_stays_reserved() {
-    let cfg = SchedulerConfig {
-        seed_offers: 3,
-        ..SchedulerConfig::default()
-    };
-    let (mut s, t) = (TaskScheduler::new(16, cfg, 7), Instant::now());
-    join_all(&mut s, t, 1..=3);
-    s.handle_sync(t, PeerId(1), &(0..8).collect::<Vec<_>>(), 0, false)
-        .unwrap();
-    let all = Bitmap::full(16);
-    let b = s.seed_pieces(t, PeerId(2), &all, &[]).unwrap();
-    assert_eq!(b.count(), 3);
-    let first = b.iter_ones().next().unwrap();
-    // Delivered out of order (no `sent` first) counts as sent, too: and the connection has
-    // taken it, so one slot is free before peer 2 reports it.
-    s.handle_seed_delivered(t, PeerId(3), first); // not peer 3's offer: ignored
-    assert_eq!(s.seed_pieces(t, PeerId(3), &all, &[]).unwrap().count(), 0);
-    s.handle_seed_sent(t, PeerId(2), first);
-    s.handle_seed_delivered(t, PeerId(2), first);
-    let c = s.seed_pieces(t, PeerId(3), &all, &[]).unwrap();
-    assert_eq!(c.count(), 1, "{c:?}");
-    assert!(
-        !c.get(first),
-        "a delivered piece was offered to someone else"
-    );
-    // Still reserved for its receiver past the offer TTL, until reported or the sent TTL.
-    let later = t + SEED_OFFER_TTL + Duration::from_secs(1);
-    s.handle_sync(later, PeerId(2), &[], 0, false).unwrap();
-    s.handle_sync(later, PeerId(3), &[], 0, false).unwrap();
-    assert!(!s.seed_send_allowed(later, PeerId(3), first));
-    assert!(
-        !s.seed_pieces(later, PeerId(3), &all, &[])
-            .unwrap()
-            .get(first)
-    );
-    // Its receiver is offered it again (it has not reported it), outside its share.
-    assert!(
-        s.seed_pieces(later, PeerId(2), &all, &[])
-            .unwrap()
-            .get(first)
-    );
-}
-
-#[test]
 fn a_departed_peers_offers_are_offered_again_at_once() {
     let (mut s, t) = sched(4);
     join_all(&mut s, t, 1..=2);

@@ -892,12 +892,7 @@ impl Sim {
     /// `by` starts sending `piece` to peer `to`, taking one of its upload slots.
     fn start_upload(&mut self, by: Node, to: u32, piece: u32) {
         match by {
-            Node::Seed => {
-                self.seed_uploads += 1;
-                // As the supernode's piece handler: handed to the connection.
-                self.sched
-                    .handle_seed_sent(self.instant(), peer_id(to), piece);
-            }
+            Node::Seed => self.seed_uploads += 1,
             Node::Peer(j) => self.peers[j as usize].uploads += 1,
         }
         self.start_flow(by, to, piece);
@@ -1032,10 +1027,8 @@ impl Sim {
             Node::Seed => {
                 self.seed_uploads -= 1;
                 self.report.seed_bytes_sent += bytes;
-                // As the supernode's response body: its last byte has left (here it has
-                // arrived; the sim has no socket buffers).
                 self.sched
-                    .handle_seed_delivered(self.instant(), peer_id(t.to), t.piece);
+                    .handle_seed_sent(self.instant(), peer_id(t.to), t.piece);
                 self.seed_sent.set(t.piece);
                 if self.seed_sent.is_full() && self.report.injected.is_none() {
                     self.report.injected = Some(Duration::from_nanos(self.now));
