@@ -11,7 +11,10 @@
 //! * **local cache**: the same GET through A again.
 //!
 //! Then small Range reads at random offsets (the lazy-loading pattern) of a blob A holds,
-//! through A and straight from the registry: p50/p99 latency of each.
+//! through A and straight from the registry: p50/p99 latency of each. And remote ones: for
+//! each of `--remote-blobs` more blobs, A pulls it whole, then a third dfdaemon C, which has
+//! never seen it, serves one Range read of it (its first read of that blob: registration,
+//! then the piece holding the range from A), beside the same read from the registry.
 //!
 //! ```text
 //! cargo bench -p damselfly-benches --bench mirror -- --size 64MiB --blobs 5 --ranges 500
@@ -54,6 +57,17 @@ struct Args {
     /// supernode's and the node's flush to disk) is over before the next is timed.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pause: Duration,
+    /// Blobs read once each through node C (a remote peer's cache); `0` skips them.
+    #[arg(long, default_value_t = 100)]
+    remote_blobs: usize,
+    /// Size of each of those blobs.
+    #[arg(long, default_value = "4MiB")]
+    remote_blob_size: ByteSize,
+    /// Wait this long after A's pull of each of those blobs and after C's read, so that the
+    /// background work each starts (A's cache import, C's download of the rest of the blob)
+    /// is over before the next read is timed.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    remote_pause: Duration,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -75,10 +89,17 @@ fn main() -> anyhow::Result<()> {
             registry.try_push_blob(REPO, &blob)
         })
         .collect::<anyhow::Result<_>>()?;
+    let remote: Vec<String> = (0..args.remote_blobs)
+        .map(|i| {
+            let size = args.remote_blob_size.as_u64() as usize;
+            let blob = damselfly_e2e::random_blob(size, 0x5000 + i as u64);
+            registry.try_push_blob(REPO, &blob)
+        })
+        .collect::<anyhow::Result<_>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(bench(&args, &registry, &digests))
+    runtime.block_on(bench(&args, &registry, &digests, &remote))
 }
 
 /// Latencies of one kind, in seconds.
@@ -88,7 +109,12 @@ struct Series {
     total: Vec<f64>,
 }
 
-async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyhow::Result<()> {
+async fn bench(
+    args: &Args,
+    registry: &TestRegistry,
+    digests: &[String],
+    far: &[String],
+) -> anyhow::Result<()> {
     let size = args.size.as_u64();
     println!(
         "mirror: {} blobs of {} each, registry {}",
@@ -165,13 +191,15 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
     let path = format!("/v2/{REPO}/blobs/{}", digests[0]);
     let len = args.range_size.as_u64().min(size);
     let mut rng_state = 0x9e37_79b9_u64;
-    let mut offsets = Vec::with_capacity(args.ranges);
-    for _ in 0..args.ranges {
+    let mut next_offset = |span: u64| {
         rng_state = rng_state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        offsets.push((rng_state >> 11) % (size - len + 1));
-    }
+        (rng_state >> 11) % span
+    };
+    let offsets: Vec<u64> = (0..args.ranges)
+        .map(|_| next_offset(size - len + 1))
+        .collect();
     let (mut via_a, mut via_registry) = (Series::default(), Series::default());
     for &off in &offsets {
         let range = Some((off, len));
@@ -185,6 +213,49 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
             &mut via_registry,
         )
         .await?;
+    }
+    // Remote reads: node C reads each blob once, after A has pulled it.
+    let c = Daemon::start(&sn, registry, &stop).await?;
+    let rsize = args.remote_blob_size.as_u64();
+    let rlen = len.min(rsize);
+    let (mut via_c, mut via_registry_small) = (Series::default(), Series::default());
+    for digest in far {
+        let path = format!("/v2/{REPO}/blobs/{digest}");
+        get(&client, &a.url, &path, None, rsize, &mut Series::default()).await?;
+        tokio::time::sleep(args.remote_pause).await;
+        let range = Some((next_offset(rsize - rlen + 1), rlen));
+        get(&client, &c.url, &path, range, rlen, &mut via_c).await?;
+        get(
+            &client,
+            &registry.url(),
+            &path,
+            range,
+            rlen,
+            &mut via_registry_small,
+        )
+        .await?;
+        tokio::time::sleep(args.remote_pause).await;
+    }
+    if !far.is_empty() {
+        let metrics = client
+            .get(format!("{}/metrics", c.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let source = |s: &str| {
+            damselfly_e2e::metric_sum(
+                &metrics,
+                "damselfly_dfdaemon_blob_bytes_total",
+                Some(&format!("source=\"{s}\"")),
+            )
+        };
+        println!(
+            "remote reads (node C): {} from peers, {} from the supernode, {} from the registry",
+            common::mib(source("peer")),
+            common::mib(source("supernode")),
+            common::mib(source("origin"))
+        );
     }
     let mut ranges = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
     let base = percentile(&via_registry.total, 50.0);
@@ -206,9 +277,32 @@ async fn bench(args: &Args, registry: &TestRegistry, digests: &[String]) -> anyh
         ByteSize::b(len),
         ranges.render()
     );
+    if !far.is_empty() {
+        let mut table = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
+        let base = percentile(&via_registry_small.total, 50.0);
+        for (name, s) in [
+            ("direct from the registry", &via_registry_small),
+            ("dfdaemon, remote peer (node C's first read)", &via_c),
+        ] {
+            table.row([
+                name.to_owned(),
+                ms(percentile(&s.total, 50.0)),
+                ms(percentile(&s.total, 99.0)),
+                format!("{:.2}", percentile(&s.total, 50.0) / base),
+            ]);
+        }
+        println!(
+            "\n{} Range reads of {}, one per blob of {} that node A holds and node C lacks:\n{}",
+            via_c.total.len(),
+            ByteSize::b(rlen),
+            ByteSize::b(rsize),
+            table.render()
+        );
+    }
     stop.cancel();
     a.task.await??;
     b.task.await??;
+    c.task.await??;
     sn.stop().await
 }
 
