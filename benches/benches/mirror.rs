@@ -145,23 +145,11 @@ async fn bench(
     }
     // Where B's bytes came from (B pulls each blob once, while A holds it): a node with a
     // complete peer still takes some pieces from the supernode.
-    let metrics = client
-        .get(format!("{}/metrics", b.url))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let source = |s: &str| {
-        damselfly_e2e::metric_sum(
-            &metrics,
-            "damselfly_dfdaemon_blob_bytes_total",
-            Some(&format!("source=\"{s}\"")),
-        )
-    };
+    let [peer, supernode, _] = blob_sources(&client, &b.url).await?;
     println!(
         "remote-peer pulls (node B): {} from peers, {} from the supernode",
-        common::mib(source("peer")),
-        common::mib(source("supernode"))
+        common::mib(peer),
+        common::mib(supernode)
     );
     let ms = |v: f64| format!("{:.1}", v * 1000.0);
     let base = percentile(&direct.total, 50.0);
@@ -237,39 +225,15 @@ async fn bench(
         tokio::time::sleep(args.remote_pause).await;
     }
     if !far.is_empty() {
-        let metrics = client
-            .get(format!("{}/metrics", c.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let source = |s: &str| {
-            damselfly_e2e::metric_sum(
-                &metrics,
-                "damselfly_dfdaemon_blob_bytes_total",
-                Some(&format!("source=\"{s}\"")),
-            )
-        };
+        let [peer, supernode, origin] = blob_sources(&client, &c.url).await?;
         println!(
             "remote reads (node C): {} from peers, {} from the supernode, {} from the registry",
-            common::mib(source("peer")),
-            common::mib(source("supernode")),
-            common::mib(source("origin"))
+            common::mib(peer),
+            common::mib(supernode),
+            common::mib(origin)
         );
     }
-    let mut ranges = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
-    let base = percentile(&via_registry.total, 50.0);
-    for (name, s) in [
-        ("direct from the registry", &via_registry),
-        ("dfdaemon, local cache", &via_a),
-    ] {
-        ranges.row([
-            name.to_owned(),
-            ms(percentile(&s.total, 50.0)),
-            ms(percentile(&s.total, 99.0)),
-            format!("{:.2}", percentile(&s.total, 50.0) / base),
-        ]);
-    }
+    let ranges = range_table(&via_registry, "dfdaemon, local cache", &via_a);
     println!(
         "\n{}\n{} Range reads of {} at random offsets, each kind:\n{}",
         pulls.render(),
@@ -278,19 +242,11 @@ async fn bench(
         ranges.render()
     );
     if !far.is_empty() {
-        let mut table = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
-        let base = percentile(&via_registry_small.total, 50.0);
-        for (name, s) in [
-            ("direct from the registry", &via_registry_small),
-            ("dfdaemon, remote peer (node C's first read)", &via_c),
-        ] {
-            table.row([
-                name.to_owned(),
-                ms(percentile(&s.total, 50.0)),
-                ms(percentile(&s.total, 99.0)),
-                format!("{:.2}", percentile(&s.total, 50.0) / base),
-            ]);
-        }
+        let table = range_table(
+            &via_registry_small,
+            "dfdaemon, remote peer (node C's first read)",
+            &via_c,
+        );
         println!(
             "\n{} Range reads of {}, one per blob of {} that node A holds and node C lacks:\n{}",
             via_c.total.len(),
@@ -304,6 +260,41 @@ async fn bench(
     b.task.await??;
     c.task.await??;
     sn.stop().await
+}
+
+/// Range read latencies through a dfdaemon (`name`) against the same reads from the registry.
+fn range_table(direct: &Series, name: &str, through: &Series) -> Table {
+    let ms = |v: f64| format!("{:.1}", v * 1000.0);
+    let mut t = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
+    let base = percentile(&direct.total, 50.0);
+    for (name, s) in [("direct from the registry", direct), (name, through)] {
+        t.row([
+            name.to_owned(),
+            ms(percentile(&s.total, 50.0)),
+            ms(percentile(&s.total, 99.0)),
+            format!("{:.2}", percentile(&s.total, 50.0) / base),
+        ]);
+    }
+    t
+}
+
+/// Bytes a dfdaemon served from peers, the supernode and the registry
+/// (`damselfly_dfdaemon_blob_bytes_total` by `source`).
+async fn blob_sources(client: &reqwest::Client, base: &str) -> anyhow::Result<[f64; 3]> {
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(["peer", "supernode", "origin"].map(|s| {
+        damselfly_e2e::metric_sum(
+            &metrics,
+            "damselfly_dfdaemon_blob_bytes_total",
+            Some(&format!("source=\"{s}\"")),
+        )
+        .max(0.0)
+    }))
 }
 
 /// GET `base + path` (bytes `range` = (offset, length) if given), reads the whole body,
