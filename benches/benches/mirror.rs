@@ -151,7 +151,6 @@ async fn bench(
         common::mib(peer),
         common::mib(supernode)
     );
-    let ms = |v: f64| format!("{:.1}", v * 1000.0);
     let base = percentile(&direct.total, 50.0);
     let mut pulls = Table::new([
         "blob pull",
@@ -262,9 +261,13 @@ async fn bench(
     sn.stop().await
 }
 
+/// Seconds as milliseconds, one decimal.
+fn ms(v: f64) -> String {
+    format!("{:.1}", v * 1000.0)
+}
+
 /// Range read latencies through a dfdaemon (`name`) against the same reads from the registry.
 fn range_table(direct: &Series, name: &str, through: &Series) -> Table {
-    let ms = |v: f64| format!("{:.1}", v * 1000.0);
     let mut t = Table::new(["Range read", "p50 (ms)", "p99 (ms)", "p50 / direct"]);
     let base = percentile(&direct.total, 50.0);
     for (name, s) in [("direct from the registry", direct), (name, through)] {
