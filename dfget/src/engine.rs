@@ -710,6 +710,9 @@ impl Engine {
             vouched: false,
             signatures: false,
             unreachable_parents: Vec::new(),
+            // Filled in by the supernode client, which keeps it from the registration.
+            session_token: Vec::new(),
+            unserved_pieces: Vec::new(),
         }
     }
 
@@ -1347,6 +1350,14 @@ impl Engine {
         req.urgent_pieces = msg.urgent;
         req.vouched = msg.vouched;
         req.unreachable_parents = msg.unreachable_parents.iter().map(|p| p.0).collect();
+        req.unserved_pieces = msg
+            .unserved
+            .iter()
+            .map(|&(parent, piece)| BadPiece {
+                offender: parent.0,
+                piece,
+            })
+            .collect();
         if let Some(known) = msg.known_parents {
             req.announced = true;
             req.known_parents = known.into_iter().map(|p| p.0).collect();
@@ -1541,9 +1552,10 @@ impl PieceFailure {
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
             // A parent refusing our token (its secret differs, or ours expired before a sync
             // refreshed it) is not lying: it is avoided for the piece, like one without it.
-            Self::Fetch(FetchError::Unavailable | FetchError::Unauthorized(_)) | Self::NoAddr => {
-                FailReason::Unavailable
-            }
+            Self::Fetch(FetchError::Unauthorized(_)) | Self::NoAddr => FailReason::Unavailable,
+            // The parent said it does not hold the piece (or the task): reported, in case it
+            // had claimed it.
+            Self::Fetch(FetchError::Unavailable) => FailReason::Absent,
             Self::Supernode(e) if e.code() == Some("PIECE_ABSENT") => FailReason::Unavailable,
             // A parent that breaks the protocol is as bad as one that lies.
             Self::Fetch(FetchError::Protocol(_)) => FailReason::Corrupt,

@@ -123,6 +123,10 @@ struct Cli {
     /// Test only: corrupt every piece served to other peers.
     #[arg(long, hide = true)]
     fault_corrupt_uploads: bool,
+    /// Test only: claim pieces (report them to the supernode) but tell every peer that
+    /// asks for one that it is not held.
+    #[arg(long, hide = true, conflicts_with = "fault_corrupt_uploads")]
+    fault_deny_uploads: bool,
 }
 
 fn parse_header(h: &str) -> Result<(String, String), String> {
@@ -195,6 +199,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         supernode_timeout: cli.supernode_timeout,
         fault: if cli.fault_corrupt_uploads {
             Fault::CorruptUploads
+        } else if cli.fault_deny_uploads {
+            Fault::DenyUploads
         } else {
             Fault::None
         },

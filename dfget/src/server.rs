@@ -120,6 +120,9 @@ pub enum Fault {
     None,
     /// Flip a byte of every piece served.
     CorruptUploads,
+    /// Answer every piece request with "not held" (while reporting the pieces to the
+    /// supernode): a claimant that does not serve what it claims.
+    DenyUploads,
 }
 
 /// Counts the piece server's refusals, for a daemon's metrics.
@@ -373,7 +376,7 @@ impl PieceServer {
         let Some(task) = task else {
             return Ok(Answer::Refused(PieceStatus::UnknownTask));
         };
-        if !task.have.read().get(request.piece) {
+        if !task.have.read().get(request.piece) || self.fault == Fault::DenyUploads {
             return Ok(Answer::Refused(PieceStatus::NotFound));
         }
         let permit = match self.slots.clone().try_acquire_owned() {

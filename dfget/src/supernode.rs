@@ -1,6 +1,6 @@
 //! The client side of the supernode API.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use damselfly_common::token::PIECE_TOKEN_HEADER;
@@ -8,6 +8,7 @@ use damselfly_proto::{
     ErrorResponse, LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, SyncRequest,
     SyncResponse, decode,
 };
+use parking_lot::Mutex;
 use prost::Message;
 
 /// Why a supernode call failed.
@@ -57,7 +58,17 @@ pub struct SupernodeClient {
     probe: reqwest::Client,
     /// Signs control calls when the cluster has a secret.
     control: Option<damselfly_common::ControlKey>,
+    /// Session tokens from this supernode's registration answers, by (task, peer id): sent
+    /// back with every sync and leave (shared by clones).
+    sessions: Sessions,
 }
+
+/// Session tokens by (task, peer id).
+type Sessions = Arc<Mutex<HashMap<(String, u64), Vec<u8>>>>;
+
+/// Session tokens kept per client, at most. Past it one is dropped: that task's next sync is
+/// answered `NOT_ADMITTED`, and the engine registers again, which gets a new one.
+const MAX_SESSIONS: usize = 65_536;
 
 impl SupernodeClient {
     /// A client for the supernode at `addr` (`host:port`, IPv6 bracketed).
@@ -92,6 +103,7 @@ impl SupernodeClient {
             http,
             probe,
             control: None,
+            sessions: Arc::default(),
         })
     }
 
@@ -221,7 +233,26 @@ impl SupernodeClient {
             decode(&bytes).map_err(|e| SupernodeError::Protocol(e.to_string()))?;
         resp.validate()
             .map_err(|e| SupernodeError::Protocol(e.to_string()))?;
+        let mut sessions = self.sessions.lock();
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(k) = sessions.keys().next().cloned()
+        {
+            sessions.remove(&k);
+        }
+        sessions.insert(
+            (resp.task_id.clone(), req.peer_id),
+            resp.session_token.clone(),
+        );
         Ok(resp)
+    }
+
+    /// The session token of `peer_id` in `task_id`, from its registration (empty if none).
+    fn session_token(&self, task_id: &str, peer_id: u64) -> Vec<u8> {
+        self.sessions
+            .lock()
+            .get(&(task_id.to_owned(), peer_id))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Reports progress and gets parents and digests.
@@ -229,6 +260,8 @@ impl SupernodeClient {
     /// # Errors
     /// Unreachable, refused (unknown task), or a malformed answer.
     pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, SupernodeError> {
+        let mut req = req.clone();
+        req.session_token = self.session_token(&req.task_id, req.peer_id);
         let bytes = self.call("/api/v1/sync", req.encode_to_vec()).await?;
         let resp: SyncResponse =
             decode(&bytes).map_err(|e| SupernodeError::Protocol(e.to_string()))?;
@@ -242,10 +275,13 @@ impl SupernodeClient {
     /// # Errors
     /// Unreachable or refused.
     pub async fn leave(&self, task_id: &str, peer_id: u64) -> Result<(), SupernodeError> {
+        let key = (task_id.to_owned(), peer_id);
+        let session_token = self.sessions.lock().remove(&key).unwrap_or_default();
         let req = LeaveRequest {
             version: PROTOCOL_VERSION,
             task_id: task_id.to_owned(),
             peer_id,
+            session_token,
         };
         self.call("/api/v1/leave", req.encode_to_vec())
             .await

@@ -11,7 +11,7 @@ use std::{
 };
 
 use damselfly_e2e::{Dfdaemon, Dfget, Fault, FaultyOrigin, Supernode, http, random_blob};
-use damselfly_proto::{LeaveRequest, PROTOCOL_VERSION, RegisterRequest};
+use damselfly_proto::{LeaveRequest, PROTOCOL_VERSION, RegisterRequest, RegisterResponse};
 use prost::Message as _;
 
 /// The test's header-read timeout (the default is 10 s).
@@ -72,7 +72,14 @@ fn supernode_cuts_a_client_that_never_finishes_its_headers() {
 
 /// A signed registration of `url` for peer `peer` (listening nowhere): the status and the
 /// `Retry-After` header.
-fn register(sn: &Supernode, url: &str, peer: u64) -> (u16, Option<String>) {
+/// A registration's answer: status, `Retry-After`, and the session token on success.
+struct Registered {
+    status: u16,
+    retry: Option<String>,
+    session: Vec<u8>,
+}
+
+fn register(sn: &Supernode, url: &str, peer: u64) -> Registered {
     let body = RegisterRequest {
         version: PROTOCOL_VERSION,
         url: url.to_owned(),
@@ -86,7 +93,18 @@ fn register(sn: &Supernode, url: &str, peer: u64) -> (u16, Option<String>) {
         .body(body)
         .send()
         .unwrap();
-    (r.status, r.header("retry-after").map(str::to_owned))
+    let session = if r.status == 200 {
+        damselfly_proto::decode::<RegisterResponse>(&r.body)
+            .unwrap()
+            .session_token
+    } else {
+        Vec::new()
+    };
+    Registered {
+        status: r.status,
+        retry: r.header("retry-after").map(str::to_owned),
+        session,
+    }
 }
 
 /// `cdn.max_fetches`: with one fetch running, a registration that would start another gets
@@ -110,12 +128,12 @@ fn the_supernode_caps_its_origin_fetches() {
         damselfly_e2e::wait_until(Duration::from_secs(10), || !slow.gets().is_empty()),
         "the first fetch never started"
     );
-    let (status, retry) = register(&sn, &other.blob_url("app/other"), 7);
+    let Registered { status, retry, .. } = register(&sn, &other.blob_url("app/other"), 7);
     assert_eq!(status, 503);
     assert_eq!(retry.as_deref(), Some("5"));
     assert!(other.requests().is_empty(), "{:?}", other.requests());
     // Joining the running fetch is not a new fetch.
-    assert_eq!(register(&sn, &slow.blob_url("app/slow"), 8).0, 200);
+    assert_eq!(register(&sn, &slow.blob_url("app/slow"), 8).status, 200);
     assert_eq!(
         damselfly_e2e::metric_sum(
             &sn.metrics().unwrap(),
@@ -132,17 +150,19 @@ fn the_supernode_caps_its_origin_fetches() {
             &other.blob_url("app/other"),
             9
         )
-        .0 == 200),
+        .status
+            == 200),
         "the second blob is still refused"
     );
     assert!(!other.gets().is_empty());
 }
 
-fn leave(sn: &Supernode, task_id: &str, peer: u64) {
+fn leave(sn: &Supernode, task_id: &str, peer: u64, session: &[u8]) {
     let body = LeaveRequest {
         version: PROTOCOL_VERSION,
         task_id: task_id.to_owned(),
         peer_id: peer,
+        session_token: session.to_vec(),
     }
     .encode_to_vec();
     let r = http::Request::post(format!("http://{}/api/v1/leave", sn.addr()))
@@ -177,9 +197,10 @@ fn the_supernode_caps_the_tasks_it_holds_in_memory() {
     let sn = Supernode::builder()
         .args(["--cdn-max-tasks", "2", "--cdn-max-fetches", "2"])
         .start();
-    assert_eq!(register(&sn, &urls[0], 1).0, 200);
-    assert_eq!(register(&sn, &urls[1], 2).0, 200);
-    let (status, retry) = register(&sn, &urls[2], 3);
+    let first = register(&sn, &urls[0], 1);
+    assert_eq!(first.status, 200);
+    assert_eq!(register(&sn, &urls[1], 2).status, 200);
+    let Registered { status, retry, .. } = register(&sn, &urls[2], 3);
     assert_eq!(status, 503);
     assert_eq!(retry.as_deref(), Some("5"));
     assert!(
@@ -189,11 +210,11 @@ fn the_supernode_caps_the_tasks_it_holds_in_memory() {
     );
     assert_eq!(busy(&sn), 1.0);
     // Joining a task in memory is never refused.
-    assert_eq!(register(&sn, &urls[1], 4).0, 200);
+    assert_eq!(register(&sn, &urls[1], 4).status, 200);
     // The first blob's only peer leaves: its task can go.
     let task = format!("sha256:{}", urls[0].rsplit_once("sha256:").unwrap().1);
-    leave(&sn, &task, 1);
-    assert_eq!(register(&sn, &urls[2], 3).0, 200);
+    leave(&sn, &task, 1, &first.session);
+    assert_eq!(register(&sn, &urls[2], 3).status, 200);
     assert!(!origins[2].gets().is_empty());
 }
 
@@ -206,15 +227,16 @@ fn the_supernode_caps_the_peers_it_admits_to_a_task() {
     let sn = Supernode::builder()
         .args(["--scheduler-max-peers-per-task", "2"])
         .start();
-    assert_eq!(register(&sn, &url, 1).0, 200);
-    assert_eq!(register(&sn, &url, 2).0, 200);
+    let first = register(&sn, &url, 1);
+    assert_eq!(first.status, 200);
+    assert_eq!(register(&sn, &url, 2).status, 200);
     // A peer already admitted registers again freely.
-    assert_eq!(register(&sn, &url, 2).0, 200);
-    let (status, retry) = register(&sn, &url, 3);
+    assert_eq!(register(&sn, &url, 2).status, 200);
+    let Registered { status, retry, .. } = register(&sn, &url, 3);
     assert_eq!(status, 503);
     assert_eq!(retry.as_deref(), Some("5"));
     assert_eq!(busy(&sn), 1.0);
     let task = format!("sha256:{}", url.rsplit_once("sha256:").unwrap().1);
-    leave(&sn, &task, 1);
-    assert_eq!(register(&sn, &url, 3).0, 200);
+    leave(&sn, &task, 1, &first.session);
+    assert_eq!(register(&sn, &url, 3).status, 200);
 }

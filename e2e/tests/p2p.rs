@@ -316,6 +316,60 @@ fn a_lying_peer_is_detected_reported_and_avoided() {
     assert_eq!(registry.blob_get_count(&digest), 1);
 }
 
+/// A peer that reports (and announces) every piece but tells each child that asks that it
+/// holds none is reported by the children it failed, demoted by the supernode once two
+/// hosts have said so, and the children finish from others: nobody waits on its claims,
+/// and the registry still sends the blob once.
+#[test]
+fn a_peer_that_does_not_serve_the_pieces_it_claims_is_demoted() {
+    let _g = heavy();
+    let registry = TestRegistry::start();
+    let blob = random_blob(16 << 20, 5);
+    let digest = registry.push_blob("app/claims", &blob);
+    let url = registry.blob_url("app/claims", &digest);
+    let sn = Supernode::builder().start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let claimant = Dfget::new(&url, &dir.path().join("claimant"))
+        .supernode(sn.addr())
+        .args(["--fault-deny-uploads", "--keep-serving", "60s"])
+        .spawn()
+        .unwrap();
+    let claimant_report = claimant.report.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || claimant_report.exists()),
+        "the claimant never finished its own download"
+    );
+
+    let mut children: Vec<DfgetRun> = (0..4)
+        .map(|i| {
+            Dfget::new(&url, &dir.path().join(format!("child{i}")))
+                .supernode(sn.addr())
+                .args(["--keep-serving", "3s"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in &mut children {
+        run.wait(WAIT).unwrap();
+        assert_eq!(file_sha(&run.output), sha256_hex(&blob));
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || sn
+            .metric("damselfly_supernode_demoted_peers_total")
+            .unwrap()
+            >= 1.0),
+        "the claimant was not demoted"
+    );
+    assert!(sn.log_text().contains("peer demoted"));
+    assert_eq!(
+        sn.metric("damselfly_supernode_banned_peers_total").unwrap(),
+        0.0,
+        "not serving is not lying about bytes"
+    );
+    assert_eq!(registry.blob_get_count(&digest), 1);
+}
+
 /// Each byte is hashed once: a download from a supernode whose copy is complete relies on
 /// the supernode's whole-blob check for the piece digests it matched, and still ends at the
 /// right bytes; `--check-whole-file` hashes anyway. A supernode whose own fetch does not

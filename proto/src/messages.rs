@@ -73,6 +73,12 @@ pub struct RegisterResponse {
     /// does not vouch (a peer takes digests from the syncs).
     #[prost(bytes = "vec", tag = "8")]
     pub digest_key: Vec<u8>,
+    /// The peer's session token for this task (`damselfly_common::session`): the proof,
+    /// sent back with every [`SyncRequest`] and [`LeaveRequest`], that the caller is the peer
+    /// that registered under `peer_id`. Only the supernode ever sees it. Empty from a
+    /// supernode that predates it.
+    #[prost(bytes = "vec", tag = "9")]
+    pub session_token: Vec<u8>,
 }
 
 /// A piece that failed its sha256 check, and who sent it.
@@ -154,6 +160,17 @@ pub struct SyncRequest {
     /// starve its children until it expires. A supernode that predates the field ignores it.
     #[prost(uint64, repeated, tag = "16")]
     pub unreachable_parents: Vec<u64>,
+    /// The session token from the peer's registration ([`RegisterResponse::session_token`]),
+    /// at most [`MAX_TOKEN_LEN`] bytes. A supernode refuses a sync without the right one
+    /// (`NOT_ADMITTED`: register again).
+    #[prost(bytes = "vec", tag = "17")]
+    pub session_token: Vec<u8>,
+    /// `(parent, piece)`: parents that answered a piece request with "not held" since the
+    /// last sync, one per parent, at most [`MAX_KNOWN_PARENTS`]. The supernode demotes a
+    /// parent that did not serve pieces it had reported holding. A supernode that predates
+    /// the field ignores it.
+    #[prost(message, repeated, tag = "18")]
+    pub unserved_pieces: Vec<BadPiece>,
 }
 
 /// Most parents a sync may list in [`SyncRequest::known_parents`] or
@@ -172,6 +189,7 @@ impl SyncRequest {
             && self.bad_pieces.is_empty()
             && self.urgent_pieces.is_empty()
             && self.unreachable_parents.is_empty()
+            && self.unserved_pieces.is_empty()
             && !self.done
     }
 }
@@ -274,6 +292,9 @@ pub struct LeaveRequest {
     /// The leaving peer.
     #[prost(uint64, tag = "3")]
     pub peer_id: u64,
+    /// As [`SyncRequest::session_token`]: only the peer itself may take it out of the swarm.
+    #[prost(bytes = "vec", tag = "4")]
+    pub session_token: Vec<u8>,
 }
 
 /// Why a request was refused; the body of every non-2xx supernode API answer.
@@ -497,6 +518,7 @@ impl RegisterResponse {
         if !matches!(self.digest_key.len(), 0 | 32) {
             return Err(DecodeError::invalid("digest_key", "not 32 bytes"));
         }
+        check_token(&self.session_token)?;
         if self.piece_size == 0 || !self.piece_size.is_power_of_two() {
             return Err(DecodeError::invalid("piece_size", "not a power of two"));
         }
@@ -544,7 +566,10 @@ impl SyncRequest {
         if self.unreachable_parents.len() > MAX_KNOWN_PARENTS {
             return Err(DecodeError::invalid("unreachable_parents", "too many"));
         }
-        Ok(())
+        if self.unserved_pieces.len() > MAX_KNOWN_PARENTS {
+            return Err(DecodeError::invalid("unserved_pieces", "too many"));
+        }
+        check_token(&self.session_token)
     }
 }
 
@@ -581,7 +606,8 @@ impl LeaveRequest {
     /// [`DecodeError::Invalid`] naming the field.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_version(self.version)?;
-        check_task_id(&self.task_id)
+        check_task_id(&self.task_id)?;
+        check_token(&self.session_token)
     }
 }
 

@@ -18,6 +18,7 @@
 //! server would refuse it.
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -25,7 +26,7 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -40,14 +41,14 @@ use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
     RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
 };
-use damselfly_swarm::{PeerId, SyncInput};
+use damselfly_swarm::{PeerHost, PeerId, SchedError, SyncInput};
 use prost::Message;
 use tracing::{debug, info, trace, warn};
 
 use crate::{
     Shared,
     metrics::{AccessRefusal, PieceFrom, RegisterOutcome},
-    task::{CdnState, Task},
+    task::{Admission, CdnState, Task},
     tasks::{self, RegisterError, Wanted},
 };
 
@@ -136,6 +137,12 @@ pub enum ApiError {
     /// The peer did not register for this task.
     #[error("peer {0} is not registered for this task")]
     NotAdmitted(PeerId),
+    /// A sync or leave without the session token of the peer it names.
+    #[error("peer {0}: {1}")]
+    Session(PeerId, damselfly_common::SessionError),
+    /// The scheduler refused the peer: banned, or its id is another host's.
+    #[error(transparent)]
+    Sched(#[from] SchedError),
     /// A piece request without a valid piece token for its task and requester.
     #[error("{0}")]
     PieceToken(damselfly_common::TokenError),
@@ -158,7 +165,12 @@ impl ApiError {
         match self {
             Self::BadRequest(_) | Self::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", 0),
             Self::UnknownTask(_) => (StatusCode::NOT_FOUND, "UNKNOWN_TASK", 0),
-            Self::NotAdmitted(_) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
+            // A peer answered NOT_ADMITTED registers again, which is also the way to a
+            // session token.
+            Self::NotAdmitted(_) | Self::Session(..) => (StatusCode::FORBIDDEN, "NOT_ADMITTED", 0),
+            Self::Sched(SchedError::Banned(_)) => (StatusCode::FORBIDDEN, "BANNED", 0),
+            Self::Sched(SchedError::IdTaken(_)) => (StatusCode::CONFLICT, "PEER_ID_TAKEN", 0),
+            Self::Sched(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", 0),
             Self::PieceToken(_) => (StatusCode::FORBIDDEN, "PIECE_TOKEN", 0),
             Self::Register(RegisterError::Origin(OriginError::Forbidden(_))) => {
                 (StatusCode::FORBIDDEN, "FORBIDDEN_ORIGIN", 0)
@@ -222,7 +234,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn peer_addr(s: &str) -> Result<std::net::SocketAddr, ApiError> {
+fn peer_addr(s: &str) -> Result<SocketAddr, ApiError> {
     // validate() already parsed it; parse again to get the value.
     s.parse()
         .map_err(|_| ApiError::Invalid(format!("peer_addr {s:?}")))
@@ -230,6 +242,7 @@ fn peer_addr(s: &str) -> Result<std::net::SocketAddr, ApiError> {
 
 async fn register(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Result<Proto<RegisterResponse>, ApiError> {
     let req: RegisterRequest =
@@ -284,11 +297,25 @@ async fn register(
         }
     };
     let peer = PeerId(req.peer_id);
+    // Who the peer is: where its registration came from, not what it claims.
+    let host = PeerHost::observed(source.ip(), addr);
+    if let Err(e) = task.sched.lock().check_join(peer, host) {
+        refuse_peer(&shared, task.id(), host, &e);
+        return Err(e.into());
+    }
     let max_peers = shared.config.scheduler.max_peers_per_task;
-    if !task.admit(peer, max_peers as usize) {
-        warn!(task = %task.id(), max = max_peers, "registration refused: scheduler.max_peers_per_task live peers");
-        shared.metrics.registration(RegisterOutcome::Busy);
-        return Err(RegisterError::PeersBusy(max_peers).into());
+    match task.admit(peer, host, max_peers as usize) {
+        Admission::Admitted => {}
+        Admission::Full => {
+            warn!(task = %task.id(), max = max_peers, "registration refused: scheduler.max_peers_per_task live peers");
+            shared.metrics.registration(RegisterOutcome::Busy);
+            return Err(RegisterError::PeersBusy(max_peers).into());
+        }
+        Admission::IdTaken => {
+            let e = SchedError::IdTaken(peer);
+            refuse_peer(&shared, task.id(), host, &e);
+            return Err(e.into());
+        }
     }
     shared.metrics.registration(if created {
         RegisterOutcome::New
@@ -297,7 +324,11 @@ async fn register(
     });
     let now = Instant::now();
     task.touch(now);
-    task.sched.lock().handle_join(now, peer, addr);
+    if let Err(e) = task.sched.lock().handle_join(now, peer, addr, host) {
+        // Banned between the check and now.
+        refuse_peer(&shared, task.id(), host, &e);
+        return Err(e.into());
+    }
     let (store, id) = (shared.store.clone(), task.id().to_owned());
     // LRU bookkeeping for cache GC; a failure only affects eviction order.
     if let Ok(Err(e)) =
@@ -319,7 +350,44 @@ async fn register(
             .as_ref()
             .map(|s| s.public_key().to_vec())
             .unwrap_or_default(),
+        session_token: shared.sessions.issue(&meta.id, peer.0, &host.to_string()),
     }))
+}
+
+/// Logs and counts a registration the scheduler refused.
+fn refuse_peer(shared: &Shared, task: &str, host: PeerHost, e: &SchedError) {
+    let reason = match e {
+        SchedError::Banned(_) => AccessRefusal::PeerBanned,
+        _ => AccessRefusal::PeerIdTaken,
+    };
+    warn!(%task, %host, error = %e, "registration refused");
+    shared.metrics.access_refusal(reason);
+}
+
+/// The host `peer` registered from, once its session token for `task_id` checks out.
+fn check_session(
+    shared: &Shared,
+    task: &Task,
+    peer: PeerId,
+    token: &[u8],
+) -> Result<PeerHost, ApiError> {
+    let host = task
+        .admitted_host(peer)
+        .ok_or(ApiError::NotAdmitted(peer))?;
+    if token.is_empty() && !shared.config.cluster.enforce_session_tokens {
+        // A peer of a release that predates session tokens, during an upgrade.
+        shared.metrics.session_token_missing_accepted.inc();
+        return Ok(host);
+    }
+    shared
+        .sessions
+        .verify(token, task.id(), peer.0, &host.to_string())
+        .map_err(|e| {
+            debug!(task = %task.id(), %peer, %host, error = %e, "session token refused");
+            shared.metrics.access_refusal(AccessRefusal::SessionToken);
+            ApiError::Session(peer, e)
+        })?;
+    Ok(host)
 }
 
 async fn sync(
@@ -335,9 +403,7 @@ async fn sync(
         .get(&req.task_id)
         .ok_or_else(|| ApiError::UnknownTask(req.task_id.clone()))?;
     let peer = PeerId(req.peer_id);
-    if !task.is_admitted(peer) {
-        return Err(ApiError::NotAdmitted(peer));
-    }
+    let host = check_session(&shared, &task, peer, &req.session_token)?;
     task.touch(started);
     // A long poll is held only in a small swarm, which the supernode feeds directly; in a
     // large one, waking every waiting peer for each new piece would multiply the syncs, so
@@ -362,6 +428,11 @@ async fn sync(
     shared.metrics.bad_pieces.inc_by(bad.len() as u64);
     let known: Vec<PeerId> = req.known_parents.iter().map(|&p| PeerId(p)).collect();
     let unreachable: Vec<PeerId> = req.unreachable_parents.iter().map(|&p| PeerId(p)).collect();
+    let unserved: Vec<(PeerId, u32)> = req
+        .unserved_pieces
+        .iter()
+        .map(|b| (PeerId(b.offender), b.piece))
+        .collect();
     if !unreachable.is_empty() {
         shared
             .metrics
@@ -376,6 +447,7 @@ async fn sync(
             started,
             peer,
             addr,
+            host,
             &SyncInput {
                 new_pieces: &req.new_pieces,
                 bad_pieces: &bad,
@@ -385,9 +457,10 @@ async fn sync(
                 seed_has: &seed_has,
                 known_parents: req.announced.then_some(known.as_slice()),
                 unreachable_parents: &unreachable,
+                unserved: &unserved,
             },
         )
-        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        .map_err(ApiError::Sched)?;
     if !unreachable.is_empty() {
         debug!(
             task = %req.task_id,
@@ -498,9 +571,9 @@ async fn leave(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<StatusC
     let req: LeaveRequest = decode(&body)?;
     req.validate()?;
     if let Some(task) = shared.tasks.get(&req.task_id) {
-        task.sched
-            .lock()
-            .handle_leave(Instant::now(), PeerId(req.peer_id));
+        let peer = PeerId(req.peer_id);
+        check_session(&shared, &task, peer, &req.session_token)?;
+        task.sched.lock().handle_leave(Instant::now(), peer);
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -558,7 +631,7 @@ async fn piece(
         .tasks
         .get(&task_id)
         .ok_or_else(|| ApiError::UnknownTask(task_id.clone()))?;
-    if !task.is_admitted(peer) {
+    if task.admitted_host(peer).is_none() {
         return Err(ApiError::NotAdmitted(peer));
     }
     let digest = {

@@ -208,6 +208,11 @@ pub struct ClusterSection {
     /// (`control_unsigned_accepted_total`) instead of refusing them, until every node has
     /// the secret.
     pub enforce_signatures: bool,
+    /// Refuse (403 `NOT_ADMITTED`) a sync or leave that carries no session token. Default
+    /// on. Off only while a running cluster is upgraded to a release that sends them (peers
+    /// of an older one send none): such calls are then let through and counted
+    /// (`session_token_missing_accepted_total`); a wrong token is refused either way.
+    pub enforce_session_tokens: bool,
 }
 
 impl Default for ClusterSection {
@@ -219,6 +224,7 @@ impl Default for ClusterSection {
             signing_key_file: PathBuf::new(),
             max_clock_skew: damselfly_common::control::DEFAULT_MAX_CLOCK_SKEW,
             enforce_signatures: true,
+            enforce_session_tokens: true,
         }
     }
 }
@@ -629,6 +635,9 @@ pub struct Overrides {
     /// `cluster.enforce_signatures`.
     #[arg(long, value_name = "BOOL")]
     pub cluster_enforce_signatures: Option<bool>,
+    /// `cluster.enforce_session_tokens`.
+    #[arg(long, value_name = "BOOL")]
+    pub cluster_enforce_session_tokens: Option<bool>,
     /// `preheat.v1_sources` (repeatable; replaces the file's list): networks allowed to use
     /// Harbor preheat generation 1.
     #[arg(long = "preheat-v1-source", value_name = "NET")]
@@ -714,6 +723,10 @@ impl Overrides {
         set(
             &mut c.cluster.enforce_signatures,
             self.cluster_enforce_signatures,
+        );
+        set(
+            &mut c.cluster.enforce_session_tokens,
+            self.cluster_enforce_session_tokens,
         );
         if !self.preheat_v1_sources.is_empty() {
             c.preheat.v1_sources = self.preheat_v1_sources;

@@ -81,6 +81,9 @@ pub struct Shared {
     /// The cluster secret's control-plane key: control requests must be signed with it, and
     /// this supernode signs its own (seeds, node preheats). `None`: the control plane is open.
     pub control: Option<damselfly_common::ControlKey>,
+    /// Issues and checks peers' session tokens: the cluster secret's, else this process's
+    /// own random key.
+    pub sessions: damselfly_common::SessionKey,
     /// Networks allowed to use preheat generation 1 (`preheat.v1_sources`); empty: it is off.
     pub v1_sources: Vec<ipnet::IpNet>,
     /// Signs piece digests (`cluster.vouch_digests`); `None`: digests go in sync answers.
@@ -146,6 +149,8 @@ impl App {
             .cluster
             .control_key()
             .context("loading cluster.secret_file")?;
+        let sessions = damselfly_common::SessionKey::from_setting(&config.cluster.secret_file)
+            .context("loading cluster.secret_file")?;
         if piece_tokens.is_none() {
             warn!(
                 "cluster.secret_file is not set: piece tokens are off and the control plane \
@@ -192,6 +197,7 @@ impl App {
             access_allow,
             piece_tokens,
             control,
+            sessions,
             v1_sources,
             signer,
             metrics,
@@ -270,6 +276,10 @@ async fn maintain(shared: Arc<Shared>, shutdown: CancellationToken) {
                     SchedEvent::PeerBanned(p) => {
                         warn!(task = %task.id(), peer = %p, "peer banned for serving corrupt pieces");
                         shared.metrics.banned_peers.inc();
+                    }
+                    SchedEvent::PeerDemoted(p) => {
+                        warn!(task = %task.id(), peer = %p, "peer demoted: it did not serve pieces it claimed");
+                        shared.metrics.demoted_peers.inc();
                     }
                 }
             }

@@ -72,6 +72,13 @@ pub enum AccessRefusal {
     PreheatV1Source,
     /// A node announcement under a name another address holds.
     NodeIdentity,
+    /// A registration from a host (or under an id) banned from the task for serving corrupt
+    /// pieces.
+    PeerBanned,
+    /// A registration under the id of a live peer of another host.
+    PeerIdTaken,
+    /// A sync or leave without the session token of the peer it names.
+    SessionToken,
 }
 
 /// Label set for access refusals.
@@ -170,6 +177,11 @@ pub struct Metrics {
     pub vouched_digests: Counter,
     /// Peers banned for serving corrupt pieces.
     pub banned_peers: Counter,
+    /// Peers demoted for not serving pieces they claimed.
+    pub demoted_peers: Counter,
+    /// Syncs and leaves let through without a session token
+    /// (`cluster.enforce_session_tokens` off).
+    pub session_token_missing_accepted: Counter,
     /// Blobs evicted by cache GC.
     pub gc_evictions: Counter,
     /// Local storage failures (a task refused for want of space, a failed write), by reason.
@@ -224,6 +236,8 @@ impl Metrics {
             sync_digests: Counter::default(),
             vouched_digests: Counter::default(),
             banned_peers: Counter::default(),
+            demoted_peers: Counter::default(),
+            session_token_missing_accepted: Counter::default(),
             gc_evictions: Counter::default(),
             storage_failures: StorageFailures::default(),
             cache_bytes: Gauge::default(),
@@ -304,6 +318,9 @@ impl Metrics {
             AccessRefusal::ControlCredential,
             AccessRefusal::PreheatV1Source,
             AccessRefusal::NodeIdentity,
+            AccessRefusal::PeerBanned,
+            AccessRefusal::PeerIdTaken,
+            AccessRefusal::SessionToken,
         ] {
             drop(
                 m.access_refusals
@@ -312,7 +329,7 @@ impl Metrics {
         }
         r.register(
             "access_refusals",
-            "Requesters refused: later requesters of private blobs at registration, piece requests without a valid token, control requests without a valid cluster signature, preheat generation 1 from outside its networks",
+            "Requesters refused: later requesters of private blobs at registration, piece requests without a valid token, control requests without a valid cluster signature, preheat generation 1 from outside its networks, registrations from banned hosts or under another host's peer id, syncs and leaves without the peer's session token",
             m.access_refusals.clone(),
         );
         r.register(
@@ -356,6 +373,16 @@ impl Metrics {
             "banned_peers",
             "Peers banned for serving corrupt pieces",
             m.banned_peers.clone(),
+        );
+        r.register(
+            "demoted_peers",
+            "Peers demoted (named to nobody as a parent) for not serving pieces they claimed",
+            m.demoted_peers.clone(),
+        );
+        r.register(
+            "session_token_missing_accepted",
+            "Syncs and leaves let through without a session token (cluster.enforce_session_tokens off)",
+            m.session_token_missing_accepted.clone(),
         );
         r.register(
             "gc_evictions",

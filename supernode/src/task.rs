@@ -2,7 +2,7 @@
 //! the scheduler of the peers sharing it.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use damselfly_store::TaskMeta;
-use damselfly_swarm::{Bitmap, PeerId, TaskScheduler};
+use damselfly_swarm::{Bitmap, PeerHost, PeerId, TaskScheduler};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -70,6 +70,17 @@ impl std::fmt::Debug for OriginRequest {
     }
 }
 
+/// What [`Task::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted (or already admitted from the same host).
+    Admitted,
+    /// `scheduler.max_peers_per_task` live peers: nobody more.
+    Full,
+    /// The id is admitted from another host.
+    IdTaken,
+}
+
 /// A task shared by the API handlers, the CDN fetch and the maintenance loop.
 #[derive(Debug)]
 pub struct Task {
@@ -81,8 +92,9 @@ pub struct Task {
     pub cdn: Mutex<CdnProgress>,
     /// Woken whenever `cdn` changes.
     pub progress: Notify,
-    /// Peers that proved access at registration. Only they may sync and fetch pieces.
-    admitted: Mutex<HashSet<PeerId>>,
+    /// Peers that proved access at registration, with the host each registered from. Only
+    /// they may sync and fetch pieces.
+    admitted: Mutex<HashMap<PeerId, PeerHost>>,
     /// Credential fingerprint of the requester whose GET started the fetch (it proved access).
     pub creator: Option<[u8; 32]>,
     /// Last registration, sync or piece request (for idle cleanup).
@@ -177,7 +189,7 @@ impl Task {
             sched: Mutex::new(sched),
             cdn: Mutex::new(cdn),
             progress: Notify::new(),
-            admitted: Mutex::new(HashSet::new()),
+            admitted: Mutex::new(HashMap::new()),
             creator,
             last_active: Mutex::new(now),
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -201,29 +213,32 @@ impl Task {
         self.cdn.lock().state == CdnState::Running
     }
 
-    /// Records that `peer` proved it may read this blob, in a set of at most `max`
-    /// (`scheduler.max_peers_per_task`): when it is full, peers no longer live in the swarm
-    /// are forgotten first (one that comes back is refused its syncs and registers again).
-    /// Returns false, admitting nobody, when the live peers alone fill it.
-    pub fn admit(&self, peer: PeerId, max: usize) -> bool {
+    /// Records that `peer`, registering from `host`, proved it may read this blob, in a set
+    /// of at most `max` (`scheduler.max_peers_per_task`): when it is full, peers no longer
+    /// live in the swarm are forgotten first (one that comes back is refused its syncs and
+    /// registers again). Admits nobody when the live peers alone fill it, or when the id is
+    /// admitted from another host.
+    pub fn admit(&self, peer: PeerId, host: PeerHost, max: usize) -> Admission {
         let mut admitted = self.admitted.lock();
-        if admitted.contains(&peer) {
-            return true;
+        match admitted.get(&peer) {
+            Some(h) if *h == host => return Admission::Admitted,
+            Some(_) => return Admission::IdTaken,
+            None => {}
         }
         if admitted.len() >= max {
             let sched = self.sched.lock();
-            admitted.retain(|p| sched.is_live(*p));
+            admitted.retain(|p, _| sched.is_live(*p));
         }
         if admitted.len() >= max {
-            return false;
+            return Admission::Full;
         }
-        admitted.insert(peer);
-        true
+        admitted.insert(peer, host);
+        Admission::Admitted
     }
 
-    /// Whether `peer` proved access at registration.
-    pub fn is_admitted(&self, peer: PeerId) -> bool {
-        self.admitted.lock().contains(&peer)
+    /// The host `peer` registered from, if it proved access at registration.
+    pub fn admitted_host(&self, peer: PeerId) -> Option<PeerHost> {
+        self.admitted.lock().get(&peer).copied()
     }
 
     /// Notes activity now.

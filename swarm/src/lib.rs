@@ -43,6 +43,7 @@ use std::fmt;
 
 mod bitmap;
 mod bucket;
+mod host;
 mod picker;
 mod piece;
 mod scheduler;
@@ -51,6 +52,7 @@ pub mod sim;
 
 pub use bitmap::{Bitmap, BitmapError};
 pub use bucket::TokenBucket;
+pub use host::PeerHost;
 pub use picker::{FailReason, Picker, PickerConfig, Request, Source};
 pub use piece::{MAX_PIECE_SIZE, MIN_PIECE_SIZE, piece_count, piece_range, piece_size_for};
 pub use scheduler::{

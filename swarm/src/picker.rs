@@ -26,8 +26,13 @@ pub enum Source {
 pub enum FailReason {
     /// The bytes failed the sha256 check: the source misbehaved and is banned locally.
     Corrupt,
-    /// The source does not have the piece (or is gone).
+    /// The source cannot give the piece now: no address or connection for it, our token
+    /// refused, the supernode not holding it yet.
     Unavailable,
+    /// A parent said it does not hold the piece (or the task) it was asked for. Handled as
+    /// [`FailReason::Unavailable`], and reported to the supernode: a parent that had
+    /// claimed the piece did not stand by its claim.
+    Absent,
     /// The source refused: all its upload slots are taken.
     Busy,
     /// The source did not deliver in time.
@@ -293,7 +298,8 @@ impl Picker {
                 self.recount();
             }
             _ => {
-                if let (FailReason::Unavailable, Source::Peer(id)) = (reason, from)
+                if let (FailReason::Unavailable | FailReason::Absent, Source::Peer(id)) =
+                    (reason, from)
                     && let Some((_, bits)) = self.parents.iter_mut().find(|(p, _)| *p == id)
                     && bits.get(piece)
                 {

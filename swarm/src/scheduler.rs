@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::debug;
 
-use crate::{Bitmap, PeerId};
+use crate::{Bitmap, PeerHost, PeerId};
 
 mod sync;
 #[cfg(test)]
@@ -29,8 +29,9 @@ pub struct SchedulerConfig {
     /// A peer that has neither joined nor synced for this long is dropped. Default 15 s; peers
     /// should sync at least three times per timeout.
     pub peer_timeout: Duration,
-    /// Distinct reporters of bad pieces needed to ban an offender. Default 2, so a single
-    /// lying reporter cannot get an honest peer banned.
+    /// Distinct reporters of bad pieces needed to ban an offender, counted by host
+    /// ([`PeerHost`]). Default 2, so a single lying reporter, under as many peer ids as it
+    /// likes, cannot get an honest peer banned.
     pub ban_after_reports: u32,
     /// Pieces the supernode has offered ([`TaskScheduler::seed_pieces`]) and nobody has
     /// reported yet, at most. Default 16. Enough to keep the supernode's uplink busy through
@@ -69,6 +70,10 @@ pub enum SchedEvent {
     PeerExpired(PeerId),
     /// Enough distinct peers reported bad pieces from this peer; it is dropped for good.
     PeerBanned(PeerId),
+    /// Peers on enough distinct hosts asked this peer for pieces it claimed and it did not
+    /// serve them: its claims are void and it is no one's parent any more (it may still
+    /// download).
+    PeerDemoted(PeerId),
 }
 
 /// Why a [`TaskScheduler`] call was refused. Nothing changes when one is returned.
@@ -77,9 +82,13 @@ pub enum SchedError {
     /// The peer never joined, left, or expired; it should join again.
     #[error("peer {0} is not part of this task")]
     UnknownPeer(PeerId),
-    /// The peer was banned for serving corrupt pieces and may not rejoin.
+    /// The peer (or another on its host) was banned for serving corrupt pieces and may not
+    /// rejoin, under this id or another.
     #[error("peer {0} is banned from this task")]
     Banned(PeerId),
+    /// The id belongs to a live peer of another host: a peer cannot act under another's id.
+    #[error("peer id {0} is in use by another host")]
+    IdTaken(PeerId),
     /// The peer reported a piece index that does not exist.
     #[error("piece {piece} out of range (task has {piece_count} pieces)")]
     PieceOutOfRange {
@@ -94,6 +103,11 @@ pub enum SchedError {
 struct PeerState {
     id: PeerId,
     addr: SocketAddr,
+    /// Where it registered from: what bans and reports count by.
+    host: PeerHost,
+    /// It did not serve pieces it claimed ([`TaskScheduler::handle_unserved`]): its pieces
+    /// and completion are no longer believed and it is named to nobody as a parent.
+    demoted: bool,
     pieces: Bitmap,
     uploading: u32,
     done: bool,
@@ -146,9 +160,13 @@ pub struct TaskScheduler {
     /// `(last_seen, peer)` ordered by time, for expiry.
     expiry: BTreeSet<(Instant, PeerId)>,
     banned: HashSet<PeerId>,
-    /// Offender → distinct reporters. Survives the offender leaving so rejoining does not
-    /// wipe its record.
-    reports: HashMap<PeerId, HashSet<PeerId>>,
+    /// Hosts of banned peers: no id from them may join again.
+    banned_hosts: HashSet<PeerHost>,
+    /// Offender → the distinct hosts that reported it. Survives the offender leaving so
+    /// rejoining does not wipe its record.
+    reports: HashMap<PeerId, HashSet<PeerHost>>,
+    /// Parent → the distinct hosts whose peers it did not serve a piece it claimed.
+    unserved_reports: HashMap<PeerId, HashSet<PeerHost>>,
     holders: Vec<u32>,
     /// Per piece, a few slots of recent holders (validated on use), to seed candidate lists
     /// with peers holding the rarest pieces.
@@ -228,7 +246,9 @@ impl TaskScheduler {
             live: Vec::new(),
             expiry: BTreeSet::new(),
             banned: HashSet::new(),
+            banned_hosts: HashSet::new(),
             reports: HashMap::new(),
+            unserved_reports: HashMap::new(),
             holders: vec![0; piece_count as usize],
             recent_holders: vec![Vec::new(); piece_count as usize],
             seed_offers: vec![None; piece_count as usize],
@@ -239,24 +259,35 @@ impl TaskScheduler {
         }
     }
 
-    /// A peer joins, or a known peer re-joins (updating its address and liveness, keeping its
-    /// pieces). Banned peers are ignored.
-    pub fn handle_join(&mut self, now: Instant, peer: PeerId, addr: SocketAddr) {
-        if self.banned.contains(&peer) {
-            debug!(%peer, "banned peer tried to join");
-            return;
-        }
+    /// A peer joins from `host`, or a known peer re-joins (updating its address and
+    /// liveness, keeping its pieces).
+    ///
+    /// # Errors
+    ///
+    /// [`SchedError::Banned`] for a banned id or any id from a banned host, and
+    /// [`SchedError::IdTaken`] for the id of a live peer of another host. Nothing changes on
+    /// error.
+    pub fn handle_join(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        addr: SocketAddr,
+        host: PeerHost,
+    ) -> Result<(), SchedError> {
+        self.check_join(peer, host)?;
         if let Some(state) = self.state_mut(peer) {
             state.addr = addr;
             let old = state.last_seen;
             state.last_seen = now;
             self.expiry.remove(&(old, peer));
             self.expiry.insert((now, peer));
-            return;
+            return Ok(());
         }
         let state = PeerState {
             id: peer,
             addr,
+            host,
+            demoted: false,
             pieces: Bitmap::new(self.piece_count),
             uploading: 0,
             done: false,
@@ -281,7 +312,25 @@ impl TaskScheduler {
         self.index.insert(peer, slot);
         self.live.push(slot);
         self.expiry.insert((now, peer));
-        debug!(%peer, %addr, peers = self.live.len(), "peer joined");
+        debug!(%peer, %addr, %host, peers = self.live.len(), "peer joined");
+        Ok(())
+    }
+
+    /// Whether `peer` may join from `host` (see [`TaskScheduler::handle_join`]), without
+    /// joining it: for a caller that has more to check before the join.
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskScheduler::handle_join`].
+    pub fn check_join(&self, peer: PeerId, host: PeerHost) -> Result<(), SchedError> {
+        if self.banned.contains(&peer) || self.banned_hosts.contains(&host) {
+            debug!(%peer, %host, "banned peer tried to join");
+            return Err(SchedError::Banned(peer));
+        }
+        match self.index.get(&peer) {
+            Some(&slot) if self.state(slot).host != host => Err(SchedError::IdTaken(peer)),
+            _ => Ok(()),
+        }
     }
 
     /// A peer's periodic report: pieces it newly holds (verified), how many uploads it is
@@ -309,6 +358,12 @@ impl TaskScheduler {
         }
         let Some(state) = self.slots[slot as usize].as_mut() else {
             return Err(SchedError::UnknownPeer(peer));
+        };
+        // A demoted peer's claims are not believed any more.
+        let (new_pieces, done) = if state.demoted {
+            (&[][..], false)
+        } else {
+            (new_pieces, done)
         };
         let all: Vec<u32>;
         let pieces = if done && !state.done {
@@ -361,9 +416,11 @@ impl TaskScheduler {
 
     /// `reporter` got a piece from `offender` that failed its sha256 check.
     ///
-    /// The offender is banned once `ban_after_reports` distinct live reporters have accused it.
-    /// Reports from unknown peers, about unknown peers, or self-reports are ignored, so a
-    /// stranger cannot get anyone banned and memory stays bounded by the swarm.
+    /// The offender is banned once live reporters on `ban_after_reports` distinct hosts have
+    /// accused it; then its host is banned too: every live peer of it is dropped and no id
+    /// from it may join again. Reports from unknown peers, about unknown peers, or from the
+    /// offender's own host are ignored, so a stranger cannot get anyone banned, one host
+    /// counts once however many ids it uses, and memory stays bounded by the swarm.
     pub fn handle_bad_piece(
         &mut self,
         _now: Instant,
@@ -371,20 +428,70 @@ impl TaskScheduler {
         offender: PeerId,
         piece: u32,
     ) {
-        if reporter == offender
-            || !self.index.contains_key(&reporter)
-            || !self.index.contains_key(&offender)
-        {
+        let (Some(&r), Some(&o)) = (self.index.get(&reporter), self.index.get(&offender)) else {
+            return;
+        };
+        let (reporter_host, offender_host) = (self.state(r).host, self.state(o).host);
+        if reporter_host == offender_host {
             return;
         }
         let reporters = self.reports.entry(offender).or_default();
-        reporters.insert(reporter);
-        debug!(%reporter, %offender, piece, reports = reporters.len(), "bad piece reported");
+        reporters.insert(reporter_host);
+        debug!(%reporter, %reporter_host, %offender, piece, reports = reporters.len(), "bad piece reported");
         if reporters.len() >= self.config.ban_after_reports as usize {
-            self.remove(offender);
-            self.banned.insert(offender);
-            self.events.push_back(SchedEvent::PeerBanned(offender));
-            debug!(%offender, "peer banned");
+            self.banned_hosts.insert(offender_host);
+            let same_host: Vec<PeerId> = self
+                .live
+                .iter()
+                .map(|&slot| self.state(slot))
+                .filter(|s| s.host == offender_host)
+                .map(|s| s.id)
+                .collect();
+            for p in same_host {
+                self.remove(p);
+                self.banned.insert(p);
+                self.events.push_back(SchedEvent::PeerBanned(p));
+            }
+            debug!(%offender, host = %offender_host, "peer banned");
+        }
+    }
+
+    /// `reporter` asked `parent` for `piece` and was told it does not hold it (or the task),
+    /// while `parent` had reported holding it: a claim it did not stand by.
+    ///
+    /// Once peers on `ban_after_reports` distinct hosts (other than the parent's) have said
+    /// so, the parent is demoted: the pieces it claimed stop counting (the supernode offers
+    /// them again), later reports and `done` claims of its own are ignored, and it is named
+    /// to nobody as a parent. It is not banned: it may have lost its copy rather than lied,
+    /// and it may still download. Reports about pieces the parent never reported, and
+    /// reports from or about unknown peers, are ignored.
+    pub fn handle_unserved(&mut self, _now: Instant, reporter: PeerId, parent: PeerId, piece: u32) {
+        let (Some(&r), Some(&p)) = (self.index.get(&reporter), self.index.get(&parent)) else {
+            return;
+        };
+        let (rs, ps) = (self.state(r), self.state(p));
+        if rs.host == ps.host || ps.demoted || piece >= self.piece_count || !ps.pieces.get(piece) {
+            return;
+        }
+        let reporter_host = rs.host;
+        let reporters = self.unserved_reports.entry(parent).or_default();
+        reporters.insert(reporter_host);
+        debug!(%reporter, %parent, piece, reports = reporters.len(), "claimed piece not served");
+        if reporters.len() >= self.config.ban_after_reports as usize {
+            self.unserved_reports.remove(&parent);
+            let Some(s) = self.slots[p as usize].as_mut() else {
+                return;
+            };
+            s.demoted = true;
+            let held: Vec<u32> = s.pieces.iter_ones().collect();
+            s.pieces = Bitmap::new(self.piece_count);
+            let was_done = std::mem::replace(&mut s.done, false);
+            for i in held {
+                self.holders[i as usize] -= 1;
+            }
+            self.downloading += u32::from(was_done);
+            self.events.push_back(SchedEvent::PeerDemoted(parent));
+            debug!(%parent, "peer demoted: it did not serve pieces it claimed");
         }
     }
 
@@ -445,6 +552,7 @@ impl TaskScheduler {
             }
             let s = self.state(p);
             if p != me
+                && !s.demoted
                 && !blocked.contains(&p)
                 && s.pieces.count_not_in(&my_pieces) >= keep_at_least
             {
@@ -659,6 +767,11 @@ impl TaskScheduler {
         self.banned.contains(&p)
     }
 
+    /// Whether peers of `host` have been banned from this task.
+    pub fn is_host_banned(&self, host: PeerHost) -> bool {
+        self.banned_hosts.contains(&host)
+    }
+
     /// Number of live peers holding `piece` (0 for an out-of-range index).
     pub fn holders(&self, piece: u32) -> u32 {
         self.holders.get(piece as usize).copied().unwrap_or(0)
@@ -822,6 +935,8 @@ impl TaskScheduler {
         for s in self.rare_holders(me, k) {
             add(&mut self.seen, s);
         }
+        // A demoted peer is nobody's parent.
+        out.retain(|&s| !self.state(s).demoted);
         out
     }
 

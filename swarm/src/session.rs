@@ -139,6 +139,10 @@ pub struct SyncMsg {
     /// supernode stops naming them to this peer for a while and offers it what only they
     /// hold.
     pub unreachable_parents: Vec<PeerId>,
+    /// `(parent, piece)`: parents that said they do not hold a piece this peer asked them
+    /// for ([`FailReason::Absent`]), one per parent, at most [`MAX_UNREACHABLE`]. The
+    /// supernode demotes a parent that did not serve pieces it had claimed.
+    pub unserved: Vec<(PeerId, u32)>,
 }
 
 /// The supernode's answer to a sync, validated by the driver (wire types converted).
@@ -261,6 +265,7 @@ struct InFlight {
     new_pieces: Vec<u32>,
     bad_pieces: Vec<(PeerId, u32)>,
     unreachable: Vec<PeerId>,
+    unserved: Vec<(PeerId, u32)>,
     done: bool,
     /// When it was sent, if it was a long poll (its wait counts as the sync period).
     long_poll: Option<Instant>,
@@ -323,6 +328,8 @@ pub struct PeerSession {
     bad_pieces: Vec<(PeerId, u32)>,
     /// Parents found unreachable, for the next sync.
     unreachable: Vec<PeerId>,
+    /// Parents that said they lack a piece they were asked for, for the next sync.
+    unserved: Vec<(PeerId, u32)>,
     sync: Option<InFlight>,
     /// When the next sync is due (meaningless while one is in flight: it is set again when
     /// that one ends).
@@ -375,6 +382,7 @@ impl PeerSession {
             new_pieces: Vec::new(),
             bad_pieces: Vec::new(),
             unreachable: Vec::new(),
+            unserved: Vec::new(),
             sync: None,
             next_sync: now,
             sync_now: false,
@@ -569,6 +577,15 @@ impl PeerSession {
         true
     }
 
+    /// Reports at the next sync that `parent` said it lacks `piece` (once per parent, and at
+    /// most [`MAX_UNREACHABLE`] parents).
+    fn note_unserved(&mut self, parent: PeerId, piece: u32) {
+        if !self.unserved.iter().any(|(p, _)| *p == parent) && self.unserved.len() < MAX_UNREACHABLE
+        {
+            self.unserved.push((parent, piece));
+        }
+    }
+
     /// Reports `parent` as unreachable at the next sync (once, and at most
     /// `MAX_KNOWN_PARENTS`-many per sync).
     fn note_unreachable(&mut self, parent: PeerId) {
@@ -624,6 +641,9 @@ impl PeerSession {
         self.bad_pieces = bad;
         for p in sent.unreachable {
             self.note_unreachable(p);
+        }
+        for (parent, piece) in sent.unserved {
+            self.note_unserved(parent, piece);
         }
         if self.phase != Phase::Downloading {
             return;
@@ -700,6 +720,9 @@ impl PeerSession {
             self.bad_pieces.push((offender, piece));
             self.sync_at_once(now);
         }
+        if let (FailReason::Absent, Source::Peer(parent)) = (reason, source) {
+            self.note_unserved(parent, piece);
+        }
         if let (FailReason::Io, Source::Peer(parent)) = (reason, source)
             && self.addrs.contains_key(&parent)
         {
@@ -756,6 +779,7 @@ impl PeerSession {
         self.new_pieces = self.picker.have().iter_ones().collect();
         self.bad_pieces.clear();
         self.unreachable.clear();
+        self.unserved.clear();
         self.stored = 0;
         self.offered = Bitmap::new(self.picker.have().len());
         self.picker.handle_new_seed();
@@ -787,6 +811,7 @@ impl PeerSession {
             && self.new_pieces.is_empty()
             && self.bad_pieces.is_empty()
             && self.unreachable.is_empty()
+            && self.unserved.is_empty()
             && urgent.is_empty()
             && self.stored < self.picker.have().len())
         .then_some(self.config.sync_interval);
@@ -814,11 +839,14 @@ impl PeerSession {
             } else {
                 std::mem::take(&mut self.unreachable)
             },
+            // Told even on the final sync: the parent's claim matters to the others.
+            unserved: std::mem::take(&mut self.unserved),
         };
         self.sync = Some(InFlight {
             new_pieces: msg.new_pieces.clone(),
             bad_pieces: msg.bad_pieces.clone(),
             unreachable: msg.unreachable_parents.clone(),
+            unserved: msg.unserved.clone(),
             done,
             long_poll: wait.map(|_| now),
         });

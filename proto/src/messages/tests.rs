@@ -141,6 +141,7 @@ fn register_response_geometry_is_checked() {
         digest: String::new(),
         piece_token: vec![1; 41],
         digest_key: vec![3; 32],
+        session_token: vec![4; 32],
     };
     r.validate().unwrap();
     r.piece_count = 2;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Parent, SchedError, TaskScheduler};
-use crate::{Bitmap, PeerId};
+use crate::{Bitmap, PeerHost, PeerId};
 
 /// What a peer's sync tells the scheduler (the wire request, validated).
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,9 @@ pub struct SyncInput<'a> {
     /// Parents the peer could not reach since its last sync (see
     /// [`TaskScheduler::handle_unreachable`]).
     pub unreachable_parents: &'a [PeerId],
+    /// `(parent, piece)`: parents that said they do not hold a piece they were asked for
+    /// (see [`TaskScheduler::handle_unserved`]).
+    pub unserved: &'a [(PeerId, u32)],
 }
 
 /// The scheduler's answer to one sync.
@@ -52,7 +55,7 @@ pub struct SyncOutput {
 }
 
 impl TaskScheduler {
-    /// Applies one sync from `peer` (serving at `addr`) and answers it: records its new
+    /// Applies one sync from `peer` (serving at `addr`, registered from `host`) and answers it: records its new
     /// pieces, load and completion (re-admitting it if it had expired), files its bad-piece
     /// reports, then picks its parents and the supernode's offer. A finished peer gets
     /// neither: it needs no parents, and assigning some would count it as their child.
@@ -62,13 +65,15 @@ impl TaskScheduler {
     ///
     /// # Errors
     ///
-    /// [`SchedError::Banned`] for a banned peer and [`SchedError::PieceOutOfRange`] for a
-    /// bad piece index. Nothing changes on error.
+    /// [`SchedError::Banned`] for a banned peer, [`SchedError::IdTaken`] for the id of a
+    /// peer of another host, and [`SchedError::PieceOutOfRange`] for a bad piece index.
+    /// Nothing changes on error.
     pub fn handle_sync_request(
         &mut self,
         now: Instant,
         peer: PeerId,
         addr: SocketAddr,
+        host: PeerHost,
         input: &SyncInput<'_>,
     ) -> Result<SyncOutput, SchedError> {
         if let Some(&piece) = input.new_pieces.iter().find(|&&p| p >= self.piece_count) {
@@ -78,11 +83,12 @@ impl TaskScheduler {
                 piece_count: self.piece_count,
             });
         }
+        self.check_join(peer, host)?;
         let mut readmitted = false;
         let mut result = self.handle_sync(now, peer, input.new_pieces, input.uploading, input.done);
         if result == Err(SchedError::UnknownPeer(peer)) {
             // Expired after a pause; it was admitted before, so admit it again.
-            self.handle_join(now, peer, addr);
+            self.handle_join(now, peer, addr, host)?;
             readmitted = true;
             result = self.handle_sync(now, peer, input.new_pieces, input.uploading, input.done);
         }
@@ -92,6 +98,9 @@ impl TaskScheduler {
         }
         if !input.unreachable_parents.is_empty() {
             self.handle_unreachable(now, peer, input.unreachable_parents);
+        }
+        for &(parent, piece) in input.unserved {
+            self.handle_unserved(now, peer, parent, piece);
         }
         if input.done {
             return Ok(SyncOutput {

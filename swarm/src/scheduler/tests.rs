@@ -3,8 +3,13 @@ use std::time::Duration;
 
 use super::*;
 
+/// Peer `i`'s address: a host of its own.
 fn addr(i: u64) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16))
+    SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1000 + i as u16))
+}
+
+fn host(i: u64) -> PeerHost {
+    PeerHost::of(addr(i))
 }
 
 fn sched(pieces: u32) -> (TaskScheduler, Instant) {
@@ -16,7 +21,7 @@ fn sched(pieces: u32) -> (TaskScheduler, Instant) {
 
 fn join_all(s: &mut TaskScheduler, now: Instant, ids: impl IntoIterator<Item = u64>) {
     for i in ids {
-        s.handle_join(now, PeerId(i), addr(i));
+        s.handle_join(now, PeerId(i), addr(i), host(i)).unwrap();
     }
 }
 
@@ -103,7 +108,7 @@ fn rejoin_updates_addr_and_liveness() {
     s.handle_sync(t0, PeerId(1), &[1], 0, false).unwrap();
     let t1 = t0 + Duration::from_secs(10);
     let new_addr = SocketAddr::from(([10, 9, 9, 9], 4242));
-    s.handle_join(t1, PeerId(1), new_addr);
+    s.handle_join(t1, PeerId(1), new_addr, host(1)).unwrap();
     s.handle_timeout(t0 + Duration::from_secs(16));
     assert_eq!(s.poll_event(), Some(SchedEvent::PeerExpired(PeerId(2))));
     assert_eq!(s.peer_count(), 1);
@@ -134,10 +139,89 @@ fn two_distinct_reporters_ban() {
     for i in 1..=3 {
         assert!(!ids(&s.parents(t, PeerId(i)).unwrap()).contains(&PeerId(4)));
     }
-    // Banned peers cannot come back.
-    s.handle_join(t, PeerId(4), addr(4));
+    // Banned peers cannot come back, under their id or a new one from the same host.
+    assert_eq!(
+        s.handle_join(t, PeerId(4), addr(4), host(4)),
+        Err(SchedError::Banned(PeerId(4)))
+    );
+    assert_eq!(
+        s.handle_join(t, PeerId(44), addr(4), host(4)),
+        Err(SchedError::Banned(PeerId(44)))
+    );
+    assert!(s.is_host_banned(host(4)));
     assert_eq!(s.peer_count(), 3);
     assert_eq!(s.parents(t, PeerId(4)), Err(SchedError::Banned(PeerId(4))));
+}
+
+#[test]
+fn reports_count_once_per_host_and_a_ban_takes_the_whole_host() {
+    let (mut s, t) = sched(4);
+    join_all(&mut s, t, 1..=3);
+    // Peer 10 lies; peers 11 and 12 are more ids of reporter 1's host, peer 13 another id
+    // of the liar's host.
+    s.handle_join(t, PeerId(10), addr(10), host(10)).unwrap();
+    s.handle_join(t, PeerId(11), addr(1), host(1)).unwrap();
+    s.handle_join(t, PeerId(12), addr(1), host(1)).unwrap();
+    s.handle_join(t, PeerId(13), addr(10), host(10)).unwrap();
+    for reporter in [1, 11, 12] {
+        s.handle_bad_piece(t, PeerId(reporter), PeerId(10), 0);
+    }
+    // Its own host's word against it (or for another of its ids) does not count either.
+    s.handle_bad_piece(t, PeerId(13), PeerId(10), 0);
+    assert!(
+        !s.is_banned(PeerId(10)),
+        "one host reported, under three ids"
+    );
+    assert_eq!(s.poll_event(), None);
+    // A second host: banned, with every id of its host.
+    s.handle_bad_piece(t, PeerId(2), PeerId(10), 0);
+    let mut events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    events.sort_by_key(|e| match e {
+        SchedEvent::PeerBanned(p) | SchedEvent::PeerExpired(p) | SchedEvent::PeerDemoted(p) => p.0,
+    });
+    assert_eq!(
+        events,
+        [
+            SchedEvent::PeerBanned(PeerId(10)),
+            SchedEvent::PeerBanned(PeerId(13))
+        ]
+    );
+    assert!(!s.is_live(PeerId(13)));
+    assert!(s.is_live(PeerId(11)), "the reporters stay");
+    assert_eq!(
+        s.handle_join(t, PeerId(14), addr(10), host(10)),
+        Err(SchedError::Banned(PeerId(14)))
+    );
+}
+
+#[test]
+fn an_id_in_use_cannot_be_taken_from_another_host() {
+    let (mut s, t) = sched(4);
+    join_all(&mut s, t, [1, 2]);
+    s.handle_sync(t, PeerId(1), &[0], 0, false).unwrap();
+    let seed = Bitmap::full(4);
+    // Another host joining, or syncing, as peer 1 is refused, and changes nothing.
+    assert_eq!(
+        s.handle_join(t, PeerId(1), addr(3), host(3)),
+        Err(SchedError::IdTaken(PeerId(1)))
+    );
+    assert_eq!(
+        s.handle_sync_request(
+            t,
+            PeerId(1),
+            addr(3),
+            host(3),
+            &sync_input(&[1], &[], &seed)
+        ),
+        Err(SchedError::IdTaken(PeerId(1)))
+    );
+    assert_eq!(s.holders(1), 0);
+    let p = s.parents(t, PeerId(2)).unwrap();
+    assert_eq!(p[0].addr, addr(1), "peer 1's address was not redirected");
+    // Its own host may re-join (a retried registration), and once it has left the id is free.
+    s.handle_join(t, PeerId(1), addr(1), host(1)).unwrap();
+    s.handle_leave(t, PeerId(1));
+    s.handle_join(t, PeerId(1), addr(3), host(3)).unwrap();
 }
 
 #[test]
@@ -182,7 +266,7 @@ fn sticky_parents() {
     let mut got = block(current[1].0);
     got.pop();
     s.handle_sync(t, PeerId(1), &got, 0, false).unwrap();
-    s.handle_join(t, PeerId(99), addr(99));
+    join_all(&mut s, t, [99]);
     s.handle_sync(t, PeerId(99), &[], 0, true).unwrap();
     let after = ids(&s.parents(t, PeerId(1)).unwrap());
     assert!(!after.contains(&current[1]), "{current:?} vs {after:?}");
@@ -498,6 +582,7 @@ fn sync_input<'a>(new: &'a [u32], bad: &'a [(PeerId, u32)], seed: &'a Bitmap) ->
         seed_has: seed,
         known_parents: None,
         unreachable_parents: &[],
+        unserved: &[],
     }
 }
 
@@ -507,13 +592,19 @@ fn sync_request_answers_parents_and_offer_and_files_reports() {
     join_all(&mut s, t, 1..=4);
     let seed = Bitmap::full(8);
     let first = s
-        .handle_sync_request(t, PeerId(2), addr(2), &sync_input(&[0, 1], &[], &seed))
+        .handle_sync_request(
+            t,
+            PeerId(2),
+            addr(2),
+            host(2),
+            &sync_input(&[0, 1], &[], &seed),
+        )
         .unwrap();
     // Pieces 0 and 1 are in the swarm now; the supernode offers others.
     assert!(!first.seed_pieces.get(0) && !first.seed_pieces.get(1));
     assert!(first.seed_pieces.count() > 0);
     let out = s
-        .handle_sync_request(t, PeerId(1), addr(1), &sync_input(&[], &[], &seed))
+        .handle_sync_request(t, PeerId(1), addr(1), host(1), &sync_input(&[], &[], &seed))
         .unwrap();
     assert!(ids(&out.parents).contains(&PeerId(2)));
     assert!(!out.readmitted);
@@ -523,6 +614,7 @@ fn sync_request_answers_parents_and_offer_and_files_reports() {
             t,
             PeerId(reporter),
             addr(reporter),
+            host(reporter),
             &sync_input(&[], &[(PeerId(4), 3)], &seed),
         )
         .unwrap();
@@ -538,7 +630,7 @@ fn sync_request_of_a_finished_peer_assigns_no_parents() {
     let mut input = sync_input(&[], &[], &seed);
     input.done = true;
     let out = s
-        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .handle_sync_request(t, PeerId(1), addr(1), host(1), &input)
         .unwrap();
     assert!(out.parents.is_empty());
     assert_eq!(out.seed_pieces.count(), 0);
@@ -554,14 +646,26 @@ fn sync_request_readmits_an_expired_peer() {
     assert_eq!(s.peer_count(), 0);
     let seed = Bitmap::full(8);
     let out = s
-        .handle_sync_request(later, PeerId(1), addr(1), &sync_input(&[5], &[], &seed))
+        .handle_sync_request(
+            later,
+            PeerId(1),
+            addr(1),
+            host(1),
+            &sync_input(&[5], &[], &seed),
+        )
         .unwrap();
     assert!(out.readmitted);
     assert_eq!(s.peer_count(), 1);
     assert_eq!(s.holders(5), 1);
     // A bad index from a stranger is refused before it is admitted.
     assert!(matches!(
-        s.handle_sync_request(later, PeerId(9), addr(9), &sync_input(&[99], &[], &seed)),
+        s.handle_sync_request(
+            later,
+            PeerId(9),
+            addr(9),
+            host(9),
+            &sync_input(&[99], &[], &seed)
+        ),
         Err(SchedError::PieceOutOfRange { .. })
     ));
     assert_eq!(s.peer_count(), 1);
@@ -572,16 +676,14 @@ fn a_peer_that_lists_its_parents_gets_only_the_changes_without_bitmaps() {
     let t = Instant::now();
     let mut s = TaskScheduler::new(8, SchedulerConfig::default(), 1);
     let seed = Bitmap::full(8);
-    for i in 1..=4 {
-        s.handle_join(t, PeerId(i), addr(i));
-    }
+    join_all(&mut s, t, 1..=4);
     for i in 2..=4 {
         s.handle_sync(t, PeerId(i), &[i as u32], 0, false).unwrap();
     }
     let mut input = sync_input(&[], &[], &seed);
     input.known_parents = Some(&[]);
     let first = s
-        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .handle_sync_request(t, PeerId(1), addr(1), host(1), &input)
         .unwrap();
     assert!(first.delta);
     assert_eq!(first.parents.len(), 3);
@@ -595,7 +697,7 @@ fn a_peer_that_lists_its_parents_gets_only_the_changes_without_bitmaps() {
     let known = [PeerId(2), PeerId(3), PeerId(4), PeerId(9)];
     input.known_parents = Some(&known);
     let next = s
-        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .handle_sync_request(t, PeerId(1), addr(1), host(1), &input)
         .unwrap();
     assert!(next.parents.is_empty(), "{:?}", next.parents);
     assert_eq!(next.dropped_parents, vec![PeerId(9)]);
@@ -603,7 +705,7 @@ fn a_peer_that_lists_its_parents_gets_only_the_changes_without_bitmaps() {
     // Without the list: every parent with its bitmap, as before.
     input.known_parents = None;
     let full = s
-        .handle_sync_request(t, PeerId(1), addr(1), &input)
+        .handle_sync_request(t, PeerId(1), addr(1), host(1), &input)
         .unwrap();
     assert!(!full.delta);
     assert_eq!(full.parents.len(), 3);
@@ -628,15 +730,22 @@ fn a_parent_its_child_cannot_reach_is_not_named_to_it_and_its_pieces_are_seeded(
         for &p in &got {
             s.handle_seed_sent(t, PeerId(1), p);
         }
-        s.handle_sync_request(t, PeerId(1), addr(1), &sync_input(&got, &[], &seed))
-            .unwrap();
+        s.handle_sync_request(
+            t,
+            PeerId(1),
+            addr(1),
+            host(1),
+            &sync_input(&got, &[], &seed),
+        )
+        .unwrap();
         held += got.len();
     }
     let mut done = sync_input(&[], &[], &seed);
     done.done = true;
-    s.handle_sync_request(t, PeerId(1), addr(1), &done).unwrap();
+    s.handle_sync_request(t, PeerId(1), addr(1), host(1), &done)
+        .unwrap();
     let before = s
-        .handle_sync_request(t, PeerId(2), addr(2), &sync_input(&[], &[], &seed))
+        .handle_sync_request(t, PeerId(2), addr(2), host(2), &sync_input(&[], &[], &seed))
         .unwrap();
     assert!(ids(&before.parents).contains(&PeerId(1)));
     assert_eq!(
@@ -649,13 +758,13 @@ fn a_parent_its_child_cannot_reach_is_not_named_to_it_and_its_pieces_are_seeded(
     let hung = [PeerId(1)];
     report.unreachable_parents = &hung;
     let after = s
-        .handle_sync_request(t, PeerId(2), addr(2), &report)
+        .handle_sync_request(t, PeerId(2), addr(2), host(2), &report)
         .unwrap();
     assert!(!ids(&after.parents).contains(&PeerId(1)), "{after:?}");
     assert!(after.seed_pieces.count() > 0, "{after:?}");
     // Peer 3 never reported it: it still gets peer 1 and no seed offer of its pieces.
     let other = s
-        .handle_sync_request(t, PeerId(3), addr(3), &sync_input(&[], &[], &seed))
+        .handle_sync_request(t, PeerId(3), addr(3), host(3), &sync_input(&[], &[], &seed))
         .unwrap();
     assert!(ids(&other.parents).contains(&PeerId(1)));
     assert!(
@@ -666,10 +775,16 @@ fn a_parent_its_child_cannot_reach_is_not_named_to_it_and_its_pieces_are_seeded(
     );
     // After the TTL (and without a new report) peer 1 is named to peer 2 again.
     let later = t + UNREACHABLE_PARENT_TTL + Duration::from_secs(1);
-    s.handle_sync_request(later, PeerId(1), addr(1), &done)
+    s.handle_sync_request(later, PeerId(1), addr(1), host(1), &done)
         .unwrap();
     let lapsed = s
-        .handle_sync_request(later, PeerId(2), addr(2), &sync_input(&[], &[], &seed))
+        .handle_sync_request(
+            later,
+            PeerId(2),
+            addr(2),
+            host(2),
+            &sync_input(&[], &[], &seed),
+        )
         .unwrap();
     assert!(ids(&lapsed.parents).contains(&PeerId(1)), "{lapsed:?}");
 }
@@ -690,7 +805,7 @@ fn offers_to_a_peer_its_reporter_cannot_reach_go_to_the_reporter() {
     let p = dead.iter_ones().next().unwrap();
     // Peer 3 never heard of trouble: not offered, and not sent if it asks.
     let other = s
-        .handle_sync_request(t, PeerId(3), addr(3), &sync_input(&[], &[], &seed))
+        .handle_sync_request(t, PeerId(3), addr(3), host(3), &sync_input(&[], &[], &seed))
         .unwrap();
     assert!(!other.seed_pieces.get(p));
     assert!(!s.seed_send_allowed(t, PeerId(3), p));
@@ -699,8 +814,48 @@ fn offers_to_a_peer_its_reporter_cannot_reach_go_to_the_reporter() {
     let gone = [PeerId(1)];
     report.unreachable_parents = &gone;
     let out = s
-        .handle_sync_request(t, PeerId(2), addr(2), &report)
+        .handle_sync_request(t, PeerId(2), addr(2), host(2), &report)
         .unwrap();
     assert!(out.seed_pieces.get(p), "{out:?}");
     assert!(s.seed_send_allowed(t, PeerId(2), p));
+}
+
+#[test]
+fn a_parent_that_does_not_serve_what_it_claimed_is_demoted_by_two_hosts() {
+    let (mut s, t) = sched(4);
+    join_all(&mut s, t, 1..=4);
+    // Peer 4 claims to be done; 1 and 2 ask it for pieces and are told it has none.
+    s.handle_sync(t, PeerId(4), &[], 0, true).unwrap();
+    assert_eq!(s.holders(0), 1);
+    // A piece the parent never claimed does not count (peer 3 claims only piece 1)...
+    s.handle_sync(t, PeerId(3), &[1], 0, false).unwrap();
+    s.handle_unserved(t, PeerId(1), PeerId(3), 0);
+    s.handle_unserved(t, PeerId(2), PeerId(3), 0);
+    assert_eq!(s.poll_event(), None, "a piece it never claimed");
+    // ...nor a second id of the same host, nor the claimant's own host.
+    s.handle_join(t, PeerId(11), addr(1), host(1)).unwrap();
+    s.handle_join(t, PeerId(14), addr(4), host(4)).unwrap();
+    for reporter in [1, 11, 14] {
+        s.handle_unserved(t, PeerId(reporter), PeerId(4), 2);
+    }
+    assert_eq!(s.poll_event(), None, "one host's word");
+    assert!(ids(&s.parents(t, PeerId(1)).unwrap()).contains(&PeerId(4)));
+    s.handle_unserved(t, PeerId(2), PeerId(4), 0);
+    assert_eq!(s.poll_event(), Some(SchedEvent::PeerDemoted(PeerId(4))));
+    // Its claims are void: the pieces count no holder (the supernode offers them again), it
+    // is nobody's parent, and its new claims are not believed. It is not banned.
+    assert_eq!(s.holders(0), 0);
+    assert_eq!(s.holders(1), 1, "peer 3's claim stands");
+    s.handle_sync(t, PeerId(4), &[0, 1, 2, 3], 0, true).unwrap();
+    assert_eq!(s.holders(0), 0);
+    for i in [1, 2, 3, 11] {
+        assert!(!ids(&s.parents(t, PeerId(i)).unwrap()).contains(&PeerId(4)));
+    }
+    assert!(s.is_live(PeerId(4)) && !s.is_banned(PeerId(4)));
+    let seed = Bitmap::full(4);
+    let offer = s.seed_pieces(t, PeerId(1), &seed, &[]).unwrap();
+    assert!(
+        offer.get(0),
+        "the piece only the demoted peer claimed is offered again"
+    );
 }

@@ -968,3 +968,41 @@ fn a_supernode_watch_gives_up_after_the_timeout_of_failures_in_a_row() {
     assert!(!w.handle_unreachable(t + Duration::from_secs(11)));
     assert!(w.handle_unreachable(t + Duration::from_secs(21)));
 }
+
+/// A parent that says it lacks a piece it was asked for is reported (once per parent) at the
+/// next sync, kept through a failed sync, and not asked for that piece again; a parent that
+/// merely could not be reached or refused our token is not reported so.
+#[test]
+fn a_parent_that_says_it_lacks_a_piece_is_reported_as_unserved() {
+    let t = Instant::now();
+    let mut s = joined(4, t, &[(1, &[0, 1, 2, 3]), (2, &[0, 1, 2, 3])]);
+    let reqs = requests(&mut s, t);
+    let from = |p: u64| {
+        reqs.iter()
+            .filter(|r| r.source == Source::Peer(PeerId(p)))
+            .map(|r| r.piece)
+            .collect::<Vec<_>>()
+    };
+    let (one, two) = (from(1), from(2));
+    assert!(!one.is_empty() && !two.is_empty(), "{reqs:?}");
+    for &piece in &one {
+        s.handle_piece_failed(t, piece, Source::Peer(PeerId(1)), FailReason::Absent);
+    }
+    s.handle_piece_failed(t, two[0], Source::Peer(PeerId(2)), FailReason::Unavailable);
+    let at = s.poll_timeout().unwrap();
+    let msg = s.poll_sync(at).unwrap();
+    assert_eq!(msg.unserved, vec![(PeerId(1), one[0])]);
+    assert_eq!(msg.wait, None, "a report is not a long poll");
+    s.handle_sync_failed(at, SyncFailure::Unreachable("x".into()));
+    let again = s.poll_timeout().unwrap();
+    assert_eq!(
+        s.poll_sync(again).unwrap().unserved,
+        vec![(PeerId(1), one[0])]
+    );
+    s.handle_sync_reply(
+        again,
+        reply(&s, 4, &[], &[(1, &[0, 1, 2, 3]), (2, &[0, 1, 2, 3])]),
+    );
+    let next = again + SessionConfig::default().sync_interval;
+    assert!(s.poll_sync(next).unwrap().unserved.is_empty());
+}

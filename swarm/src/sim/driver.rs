@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
 use super::{Arrivals, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross};
 use crate::{
-    Bitmap, FailReason, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent, Source,
-    Subscription, SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count,
+    Bitmap, FailReason, PeerHost, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent,
+    Source, Subscription, SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count,
     piece_range,
 };
 
@@ -459,7 +459,16 @@ impl Sim {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Join(i) => {
-                self.sched.handle_join(self.instant(), peer_id(i), addr(i));
+                // Each simulated peer has a host of its own and a fresh id: a join is refused
+                // only after a ban, and then the peer's syncs are refused too (below).
+                if let Err(e) = self.sched.handle_join(
+                    self.instant(),
+                    peer_id(i),
+                    addr(i),
+                    PeerHost::of(addr(i)),
+                ) {
+                    tracing::debug!(peer = i, error = %e, "join refused");
+                }
                 self.drive(i);
             }
             Ev::Tick(i) => {
@@ -705,34 +714,39 @@ impl Sim {
             seed_has: &self.seed_has,
             known_parents: msg.known_parents.as_deref(),
             unreachable_parents: &msg.unreachable_parents,
+            unserved: &msg.unserved,
         };
-        let reply = match self.sched.handle_sync_request(now, id, addr(i), &input) {
-            Ok(out) => {
-                if !msg.done {
-                    self.report.syncs += 1;
+        let reply =
+            match self
+                .sched
+                .handle_sync_request(now, id, addr(i), PeerHost::of(addr(i)), &input)
+            {
+                Ok(out) => {
+                    if !msg.done {
+                        self.report.syncs += 1;
+                    }
+                    let from = (msg.digests_from as usize).min(self.digests.len());
+                    // With vouched digests they come with the pieces instead.
+                    let to = if msg.vouched {
+                        from
+                    } else {
+                        self.digests.len()
+                    };
+                    Ok(SyncReply {
+                        failed: None,
+                        digests_from: from as u32,
+                        digests: self.digests[from..to].to_vec(),
+                        stored: self.digests.len() as u32,
+                        seed_pieces: out.seed_pieces,
+                        parents: out.parents,
+                        delta: out.delta,
+                        dropped_parents: out.dropped_parents,
+                        readmitted: out.readmitted,
+                    })
                 }
-                let from = (msg.digests_from as usize).min(self.digests.len());
-                // With vouched digests they come with the pieces instead.
-                let to = if msg.vouched {
-                    from
-                } else {
-                    self.digests.len()
-                };
-                Ok(SyncReply {
-                    failed: None,
-                    digests_from: from as u32,
-                    digests: self.digests[from..to].to_vec(),
-                    stored: self.digests.len() as u32,
-                    seed_pieces: out.seed_pieces,
-                    parents: out.parents,
-                    delta: out.delta,
-                    dropped_parents: out.dropped_parents,
-                    readmitted: out.readmitted,
-                })
-            }
-            // The supernode answers BAD_REQUEST (a banned liar, a bad index).
-            Err(e) => Err(SyncFailure::Refused(e.to_string())),
-        };
+                // The supernode answers BAD_REQUEST (a banned liar, a bad index).
+                Err(e) => Err(SyncFailure::Refused(e.to_string())),
+            };
         let bitmap = u64::from(self.seed_has.len()).div_ceil(8);
         let (digest_bytes, parent_bytes, offer_bytes) = match &reply {
             Ok(r) if r.delta => (
@@ -853,7 +867,7 @@ impl Sim {
                 if p.left {
                     Some(FailReason::Io)
                 } else if !p.session.have().get(piece) {
-                    Some(FailReason::Unavailable)
+                    Some(FailReason::Absent)
                 } else if self.config.transport == PeerTransport::Tcp {
                     self.conns
                         .entry((j, from))
