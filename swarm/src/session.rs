@@ -77,9 +77,9 @@ impl Default for SessionConfig {
     }
 }
 
-/// Whether a supernode is still to be counted on for a task the peer has finished (its
-/// keep-alives), by the same rule a [`PeerSession`] applies to a download: unreachable for
-/// longer than `timeout` since the first failure in a row, it is lost.
+/// Whether a supernode is still to be counted on: unreachable for `timeout` since the first
+/// failure in a row, it is lost. The one rule for a download ([`PeerSession`] keeps one of
+/// these) and for the keep-alives of a task the peer has finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupernodeWatch {
     timeout: Duration,
@@ -240,7 +240,7 @@ pub enum SessionEvent {
     Complete,
     /// No piece was verified for `stall_timeout`.
     Stalled(Duration),
-    /// The supernode is gone (unreachable for longer than `supernode_timeout`, or it forgot
+    /// The supernode is gone (unreachable for `supernode_timeout`, or it forgot
     /// the task); the origin may still work.
     SupernodeLost(SyncFailure),
     /// The supernode refused a sync for good.
@@ -337,7 +337,8 @@ pub struct PeerSession {
     /// Something must be told at once (urgent pieces, a corrupt piece, the last piece), even
     /// right after a sync ended.
     sync_now: bool,
-    unreachable_since: Option<Instant>,
+    /// Whether the supernode is lost (syncs unanswered for `supernode_timeout`).
+    supernode: SupernodeWatch,
     last_progress: Instant,
     events: VecDeque<SessionEvent>,
     liars: HashSet<PeerId>,
@@ -368,6 +369,7 @@ impl PeerSession {
     ) -> Self {
         let pieces = piece_count(content_length, piece_size);
         let vouched = config.vouched_digests;
+        let supernode = SupernodeWatch::new(config.supernode_timeout);
         let mut session = Self {
             picker: Picker::new(pieces, config.picker.clone(), rng_seed),
             config,
@@ -386,7 +388,7 @@ impl PeerSession {
             sync: None,
             next_sync: now,
             sync_now: false,
-            unreachable_since: None,
+            supernode,
             last_progress: now,
             events: VecDeque::new(),
             liars: HashSet::new(),
@@ -411,7 +413,7 @@ impl PeerSession {
             debug!("sync reply with no sync in flight");
             return;
         };
-        self.unreachable_since = None;
+        self.supernode.handle_reachable();
         self.schedule_after_sync(now, &sent);
         if sent.done {
             // The final report went through; nothing more to learn.
@@ -650,8 +652,7 @@ impl PeerSession {
         }
         match failure {
             SyncFailure::Unreachable(_) => {
-                let since = *self.unreachable_since.get_or_insert(now);
-                if now.saturating_duration_since(since) > self.config.supernode_timeout {
+                if self.supernode.handle_unreachable(now) {
                     self.close(SessionEvent::SupernodeLost(failure));
                 }
             }
@@ -783,7 +784,7 @@ impl PeerSession {
         self.stored = 0;
         self.offered = Bitmap::new(self.picker.have().len());
         self.picker.handle_new_seed();
-        self.unreachable_since = None;
+        self.supernode.handle_reachable();
         self.last_progress = now;
         self.sync_at_once(now);
         if self.picker.is_complete() {

@@ -326,13 +326,14 @@ fn supernode_lost_after_being_unreachable_for_the_timeout() {
     let mut s = joined(2, t, &[]);
     let mut at = t;
     let timeout = SessionConfig::default().supernode_timeout;
-    // Syncs fail every 200 ms; nothing happens until it has been out for 10 s.
+    // Syncs fail every 200 ms; nothing happens until it has been out for 10 s (the first
+    // failure is at 200 ms), then it is lost: the same rule as `SupernodeWatch`'s.
     while at <= t + timeout + 200 * MS {
         at = s.poll_timeout().unwrap();
         assert!(s.poll_sync(at).is_some());
         s.handle_sync_failed(at, SyncFailure::Unreachable("connection refused".into()));
         let ev = events(&mut s);
-        if at.duration_since(t + 200 * MS) > timeout {
+        if at.duration_since(t + 200 * MS) >= timeout {
             assert_eq!(
                 ev,
                 vec![SessionEvent::SupernodeLost(SyncFailure::Unreachable(
