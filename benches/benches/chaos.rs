@@ -47,9 +47,23 @@ struct Args {
     /// Seed of the fault sequence and the blobs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Only this fault (repeatable: the rounds take the named faults in turn) instead of a
+    /// random one per round, e.g. `--fault kill-home` to measure one fault at a given size.
+    #[arg(long = "fault", value_parser = parse_fault)]
+    faults: Vec<ChaosFault>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+fn parse_fault(s: &str) -> Result<ChaosFault, String> {
+    ChaosFault::ALL
+        .into_iter()
+        .find(|f| f.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = ChaosFault::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault {s:?}; one of {}", names.join(", "))
+        })
 }
 
 /// splitmix64: a reproducible fault sequence without a random-number crate.
@@ -66,15 +80,33 @@ fn main() -> anyhow::Result<()> {
     println!("machine: {}", common::machine());
     let t = args.size.as_u64() as f64 / args.rate.as_u64().max(1) as f64;
     println!(
-        "chaos: {} rounds, {} peers, {} blob at {}/s each (T = {t:.1} s), fault after {:?}, seed {}",
-        args.rounds, args.peers, args.size, args.rate, args.fault_after, args.seed
+        "chaos: {} rounds, {} peers, {} blob at {}/s each (T = {t:.1} s), fault after {:?}, seed {}, faults: {}",
+        args.rounds,
+        args.peers,
+        args.size,
+        args.rate,
+        args.fault_after,
+        args.seed,
+        if args.faults.is_empty() {
+            "random".to_owned()
+        } else {
+            args.faults
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     );
     let mut state = args.seed;
     let mut outcomes = Vec::with_capacity(args.rounds);
     println!("\n| round | fault | pulls | wrong outputs | registry / blob | last pull / T |");
     println!("|---:|---|---:|---:|---:|---:|");
     for round in 0..args.rounds {
-        let fault = ChaosFault::ALL[(next(&mut state) % ChaosFault::ALL.len() as u64) as usize];
+        let fault = if args.faults.is_empty() {
+            ChaosFault::ALL[(next(&mut state) % ChaosFault::ALL.len() as u64) as usize]
+        } else {
+            args.faults[round % args.faults.len()]
+        };
         let shape = ChaosRound {
             peers: args.peers,
             size: args.size.as_u64() as usize,
