@@ -74,7 +74,10 @@ pub struct PickerConfig {
     /// Among equally rare pieces, the tie is broken at random between the `tie_window` lowest
     /// indexes. Default 32: peers starting together still pick different pieces, while the
     /// pieces a peer holds stay close to an in-order prefix, which it can hash for the
-    /// whole-file digest (and stream to a reader) as the download goes.
+    /// whole-file digest (and stream to a reader) as the download goes. A peer with a single
+    /// parent takes that parent's pieces in order instead: there is no choice of parents to
+    /// balance, and a reader streaming the blob (the mirror's client) gets its bytes while
+    /// the rest arrives rather than once piece 0, picked at random among 32, is in.
     pub tie_window: u32,
     /// Pieces received and not yet reported done or failed (being verified and written
     /// locally) after [`Picker::handle_piece_received`] freed their source. Default 2. No
@@ -441,7 +444,12 @@ impl Picker {
         {
             *c &= !(h | f);
         }
-        let piece = self.rarest(&cand);
+        let window = if self.parents.len() == 1 {
+            1
+        } else {
+            self.config.tie_window
+        };
+        let piece = self.rarest(&cand, window);
         self.scratch = cand;
         let piece = piece?;
         let mut chosen: Option<(usize, PeerId)> = None;
@@ -511,9 +519,9 @@ impl Picker {
     }
 
     /// The rarest piece in `cand` (by parents holding it), ties broken at random among the
-    /// `tie_window` lowest indexes.
-    fn rarest(&mut self, cand: &[u64]) -> Option<u32> {
-        let window = self.config.tie_window.max(1);
+    /// `window` lowest indexes.
+    fn rarest(&mut self, cand: &[u64], window: u32) -> Option<u32> {
+        let window = window.max(1);
         let mut best: Option<(u32, u32)> = None; // (rarity, piece)
         let mut ties = 0u32;
         for (w, &word) in cand.iter().enumerate() {

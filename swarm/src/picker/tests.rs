@@ -49,11 +49,29 @@ fn random_tie_break_differs_between_peers() {
     let firsts: HashSet<u32> = (0..20)
         .map(|seed| {
             let mut p = Picker::new(64, PickerConfig::default(), seed);
-            p.handle_parents(t, vec![(PeerId(1), Bitmap::full(64))]);
+            p.handle_parents(
+                t,
+                vec![(PeerId(1), Bitmap::full(64)), (PeerId(2), Bitmap::full(64))],
+            );
             p.poll_request(t).unwrap().piece
         })
         .collect();
     assert!(firsts.len() > 10, "{firsts:?}");
+}
+
+/// A peer with one parent takes its pieces in order, whatever its seed: nothing to balance,
+/// and a reader streaming the blob gets the first bytes first.
+#[test]
+fn a_lone_parents_pieces_are_taken_in_order() {
+    let t = Instant::now();
+    for seed in 0..5 {
+        let mut p = Picker::new(64, PickerConfig::default(), seed);
+        p.handle_parents(t, vec![(PeerId(1), Bitmap::full(64))]);
+        let first: Vec<u32> = drain(&mut p, t).iter().map(|r| r.piece).collect();
+        assert_eq!(first, [0, 1, 2, 3], "seed {seed}");
+        p.handle_piece_done(t, 1, Source::Peer(PeerId(1)));
+        assert_eq!(p.poll_request(t).map(|r| r.piece), Some(4));
+    }
 }
 
 #[test]
