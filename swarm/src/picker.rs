@@ -74,10 +74,12 @@ pub struct PickerConfig {
     /// Among equally rare pieces, the tie is broken at random between the `tie_window` lowest
     /// indexes. Default 32: peers starting together still pick different pieces, while the
     /// pieces a peer holds stay close to an in-order prefix, which it can hash for the
-    /// whole-file digest (and stream to a reader) as the download goes. A peer with a single
-    /// parent takes that parent's pieces in order instead: there is no choice of parents to
-    /// balance, and a reader streaming the blob (the mirror's client) gets its bytes while
-    /// the rest arrives rather than once piece 0, picked at random among 32, is in.
+    /// whole-file digest (and stream to a reader) as the download goes. A peer whose only
+    /// parent holds the whole blob takes its pieces in order instead (a node pulling what
+    /// another node has cached): a reader streaming the blob (the mirror's client) then gets
+    /// its bytes while the rest arrives rather than once piece 0, picked at random among 32,
+    /// is in. Not for a lone parent that is still downloading: in the 1,000-peer flash crowd
+    /// that made peers pick the same low pieces (p50 1.222 -> 1.248x, max 1.316 -> 1.367x).
     pub tie_window: u32,
     /// Pieces received and not yet reported done or failed (being verified and written
     /// locally) after [`Picker::handle_piece_received`] freed their source. Default 2. No
@@ -444,10 +446,9 @@ impl Picker {
         {
             *c &= !(h | f);
         }
-        let window = if self.parents.len() == 1 {
-            1
-        } else {
-            self.config.tie_window
+        let window = match self.parents.as_slice() {
+            [(_, bits)] if bits.is_full() => 1,
+            _ => self.config.tie_window,
         };
         let piece = self.rarest(&cand, window);
         self.scratch = cand;
