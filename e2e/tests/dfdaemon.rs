@@ -1316,3 +1316,88 @@ fn a_dfdaemon_killed_mid_pull_keeps_nothing_partial_and_the_next_pull_succeeds()
         assert_eq!(&sha256_digest(&r.body), layer);
     }
 }
+
+/// A containerd pull through a node whose dfdaemon knows a fleet of three supernodes, with
+/// the big layer's home supernode SIGKILLed mid-pull: the node's download moves to the next
+/// supernode in the blob's placement order (takeover), containerd's pull completes through
+/// the node (the registry is its fallback host, and is not used for that layer), and the
+/// image runs. Issue 14's fleet acceptance, driven by a real runtime.
+#[test]
+fn a_containerd_pull_through_the_node_survives_the_home_supernodes_death() {
+    if !running_as_root("a_containerd_pull_through_the_node_survives_the_home_supernodes_death") {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    // A layer of 48 one-MiB pieces: the rate limit charges a piece once it is in, so a
+    // node holds a few pieces more than it has counted, and most must still be to come
+    // when the home dies.
+    let image = TestImage::busybox("fleet", 48 * MIB, 29).unwrap();
+    let pushed = registry.push_test_image("e2e/fleet", "1", &image).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&pushed.manifest).unwrap();
+    let big = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut supernodes: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
+    let addrs: Vec<String> = supernodes.iter().map(|s| s.addr().to_string()).collect();
+    let order = damselfly_common::placement::order(&big.parse().unwrap(), &addrs);
+    let (home, next) = (order[0], order[1]);
+    // 4 MiB/s: the layer takes about 12 s through the node; a supernode silent for 2 s is
+    // given up.
+    let mut builder = Dfdaemon::builder().args([
+        "--p2p-download-rate",
+        "4MiB",
+        "--p2p-supernode-timeout",
+        "2s",
+    ]);
+    for a in &addrs {
+        builder = builder.supernode(a);
+    }
+    let dfdaemon = builder.start();
+    let reference = format!("{}/e2e/fleet:1", registry.host());
+    let hosts = hosts_dir(&registry, &dfdaemon.url());
+    let containerd = Containerd::start().unwrap();
+    let pull = std::thread::scope(|s| {
+        let pulling = s.spawn(|| containerd.pull(&reference, hosts.path()).unwrap());
+        // The node's byte counters move when a blob is done, so: once the home has fetched
+        // the big layer for the node (at loopback speed), a quarter of the node's 12 s in.
+        assert!(
+            damselfly_e2e::wait_until(Duration::from_secs(30), || supernodes[home]
+                .metric("damselfly_supernode_origin_bytes_total")
+                .unwrap_or(0.0)
+                >= (48 * MIB) as f64),
+            "the node never registered the big layer with its home"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        supernodes[home].daemon_mut().kill();
+        pulling.join().unwrap()
+    });
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    assert_eq!(
+        dfdaemon
+            .metric("damselfly_dfdaemon_supernode_takeovers_total", None)
+            .unwrap(),
+        1.0,
+        "the node's download was not taken over by the next supernode"
+    );
+    assert!(
+        supernodes[next]
+            .metric("damselfly_supernode_registrations_total")
+            .unwrap()
+            >= 1.0
+    );
+    // containerd got the layer from the node: the registry sent it to the home supernode
+    // and to its successor, not a third time to containerd falling back to it.
+    let gets = registry.blob_get_count(&big);
+    println!("registry GETs of the big layer: {gets}");
+    assert!((1..=2).contains(&gets), "{gets} GETs of the big layer");
+    assert!(bytes_from(&dfdaemon, "supernode") >= (48 * MIB) as f64);
+    let run = containerd.run(&reference, "fleet", &[]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+}
