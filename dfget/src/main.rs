@@ -15,6 +15,16 @@ use dfget::{
     DownloadRequest, Engine, EngineConfig, Fault, NoProgress, Progress, Report, Transport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+
+/// How progress is shown (`--progress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressKind {
+    /// A bar on stderr when it is a terminal.
+    Bar,
+    /// JSON lines on stderr.
+    Json,
+}
 
 /// Download a URL through the Damselfly swarm: pieces come from other peers and the supernode,
 /// every piece is verified, and the file appears only once complete.
@@ -39,6 +49,13 @@ struct Cli {
     /// No progress bar, even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    /// Print nothing but errors: no progress, no summary line, no warnings in the log.
+    #[arg(short, long, conflicts_with = "progress")]
+    quiet: bool,
+    /// How progress is shown: `bar` (on a terminal; the default) or `json`, one line on
+    /// stderr per half second and a last one when done, `{"bytes":N,"total":M}`, for scripts.
+    #[arg(long, value_name = "bar|json", default_value = "bar")]
+    progress: ProgressKind,
     /// Address for serving pieces to other peers, TCP and UDP (QUIC) on the same port
     /// (default: any free port).
     #[arg(long, value_name = "ADDR")]
@@ -142,7 +159,8 @@ fn parse_header(h: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    damselfly_common::telemetry::init("warn");
+    // `--quiet`: errors only (RUST_LOG still overrides).
+    damselfly_common::telemetry::init(if cli.quiet { "error" } else { "warn" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -225,14 +243,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         output: cli.output.clone(),
         durable: true,
     };
-    let bar = (!cli.no_progress && std::io::stderr().is_terminal()).then(Bar::new);
-    let progress: &dyn Progress = match &bar {
-        Some(b) => b,
-        None => &NoProgress,
+    let shown = !cli.quiet && !cli.no_progress;
+    let bar = (shown && cli.progress == ProgressKind::Bar && std::io::stderr().is_terminal())
+        .then(Bar::new);
+    let json = (shown && cli.progress == ProgressKind::Json).then(JsonProgress::default);
+    let progress: &dyn Progress = match (&bar, &json) {
+        (Some(b), _) => b,
+        (None, Some(j)) => j,
+        (None, None) => &NoProgress,
     };
     let result = engine.download(&request, progress).await;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
+    }
+    if let (Some(j), Ok(_)) = (&json, &result) {
+        j.print(true);
     }
     let report = match result {
         Ok(r) => r,
@@ -241,7 +266,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    summarise(&cli, &report);
+    if !cli.quiet {
+        summarise(&cli, &report);
+    }
     if let Some(path) = &cli.report_json {
         let mut report = serde_json::to_value(&report)?;
         report["uploaded"] = engine.bytes_uploaded().into();
@@ -298,6 +325,44 @@ impl Bar {
             bar.set_style(style);
         }
         Self(bar)
+    }
+}
+
+/// `--progress json`: `{"bytes":N,"total":M}` lines on stderr, at most one per
+/// [`JsonProgress::EVERY`], and the last one when the download is done.
+#[derive(Default)]
+struct JsonProgress {
+    /// Bytes verified, total (0 until known), when the last line was printed.
+    state: Mutex<(u64, u64, Option<std::time::Instant>)>,
+}
+
+impl JsonProgress {
+    const EVERY: Duration = Duration::from_millis(500);
+
+    fn print(&self, force: bool) {
+        let mut s = self.state.lock();
+        let now = std::time::Instant::now();
+        if !force && s.2.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            return;
+        }
+        s.2 = Some(now);
+        eprintln!("{}", serde_json::json!({ "bytes": s.0, "total": s.1 }));
+    }
+}
+
+impl Progress for JsonProgress {
+    fn set_total(&self, bytes: u64) {
+        self.state.lock().1 = bytes;
+    }
+    fn advance(&self, bytes: u64) {
+        self.state.lock().0 += bytes;
+        self.print(false);
+    }
+    fn started(&self, _file: &std::sync::Arc<std::fs::File>, total: u64) {
+        // A new file (back to the origin after the swarm failed): bytes start over.
+        let mut s = self.state.lock();
+        s.0 = 0;
+        s.1 = total;
     }
 }
 
