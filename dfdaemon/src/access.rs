@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(decide(&c, Some("ns=stub.evil:80"), None), Decision::Refuse);
         // The path-prefix form names the registry too.
         let r = route(
-            "/v2/stub.evil:80/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "/v2/stub.evil_80/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             None,
             None,
         )

@@ -509,13 +509,14 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response<Bo
     let route = match upstream::route(parts.uri.path(), parts.uri.query(), header) {
         Ok(r) => r,
         Err(e) => {
-            state.metrics.request("invalid", 400);
             let status = if matches!(e, upstream::RouteError::NotRegistryApi(_)) {
                 StatusCode::NOT_FOUND
             } else {
                 StatusCode::BAD_REQUEST
             };
-            return oci_error(status, "UNSUPPORTED", &e.to_string());
+            state.metrics.request("invalid", status.as_u16());
+            debug!(path = %parts.uri.path(), error = %e, "request refused: cannot route it");
+            return oci_error(status, e.code(), &e.to_string());
         }
     };
     let kind = route.kind.label();

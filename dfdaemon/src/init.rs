@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::Config;
+use crate::{Config, upstream};
 
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn containerd(
             continue;
         }
         let rc = config.registry(&host);
-        let server = crate::upstream::base_url(
+        let server = upstream::base_url(
             &host,
             rc.and_then(|r| r.endpoint.as_deref()),
             rc.is_some_and(|r| r.plain_http),
@@ -154,31 +154,48 @@ pub fn docker(mirror: &str, existing: Option<&str>, path: &Path) -> Result<Confi
 }
 
 /// A `registries.conf` drop-in: each registry (`docker.io` and the configured ones, or
-/// exactly `only` when given) gets the mirror with its host as path prefix.
-pub fn podman(config: &Config, mirror: &str, path: &Path, only: &[String]) -> ConfigFile {
+/// exactly `only` when given) gets the mirror, with the registry as the first path element
+/// of the mirror's `location` ([`upstream::prefix`]: `reg.local:5000` is
+/// `127.0.0.1:65001/reg.local_5000`, since containers/image allows no `:` there). The registry
+/// itself stays the `location`, tried when the mirror fails; it is `insecure` (plain HTTP)
+/// where dfdaemon itself uses plain HTTP for it.
+///
+/// # Errors
+/// A registry no path prefix can carry (an IPv6 address, capital letters, ...), with the
+/// reason.
+pub fn podman(
+    config: &Config,
+    mirror: &str,
+    path: &Path,
+    only: &[String],
+) -> Result<ConfigFile, upstream::PrefixError> {
     let mirror_host = mirror
         .trim_start_matches("http://")
-        .trim_start_matches("https://");
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     let mut out = String::from(
-        "# Written by `dfdaemon init podman`: pulls go through the Damselfly mirror first.\n",
+        "# Written by `dfdaemon init podman`: pulls go through the Damselfly mirror first.\n\
+         # The mirror path names the registry, a port after a `_` (reg.local:5000 -> reg.local_5000).\n",
     );
     for host in selection(config, only, false) {
+        let prefix = upstream::prefix::encode(&host)?;
         let location = if host == "docker.io" {
             "registry-1.docker.io".to_owned()
         } else {
             host.clone()
         };
-        let insecure = config.registry(&host).is_some_and(|r| r.plain_http);
+        let insecure =
+            config.registry(&host).is_some_and(|r| r.plain_http) || upstream::is_loopback(&host);
         out.push_str(&format!(
             "\n[[registry]]\nprefix = \"{host}\"\nlocation = \"{location}\"\n{}\
-             [[registry.mirror]]\nlocation = \"{mirror_host}/{host}\"\ninsecure = true\n",
+             [[registry.mirror]]\nlocation = \"{mirror_host}/{prefix}\"\ninsecure = true\n",
             if insecure { "insecure = true\n" } else { "" }
         ));
     }
-    ConfigFile {
+    Ok(ConfigFile {
         path: path.to_path_buf(),
         contents: out,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -246,16 +263,62 @@ mod tests {
     #[test]
     fn podman_uses_the_path_prefix_form() {
         let c = config();
-        let f = podman(&c, &mirror_url(&c), Path::new("/x.conf"), &[]);
+        let f = podman(&c, &mirror_url(&c), Path::new("/x.conf"), &[]).unwrap();
         let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
         let regs = parsed["registry"].as_array().unwrap();
         assert_eq!(regs.len(), 2);
+        // Without a port: the host itself, as before.
+        assert_eq!(regs[0]["prefix"].as_str(), Some("docker.io"));
         assert_eq!(regs[0]["location"].as_str(), Some("registry-1.docker.io"));
         assert_eq!(
-            regs[1]["mirror"][0]["location"].as_str(),
-            Some("127.0.0.1:65001/reg.local:5000")
+            regs[0]["mirror"][0]["location"].as_str(),
+            Some("127.0.0.1:65001/docker.io")
         );
+        assert_eq!(regs[0].get("insecure"), None);
+        // With a port: `_` instead of `:`, which containers/image refuses in a path.
+        assert_eq!(regs[1]["prefix"].as_str(), Some("reg.local:5000"));
+        assert_eq!(regs[1]["location"].as_str(), Some("reg.local:5000"));
+        assert_eq!(
+            regs[1]["mirror"][0]["location"].as_str(),
+            Some("127.0.0.1:65001/reg.local_5000")
+        );
+        assert_eq!(regs[1]["mirror"][0]["insecure"].as_bool(), Some(true));
         assert_eq!(regs[1]["insecure"].as_bool(), Some(true));
+        // Every mirror location routes back to its registry.
+        for reg in regs {
+            let location = reg["mirror"][0]["location"].as_str().unwrap();
+            let (_, element) = location.split_once('/').unwrap();
+            let route =
+                upstream::route(&format!("/v2/{element}/a/manifests/1"), None, None).unwrap();
+            assert_eq!(route.registry.as_deref(), reg["prefix"].as_str());
+        }
+    }
+
+    #[test]
+    fn podman_names_the_registry_it_cannot_write() {
+        let c = config();
+        let only = |h: &str| vec![h.to_owned()];
+        let p = Path::new("/x.conf");
+        let f = podman(&c, "http://127.0.0.1:65001/", p, &only("127.0.0.1:5000")).unwrap();
+        assert!(
+            f.contents
+                .contains("location = \"127.0.0.1:65001/127.0.0.1_5000\"\ninsecure = true"),
+            "{}",
+            f.contents
+        );
+        // A loopback registry is plain HTTP for dfdaemon, so for the direct fallback too.
+        assert!(
+            f.contents
+                .contains("location = \"127.0.0.1:5000\"\ninsecure = true")
+        );
+        for (bad, why) in [
+            ("[::1]:5000", "IPv6"),
+            ("Reg.Local:5000", "lowercase"),
+            ("myregistry", "Docker Hub namespace"),
+        ] {
+            let err = podman(&c, "http://127.0.0.1:65001", p, &only(bad)).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -296,7 +359,7 @@ mod tests {
             Path::new("/x.conf"),
             &only(&["quay.io"]),
         );
-        let parsed: toml::Table = toml::from_str(&f.contents).unwrap();
+        let parsed: toml::Table = toml::from_str(&f.unwrap().contents).unwrap();
         let regs = parsed["registry"].as_array().unwrap();
         assert_eq!(regs.len(), 1);
         assert_eq!(regs[0]["prefix"].as_str(), Some("quay.io"));

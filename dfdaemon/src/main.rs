@@ -122,7 +122,13 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Runtime::Podman => vec![init::podman(&config, &mirror, &podman_config, &registries)],
+            Runtime::Podman => match init::podman(&config, &mirror, &podman_config, &registries) {
+                Ok(f) => vec![f],
+                Err(e) => {
+                    eprintln!("dfdaemon init: {e}");
+                    return ExitCode::from(damselfly_common::config::EXIT_CONFIG);
+                }
+            },
         };
         return emit(&files, write);
     }

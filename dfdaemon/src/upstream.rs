@@ -4,11 +4,18 @@
 //!
 //! 1. the `X-Damselfly-Registry: <host>` header (scripts, tests, custom clients);
 //! 2. containerd's `?ns=<host>` query parameter (`hosts.toml`, old CRI `mirrors`);
-//! 3. a registry host as the first path element after `/v2/` (Podman, CRI-O, skopeo with a
-//!    `registries.conf` mirror `127.0.0.1:65001/docker.io`): `/v2/docker.io/library/x/...`;
+//! 3. a registry as the first path element after `/v2/` (Podman, CRI-O, skopeo with a
+//!    `registries.conf` mirror `127.0.0.1:65001/docker.io`): `/v2/docker.io/library/x/...`,
+//!    a port written after a `_` (`reg.local:5000` is `/v2/reg.local_5000/...`, see
+//!    [`prefix`]); an element that claims to be a registry but is malformed is refused, never
+//!    guessed at;
 //! 4. the configured default upstream (Docker's `registry-mirrors`, Docker Hub only).
 
+pub mod prefix;
+
 use damselfly_common::Digest;
+
+pub use prefix::PrefixError;
 
 /// The header that names the upstream registry explicitly.
 pub const REGISTRY_HEADER: &str = "x-damselfly-registry";
@@ -84,13 +91,28 @@ pub enum RouteError {
     /// The named registry is not a valid host.
     #[error("invalid registry host {0:?}")]
     BadRegistry(String),
+    /// The first path element claims to be a registry but is no encoding of one.
+    #[error(transparent)]
+    BadPrefix(#[from] PrefixError),
+}
+
+impl RouteError {
+    /// The OCI error code of the answer (the status is 404 for a path outside the API and
+    /// 400 otherwise).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotRegistryApi(_) => "UNSUPPORTED",
+            Self::BadRegistry(_) | Self::BadPrefix(_) => "NAME_INVALID",
+        }
+    }
 }
 
 /// Routes a request for `path` (`/v2/...`) with `query` and the value of the
 /// [`REGISTRY_HEADER`] header, if any.
 ///
 /// # Errors
-/// [`RouteError`] for paths outside `/v2/` or a malformed registry name.
+/// [`RouteError`] for paths outside `/v2/`, a malformed registry name, or a first path element
+/// that [claims to be a registry](prefix::names_registry) but does not [decode](prefix::decode).
 pub fn route(path: &str, query: Option<&str>, header: Option<&str>) -> Result<Route, RouteError> {
     let Some(rest) = path
         .strip_prefix("/v2/")
@@ -107,16 +129,16 @@ pub fn route(path: &str, query: Option<&str>, header: Option<&str>) -> Result<Ro
     } else if let Some(ns) = ns {
         (Some(ns), SelectedBy::Namespace, rest)
     } else if let Some((first, tail)) = rest.split_once('/')
-        && looks_like_host(first)
+        && prefix::names_registry(first)
         && !tail.is_empty()
     {
-        (Some(first.to_owned()), SelectedBy::PathPrefix, tail)
-    } else if let Some(host) = Some(rest.trim_end_matches('/'))
-        && !host.contains('/')
-        && looks_like_host(host)
+        (Some(prefix::decode(first)?), SelectedBy::PathPrefix, tail)
+    } else if let Some(element) = Some(rest.trim_end_matches('/'))
+        && !element.contains('/')
+        && prefix::names_registry(element)
     {
         // `/v2/docker.io/`: the version check through a path-prefix mirror.
-        (Some(host.to_owned()), SelectedBy::PathPrefix, "")
+        (Some(prefix::decode(element)?), SelectedBy::PathPrefix, "")
     } else {
         (None, SelectedBy::Default, rest)
     };
@@ -170,12 +192,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Docker's rule for the first component of a reference: a registry if it has a `.` or a
-/// `:`, or is `localhost`.
-fn looks_like_host(s: &str) -> bool {
-    !s.is_empty() && (s.contains('.') || s.contains(':') || s == "localhost")
 }
 
 /// A host, `host:port`, or `[v6]:port`, with no characters that could change a URL.
@@ -370,10 +386,70 @@ mod tests {
                 repo: "library/nginx".into()
             }
         );
-        let base = route("/v2/127.0.0.1:5000/", None, None).unwrap();
+        let base = route("/v2/127.0.0.1_5000/", None, None).unwrap();
         assert_eq!(base.registry.as_deref(), Some("127.0.0.1:5000"));
         assert_eq!(base.kind, Kind::Base);
         assert_eq!(base.path, "/v2/");
+    }
+
+    #[test]
+    fn a_registry_port_travels_after_an_underscore() {
+        let r = route(&format!("/v2/reg.local_5000/e2e/app/blobs/{D}"), None, None).unwrap();
+        assert_eq!(r.registry.as_deref(), Some("reg.local:5000"));
+        assert_eq!(r.selected_by, SelectedBy::PathPrefix);
+        assert_eq!(r.path, format!("/v2/e2e/app/blobs/{D}"));
+        assert_eq!(
+            r.kind,
+            Kind::Blob {
+                repo: "e2e/app".into(),
+                digest: D.parse().unwrap()
+            }
+        );
+        // What `init podman` writes is what the route reads back.
+        for host in [
+            "docker.io",
+            "reg.local:5000",
+            "localhost:5000",
+            "127.0.0.1:47851",
+        ] {
+            let element = prefix::encode(host).unwrap();
+            let r = route(&format!("/v2/{element}/a/b/manifests/1"), None, None).unwrap();
+            assert_eq!(r.registry.as_deref(), Some(host));
+            assert_eq!(r.path, "/v2/a/b/manifests/1");
+        }
+        // The catalog endpoint is not a registry named `_catalog`.
+        let catalog = route("/v2/_catalog", Some("n=1"), None).unwrap();
+        assert_eq!(catalog.registry, None);
+        assert_eq!(catalog.path, "/v2/_catalog");
+    }
+
+    #[test]
+    fn a_malformed_prefix_is_refused_not_routed() {
+        for path in [
+            "/v2/reg.local:5000/a/manifests/1",
+            "/v2/127.0.0.1:5000/",
+            "/v2/[::1]:5000/a/manifests/1",
+            "/v2/reg.local_0/a/manifests/1",
+            "/v2/reg.local_99999/a/manifests/1",
+            "/v2/reg.local_05000/a/manifests/1",
+            "/v2/Reg.Local/a/manifests/1",
+            "/v2/reg..local/a/manifests/1",
+            "/v2/reg_local_5000/a/manifests/1",
+            "/v2/evil.com@x/a/manifests/1",
+            "/v2/reg.local%3A5000/a/manifests/1",
+            "/v2/reg.local_5000_",
+        ] {
+            let err = route(path, None, None).unwrap_err();
+            assert!(matches!(err, RouteError::BadPrefix(_)), "{path}: {err:?}");
+            assert_eq!(err.code(), "NAME_INVALID");
+        }
+        // The message tells a client using the old colon form what to send instead.
+        let err = route("/v2/reg.local:5000/a/manifests/1", None, None).unwrap_err();
+        assert!(err.to_string().contains("(reg.local_5000)"), "{err}");
+        // An explicit registry (header, `ns`) takes the path as it is.
+        let r = route("/v2/reg.local:5000/a/manifests/1", Some("ns=quay.io"), None).unwrap();
+        assert_eq!(r.registry.as_deref(), Some("quay.io"));
+        assert_eq!(r.path, "/v2/reg.local:5000/a/manifests/1");
     }
 
     #[test]
