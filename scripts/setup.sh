@@ -4,14 +4,15 @@
 set -euo pipefail
 
 # docker-registry: the reference registry; containerd + runc: the runtime the mirror tests pull
-# and run through; skopeo: the registries.conf (path-prefix) client; busybox-static: the
+# and run through; skopeo and podman: the registries.conf (path-prefix) clients, which pull
+# through the drop-in `dfdaemon init podman` writes (podman also runs it); busybox-static: the
 # test image's userland; ccache: lets `cargo clippy` reuse `cargo build`'s RocksDB C++ objects;
 # python3-venv: the deploy checks' pinned PyPI packages (Helm SDK, Kubernetes schemas);
 # systemd: `systemd-analyze verify` of the units in deploy/systemd; fuse3: fusermount3 for the
 # nydus-fs mounts (the tests mount as root through /dev/fuse, and detach with fusermount3);
 # iptables: a test drops the packets to a supernode (a black hole, not a refusal).
 PACKAGES=(docker-registry apache2-utils libclang-dev clang iproute2 ca-certificates curl
-    containerd runc skopeo busybox-static ccache python3-venv systemd fuse3 iptables)
+    containerd runc skopeo podman busybox-static ccache python3-venv systemd fuse3 iptables)
 
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=()
@@ -52,7 +53,7 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${SUDO[@]}" systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
-for tool in docker-registry htpasswd containerd ctr runc skopeo ccache systemd-analyze fusermount3; do
+for tool in docker-registry htpasswd containerd ctr runc skopeo podman ccache systemd-analyze fusermount3; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool not found on PATH after install" >&2; exit 1; }
 done
 

@@ -457,7 +457,7 @@ fn ctr_program() -> std::ffi::OsString {
 }
 
 /// Runs `command` with stdin closed and stdout/stderr captured, killing it after `timeout`.
-fn output_with_timeout(mut command: Command, timeout: Duration) -> Result<Output> {
+pub(crate) fn output_with_timeout(mut command: Command, timeout: Duration) -> Result<Output> {
     // Files rather than pipes: nothing has to drain them while the command runs.
     let mut stdout = tempfile::tempfile().context("cannot create a temporary file")?;
     let mut stderr = tempfile::tempfile().context("cannot create a temporary file")?;
@@ -505,7 +505,7 @@ fn read_all(file: &mut File) -> String {
 }
 
 /// Lazily unmounts everything mounted at or below `dir` (deepest first), best effort.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };

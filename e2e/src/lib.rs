@@ -10,6 +10,8 @@
 //! * [`Supernode`], [`Dfget`], [`Dfdaemon`] run the Damselfly programs themselves.
 //! * [`Containerd`] runs a real containerd in a temp dir; `ctr` pulls through hosts.toml
 //!   files ([`write_hosts_toml`]) and runs containers of [`TestImage`]s (busybox + data).
+//! * [`Podman`] runs a real Podman with private storage, pulling through a `registries.conf`
+//!   (such as the drop-in `dfdaemon init podman` writes) and running what it pulled.
 //! * [`TestRegistry`] runs a throw-away OCI registry, pushes blobs/images, and counts from its
 //!   access log how many times each blob was actually served.
 //! * [`LayeredImage`] is a multi-layer image with every kind of file and the tree it unpacks
@@ -32,6 +34,7 @@ mod faulty;
 pub mod http;
 mod image;
 mod nydus;
+mod podman;
 mod recorder;
 mod registry;
 mod smallfs;
@@ -54,6 +57,7 @@ pub use nydus::{
     RICH_MTIME, RICH_SMALL_PATH, TreeEntry, fuse_available, is_mounted, mount_stat, nydus_convert,
     nydus_fs, nydus_fs_bin, registry_blob_path, try_nydus_convert,
 };
+pub use podman::Podman;
 pub use recorder::{RecordingProxy, SeenRequest};
 pub use registry::{
     AccessLogEntry, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
