@@ -1,19 +1,21 @@
 //! dfdaemon as a registry mirror, with real clients: containerd (`ctr` with `hosts.toml`),
-//! skopeo (`registries.conf` path-prefix form) and plain HTTP, against the Debian
-//! `docker-registry`, a real supernode and several dfdaemons.
+//! skopeo and Podman (the `registries.conf` drop-in `dfdaemon init podman` writes, path-prefix
+//! form) and plain HTTP, against the Debian `docker-registry`, a real supernode and several
+//! dfdaemons.
 //!
-//! The containerd tests need root; they are skipped (with a message) otherwise.
+//! The containerd and Podman tests need root; they are skipped (with a message) otherwise.
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use damselfly_e2e::{
-    Containerd, Dfdaemon, PushedImage, Supernode, TestImage, TestRegistry, bin, describe_output,
-    free_tcp_port, http, lying_http_server, random_blob, running_as_root, sha256_digest,
-    write_hosts_toml,
+    Containerd, Dfdaemon, Podman, PushedImage, Supernode, TestImage, TestRegistry, bin,
+    describe_output, free_tcp_port, http, lying_http_server, random_blob, running_as_root,
+    sha256_digest, write_hosts_toml,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -158,60 +160,164 @@ fn three_nodes_pull_the_same_image_and_the_registry_sends_each_blob_once() {
     }
 }
 
-#[test]
-fn skopeo_pulls_through_the_path_prefix_form() {
-    let _serial = serial();
-    let registry = TestRegistry::start();
-    let (_, pushed) = push(&registry, "e2e/skopeo", "skopeo", 13);
-    let supernode = Supernode::builder().start();
-    // containers/image cannot put a `host:port` in a mirror's path, so the registry gets a
-    // name (as in production: `docker.io`) that dfdaemon maps to its address. The name
-    // does not resolve, so only the mirror can serve this pull.
-    let name = "registry.e2e.invalid";
-    let dfdaemon = Dfdaemon::builder()
-        .supernode(supernode.addr())
-        .args([
-            "--registry-endpoint".to_owned(),
-            format!("{name}={}", registry.url()),
-        ])
-        .start();
+/// `dfdaemon FLAGS init podman --write` into a temporary directory, as an operator runs it on
+/// the node (the same flags as the running `dfdaemon`, so the same registries); returns the
+/// directory and the drop-in written there.
+fn init_podman(dfdaemon: &Dfdaemon, flags: &[String]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nprefix = \"{name}\"\nlocation = \"{name}\"\n\
-             [[registry.mirror]]\nlocation = \"{}/{name}\"\ninsecure = true\n",
-            dfdaemon.addr()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new("skopeo")
-        .arg("--registries-conf")
-        .arg(&conf)
-        .arg("copy")
-        .arg(format!("docker://{name}/e2e/skopeo:1"))
-        .arg(format!("oci:{}:1", dir.path().join("layout").display()))
+    let drop_in = dir.path().join("registries.conf.d/50-damselfly.conf");
+    let init = std::process::Command::new(bin("dfdaemon"))
+        .args(flags)
+        .args(["init", "podman", "--write", "--mirror", &dfdaemon.url()])
+        .arg("--podman-config")
+        .arg(&drop_in)
         .output()
-        .expect("skopeo runs");
-    assert!(out.status.success(), "{}", describe_output(&out));
-    for digest in &pushed.layer_digests {
-        let hex = digest.trim_start_matches("sha256:");
-        let data = std::fs::read(dir.path().join("layout/blobs/sha256").join(hex)).unwrap();
-        assert_eq!(&sha256_digest(&data), digest);
-    }
-    assert!(
-        blob_requests(&dfdaemon) >= 4.0,
-        "skopeo did not fetch the blobs through dfdaemon:\n{}",
-        dfdaemon.log_text()
-    );
-    assert!(
-        dfdaemon.log_text().contains("by=PathPrefix"),
-        "no path-prefix route in the log"
-    );
+        .unwrap();
+    assert!(init.status.success(), "{}", describe_output(&init));
+    (dir, drop_in)
+}
+
+/// Every blob of `pushed` was served by dfdaemon through the path-prefix route for `host`
+/// (the runtime did not fall back to the registry), and the registry sent each once (to the
+/// supernode).
+fn assert_served_by_path_prefix(
+    dfdaemon: &Dfdaemon,
+    registry: &TestRegistry,
+    pushed: &PushedImage,
+    host: &str,
+) {
+    let log = dfdaemon.log_text();
     for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert!(
+            log.lines().any(|l| l.contains("by=PathPrefix")
+                && l.contains(&format!("registry=\"{host}\""))
+                && l.contains(&format!("/blobs/{digest} "))
+                && l.contains("status=200")),
+            "{digest} of {host} not served by the path-prefix route:\n{log}"
+        );
         assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
     }
+}
+
+#[test]
+fn skopeo_pulls_through_the_drop_in_init_podman_writes() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (_, by_address) = push(&registry, "e2e/skopeo", "skopeo", 13);
+    let (_, by_name) = push(&registry, "e2e/named", "named", 14);
+    let supernode = Supernode::builder().start();
+    // Two registries on a port: the registry at its own address, and `reg.local:5000`, a name
+    // that does not resolve and that dfdaemon maps to the same registry, so only the mirror
+    // can serve it (no silent fallback to the registry).
+    let named = "reg.local:5000";
+    let flags = vec![
+        "--plain-http-registry".to_owned(),
+        registry.host(),
+        "--registry-endpoint".to_owned(),
+        format!("{named}={}", registry.url()),
+    ];
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(flags.clone())
+        .start();
+    let (dir, drop_in) = init_podman(&dfdaemon, &flags);
+    let written = std::fs::read_to_string(&drop_in).unwrap();
+    assert!(
+        written.contains(&format!("\"{}/reg.local_5000\"", dfdaemon.addr())),
+        "{written}"
+    );
+
+    for (host, pushed, repo) in [
+        (registry.host(), &by_address, "e2e/skopeo"),
+        (named.to_owned(), &by_name, "e2e/named"),
+    ] {
+        let layout = dir.path().join(repo.replace('/', "-"));
+        let before = blob_requests(&dfdaemon);
+        let out = std::process::Command::new("skopeo")
+            .arg("--registries-conf")
+            .arg(&drop_in)
+            .arg("copy")
+            .arg(format!("docker://{host}/{repo}:1"))
+            .arg(format!("oci:{}:1", layout.display()))
+            .output()
+            .expect("skopeo runs");
+        assert!(out.status.success(), "{host}: {}", describe_output(&out));
+        for digest in &pushed.layer_digests {
+            let hex = digest.trim_start_matches("sha256:");
+            let data = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+            assert_eq!(&sha256_digest(&data), digest);
+        }
+        let through = blob_requests(&dfdaemon) - before;
+        assert!(
+            through >= 4.0,
+            "{host}: {through} blob requests through dfdaemon:\n{}",
+            dfdaemon.log_text()
+        );
+        assert_served_by_path_prefix(&dfdaemon, &registry, pushed, &host);
+    }
+
+    // The old form, `host:port` in the path, is refused with the form to use, not routed.
+    let old = http::get(
+        &format!(
+            "{}/v2/{}/e2e/skopeo/manifests/1",
+            dfdaemon.url(),
+            registry.host()
+        ),
+        None,
+    )
+    .unwrap();
+    assert_eq!(old.status, 400, "{}", old.text());
+    let err: serde_json::Value = serde_json::from_slice(&old.body).unwrap();
+    assert_eq!(err["errors"][0]["code"], "NAME_INVALID");
+    let message = err["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("({})", registry.host().replace(':', "_"))),
+        "{message}"
+    );
+}
+
+#[test]
+fn podman_pulls_and_runs_through_the_drop_in_init_podman_writes() {
+    let test = "podman_pulls_and_runs_through_the_drop_in_init_podman_writes";
+    if !running_as_root(test) {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/podman", "hello from podman", 15);
+    let supernode = Supernode::builder().start();
+    let flags = vec!["--plain-http-registry".to_owned(), registry.host()];
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(flags.clone())
+        .start();
+    let (_dir, drop_in) = init_podman(&dfdaemon, &flags);
+    let podman = Podman::new(&drop_in).unwrap();
+    let reference = format!("{}/e2e/podman:1", registry.host());
+
+    let pull = podman.pull(&reference).unwrap();
+    assert!(pull.status.success(), "{}", describe_output(&pull));
+    assert!(
+        blob_requests(&dfdaemon) >= 4.0,
+        "podman did not fetch the blobs through dfdaemon:\n{}",
+        dfdaemon.log_text()
+    );
+    assert_served_by_path_prefix(&dfdaemon, &registry, &pushed, &registry.host());
+    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
+    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
+
+    let run = podman.run(&reference, &[]).unwrap();
+    if !run.status.success() {
+        if let Some(why) = podman.cannot_run_containers(&image) {
+            eprintln!(
+                "{test}: skipping the `podman run` step: this machine cannot run any Podman \
+                 container (a local busybox image fails the same way): {why}"
+            );
+            return;
+        }
+        panic!("podman run failed: {}", describe_output(&run));
+    }
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
 }
 
 #[test]
