@@ -128,6 +128,7 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                 "delivered_per_100ms": rep.delivered,
                 "busy": rep.busy,
                 "seed_offer_conflicts": rep.seed_offer_conflicts,
+                "cut_through_cycles": rep.cut_through_cycles,
                 "seed_bytes_sent": rep.seed_bytes_sent,
                 "syncs": rep.syncs,
                 "control_bytes": rep.control_bytes,

@@ -174,7 +174,22 @@ pub struct SimConfig {
     /// answers: 96 bytes (digest and signature) more on every piece answer, the seed's and
     /// the parents'. Default on, as dfget when the supernode publishes its key.
     pub vouched_digests: bool,
+    /// What-if (issue 12 part 4): a peer relays a piece while it is still receiving it.
+    /// It announces the piece to its children when the piece's first byte starts to arrive
+    /// (with [`SimConfig::announcements`]; its bitfield lists such pieces too), serves
+    /// requests for it as the bytes come in, and withholds the last 64 KiB block
+    /// ([`CUT_THROUGH_BLOCK`]) until it has verified the whole piece itself, so a child
+    /// never completes a piece its parent did not verify. When the parent's own transfer
+    /// fails or its bytes fail verification, its children's transfers of the piece fail as
+    /// [`crate::FailReason::Unavailable`] (not their parent's fault, no demotion). The
+    /// network model keeps a relayed flow at its fair share; when it ends before the
+    /// parent has the piece, its last block arrives a block's transfer time after the
+    /// parent completes. Default off: the daemons relay only verified pieces.
+    pub cut_through: bool,
 }
+
+/// The block a cut-through relay withholds until it has verified the piece ([`SimConfig::cut_through`]).
+pub const CUT_THROUGH_BLOCK: u64 = 64 << 10;
 
 impl SimConfig {
     /// A flash crowd: `peers` peers join within 100 ms to fetch `file_size` bytes cut as the
@@ -205,6 +220,7 @@ impl SimConfig {
             sync_waits: false,
             vouched_digests: true,
             announcements: true,
+            cut_through: false,
         }
     }
 
@@ -321,7 +337,9 @@ pub struct PeerOutcome {
     pub joined: Duration,
     /// Time from joining to holding every piece; `None` if it never finished.
     pub done: Option<Duration>,
-    /// Its own physical floor: `max(F / u_s, F / d_i)`. No schedule can beat it.
+    /// Its own physical floor: `max(F / u_s, F / d_i)`. No schedule gets it every byte in
+    /// less time after the first peer joined (a later joiner may take less from its own
+    /// join, catching up on pieces relayed while it was not there).
     pub floor: Duration,
     /// The peer served corrupt pieces.
     pub liar: bool,
@@ -355,6 +373,9 @@ pub struct SimReport {
     pub seed_offer_conflicts: u64,
     /// Piece requests that waited in a peer's upload queue.
     pub queued: u64,
+    /// Requests a cut-through relay refused because the requester was upstream of it for
+    /// that piece ([`SimConfig::cut_through`]).
+    pub cut_through_cycles: u64,
     /// Bytes of control messages (syncs, piece requests, answer headers), with
     /// [`SimConfig::control_traffic`].
     pub control_bytes: u64,

@@ -61,6 +61,10 @@ struct Cli {
     /// the supernode): dfget against a supernode without a key, or an older one.
     #[arg(long)]
     no_vouched_digests: bool,
+    /// What-if: a peer relays a piece while it is still receiving it, withholding the last
+    /// 64 KiB until it has verified the piece (issue 12 part 4).
+    #[arg(long)]
+    cut_through: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +123,9 @@ fn main() -> anyhow::Result<()> {
             }
             if cli.no_vouched_digests {
                 c.vouched_digests = false;
+            }
+            if cli.cut_through {
+                c.cut_through = true;
             }
         });
         if !cli.json {

@@ -13,7 +13,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::net::{FlowId, Net, NodeIdx, Reschedule, Wake};
-use super::{Arrivals, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross};
+use super::{
+    Arrivals, CUT_THROUGH_BLOCK, Link, PeerOutcome, PeerTransport, SimConfig, SimReport, kumar_ross,
+};
 use crate::{
     Bitmap, FailReason, PeerHost, PeerId, PeerSession, SchedEvent, SessionConfig, SessionEvent,
     Source, Subscription, SyncFailure, SyncInput, SyncMsg, SyncReply, TaskScheduler, piece_count,
@@ -52,6 +54,14 @@ enum Ev {
         by: Node,
         to: u32,
         piece: u32,
+    },
+    /// A transfer whose bytes were moving broke (its source left, or a cut-through relay
+    /// lost the piece): the requester learns it, and the piece is no longer arriving.
+    Broke {
+        by: Node,
+        to: u32,
+        piece: u32,
+        reason: FailReason,
     },
     /// The requester learns its request failed.
     Fail {
@@ -119,6 +129,8 @@ struct Outcome {
     by: Node,
     piece: u32,
     end: End,
+    /// The request's bytes were moving (a flow had started), so the piece stops arriving.
+    flowed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +193,8 @@ struct Transfer {
     by: Node,
     to: u32,
     piece: u32,
+    /// When its flow started.
+    started: u64,
 }
 
 /// What a flow carries.
@@ -233,6 +247,15 @@ pub(super) struct Sim {
     resched: Vec<Reschedule>,
     bound: Duration,
     report: SimReport,
+    /// `(peer, piece)`: transfers into the peer that started and whose end the peer has
+    /// not yet seen ([`SimConfig::cut_through`] relays a piece while this is above 0).
+    inflow: BTreeMap<(u32, u32), u32>,
+    /// `(parent, piece)`: relayed transfers whose bytes are all sent but the last block,
+    /// waiting for the parent to complete the piece: `(child, last block's time in ns)`.
+    held: BTreeMap<(u32, u32), Vec<(u32, u64)>>,
+    /// `(peer, piece)`: the relays upstream of a piece the peer is receiving, so that
+    /// relays never form a cycle (a peer does not relay a piece to one of its own sources).
+    upstream: BTreeMap<(u32, u32), Vec<u32>>,
 }
 
 fn peer_id(i: u32) -> PeerId {
@@ -337,6 +360,7 @@ impl Sim {
                 busy: 0,
                 seed_offer_conflicts: 0,
                 queued: 0,
+                cut_through_cycles: 0,
                 control_bytes: 0,
                 seed_control_sent: 0,
                 seed_control_received: 0,
@@ -348,6 +372,9 @@ impl Sim {
                 injected: None,
                 delivered: Vec::new(),
             },
+            inflow: BTreeMap::new(),
+            held: BTreeMap::new(),
+            upstream: BTreeMap::new(),
             config: config.clone(),
         };
         let session_config = SessionConfig {
@@ -487,7 +514,16 @@ impl Sim {
             Ev::Deliver { by, to, piece } => {
                 let corrupt = matches!(by, Node::Peer(j) if self.peers[j as usize].liar);
                 let end = End::Bytes { corrupt };
-                self.outcome(to, Outcome { by, piece, end });
+                let flowed = true;
+                self.outcome(
+                    to,
+                    Outcome {
+                        by,
+                        piece,
+                        end,
+                        flowed,
+                    },
+                );
             }
             Ev::Fail {
                 by,
@@ -500,6 +536,21 @@ impl Sim {
                     by,
                     piece,
                     end: End::Failed(reason),
+                    flowed: false,
+                },
+            ),
+            Ev::Broke {
+                by,
+                to,
+                piece,
+                reason,
+            } => self.outcome(
+                to,
+                Outcome {
+                    by,
+                    piece,
+                    end: End::Failed(reason),
+                    flowed: true,
                 },
             ),
             Ev::Subscribe { parent, child } => self.subscribe(parent, child),
@@ -510,7 +561,11 @@ impl Sim {
             }
             Ev::Bitfield { parent, child } => {
                 let now = self.instant();
-                let bits = self.peers[parent as usize].session.have().clone();
+                let mut bits = self.peers[parent as usize].session.have().clone();
+                // A cut-through relay lists the pieces it is receiving too.
+                for (&(_, piece), _) in self.inflow.range((parent, 0)..=(parent, u32::MAX)) {
+                    bits.set(piece);
+                }
                 let c = &mut self.peers[child as usize];
                 if !c.left {
                     c.session.handle_parent_pieces(now, peer_id(parent), bits);
@@ -808,6 +863,9 @@ impl Sim {
 
     fn outcome(&mut self, i: u32, o: Outcome) {
         if self.peers[i as usize].left {
+            if o.flowed {
+                self.inflow_end(i, o.piece);
+            }
             return;
         }
         if self.waiting(i) {
@@ -825,7 +883,12 @@ impl Sim {
         let from = source(o.by);
         let session = &mut self.peers[i as usize].session;
         match o.end {
-            End::Failed(reason) => session.handle_piece_failed(now, o.piece, from, reason),
+            End::Failed(reason) => {
+                session.handle_piece_failed(now, o.piece, from, reason);
+                if o.flowed {
+                    self.inflow_end(i, o.piece);
+                }
+            }
             End::Bytes { corrupt } => {
                 if self.config.vouched_digests {
                     // The answer's digest and signature check out (a liar corrupts bytes;
@@ -835,13 +898,20 @@ impl Sim {
                 if corrupt {
                     session.handle_piece_received(now, o.piece, from);
                     session.handle_piece_failed(now, o.piece, from, FailReason::Corrupt);
+                    self.inflow_end(i, o.piece);
                     return;
                 }
                 let fresh = !session.have().get(o.piece);
                 session.handle_piece_received(now, o.piece, from);
                 session.handle_piece_done(now, o.piece, from, range.end - range.start);
-                if fresh && session.have().get(o.piece) {
+                let have = session.have().get(o.piece);
+                // A cut-through relay announced the piece when it started to arrive.
+                if fresh && have && !self.config.cut_through {
                     self.announce(i, o.piece);
+                }
+                self.inflow_end(i, o.piece);
+                if have {
+                    self.release_held(i, o.piece);
                 }
             }
         }
@@ -863,11 +933,24 @@ impl Sim {
             }
             Node::Seed => (self.seed_uploads >= self.config.seed_slots).then_some(FailReason::Busy),
             Node::Peer(j) => {
+                // A cut-through relay serves a piece it is still receiving.
+                let relaying = self.config.cut_through
+                    && !self.peers[j as usize].session.have().get(piece)
+                    && self.inflow.contains_key(&(j, piece));
                 let p = &mut self.peers[j as usize];
                 if p.left {
                     Some(FailReason::Io)
-                } else if !p.session.have().get(piece) {
+                } else if !p.session.have().get(piece) && !relaying {
                     Some(FailReason::Absent)
+                } else if relaying
+                    && self
+                        .upstream
+                        .get(&(j, piece))
+                        .is_some_and(|up| up.contains(&from))
+                {
+                    // The requester is upstream of this relay: its bytes would come back.
+                    self.report.cut_through_cycles += 1;
+                    Some(FailReason::Unavailable)
                 } else if self.config.transport == PeerTransport::Tcp {
                     self.conns
                         .entry((j, from))
@@ -972,8 +1055,137 @@ impl Sim {
                 self.report.seed_digest_bytes += header - PIECE_HEADER;
             }
         }
-        let carried = Carried::Piece(Transfer { by, to, piece });
+        let started = self.now;
+        let carried = Carried::Piece(Transfer {
+            by,
+            to,
+            piece,
+            started,
+        });
         self.open_flow(by, Node::Peer(to), bytes, carried);
+        if !self.config.cut_through {
+            return;
+        }
+        if let Node::Peer(s) = by
+            && !self.peers[s as usize].session.have().get(piece)
+        {
+            let mut up = self.upstream.get(&(s, piece)).cloned().unwrap_or_default();
+            up.push(s);
+            let mine = self.upstream.entry((to, piece)).or_default();
+            for u in up {
+                if !mine.contains(&u) {
+                    mine.push(u);
+                }
+            }
+        }
+        let arriving = self.inflow.entry((to, piece)).or_insert(0);
+        *arriving += 1;
+        if *arriving == 1
+            && self.config.announcements
+            && !self.peers[to as usize].session.have().get(piece)
+        {
+            self.announce(to, piece);
+        }
+    }
+
+    /// A transfer into peer `i` of `piece` ended (delivered, refused or broken). When none
+    /// is left and the peer does not hold the piece, the relays it held back fail.
+    fn inflow_end(&mut self, i: u32, piece: u32) {
+        let key = (i, piece);
+        match self.inflow.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.inflow.remove(&key);
+                self.upstream.remove(&key);
+            }
+            None => {}
+        }
+        let lost = !self.inflow.contains_key(&key)
+            && (self.peers[i as usize].left || !self.peers[i as usize].session.have().get(piece));
+        if lost {
+            self.fail_held(i, piece, FailReason::Unavailable);
+            self.abort_relays(i, piece);
+        }
+    }
+
+    /// Relay `i` lost `piece` it was still sending on: those transfers stop at once.
+    fn abort_relays(&mut self, i: u32, piece: u32) {
+        if self.peers[i as usize].left {
+            return; // `leave` ends its flows.
+        }
+        let relays: Vec<FlowId> = self
+            .net
+            .uploads(net_node(Node::Peer(i)))
+            .filter(|id| {
+                matches!(&self.transfers[id.slot as usize],
+                    Some(Carried::Piece(t)) if t.piece == piece)
+            })
+            .collect();
+        let mut out = std::mem::take(&mut self.resched);
+        for id in relays {
+            self.net.end(self.now, id, &mut out);
+            let Some(Carried::Piece(t)) = self.transfers[id.slot as usize].take() else {
+                continue;
+            };
+            let at = self.now + self.hop(t.by, Node::Peer(t.to));
+            let ev = Ev::Broke {
+                by: t.by,
+                to: t.to,
+                piece,
+                reason: FailReason::Unavailable,
+            };
+            self.push(at, ev);
+            self.upload_ended(i, t.to);
+        }
+        self.schedule_flows(&mut out);
+        self.resched = out;
+    }
+
+    /// Peer `j`'s upload to child `to` ended: its slot frees and the connection moves on.
+    fn upload_ended(&mut self, j: u32, to: u32) {
+        self.peers[j as usize].uploads -= 1;
+        if let Some(conn) = self.conns.get_mut(&(j, to)) {
+            conn.sending = false;
+        }
+        self.start_queued(j);
+        self.advance(j, to);
+    }
+
+    /// Relay `i` lost `piece` (its transfer broke or failed verification, or it left): the
+    /// children it held back the last block from learn their transfer broke.
+    fn fail_held(&mut self, i: u32, piece: u32, reason: FailReason) {
+        let Some(children) = self.held.remove(&(i, piece)) else {
+            return;
+        };
+        for (child, _) in children {
+            let at = self.now + self.hop(Node::Peer(i), Node::Peer(child));
+            let ev = Ev::Broke {
+                by: Node::Peer(i),
+                to: child,
+                piece,
+                reason,
+            };
+            self.push(at, ev);
+        }
+    }
+
+    /// Relay `i` verified `piece`: the last block goes to each child it held it back from.
+    fn release_held(&mut self, i: u32, piece: u32) {
+        let Some(children) = self.held.remove(&(i, piece)) else {
+            return;
+        };
+        for (child, block_ns) in children {
+            let at = self.now + block_ns + self.hop(Node::Peer(i), Node::Peer(child));
+            let by = Node::Peer(i);
+            self.push(
+                at,
+                Ev::Deliver {
+                    by,
+                    to: child,
+                    piece,
+                },
+            );
+        }
     }
 
     fn open_flow(&mut self, from: Node, to: Node, bytes: u64, carried: Carried) {
@@ -1049,13 +1261,8 @@ impl Sim {
                 }
             }
             Node::Peer(j) => {
-                self.peers[j as usize].uploads -= 1;
                 self.report.peer_bytes_sent += bytes;
-                if let Some(conn) = self.conns.get_mut(&(j, t.to)) {
-                    conn.sending = false;
-                }
-                self.start_queued(j);
-                self.advance(j, t.to);
+                self.upload_ended(j, t.to);
             }
         }
         let bucket = (self.now / 100_000_000) as usize;
@@ -1063,6 +1270,30 @@ impl Sim {
             self.report.delivered.resize(bucket + 1, 0);
         }
         self.report.delivered[bucket] += bytes;
+        if let Node::Peer(j) = t.by
+            && self.config.cut_through
+            && !self.peers[j as usize].session.have().get(t.piece)
+        {
+            if self.inflow.contains_key(&(j, t.piece)) {
+                // Relayed while arriving: the last block waits for the parent's check.
+                let block = CUT_THROUGH_BLOCK.min(bytes);
+                let block_ns = (self.now - t.started) * block / bytes.max(1);
+                self.held
+                    .entry((j, t.piece))
+                    .or_default()
+                    .push((t.to, block_ns));
+            } else {
+                let at = self.now + self.hop(t.by, Node::Peer(t.to));
+                let ev = Ev::Broke {
+                    by: t.by,
+                    to: t.to,
+                    piece: t.piece,
+                    reason: FailReason::Unavailable,
+                };
+                self.push(at, ev);
+            }
+            return;
+        }
         let at = self.now + self.hop(t.by, Node::Peer(t.to));
         self.push(
             at,
@@ -1179,17 +1410,28 @@ impl Sim {
                 let at = self.now + self.hop(t.by, Node::Peer(t.to));
                 self.push(
                     at,
-                    Ev::Fail {
+                    Ev::Broke {
                         by: t.by,
                         to: t.to,
                         piece: t.piece,
                         reason: FailReason::Io,
                     },
                 );
+            } else {
+                self.inflow_end(i, t.piece);
             }
         }
         self.schedule_flows(&mut out);
         self.resched = out;
+        // The children it held a relayed piece's last block from see the connection break.
+        let held: Vec<u32> = self
+            .held
+            .range((i, 0)..=(i, u32::MAX))
+            .map(|(&(_, piece), _)| piece)
+            .collect();
+        for piece in held {
+            self.fail_held(i, piece, FailReason::Io);
+        }
         for j in freed {
             self.start_queued(j);
         }

@@ -6,7 +6,7 @@ use crate::piece_count;
 fn summary(name: &str, r: &SimReport) {
     println!(
         "{name}: bound {:?} p50 {:.3} p99 {:.3} max {:.3} origin {:.3}x, peer {:.1}x, syncs {}, \
-         requests {}, busy {}, queued {}, events {}, elapsed {:?}",
+         requests {}, busy {}, queued {}, cut-through cycles refused {}, events {}, elapsed {:?}",
         r.bound,
         r.p50(),
         r.p99(),
@@ -17,6 +17,7 @@ fn summary(name: &str, r: &SimReport) {
         r.requests,
         r.busy,
         r.queued,
+        r.cut_through_cycles,
         r.events,
         r.elapsed,
     );
@@ -32,14 +33,18 @@ fn summary(name: &str, r: &SimReport) {
 }
 
 /// What a user checks after any run: every honest peer that stayed finished, nobody beat
-/// physics, and the supernode sent at least one copy.
+/// physics, and the supernode sent at least one copy. A peer's floor counts from the first
+/// join (the supernode injects from then on; a later joiner may catch up on pieces relayed
+/// while it was not there yet).
 fn assert_physical(r: &SimReport) {
     assert!(r.all_done(), "not every peer finished: {:?}", r.peers);
+    let first = r.peers.iter().map(|p| p.joined).min().unwrap_or_default();
     for (i, p) in r.peers.iter().enumerate() {
         if let Some(done) = p.done {
             assert!(
-                done >= p.floor,
-                "peer {i} finished in {done:?} < floor {:?}",
+                p.joined + done >= first + p.floor,
+                "peer {i} joined at {:?} and finished {done:?} later, before the floor {:?}",
+                p.joined,
                 p.floor
             );
         }
@@ -232,6 +237,51 @@ fn one_liar_is_banned_and_everyone_else_completes() {
 }
 
 #[test]
+fn cut_through_relays_complete_every_scenario_with_one_copy_from_the_supernode() {
+    // Relaying pieces while they arrive (issue 12 part 4's what-if) must keep every promise
+    // the store-and-forward swarm keeps: every honest peer finishes, the supernode sends
+    // about one copy, the liar is banned and nobody else is (a relay whose own source lied
+    // fails its children's transfers without blame), leavers break nothing.
+    for s in Scenario::ALL {
+        let mut cfg = s.config(50, 64 << 20);
+        cfg.cut_through = true;
+        cfg.control_traffic = true;
+        let r = run(&cfg);
+        summary(s.name(), &r);
+        assert_physical(&r);
+        assert!(
+            r.origin_ratio() <= 1.1,
+            "{}: origin {}",
+            s.name(),
+            r.origin_ratio()
+        );
+        let liars = usize::from(s == Scenario::Liar);
+        assert_eq!(r.banned, liars, "{}: bans", s.name());
+    }
+}
+
+#[test]
+fn cut_through_shortens_a_relay_chain() {
+    // Peers of 1 Gbit/s behind a supernode of 100 Mbit/s: each fresh piece leaves the
+    // supernode slowly and spreads from its first holder. Relayed as it arrives, it reaches
+    // the other peers about when the first holder has it, not a whole piece later.
+    let mut cfg = SimConfig::flash_crowd(20, 32 << 20);
+    cfg.seed_link = Link::symmetric_mbit(100, Duration::from_millis(1));
+    let before = run(&cfg);
+    cfg.cut_through = true;
+    let after = run(&cfg);
+    summary("store-and-forward", &before);
+    summary("cut-through", &after);
+    assert_physical(&after);
+    assert!(
+        after.p50() < before.p50(),
+        "cut-through p50 {} against {}",
+        after.p50(),
+        before.p50()
+    );
+}
+
+#[test]
 fn churn_completes_for_remaining_peers() {
     let cfg = Scenario::Churn.config(50, 64 << 20);
     let r = run(&cfg);
@@ -306,7 +356,7 @@ fn scenarios_1000() {
     let sync_waits = std::env::var("SIM_SYNC_WAITS").is_ok_and(|v| v == "1");
     // SIM_PEERS, SIM_UPLOAD_QUEUE, SIM_PER_PARENT and SIM_MAX_IN_FLIGHT override those knobs;
     // SIM_TRANSPORT=quic gives each request its own stream; SIM_CONTROL=1 (or 0) charges
-    // control messages' bytes (or not).
+    // control messages' bytes (or not); SIM_CUT_THROUGH=1 relays pieces while they arrive.
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     for s in Scenario::ALL {
         if only.as_deref().is_some_and(|n| n != s.name()) {
@@ -330,6 +380,9 @@ fn scenarios_1000() {
         }
         if let Some(v) = knob("SIM_MAX_IN_FLIGHT") {
             cfg.picker.max_in_flight = v as usize;
+        }
+        if let Some(v) = knob("SIM_CUT_THROUGH") {
+            cfg.cut_through = v == 1;
         }
         let r = run(&cfg);
         summary(s.name(), &r);
