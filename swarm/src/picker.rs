@@ -39,6 +39,11 @@ pub enum FailReason {
     Timeout,
     /// A transport or local error; the source is backed off to be safe.
     Io,
+    /// The parent was relaying the piece while receiving it and lost it (its own transfer
+    /// broke or failed its check): the piece leaves the parent's list until announced anew,
+    /// and the parent is not backed off (its other pieces are fine). Only a cut-through
+    /// relay answers this (the simulator's `cut_through`).
+    Withdrawn,
 }
 
 /// Knobs for [`Picker`].
@@ -303,8 +308,10 @@ impl Picker {
                 self.recount();
             }
             _ => {
-                if let (FailReason::Unavailable | FailReason::Absent, Source::Peer(id)) =
-                    (reason, from)
+                if let (
+                    FailReason::Unavailable | FailReason::Absent | FailReason::Withdrawn,
+                    Source::Peer(id),
+                ) = (reason, from)
                     && let Some((_, bits)) = self.parents.iter_mut().find(|(p, _)| *p == id)
                     && bits.get(piece)
                 {
@@ -312,6 +319,9 @@ impl Picker {
                     // until it is announced (or reported) anew.
                     bits.clear(piece);
                     self.rarity[piece as usize] -= 1;
+                }
+                if reason == FailReason::Withdrawn {
+                    return;
                 }
                 debug!(source = ?from, piece, ?reason, "backing off source");
                 let wait = if reason == FailReason::Busy {

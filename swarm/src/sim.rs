@@ -181,7 +181,8 @@ pub struct SimConfig {
     /// ([`CUT_THROUGH_BLOCK`]) until it has verified the whole piece itself, so a child
     /// never completes a piece its parent did not verify. When the parent's own transfer
     /// fails or its bytes fail verification, its children's transfers of the piece fail as
-    /// [`crate::FailReason::Unavailable`] (not their parent's fault, no demotion). The
+    /// [`crate::FailReason::Withdrawn`] (not their parent's fault: no demotion, no back-off),
+    /// as does a request from a peer upstream of the relay for that piece. The
     /// network model keeps a relayed flow at its fair share; when it ends before the
     /// parent has the piece, its last block arrives a block's transfer time after the
     /// parent completes. Default off: the daemons relay only verified pieces.

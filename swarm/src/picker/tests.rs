@@ -443,3 +443,35 @@ fn a_parent_that_does_not_serve_an_announced_piece_is_not_asked_for_it_again() {
     p.handle_parent_have(PeerId(7), 1);
     p.handle_parent_have(PeerId(1), 99);
 }
+
+#[test]
+fn a_relay_that_withdraws_a_piece_is_still_asked_for_its_others_at_once() {
+    let (mut p, t) = picker(2);
+    p.handle_parents(t, vec![(PeerId(1), bits(2, &[0, 1]))]);
+    let r = p.poll_request(t).unwrap();
+    assert_eq!(r.source, Source::Peer(PeerId(1)));
+    p.handle_piece_failed(t, r.piece, r.source, FailReason::Withdrawn);
+    // No back-off: the other piece is asked for at once, from the same parent ...
+    let again = drain(&mut p, t);
+    let other = 1 - r.piece;
+    assert_eq!(
+        again,
+        vec![Request {
+            piece: other,
+            source: Source::Peer(PeerId(1))
+        }]
+    );
+    // ... but not the withdrawn one, until it is announced anew.
+    p.handle_piece_failed(t, other, Source::Peer(PeerId(1)), FailReason::Busy);
+    let later = t + Duration::from_secs(60);
+    assert_eq!(
+        drain(&mut p, later),
+        vec![Request {
+            piece: other,
+            source: Source::Peer(PeerId(1))
+        }]
+    );
+    p.handle_parent_have(PeerId(1), r.piece);
+    let r2 = p.poll_request(later).unwrap();
+    assert_eq!((r2.piece, r2.source), (r.piece, Source::Peer(PeerId(1))));
+}

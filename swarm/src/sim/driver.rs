@@ -950,7 +950,7 @@ impl Sim {
                 {
                     // The requester is upstream of this relay: its bytes would come back.
                     self.report.cut_through_cycles += 1;
-                    Some(FailReason::Unavailable)
+                    Some(FailReason::Withdrawn)
                 } else if self.config.transport == PeerTransport::Tcp {
                     self.conns
                         .entry((j, from))
@@ -1103,7 +1103,7 @@ impl Sim {
         let lost = !self.inflow.contains_key(&key)
             && (self.peers[i as usize].left || !self.peers[i as usize].session.have().get(piece));
         if lost {
-            self.fail_held(i, piece, FailReason::Unavailable);
+            self.fail_held(i, piece, FailReason::Withdrawn);
             self.abort_relays(i, piece);
         }
     }
@@ -1132,7 +1132,7 @@ impl Sim {
                 by: t.by,
                 to: t.to,
                 piece,
-                reason: FailReason::Unavailable,
+                reason: FailReason::Withdrawn,
             };
             self.push(at, ev);
             self.upload_ended(i, t.to);
@@ -1288,7 +1288,7 @@ impl Sim {
                     by: t.by,
                     to: t.to,
                     piece: t.piece,
-                    reason: FailReason::Unavailable,
+                    reason: FailReason::Withdrawn,
                 };
                 self.push(at, ev);
             }
