@@ -484,6 +484,7 @@ impl Sim {
     }
 
     fn step(&mut self, ev: Ev) {
+        let broke = matches!(ev, Ev::Broke { .. });
         match ev {
             Ev::Join(i) => {
                 // Each simulated peer has a host of its own and a fresh id: a join is refused
@@ -530,16 +531,8 @@ impl Sim {
                 to,
                 piece,
                 reason,
-            } => self.outcome(
-                to,
-                Outcome {
-                    by,
-                    piece,
-                    end: End::Failed(reason),
-                    flowed: false,
-                },
-            ),
-            Ev::Broke {
+            }
+            | Ev::Broke {
                 by,
                 to,
                 piece,
@@ -550,7 +543,7 @@ impl Sim {
                     by,
                     piece,
                     end: End::Failed(reason),
-                    flowed: true,
+                    flowed: broke,
                 },
             ),
             Ev::Subscribe { parent, child } => self.subscribe(parent, child),
