@@ -1239,6 +1239,18 @@ fn a_manifest_starts_its_layers_downloading_before_the_runtime_asks() {
         "fetched {} of {total} bytes ahead",
         fetched(&on)
     );
+    // A download is counted when its last piece is in; the cache adopts the blob (re-reads
+    // and re-hashes it) moments later, and until then a GET joins the download instead of
+    // reading the cache. Wait for all three in the cache.
+    let cached = || {
+        on.metric("damselfly_dfdaemon_cache_bytes", None)
+            .unwrap_or(0.0)
+    };
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(20), || cached() >= total as f64),
+        "cache holds {} of {total} bytes",
+        cached()
+    );
     assert_eq!(blob_requests(&on), 0.0);
     // The runtime's GETs are then answered from the node cache, and the registry sent each
     // layer once (to the supernode).
