@@ -11,6 +11,9 @@
 //!    guessed at;
 //! 4. the configured default upstream (Docker's `registry-mirrors`, Docker Hub only).
 
+// Spelled out so that the fuzz target, which includes this file by `#[path]` (and so reads it
+// as a directory-owning module), finds the same file.
+#[path = "upstream/prefix.rs"]
 pub mod prefix;
 
 use damselfly_common::Digest;
