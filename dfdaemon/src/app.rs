@@ -185,6 +185,7 @@ impl App {
             check_whole_file: config.p2p.check_whole_file,
             announcements: config.p2p.announcements,
             vouched_digests: config.p2p.vouched_digests,
+            cut_through: config.p2p.cut_through,
             transport: config.p2p.transport,
             piece_timeout: config.p2p.piece_timeout,
             supernode_connect_timeout: config.p2p.supernode_connect_timeout,

@@ -135,6 +135,11 @@ pub struct P2pConfig {
     /// that has no signature for a piece (a node that predates this) makes the download
     /// ask the supernode for digests after all.
     pub vouched_digests: bool,
+    /// Relay a piece to other nodes while it arrives here (announce it when its first bytes
+    /// come, stream it as they are written, send its last 64 KiB once verified) and take
+    /// pieces still arriving at parents likewise. Default on. Needs `announcements`; nodes
+    /// that predate it simply never ask for or offer an arriving piece.
+    pub cut_through: bool,
     /// When an image manifest passes through the mirror, start downloading its tar layers
     /// (those not in the node cache) through the swarm at once, instead of when the runtime
     /// asks for each: runtimes fetch a few layers at a time (containerd 3), which leaves
@@ -337,6 +342,7 @@ impl Default for P2pConfig {
             check_whole_file: false,
             announcements: true,
             vouched_digests: true,
+            cut_through: true,
             prefetch_layers: false,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),
@@ -561,6 +567,9 @@ pub struct Overrides {
     /// `p2p.vouched_digests`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_vouched_digests: Option<bool>,
+    /// `p2p.cut_through`.
+    #[arg(long, value_name = "BOOL")]
+    pub p2p_cut_through: Option<bool>,
     /// `p2p.prefetch_layers`.
     #[arg(long, value_name = "BOOL")]
     pub p2p_prefetch_layers: Option<bool>,
@@ -681,6 +690,7 @@ impl Overrides {
         set(&mut c.p2p.check_whole_file, self.p2p_check_whole_file);
         set(&mut c.p2p.announcements, self.p2p_announcements);
         set(&mut c.p2p.vouched_digests, self.p2p_vouched_digests);
+        set(&mut c.p2p.cut_through, self.p2p_cut_through);
         set(&mut c.p2p.prefetch_layers, self.p2p_prefetch_layers);
         set(&mut c.p2p.transport, self.p2p_transport);
         set(&mut c.p2p.piece_timeout, self.p2p_piece_timeout);

@@ -159,13 +159,17 @@ impl PieceServer {
         let _subscribed = Subscribed(self.clone());
         // Subscribed before the bitfield is read, so no piece falls between the two.
         let mut news = task.news.subscribe();
+        // A child that takes arriving pieces hears of them too; any other only of pieces
+        // verified here.
+        let arriving = req.arriving;
         let full = |task: &crate::server::ServedTask| Announcement {
-            bitfield: task.have.read().to_bytes(),
+            bitfield: task.bitfield(arriving),
             ..announcement(PieceStatus::Ok)
         };
         wr.write_all(&encode_frame(&full(&task))).await?;
-        debug!(task = %req.task_id, child = req.peer_id, "child subscribed to announcements");
+        debug!(task = %req.task_id, child = req.peer_id, arriving, "child subscribed to announcements");
         let mut probe = [0u8; 1];
+        let wanted = |(piece, early): (u32, bool)| (arriving || !early).then_some(piece);
         loop {
             let frame = tokio::select! {
                 _ = task.closed.cancelled() => break,
@@ -173,9 +177,12 @@ impl PieceServer {
                 _ = rd.read(&mut probe) => break,
                 r = news.recv() => match r {
                     Ok(first) => {
-                        let mut pieces = vec![first];
+                        let mut pieces: Vec<u32> = wanted(first).into_iter().collect();
                         while let Ok(p) = news.try_recv() {
-                            pieces.push(p);
+                            pieces.extend(wanted(p));
+                        }
+                        if pieces.is_empty() {
+                            continue;
                         }
                         Announcement { pieces, ..announcement(PieceStatus::Ok) }
                     }
@@ -225,6 +232,8 @@ pub struct Subscriber {
     pub peer_id: u64,
     /// This peer's piece token for the task (empty when the cluster has none).
     pub token: Vec<u8>,
+    /// Hear of pieces when they start arriving at the parent ([`crate::relay`]).
+    pub arriving: bool,
 }
 
 async fn listen(
@@ -242,6 +251,7 @@ async fn listen(
         task_id: me.task_id.clone(),
         peer_id: me.peer_id,
         token: me.token.clone(),
+        arriving: me.arriving,
     }));
     let (mut rd, _wr, theirs) = crate::tcp::dial(addr, connect_timeout, &hello).await?;
     match check_any_preamble(&theirs) {
@@ -354,6 +364,7 @@ mod tests {
                 task_id: task_id.into(),
                 peer_id: 1,
                 token,
+                arriving: false,
             },
             4,
             WAIT,
@@ -381,6 +392,7 @@ mod tests {
                 task_id: "sha256:t".into(),
                 peer_id: 1,
                 token: Vec::new(),
+                arriving: false,
             },
             4,
             WAIT,
@@ -511,6 +523,7 @@ mod tests {
             task_id: "sha256:t".into(),
             peer_id: 1,
             token: Vec::new(),
+            arriving: false,
         }))
         .await
         .unwrap();
@@ -533,5 +546,48 @@ mod tests {
         let mut rx = listen_to(PeerId(6), addr, "sha256:t", token);
         assert!(matches!(next(&mut rx).await, News::Pieces(PeerId(6), _)));
         assert_eq!(server.token_refusals(), 5);
+    }
+
+    #[tokio::test]
+    async fn only_a_child_that_takes_arriving_pieces_hears_of_them_before_they_are_verified() {
+        let (_server, task, addr, _stop) = parent().await;
+        let guard = task.begin_arrival(1, None, Vec::new()).unwrap();
+        let mut rxs = Vec::new();
+        for arriving in [true, false] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(subscribe(
+                PeerId(7),
+                addr,
+                Subscriber {
+                    task_id: "sha256:t".into(),
+                    peer_id: 1,
+                    token: Vec::new(),
+                    arriving,
+                },
+                4,
+                WAIT,
+                tx,
+            ));
+            rxs.push(rx);
+        }
+        let [early, late] = &mut rxs[..] else {
+            unreachable!()
+        };
+        // The bitfield: arriving piece 1 counts for the first only.
+        for (rx, want) in [(&mut *early, vec![0, 1]), (&mut *late, vec![0])] {
+            match next(rx).await {
+                News::Pieces(_, bits) => assert_eq!(bits.iter_ones().collect::<Vec<_>>(), want),
+                other => panic!("expected the bitfield, got {other:?}"),
+            }
+        }
+        let g2 = task.begin_arrival(2, None, Vec::new()).unwrap();
+        assert!(matches!(next(early).await, News::Have(_, p) if p == vec![2]));
+        task.mark(2);
+        drop(g2);
+        // The other hears of piece 2 once verified, and never of arrivals.
+        assert!(matches!(next(late).await, News::Have(_, p) if p == vec![2]));
+        drop(guard);
+        task.mark(3);
+        assert!(matches!(next(late).await, News::Have(_, p) if p == vec![3]));
     }
 }

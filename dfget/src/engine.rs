@@ -130,6 +130,12 @@ pub struct EngineConfig {
     /// peers its sync bytes fell and the flash crowd finished sooner, docs/benchmarks.md).
     /// Pieces from a parent that has no vouch turn it off for the rest of that download.
     pub vouched_digests: bool,
+    /// Relay a piece while it arrives ([`crate::relay`]): announce it to the children that
+    /// subscribed when its first bytes come, and stream it to those that ask, holding back
+    /// its last 64 KiB until it is verified; ask parents for pieces still arriving at them
+    /// likewise. Default on (decided in the simulator, `swarm-sim --cut-through`, and on
+    /// real peers, docs/benchmarks.md). Needs [`EngineConfig::announcements`] to help.
+    pub cut_through: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
     /// The key of the cluster secret (the supernodes' `cluster.secret_file`): with it, the
@@ -168,6 +174,7 @@ impl Default for EngineConfig {
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
             check_whole_file: false,
+            cut_through: true,
             announcements: true,
             vouched_digests: true,
             origin: OriginConfig::default(),
@@ -370,11 +377,10 @@ impl Engine {
         if peer_id == 0 {
             peer_id = 1;
         }
-        let fetcher = Arc::new(Fetcher::new(
-            config.transport,
-            endpoint.clone(),
-            config.piece_timeout,
-        ));
+        let fetcher = Arc::new(
+            Fetcher::new(config.transport, endpoint.clone(), config.piece_timeout)
+                .with_streamed(config.cut_through),
+        );
         info!(peer = %PeerId(peer_id), addr = %advertise, transport = %config.transport, "peer piece server listening (TCP and QUIC)");
         Ok(Self {
             download_limiter: (config.download_rate > 0)
@@ -539,6 +545,11 @@ impl Engine {
     /// Bytes uploaded to other peers so far.
     pub fn bytes_uploaded(&self) -> u64 {
         self.server.bytes_served()
+    }
+
+    /// Piece answers begun while the piece was still arriving here (relayed cut-through).
+    pub fn relayed_pieces(&self) -> u64 {
+        self.server.relayed_pieces()
     }
 
     /// Piece requests and subscriptions refused for want of a valid piece token so far.
@@ -1159,6 +1170,7 @@ impl Engine {
                                 task_id: task.task_id.clone(),
                                 peer_id: self.peer_id,
                                 token: token.read().clone(),
+                                arriving: self.config.cut_through,
                             },
                             task.piece_count,
                             self.config.supernode_connect_timeout,
@@ -1184,6 +1196,7 @@ impl Engine {
                     peer_id: self.peer_id,
                     token: token.clone(),
                     timeout: fetch.timeout,
+                    relay: self.config.cut_through,
                 };
                 inflight.spawn(job.run(
                     sn.clone(),
@@ -1498,6 +1511,8 @@ struct PieceJob {
     peer_id: u64,
     token: PieceToken,
     timeout: Duration,
+    /// Relay the piece to children while it arrives ([`EngineConfig::cut_through`]).
+    relay: bool,
 }
 
 /// A download's piece token, shared by its piece jobs and replaced by sync answers.
@@ -1549,6 +1564,8 @@ impl PieceFailure {
             Self::Unvouched | Self::NotVouched(_) => FailReason::Busy,
             Self::Timeout => FailReason::Timeout,
             Self::Fetch(FetchError::Busy) => FailReason::Busy,
+            // A relay lost the piece it was passing on: not its fault, ask elsewhere.
+            Self::Fetch(FetchError::Withdrawn) => FailReason::Withdrawn,
             Self::Supernode(e) if e.code() == Some("BUSY") => FailReason::Busy,
             // A parent refusing our token (its secret differs, or ours expired before a sync
             // refreshed it) is not lying: it is avoided for the piece, like one without it.
@@ -1607,6 +1624,14 @@ impl PieceJob {
             path,
             offset,
             len,
+            relay: self.relay.then(|| crate::relay::Relay {
+                task: served.clone(),
+                piece,
+                parent: match self.source {
+                    Source::Peer(p) => Some(p.0),
+                    Source::Seed => None,
+                },
+            }),
         };
         let local = |path, source| PieceFailure::Local(IoError { path, source });
         let token = self.token.read().clone();
@@ -1864,7 +1889,11 @@ mod tests {
         let good = Digest::of(b"piece 3");
         let bad = Digest::of(b"something else");
         let v = signer.vouch("sha256:t", 3, good);
-        let answer = |digest, vouch| Fetched { digest, vouch };
+        let answer = |digest, vouch| Fetched {
+            digest,
+            vouch,
+            arrival: None,
+        };
 
         // Vouched, right bytes: accepted, and the vouch is kept for this peer's children.
         let kept = accept("sha256:t", 3, None, keys, &answer(good, Some(v))).unwrap();

@@ -16,12 +16,16 @@ use damselfly_common::{Digest, Sha256Hasher, vouch::Vouch};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use damselfly_proto::{
-    FRAME_HEADER_LEN, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus, decode,
-    encode_frame, frame_len,
+    FRAME_HEADER_LEN, MAX_STREAM_CHUNK, PROTOCOL_VERSION, PieceRequest, PieceResponse, PieceStatus,
+    STREAM_END, STREAM_WITHDRAWN, decode, encode_frame, frame_len,
 };
 use parking_lot::Mutex;
 
-use crate::{quic::SERVER_NAME, tcp::Link};
+use crate::{
+    quic::SERVER_NAME,
+    relay::{ArrivalGuard, Relay},
+    tcp::Link,
+};
 
 /// Why a piece could not be fetched from a parent.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,10 @@ pub enum FetchError {
     /// The parent's upload queue is full.
     #[error("parent is busy")]
     Busy,
+    /// The parent was relaying the piece while it arrived and it is not coming (its own
+    /// transfer failed), or we are upstream of it: ask elsewhere, not the parent's fault.
+    #[error("parent withdrew the piece")]
+    Withdrawn,
     /// The parent checks piece tokens and refused ours (none, expired, or the parent's
     /// cluster secret differs from the supernode's).
     #[error("parent refused our piece token: {0}")]
@@ -68,6 +76,9 @@ pub struct PieceSink {
     pub offset: u64,
     /// The piece's length.
     pub len: u64,
+    /// Publish the piece while it arrives, to relay it on ([`crate::relay`]); `None`: serve
+    /// it only once verified.
+    pub relay: Option<Relay>,
 }
 
 /// Bytes moved per step from the socket through the hash into the file: small enough to stay
@@ -81,6 +92,8 @@ pub(crate) struct PieceWriter<'a> {
     sink: &'a PieceSink,
     hasher: Sha256Hasher,
     done: u64,
+    /// The piece as published to children while it arrives.
+    arrival: Option<ArrivalGuard>,
 }
 
 impl<'a> PieceWriter<'a> {
@@ -89,6 +102,15 @@ impl<'a> PieceWriter<'a> {
             sink,
             hasher: Sha256Hasher::new(),
             done: 0,
+            arrival: None,
+        }
+    }
+
+    /// Relays the piece while it arrives, if the sink says to: with the `vouch` and the
+    /// `relays` upstream its sender named. Call before the first byte.
+    pub(crate) fn relay(&mut self, vouch: Option<Vouch>, relays: &[u64]) {
+        if let Some(r) = &self.sink.relay {
+            self.arrival = r.begin(vouch, relays);
         }
     }
 
@@ -108,12 +130,16 @@ impl<'a> PieceWriter<'a> {
             .file
             .write_all_at(block, self.sink.offset + self.done)?;
         self.done += block.len() as u64;
+        if let Some(a) = &self.arrival {
+            a.advance(self.done);
+        }
         Ok(())
     }
 
-    /// The sha256 of the piece, once every byte is in; `None` if some are missing.
-    pub(crate) fn finish(self) -> Option<Digest> {
-        (self.done == self.sink.len).then(|| self.hasher.finish())
+    /// The sha256 of the piece, once every byte is in, with the piece as relayed (to keep
+    /// until it is verified); `None` if some bytes are missing.
+    pub(crate) fn finish(self) -> Option<(Digest, Option<ArrivalGuard>)> {
+        (self.done == self.sink.len).then(|| (self.hasher.finish(), self.arrival))
     }
 }
 
@@ -152,51 +178,149 @@ pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
         .await
         .map_err(|_| stalled())?
         .map_err(|e| transport(e.to_string()))?;
-    let vouch = check_response(&body, sink.len)?;
-
+    let answer = check_response(&body, sink.len)?;
     let mut piece = PieceWriter::new(sink);
-    let mut buf = vec![0u8; BLOCK.min(usize::try_from(sink.len).unwrap_or(BLOCK)).max(1)];
+    piece.relay(answer.vouch, &answer.relays);
+    if answer.streamed {
+        read_streamed(addr, rd, &mut piece, idle).await?;
+    } else {
+        read_raw(addr, rd, &mut piece, idle).await?;
+    }
+    let (digest, arrival) = piece
+        .finish()
+        .ok_or_else(|| transport("short piece".into()))?;
+    Ok(Fetched {
+        digest,
+        vouch: answer.vouch,
+        arrival,
+    })
+}
+
+/// Reads exactly `piece.remaining()` bytes into `piece`, a block at a time.
+async fn read_raw<R: AsyncRead + Unpin>(
+    addr: SocketAddr,
+    rd: &mut R,
+    piece: &mut PieceWriter<'_>,
+    idle: Duration,
+) -> Result<(), FetchError> {
+    let len = piece.sink.len;
+    let mut buf = vec![0u8; BLOCK.min(usize::try_from(len).unwrap_or(BLOCK)).max(1)];
     while piece.remaining() > 0 {
         let want = usize::try_from(piece.remaining())
             .unwrap_or(usize::MAX)
             .min(buf.len());
         // Fill the block (several socket reads) before hashing and writing it.
-        let mut filled = 0;
-        while filled < want {
-            let n = tokio::time::timeout(idle, rd.read(&mut buf[filled..want]))
-                .await
-                .map_err(|_| stalled())?
-                .map_err(|e| transport(e.to_string()))?;
-            if n == 0 {
-                return Err(transport(format!(
-                    "closed after {} of {} bytes",
-                    sink.len - piece.remaining() + filled as u64,
-                    sink.len
+        read_block(
+            addr,
+            rd,
+            &mut buf[..want],
+            idle,
+            len - piece.remaining(),
+            len,
+        )
+        .await?;
+        push(piece, &buf[..want])?;
+    }
+    Ok(())
+}
+
+/// Reads a streamed body ([`damselfly_proto::PieceResponse::streamed`]) into `piece`:
+/// chunks until [`STREAM_END`] with exactly the piece's bytes, or [`STREAM_WITHDRAWN`].
+async fn read_streamed<R: AsyncRead + Unpin>(
+    addr: SocketAddr,
+    rd: &mut R,
+    piece: &mut PieceWriter<'_>,
+    idle: Duration,
+) -> Result<(), FetchError> {
+    let len = piece.sink.len;
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let mut be = [0u8; 4];
+        read_block(addr, rd, &mut be, idle, len - piece.remaining(), len).await?;
+        let chunk = u32::from_be_bytes(be);
+        match chunk {
+            STREAM_WITHDRAWN => return Err(FetchError::Withdrawn),
+            STREAM_END if piece.remaining() == 0 => return Ok(()),
+            STREAM_END => {
+                return Err(FetchError::Protocol(format!(
+                    "streamed piece ended after {} of {len} bytes",
+                    len - piece.remaining()
                 )));
             }
-            filled += n;
+            n if n > MAX_STREAM_CHUNK || u64::from(n) > piece.remaining() => {
+                return Err(FetchError::Protocol(format!(
+                    "streamed chunk of {n} bytes with {} left",
+                    piece.remaining()
+                )));
+            }
+            n => {
+                let mut left = n as usize;
+                while left > 0 {
+                    let want = left.min(buf.len());
+                    read_block(
+                        addr,
+                        rd,
+                        &mut buf[..want],
+                        idle,
+                        len - piece.remaining(),
+                        len,
+                    )
+                    .await?;
+                    push(piece, &buf[..want])?;
+                    left -= want;
+                }
+            }
         }
-        piece
-            .push(&buf[..filled])
-            .map_err(|source| FetchError::Local {
-                path: sink.path.to_path_buf(),
-                source,
-            })?;
     }
-    let digest = piece
-        .finish()
-        .ok_or_else(|| transport("short piece".into()))?;
-    Ok(Fetched { digest, vouch })
+}
+
+/// Fills `buf` from `rd`, each read within `idle`; `at` of `len` bytes are in so far (for
+/// the error).
+async fn read_block<R: AsyncRead + Unpin>(
+    addr: SocketAddr,
+    rd: &mut R,
+    buf: &mut [u8],
+    idle: Duration,
+    at: u64,
+    len: u64,
+) -> Result<(), FetchError> {
+    let transport = |reason: String| FetchError::Transport { addr, reason };
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = tokio::time::timeout(idle, rd.read(&mut buf[filled..]))
+            .await
+            .map_err(|_| transport(format!("no data for {idle:?}")))?
+            .map_err(|e| transport(e.to_string()))?;
+        if n == 0 {
+            return Err(transport(format!(
+                "closed after {} of {len} bytes",
+                at + filled as u64
+            )));
+        }
+        filled += n;
+    }
+    Ok(())
+}
+
+/// Hashes and writes `block` into the piece.
+fn push(piece: &mut PieceWriter<'_>, block: &[u8]) -> Result<(), FetchError> {
+    piece.push(block).map_err(|source| FetchError::Local {
+        path: piece.sink.path.to_path_buf(),
+        source,
+    })
 }
 
 /// A piece's bytes written to their sink, not yet verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Fetched {
     /// The sha256 of the bytes.
     pub digest: Digest,
     /// The digest the sender vouched for with the supernode's signature (unchecked), if it
     /// sent one.
     pub vouch: Option<Vouch>,
+    /// The piece as relayed to children while it arrived: keep it until the piece is
+    /// marked held (verified), or drop it to tell them it is withdrawn.
+    pub arrival: Option<ArrivalGuard>,
 }
 
 /// How peers move pieces between each other.
@@ -274,6 +398,8 @@ pub struct Fetcher {
     conns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Conn>>>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Ask parents for pieces they are still receiving ([`crate::relay`]).
+    streamed: bool,
 }
 
 impl Fetcher {
@@ -286,7 +412,16 @@ impl Fetcher {
             conns: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(3),
             idle_timeout,
+            streamed: false,
         }
+    }
+
+    /// Asks parents for pieces they are still receiving too (relayed as they arrive,
+    /// [`crate::relay`]).
+    #[must_use]
+    pub fn with_streamed(mut self, streamed: bool) -> Self {
+        self.streamed = streamed;
+        self
     }
 
     /// The transport this fetcher dials with.
@@ -370,6 +505,7 @@ impl Fetcher {
             piece,
             peer_id,
             token: token.to_vec(),
+            streamed: self.streamed,
         };
         match self.connection(addr).await? {
             Conn::Tcp(link) => link.fetch_into(addr, &req, sink).await,
@@ -394,13 +530,22 @@ async fn fetch_quic(
     read_answer(addr, &mut recv, &sink, idle).await
 }
 
+/// A parent's answer header, checked.
+struct AnswerHeader {
+    /// The vouched digest it carries, if any (unchecked).
+    vouch: Option<Vouch>,
+    /// The bytes come as a stream of chunks (a piece still arriving at the parent).
+    streamed: bool,
+    /// On a streamed answer, the peers upstream of the parent.
+    relays: Vec<u64>,
+}
+
 /// Checks a response header frame's body: well formed, our version, `Ok`, and announcing
-/// exactly the piece's length. A refusal becomes `Busy` or `Unavailable`. Returns the
-/// vouched digest the answer carries, if any (unchecked).
+/// exactly the piece's length. A refusal becomes `Busy`, `Unavailable` or `Withdrawn`.
 ///
 /// # Errors
 /// See [`FetchError`].
-fn check_response(body: &[u8], expected_len: u64) -> Result<Option<Vouch>, FetchError> {
+fn check_response(body: &[u8], expected_len: u64) -> Result<AnswerHeader, FetchError> {
     let resp: PieceResponse = decode(body).map_err(|e| FetchError::Protocol(e.to_string()))?;
     resp.validate()
         .map_err(|e| FetchError::Protocol(e.to_string()))?;
@@ -410,6 +555,7 @@ fn check_response(body: &[u8], expected_len: u64) -> Result<Option<Vouch>, Fetch
         Ok(PieceStatus::NotFound | PieceStatus::UnknownTask) => {
             return Err(FetchError::Unavailable);
         }
+        Ok(PieceStatus::Withdrawn) => return Err(FetchError::Withdrawn),
         Ok(PieceStatus::Unauthorized) => return Err(FetchError::Unauthorized(resp.reason)),
         other => return Err(FetchError::Protocol(format!("status {other:?}"))),
     }
@@ -419,5 +565,9 @@ fn check_response(body: &[u8], expected_len: u64) -> Result<Option<Vouch>, Fetch
             resp.length
         )));
     }
-    Ok(Vouch::from_wire(&resp.digest, &resp.signature))
+    Ok(AnswerHeader {
+        vouch: Vouch::from_wire(&resp.digest, &resp.signature),
+        streamed: resp.streamed,
+        relays: resp.relays,
+    })
 }

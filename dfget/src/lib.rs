@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fetch;
 pub mod output;
 pub mod quic;
+pub mod relay;
 pub mod report;
 pub mod server;
 pub mod supernode;

@@ -97,6 +97,11 @@ struct Cli {
     /// vouched digests.
     #[arg(long)]
     no_vouched_digests: bool,
+    /// Relay a piece to other peers only once it is complete and verified, and ask parents
+    /// only for pieces they hold (by default a piece is relayed while it arrives, its last
+    /// 64 KiB once verified).
+    #[arg(long)]
+    no_cut_through: bool,
     /// Send pieces to other peers over TCP straight from the file with `sendfile` instead of
     /// reading them into a buffer (experimental: not faster on a loopback hop).
     #[arg(long)]
@@ -208,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         check_whole_file: cli.check_whole_file,
         announcements: !cli.no_announcements,
         vouched_digests: !cli.no_vouched_digests,
+        cut_through: !cli.no_cut_through,
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,
@@ -272,6 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(path) = &cli.report_json {
         let mut report = serde_json::to_value(&report)?;
         report["uploaded"] = engine.bytes_uploaded().into();
+        report["relayed_while_arriving"] = engine.relayed_pieces().into();
         report["peer_id"] = engine.peer_id().into();
         // Whole or absent: scripts poll for this file while the peer keeps serving.
         damselfly_common::disk::write_replacing(path, &serde_json::to_vec_pretty(&report)?)?;

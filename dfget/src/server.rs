@@ -41,10 +41,12 @@ use damselfly_proto::{
     PieceStatus, decode, encode_frame,
 };
 use damselfly_swarm::{Bitmap, piece_range};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, trace, warn};
+
+use crate::relay::{Arrival, ArrivalGuard, Progress};
 
 /// A task this peer serves from its (partial) content file.
 #[derive(Debug)]
@@ -56,8 +58,14 @@ pub struct ServedTask {
     /// Each held piece's digest as the supernode vouched for it, sent with the piece
     /// (`None`: held without one, e.g. a copy made before digests were vouched).
     vouches: RwLock<Vec<Option<Vouch>>>,
-    /// Each piece marked, for the children subscribed to this task's announcements.
-    pub(crate) news: tokio::sync::broadcast::Sender<u32>,
+    /// Pieces arriving now and relayed while they do ([`crate::relay`]).
+    arriving: Mutex<HashMap<u32, Arc<Arrival>>>,
+    /// Pieces announced as arriving whose transfer then failed (and not held since): a
+    /// child asking for one is told `Withdrawn`, not `NotFound` (it was not lied to).
+    withdrawn: RwLock<Bitmap>,
+    /// Each piece marked (`false`) or starting to arrive (`true`), for the children
+    /// subscribed to this task's announcements.
+    pub(crate) news: tokio::sync::broadcast::Sender<(u32, bool)>,
     /// Cancelled when the task stops being served: its announcement connections close.
     pub(crate) closed: CancellationToken,
 }
@@ -71,6 +79,8 @@ impl ServedTask {
             piece_size,
             have: RwLock::new(Bitmap::new(pieces)),
             vouches: RwLock::new(vec![None; pieces as usize]),
+            arriving: Mutex::new(HashMap::new()),
+            withdrawn: RwLock::new(Bitmap::new(pieces)),
             news: tokio::sync::broadcast::channel(crate::announce::NEWS_BACKLOG).0,
             closed: CancellationToken::new(),
         }
@@ -92,7 +102,8 @@ impl ServedTask {
     }
 
     /// Marks a verified, written piece servable, with the supernode's vouch for its digest
-    /// (checked by the caller), which goes with the piece to whoever asks for it.
+    /// (checked by the caller), which goes with the piece to whoever asks for it. Children
+    /// it was being relayed to get its last bytes.
     pub fn mark_vouched(&self, piece: u32, vouch: Option<Vouch>) {
         if let Some(v) = vouch
             && let Some(slot) = self.vouches.write().get_mut(piece as usize)
@@ -105,10 +116,87 @@ impl ServedTask {
             have.set(piece);
             fresh
         };
+        if piece < self.withdrawn.read().len() {
+            self.withdrawn.write().clear(piece);
+        }
+        if let Some(arrival) = self.arriving.lock().remove(&piece) {
+            arrival.progress.send_replace(Progress::Verified);
+        }
         if fresh {
             // No subscriber is not an error.
-            let _ = self.news.send(piece);
+            let _ = self.news.send((piece, false));
         }
+    }
+
+    /// Publishes `piece` as arriving (announced to the children that take arriving pieces,
+    /// served to their streamed requests); `None` when it is held or arriving already.
+    pub(crate) fn begin_arrival(
+        self: &Arc<Self>,
+        piece: u32,
+        vouch: Option<Vouch>,
+        upstream: Vec<u64>,
+    ) -> Option<ArrivalGuard> {
+        if piece >= self.have.read().len() || self.have.read().get(piece) {
+            return None;
+        }
+        let arrival = {
+            let mut arriving = self.arriving.lock();
+            if arriving.contains_key(&piece) {
+                return None;
+            }
+            let arrival = Arc::new(Arrival {
+                progress: tokio::sync::watch::channel(Progress::Arriving(0)).0,
+                vouch,
+                upstream,
+            });
+            arriving.insert(piece, arrival.clone());
+            arrival
+        };
+        let _ = self.news.send((piece, true));
+        Some(ArrivalGuard::new(self.clone(), piece, arrival))
+    }
+
+    /// The transfer behind `arrival` ended; unless the piece was verified, its children are
+    /// told it is withdrawn.
+    pub(crate) fn end_arrival(&self, piece: u32, arrival: &Arc<Arrival>) {
+        let mut arriving = self.arriving.lock();
+        if !arriving
+            .get(&piece)
+            .is_some_and(|a| Arc::ptr_eq(a, arrival))
+        {
+            return; // Verified (mark_vouched took it).
+        }
+        arriving.remove(&piece);
+        if self.have.read().get(piece) {
+            arrival.progress.send_replace(Progress::Verified);
+        } else {
+            self.withdrawn.write().set(piece);
+            arrival.progress.send_replace(Progress::Lost);
+        }
+    }
+
+    /// Whether `piece` was announced as arriving and then lost (and is not held).
+    pub(crate) fn was_withdrawn(&self, piece: u32) -> bool {
+        let w = self.withdrawn.read();
+        piece < w.len() && w.get(piece)
+    }
+
+    /// The piece if it is arriving now.
+    pub(crate) fn arrival(&self, piece: u32) -> Option<Arc<Arrival>> {
+        self.arriving.lock().get(&piece).cloned()
+    }
+
+    /// Pieces held, and with `arriving` those arriving too, as a bitfield.
+    pub(crate) fn bitfield(&self, arriving: bool) -> Vec<u8> {
+        let mut bits = self.have.read().clone();
+        if arriving {
+            for &p in self.arriving.lock().keys() {
+                if p < bits.len() {
+                    bits.set(p);
+                }
+            }
+        }
+        bits.to_bytes()
     }
 }
 
@@ -155,6 +243,18 @@ pub(crate) enum Answer {
 pub(crate) enum Body {
     /// Read into memory.
     Bytes(Bytes),
+    /// A piece still arriving: `len` bytes of `file` at `offset`, sent as they come
+    /// ([`crate::relay::send_streamed`]).
+    Arriving {
+        /// Its progress.
+        arrival: Arc<Arrival>,
+        /// The task's content file.
+        file: Arc<File>,
+        /// Where the piece starts.
+        offset: u64,
+        /// The piece's length.
+        len: u64,
+    },
     /// `len` bytes of `file` at `offset`, for the transport to send from the file itself.
     File {
         /// The task's content file.
@@ -171,7 +271,7 @@ impl Body {
     pub(crate) fn len(&self) -> u64 {
         match self {
             Self::Bytes(b) => b.len() as u64,
-            Self::File { len, .. } => *len,
+            Self::File { len, .. } | Self::Arriving { len, .. } => *len,
         }
     }
 }
@@ -184,6 +284,13 @@ impl Answer {
             Self::Unauthorized(reason) => (PieceStatus::Unauthorized, 0, reason.clone(), None),
             Self::Piece { body, vouch, .. } => (PieceStatus::Ok, body.len(), String::new(), *vouch),
         };
+        let relays = match self {
+            Self::Piece {
+                body: Body::Arriving { arrival, .. },
+                ..
+            } => Some(arrival.upstream.clone()),
+            _ => None,
+        };
         encode_frame(&PieceResponse {
             version: PROTOCOL_VERSION,
             status: status as i32,
@@ -191,6 +298,8 @@ impl Answer {
             reason,
             digest: vouch.map(|v| v.digest.0.to_vec()).unwrap_or_default(),
             signature: vouch.map(|v| v.signature.to_vec()).unwrap_or_default(),
+            streamed: relays.is_some(),
+            relays: relays.unwrap_or_default(),
         })
     }
 }
@@ -219,6 +328,8 @@ pub struct PieceServer {
     limiter: Option<RateLimiter>,
     uploading: AtomicU32,
     bytes_served: AtomicU64,
+    /// Answers begun with a piece still arriving.
+    relayed: AtomicU64,
     fault: Fault,
     /// [`ServerLimits::sendfile`].
     sendfile: bool,
@@ -256,6 +367,7 @@ impl PieceServer {
             limiter: (limits.upload_rate > 0).then(|| RateLimiter::new(limits.upload_rate)),
             uploading: AtomicU32::new(0),
             bytes_served: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
             fault,
             sendfile: limits.sendfile,
             subscribers: AtomicU32::new(0),
@@ -344,6 +456,11 @@ impl PieceServer {
         self.uploading.load(Ordering::Relaxed)
     }
 
+    /// Answers begun with a piece still arriving here (relayed while it arrived).
+    pub fn relayed_pieces(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
     /// Bytes served to other peers so far.
     pub fn bytes_served(&self) -> u64 {
         self.bytes_served.load(Ordering::Relaxed)
@@ -376,9 +493,25 @@ impl PieceServer {
         let Some(task) = task else {
             return Ok(Answer::Refused(PieceStatus::UnknownTask));
         };
-        if !task.have.read().get(request.piece) || self.fault == Fault::DenyUploads {
+        if self.fault == Fault::DenyUploads {
             return Ok(Answer::Refused(PieceStatus::NotFound));
         }
+        // Held, or (to a requester that takes it) arriving and relayed as it comes.
+        let arriving = if task.have.read().get(request.piece) {
+            None
+        } else if !request.streamed {
+            return Ok(Answer::Refused(PieceStatus::NotFound));
+        } else if let Some(arrival) = task.arrival(request.piece) {
+            if arrival.upstream.contains(&request.peer_id) {
+                // Its bytes pass through the requester on their way here.
+                return Ok(Answer::Refused(PieceStatus::Withdrawn));
+            }
+            Some(arrival)
+        } else if task.was_withdrawn(request.piece) {
+            return Ok(Answer::Refused(PieceStatus::Withdrawn));
+        } else {
+            return Ok(Answer::Refused(PieceStatus::NotFound));
+        };
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -401,6 +534,19 @@ impl PieceServer {
         let range = piece_range(task.content_length, task.piece_size, piece);
         let len = range.end - range.start;
         let file = task.file.clone();
+        if let Some(arrival) = arriving {
+            self.relayed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Answer::Piece {
+                vouch: arrival.vouch,
+                body: Body::Arriving {
+                    arrival,
+                    file,
+                    offset: range.start,
+                    len,
+                },
+                _slot: slot,
+            });
+        }
         let vouch = task.vouches.read().get(piece as usize).copied().flatten();
         if from_file && self.sendfile && self.fault == Fault::None {
             // Start the disk read now, while the previous answer is being sent; advice only,
@@ -527,18 +673,37 @@ impl PieceServer {
         send.write_all(&answer.header())
             .await
             .map_err(|e| StreamError(e.to_string()))?;
-        if let Answer::Piece {
-            body: Body::Bytes(data),
-            ..
-        } = &answer
-        {
-            // Handed to QUIC as it is, not copied.
-            send.write_chunk(data.clone())
-                .await
-                .map_err(|e| StreamError(e.to_string()))?;
+        let mut whole = true;
+        match &answer {
+            Answer::Piece {
+                body: Body::Bytes(data),
+                ..
+            } => {
+                // Handed to QUIC as it is, not copied.
+                send.write_chunk(data.clone())
+                    .await
+                    .map_err(|e| StreamError(e.to_string()))?;
+            }
+            Answer::Piece {
+                body:
+                    Body::Arriving {
+                        arrival,
+                        file,
+                        offset,
+                        len,
+                    },
+                ..
+            } => {
+                whole = crate::relay::send_streamed(&mut send, arrival, file, *offset, *len)
+                    .await
+                    .map_err(|e| StreamError(e.to_string()))?;
+            }
+            _ => {}
         }
         send.finish().map_err(|e| StreamError(e.to_string()))?;
-        self.sent(&answer);
+        if whole {
+            self.sent(&answer);
+        }
         Ok(())
     }
 }

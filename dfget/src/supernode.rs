@@ -326,6 +326,7 @@ impl SupernodeClient {
         let vouch = Vouch::from_hex(header(PIECE_DIGEST_HEADER), header(PIECE_SIGNATURE_HEADER))
             .map_err(|e| SupernodeError::Protocol(format!("piece {index}: {e}")))?;
         let mut piece = crate::fetch::PieceWriter::new(sink);
+        piece.relay(vouch, &[]);
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(&e))?;
@@ -340,7 +341,13 @@ impl SupernodeClient {
             }
         }
         let remaining = piece.remaining();
-        let fetched = |digest| Ok(crate::fetch::Fetched { digest, vouch });
+        let fetched = |(digest, arrival)| {
+            Ok(crate::fetch::Fetched {
+                digest,
+                vouch,
+                arrival,
+            })
+        };
         piece.finish().map(fetched).ok_or_else(|| {
             SupernodeError::Protocol(format!(
                 "piece {index}: {} of its {} bytes",

@@ -154,6 +154,7 @@ impl PieceServer {
             while let Some(answer) = rx.recv().await {
                 self.pace(&answer).await;
                 wr.write_all(&answer.header()).await?;
+                let mut whole = true;
                 match &answer {
                     Answer::Piece {
                         body: Body::Bytes(data),
@@ -163,9 +164,24 @@ impl PieceServer {
                         body: Body::File { file, offset, len },
                         ..
                     } => send_file(&wr, file, *offset, *len).await?,
+                    Answer::Piece {
+                        body:
+                            Body::Arriving {
+                                arrival,
+                                file,
+                                offset,
+                                len,
+                            },
+                        ..
+                    } => {
+                        whole = crate::relay::send_streamed(&mut wr, arrival, file, *offset, *len)
+                            .await?;
+                    }
                     _ => {}
                 }
-                self.sent(&answer);
+                if whole {
+                    self.sent(&answer);
+                }
                 if matches!(answer, Answer::Refused(PieceStatus::BadRequest)) {
                     break;
                 }
@@ -435,7 +451,12 @@ async fn read_answers(
                 | FetchError::Protocol(_)
                 | FetchError::Local { .. }),
             ) => Some(e.to_string()),
-            Err(FetchError::Busy | FetchError::Unavailable | FetchError::Unauthorized(_))
+            Err(
+                FetchError::Busy
+                | FetchError::Unavailable
+                | FetchError::Withdrawn
+                | FetchError::Unauthorized(_),
+            )
             | Ok(_) => None,
         };
         // The caller may have given up (timeout); the answer was still read off the stream.

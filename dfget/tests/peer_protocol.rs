@@ -78,6 +78,7 @@ async fn hostile_piece_requests_get_errors_and_the_server_keeps_serving() {
         piece: 0,
         peer_id: 9,
         token: Vec::new(),
+        streamed: false,
     });
     assert_eq!(ask(&conn, &v2).await, Some(PieceStatus::BadRequest));
 
@@ -88,6 +89,7 @@ async fn hostile_piece_requests_get_errors_and_the_server_keeps_serving() {
         piece: 0,
         peer_id: 9,
         token: Vec::new(),
+        streamed: false,
     });
     assert_eq!(ask(&conn, &unknown).await, Some(PieceStatus::UnknownTask));
 
@@ -135,6 +137,7 @@ fn request(task: &str, piece: u32) -> PieceRequest {
         piece,
         peer_id: 9,
         token: Vec::new(),
+        streamed: false,
     }
 }
 
@@ -256,6 +259,7 @@ impl Output {
             path: Arc::from(self.path()),
             offset,
             len,
+            relay: None,
         }
     }
 }

@@ -405,6 +405,7 @@ fn a_nodes_piece_port_serves_only_peers_the_supernode_admitted() {
         piece: 0,
         peer_id: 42,
         token,
+        streamed: false,
     };
     let strangers = [
         ("no token", Vec::new(), "no piece token"),
@@ -450,6 +451,7 @@ fn a_nodes_piece_port_serves_only_peers_the_supernode_admitted() {
         task_id: digest.clone(),
         peer_id: 42,
         token: Vec::new(),
+        arriving: false,
     }))
     .unwrap();
     let mut all = Vec::new();

@@ -59,6 +59,17 @@ pub fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
+/// A streamed piece's body ([`crate::PieceResponse::streamed`]): the chunk length that ends
+/// it, once every byte came.
+pub const STREAM_END: u32 = 0;
+
+/// A streamed piece's body: the chunk length that says the rest will not come (the piece
+/// failed at the sender); the connection stays usable.
+pub const STREAM_WITHDRAWN: u32 = u32::MAX;
+
+/// A streamed piece's body: the largest chunk accepted.
+pub const MAX_STREAM_CHUNK: u32 = 1 << 20;
+
 /// Bytes of the preamble each side of a TCP peer connection sends first: the magic
 /// [`PREAMBLE_MAGIC`], then the peer-connection protocol version (u32, big endian).
 pub const PREAMBLE_LEN: usize = 8;

@@ -26,9 +26,9 @@ pub mod messages;
 
 pub use error::DecodeError;
 pub use frame::{
-    ANNOUNCE_MAGIC, ConnKind, FRAME_HEADER_LEN, PEER_PROTOCOL_VERSION, PREAMBLE_LEN,
-    PREAMBLE_MAGIC, check_any_preamble, check_preamble, decode, encode_announce_preamble,
-    encode_frame, encode_preamble, frame_len,
+    ANNOUNCE_MAGIC, ConnKind, FRAME_HEADER_LEN, MAX_STREAM_CHUNK, PEER_PROTOCOL_VERSION,
+    PREAMBLE_LEN, PREAMBLE_MAGIC, STREAM_END, STREAM_WITHDRAWN, check_any_preamble, check_preamble,
+    decode, encode_announce_preamble, encode_frame, encode_preamble, frame_len,
 };
 pub use messages::*;
 

@@ -335,6 +335,11 @@ pub struct PieceRequest {
     /// [`PieceStatus::Unauthorized`]. A peer that predates tokens sends none.
     #[prost(bytes = "vec", tag = "5")]
     pub token: Vec<u8>,
+    /// The requester takes a piece the server is still receiving, as a streamed answer
+    /// ([`PieceResponse::streamed`]). A peer that predates it sends `false` and is answered
+    /// only from pieces the server holds.
+    #[prost(bool, tag = "6")]
+    pub streamed: bool,
 }
 
 /// Largest piece token accepted in a request (a token of this build is 41 bytes).
@@ -360,6 +365,10 @@ pub struct AnnounceRequest {
     /// valid one a parent with a cluster secret answers `Unauthorized` and closes.
     #[prost(bytes = "vec", tag = "4")]
     pub token: Vec<u8>,
+    /// Also announce pieces when they start arriving at the parent (which then serves them
+    /// as streamed answers, [`PieceRequest::streamed`]), not only once verified.
+    #[prost(bool, tag = "5")]
+    pub arriving: bool,
 }
 
 /// Parent → child on an announcement connection. The first frame has `status` and, on
@@ -378,7 +387,9 @@ pub struct Announcement {
     /// the frame names new pieces only.
     #[prost(bytes = "vec", tag = "3")]
     pub bitfield: Vec<u8>,
-    /// Pieces verified since the last frame.
+    /// Pieces verified since the last frame (and, for a subscriber that asked for
+    /// [`AnnounceRequest::arriving`], pieces that started to arrive; its `bitfield` then
+    /// counts those too).
     #[prost(uint32, repeated, tag = "4")]
     pub pieces: Vec<u32>,
     /// Why, on a refusal (at most [`MAX_REASON_LEN`] bytes); empty otherwise.
@@ -406,6 +417,10 @@ pub enum PieceStatus {
     /// for another task or peer, or made with another secret); `reason` says which. A peer
     /// that predates tokens reads it as an unknown status, a protocol error.
     Unauthorized = 6,
+    /// The piece was arriving at the server and is not coming (its own transfer failed), or
+    /// the requester is upstream of it (its bytes would come back to it). Not the server's
+    /// fault: ask elsewhere. Sent only to requesters that set [`PieceRequest::streamed`].
+    Withdrawn = 7,
 }
 
 /// Peer → peer (QUIC): the answer header; on `Ok`, `length` raw bytes follow.
@@ -431,7 +446,21 @@ pub struct PieceResponse {
     /// bytes, present exactly when `digest` is.
     #[prost(bytes = "vec", tag = "6")]
     pub signature: Vec<u8>,
+    /// The piece is still arriving at the server: the bytes follow as a stream of chunks
+    /// (`crate::STREAM_*`), each a 4-byte big-endian length and that many bytes, ended by
+    /// [`crate::STREAM_END`] once the server has verified the piece, or by
+    /// [`crate::STREAM_WITHDRAWN`] when it will not come. Only to a streamed request.
+    #[prost(bool, tag = "7")]
+    pub streamed: bool,
+    /// On a streamed answer: the peers the bytes pass through before the server, nearest
+    /// first (at most [`MAX_RELAYS`]), so that none of them is ever asked for the piece by
+    /// the requester while it relays it on.
+    #[prost(uint64, repeated, tag = "8")]
+    pub relays: Vec<u64>,
 }
+
+/// Longest relay chain a streamed answer names.
+pub const MAX_RELAYS: usize = 64;
 
 fn check_version(version: u32) -> Result<(), DecodeError> {
     if version == PROTOCOL_VERSION {
@@ -674,6 +703,9 @@ impl PieceResponse {
                     "a vouched digest is 32 bytes with a 64-byte signature",
                 ));
             }
+        }
+        if self.relays.len() > MAX_RELAYS {
+            return Err(DecodeError::invalid("relays", "too many"));
         }
         check_reason(&self.reason)
     }

@@ -113,6 +113,7 @@ fn frame_header_limits() {
         piece: 3,
         peer_id: 1,
         token: vec![1; 41],
+        streamed: false,
     };
     let frame = encode_frame(&msg);
     let len = frame_len(&frame).unwrap();
@@ -214,6 +215,7 @@ fn tokens_and_refusal_reasons_are_bounded() {
         piece: 0,
         peer_id: 1,
         token: vec![0; MAX_TOKEN_LEN],
+        streamed: false,
     };
     req.validate().unwrap();
     req.token.push(0);
@@ -226,6 +228,7 @@ fn tokens_and_refusal_reasons_are_bounded() {
         task_id: "sha256:ab".into(),
         peer_id: 1,
         token: Vec::new(),
+        arriving: false,
     };
     // No token is well formed: the server decides whether it needs one.
     sub.validate().unwrap();
