@@ -281,6 +281,14 @@ peer_bytes() { # bytes all dfdaemons received from other peers
     done
     echo "$sum"
 }
+relayed_pieces() { # piece answers the dfdaemons began while the piece was still arriving
+    local sum=0 i
+    for i in "${!HOST_NS[@]}"; do
+        sum=$(( sum + $(metric_sum "${HOST_NS[$i]}" "http://${HOST_IP[$i]}:65001/metrics" \
+            damselfly_dfdaemon_peer_relayed_pieces_total) ))
+    done
+    echo "$sum"
+}
 
 # Every hub port's counters (rx = that host's upload, tx = its download; v1 is the seed),
 # appended to $WORK/timeline with a timestamp, 4 times a second until killed.
@@ -341,7 +349,8 @@ SWARM_NOTE=$(awk -v sn="$(supernode_sent)" -v peers="$(peer_bytes)" -v img="$IMA
     -v busy="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_busy_refusals_total)" \
     -v syncd="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_sync_digests_total)" \
     -v vouched="$(metric_sum "$SEED" "http://127.0.0.1:8002/metrics" damselfly_supernode_vouched_digests_total)" \
-    'BEGIN { printf "supernode sent %.2f × the image (%d piece requests refused busy, %d piece digests in sync answers, %d signed with pieces); %.1f %% of the bytes the hosts received came from other hosts", sn / img, busy, syncd, vouched, peers / (n * img) * 100 }')
+    -v relayed="$(relayed_pieces)" \
+    'BEGIN { printf "supernode sent %.2f × the image (%d piece requests refused busy, %d piece digests in sync answers, %d signed with pieces); %.1f %% of the bytes the hosts received came from other hosts; %d piece answers relayed while arriving", sn / img, busy, syncd, vouched, peers / (n * img) * 100, relayed }')
 if [ "$BASELINE" -eq 1 ]; then
     before=$(registry_blob_bytes)
     pull_all registry

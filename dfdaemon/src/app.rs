@@ -208,6 +208,9 @@ impl App {
         })
         .await
         .context("starting the peer engine")?;
+        registry.register_collector(Box::new(crate::metrics::PeerServerCollector(
+            engine.piece_server(),
+        )));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the mirror to {}", config.listen))?;

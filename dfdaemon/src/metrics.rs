@@ -1,6 +1,8 @@
 //! Prometheus metrics of dfdaemon (prefix `damselfly_dfdaemon_`). Labels are bounded sets,
 //! never repositories, digests or URLs.
 
+use std::sync::Arc;
+
 use damselfly_oci::retry::OriginFailures;
 use damselfly_store::{Fault, StorageFailures};
 use prometheus_client::{
@@ -219,5 +221,36 @@ impl Metrics {
 impl dfget::server::RefusalObserver for Metrics {
     fn piece_token_refused(&self, _reason: &'static str) {
         self.access_refusal("piece_token");
+    }
+}
+
+/// The node's piece server as metrics, read at each scrape: bytes uploaded to other nodes
+/// and pieces relayed while they arrived (`p2p.cut_through`).
+#[derive(Debug)]
+pub struct PeerServerCollector(pub Arc<dfget::server::PieceServer>);
+
+impl prometheus_client::collector::Collector for PeerServerCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{encoding::EncodeMetric as _, metrics::counter::ConstCounter};
+        for (name, help, value) in [
+            (
+                "damselfly_dfdaemon_peer_uploaded_bytes",
+                "Piece bytes sent to other nodes",
+                self.0.bytes_served(),
+            ),
+            (
+                "damselfly_dfdaemon_peer_relayed_pieces",
+                "Piece answers begun while the piece was still arriving here (p2p.cut_through)",
+                self.0.relayed_pieces(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

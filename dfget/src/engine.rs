@@ -547,6 +547,11 @@ impl Engine {
         self.server.bytes_served()
     }
 
+    /// The piece server, for a daemon's metrics.
+    pub fn piece_server(&self) -> Arc<PieceServer> {
+        self.server.clone()
+    }
+
     /// Piece answers begun while the piece was still arriving here (relayed cut-through).
     pub fn relayed_pieces(&self) -> u64 {
         self.server.relayed_pieces()
