@@ -137,8 +137,9 @@ pub struct P2pConfig {
     pub vouched_digests: bool,
     /// Relay a piece to other nodes while it arrives here (announce it when its first bytes
     /// come, stream it as they are written, send its last 64 KiB once verified) and take
-    /// pieces still arriving at parents likewise. Default on. Needs `announcements`; nodes
-    /// that predate it simply never ask for or offer an arriving piece.
+    /// pieces still arriving at parents likewise. Default off: on 16 real hosts it finished
+    /// no sooner (docs/benchmarks.md). Needs `announcements`; nodes that predate it, or run
+    /// with it off, simply never ask for or offer an arriving piece.
     pub cut_through: bool,
     /// When an image manifest passes through the mirror, start downloading its tar layers
     /// (those not in the node cache) through the swarm at once, instead of when the runtime
@@ -342,7 +343,7 @@ impl Default for P2pConfig {
             check_whole_file: false,
             announcements: true,
             vouched_digests: true,
-            cut_through: true,
+            cut_through: false,
             prefetch_layers: false,
             transport: dfget::Transport::Tcp,
             piece_timeout: Duration::from_secs(10),

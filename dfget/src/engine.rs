@@ -133,8 +133,10 @@ pub struct EngineConfig {
     /// Relay a piece while it arrives ([`crate::relay`]): announce it to the children that
     /// subscribed when its first bytes come, and stream it to those that ask, holding back
     /// its last 64 KiB until it is verified; ask parents for pieces still arriving at them
-    /// likewise. Default on (decided in the simulator, `swarm-sim --cut-through`, and on
-    /// real peers, docs/benchmarks.md). Needs [`EngineConfig::announcements`] to help.
+    /// likewise. Default off: the simulator predicted a gain (`swarm-sim --cut-through`), but
+    /// 16 real hosts (`benches/netns/run.sh`) finished no sooner with it, slightly later
+    /// (docs/benchmarks.md, "Relaying a piece while it arrives"). Needs
+    /// [`EngineConfig::announcements`] to do anything.
     pub cut_through: bool,
     /// Origin client settings.
     pub origin: OriginConfig,
@@ -174,7 +176,7 @@ impl Default for EngineConfig {
             supernode_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(120),
             check_whole_file: false,
-            cut_through: true,
+            cut_through: false,
             announcements: true,
             vouched_digests: true,
             origin: OriginConfig::default(),

@@ -97,11 +97,10 @@ struct Cli {
     /// vouched digests.
     #[arg(long)]
     no_vouched_digests: bool,
-    /// Relay a piece to other peers only once it is complete and verified, and ask parents
-    /// only for pieces they hold (by default a piece is relayed while it arrives, its last
-    /// 64 KiB once verified).
+    /// Relay a piece to other peers while it arrives (its last 64 KiB once verified), and
+    /// take pieces still arriving at parents likewise, instead of only whole, verified pieces.
     #[arg(long)]
-    no_cut_through: bool,
+    cut_through: bool,
     /// Send pieces to other peers over TCP straight from the file with `sendfile` instead of
     /// reading them into a buffer (experimental: not faster on a loopback hop).
     #[arg(long)]
@@ -213,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         check_whole_file: cli.check_whole_file,
         announcements: !cli.no_announcements,
         vouched_digests: !cli.no_vouched_digests,
-        cut_through: !cli.no_cut_through,
+        cut_through: cli.cut_through,
         download_rate: cli.download_rate.as_u64(),
         upload_rate: cli.upload_rate.as_u64(),
         upload_slots: cli.upload_slots,

@@ -43,13 +43,17 @@ fn eight_peers_share_a_64mib_blob_and_the_registry_sends_it_once() {
     let sn = Supernode::builder().start();
     let dir = tempfile::tempdir().unwrap();
 
+    // Half the peers relay pieces while they arrive (`--cut-through`), half only whole ones
+    // (the default): they share one swarm, each side asking for what the other offers.
     let mut runs: Vec<DfgetRun> = (0..8)
         .map(|i| {
-            Dfget::new(&url, &dir.path().join(format!("out{i}")))
+            let mut d = Dfget::new(&url, &dir.path().join(format!("out{i}")))
                 .supernode(sn.addr())
-                .args(["--keep-serving", "5s"])
-                .spawn()
-                .unwrap()
+                .args(["--keep-serving", "5s"]);
+            if i % 2 == 1 {
+                d = d.args(["--cut-through"]);
+            }
+            d.spawn().unwrap()
         })
         .collect();
     let reports: Vec<_> = runs.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
@@ -279,13 +283,17 @@ fn a_lying_peer_is_detected_reported_and_avoided() {
             .as_u64()
             .unwrap();
 
+    // Half the honest peers relay pieces while they arrive: one that relays the liar's bytes
+    // withholds their end, fails its own check and withdraws them, so it is never blamed.
     let mut honest: Vec<DfgetRun> = (0..4)
         .map(|i| {
-            Dfget::new(&url, &dir.path().join(format!("honest{i}")))
+            let mut d = Dfget::new(&url, &dir.path().join(format!("honest{i}")))
                 .supernode(sn.addr())
-                .args(["--keep-serving", "3s"])
-                .spawn()
-                .unwrap()
+                .args(["--keep-serving", "3s"]);
+            if i % 2 == 0 {
+                d = d.args(["--cut-through"]);
+            }
+            d.spawn().unwrap()
         })
         .collect();
     let reports: Vec<_> = honest.iter_mut().map(|r| r.wait(WAIT).unwrap()).collect();
