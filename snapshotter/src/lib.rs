@@ -31,8 +31,14 @@
 pub mod filter;
 pub mod layout;
 pub mod mounts;
+pub mod remote;
+pub mod server;
+pub mod snapshotter;
 pub mod store;
 pub mod usage;
 
 pub use layout::Layout;
+pub use remote::{NoRemote, Remote, RemoteLayer};
+pub use server::Server;
+pub use snapshotter::Snapshotter;
 pub use store::{Error, Kind, MetaStore, Record, Source};
