@@ -57,6 +57,7 @@ const LOG_LINES: usize = 40;
 #[must_use]
 pub struct ContainerdBuilder {
     snapshotter: Option<String>,
+    proxy_snapshotters: Vec<(String, PathBuf)>,
 }
 
 impl ContainerdBuilder {
@@ -65,6 +66,19 @@ impl ContainerdBuilder {
     /// Starting fails if containerd did not load it.
     pub fn snapshotter(mut self, name: impl Into<String>) -> Self {
         self.snapshotter = Some(name.into());
+        self
+    }
+
+    /// Registers the snapshotter `name` served by a proxy plugin on the unix socket `socket`
+    /// (a `[proxy_plugins.<name>]` table of type `snapshot`). Combine with
+    /// [`ContainerdBuilder::snapshotter`] to pull and run with it; the plugin's process must be
+    /// listening before [`ContainerdBuilder::start`], which checks that containerd loaded it.
+    pub fn proxy_snapshotter(
+        mut self,
+        name: impl Into<String>,
+        socket: impl Into<PathBuf>,
+    ) -> Self {
+        self.proxy_snapshotters.push((name.into(), socket.into()));
         self
     }
 
@@ -108,6 +122,17 @@ impl ContainerdBuilder {
             ttrpc = toml_str(&dir.join("containerd.sock.ttrpc")),
             opt = toml_str(&opt),
         );
+        let mut config = config;
+        if !self.proxy_snapshotters.is_empty() {
+            config.push_str("\n[proxy_plugins]\n");
+        }
+        for (name, socket) in &self.proxy_snapshotters {
+            config.push_str(&format!(
+                "  [proxy_plugins.{}]\n    type = \"snapshot\"\n    address = {}\n",
+                toml_quote(name),
+                toml_str(socket),
+            ));
+        }
         let config_path = dir.join("config.toml");
         fs::write(&config_path, &config)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
