@@ -205,21 +205,32 @@ async fn read_raw<R: AsyncRead + Unpin>(
 ) -> Result<(), FetchError> {
     let len = piece.sink.len;
     let mut buf = vec![0u8; BLOCK.min(usize::try_from(len).unwrap_or(BLOCK)).max(1)];
-    while piece.remaining() > 0 {
-        let want = usize::try_from(piece.remaining())
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        // Fill the block (several socket reads) before hashing and writing it.
-        read_block(
-            addr,
-            rd,
-            &mut buf[..want],
-            idle,
-            len - piece.remaining(),
-            len,
-        )
-        .await?;
-        push(piece, &buf[..want])?;
+    read_into(addr, rd, piece, &mut buf, piece.remaining(), idle).await
+}
+
+/// Reads `n` bytes into `piece`, a block of `buf` at a time: each block filled (several
+/// socket reads) before it is hashed and written, while it is still in the CPU's cache.
+async fn read_into<R: AsyncRead + Unpin>(
+    addr: SocketAddr,
+    rd: &mut R,
+    piece: &mut PieceWriter<'_>,
+    buf: &mut [u8],
+    n: u64,
+    idle: Duration,
+) -> Result<(), FetchError> {
+    let len = piece.sink.len;
+    let mut left = n;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let at = len - piece.remaining();
+        read_block(addr, rd, &mut buf[..want], idle, at, len).await?;
+        piece
+            .push(&buf[..want])
+            .map_err(|source| FetchError::Local {
+                path: piece.sink.path.to_path_buf(),
+                source,
+            })?;
+        left -= want as u64;
     }
     Ok(())
 }
@@ -253,23 +264,7 @@ async fn read_streamed<R: AsyncRead + Unpin>(
                     piece.remaining()
                 )));
             }
-            n => {
-                let mut left = n as usize;
-                while left > 0 {
-                    let want = left.min(buf.len());
-                    read_block(
-                        addr,
-                        rd,
-                        &mut buf[..want],
-                        idle,
-                        len - piece.remaining(),
-                        len,
-                    )
-                    .await?;
-                    push(piece, &buf[..want])?;
-                    left -= want;
-                }
-            }
+            n => read_into(addr, rd, piece, &mut buf, u64::from(n), idle).await?,
         }
     }
 }
@@ -300,14 +295,6 @@ async fn read_block<R: AsyncRead + Unpin>(
         filled += n;
     }
     Ok(())
-}
-
-/// Hashes and writes `block` into the piece.
-fn push(piece: &mut PieceWriter<'_>, block: &[u8]) -> Result<(), FetchError> {
-    piece.push(block).map_err(|source| FetchError::Local {
-        path: piece.sink.path.to_path_buf(),
-        source,
-    })
 }
 
 /// A piece's bytes written to their sink, not yet verified.

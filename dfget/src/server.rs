@@ -267,6 +267,26 @@ pub(crate) enum Body {
 }
 
 impl Body {
+    /// Sends an arriving piece's bytes as they come ([`crate::relay::send_streamed`]);
+    /// whether the whole piece went. Any other body is the transport's to send: `true`.
+    ///
+    /// # Errors
+    /// The connection or the read from the file failed.
+    pub(crate) async fn stream<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
+    ) -> std::io::Result<bool> {
+        match self {
+            Self::Arriving {
+                arrival,
+                file,
+                offset,
+                len,
+            } => crate::relay::send_streamed(wr, arrival, file, *offset, *len).await,
+            Self::Bytes(_) | Self::File { .. } => Ok(true),
+        }
+    }
+
     /// The piece's length.
     pub(crate) fn len(&self) -> u64 {
         match self {
@@ -685,16 +705,11 @@ impl PieceServer {
                     .map_err(|e| StreamError(e.to_string()))?;
             }
             Answer::Piece {
-                body:
-                    Body::Arriving {
-                        arrival,
-                        file,
-                        offset,
-                        len,
-                    },
+                body: body @ Body::Arriving { .. },
                 ..
             } => {
-                whole = crate::relay::send_streamed(&mut send, arrival, file, *offset, *len)
+                whole = body
+                    .stream(&mut send)
                     .await
                     .map_err(|e| StreamError(e.to_string()))?;
             }

@@ -165,18 +165,9 @@ impl PieceServer {
                         ..
                     } => send_file(&wr, file, *offset, *len).await?,
                     Answer::Piece {
-                        body:
-                            Body::Arriving {
-                                arrival,
-                                file,
-                                offset,
-                                len,
-                            },
+                        body: body @ Body::Arriving { .. },
                         ..
-                    } => {
-                        whole = crate::relay::send_streamed(&mut wr, arrival, file, *offset, *len)
-                            .await?;
-                    }
+                    } => whole = body.stream(&mut wr).await?,
                     _ => {}
                 }
                 if whole {
