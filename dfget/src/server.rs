@@ -116,8 +116,11 @@ impl ServedTask {
             have.set(piece);
             fresh
         };
-        if piece < self.withdrawn.read().len() {
-            self.withdrawn.write().clear(piece);
+        {
+            let mut withdrawn = self.withdrawn.write();
+            if piece < withdrawn.len() {
+                withdrawn.clear(piece);
+            }
         }
         if let Some(arrival) = self.arriving.lock().remove(&piece) {
             arrival.progress.send_replace(Progress::Verified);
@@ -136,8 +139,11 @@ impl ServedTask {
         vouch: Option<Vouch>,
         upstream: Vec<u64>,
     ) -> Option<ArrivalGuard> {
-        if piece >= self.have.read().len() || self.have.read().get(piece) {
-            return None;
+        {
+            let have = self.have.read();
+            if piece >= have.len() || have.get(piece) {
+                return None;
+            }
         }
         let arrival = {
             let mut arriving = self.arriving.lock();
