@@ -763,6 +763,9 @@ mod tests {
         let back: Config = parse(&text).unwrap();
         assert_eq!(back, Config::default());
         back.validate().unwrap();
+        // Dual stack by default: `[::]` serves IPv4 clients too (issue 16 part 4).
+        assert_eq!(back.listen, "[::]:8002".parse::<SocketAddr>().unwrap());
+        assert!(text.contains("listen = \"[::]:8002\""), "{text}");
     }
 
     #[test]
