@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod digest;
 pub mod disk;
+pub mod listen;
 pub mod placement;
 pub mod rate;
 pub mod server;

@@ -211,8 +211,7 @@ impl App {
         registry.register_collector(Box::new(crate::metrics::PeerServerCollector(
             engine.piece_server(),
         )));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = damselfly_common::listen::tcp_listener_or_v4(config.listen, "the mirror")
             .with_context(|| format!("binding the mirror to {}", config.listen))?;
         metrics.cache_bytes.set(cache.used_bytes() as i64);
         let upstreams = Upstreams::new(&config)?;

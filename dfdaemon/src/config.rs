@@ -2,8 +2,8 @@
 //!
 //! ```toml
 //! version = 1
-//! listen = "0.0.0.0:65001"
-//! peer_listen = "0.0.0.0:65000"
+//! listen = "[::]:65001"        # dual stack: IPv6 and IPv4 (mapped); "0.0.0.0:65001" for IPv4 only
+//! peer_listen = "[::]:65000"
 //! supernodes = ["supernode.example:8002"]
 //! default_upstream = "https://registry-1.docker.io"
 //! [[registries]]
@@ -13,7 +13,7 @@
 //! `dfdaemon config default` prints the full default file.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -33,10 +33,12 @@ pub struct Config {
     /// Config format version; must be 1.
     pub version: u32,
     /// The registry mirror (plain HTTP) that runtimes pull through, plus `/healthy` and
-    /// `/metrics`. Default `0.0.0.0:65001`; port 0 picks a free port (logged at start).
+    /// `/metrics`. Default `[::]:65001`: dual stack, IPv6 and IPv4 clients (IPv4 mapped), or IPv4 only
+    /// (`0.0.0.0:65001`, with a warning) where IPv6 is off on the host; `0.0.0.0:PORT` keeps it
+    /// IPv4 only. Port 0 picks a free port (logged at start).
     pub listen: SocketAddr,
     /// Address of the piece server other peers fetch from: TCP and UDP (QUIC) on this port.
-    /// Default `0.0.0.0:65000`.
+    /// Default `[::]:65000`, dual stack like `listen` (IPv4 only where IPv6 is off).
     pub peer_listen: SocketAddr,
     /// IP advertised to other peers. Default: the local address that routes to the supernode.
     pub advertise_ip: Option<IpAddr>,
@@ -298,8 +300,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
-            listen: SocketAddr::from(([0, 0, 0, 0], 65001)),
-            peer_listen: SocketAddr::from(([0, 0, 0, 0], 65000)),
+            listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 65001)),
+            peer_listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 65000)),
             advertise_ip: None,
             data_dir: PathBuf::from("/var/lib/damselfly/dfdaemon"),
             supernodes: Vec::new(),
@@ -767,8 +769,14 @@ mod tests {
         let back: Config = parse(&text).unwrap();
         assert_eq!(back, Config::default());
         back.validate().unwrap();
-        assert_eq!(back.listen.port(), 65001);
-        assert_eq!(back.peer_listen.port(), 65000);
+        // Dual stack by default: `[::]` serves IPv4 clients too (issue 16 part 4).
+        assert_eq!(back.listen, "[::]:65001".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            back.peer_listen,
+            "[::]:65000".parse::<SocketAddr>().unwrap()
+        );
+        assert!(text.contains("listen = \"[::]:65001\""), "{text}");
+        assert!(text.contains("peer_listen = \"[::]:65000\""), "{text}");
         assert_eq!(back.data_dir, PathBuf::from("/var/lib/damselfly/dfdaemon"));
         assert_eq!(back.default_upstream, "https://registry-1.docker.io");
         // No machine's name is baked into the default file.

@@ -214,6 +214,23 @@ mod tests {
         }
     }
 
+    /// Runtimes reach the node's mirror on loopback whatever wildcard it listens on: the
+    /// default `[::]` (dual stack) must give `127.0.0.1`, never `[::]`.
+    #[test]
+    fn the_mirror_url_maps_either_wildcard_to_ipv4_loopback() {
+        let at = |listen: &str| {
+            mirror_url(&Config {
+                listen: listen.parse().unwrap(),
+                ..Config::default()
+            })
+        };
+        assert_eq!(mirror_url(&Config::default()), "http://127.0.0.1:65001");
+        assert_eq!(at("[::]:65001"), "http://127.0.0.1:65001");
+        assert_eq!(at("0.0.0.0:7000"), "http://127.0.0.1:7000");
+        assert_eq!(at("[::1]:7000"), "http://[::1]:7000");
+        assert_eq!(at("10.0.0.5:7000"), "http://10.0.0.5:7000");
+    }
+
     #[test]
     fn containerd_gets_a_default_and_one_file_per_registry() {
         let c = config();

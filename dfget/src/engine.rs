@@ -25,7 +25,7 @@ use std::{
 };
 
 use damselfly_common::{
-    Digest, RateLimiter, Sha256Hasher, TokenKey,
+    Digest, RateLimiter, Sha256Hasher, TokenKey, listen,
     vouch::{DigestVerifier, Vouch, VouchError},
 };
 use damselfly_oci::{
@@ -327,6 +327,16 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Self, DownloadError> {
         let setup = |e: &dyn std::fmt::Display| DownloadError::Setup(e.to_string());
         let (listener, endpoint) = match config.peer_listen {
+            // `[::]:port` configured (dfdaemon's default): IPv4 only where IPv6 is off.
+            Some(addr) if listen::is_v6_wildcard(addr) => bind_peer_port(addr).or_else(|e| {
+                let v4 = listen::v4_wildcard(addr);
+                warn!(
+                    listen = %addr, fallback = %v4, error = %e,
+                    "cannot listen on IPv6 (disabled on this host?): the piece server \
+                     listens on IPv4 only"
+                );
+                bind_peer_port(v4)
+            })?,
             Some(addr) => bind_peer_port(addr)?,
             None => bind_peer_port(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
                 .or_else(|_| bind_peer_port(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))?,

@@ -469,21 +469,6 @@ async fn read_answers(
     }
 }
 
-/// A TCP listener on `addr` for the piece server: dual stack on `[::]` where the system
-/// allows, and `SO_REUSEADDR` so a restarted daemon can bind its port again while
-/// connections of the previous process linger in `TIME_WAIT`.
-///
-/// # Errors
-/// The address cannot be bound.
-pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        let _ = socket.set_only_v6(false);
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
+/// A TCP listener on `addr` for the piece server: the daemons' one listener helper (dual
+/// stack on `[::]` where the system allows, `SO_REUSEADDR`).
+pub use damselfly_common::listen::tcp_listener as listener;

@@ -31,6 +31,7 @@ pub struct DfdaemonBuilder {
     no_secret: bool,
     strict_origins: bool,
     listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
 }
 
 /// The registries a test dfdaemon trusts unless told otherwise: every loopback one, where
@@ -43,6 +44,13 @@ impl DfdaemonBuilder {
     /// again where runtimes already look for it.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Serve pieces on this address (default: `127.0.0.1:0`), e.g. `[::]:0` for dfdaemon's
+    /// default dual-stack form on a free port.
+    pub fn peer_listen(mut self, addr: SocketAddr) -> Self {
+        self.peer_listen = Some(addr);
         self
     }
 
@@ -115,9 +123,12 @@ impl DfdaemonBuilder {
         let listen = self
             .listen
             .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        let peer_listen = self
+            .peer_listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         let mut builder = Daemon::builder(bin("dfdaemon"))
             .name(self.name.as_deref().unwrap_or("dfdaemon"))
-            .args(["--listen", &listen, "--peer-listen", "127.0.0.1:0"])
+            .args(["--listen", &listen, "--peer-listen", &peer_listen])
             .arg("--data-dir")
             .arg(&data_dir)
             .env("RUST_LOG", "info,dfdaemon=debug,dfget=debug");

@@ -1519,3 +1519,113 @@ fn a_containerd_pull_through_the_node_survives_the_home_supernodes_death() {
     let run = containerd.run(&reference, "fleet", &[]).unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
 }
+
+/// Whether this machine can run the IPv6 tests; says why not when it cannot.
+fn ipv6_or_skip(test: &str) -> bool {
+    if damselfly_e2e::ipv6_loopback_available() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: no IPv6 loopback here (binding [::1] fails; `ip -6 addr show lo` shows \
+         no ::1), so the dual-stack paths cannot be exercised"
+    );
+    false
+}
+
+/// dfdaemon's default listen addresses (`[::]`, dual stack; only the port is picked free)
+/// serve an IPv6-only client over `[::1]` and an IPv4-only client over `127.0.0.1`, each
+/// getting the blob's exact bytes (issue 16 part 4).
+#[test]
+fn a_default_configured_mirror_serves_ipv6_and_ipv4_clients() {
+    if !ipv6_or_skip("a_default_configured_mirror_serves_ipv6_and_ipv4_clients") {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/dual", "dual stack", 31);
+    let supernode = Supernode::builder().start();
+    let wildcard = |port: u16| std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .listen(wildcard(0))
+        .peer_listen(wildcard(0))
+        .start();
+    assert_eq!(dfdaemon.addr().ip(), std::net::Ipv6Addr::UNSPECIFIED);
+    let port = dfdaemon.addr().port();
+    let v6 = format!("http://[::1]:{port}");
+    let v4 = format!("http://127.0.0.1:{port}");
+    // Each family fetches one layer first (through the swarm), then the other's from cache.
+    for (first, second, i) in [(&v6, &v4, 1), (&v4, &v6, 2)] {
+        let layer = &pushed.layer_digests[i];
+        let path = format!("/v2/e2e/dual/blobs/{layer}?ns={}", registry.host());
+        for base in [first, second] {
+            let got = http::get(&format!("{base}{path}"), None).unwrap();
+            assert_eq!(got.status, 200, "{base}: {}", got.text());
+            assert_eq!(&sha256_digest(&got.body), layer, "{base}");
+            assert_eq!(&got.body, &image.layers[i], "{base}");
+        }
+    }
+    assert_eq!(blob_requests(&dfdaemon), 4.0);
+    assert!(
+        !dfdaemon.log_text().contains("cannot listen on IPv6"),
+        "the mirror must have bound [::], not fallen back to IPv4:\n{}",
+        dfdaemon.log_text()
+    );
+}
+
+/// Two nodes with the default dual-stack piece port and a supernode reached at `[::1]`:
+/// each advertises its IPv6 address, and the second node's blob comes from the first over
+/// IPv6 (dfdaemon's `blob_bytes_total{source="peer"}`).
+#[test]
+fn peers_exchange_pieces_over_ipv6() {
+    if !ipv6_or_skip("peers_exchange_pieces_over_ipv6") {
+        return;
+    }
+    let _serial = serial();
+    let registry = TestRegistry::builder().ipv6(true).start();
+    let (image, pushed) = push(&registry, "e2e/v6peers", "v6 peers", 32);
+    let supernode = Supernode::builder()
+        .ip(std::net::Ipv6Addr::LOCALHOST.into())
+        .start();
+    assert!(supernode.addr().is_ipv6());
+    let wildcard = || std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let node = |name: &str| {
+        Dfdaemon::builder()
+            .name(name)
+            .supernode(supernode.addr())
+            .listen(wildcard())
+            .peer_listen(wildcard())
+            .start()
+    };
+    let layer = &pushed.layer_digests[2];
+    let path = format!("/v2/e2e/v6peers/blobs/{layer}?ns={}", registry.host());
+    let mut first = node("dfdaemon-v6-a");
+    let advertised = first.peer_addr().unwrap();
+    assert_eq!(
+        advertised.ip(),
+        std::net::Ipv6Addr::LOCALHOST,
+        "the peer address routing to the supernode at [::1] is ::1"
+    );
+    let mirror = |d: &Dfdaemon| format!("http://[::1]:{}", d.addr().port());
+    let got = http::get(&format!("{}{path}", mirror(&first)), None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(&sha256_digest(&got.body), layer);
+
+    let second = node("dfdaemon-v6-b");
+    let got = http::get(&format!("{}{path}", mirror(&second)), None).unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(&sha256_digest(&got.body), layer);
+    assert_eq!(&got.body, &image.layers[2]);
+    let len = image.layers[2].len() as f64;
+    assert!(
+        damselfly_e2e::wait_until(Duration::from_secs(5), || bytes_from(&second, "peer")
+            == len),
+        "peer {} supernode {}",
+        bytes_from(&second, "peer"),
+        bytes_from(&second, "supernode")
+    );
+    assert!(
+        supernode.log_text().contains(&advertised.to_string()),
+        "the supernode must know the first node by its IPv6 address {advertised}"
+    );
+}

@@ -2,14 +2,18 @@
 //!
 //! ```toml
 //! version = 1
-//! listen = "0.0.0.0:8002"
+//! listen = "[::]:8002"   # dual stack: IPv6 and IPv4 (mapped); "0.0.0.0:8002" for IPv4 only
 //! data_dir = "/var/lib/damselfly/supernode"
 //! [storage]
 //! capacity = "0 B"        # 0 = unlimited
 //! ```
 //! `supernode config default` prints the full default file.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use bytesize::ByteSize;
 use damselfly_common::{
@@ -26,7 +30,9 @@ pub struct Config {
     /// Config format version; must be 1.
     pub version: u32,
     /// Address of the HTTP API (registration, sync, pieces, `/metrics`, `/healthy`).
-    /// Default `0.0.0.0:8002`. Port 0 picks a free port (logged at start).
+    /// Default `[::]:8002`: dual stack, IPv6 and IPv4 clients (IPv4 mapped), or IPv4 only
+    /// (`0.0.0.0:8002`, with a warning) where IPv6 is off on the host; `0.0.0.0:PORT` keeps it
+    /// IPv4 only. Port 0 picks a free port (logged at start).
     pub listen: SocketAddr,
     /// Directory for content files and the RocksDB metadata. Default
     /// `/var/lib/damselfly/supernode`.
@@ -276,7 +282,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
-            listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8002)),
             data_dir: PathBuf::from("/var/lib/damselfly/supernode"),
             storage: StorageConfig::default(),
             scheduler: SchedulerSection::default(),
@@ -757,6 +763,9 @@ mod tests {
         let back: Config = parse(&text).unwrap();
         assert_eq!(back, Config::default());
         back.validate().unwrap();
+        // Dual stack by default: `[::]` serves IPv4 clients too (issue 16 part 4).
+        assert_eq!(back.listen, "[::]:8002".parse::<SocketAddr>().unwrap());
+        assert!(text.contains("listen = \"[::]:8002\""), "{text}");
     }
 
     #[test]

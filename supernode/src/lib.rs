@@ -176,8 +176,7 @@ impl App {
         if let Some(s) = &signer {
             info!(public_key = %hex::encode(s.public_key()), "vouching for piece digests");
         }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = damselfly_common::listen::tcp_listener_or_v4(config.listen, "the API")
             .with_context(|| format!("binding the API on {}", config.listen))?;
         let addr = listener.local_addr()?;
         metrics.cache_bytes.set(store.used_bytes() as i64);
