@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{DefaultBodyLimit, Request, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header},
     response::IntoResponse,
     routing::{get, post},
@@ -32,6 +32,7 @@ use crate::{
     metrics::{Metrics, Source},
     prefetch,
     preheat::{self, PreheatError, PreheatResponse, PreheatSource},
+    provenance::{self, Explanation, Ledger, Provenance, SOURCE_HEADER},
     proxy::{self, oci_error},
     range::ByteRange,
     readahead::{self, read_ahead},
@@ -56,6 +57,8 @@ struct AppState {
     access: Mutex<HashMap<[u8; 32], Instant>>,
     /// Blob digest → the swarm task it was downloaded as (to leave it on eviction).
     tasks: Mutex<HashMap<String, String>>,
+    /// How each cached blob was fetched.
+    ledger: Arc<Ledger>,
     metrics: Metrics,
     registry: Registry,
     /// Running downloads, waited for at shutdown so finished ones reach the cache.
@@ -214,6 +217,13 @@ impl App {
         let listener = damselfly_common::listen::tcp_listener_or_v4(config.listen, "the mirror")
             .with_context(|| format!("binding the mirror to {}", config.listen))?;
         metrics.cache_bytes.set(cache.used_bytes() as i64);
+        let ledger_dir = config.data_dir.join("provenance");
+        let ledger = Ledger::open(&ledger_dir)
+            .with_context(|| format!("opening {}", ledger_dir.display()))?;
+        match cache.held() {
+            Ok(held) => ledger.retain(&held.iter().map(|(d, ..)| *d).collect::<Vec<_>>()),
+            Err(e) => warn!(error = %e, "cannot list the node cache to prune provenance records"),
+        }
         let upstreams = Upstreams::new(&config)?;
         let policy = AccessPolicy::new(&config);
         Ok(Self {
@@ -226,6 +236,7 @@ impl App {
                 flights: Mutex::new(HashMap::new()),
                 access: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(HashMap::new()),
+                ledger: Arc::new(ledger),
                 metrics,
                 registry,
                 downloads: TaskTracker::new(),
@@ -271,6 +282,7 @@ impl App {
         let router = Router::new()
             .route("/healthy", get(|| async { "ok" }))
             .route("/metrics", get(metrics))
+            .route("/api/v1/blobs/{digest}", get(explain))
             .route(
                 "/api/v1/preheat",
                 // With a cluster secret, only the supernodes (which sign) may preheat.
@@ -407,6 +419,9 @@ fn blobs_in_flight(state: &AppState) -> Vec<String> {
 fn forget_evicted(state: &Arc<AppState>, evicted: Vec<String>) {
     for digest in evicted {
         state.metrics.evictions.inc();
+        if let Ok(d) = digest.parse::<Digest>() {
+            state.ledger.forget(&d);
+        }
         let task = state.tasks.lock().remove(&digest);
         if let Some(task) = task {
             let state = state.clone();
@@ -472,6 +487,10 @@ impl Progress for Receiving {
                 Err(e.to_string())
             }
         }
+    }
+
+    fn via(&self, via: &dfget::Via) {
+        self.flight.via(via);
     }
 
     fn started(&self, file: &Arc<std::fs::File>, total: u64) {
@@ -815,10 +834,10 @@ async fn serve_blob(
     let ready = rx
         .wait_for(|s| s.total.is_some() || s.outcome.is_some())
         .await
-        .map(|s| (s.total, s.outcome.clone()));
-    let total = match ready {
-        Ok((Some(total), _)) => total,
-        Ok((None, Some(Err(f)))) => {
+        .map(|s| (s.total, s.outcome.clone(), s.via.clone()));
+    let (total, via) = match ready {
+        Ok((Some(total), _, via)) => (total, via),
+        Ok((None, Some(Err(f)), _)) => {
             let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY);
             return oci_error(status, f.code, &f.message);
         }
@@ -846,7 +865,11 @@ async fn serve_blob(
         flight::stream(rx, span.clone(), status == StatusCode::OK),
         readahead::DEPTH,
     ));
-    blob_response(status, &digest, span, total, body)
+    let source = via
+        .as_ref()
+        .map(|v| provenance::Source::Downloading(v).header_value())
+        .unwrap_or_default();
+    blob_response(status, &digest, span, total, body, &source)
 }
 
 /// Where a blob is on this node, as [`acquire`] found it.
@@ -1025,6 +1048,69 @@ async fn ensure_preheated(
     }
 }
 
+/// `GET /api/v1/blobs/<digest>`: what this node knows of a blob ([`Explanation`]), for
+/// `dfdaemon explain`. Loopback callers only: the answer names peers and registries.
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(digest): Path<String>,
+) -> Response<Body> {
+    if !peer.ip().to_canonical().is_loopback() {
+        state.metrics.request("explain", 403);
+        state.metrics.access_refusal("explain_not_loopback");
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({
+                "error": "the blob API answers callers on this node only (loopback); run `dfdaemon explain` on the node"
+            })),
+        )
+            .into_response();
+    }
+    let digest = match digest.parse::<Digest>() {
+        Ok(d) => d,
+        Err(e) => {
+            state.metrics.request("explain", 400);
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": e.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    let mut e = Explanation {
+        digest: digest.to_string(),
+        state: "unknown".into(),
+        size: None,
+        url: None,
+        downloaded: None,
+        downloading_via: None,
+        downloading_reason: None,
+        fetch: None,
+    };
+    let flight = state.flights.lock().get(&digest).cloned();
+    if let Some(blob) = state.cache.peek(&digest) {
+        e.state = "cached".into();
+        e.size = Some(blob.size);
+        e.url = Some(blob.url);
+        e.fetch = state.ledger.get(&digest).map(|p| (*p).clone());
+    } else if let Some(flight) = flight {
+        let s = flight.subscribe().borrow().clone();
+        e.state = "downloading".into();
+        e.size = s.total;
+        e.downloaded = Some(s.covered.iter().map(|r| r.end - r.start).sum());
+        match &s.via {
+            Some(dfget::Via::Swarm { .. }) => e.downloading_via = Some(provenance::Way::Swarm),
+            Some(dfget::Via::Origin(why)) => {
+                e.downloading_via = Some(provenance::Way::Registry);
+                e.downloading_reason = Some(why.to_string());
+            }
+            None => {}
+        }
+    }
+    state.metrics.request("explain", 200);
+    axum::Json(e).into_response()
+}
+
 fn serve_cached(
     state: &AppState,
     digest: Digest,
@@ -1037,6 +1123,9 @@ fn serve_cached(
     };
     let metrics = state.metrics.clone();
     let cache = state.cache.clone();
+    let record = state.ledger.get(&digest);
+    let source = provenance::Source::Local(record.as_deref()).header_value();
+    let ledger = state.ledger.clone();
     let stream = read_ahead(
         state.cache.read(&digest, blob, span.clone()),
         readahead::DEPTH,
@@ -1052,10 +1141,18 @@ fn serve_cached(
             metrics.error("cache_corrupt");
             warn!(%digest, error = %e, "cached blob unreadable; removing it");
             cache.remove(&digest);
+            ledger.forget(&digest);
             Err(std::io::Error::other(e.to_string()))
         }
     });
-    blob_response(status, &digest, span, blob.size, Body::from_stream(stream))
+    blob_response(
+        status,
+        &digest,
+        span,
+        blob.size,
+        Body::from_stream(stream),
+        &source,
+    )
 }
 
 fn blob_response(
@@ -1064,6 +1161,7 @@ fn blob_response(
     span: Range<u64>,
     total: u64,
     body: Body,
+    source: &str,
 ) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -1079,6 +1177,9 @@ fn blob_response(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(source) {
+        h.insert(SOURCE_HEADER, v);
     }
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) = HeaderValue::from_str(&format!(
@@ -1189,6 +1290,11 @@ async fn download(
                         .metrics
                         .cache_bytes
                         .set(state.cache.used_bytes() as i64);
+                    let record = Provenance::of(&digest, &report, damselfly_store::unix_now());
+                    let ledger = state.ledger.clone();
+                    // A small file write: off the runtime's threads all the same.
+                    let _ =
+                        tokio::task::spawn_blocking(move || ledger.record(digest, record)).await;
                     Ok(())
                 }
                 Err(e) => {

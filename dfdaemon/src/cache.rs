@@ -83,14 +83,19 @@ impl NodeCache {
         self.incoming.join(digest.hex())
     }
 
-    /// The blob, if this node holds all of it.
+    /// The blob, if this node holds all of it (a use: it becomes the most recently used).
     pub fn get(&self, digest: &Digest) -> Option<CachedBlob> {
-        let id = digest.to_string();
+        let blob = self.peek(digest)?;
+        let _ = self.store.touch(&digest.to_string(), unix_now());
+        Some(blob)
+    }
+
+    /// The blob, if this node holds all of it, leaving its place in the LRU order alone.
+    pub fn peek(&self, digest: &Digest) -> Option<CachedBlob> {
         let meta = self
             .store
-            .task_meta(&id)
+            .task_meta(&digest.to_string())
             .filter(|m| m.state == TaskState::Complete)?;
-        let _ = self.store.touch(&id, unix_now());
         Some(CachedBlob {
             size: meta.content_length,
             piece_size: meta.piece_size,

@@ -7,7 +7,7 @@
 use std::{fs::File, ops::Range, os::unix::fs::FileExt, sync::Arc};
 
 use bytes::Bytes;
-use dfget::Progress;
+use dfget::{Progress, Via};
 use tokio::sync::watch;
 
 /// Why a download ended without the blob, as the HTTP answer it becomes.
@@ -34,6 +34,8 @@ pub struct FlightState {
     pub outcome: Option<Result<(), Failure>>,
     /// The download has ended and the node cache has taken (or failed to take) the blob.
     pub settled: bool,
+    /// The way the download takes, once decided (before `total` is set).
+    pub via: Option<Via>,
 }
 
 impl FlightState {
@@ -115,6 +117,10 @@ impl Flight {
 impl Progress for Flight {
     fn set_total(&self, _: u64) {}
     fn advance(&self, _: u64) {}
+
+    fn via(&self, via: &Via) {
+        self.state.send_modify(|s| s.via = Some(via.clone()));
+    }
 
     fn started(&self, file: &Arc<File>, total: u64) {
         self.state.send_modify(|s| {

@@ -28,6 +28,7 @@ pub mod init;
 pub mod metrics;
 pub mod prefetch;
 pub mod preheat;
+pub mod provenance;
 pub mod proxy;
 pub mod range;
 mod readahead;

@@ -56,6 +56,18 @@ enum Command {
         )]
         podman_config: PathBuf,
     },
+    /// Tell what this node knows of a blob: cached or downloading, and where its bytes came
+    /// from (peers, supernode, registry), with the reason if the registry was used.
+    Explain {
+        /// The blob digest (`sha256:<hex>`, or the bare hex).
+        digest: String,
+        /// The mirror to ask. Default: from `listen` (a wildcard becomes 127.0.0.1).
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +144,15 @@ fn main() -> ExitCode {
         };
         return emit(&files, write);
     }
+    if let Some(Command::Explain {
+        digest,
+        mirror,
+        json,
+    }) = cli.command
+    {
+        let mirror = mirror.unwrap_or_else(|| init::mirror_url(&config));
+        return explain(&mirror, &digest, json);
+    }
     damselfly_common::telemetry::init("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -144,6 +165,66 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dfdaemon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dfdaemon explain`: asks the mirror's blob API and prints its answer.
+fn explain(mirror: &str, digest: &str, json: bool) -> ExitCode {
+    let digest = if digest.contains(':') {
+        digest.to_owned()
+    } else {
+        format!("sha256:{digest}")
+    };
+    let url = format!("{}/api/v1/blobs/{digest}", mirror.trim_end_matches('/'));
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let resp = reqwest::Client::new()
+                    .get(&url)
+                    .timeout(std::time::Duration::from_secs(10))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot reach the mirror at {mirror} ({}); is dfdaemon running there? (--mirror)",
+                            damselfly_oci::error_chain(&e)
+                        )
+                    })?;
+                let status = resp.status();
+                let body = resp.text().await?;
+                if !status.is_success() {
+                    let msg = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or(body);
+                    anyhow::bail!("the mirror answered {status}: {msg}");
+                }
+                Ok(body)
+            })
+        });
+    let body = match asked {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("dfdaemon explain: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<dfdaemon::provenance::Explanation>(&body) {
+        Ok(e) => {
+            print!("{}", e.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dfdaemon explain: the mirror's answer is not understood: {e}");
             ExitCode::FAILURE
         }
     }

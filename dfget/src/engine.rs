@@ -53,7 +53,7 @@ use crate::{
     fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
-    report::{BackSource, FallbackReason, Progress, Report, WholeFileCheck},
+    report::{BackSource, FallbackReason, ParentBytes, Progress, Report, Via, WholeFileCheck},
     server::{Fault, PieceServer, RefusalObserver, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
     tcp,
@@ -946,6 +946,9 @@ impl Engine {
                     .map_err(DownloadError::from)
             })
             .inspect_err(|_| self.abandon(&task.task_id))?;
+        progress.via(&Via::Swarm {
+            supernode: sn.addr().to_string(),
+        });
         progress.started(&out.file(), task.content_length);
         let mut report = Report {
             task_id: task.task_id.clone(),
@@ -973,6 +976,7 @@ impl Engine {
             .await;
         // The supernode the download ended with (another one if its own was lost).
         let sn = &self.supernodes[index];
+        report.supernode = Some(sn.addr().to_string());
         let whole = match result {
             Ok(whole) => whole,
             Err(SwarmError::SupernodeLost(why)) if self.config.back_source => {
@@ -1096,6 +1100,8 @@ impl Engine {
             rand::random(),
         );
         let mut inflight: JoinSet<PieceOutcome> = JoinSet::new();
+        // Verified bytes kept from each parent, for the report.
+        let mut parent_bytes: HashMap<SocketAddr, u64> = HashMap::new();
         let mut syncing: JoinSet<Result<SyncResponse, SupernodeError>> = JoinSet::new();
         // Piece jobs say here when a piece's bytes have arrived, so its parent can take the
         // next request while the piece is verified and written.
@@ -1316,7 +1322,14 @@ impl Engine {
                                 session.handle_vouched_digest(outcome.piece, d);
                             }
                             let before = session.verified_prefix();
+                            let kept_before = session.bytes_from_peers();
                             session.handle_piece_done(now, outcome.piece, outcome.source, len);
+                            if let Some(addr) = outcome.addr {
+                                let kept = session.bytes_from_peers() - kept_before;
+                                if kept > 0 {
+                                    *parent_bytes.entry(addr).or_insert(0) += kept;
+                                }
+                            }
                             let prefix = session.verified_prefix();
                             if prefix > before {
                                 prefix_tx.send_replace(prefix);
@@ -1348,6 +1361,15 @@ impl Engine {
         }
         report.from_supernode = session.bytes_from_seed();
         report.from_peers = session.bytes_from_peers();
+        let mut parents: Vec<ParentBytes> = parent_bytes
+            .into_iter()
+            .map(|(addr, bytes)| ParentBytes {
+                addr: addr.to_string(),
+                bytes,
+            })
+            .collect();
+        parents.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.addr.cmp(&b.addr)));
+        report.parents = parents;
         report.corrupt_pieces = u32::try_from(session.corrupt_pieces()).unwrap_or(u32::MAX);
         report.liars = session.liars().map(|p| p.0).collect();
         report.announcing_parents = u32::try_from(announcing.len()).unwrap_or(u32::MAX);
@@ -1425,6 +1447,7 @@ impl Engine {
             .map_err(DownloadError::NoSpace)?;
         let out = OutputFile::create(&req.output, resp.content_length, self.peer_id)?;
         let file = out.file();
+        progress.via(&Via::Origin(why.clone()));
         progress.started(&file, resp.content_length);
         let path = out.temp_path().to_path_buf();
         let mut hasher = Sha256Hasher::new();

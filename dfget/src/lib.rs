@@ -27,5 +27,7 @@ pub mod tcp;
 
 pub use engine::{DownloadError, DownloadRequest, Engine, EngineConfig};
 pub use fetch::Transport;
-pub use report::{BackSource, FallbackReason, NoProgress, Progress, Report, WholeFileCheck};
+pub use report::{
+    BackSource, FallbackReason, NoProgress, ParentBytes, Progress, Report, Via, WholeFileCheck,
+};
 pub use server::Fault;

@@ -37,6 +37,10 @@ pub struct Report {
     pub supernode_takeovers: u32,
     /// Whether the download went back to the origin, and why.
     pub back_source: Option<BackSource>,
+    /// The supernode the swarm download ended with (`host:port`), if it used the swarm.
+    pub supernode: Option<String>,
+    /// The parents whose pieces this download kept, with their verified bytes, most first.
+    pub parents: Vec<ParentBytes>,
     /// The sha256 of the output.
     pub digest: String,
     /// How the output was matched to `digest`.
@@ -96,6 +100,28 @@ impl std::fmt::Display for BackSource {
     }
 }
 
+/// Verified bytes one parent supplied to a download.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentBytes {
+    /// The parent's piece address (`host:port`).
+    pub addr: String,
+    /// Bytes of pieces it sent that this download kept.
+    pub bytes: u64,
+}
+
+/// The way a download takes, told to its [`Progress`] before the first byte is fetched
+/// (and again if the download leaves the swarm for the origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// Through the swarm, registered with this supernode (`host:port`).
+    Swarm {
+        /// The supernode.
+        supernode: String,
+    },
+    /// Straight from the origin, and why.
+    Origin(BackSource),
+}
+
 /// How a download's output was matched to its digest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,6 +162,8 @@ pub trait Progress: Send + Sync {
     /// starts over in a new file (e.g. back to the origin after the swarm failed); bytes
     /// reported before then are to be forgotten.
     fn started(&self, _file: &Arc<File>, _total: u64) {}
+    /// The download takes `via`: called before [`Progress::started`] each time.
+    fn via(&self, _via: &Via) {}
     /// Bytes `range` of the file passed to [`Progress::started`] are verified and written, so
     /// a reader may stream them before the download ends.
     fn written(&self, _range: Range<u64>) {}

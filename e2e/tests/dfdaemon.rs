@@ -1629,3 +1629,176 @@ fn peers_exchange_pieces_over_ipv6() {
         "the supernode must know the first node by its IPv6 address {advertised}"
     );
 }
+
+/// `dfdaemon explain` run against `d`; its stdout.
+fn explain_cli(d: &Dfdaemon, digest: &str, json: bool) -> String {
+    let mut cmd = std::process::Command::new(bin("dfdaemon"));
+    cmd.args(["explain", digest, "--mirror", &d.url()]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits until `d` has adopted `digest` into its cache with its record (the response ends
+/// when the last byte is verified, a moment before the cache takes the file).
+fn wait_recorded(d: &Dfdaemon, digest: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http::get(&format!("{}/api/v1/blobs/{digest}", d.url()), None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["state"] == "cached" && !v["fetch"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A global (non-loopback) IPv4 address of this machine, if it has one.
+fn global_ipv4() -> Option<std::net::Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (_, rest) = l.split_once(" inet ")?;
+        rest.split('/').next()?.trim().parse().ok()
+    })
+}
+
+#[test]
+fn every_blob_response_says_where_its_bytes_came_from_and_explain_says_why() {
+    let _serial = serial();
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/explain", "explain", 41);
+    let sn = Supernode::builder().start();
+    let mut a = Dfdaemon::builder().supernode(sn.addr()).start();
+    let a_peer = a.peer_addr().unwrap();
+    // The big random layer.
+    let (index, layer) = pushed
+        .layer_digests
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, _)| image.layers[*i].len())
+        .unwrap();
+    let size = image.layers[index].len() as u64;
+    let url = |d: &Dfdaemon| {
+        format!(
+            "{}/v2/e2e/explain/blobs/{layer}?ns={}",
+            d.url(),
+            registry.host()
+        )
+    };
+    let source = |r: &http::Response| {
+        r.header("x-damselfly-source")
+            .unwrap_or("<none>")
+            .to_owned()
+    };
+
+    // Cold: through the swarm, and the header says so before the first byte.
+    let r = http::get(&url(&a), None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, image.layers[index]);
+    assert_eq!(source(&r), format!("swarm; supernode={}", sn.addr()));
+    wait_recorded(&a, layer);
+    // Again: from this node's cache, fetched from the supernode alone.
+    let r = http::get(&url(&a), None).unwrap();
+    assert_eq!(r.body, image.layers[index]);
+    assert_eq!(
+        source(&r),
+        format!("local; fetched=swarm; peers=0; supernode={size}; registry=0")
+    );
+    let text = explain_cli(&a, layer, false);
+    assert!(text.contains("in this node's cache"), "{text}");
+    assert!(
+        text.contains(&format!("through the swarm (supernode {})", sn.addr())),
+        "{text}"
+    );
+    assert!(text.contains("registry used  no"), "{text}");
+
+    // A second node: every byte from node A or the supernode, and explain names A.
+    let b = Dfdaemon::builder().supernode(sn.addr()).start();
+    let r = http::get(&url(&b), None).unwrap();
+    assert_eq!(r.body, image.layers[index]);
+    assert!(source(&r).starts_with("swarm; "), "{}", source(&r));
+    wait_recorded(&b, layer);
+    let json: serde_json::Value = serde_json::from_str(&explain_cli(&b, layer, true)).unwrap();
+    assert_eq!(json["state"], "cached");
+    let fetch = &json["fetch"];
+    let (peers, supernode) = (
+        fetch["from_peers"].as_u64().unwrap(),
+        fetch["from_supernode"].as_u64().unwrap(),
+    );
+    assert_eq!(peers + supernode, size, "{json}");
+    assert_eq!(fetch["from_registry"], 0);
+    let parents = fetch["parents"].as_array().unwrap();
+    let named: u64 = parents.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(named, peers, "{json}");
+    if peers > 0 {
+        assert_eq!(parents[0]["addr"], a_peer.to_string(), "{json}");
+    }
+    assert_eq!(
+        registry.blob_get_count(layer),
+        1,
+        "one registry fetch so far"
+    );
+
+    // No supernode answers: the node goes to the registry itself and says why.
+    let dead = format!("127.0.0.1:{}", free_tcp_port([127, 0, 0, 1].into()));
+    let data = tempfile::tempdir().unwrap();
+    let c = Dfdaemon::builder()
+        .supernode(&dead)
+        .data_dir(data.path())
+        .start();
+    let r = http::get(&url(&c), None).unwrap();
+    assert_eq!(r.body, image.layers[index]);
+    assert_eq!(source(&r), "registry; reason=supernode_unreachable");
+    wait_recorded(&c, layer);
+    let r = http::get(&url(&c), None).unwrap();
+    assert_eq!(
+        source(&r),
+        format!(
+            "local; fetched=registry; peers=0; supernode=0; registry={size}; reason=supernode_unreachable"
+        )
+    );
+    // The record outlives a restart, with the blob.
+    c.stop().unwrap();
+    let c = Dfdaemon::builder()
+        .supernode(&dead)
+        .data_dir(data.path())
+        .start();
+    let text = explain_cli(&c, layer.trim_start_matches("sha256:"), false);
+    assert!(text.contains("from the registry, by this node"), "{text}");
+    assert!(
+        text.contains("registry used  because supernode unreachable"),
+        "{text}"
+    );
+    assert!(text.contains("[supernode_unreachable]"), "{text}");
+    let unknown = sha256_digest(b"never pulled");
+    assert!(explain_cli(&c, &unknown, false).contains("not on this node"));
+
+    // The blob API answers this node only.
+    let Some(ip) = global_ipv4() else {
+        eprintln!("skipping the non-loopback part: this machine has no global IPv4 address");
+        return;
+    };
+    let port = free_tcp_port([0, 0, 0, 0].into());
+    let open = Dfdaemon::builder()
+        .supernode(sn.addr())
+        .listen(format!("0.0.0.0:{port}").parse().unwrap())
+        .start();
+    let r = http::get(&format!("http://{ip}:{port}/api/v1/blobs/{layer}"), None).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("loopback"), "{}", r.text());
+    let r = http::get(
+        &format!("http://127.0.0.1:{port}/api/v1/blobs/{layer}"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(open);
+}
