@@ -30,6 +30,7 @@ mod chaos;
 mod containerd;
 mod daemon;
 mod dfdaemon;
+mod docker;
 mod faulty;
 pub mod http;
 mod image;
@@ -50,6 +51,7 @@ pub use containerd::{
 };
 pub use daemon::{Daemon, DaemonBuilder, Frozen};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
+pub use docker::{DOCKER_TIMEOUT, Docker, dockerd_program};
 pub use faulty::{Fault, FaultyOrigin, OriginRequest};
 pub use image::{TEST_IMAGE_HELLO_PATH, TEST_IMAGE_RANDOM_PATH, TestImage};
 pub use nydus::{

@@ -1802,3 +1802,81 @@ fn every_blob_response_says_where_its_bytes_came_from_and_explain_says_why() {
     assert_eq!(r.status, 200, "{}", r.text());
     drop(open);
 }
+
+#[test]
+fn dockerd_pulls_and_runs_a_docker_hub_image_through_the_mirror_init_docker_configures() {
+    let test =
+        "dockerd_pulls_and_runs_a_docker_hub_image_through_the_mirror_init_docker_configures";
+    if !running_as_root(test) {
+        return;
+    }
+    if let Err(e) = damselfly_e2e::dockerd_program() {
+        eprintln!("{test}: skipping: {e:#}");
+        return;
+    }
+    let _serial = serial();
+    // The local registry stands in for Docker Hub: dfdaemon's default upstream, where
+    // Docker's mirror requests (which name no registry) go.
+    let registry = TestRegistry::start();
+    let (image, pushed) = push(&registry, "e2e/docker", "hello from dockerd", 16);
+    let supernode = Supernode::builder().start();
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(["--default-upstream", &registry.url()])
+        .start();
+    // The engine is configured the way an operator does it: `dfdaemon init docker --write`,
+    // which keeps the keys already in daemon.json.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon_json = dir.path().join("daemon.json");
+    std::fs::write(&daemon_json, "{\"log-level\": \"info\"}\n").unwrap();
+    let init = std::process::Command::new(bin("dfdaemon"))
+        .args(["init", "docker", "--write", "--mirror", &dfdaemon.url()])
+        .arg("--docker-config")
+        .arg(&daemon_json)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon_json).unwrap()).unwrap();
+    assert_eq!(written["registry-mirrors"][0], dfdaemon.url(), "{written}");
+    assert_eq!(written["log-level"], "info", "{written}");
+    let docker = match damselfly_e2e::Docker::start(&daemon_json) {
+        Ok(d) => d,
+        Err(e) => panic!("dockerd does not start on this machine: {e:#}"),
+    };
+
+    // A Docker Hub name (no registry): Docker asks its mirror first.
+    let pull = docker.pull("e2e/docker:1").unwrap();
+    assert!(
+        pull.status.success(),
+        "docker pull failed: {}\ndockerd: {}\ndfdaemon: {}",
+        describe_output(&pull),
+        docker.log_text(),
+        dfdaemon.log_text()
+    );
+    assert!(
+        blob_requests(&dfdaemon) >= 4.0,
+        "dockerd did not fetch the blobs through dfdaemon:\n{}",
+        dfdaemon.log_text()
+    );
+    // Each blob left the registry once, for the supernode; the node got them all from the swarm.
+    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
+    }
+    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
+    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
+    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+
+    let run = docker.run("e2e/docker:1", &[]).unwrap();
+    if !run.status.success() {
+        if let Some(why) = docker.cannot_run_containers(&image) {
+            eprintln!(
+                "{test}: skipping the `docker run` step: this machine cannot run any Docker \
+                 container (a local busybox image fails the same way): {why}"
+            );
+            return;
+        }
+        panic!("docker run failed: {}", describe_output(&run));
+    }
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+}
