@@ -21,7 +21,7 @@ use std::{
 };
 
 use damselfly_common::Digest;
-use dfget::{ParentBytes, Report, Via};
+use dfget::{ParentBytes, Report, SupernodeCopy, Via};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -44,6 +44,11 @@ pub struct Provenance {
     pub via: Way,
     /// The supernode of a swarm download (`host:port`).
     pub supernode: Option<String>,
+    /// Where the supernode's copy stood when this node registered: `stored` (no registry
+    /// request for this pull), `fetching` (an earlier pull's fetch), `started` (this pull
+    /// made the supernode fetch it from the registry).
+    #[serde(default)]
+    pub supernode_copy: Option<SupernodeCopy>,
     /// Verified bytes from other peers.
     pub from_peers: u64,
     /// Verified bytes from the supernode.
@@ -87,6 +92,7 @@ impl Provenance {
                 Way::Swarm
             },
             supernode: report.supernode.clone(),
+            supernode_copy: report.supernode_copy,
             from_peers: report.from_peers,
             from_supernode: report.from_supernode,
             from_registry: report.from_origin,
@@ -109,9 +115,9 @@ pub enum Source<'a> {
 impl Source<'_> {
     /// The header value: a word (`local`, `swarm`, `registry`) then `; key=value` pairs.
     ///
-    /// - `local; fetched=swarm; peers=1048576; supernode=0; registry=0`
+    /// - `local; fetched=swarm; peers=1048576; supernode=0; registry=0; supernode-copy=stored`
     /// - `local; fetched=registry; peers=0; supernode=0; registry=4096; reason=supernode_unreachable`
-    /// - `swarm; supernode=10.0.0.2:8002`
+    /// - `swarm; supernode=10.0.0.2:8002; supernode-copy=started`
     /// - `registry; reason=supernode_lost`
     pub fn header_value(&self) -> String {
         let mut v = String::new();
@@ -130,9 +136,15 @@ impl Source<'_> {
                 if let Some(r) = &p.registry_reason {
                     let _ = write!(v, "; reason={r}");
                 }
+                if let Some(c) = p.supernode_copy {
+                    let _ = write!(v, "; supernode-copy={}", c.label());
+                }
             }
-            Source::Downloading(Via::Swarm { supernode }) => {
+            Source::Downloading(Via::Swarm { supernode, copy }) => {
                 let _ = write!(v, "swarm; supernode={supernode}");
+                if let Some(c) = copy {
+                    let _ = write!(v, "; supernode-copy={}", c.label());
+                }
             }
             Source::Downloading(Via::Origin(why)) => {
                 let _ = write!(v, "registry; reason={}", why.reason.label());
@@ -305,6 +317,27 @@ impl Explanation {
                 let _ = writeln!(out, "    {:<26} {}", parent.addr, human(parent.bytes));
             }
             let _ = writeln!(out, "  from supernode {}", human(p.from_supernode));
+            match p.supernode_copy {
+                Some(SupernodeCopy::Stored) => {
+                    let _ = writeln!(
+                        out,
+                        "  supernode copy stored: it held the whole blob, no registry request for this pull"
+                    );
+                }
+                Some(SupernodeCopy::Fetching) => {
+                    let _ = writeln!(
+                        out,
+                        "  supernode copy fetching: its registry fetch, started by an earlier pull, was under way"
+                    );
+                }
+                Some(SupernodeCopy::Started) => {
+                    let _ = writeln!(
+                        out,
+                        "  supernode copy started: this pull made the supernode fetch the blob from the registry (once for the cluster)"
+                    );
+                }
+                None => {}
+            }
             let _ = writeln!(out, "  from registry  {}", human(p.from_registry));
             if let Some(reason) = &p.registry_reason {
                 let detail = p.registry_detail.as_deref().unwrap_or_default();
@@ -358,6 +391,7 @@ mod tests {
             from_peers: 2 << 20,
             from_supernode: 1 << 20,
             supernode: Some("10.0.0.2:8002".into()),
+            supernode_copy: Some(SupernodeCopy::Started),
             parents: vec![ParentBytes {
                 addr: "10.0.0.5:65002".into(),
                 bytes: 2 << 20,
@@ -373,7 +407,7 @@ mod tests {
         let p = Provenance::of(&d, &report(None), 1);
         assert_eq!(
             Source::Local(Some(&p)).header_value(),
-            "local; fetched=swarm; peers=2097152; supernode=1048576; registry=0"
+            "local; fetched=swarm; peers=2097152; supernode=1048576; registry=0; supernode-copy=started"
         );
         assert_eq!(Source::Local(None).header_value(), "local");
         let why = BackSource {
@@ -384,6 +418,7 @@ mod tests {
         r.from_peers = 0;
         r.from_supernode = 0;
         r.from_origin = 3 << 20;
+        r.supernode_copy = None;
         let p = Provenance::of(&d, &r, 1);
         assert_eq!(p.via, Way::Registry);
         assert_eq!(
@@ -396,10 +431,19 @@ mod tests {
         );
         assert_eq!(
             Source::Downloading(&Via::Swarm {
-                supernode: "[::1]:8002".into()
+                supernode: "[::1]:8002".into(),
+                copy: None,
             })
             .header_value(),
             "swarm; supernode=[::1]:8002"
+        );
+        assert_eq!(
+            Source::Downloading(&Via::Swarm {
+                supernode: "sn:8002".into(),
+                copy: Some(SupernodeCopy::Stored),
+            })
+            .header_value(),
+            "swarm; supernode=sn:8002; supernode-copy=stored"
         );
     }
 
@@ -444,6 +488,16 @@ mod tests {
         );
         assert!(text.contains("10.0.0.5:65002"), "{text}");
         assert!(text.contains("registry used  no"), "{text}");
+        assert!(
+            text.contains("this pull made the supernode fetch"),
+            "{text}"
+        );
+        // A record written before `supernode_copy` existed still loads.
+        let old = r#"{"digest":"sha256:00","size":1,"fetched_unix":0,"secs":0.1,"via":"swarm",
+            "supernode":null,"from_peers":0,"from_supernode":1,"from_registry":0,
+            "registry_reason":null,"registry_detail":null,"parents":[]}"#;
+        let p: Provenance = serde_json::from_str(old).unwrap();
+        assert_eq!(p.supernode_copy, None);
         let unknown = Explanation {
             state: "unknown".into(),
             fetch: None,

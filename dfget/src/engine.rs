@@ -53,7 +53,10 @@ use crate::{
     fetch::{FetchError, Fetcher, PieceSink, Transport},
     output::{self, IoError, OutputFile},
     quic,
-    report::{BackSource, FallbackReason, ParentBytes, Progress, Report, Via, WholeFileCheck},
+    report::{
+        BackSource, FallbackReason, ParentBytes, Progress, Report, SupernodeCopy, Via,
+        WholeFileCheck,
+    },
     server::{Fault, PieceServer, RefusalObserver, ServedTask, ServerLimits},
     supernode::{SupernodeClient, SupernodeError},
     tcp,
@@ -946,13 +949,16 @@ impl Engine {
                     .map_err(DownloadError::from)
             })
             .inspect_err(|_| self.abandon(&task.task_id))?;
+        let copy = SupernodeCopy::from_wire(task.copy());
         progress.via(&Via::Swarm {
             supernode: sn.addr().to_string(),
+            copy,
         });
         progress.started(&out.file(), task.content_length);
         let mut report = Report {
             task_id: task.task_id.clone(),
             bytes: task.content_length,
+            supernode_copy: copy,
             ..Report::default()
         };
         // The digest the supernode's whole-blob check is against, if it is the one this

@@ -28,6 +28,7 @@ pub mod tcp;
 pub use engine::{DownloadError, DownloadRequest, Engine, EngineConfig};
 pub use fetch::Transport;
 pub use report::{
-    BackSource, FallbackReason, NoProgress, ParentBytes, Progress, Report, Via, WholeFileCheck,
+    BackSource, FallbackReason, NoProgress, ParentBytes, Progress, Report, SupernodeCopy, Via,
+    WholeFileCheck,
 };
 pub use server::Fault;

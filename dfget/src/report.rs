@@ -39,6 +39,9 @@ pub struct Report {
     pub back_source: Option<BackSource>,
     /// The supernode the swarm download ended with (`host:port`), if it used the swarm.
     pub supernode: Option<String>,
+    /// Where the supernode's own copy stood when this download registered (`None` back
+    /// to source, or from a supernode that does not say).
+    pub supernode_copy: Option<SupernodeCopy>,
     /// The parents whose pieces this download kept, with their verified bytes, most first.
     pub parents: Vec<ParentBytes>,
     /// The sha256 of the output.
@@ -109,6 +112,39 @@ pub struct ParentBytes {
     pub bytes: u64,
 }
 
+/// Where a supernode's copy of a blob stood when a download registered with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupernodeCopy {
+    /// It held the whole blob: this pull cost the registry nothing.
+    Stored,
+    /// Its fetch from the registry was under way, started by an earlier pull.
+    Fetching,
+    /// This download's registration started its fetch from the registry.
+    Started,
+}
+
+impl SupernodeCopy {
+    /// `stored`, `fetching`, `started`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Fetching => "fetching",
+            Self::Started => "started",
+        }
+    }
+
+    /// From the wire (`None` for a supernode that does not say).
+    pub fn from_wire(copy: damselfly_proto::SupernodeCopy) -> Option<Self> {
+        match copy {
+            damselfly_proto::SupernodeCopy::Stored => Some(Self::Stored),
+            damselfly_proto::SupernodeCopy::Fetching => Some(Self::Fetching),
+            damselfly_proto::SupernodeCopy::Started => Some(Self::Started),
+            damselfly_proto::SupernodeCopy::Unspecified => None,
+        }
+    }
+}
+
 /// The way a download takes, told to its [`Progress`] before the first byte is fetched
 /// (and again if the download leaves the swarm for the origin).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +153,8 @@ pub enum Via {
     Swarm {
         /// The supernode.
         supernode: String,
+        /// Where its copy stood, if it said.
+        copy: Option<SupernodeCopy>,
     },
     /// Straight from the origin, and why.
     Origin(BackSource),

@@ -1703,14 +1703,20 @@ fn every_blob_response_says_where_its_bytes_came_from_and_explain_says_why() {
     let r = http::get(&url(&a), None).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, image.layers[index]);
-    assert_eq!(source(&r), format!("swarm; supernode={}", sn.addr()));
+    // This pull made the supernode fetch the blob: the registry's one copy for the cluster.
+    assert_eq!(
+        source(&r),
+        format!("swarm; supernode={}; supernode-copy=started", sn.addr())
+    );
     wait_recorded(&a, layer);
     // Again: from this node's cache, fetched from the supernode alone.
     let r = http::get(&url(&a), None).unwrap();
     assert_eq!(r.body, image.layers[index]);
     assert_eq!(
         source(&r),
-        format!("local; fetched=swarm; peers=0; supernode={size}; registry=0")
+        format!(
+            "local; fetched=swarm; peers=0; supernode={size}; registry=0; supernode-copy=started"
+        )
     );
     let text = explain_cli(&a, layer, false);
     assert!(text.contains("in this node's cache"), "{text}");
@@ -1724,7 +1730,10 @@ fn every_blob_response_says_where_its_bytes_came_from_and_explain_says_why() {
     let b = Dfdaemon::builder().supernode(sn.addr()).start();
     let r = http::get(&url(&b), None).unwrap();
     assert_eq!(r.body, image.layers[index]);
-    assert!(source(&r).starts_with("swarm; "), "{}", source(&r));
+    assert_eq!(
+        source(&r),
+        format!("swarm; supernode={}; supernode-copy=stored", sn.addr())
+    );
     wait_recorded(&b, layer);
     let json: serde_json::Value = serde_json::from_str(&explain_cli(&b, layer, true)).unwrap();
     assert_eq!(json["state"], "cached");
@@ -1735,6 +1744,7 @@ fn every_blob_response_says_where_its_bytes_came_from_and_explain_says_why() {
     );
     assert_eq!(peers + supernode, size, "{json}");
     assert_eq!(fetch["from_registry"], 0);
+    assert_eq!(fetch["supernode_copy"], "stored", "{json}");
     let parents = fetch["parents"].as_array().unwrap();
     let named: u64 = parents.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
     assert_eq!(named, peers, "{json}");

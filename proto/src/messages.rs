@@ -79,6 +79,25 @@ pub struct RegisterResponse {
     /// supernode that predates it.
     #[prost(bytes = "vec", tag = "9")]
     pub session_token: Vec<u8>,
+    /// Where the supernode's own copy stood when this registration arrived: whether this
+    /// pull made it fetch the blob from the registry (for `dfdaemon explain`).
+    /// `Unspecified` from a supernode that predates it.
+    #[prost(enumeration = "SupernodeCopy", tag = "10")]
+    pub copy: i32,
+}
+
+/// Where a supernode's copy of a blob stood when a peer registered for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SupernodeCopy {
+    /// Not said (an older supernode).
+    Unspecified = 0,
+    /// The supernode held the whole blob: no registry request for this pull.
+    Stored = 1,
+    /// A fetch from the registry was already under way (another pull started it).
+    Fetching = 2,
+    /// This registration started the supernode's fetch from the registry.
+    Started = 3,
 }
 
 /// A piece that failed its sha256 check, and who sent it.

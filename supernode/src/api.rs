@@ -39,7 +39,7 @@ use damselfly_common::{
 use damselfly_oci::OriginError;
 use damselfly_proto::{
     DecodeError, ErrorResponse, LeaveRequest, MAX_MESSAGE_LEN, PROTOCOL_VERSION, ParentInfo,
-    RegisterRequest, RegisterResponse, SyncRequest, SyncResponse, TaskState, decode,
+    RegisterRequest, RegisterResponse, SupernodeCopy, SyncRequest, SyncResponse, TaskState, decode,
 };
 use damselfly_swarm::{PeerHost, PeerId, SchedError, SyncInput};
 use prost::Message;
@@ -336,8 +336,16 @@ async fn register(
     {
         debug!(error = %e, "could not record cache access");
     }
+    let copy = if created {
+        SupernodeCopy::Started
+    } else if task.fetching() {
+        SupernodeCopy::Fetching
+    } else {
+        SupernodeCopy::Stored
+    };
     let meta = &task.meta;
     Ok(Proto(RegisterResponse {
+        copy: copy as i32,
         version: PROTOCOL_VERSION,
         task_id: meta.id.clone(),
         content_length: meta.content_length,

@@ -143,8 +143,16 @@ fn register_response_geometry_is_checked() {
         piece_token: vec![1; 41],
         digest_key: vec![3; 32],
         session_token: vec![4; 32],
+        copy: SupernodeCopy::Started as i32,
     };
     r.validate().unwrap();
+    // A supernode that predates the field, and one newer than this peer, are both fine.
+    r.copy = 0;
+    r.validate().unwrap();
+    r.copy = 99;
+    r.validate().unwrap();
+    assert_eq!(r.copy(), SupernodeCopy::Unspecified);
+    r.copy = SupernodeCopy::Started as i32;
     r.piece_count = 2;
     assert!(r.validate().is_err());
     r.piece_count = 3;
