@@ -1151,6 +1151,7 @@ impl Sim {
             return;
         };
         for (child, _) in children {
+            self.held_upload_ended(i, child);
             let at = self.now + self.hop(Node::Peer(i), Node::Peer(child));
             let ev = Ev::Broke {
                 by: Node::Peer(i),
@@ -1162,12 +1163,21 @@ impl Sim {
         }
     }
 
+    /// The streamed answer relay `i` held for `child` ended: its slot and connection free
+    /// (a relay that left freed them when it left).
+    fn held_upload_ended(&mut self, i: u32, child: u32) {
+        if !self.peers[i as usize].left {
+            self.upload_ended(i, child);
+        }
+    }
+
     /// Relay `i` verified `piece`: the last block goes to each child it held it back from.
     fn release_held(&mut self, i: u32, piece: u32) {
         let Some(children) = self.held.remove(&(i, piece)) else {
             return;
         };
         for (child, block_ns) in children {
+            self.held_upload_ended(i, child);
             let at = self.now + block_ns + self.hop(Node::Peer(i), Node::Peer(child));
             let by = Node::Peer(i);
             self.push(
@@ -1255,7 +1265,16 @@ impl Sim {
             }
             Node::Peer(j) => {
                 self.report.peer_bytes_sent += bytes;
-                self.upload_ended(j, t.to);
+                // A relayed piece whose last block waits for the relay's check keeps its
+                // upload slot and its connection (the streamed answer has not ended, so
+                // the answers pipelined behind it wait) until the relay releases or
+                // withdraws it.
+                let holds = self.config.cut_through
+                    && !self.peers[j as usize].session.have().get(t.piece)
+                    && self.inflow.contains_key(&(j, t.piece));
+                if !holds {
+                    self.upload_ended(j, t.to);
+                }
             }
         }
         let bucket = (self.now / 100_000_000) as usize;
