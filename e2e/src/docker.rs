@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{Daemon, containerd::output_with_timeout};
 
@@ -153,28 +153,13 @@ impl Docker {
     /// tarball) as a local image (no registry, no mirror) and runs `echo` in it. `None` when
     /// that works, so a failing run of a pulled image is the pull's fault.
     pub fn cannot_run_containers(&self, image: &crate::TestImage) -> Option<String> {
-        let probe = || -> Result<Output> {
-            let base = image
-                .layers
-                .first()
-                .context("the test image has no layers")?;
-            let tarball = self.dir.path().join("probe-rootfs.tar.gz");
-            std::fs::write(&tarball, base)
-                .with_context(|| format!("cannot write {}", tarball.display()))?;
-            let tarball = tarball.to_str().context("temporary path is not UTF-8")?;
-            let import = self.docker(&["import", tarball, "damselfly-probe:1"])?;
-            ensure!(
-                import.status.success(),
-                "docker import failed: {}",
-                crate::describe_output(&import)
-            );
-            self.run("damselfly-probe:1", &["/bin/echo", "probe"])
-        };
-        match probe() {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-            Err(e) => Some(format!("{e:#}")),
-        }
+        const PROBE: &str = "damselfly-probe:1";
+        crate::image::cannot_run_locally(
+            self.dir.path(),
+            image,
+            |tarball| self.docker(&["import", tarball, PROBE]),
+            || self.run(PROBE, &["/bin/echo", "probe"]),
+        )
     }
 
     /// The engine's log.

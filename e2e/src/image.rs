@@ -234,6 +234,40 @@ fn elf_has_interpreter(elf: &[u8]) -> bool {
     })
 }
 
+/// Why no container can run on this machine under a runtime, if so: writes the busybox
+/// layer of `image` (a rootfs tarball) into `dir`, `import`s it by its path as a local image
+/// (no registry, no mirror) and `run`s `echo` in it. `None` when that works, so a failing run
+/// of a pulled image is the pull's fault.
+pub(crate) fn cannot_run_locally(
+    dir: &std::path::Path,
+    image: &TestImage,
+    import: impl Fn(&str) -> Result<std::process::Output>,
+    run: impl Fn() -> Result<std::process::Output>,
+) -> Option<String> {
+    let probe = || -> Result<std::process::Output> {
+        let base = image
+            .layers
+            .first()
+            .context("the test image has no layers")?;
+        let tarball = dir.join("probe-rootfs.tar.gz");
+        std::fs::write(&tarball, base)
+            .with_context(|| format!("cannot write {}", tarball.display()))?;
+        let tarball = tarball.to_str().context("temporary path is not UTF-8")?;
+        let imported = import(tarball)?;
+        ensure!(
+            imported.status.success(),
+            "import failed: {}",
+            crate::describe_output(&imported)
+        );
+        run()
+    };
+    match probe() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,28 +120,13 @@ impl Podman {
     /// image (no registry, no mirror) and runs `echo` in it. `None` when that works, so a
     /// failing run of a pulled image is the pull's fault.
     pub fn cannot_run_containers(&self, image: &TestImage) -> Option<String> {
-        let probe = || -> Result<Output> {
-            let base = image
-                .layers
-                .first()
-                .context("the test image has no layers")?;
-            let tarball = self.dir.path().join("probe-rootfs.tar.gz");
-            std::fs::write(&tarball, base)
-                .with_context(|| format!("cannot write {}", tarball.display()))?;
-            let tarball = tarball.to_str().context("temporary path is not UTF-8")?;
-            let import = self.podman(&["import", tarball, "localhost/damselfly-probe:1"])?;
-            ensure!(
-                import.status.success(),
-                "podman import failed: {}",
-                crate::describe_output(&import)
-            );
-            self.run("localhost/damselfly-probe:1", &["/bin/echo", "probe"])
-        };
-        match probe() {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-            Err(e) => Some(format!("{e:#}")),
-        }
+        const PROBE: &str = "localhost/damselfly-probe:1";
+        crate::image::cannot_run_locally(
+            self.dir.path(),
+            image,
+            |tarball| self.podman(&["import", tarball, PROBE]),
+            || self.run(PROBE, &["/bin/echo", "probe"]),
+        )
     }
 }
 

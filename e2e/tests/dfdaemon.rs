@@ -56,6 +56,29 @@ fn bytes_from(d: &Dfdaemon, source: &str) -> f64 {
     .unwrap()
 }
 
+/// What a runtime's pull through the mirror must show: every layer and the config went
+/// through `dfdaemon`, the registry sent each blob once (to the supernode), and the node got
+/// every byte from the swarm, none from the registry.
+fn assert_pulled_through_the_swarm(
+    runtime: &str,
+    dfdaemon: &Dfdaemon,
+    registry: &TestRegistry,
+    image: &TestImage,
+    pushed: &PushedImage,
+) {
+    assert!(
+        blob_requests(dfdaemon) >= 4.0,
+        "{runtime} did not fetch the blobs through dfdaemon:\n{}",
+        dfdaemon.log_text()
+    );
+    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
+        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
+    }
+    let swarm = bytes_from(dfdaemon, "supernode") + bytes_from(dfdaemon, "peer");
+    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
+    assert_eq!(bytes_from(dfdaemon, "origin"), 0.0);
+}
+
 #[test]
 fn containerd_pulls_through_the_mirror_and_runs_the_image() {
     if !running_as_root("containerd_pulls_through_the_mirror_and_runs_the_image") {
@@ -95,20 +118,7 @@ fn containerd_pulls_through_the_mirror_and_runs_the_image() {
         describe_output(&run)
     );
     assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
-
-    // Every layer and the config went through the mirror, and the registry sent each once
-    // (to the supernode).
-    assert!(
-        blob_requests(&dfdaemon) >= 4.0,
-        "containerd did not fetch the blobs through dfdaemon:\n{}",
-        dfdaemon.log_text()
-    );
-    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
-        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
-    }
-    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
-    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
-    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+    assert_pulled_through_the_swarm("containerd", &dfdaemon, &registry, &image, &pushed);
 }
 
 #[test]
@@ -1864,18 +1874,7 @@ fn dockerd_pulls_and_runs_a_docker_hub_image_through_the_mirror_init_docker_conf
         docker.log_text(),
         dfdaemon.log_text()
     );
-    assert!(
-        blob_requests(&dfdaemon) >= 4.0,
-        "dockerd did not fetch the blobs through dfdaemon:\n{}",
-        dfdaemon.log_text()
-    );
-    // Each blob left the registry once, for the supernode; the node got them all from the swarm.
-    for digest in pushed.layer_digests.iter().chain([&pushed.config_digest]) {
-        assert_eq!(registry.blob_get_count(digest), 1, "{digest}");
-    }
-    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
-    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
-    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+    assert_pulled_through_the_swarm("dockerd", &dfdaemon, &registry, &image, &pushed);
 
     let run = docker.run("e2e/docker:1", &[]).unwrap();
     if !run.status.success() {
