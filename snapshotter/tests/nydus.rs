@@ -35,7 +35,7 @@ use containerd_snapshots::tonic::service::Interceptor;
 use containerd_snapshots::tonic::transport::Channel;
 use containerd_snapshots::tonic::{Code, Request, Status};
 use damselfly_e2e::{
-    Containerd, Daemon, LayeredImage, RICH_LARGE_PATH, RICH_SMALL_PATH, TestRegistry,
+    Containerd, Daemon, Dfdaemon, LayeredImage, RICH_LARGE_PATH, RICH_SMALL_PATH, TestRegistry,
     fuse_available, is_mounted, nydus_fs_bin, sha256_digest, wait_until,
 };
 use damselfly_oci::registry::{RegistryClient, RegistryOptions};
@@ -171,16 +171,19 @@ async fn manifest_of(reference: &str) -> (String, Vec<(String, String, u64)>) {
     (fetched.digest.to_string(), layers)
 }
 
-fn start_snapshotter(dir: &Path, registry: &TestRegistry) -> (Daemon, PathBuf, PathBuf) {
+fn start_snapshotter(
+    dir: &Path,
+    registry: &TestRegistry,
+    dfdaemon: &str,
+) -> (Daemon, PathBuf, PathBuf) {
     let root = dir.join("root");
     let socket = dir.join("snapshotter.sock");
     let config = dir.join("snapshotter.toml");
-    // Port 9 (discard) on loopback: nothing listens, so the probe fails at once.
     fs::write(
         &config,
         format!(
             "version = 1\n[nydus]\nbinary = {:?}\ncache_dir = {:?}\n\
-             dfdaemon = \"http://127.0.0.1:9\"\nplain_http = [{:?}]\n",
+             dfdaemon = {dfdaemon:?}\nplain_http = [{:?}]\n",
             nydus_fs_bin(),
             dir.join("cache"),
             registry.host(),
@@ -202,6 +205,80 @@ fn start_snapshotter(dir: &Path, registry: &TestRegistry) -> (Daemon, PathBuf, P
         .wait_for_log("serving containerd snapshots", Duration::from_secs(10))
         .unwrap();
     (daemon, root, socket)
+}
+
+/// The unpacker's Prepare of each layer of `reference`, bottom first, with CRI's labels: each
+/// must be answered "already exists" and leave the layer committed on its parent.
+async fn prepare_layers(
+    snapshots: &mut Snapshots,
+    snapshotter: &Daemon,
+    reference: &str,
+    manifest: &str,
+    digests: &[String],
+) -> Vec<String> {
+    let chain = chain_ids(digests);
+    for i in 0..digests.len() {
+        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+        let labels = cri_labels(reference, manifest, digests, &chain, i);
+        let key = format!("extract-{i} {}", chain[i]);
+        let status = snapshots.prepare(&key, parent, labels).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::AlreadyExists,
+            "layer {i}: {status:?}\n{}",
+            snapshotter.log_text()
+        );
+        let (kind, stat_parent) = snapshots.stat(&chain[i]).await.unwrap();
+        assert_eq!((kind, stat_parent.as_str()), (Kind::Committed, parent));
+    }
+    chain
+}
+
+/// Removes the container snapshot and the image's layers through containerd, then makes
+/// containerd's garbage collector remove them from the snapshotter now (deleting a lease with
+/// `--sync`; snapshot removals alone only schedule a collection). Waits for the unmount.
+fn remove_all(
+    runtime: &tokio::runtime::Runtime,
+    containerd: &Containerd,
+    snapshotter: &Daemon,
+    socket: &Path,
+    mountpoint: &Path,
+    keys: &[&str],
+) {
+    runtime.block_on(async {
+        let mut snapshots = Snapshots::connect(containerd).await;
+        for key in keys {
+            // Unreferenced snapshots (no image, no lease) may already be collected: containerd
+            // schedules a collection after any removal, such as the ordinary image's.
+            match snapshots.remove(key).await {
+                Ok(()) => {}
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status) => panic!("remove {key}: {status:?}"),
+            }
+        }
+    });
+    containerd
+        .ctr_ok(&["leases", "create", "--id", "collect-now"])
+        .unwrap();
+    containerd
+        .ctr_ok(&["leases", "delete", "--sync", "collect-now"])
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || !is_mounted(mountpoint)),
+        "still mounted\n{}\n{}",
+        snapshotter.log_text(),
+        containerd.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || common::walk_blocking(socket)
+            .is_ok_and(|infos| infos.is_empty())),
+        "snapshots left: {:#?}",
+        common::walk_blocking(socket)
+    );
+    let log = snapshotter.log_text();
+    assert!(log.contains("lazy image unmounted"), "{log}");
+    assert!(!mountpoint.exists());
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 /// Unmounts (lazily) whatever the test mounted, even when it fails half way.
@@ -244,7 +321,9 @@ fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
     let ordinary_ref = format!("{}/lazy/rich:src", registry.host());
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut snapshotter, root, socket) = start_snapshotter(dir.path(), &registry);
+    // Port 9 (discard) on loopback: nothing listens, so the probe fails at once.
+    let (snapshotter, root, socket) =
+        start_snapshotter(dir.path(), &registry, "http://127.0.0.1:9");
     let containerd = Containerd::builder()
         .proxy_snapshotter(common::NAME, &socket)
         .snapshotter(common::NAME)
@@ -261,30 +340,23 @@ fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
             .iter()
             .any(|(_, media_type, _)| media_type == nydus_fs::media::BOOTSTRAP)
     );
-    let chain = chain_ids(&digests);
     let mountpoint = root
         .join("mnt")
         .join(manifest.trim_start_matches("sha256:"));
     let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
 
-    runtime.block_on(async {
+    let chain = runtime.block_on(async {
         let mut snapshots = Snapshots::connect(&containerd).await;
 
         // The unpacker's Prepare of each layer, bottom first: "already exists" every time.
-        for i in 0..digests.len() {
-            let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-            let labels = cri_labels(&reference, &manifest, &digests, &chain, i);
-            let key = format!("extract-{i} {}", chain[i]);
-            let status = snapshots.prepare(&key, parent, labels).await.unwrap_err();
-            assert_eq!(
-                status.code(),
-                Code::AlreadyExists,
-                "layer {i}: {status:?}\n{}",
-                snapshotter.log_text()
-            );
-            let (kind, stat_parent) = snapshots.stat(&chain[i]).await.unwrap();
-            assert_eq!((kind, stat_parent.as_str()), (Kind::Committed, parent));
-        }
+        let chain = prepare_layers(
+            &mut snapshots,
+            &snapshotter,
+            &reference,
+            &manifest,
+            &digests,
+        )
+        .await;
         // Mounted once for the whole image.
         assert!(is_mounted(&mountpoint), "{}", snapshotter.log_text());
         assert_eq!(
@@ -374,36 +446,107 @@ fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
         assert_eq!(mounts[0].r#type, "bind", "{mounts:?}");
         snapshots.remove(&key).await.unwrap();
 
-        // Removing the image's snapshots (children first) unmounts it, once the last is gone.
-        snapshots.remove("container-1").await.unwrap();
-        for name in chain.iter().rev() {
-            snapshots.remove(name).await.unwrap();
-        }
+        chain
     });
-    // containerd's garbage collector removes them from the snapshotter; deleting a lease with
-    // `--sync` makes it collect now (snapshot removals alone only schedule it).
-    containerd
-        .ctr_ok(&["leases", "create", "--id", "collect-now"])
-        .unwrap();
-    containerd
-        .ctr_ok(&["leases", "delete", "--sync", "collect-now"])
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || !is_mounted(&mountpoint)),
-        "still mounted\n{}\n{}",
-        snapshotter.log_text(),
-        containerd.log_text()
+    // Removing the image's snapshots (children first) unmounts it, once the last is gone.
+    let mut keys = vec!["container-1"];
+    keys.extend(chain.iter().rev().map(String::as_str));
+    remove_all(
+        &runtime,
+        &containerd,
+        &snapshotter,
+        &socket,
+        &mountpoint,
+        &keys,
     );
-    assert!(
-        wait_until(Duration::from_secs(30), || common::walk_blocking(&socket)
-            .is_ok_and(|infos| infos.is_empty())),
-        "snapshots left: {:#?}",
-        common::walk_blocking(&socket)
-    );
-    let log = snapshotter.log_text();
-    assert!(log.contains("lazy image unmounted"), "{log}");
-    assert!(!mountpoint.exists());
-    assert!(!log.contains("ERROR"), "{log}");
     drop(containerd);
+    let mut snapshotter = snapshotter;
+    snapshotter.terminate(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_lazy_mount_reads_through_dfdaemon_when_it_answers() {
+    if !fuse_available("a_lazy_mount_reads_through_dfdaemon_when_it_answers") {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let image = LayeredImage::rich(4 << 20).unwrap();
+    let (_, reference) = image
+        .push_converted(&registry, "lazy/mirrored", &[])
+        .unwrap();
+    // A plain caching mirror (no supernode): every blob it serves is its own fetch.
+    let dfdaemon = Dfdaemon::builder().start();
+    let blob_requests = |d: &Dfdaemon| {
+        d.metric("damselfly_dfdaemon_requests_total", Some("kind=\"blob\""))
+            .unwrap()
+    };
+    assert_eq!(blob_requests(&dfdaemon), 0.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshotter, root, socket) = start_snapshotter(dir.path(), &registry, &dfdaemon.url());
+    let containerd = Containerd::builder()
+        .proxy_snapshotter(common::NAME, &socket)
+        .snapshotter(common::NAME)
+        .start()
+        .unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let _unmount = Unmount(vec![rootfs.clone()]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (manifest, layers) = runtime.block_on(manifest_of(&reference));
+    let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
+    let mountpoint = root
+        .join("mnt")
+        .join(manifest.trim_start_matches("sha256:"));
+    let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
+
+    let chain = runtime.block_on(async {
+        let mut snapshots = Snapshots::connect(&containerd).await;
+        let chain = prepare_layers(
+            &mut snapshots,
+            &snapshotter,
+            &reference,
+            &manifest,
+            &digests,
+        )
+        .await;
+        let log = snapshotter.log_text();
+        let via = format!("via=\"{}\"", dfdaemon.url());
+        assert!(
+            log.lines()
+                .any(|line| line.contains("lazy image mounted") && line.contains(&via)),
+            "{log}"
+        );
+        assert!(!log.contains("dfdaemon unreachable"), "{log}");
+        let mounts = snapshots
+            .prepare("container-1", chain.last().unwrap(), HashMap::new())
+            .await
+            .unwrap();
+        mount_overlay(&mounts, &rootfs);
+        let expected = image.tree[RICH_SMALL_PATH].content.as_ref().unwrap();
+        let seen = fs::read(rootfs.join(RICH_SMALL_PATH.trim_start_matches('/'))).unwrap();
+        assert_eq!(&seen, expected);
+        let status = Command::new("umount").arg(&rootfs).status().unwrap();
+        assert!(status.success());
+        chain
+    });
+    // The bootstrap and the chunks read came through the mirror.
+    assert!(
+        blob_requests(&dfdaemon) >= 2.0,
+        "{}",
+        dfdaemon.metrics().unwrap()
+    );
+
+    let mut keys = vec!["container-1"];
+    keys.extend(chain.iter().rev().map(String::as_str));
+    remove_all(
+        &runtime,
+        &containerd,
+        &snapshotter,
+        &socket,
+        &mountpoint,
+        &keys,
+    );
+    drop(containerd);
+    let mut snapshotter = snapshotter;
     snapshotter.terminate(Duration::from_secs(10)).unwrap();
 }
