@@ -21,7 +21,7 @@ pub(crate) const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution
 
 pub(crate) use nydus_fs::media::{
     ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, ANN_SOURCE, BLOB as MT_NYDUS_BLOB,
-    BOOTSTRAP as MT_NYDUS_BOOTSTRAP, PREFETCH as MT_NYDUS_PREFETCH,
+    BOOTSTRAP as MT_NYDUS_BOOTSTRAP, LayerKind, PREFETCH as MT_NYDUS_PREFETCH,
 };
 /// The tag of an `index.json` entry.
 pub(crate) const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";

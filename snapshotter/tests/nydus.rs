@@ -3,7 +3,7 @@
 //! containerd's socket, through its metadata layer) with exactly the Prepare calls and labels
 //! containerd's unpacker makes during a CRI pull (`containerd.io/snapshot.ref` plus the
 //! `containerd.io/snapshot/cri.*` labels of `disable_snapshot_annotations = false`). The CRI
-//! plugin itself is not driven (see the note on `chain_ids`).
+//! plugin itself is not driven: no CRI client is in the workspace yet.
 //!
 //! Shown: every layer of the converted image is answered "already exists" (containerd never
 //! downloads it) from one FUSE mount; a container snapshot on top is an overlay whose lower
@@ -110,10 +110,9 @@ impl Snapshots {
     }
 }
 
-/// The chain ids of a layer stack, as containerd's `identity.ChainIDs` computes them. The
-/// converter still writes the source image's config, whose diff ids do not match the
-/// converted layers (so containerd's unpacker would refuse the image before asking the
-/// snapshotter; see docs/lazy.md); here each layer's digest stands for its diff id.
+/// The chain ids of a layer stack, as containerd's `identity.ChainIDs` computes them from the
+/// config's diff ids: the converter writes one per layer, the layer's digest (checked in
+/// `e2e/tests/nydus_convert.rs`).
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut chain: Vec<String> = Vec::new();
     for diff_id in diff_ids {

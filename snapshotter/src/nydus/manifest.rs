@@ -1,10 +1,11 @@
 //! Telling a nydus-fs image from an ordinary one by its manifest (no I/O).
 //!
 //! A converted image's manifest has exactly one layer of media type
-//! [`nydus_fs::media::BOOTSTRAP`]; its other layers are the data blobs and the optional
-//! prefetch list. Every one of its layers is provided by the one lazy mount of the image.
+//! [`nydus_fs::media::BOOTSTRAP`] (or its legacy spelling); its other layers are the data blobs
+//! and the optional prefetch list. Every one of its layers is provided by the one lazy mount of the image.
 
 use damselfly_common::Digest;
+use nydus_fs::media::LayerKind;
 use serde::Deserialize;
 
 /// Largest manifest parsed (the registry client refuses larger ones before this).
@@ -75,7 +76,7 @@ pub fn classify(bytes: &[u8]) -> Result<ImageKind, ManifestError> {
     let bootstraps = manifest
         .layers
         .iter()
-        .filter(|layer| layer.media_type == nydus_fs::media::BOOTSTRAP)
+        .filter(|layer| LayerKind::of(&layer.media_type) == Some(LayerKind::Bootstrap))
         .count();
     match bootstraps {
         0 => return Ok(ImageKind::Ordinary),
@@ -137,6 +138,15 @@ mod tests {
         };
         let layers: Vec<String> = layers.iter().map(ToString::to_string).collect();
         assert_eq!(layers, [digest(1), digest(2), digest(3), digest(4)]);
+        // Images converted before the layer media types changed.
+        let legacy = manifest(&[
+            (nydus_fs::media::LEGACY_BLOB, digest(1)),
+            (nydus_fs::media::LEGACY_BOOTSTRAP, digest(2)),
+        ]);
+        assert!(matches!(
+            classify(&legacy).unwrap(),
+            ImageKind::Nydus { .. }
+        ));
     }
 
     #[test]
