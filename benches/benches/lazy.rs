@@ -645,9 +645,9 @@ fn nydus_sizes(registry: &TestRegistry, tag: &str) -> Result<(u64, u64)> {
         .as_array()
         .context("a manifest without layers")?;
     let size = |l: &serde_json::Value| l["size"].as_u64().unwrap_or(0);
-    let (boot, data): (Vec<_>, Vec<_>) = layers
-        .iter()
-        .partition(|l| l["mediaType"] == "application/vnd.damselfly.nydus.bootstrap.v1");
+    let (boot, data): (Vec<_>, Vec<_>) = layers.iter().partition(|l| {
+        l["mediaType"] == "application/vnd.oci.image.layer.damselfly.nydus.bootstrap.v1"
+    });
     Ok((
         data.into_iter().map(size).sum(),
         boot.into_iter().map(size).sum(),

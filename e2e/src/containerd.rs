@@ -44,6 +44,8 @@ use crate::util::tail;
 
 /// The containerd namespace every `ctr` command of the harness uses.
 pub const CONTAINERD_NAMESPACE: &str = "damselfly-e2e";
+/// The namespace of everything the CRI plugin does.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// How long one `ctr` command may take before it is killed and reported as hung.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,6 +60,7 @@ const LOG_LINES: usize = 40;
 pub struct ContainerdBuilder {
     snapshotter: Option<String>,
     proxy_snapshotters: Vec<(String, PathBuf)>,
+    cri_hosts: Option<PathBuf>,
 }
 
 impl ContainerdBuilder {
@@ -82,6 +85,16 @@ impl ContainerdBuilder {
         self
     }
 
+    /// Enables the CRI plugin (served on containerd's socket, namespace [`CRI_NAMESPACE`]) with
+    /// the snapshotter of [`ContainerdBuilder::snapshotter`], snapshot annotations on (the
+    /// `containerd.io/snapshot/cri.*` labels remote snapshotters read) and registry hosts from
+    /// `hosts_dir` (`hosts.toml` per registry, as [`write_hosts_toml`] writes them). No CNI is
+    /// configured: images can be pulled, pod sandboxes cannot be run.
+    pub fn cri(mut self, hosts_dir: impl Into<PathBuf>) -> Self {
+        self.cri_hosts = Some(hosts_dir.into());
+        self
+    }
+
     /// Starts containerd and waits until `ctr version` answers.
     pub fn start(self) -> Result<Containerd> {
         let program =
@@ -97,12 +110,17 @@ impl ContainerdBuilder {
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
         let socket = dir.join("containerd.sock");
+        let cri_disabled = if self.cri_hosts.is_some() {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\",\n  "
+        };
         let config = format!(
             "version = 2\n\
              root = {root}\n\
              state = {state}\n\
              disabled_plugins = [\n  \
-               \"io.containerd.grpc.v1.cri\",\n  \
+               {cri_disabled}\
                \"io.containerd.snapshotter.v1.aufs\",\n  \
                \"io.containerd.snapshotter.v1.btrfs\",\n  \
                \"io.containerd.snapshotter.v1.devmapper\",\n  \
@@ -131,6 +149,19 @@ impl ContainerdBuilder {
                 "  [proxy_plugins.{}]\n    type = \"snapshot\"\n    address = {}\n",
                 toml_quote(name),
                 toml_str(socket),
+            ));
+        }
+        if let Some(hosts) = &self.cri_hosts {
+            let snapshotter = self.snapshotter.as_deref().unwrap_or("overlayfs");
+            config.push_str(&format!(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  \
+                   [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    \
+                     snapshotter = {}\n    \
+                     disable_snapshot_annotations = false\n  \
+                   [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    \
+                     config_path = {}\n",
+                toml_quote(snapshotter),
+                toml_str(hosts),
             ));
         }
         let config_path = dir.join("config.toml");
@@ -266,12 +297,17 @@ impl Containerd {
 
     /// [`Containerd::ctr`] with another timeout.
     pub fn ctr_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        self.ctr_in(CONTAINERD_NAMESPACE, args, timeout)
+    }
+
+    /// [`Containerd::ctr_with_timeout`] in `namespace` (e.g. [`CRI_NAMESPACE`]).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut command = Command::new(ctr_program());
         command
             .arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
-            .arg(CONTAINERD_NAMESPACE)
+            .arg(namespace)
             .args(args)
             .env_remove("CONTAINERD_SNAPSHOTTER")
             .env_remove("CONTAINERD_ADDRESS")
@@ -318,6 +354,11 @@ impl Containerd {
     /// command. The container's stdout and stderr are the output's. Returns the output whatever
     /// the exit status (which is the container's).
     pub fn run(&self, image: &str, id: &str, cmd: &[&str]) -> Result<Output> {
+        self.run_in(CONTAINERD_NAMESPACE, image, id, cmd)
+    }
+
+    /// [`Containerd::run`] of an image of `namespace` (e.g. one pulled through CRI).
+    pub fn run_in(&self, namespace: &str, image: &str, id: &str, cmd: &[&str]) -> Result<Output> {
         let cgroup = format!("/{CONTAINERD_NAMESPACE}/{}-{id}", self.instance);
         let fifo_dir = self
             .fifo_dir
@@ -337,7 +378,7 @@ impl Containerd {
             id,
         ];
         args.extend_from_slice(cmd);
-        self.ctr(&args)
+        self.ctr_in(namespace, &args, CTR_TIMEOUT)
     }
 
     /// Digests (`sha256:...`) of every blob in containerd's content store.

@@ -47,7 +47,8 @@ mod util;
 
 pub use chaos::{ChaosFault, ChaosOutcome, ChaosRound, run_round};
 pub use containerd::{
-    CONTAINERD_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder, write_hosts_toml,
+    CONTAINERD_NAMESPACE, CRI_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder,
+    write_hosts_toml,
 };
 pub use daemon::{Daemon, DaemonBuilder, Frozen};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};

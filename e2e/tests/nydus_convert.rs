@@ -13,7 +13,6 @@ use damselfly_e2e::{
 };
 use nydus_fs::{Digest, InodeId, InodeKind, Tree, bootstrap};
 
-const BOOTSTRAP_MEDIA_TYPE: &str = "application/vnd.damselfly.nydus.bootstrap.v1";
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn text(out: &Output) -> String {
@@ -78,7 +77,7 @@ fn layout_manifest(dir: &Path) -> serde_json::Value {
 fn layers_and_root(manifest: &serde_json::Value) -> (Vec<String>, String) {
     let layers = manifest["layers"].as_array().unwrap();
     let boot = layers.last().unwrap();
-    assert_eq!(boot["mediaType"], BOOTSTRAP_MEDIA_TYPE);
+    assert_eq!(boot["mediaType"], nydus_fs::media::BOOTSTRAP);
     (
         layers
             .iter()
@@ -201,10 +200,21 @@ fn registry_to_registry_to_layout_and_back() {
         pushed["annotations"]["io.damselfly.nydus.source-manifest"],
         format!("sha256:{}", damselfly_e2e::sha256_hex(&image.manifest()))
     );
-    assert_eq!(
-        pushed["config"]["digest"],
-        damselfly_e2e::sha256_digest(&image.config)
-    );
+    // The config is the source's with one diff id per converted layer (their digests), as
+    // containerd's unpacker requires.
+    let config_digest = pushed["config"]["digest"].as_str().unwrap();
+    let config = http::get(&registry.blob_url("rich", config_digest), None).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
+    let digests: Vec<&str> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(digests));
+    let mut expected: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+    expected["rootfs"] = config["rootfs"].clone();
+    assert_eq!(config, expected);
 
     // Registry → layout: the same image, byte for byte, and every file as in the source.
     let tmp = tempfile::tempdir().unwrap();

@@ -18,8 +18,6 @@ use damselfly_e2e::{
     fuse_available, mount_stat, nydus_convert, sha256_digest, wait_until, write_hosts_toml,
 };
 
-const DATA_MEDIA_TYPE: &str = "application/vnd.damselfly.nydus.blob.v1+zstd";
-
 /// Digests and total size of the nydus data blobs of `repo:tag`.
 fn data_blobs(registry: &TestRegistry, repo: &str, tag: &str) -> (Vec<String>, u64) {
     let manifest = registry.manifest_json(repo, tag).unwrap();
@@ -27,7 +25,7 @@ fn data_blobs(registry: &TestRegistry, repo: &str, tag: &str) -> (Vec<String>, u
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| l["mediaType"] == DATA_MEDIA_TYPE)
+        .filter(|l| l["mediaType"] == nydus_fs::media::BLOB)
         .collect();
     (
         data.iter()

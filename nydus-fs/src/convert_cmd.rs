@@ -9,7 +9,7 @@ use nydus_fs::{ChunkSize, InodeKind, bootstrap, merkle};
 
 use crate::location::{Location, RegistryArgs};
 use crate::oci::{
-    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, ANN_SOURCE, MAX_JSON_BLOB, MT_NYDUS_BLOB,
+    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, ANN_SOURCE, Descriptor, MAX_JSON_BLOB, MT_NYDUS_BLOB,
     MT_NYDUS_BOOTSTRAP, MT_NYDUS_PREFETCH, MT_OCI_MANIFEST, Manifest, Platform, check_tag,
 };
 use crate::source::ImageSource;
@@ -126,7 +126,7 @@ pub(crate) fn run(args: &ConvertArgs<'_>) -> Result<()> {
     for digest in &tree.blobs {
         let size = blob_descs[digest];
         bytes_out += size;
-        layers.push(crate::oci::Descriptor::new(MT_NYDUS_BLOB, digest, size));
+        layers.push(Descriptor::new(MT_NYDUS_BLOB, digest, size));
     }
     if let Some(list) = &prefetch {
         // Keep the regular files this image has; a trace from another version of the image
@@ -159,6 +159,7 @@ pub(crate) fn run(args: &ConvertArgs<'_>) -> Result<()> {
     ]);
     layers.push(boot_desc);
 
+    let config = converted_config(&config, &layers)?;
     let mut config_desc = dst.add_blob(&manifest.config.media_type, &config)?;
     config_desc.annotations = manifest.config.annotations.clone();
     let new_manifest = Manifest {
@@ -186,4 +187,52 @@ pub(crate) fn run(args: &ConvertArgs<'_>) -> Result<()> {
         manifest.layers.len(),
     );
     Ok(())
+}
+
+/// The source image's config with `rootfs` naming the converted layers: one diff id per
+/// manifest layer, as containerd's unpacker requires before it asks a snapshotter about any
+/// layer. The layers are not tars, so they have no uncompressed digest; each layer's own digest
+/// stands for it, which also keeps the chain ids containerd derives apart from the source
+/// image's. Everything else (entrypoint, env, user, history, ...) is the source's; the keys
+/// come out sorted, so the same source gives the same bytes.
+///
+/// # Errors
+/// The source config is not a JSON object.
+fn converted_config(source: &[u8], layers: &[Descriptor]) -> Result<Vec<u8>> {
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(source).context("the image config is not a JSON object")?;
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    config.insert(
+        "rootfs".to_owned(),
+        serde_json::json!({"type": "layers", "diff_ids": diff_ids}),
+    );
+    serde_json::to_vec(&config).context("encoding the image config")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_names_one_diff_id_per_converted_layer() {
+        let source = br#"{"architecture":"amd64","config":{"Cmd":["sh"],"User":"1000"},
+            "os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
+        let layers = [
+            Descriptor::new(MT_NYDUS_BLOB, "sha256:b1", 1),
+            Descriptor::new(MT_NYDUS_BLOB, "sha256:b2", 1),
+            Descriptor::new(MT_NYDUS_BOOTSTRAP, "sha256:b3", 1),
+        ];
+        let bytes = converted_config(source, &layers).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:b1", "sha256:b2", "sha256:b3"])
+        );
+        assert_eq!(config["rootfs"]["type"], "layers");
+        assert_eq!(config["config"]["Cmd"][0], "sh");
+        assert_eq!(config["config"]["User"], "1000");
+        // Reproducible: the same input gives the same bytes.
+        assert_eq!(converted_config(source, &layers).unwrap(), bytes);
+        assert!(converted_config(b"[1]", &layers).is_err());
+    }
 }

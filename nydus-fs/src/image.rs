@@ -8,8 +8,8 @@ use nydus_fs::{ChunkRef, Digest, InodeId, InodeKind, Tree, bootstrap};
 use crate::convert_cmd::FORMAT_VERSION;
 use crate::location::{Location, RegistryArgs};
 use crate::oci::{
-    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, Descriptor, MT_NYDUS_BLOB, MT_NYDUS_BOOTSTRAP,
-    MT_NYDUS_PREFETCH, Platform, parse_digest,
+    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, Descriptor, LayerKind, MT_NYDUS_BOOTSTRAP, Platform,
+    parse_digest,
 };
 use crate::source::ImageSource;
 
@@ -42,7 +42,7 @@ pub(crate) fn load(image: &str, tag: Option<&str>, registry: &RegistryArgs) -> R
     let boot: Vec<&Descriptor> = manifest
         .layers
         .iter()
-        .filter(|l| l.media_type == MT_NYDUS_BOOTSTRAP)
+        .filter(|l| LayerKind::of(&l.media_type) == Some(LayerKind::Bootstrap))
         .collect();
     let [boot] = boot[..] else {
         bail!(
@@ -89,7 +89,7 @@ pub(crate) fn load(image: &str, tag: Option<&str>, registry: &RegistryArgs) -> R
     let data: HashMap<Digest, &Descriptor> = manifest
         .layers
         .iter()
-        .filter(|l| l.media_type == MT_NYDUS_BLOB)
+        .filter(|l| LayerKind::of(&l.media_type) == Some(LayerKind::Blob))
         .map(|l| Ok((parse_digest(&l.digest)?, l)))
         .collect::<Result<_>>()?;
     let blobs = tree
@@ -108,7 +108,7 @@ pub(crate) fn load(image: &str, tag: Option<&str>, registry: &RegistryArgs) -> R
     let prefetch = match manifest
         .layers
         .iter()
-        .find(|l| l.media_type == MT_NYDUS_PREFETCH)
+        .find(|l| LayerKind::of(&l.media_type) == Some(LayerKind::Prefetch))
     {
         None => Vec::new(),
         Some(desc) => {

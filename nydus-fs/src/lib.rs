@@ -16,6 +16,7 @@
 //! - [`chunk`]: decoding + verifying one chunk, planning a read over chunks and holes, grouping
 //!   adjacent chunks into ranged requests (shared by `check` and the mount).
 //! - [`prefetch`]: the prefetch list format (files in first-access order).
+//! - [`media`]: the media types and annotations that mark a converted image in its manifest.
 //!
 //! The byte-for-byte specification is `docs/format.md`. The FUSE mount (`nydus-fs mount`) lives
 //! in the binary and is built on these types.
@@ -27,6 +28,7 @@ pub mod bootstrap;
 pub mod chunk;
 pub mod convert;
 pub mod error;
+pub mod media;
 pub mod merkle;
 pub mod prefetch;
 pub mod tree;

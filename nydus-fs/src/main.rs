@@ -11,11 +11,11 @@
 //! SOURCE, TARGET and IMAGE are OCI image layout directories or registry references
 //! (`localhost:5000/app:v1`); see `location.rs` for how an argument is classified.
 //!
-//! A converted image is an OCI image manifest whose config is the source's config blob, and
-//! whose layers are the nydus data blobs (`application/vnd.damselfly.nydus.blob.v1+zstd`) in
-//! bootstrap blob-table order, followed by the bootstrap
-//! (`application/vnd.damselfly.nydus.bootstrap.v1`) annotated with `io.damselfly.nydus.root`,
-//! `io.damselfly.nydus.chunk-size` and `io.damselfly.nydus.format`. See `oci.rs`.
+//! A converted image is an OCI image manifest whose config is the source's with one
+//! `rootfs.diff_ids` entry per converted layer, and whose layers are the nydus data blobs
+//! (`nydus_fs::media::BLOB`) in bootstrap blob-table order, the optional prefetch list, then the
+//! bootstrap (`nydus_fs::media::BOOTSTRAP`) annotated with `io.damselfly.nydus.root`,
+//! `io.damselfly.nydus.chunk-size` and `io.damselfly.nydus.format`. See `docs/format.md`.
 //!
 //! Exit status: 0 on success, 1 on any error or failed check, 2 on a usage error.
 

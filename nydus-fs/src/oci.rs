@@ -19,22 +19,10 @@ pub(crate) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+
 pub(crate) const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub(crate) const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// A nydus data blob: independently zstd-compressed chunks (one zstd frame each) back to back,
-/// addressed by the bootstrap's chunk table. Not a tar; as a whole it is still a valid zstd
-/// stream (concatenated frames) that decompresses to the deduplicated chunks, hence `+zstd`.
-pub(crate) const MT_NYDUS_BLOB: &str = "application/vnd.damselfly.nydus.blob.v1+zstd";
-/// A nydus bootstrap (`docs/format.md`).
-pub(crate) const MT_NYDUS_BOOTSTRAP: &str = "application/vnd.damselfly.nydus.bootstrap.v1";
-/// A prefetch list (`nydus_fs::prefetch`): files to fetch in the background after a mount.
-pub(crate) const MT_NYDUS_PREFETCH: &str = "application/vnd.damselfly.nydus.prefetch.v1";
-/// Bootstrap annotation: the merkle root digest (`sha256:...`).
-pub(crate) const ANN_ROOT: &str = "io.damselfly.nydus.root";
-/// Bootstrap annotation: the chunk size in bytes.
-pub(crate) const ANN_CHUNK_SIZE: &str = "io.damselfly.nydus.chunk-size";
-/// Bootstrap annotation: the bootstrap format version.
-pub(crate) const ANN_FORMAT: &str = "io.damselfly.nydus.format";
-/// Manifest annotation: digest of the manifest the image was converted from.
-pub(crate) const ANN_SOURCE: &str = "io.damselfly.nydus.source-manifest";
+pub(crate) use nydus_fs::media::{
+    ANN_CHUNK_SIZE, ANN_FORMAT, ANN_ROOT, ANN_SOURCE, BLOB as MT_NYDUS_BLOB,
+    BOOTSTRAP as MT_NYDUS_BOOTSTRAP, LayerKind, PREFETCH as MT_NYDUS_PREFETCH,
+};
 /// The tag of an `index.json` entry.
 pub(crate) const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 

@@ -25,10 +25,7 @@ fn convert_inspect_check_and_corruption() {
     let manifest = target_manifest(&dst);
     let layers = manifest["layers"].as_array().unwrap();
     let boot = layers.last().unwrap();
-    assert_eq!(
-        boot["mediaType"],
-        "application/vnd.damselfly.nydus.bootstrap.v1"
-    );
+    assert_eq!(boot["mediaType"], nydus_fs::media::BOOTSTRAP);
     assert_eq!(boot["annotations"]["io.damselfly.nydus.chunk-size"], "4096");
     assert_eq!(boot["annotations"]["io.damselfly.nydus.format"], "1");
     let root = boot["annotations"]["io.damselfly.nydus.root"]
@@ -36,12 +33,9 @@ fn convert_inspect_check_and_corruption() {
         .unwrap()
         .to_owned();
     for l in &layers[..layers.len() - 1] {
-        assert_eq!(
-            l["mediaType"],
-            "application/vnd.damselfly.nydus.blob.v1+zstd"
-        );
+        assert_eq!(l["mediaType"], nydus_fs::media::BLOB);
     }
-    // The original config is copied.
+    // The config is written (the source's, with one diff id per converted layer).
     let config = manifest["config"]["digest"].as_str().unwrap();
     assert!(blob_path(&dst, config).exists());
     // No temporary files left behind.

@@ -74,7 +74,9 @@ impl Selector {
     fn matches(&self, record: &Record) -> bool {
         let value = match self.path.as_slice() {
             [field] if field == "name" => Some(record.key.as_str()),
-            [field] if field == "parent" => record.parent.as_deref(),
+            // Always there, empty for a root, as containerd's own adaptors have it: its
+            // metadata layer finds a remote root layer with `parent==""`.
+            [field] if field == "parent" => Some(record.parent.as_deref().unwrap_or("")),
             [field] if field == "kind" => Some(match record.kind {
                 Kind::Active => "active",
                 Kind::View => "view",
@@ -276,6 +278,18 @@ mod tests {
         let root = record("r", Kind::Active, None, &[]);
         assert!(!matches(&["parent"], &root));
         assert!(matches(&["parent!=x"], &root));
+        // How containerd looks up a remote root layer after Prepare answered AlreadyExists.
+        let remote_root = record(
+            "sha256:ab",
+            Kind::Committed,
+            None,
+            &[("containerd.io/snapshot.ref", "sha256:ab")],
+        );
+        assert!(matches(
+            &["labels.\"containerd.io/snapshot.ref\"==sha256:ab,parent==\"\""],
+            &remote_root
+        ));
+        assert!(!matches(&["parent==\"\""], &layer));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// root/meta/<id>.json       one record per snapshot (store::Record)
 /// root/snapshots/<id>/fs    the snapshot's files
 /// root/snapshots/<id>/work  overlayfs' work directory (active snapshots only)
+/// root/mnt/<hex>            lazy mounts of nydus-fs images, by manifest digest
 /// ```
 ///
 /// Snapshot ids are decimal numbers, so every path handed to containerd is free of `:` and
@@ -46,6 +47,11 @@ impl Layout {
     /// The directory holding one directory per snapshot.
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
+    }
+
+    /// The directory of the lazy mounts (one per nydus-fs image, named by manifest digest).
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.root.join("mnt")
     }
 
     /// Snapshot `id`'s own directory.

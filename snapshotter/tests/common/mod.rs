@@ -14,14 +14,18 @@ pub(crate) const NAME: &str = "damselfly";
 
 /// Connects to the snapshots service on `socket`.
 pub(crate) async fn connect(socket: &Path) -> anyhow::Result<SnapshotsClient<Channel>> {
+    Ok(SnapshotsClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel to the unix socket `socket`.
+pub(crate) async fn channel(socket: &Path) -> anyhow::Result<Channel> {
     let socket = socket.to_owned();
     // The URI is required by the API and ignored: the connector dials the socket.
-    let channel = Endpoint::try_from("http://[::1]:1")?
+    Ok(Endpoint::try_from("http://[::1]:1")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             UnixStream::connect(socket.clone())
         }))
-        .await?;
-    Ok(SnapshotsClient::new(channel))
+        .await?)
 }
 
 /// Every snapshot the service lists (Walk) for `filters`.
