@@ -28,6 +28,7 @@
 
 mod chaos;
 mod containerd;
+mod cri;
 mod daemon;
 mod dfdaemon;
 mod docker;
@@ -50,6 +51,7 @@ pub use containerd::{
     CONTAINERD_NAMESPACE, CRI_NAMESPACE, CTR_TIMEOUT, Containerd, ContainerdBuilder,
     write_hosts_toml,
 };
+pub use cri::cri_image_client;
 pub use daemon::{Daemon, DaemonBuilder, Frozen};
 pub use dfdaemon::{Dfdaemon, DfdaemonBuilder, LOOPBACK_REGISTRIES};
 pub use docker::{DOCKER_TIMEOUT, Docker, dockerd_program};

@@ -1889,3 +1889,117 @@ fn dockerd_pulls_and_runs_a_docker_hub_image_through_the_mirror_init_docker_conf
     }
     assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
 }
+
+#[test]
+fn kubelets_cri_pull_goes_through_the_mirror_init_containerd_configures_with_and_without_pull_secrets()
+ {
+    let test = "kubelets_cri_pull_goes_through_the_mirror_init_containerd_configures_with_and_without_pull_secrets";
+    if !running_as_root(test) {
+        return;
+    }
+    let _serial = serial();
+    let (user, pass) = ("puller", "pull-secret");
+    let public = TestRegistry::start();
+    let private = TestRegistry::builder().htpasswd(user, pass).start();
+    let (image, pushed) = push(&public, "e2e/cri", "hello through CRI", 21);
+    let (secret_image, secret_pushed) =
+        push(&private, "e2e/cri-private", "hello with a secret", 22);
+    let supernode = Supernode::builder().start();
+    let flags = [
+        "--plain-http-registry".to_owned(),
+        public.host(),
+        "--plain-http-registry".to_owned(),
+        private.host(),
+    ];
+    let dfdaemon = Dfdaemon::builder()
+        .supernode(supernode.addr())
+        .args(flags.clone())
+        .start();
+    // containerd's CRI plugin reads the hosts directory `dfdaemon init containerd` writes
+    // (`config_path`), as on a Kubernetes node.
+    let hosts = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(bin("dfdaemon"))
+        .args(flags)
+        .args(["init", "containerd", "--write", "--mirror", &dfdaemon.url()])
+        .arg("--hosts-dir")
+        .arg(hosts.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let containerd = Containerd::builder().cri(hosts.path()).start().unwrap();
+    let public_ref = format!("{}/e2e/cri:1", public.host());
+    let private_ref = format!("{}/e2e/cri-private:1", private.host());
+    let pull = |reference: &str, auth: Option<k8s_cri::v1::AuthConfig>| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut cri = damselfly_e2e::cri_image_client(containerd.socket())
+                .await
+                .unwrap();
+            cri.pull_image(k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: reference.to_owned(),
+                    ..Default::default()
+                }),
+                auth,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+
+    // A public image, no pull secret.
+    let pulled = pull(&public_ref, None);
+    assert!(pulled.is_ok(), "{pulled:?}\n{}", containerd.log_text());
+    // A private image without its secret: refused (the registry's 401 reached containerd
+    // through the mirror), and no blob left the private registry.
+    let refused = pull(&private_ref, None);
+    let status = refused.expect_err("a private image pulled without credentials");
+    assert!(
+        status.message().contains("401") || status.message().contains("nauthorized"),
+        "{status:?}"
+    );
+    for digest in secret_pushed
+        .layer_digests
+        .iter()
+        .chain([&secret_pushed.config_digest])
+    {
+        assert_eq!(private.blob_get_count(digest), 0, "{digest}");
+    }
+    // With the secret (kubelet passes an imagePullSecret as the request's AuthConfig).
+    let auth = k8s_cri::v1::AuthConfig {
+        username: user.to_owned(),
+        password: pass.to_owned(),
+        ..Default::default()
+    };
+    let pulled = pull(&private_ref, Some(auth));
+    assert!(pulled.is_ok(), "{pulled:?}\n{}", containerd.log_text());
+
+    // Every blob of both images through the swarm: each sent once by a registry (to the
+    // supernode; the busybox base layer the two images share, once for both), none by a
+    // registry to the node.
+    let mut digests: Vec<&String> = [&pushed, &secret_pushed]
+        .iter()
+        .flat_map(|p| p.layer_digests.iter().chain([&p.config_digest]))
+        .collect();
+    digests.sort();
+    digests.dedup();
+    for digest in digests {
+        let gets = public.blob_get_count(digest) + private.blob_get_count(digest);
+        assert_eq!(gets, 1, "{digest}");
+    }
+    let swarm = bytes_from(&dfdaemon, "supernode") + bytes_from(&dfdaemon, "peer");
+    assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
+    assert_eq!(bytes_from(&dfdaemon, "origin"), 0.0);
+
+    // The CRI-pulled image runs (in CRI's namespace), its greeting from its own config.
+    let run = containerd
+        .run_in(
+            damselfly_e2e::CRI_NAMESPACE,
+            &private_ref,
+            "cri-private",
+            &[],
+        )
+        .unwrap();
+    assert!(run.status.success(), "{}", describe_output(&run));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), secret_image.hello);
+}

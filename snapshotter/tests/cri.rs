@@ -24,27 +24,12 @@ use damselfly_e2e::{
 };
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const HELLO: &str = "hello from a lazily mounted image";
 
 async fn cri_client(socket: &Path) -> ImageServiceClient<Channel> {
-    let socket = socket.to_owned();
-    // The URI is required by the API and ignored: the connector dials the socket.
-    let channel = Endpoint::try_from("http://[::1]:1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    ImageServiceClient::new(channel)
+    damselfly_e2e::cri_image_client(socket).await.unwrap()
 }
 
 fn start_snapshotter(dir: &Path, registry: &TestRegistry) -> (Daemon, PathBuf, PathBuf) {
