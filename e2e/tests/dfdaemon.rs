@@ -168,6 +168,51 @@ fn three_nodes_pull_the_same_image_and_the_registry_sends_each_blob_once() {
         );
         assert_eq!(bytes_from(dfdaemon, "origin"), 0.0, "node {i}");
     }
+    // `dfdaemon explain` tells each node's story blob by blob, and it adds up to the
+    // metrics: the first node's pull made the supernode fetch from the registry, later
+    // nodes found the supernode's copy stored and took bytes from the earlier nodes.
+    let mut nodes = nodes;
+    let peer_addrs: Vec<String> = nodes
+        .iter_mut()
+        .map(|(d, _)| d.peer_addr().unwrap().to_string())
+        .collect();
+    for (i, (dfdaemon, _)) in nodes.iter().enumerate() {
+        let mut from_peers = 0;
+        for (digest, size) in pushed
+            .layer_digests
+            .iter()
+            .zip(image.layers.iter().map(Vec::len))
+            .chain([(&pushed.config_digest, image.config.len())])
+        {
+            let json: serde_json::Value =
+                serde_json::from_str(&explain_cli(dfdaemon, digest, true)).unwrap();
+            let fetch = &json["fetch"];
+            assert_eq!(json["state"], "cached", "node {i}: {json}");
+            assert_eq!(fetch["via"], "swarm", "node {i}: {json}");
+            assert_eq!(fetch["from_registry"], 0, "node {i}: {json}");
+            let copy = if i == 0 { "started" } else { "stored" };
+            assert_eq!(fetch["supernode_copy"], copy, "node {i}: {json}");
+            let peers = fetch["from_peers"].as_u64().unwrap();
+            let seed = fetch["from_supernode"].as_u64().unwrap();
+            assert_eq!(peers + seed, size as u64, "node {i}: {json}");
+            let parents = fetch["parents"].as_array().unwrap();
+            let named: u64 = parents.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+            assert_eq!(named, peers, "node {i}: {json}");
+            for p in parents {
+                let addr = p["addr"].as_str().unwrap();
+                assert!(
+                    peer_addrs[..i].iter().any(|a| a == addr),
+                    "node {i}: parent {addr} is not an earlier node: {json}"
+                );
+            }
+            from_peers += peers;
+        }
+        assert_eq!(
+            from_peers as f64,
+            bytes_from(dfdaemon, "peer"),
+            "node {i}: explain and the metrics disagree"
+        );
+    }
 }
 
 /// `dfdaemon FLAGS init podman --write` into a temporary directory, as an operator runs it on
