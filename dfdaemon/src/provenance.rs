@@ -237,6 +237,7 @@ impl Ledger {
 
     /// Drops every record whose blob is not in `held`.
     pub fn retain(&self, held: &[Digest]) {
+        let held: std::collections::HashSet<&Digest> = held.iter().collect();
         let gone: Vec<Digest> = self
             .records
             .lock()
@@ -359,20 +360,10 @@ impl Explanation {
 }
 
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
     }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit} ({bytes} B)")
+    format!("{} ({bytes} B)", bytesize::ByteSize(bytes))
 }
 
 #[cfg(test)]

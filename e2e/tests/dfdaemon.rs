@@ -215,6 +215,29 @@ fn three_nodes_pull_the_same_image_and_the_registry_sends_each_blob_once() {
     }
 }
 
+/// The `<runtime> run` step of `test`: the container printed the image's greeting; or, if it
+/// failed because no container can run on this machine at all (`cannot_run` says why, from a
+/// local image), the step is skipped with that reason.
+fn assert_greets_or_skip(
+    test: &str,
+    runtime: &str,
+    run: &std::process::Output,
+    image: &TestImage,
+    cannot_run: impl FnOnce() -> Option<String>,
+) {
+    if !run.status.success() {
+        if let Some(why) = cannot_run() {
+            eprintln!(
+                "{test}: skipping the `{runtime} run` step: this machine cannot run any \
+                 {runtime} container (a local busybox image fails the same way): {why}"
+            );
+            return;
+        }
+        panic!("{runtime} run failed: {}", describe_output(run));
+    }
+    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+}
+
 /// `dfdaemon FLAGS init podman --write` into a temporary directory, as an operator runs it on
 /// the node (the same flags as the running `dfdaemon`, so the same registries); returns the
 /// directory and the drop-in written there.
@@ -362,17 +385,9 @@ fn podman_pulls_and_runs_through_the_drop_in_init_podman_writes() {
     assert!(swarm >= image.size() as f64, "swarm bytes {swarm}");
 
     let run = podman.run(&reference, &[]).unwrap();
-    if !run.status.success() {
-        if let Some(why) = podman.cannot_run_containers(&image) {
-            eprintln!(
-                "{test}: skipping the `podman run` step: this machine cannot run any Podman \
-                 container (a local busybox image fails the same way): {why}"
-            );
-            return;
-        }
-        panic!("podman run failed: {}", describe_output(&run));
-    }
-    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    assert_greets_or_skip(test, "podman", &run, &image, || {
+        podman.cannot_run_containers(&image)
+    });
 }
 
 #[test]
@@ -1922,17 +1937,9 @@ fn dockerd_pulls_and_runs_a_docker_hub_image_through_the_mirror_init_docker_conf
     assert_pulled_through_the_swarm("dockerd", &dfdaemon, &registry, &image, &pushed);
 
     let run = docker.run("e2e/docker:1", &[]).unwrap();
-    if !run.status.success() {
-        if let Some(why) = docker.cannot_run_containers(&image) {
-            eprintln!(
-                "{test}: skipping the `docker run` step: this machine cannot run any Docker \
-                 container (a local busybox image fails the same way): {why}"
-            );
-            return;
-        }
-        panic!("docker run failed: {}", describe_output(&run));
-    }
-    assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello);
+    assert_greets_or_skip(test, "docker", &run, &image, || {
+        docker.cannot_run_containers(&image)
+    });
 }
 
 #[test]

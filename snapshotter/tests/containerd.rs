@@ -13,27 +13,11 @@ use std::time::Duration;
 
 use containerd_snapshots::api::snapshots::v1::Kind;
 use damselfly_e2e::{
-    Containerd, Daemon, TestImage, TestRegistry, describe_output as describe, running_as_root,
-    wait_until, write_hosts_toml,
+    Containerd, TestImage, TestRegistry, describe_output as describe, running_as_root, wait_until,
+    write_hosts_toml,
 };
 
 const HELLO: &str = "hello through the damselfly snapshotter";
-
-fn start_snapshotter(root: &Path, socket: &Path) -> Daemon {
-    let mut daemon = Daemon::builder(env!("CARGO_BIN_EXE_damselfly-snapshotter"))
-        .name("snapshotter")
-        .env("RUST_LOG", "info,damselfly_snapshotter=debug")
-        .arg("--root")
-        .arg(root)
-        .arg("--address")
-        .arg(socket)
-        .spawn()
-        .unwrap();
-    daemon
-        .wait_for_log("serving containerd snapshots", Duration::from_secs(10))
-        .unwrap();
-    daemon
-}
 
 /// containerd's own view, through the backend: `ctr snapshots usage` asks the snapshotter.
 fn containerd_reaches_snapshotter(containerd: &Containerd) -> bool {
@@ -64,7 +48,7 @@ fn containerd_pulls_runs_and_removes_an_ordinary_image_through_the_snapshotter()
     let state = tempfile::tempdir().unwrap();
     let root = state.path().join("root");
     let socket = state.path().join("snapshotter.sock");
-    let mut snapshotter = start_snapshotter(&root, &socket);
+    let mut snapshotter = common::spawn(&root, &socket, None);
     let containerd = Containerd::builder()
         .proxy_snapshotter(common::NAME, &socket)
         .snapshotter(common::NAME)
@@ -117,7 +101,7 @@ fn containerd_pulls_runs_and_removes_an_ordinary_image_through_the_snapshotter()
     // Killed and started again on the same root: the layers are still there and unchanged.
     snapshotter.kill();
     drop(snapshotter);
-    let snapshotter = start_snapshotter(&root, &socket);
+    let snapshotter = common::spawn(&root, &socket, None);
     assert!(
         wait_until(Duration::from_secs(20), || containerd_reaches_snapshotter(
             &containerd

@@ -15,12 +15,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use damselfly_e2e::{
-    CRI_NAMESPACE, Containerd, Daemon, TestImage, TestRegistry, describe_output as describe,
-    fuse_available, is_mounted, nydus_convert, nydus_fs_bin, wait_until, write_hosts_toml,
+    CRI_NAMESPACE, Containerd, TestImage, TestRegistry, describe_output as describe,
+    fuse_available, is_mounted, nydus_convert, wait_until, write_hosts_toml,
 };
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PullImageRequest, RemoveImageRequest};
@@ -30,38 +30,6 @@ const HELLO: &str = "hello from a lazily mounted image";
 
 async fn cri_client(socket: &Path) -> ImageServiceClient<Channel> {
     damselfly_e2e::cri_image_client(socket).await.unwrap()
-}
-
-fn start_snapshotter(dir: &Path, registry: &TestRegistry) -> (Daemon, PathBuf, PathBuf) {
-    let root = dir.join("root");
-    let socket = dir.join("snapshotter.sock");
-    let config = dir.join("snapshotter.toml");
-    fs::write(
-        &config,
-        format!(
-            "version = 1\n[nydus]\nbinary = {:?}\ncache_dir = {:?}\ndfdaemon = \"\"\n\
-             plain_http = [{:?}]\n",
-            nydus_fs_bin(),
-            dir.join("cache"),
-            registry.host(),
-        ),
-    )
-    .unwrap();
-    let mut daemon = Daemon::builder(env!("CARGO_BIN_EXE_damselfly-snapshotter"))
-        .name("snapshotter")
-        .env("RUST_LOG", "info,damselfly_snapshotter=debug")
-        .arg("--root")
-        .arg(&root)
-        .arg("--address")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .unwrap();
-    daemon
-        .wait_for_log("serving containerd snapshots", Duration::from_secs(10))
-        .unwrap();
-    (daemon, root, socket)
 }
 
 #[test]
@@ -93,7 +61,7 @@ fn a_nydus_image_pulled_through_cri_runs_from_its_lazy_mount() {
     let layers = manifest["layers"].as_array().unwrap().len();
 
     let dir = tempfile::tempdir().unwrap();
-    let (snapshotter, root, socket) = start_snapshotter(dir.path(), &registry);
+    let (snapshotter, root, socket) = common::spawn_nydus(dir.path(), &registry, "");
     let hosts = dir.path().join("hosts");
     write_hosts_toml(&hosts, &host, "", Some(&registry.url())).unwrap();
     let containerd = Containerd::builder()

@@ -36,7 +36,7 @@ use containerd_snapshots::tonic::transport::Channel;
 use containerd_snapshots::tonic::{Code, Request, Status};
 use damselfly_e2e::{
     Containerd, Daemon, Dfdaemon, LayeredImage, RICH_LARGE_PATH, RICH_SMALL_PATH, TestRegistry,
-    fuse_available, is_mounted, nydus_fs_bin, sha256_digest, wait_until,
+    fuse_available, is_mounted, sha256_digest, wait_until,
 };
 use damselfly_oci::registry::{RegistryClient, RegistryOptions};
 
@@ -170,42 +170,6 @@ async fn manifest_of(reference: &str) -> (String, Vec<(String, String, u64)>) {
     (fetched.digest.to_string(), layers)
 }
 
-fn start_snapshotter(
-    dir: &Path,
-    registry: &TestRegistry,
-    dfdaemon: &str,
-) -> (Daemon, PathBuf, PathBuf) {
-    let root = dir.join("root");
-    let socket = dir.join("snapshotter.sock");
-    let config = dir.join("snapshotter.toml");
-    fs::write(
-        &config,
-        format!(
-            "version = 1\n[nydus]\nbinary = {:?}\ncache_dir = {:?}\n\
-             dfdaemon = {dfdaemon:?}\nplain_http = [{:?}]\n",
-            nydus_fs_bin(),
-            dir.join("cache"),
-            registry.host(),
-        ),
-    )
-    .unwrap();
-    let mut daemon = Daemon::builder(env!("CARGO_BIN_EXE_damselfly-snapshotter"))
-        .name("snapshotter")
-        .env("RUST_LOG", "info,damselfly_snapshotter=debug")
-        .arg("--root")
-        .arg(&root)
-        .arg("--address")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .unwrap();
-    daemon
-        .wait_for_log("serving containerd snapshots", Duration::from_secs(10))
-        .unwrap();
-    (daemon, root, socket)
-}
-
 /// The unpacker's Prepare of each layer of `reference`, bottom first, with CRI's labels: each
 /// must be answered "already exists" and leave the layer committed on its parent.
 async fn prepare_layers(
@@ -322,7 +286,7 @@ fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
     let dir = tempfile::tempdir().unwrap();
     // Port 9 (discard) on loopback: nothing listens, so the probe fails at once.
     let (snapshotter, root, socket) =
-        start_snapshotter(dir.path(), &registry, "http://127.0.0.1:9");
+        common::spawn_nydus(dir.path(), &registry, "http://127.0.0.1:9");
     let containerd = Containerd::builder()
         .proxy_snapshotter(common::NAME, &socket)
         .snapshotter(common::NAME)
@@ -482,7 +446,7 @@ fn a_lazy_mount_reads_through_dfdaemon_when_it_answers() {
     assert_eq!(blob_requests(&dfdaemon), 0.0);
 
     let dir = tempfile::tempdir().unwrap();
-    let (snapshotter, root, socket) = start_snapshotter(dir.path(), &registry, &dfdaemon.url());
+    let (snapshotter, root, socket) = common::spawn_nydus(dir.path(), &registry, &dfdaemon.url());
     let containerd = Containerd::builder()
         .proxy_snapshotter(common::NAME, &socket)
         .snapshotter(common::NAME)

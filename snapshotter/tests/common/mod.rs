@@ -2,7 +2,10 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use damselfly_e2e::{Daemon, TestRegistry, nydus_fs_bin};
 
 use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use containerd_snapshots::api::snapshots::v1::{Info, ListSnapshotsRequest};
@@ -11,6 +14,52 @@ use tokio::net::UnixStream;
 
 /// The name containerd knows the snapshotter by in the tests; sent in every request.
 pub(crate) const NAME: &str = "damselfly";
+
+/// Starts the snapshotter binary on `root` and `socket` (with `config`, if given) and waits
+/// until it serves.
+pub(crate) fn spawn(root: &Path, socket: &Path, config: Option<&Path>) -> Daemon {
+    let mut builder = Daemon::builder(env!("CARGO_BIN_EXE_damselfly-snapshotter"))
+        .name("snapshotter")
+        .env("RUST_LOG", "info,damselfly_snapshotter=debug")
+        .arg("--root")
+        .arg(root)
+        .arg("--address")
+        .arg(socket);
+    if let Some(config) = config {
+        builder = builder.arg("--config").arg(config);
+    }
+    let mut daemon = builder.spawn().unwrap();
+    daemon
+        .wait_for_log("serving containerd snapshots", Duration::from_secs(10))
+        .unwrap();
+    daemon
+}
+
+/// The snapshotter with lazy nydus-fs layers under `dir` (root, socket, config, chunk
+/// cache), reading `registry` over plain HTTP, through `dfdaemon` (empty: straight to the
+/// registry). Returns it, its root and its socket.
+pub(crate) fn spawn_nydus(
+    dir: &Path,
+    registry: &TestRegistry,
+    dfdaemon: &str,
+) -> (Daemon, PathBuf, PathBuf) {
+    let root = dir.join("root");
+    let socket = dir.join("snapshotter.sock");
+    let config = dir.join("snapshotter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[nydus]\nbinary = {:?}\ncache_dir = {:?}\n\
+             dfdaemon = {dfdaemon:?}\nplain_http = [{:?}]\n",
+            nydus_fs_bin(),
+            dir.join("cache"),
+            registry.host(),
+        ),
+    )
+    .unwrap();
+    let daemon = spawn(&root, &socket, Some(&config));
+    (daemon, root, socket)
+}
 
 /// Connects to the snapshots service on `socket`.
 pub(crate) async fn connect(socket: &Path) -> anyhow::Result<SnapshotsClient<Channel>> {
