@@ -345,6 +345,35 @@ impl Origin {
             .map_err(transport)?;
         check_status(resp).await.map(drop)
     }
+
+    /// Like [`Origin::check_access`], and returns the blob's length from the HEAD answer's
+    /// `Content-Length` (for a caller that will read the blob in `Range` windows).
+    ///
+    /// # Errors
+    /// As [`Origin::check_access`]; [`OriginError::NoLength`] when the answer has no valid
+    /// `Content-Length`.
+    pub async fn head_length(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<u64, OriginError> {
+        let url = parse_url(url)?;
+        self.addresses.check_url(&url)?;
+        let resp = self
+            .client
+            .head(url)
+            .headers(header_map(&self.forwarded(headers))?)
+            .send()
+            .await
+            .map_err(transport)?;
+        let resp = check_status(resp).await?;
+        // The header itself: a HEAD answer has no body for the client to size.
+        resp.headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(OriginError::NoLength)
+    }
 }
 
 fn parse_url(url: &str) -> Result<reqwest::Url, OriginError> {

@@ -777,6 +777,42 @@ impl TaskScheduler {
         self.holders.get(piece as usize).copied().unwrap_or(0)
     }
 
+    /// Live peers holding `piece` that the supernode may copy it from (a supernode taking a
+    /// task over from a lost one fills its own copy from them before asking the origin):
+    /// not demoted, at most `max`, the least busy first (fewest uploads reported, then
+    /// fewest children), ties broken by the scheduler's seeded random order. Empty for an
+    /// out-of-range index or a piece nobody holds.
+    pub fn copy_sources(&mut self, piece: u32, max: usize) -> Vec<(PeerId, SocketAddr)> {
+        if self.holders(piece) == 0 {
+            return Vec::new();
+        }
+        let mut found: Vec<(u32, u32, u64, PeerId, SocketAddr)> = self
+            .live
+            .iter()
+            .map(|&slot| self.state(slot))
+            .filter(|s| !s.demoted && s.pieces.get(piece))
+            .map(|s| (s.uploading, s.children, 0, s.id, s.addr))
+            .collect();
+        for f in &mut found {
+            f.2 = self.rng.random();
+        }
+        found.sort_unstable_by_key(|&(up, children, tie, _, _)| (up, children, tie));
+        found.truncate(max);
+        found
+            .into_iter()
+            .map(|(_, _, _, id, addr)| (id, addr))
+            .collect()
+    }
+
+    /// Whether [`TaskScheduler::copy_sources`] would find nobody for `piece`.
+    pub fn copy_sources_empty(&self, piece: u32) -> bool {
+        self.holders(piece) == 0
+            || !self.live.iter().any(|&slot| {
+                let s = self.state(slot);
+                !s.demoted && s.pieces.get(piece)
+            })
+    }
+
     /// Pieces in the task.
     pub fn piece_count(&self) -> u32 {
         self.piece_count

@@ -859,3 +859,25 @@ fn a_parent_that_does_not_serve_what_it_claimed_is_demoted_by_two_hosts() {
         "the piece only the demoted peer claimed is offered again"
     );
 }
+
+#[test]
+fn copy_sources_are_the_live_holders_least_busy_first() {
+    let (mut s, t) = sched(8);
+    join_all(&mut s, t, 1..=4);
+    // 1 holds piece 2 and uploads 3 pieces, 3 holds it idle, 4 holds it and uploads 1;
+    // 2 does not hold it.
+    s.handle_sync(t, PeerId(1), &[2], 3, false).unwrap();
+    s.handle_sync(t, PeerId(2), &[5], 0, false).unwrap();
+    s.handle_sync(t, PeerId(3), &[2, 5], 0, false).unwrap();
+    s.handle_sync(t, PeerId(4), &[2], 1, false).unwrap();
+    let found: Vec<u64> = s.copy_sources(2, 8).iter().map(|(id, _)| id.0).collect();
+    assert_eq!(found, [3, 4, 1]);
+    assert_eq!(s.copy_sources(2, 1)[0], (PeerId(3), addr(3)));
+    assert!(s.copy_sources(0, 8).is_empty(), "nobody holds piece 0");
+    assert!(s.copy_sources_empty(0) && !s.copy_sources_empty(2));
+    assert!(s.copy_sources(99, 8).is_empty(), "out of range");
+    // A holder that leaves is no source.
+    s.handle_leave(t, PeerId(3));
+    let found: Vec<u64> = s.copy_sources(2, 8).iter().map(|(id, _)| id.0).collect();
+    assert_eq!(found, [4, 1]);
+}
