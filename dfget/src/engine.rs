@@ -470,6 +470,7 @@ impl Engine {
             peer_id: self.peer_id,
             peer_addr: self.advertise.to_string(),
             holder: true,
+            takeover: false,
         };
         // The home supernode first; while it is down, the one that took its tasks over.
         let mut found = None;
@@ -649,6 +650,7 @@ impl Engine {
             peer_id: self.peer_id,
             peer_addr: self.advertise.to_string(),
             holder: true,
+            takeover: false,
         };
         for index in supernode_order(&j.url, &self.supernodes) {
             if index == j.supernode {
@@ -807,12 +809,17 @@ impl Engine {
         skip: Option<usize>,
         task: &RegisterResponse,
     ) -> Option<(usize, RegisterResponse)> {
+        // The new supernode may fill its copy from the pieces this swarm holds.
+        let register = RegisterRequest {
+            takeover: true,
+            ..register.clone()
+        };
         for index in supernode_order(&register.url, &self.supernodes) {
             if Some(index) == skip {
                 continue;
             }
             let sn = &self.supernodes[index];
-            match sn.register(register).await {
+            match sn.register(&register).await {
                 Ok(answer)
                     if answer.task_id == task.task_id
                         && answer.content_length == task.content_length
@@ -880,6 +887,7 @@ impl Engine {
             peer_id: self.peer_id,
             peer_addr: self.advertise.to_string(),
             holder: false,
+            takeover: false,
         };
         let mut unreachable = Vec::new();
         let mut registered = None;

@@ -39,6 +39,12 @@ pub struct RegisterRequest {
     /// fetch for it, and answers `UNKNOWN_TASK` when it neither runs nor stores the task.
     #[prost(bool, tag = "7")]
     pub holder: bool,
+    /// The peer is moving a download it had started at another supernode (which was lost)
+    /// to this one, and holds some of its pieces: a supernode that has neither run nor
+    /// stored the task may fill its copy from the swarm's pieces before asking the origin.
+    /// A supernode that predates the field fetches the whole blob from the origin.
+    #[prost(bool, tag = "8")]
+    pub takeover: bool,
 }
 
 /// Supernode → peer: the task the peer joined.

@@ -278,6 +278,7 @@ async fn register(
         digest,
         headers: req.headers.into_iter().map(|h| (h.name, h.value)).collect(),
         holder: req.holder,
+        takeover: req.takeover,
     };
     let (task, created) = match shared.tasks.register(&shared, &wanted).await {
         Ok(v) => v,

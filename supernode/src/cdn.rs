@@ -84,8 +84,14 @@ impl Start {
 /// Runs the fetch to its end and records the outcome on `task` and in the store. `body`
 /// carries the blob from `start.offset`.
 pub async fn run(shared: Arc<Shared>, task: Arc<Task>, body: BodyStream, start: Start) {
-    let id = task.id().to_owned();
     let result = fetch(&shared, &task, body, start).await;
+    conclude(&shared, &task, result).await;
+}
+
+/// Records how a fill of the supernode's copy ended: complete, or failed with its data
+/// dropped and the reason counted.
+pub(crate) async fn conclude(shared: &Shared, task: &Task, result: Result<(), FetchError>) {
+    let id = task.id().to_owned();
     match result {
         Ok(()) => {
             info!(task = %id, bytes = task.meta.content_length, "origin fetch complete");
@@ -170,7 +176,7 @@ async fn fetch(
                 if let Some(previous) = storing.take() {
                     previous.finish(task).await?;
                 }
-                storing = Some(StoreJob::start(shared, task, index, data));
+                storing = Some(StoreJob::start(shared, task, index, data, None));
                 index += 1;
             }
         }
@@ -184,6 +190,17 @@ async fn fetch(
             expected: meta.content_length,
         });
     }
+    complete(shared, task, hasher).await
+}
+
+/// Every piece is stored (in order, hashed into `hasher`): checks the whole-blob digest,
+/// waits for repairs, and marks the task complete in the store.
+pub(crate) async fn complete(
+    shared: &Shared,
+    task: &Task,
+    hasher: Sha256Hasher,
+) -> Result<(), FetchError> {
+    let meta = &task.meta;
     let actual = hasher.finish();
     if let Some(expected) = meta
         .digest
@@ -202,17 +219,25 @@ async fn fetch(
 }
 
 /// One full piece being hashed and written off the async threads.
-struct StoreJob {
+pub(crate) struct StoreJob {
     index: u32,
     job: tokio::task::JoinHandle<Result<([u8; 32], Bytes), damselfly_store::Error>>,
 }
 
 impl StoreJob {
-    fn start(shared: &Shared, task: &Task, index: u32, data: Vec<u8>) -> Self {
+    /// Starts writing piece `index`; with `expected`, bytes that hash to anything else are
+    /// refused and nothing is written.
+    pub(crate) fn start(
+        shared: &Shared,
+        task: &Task,
+        index: u32,
+        data: Vec<u8>,
+        expected: Option<[u8; 32]>,
+    ) -> Self {
         let store = shared.store.clone();
         let id = task.id().to_owned();
         let job = tokio::task::spawn_blocking(move || {
-            let digest = store.write_piece(&id, index, &data, None)?;
+            let digest = store.write_piece(&id, index, &data, expected)?;
             Ok((digest, Bytes::from(data)))
         });
         Self { index, job }
@@ -220,7 +245,7 @@ impl StoreJob {
 
     /// Waits for the write and publishes the piece (keeping the bytes that were hashed in
     /// memory for the peers about to ask for it).
-    async fn finish(self, task: &Task) -> Result<(), FetchError> {
+    pub(crate) async fn finish(self, task: &Task) -> Result<(), FetchError> {
         let (digest, data) = self.job.await??;
         task.piece_stored(self.index, digest, data);
         trace!(

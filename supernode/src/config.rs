@@ -127,6 +127,13 @@ pub struct CdnConfig {
     /// active first; if none can go, the registration gets 503 `BUSY` with `Retry-After`.
     /// Joining a task already in memory is never refused. Default 10000.
     pub max_tasks: u32,
+    /// Taking a task over from a lost supernode (its peers register here with `takeover`):
+    /// copy each piece a peer holds from that peer, checked against the digest a fleet
+    /// supernode vouched for, and ask the origin only for the pieces nobody holds. Needs the
+    /// same `cluster.signing_key_file` on every supernode of the fleet (a vouch this one
+    /// cannot check sends the piece to the origin). `false`: fetch the whole blob from the
+    /// origin again. Default `true`.
+    pub takeover_from_peers: bool,
 }
 
 /// Origin (registry) requests.
@@ -379,6 +386,7 @@ impl Default for CdnConfig {
             hot_pieces_memory: ByteSize::mib(128),
             max_fetches: 64,
             max_tasks: 10_000,
+            takeover_from_peers: true,
         }
     }
 }
@@ -565,6 +573,9 @@ pub struct Overrides {
     /// `cdn.max_tasks`.
     #[arg(long, value_name = "N")]
     pub cdn_max_tasks: Option<u32>,
+    /// `cdn.takeover_from_peers`.
+    #[arg(long, value_name = "BOOL")]
+    pub cdn_takeover_from_peers: Option<bool>,
     /// `scheduler.max_peers_per_task`.
     #[arg(long, value_name = "N")]
     pub scheduler_max_peers_per_task: Option<u32>,
@@ -692,6 +703,7 @@ impl Overrides {
         set(&mut c.cdn.piece_size, self.cdn_piece_size);
         set(&mut c.cdn.upload_slots, self.cdn_upload_slots);
         set(&mut c.cdn.max_fetches, self.cdn_max_fetches);
+        set(&mut c.cdn.takeover_from_peers, self.cdn_takeover_from_peers);
         set(&mut c.cdn.max_tasks, self.cdn_max_tasks);
         set(
             &mut c.scheduler.max_peers_per_task,

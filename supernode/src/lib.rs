@@ -32,6 +32,7 @@ pub mod hot;
 pub mod metrics;
 pub mod preheat;
 pub mod repair;
+pub mod takeover;
 pub mod task;
 pub mod tasks;
 

@@ -171,6 +171,11 @@ pub struct Metrics {
     pub unreachable_parents: Counter,
     /// Origin fetches taken up after a restart from the pieces a previous process stored.
     pub fetch_resumes: Counter,
+    /// Tasks taken over from a lost supernode whose copy was filled from the swarm first.
+    pub takeover_fills: Counter,
+    /// Bytes of pieces such a fill copied from peers (checked against vouched digests)
+    /// instead of asking the origin.
+    pub takeover_peer_bytes: Counter,
     /// Piece digests sent in sync answers (peers that take vouched digests need none).
     pub sync_digests: Counter,
     /// Piece digests signed and sent with pieces this supernode served.
@@ -233,6 +238,8 @@ impl Metrics {
             bad_pieces: Counter::default(),
             unreachable_parents: Counter::default(),
             fetch_resumes: Counter::default(),
+            takeover_fills: Counter::default(),
+            takeover_peer_bytes: Counter::default(),
             sync_digests: Counter::default(),
             vouched_digests: Counter::default(),
             banned_peers: Counter::default(),
@@ -358,6 +365,16 @@ impl Metrics {
             "fetch_resumes",
             "Origin fetches taken up after a restart with a Range request, from the pieces a previous process stored",
             m.fetch_resumes.clone(),
+        );
+        r.register(
+            "takeover_fills",
+            "Tasks taken over from a lost supernode, filled from the peers' pieces before the origin",
+            m.takeover_fills.clone(),
+        );
+        r.register(
+            "takeover_peer_bytes",
+            "Bytes a takeover copied from peers (checked against vouched digests) instead of fetching them from the origin",
+            m.takeover_peer_bytes.clone(),
         );
         r.register(
             "sync_digests",

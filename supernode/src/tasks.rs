@@ -78,6 +78,9 @@ pub struct Wanted {
     pub headers: Vec<(String, String)>,
     /// The requester holds the content and only joins to serve it: never fetch for it.
     pub holder: bool,
+    /// The requester moves a download from a lost supernode here and holds some pieces:
+    /// a new task fills its copy from the swarm first ([`crate::takeover`]).
+    pub takeover: bool,
 }
 
 type Slot = Arc<OnceCell<Arc<Task>>>;
@@ -403,9 +406,38 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         let id = wanted.id.clone();
         tokio::task::spawn_blocking(move || store.remove_task(&id)).await??;
     }
-    shared.metrics.origin_request(OriginKind::Get);
-    let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
-    let length = resp.content_length;
+    // A download moved here from a lost supernode: its swarm holds pieces, which the fill
+    // copies before asking the origin for the rest (a HEAD proves access and gives the
+    // length). Needs the blob's digest (the whole-blob check holds the copied pieces and
+    // the origin's together) and a signing key (the peers' vouches are checked with it).
+    let mut body = None;
+    let mut length = None;
+    if wanted.takeover
+        && shared.config.cdn.takeover_from_peers
+        && wanted.digest.is_some()
+        && shared.signer.is_some()
+    {
+        shared.metrics.origin_request(OriginKind::Head);
+        match shared
+            .origin
+            .head_length(&wanted.url, &wanted.headers)
+            .await
+        {
+            Ok(len) => length = Some(len),
+            Err(e) => {
+                debug!(task = %wanted.id, error = %e, "HEAD for a takeover failed; fetching the whole blob");
+            }
+        }
+    }
+    let length = match length {
+        Some(len) => len,
+        None => {
+            shared.metrics.origin_request(OriginKind::Get);
+            let resp = shared.origin.get(&wanted.url, &wanted.headers).await?;
+            body = Some(resp.body);
+            resp.content_length
+        }
+    };
     let configured = shared.config.cdn.piece_size.as_u64();
     let piece_size = if configured == 0 {
         piece_size_for(length)
@@ -455,12 +487,23 @@ async fn create(shared: &Arc<Shared>, wanted: &Wanted) -> Result<(Arc<Task>, boo
         shared.hot.clone(),
         now,
     ));
-    info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
-    let fetch = cdn::run(shared.clone(), task.clone(), resp.body, cdn::Start::fresh());
-    shared.tracker.spawn(async move {
-        fetch.await;
-        drop(fetch_slot);
-    });
+    let shared2 = shared.clone();
+    let task2 = task.clone();
+    if let Some(body) = body {
+        info!(task = %wanted.id, bytes = length, piece_size, pieces, "origin fetch started");
+        shared.tracker.spawn(async move {
+            cdn::run(shared2, task2, body, cdn::Start::fresh()).await;
+            drop(fetch_slot);
+        });
+    } else {
+        info!(task = %wanted.id, bytes = length, piece_size, pieces, "taking the task over: filling it from the swarm's pieces first");
+        shared.metrics.takeover_fills.inc();
+        task.remember_origin(&wanted.url, &wanted.headers);
+        shared.tracker.spawn(async move {
+            crate::takeover::run(shared2, task2).await;
+            drop(fetch_slot);
+        });
+    }
     Ok((task, true))
 }
 

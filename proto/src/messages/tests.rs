@@ -15,6 +15,7 @@ fn register() -> RegisterRequest {
         peer_id: 7,
         peer_addr: "[::1]:65000".into(),
         holder: false,
+        takeover: false,
     }
 }
 

@@ -597,6 +597,7 @@ pub(crate) async fn seed(
         digest: Some(digest),
         headers: headers.to_vec(),
         holder: false,
+        takeover: false,
     };
     let (task, created) = shared
         .tasks
