@@ -51,6 +51,10 @@ struct Args {
     /// random one per round, e.g. `--fault kill-home` to measure one fault at a given size.
     #[arg(long = "fault", value_parser = parse_fault)]
     faults: Vec<ChaosFault>,
+    /// An extra flag for every supernode (repeatable), e.g.
+    /// `--supernode-arg=--cdn-takeover-from-peers=false` for the baseline of a takeover.
+    #[arg(long = "supernode-arg", allow_hyphen_values = true)]
+    supernode_args: Vec<String>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             fault_after: args.fault_after,
             seed: args.seed.wrapping_mul(1000).wrapping_add(round as u64),
             timeout: Duration::from_secs_f64((t * 10.0).max(120.0)),
+            supernode_args: args.supernode_args.clone(),
         };
         let out = run_round(fault, &shape)?;
         println!(

@@ -74,6 +74,9 @@ pub struct ChaosRound {
     pub seed: u64,
     /// Longest a pull may take.
     pub timeout: Duration,
+    /// Extra flags for every supernode (e.g. `--cdn-takeover-from-peers=false` for a
+    /// baseline).
+    pub supernode_args: Vec<String>,
 }
 
 /// What a round did.
@@ -120,7 +123,13 @@ pub fn run_round(fault: ChaosFault, round: &ChaosRound) -> Result<ChaosOutcome> 
         .collect::<std::io::Result<_>>()?;
     let mut supernodes: Vec<Supernode> = data
         .iter()
-        .map(|d| Supernode::builder().data_dir(d.path()).try_start())
+        .map(|d| {
+            Supernode::builder()
+                .data_dir(d.path())
+                .fleet_signing_key()
+                .args(round.supernode_args.iter().cloned())
+                .try_start()
+        })
         .collect::<Result<_>>()?;
     let addrs: Vec<String> = supernodes.iter().map(|s| s.addr().to_string()).collect();
     let key: Digest = digest.parse().context("pushed digest")?;
@@ -175,6 +184,8 @@ pub fn run_round(fault: ChaosFault, round: &ChaosRound) -> Result<ChaosOutcome> 
             supernodes[home].daemon_mut().kill();
             supernodes[home] = Supernode::builder()
                 .data_dir(data[home].path())
+                .fleet_signing_key()
+                .args(round.supernode_args.iter().cloned())
                 .port(port)
                 .try_start()?;
         }

@@ -73,7 +73,7 @@ pub use swarm::{Dfget, DfgetRun, Supernode, SupernodeBuilder, num};
 pub use tls::TestCa;
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest, TokenServer};
 pub use util::{
-    TEST_CLUSTER_SECRET, bin, cluster_secret_file, describe_output, free_tcp_port, free_udp_port,
-    ipv6_loopback_available, lying_http_server, metric_sum, random_blob, running_as_root,
-    sha256_digest, sha256_hex, wait_until,
+    TEST_CLUSTER_SECRET, bin, cluster_secret_file, describe_output, fleet_signing_key_file,
+    free_tcp_port, free_udp_port, ipv6_loopback_available, lying_http_server, metric_sum,
+    random_blob, running_as_root, sha256_digest, sha256_hex, wait_until,
 };

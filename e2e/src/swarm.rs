@@ -39,6 +39,16 @@ impl SupernodeBuilder {
         self
     }
 
+    /// Sign piece digests with the key every fleet supernode of this test process shares
+    /// ([`crate::fleet_signing_key_file`]) instead of a key of its own.
+    pub fn fleet_signing_key(self) -> Self {
+        let key = crate::util::fleet_signing_key_file();
+        self.args([
+            "--cluster-signing-key-file".to_owned(),
+            key.display().to_string(),
+        ])
+    }
+
     /// Start without the cluster secret ([`crate::cluster_secret_file`], given by default):
     /// no piece tokens are issued or checked.
     pub fn no_cluster_secret(mut self) -> Self {

@@ -201,6 +201,26 @@ pub fn cluster_secret_file() -> PathBuf {
     .clone()
 }
 
+/// One Ed25519 digest signing key for this test process's supernode fleets (made once), as
+/// a fleet's supernodes share `cluster.signing_key_file` so that one can check what another
+/// vouched for.
+///
+/// # Panics
+/// The key cannot be made.
+pub fn fleet_signing_key_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("damselfly-e2e-fleet-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the fleet key directory");
+        let path = dir.join("signing.key");
+        damselfly_common::vouch::DigestSigner::load_or_create(&path)
+            .expect("making the fleet signing key");
+        path
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

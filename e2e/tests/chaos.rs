@@ -24,6 +24,7 @@ fn round(fault: ChaosFault) {
         fault_after: Duration::from_millis(1500),
         seed: 60,
         timeout: Duration::from_secs(120),
+        supernode_args: Vec::new(),
     };
     let out = run_round(fault, &shape).unwrap();
     println!(

@@ -1,8 +1,8 @@
 //! Several supernodes as one fleet, end to end: real `docker-registry`, three real
 //! `supernode`s and real `dfget` peers. When a blob's home supernode is killed mid-download,
 //! the peers keep what they hold and move to the next supernode in the blob's placement
-//! order, which takes the task over: the registry sends the blob once more, not once per
-//! peer.
+//! order, which takes the task over, copying the pieces the peers hold before asking the
+//! registry for the rest.
 #![allow(clippy::unwrap_used)]
 
 use std::{path::Path, time::Duration};
@@ -29,12 +29,19 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(repo: &str, size: usize, seed: u64) -> Self {
+    /// With `shared_key`, the supernodes sign piece digests with one key (a fleet set up
+    /// as documented), else each with its own.
+    fn start(repo: &str, size: usize, seed: u64, shared_key: bool) -> Self {
         let registry = TestRegistry::start();
         let blob = random_blob(size, seed);
         let digest = registry.push_blob(repo, &blob);
         let url = registry.blob_url(repo, &digest);
-        let supernodes: Vec<Supernode> = (0..3).map(|_| Supernode::builder().start()).collect();
+        let supernodes: Vec<Supernode> = (0..3)
+            .map(|_| {
+                let b = Supernode::builder();
+                if shared_key { b.fleet_signing_key() } else { b }.start()
+            })
+            .collect();
         let addrs: Vec<String> = supernodes.iter().map(|s| s.addr().to_string()).collect();
         let key: Digest = digest.parse().unwrap();
         let order = placement::order(&key, &addrs);
@@ -59,20 +66,115 @@ impl Fleet {
 }
 
 /// Eight peers, each held to 4 MiB/s, pull a 64 MiB blob through a fleet of three
-/// supernodes; its home supernode is SIGKILLed a few seconds in. Every peer ends with the
-/// right bytes without going to the origin itself (back-to-source is off), each says it was
-/// taken over once, and the registry served the blob at most twice: once to the home
-/// supernode, once to its successor.
+/// supernodes sharing one signing key; the blob's home supernode is SIGKILLed a few seconds
+/// in. Every peer ends with the right bytes without going to the origin itself
+/// (back-to-source is off), each says it was taken over once, and the successor filled its
+/// copy from the pieces the peers held before asking the registry for the rest: the
+/// registry sent the blob once plus the pieces nobody held, not twice. A later pull is
+/// served from the successor's (complete, verified) copy without a registry byte.
 #[test]
 fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
-    let mut f = Fleet::start("app/fleet", 64 * MIB, 41);
-    let (registry, blob, digest, order) = (&f.registry, &f.blob, &f.digest, &f.order);
-    let (home, next) = (order[0], order[1]);
+    let mut f = Fleet::start("app/fleet", 64 * MIB, 41, true);
     let dir = tempfile::tempdir().unwrap();
+    let reports = pull_and_kill_home(&mut f, dir.path(), 8, 4);
+    let (registry, blob, digest, next) = (&f.registry, &f.blob, &f.digest, f.order[1]);
+    let from_next: u64 = reports.iter().map(|r| num(r, "from_supernode")).sum();
+    let from_peers: u64 = reports.iter().map(|r| num(r, "from_peers")).sum();
+    assert!(from_peers > 0, "the peers shared nothing: {reports:?}");
+    assert!(
+        from_next < 8 * blob.len() as u64,
+        "every peer fetched everything from a supernode: {reports:?}"
+    );
+    let successor = &f.supernodes[next];
+    let copied = successor
+        .metric("damselfly_supernode_takeover_peer_bytes_total")
+        .unwrap() as u64;
+    let registry_bytes = registry.blob_bytes_served(digest);
+    let size = blob.len() as u64;
+    println!(
+        "8 peers × 64 MiB, home killed at 4 s: {} MiB between peers, {} MiB from supernodes; \
+         the successor copied {} MiB from the peers; registry sent {:.2} × the blob",
+        from_peers >> 20,
+        from_next >> 20,
+        copied >> 20,
+        registry_bytes as f64 / size as f64
+    );
+    assert_eq!(
+        successor
+            .metric("damselfly_supernode_takeover_fills_total")
+            .unwrap(),
+        1.0,
+        "the successor did not fill the task from the swarm"
+    );
+    assert!(
+        copied >= size / 8,
+        "the successor copied only {copied} bytes from the peers, who held at least a quarter each"
+    );
+    // The home's fetch (at most the blob) and the successor's pieces nobody held.
+    assert!(
+        registry_bytes <= 2 * size - copied,
+        "the registry sent {registry_bytes} bytes, more than the blob plus what the successor did not copy"
+    );
+    // The successor's copy is whole and verified: a later pull takes nothing from the
+    // registry.
+    let mut late = f
+        .dfget(dir.path(), "late")
+        .args(["--no-back-source", "--keep-serving", "0s"])
+        .spawn()
+        .unwrap();
+    let r = late.wait(WAIT).unwrap();
+    assert_eq!(file_sha(&late.output), sha256_hex(blob), "{r}");
+    assert_eq!(
+        registry.blob_bytes_served(digest),
+        registry_bytes,
+        "a pull after the takeover went to the registry: {r}"
+    );
+}
 
-    let mut peers: Vec<DfgetRun> = (0..8)
+/// The same fault with supernodes that each sign with a key of their own: the successor
+/// cannot check the vouches the peers' pieces carry, says so, and fetches the blob from the
+/// registry instead. The pulls still complete, the registry sends the blob at most twice.
+#[test]
+fn a_successor_that_cannot_check_the_peers_vouches_fetches_from_the_registry() {
+    let mut f = Fleet::start("app/fleet-keys", 32 * MIB, 42, false);
+    let dir = tempfile::tempdir().unwrap();
+    pull_and_kill_home(&mut f, dir.path(), 4, 3);
+    let successor = &f.supernodes[f.order[1]];
+    assert!(
+        successor
+            .log_text()
+            .contains("vouched for with a key this supernode does not hold"),
+        "the successor did not say why it went to the registry:\n{}",
+        successor.log_text()
+    );
+    assert_eq!(
+        successor
+            .metric("damselfly_supernode_takeover_peer_bytes_total")
+            .unwrap(),
+        0.0
+    );
+    let size = f.blob.len() as u64;
+    let registry_bytes = f.registry.blob_bytes_served(&f.digest);
+    assert!(
+        registry_bytes <= 2 * size,
+        "the registry sent {registry_bytes} bytes for a {size}-byte blob"
+    );
+}
+
+/// `peers` dfget peers held to 4 MiB/s pull the fleet's blob; after `kill_after_s` seconds
+/// the blob's home supernode is SIGKILLed. Checks what every takeover must give (the right
+/// bytes, one takeover each, nothing from the origin, the successor took the peers in and
+/// the third supernode was never asked) and returns the peers' reports.
+fn pull_and_kill_home(
+    f: &mut Fleet,
+    dir: &Path,
+    peers: usize,
+    kill_after_s: u64,
+) -> Vec<serde_json::Value> {
+    let (home, next) = (f.order[0], f.order[1]);
+    let mut runs: Vec<DfgetRun> = (0..peers)
         .map(|i| {
-            f.dfget(dir.path(), &format!("peer{i}"))
+            f.dfget(dir, &format!("peer{i}"))
                 .args([
                     "--download-rate",
                     "4MiB",
@@ -86,19 +188,19 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
                 .unwrap()
         })
         .collect();
-    // A quarter of the way in (64 MiB at 4 MiB/s is 16 s per peer), the home goes away
-    // without a word.
-    std::thread::sleep(Duration::from_secs(4));
+    // Part of the way in (64 MiB at 4 MiB/s is 16 s per peer), the home goes away without
+    // a word.
+    std::thread::sleep(Duration::from_secs(kill_after_s));
     assert!(
         f.supernodes[home]
             .metric("damselfly_supernode_registrations_total")
             .unwrap()
-            >= 8.0,
+            >= peers as f64,
         "the peers did not all register with the blob's home supernode first"
     );
     f.supernodes[home].daemon_mut().kill();
 
-    let reports: Vec<serde_json::Value> = peers
+    let reports: Vec<serde_json::Value> = runs
         .iter_mut()
         .map(|p| {
             p.wait(WAIT).unwrap_or_else(|e| {
@@ -109,45 +211,26 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
             })
         })
         .collect();
-    for (p, r) in peers.iter().zip(&reports) {
-        assert_eq!(file_sha(&p.output), sha256_hex(blob), "{r}");
+    for (p, r) in runs.iter().zip(&reports) {
+        assert_eq!(file_sha(&p.output), sha256_hex(&f.blob), "{r}");
         assert_eq!(num(r, "supernode_takeovers"), 1, "{r}");
         assert_eq!(num(r, "from_origin"), 0, "{r}");
     }
-    // What the peers held when the home died was not fetched again: together they took
-    // less than the whole blob from the successor each.
-    let from_next: u64 = reports.iter().map(|r| num(r, "from_supernode")).sum();
-    let from_peers: u64 = reports.iter().map(|r| num(r, "from_peers")).sum();
-    assert!(from_peers > 0, "the peers shared nothing: {reports:?}");
-    assert!(
-        from_next < 8 * blob.len() as u64,
-        "every peer fetched everything from a supernode: {reports:?}"
-    );
-    let gets = registry.blob_get_count(digest);
-    println!(
-        "8 peers × 64 MiB, home killed at 4 s: {} MiB from peers, {} MiB from supernodes, registry GETs {gets}",
-        from_peers >> 20,
-        from_next >> 20
-    );
-    assert!(
-        (1..=2).contains(&gets),
-        "the registry sent the blob {gets} times (home once, its successor once at most)"
-    );
     assert!(
         f.supernodes[next]
             .metric("damselfly_supernode_registrations_total")
             .unwrap()
-            >= 8.0,
+            >= peers as f64,
         "the successor did not take the peers in"
     );
-    let third = order[2];
     assert_eq!(
-        f.supernodes[third]
+        f.supernodes[f.order[2]]
             .metric("damselfly_supernode_registrations_total")
             .unwrap(),
         0.0,
         "the third supernode was asked although the second took over"
     );
+    reports
 }
 
 /// A peer that finished before its blob's home supernode died goes on serving the blob:
@@ -156,7 +239,7 @@ fn killing_a_blobs_home_supernode_mid_download_hands_the_swarm_to_the_next() {
 /// then takes most of the blob from it rather than from the supernode.
 #[test]
 fn a_finished_peer_serves_its_blob_at_the_next_supernode_when_the_home_dies() {
-    let mut f = Fleet::start("app/holder", 32 * MIB, 43);
+    let mut f = Fleet::start("app/holder", 32 * MIB, 43, true);
     let (home, next) = (f.order[0], f.order[1]);
     let dir = tempfile::tempdir().unwrap();
 
