@@ -135,27 +135,56 @@ async fn fetch(
     mut body: BodyStream,
     start: Start,
 ) -> Result<(), FetchError> {
-    let meta = &task.meta;
     let Start {
-        mut index,
-        offset: mut received,
+        index,
+        offset,
         mut hasher,
     } = start;
-    let mut piece: Vec<u8> = Vec::new();
     // The previous full piece being written while the next one arrives (pieces are still
     // published in order: a piece is awaited before the next one is handed over).
     let mut storing: Option<StoreJob> = None;
-    loop {
-        // The stream's own watchdog bounds each wait (and its retries' waits).
-        let Some(chunk) = body.next().await else {
-            break;
-        };
+    let end = task.meta.content_length;
+    store_body(
+        shared,
+        task,
+        &mut body,
+        (index, offset),
+        end,
+        &mut hasher,
+        &mut storing,
+    )
+    .await?;
+    if let Some(last) = storing.take() {
+        last.finish(task).await?;
+    }
+    complete(shared, task, hasher).await
+}
+
+/// Cuts `body`, the blob's bytes from offset `from.1` (the start of piece `from.0`) to `end`,
+/// into pieces: each chunk is counted as origin bytes and hashed into `hasher` (the
+/// whole-blob digest, in order), and each full piece is handed to the store, the previous
+/// piece's job (`storing`) awaited first, so pieces are published in order. A body longer
+/// or shorter than the span is an error.
+pub(crate) async fn store_body(
+    shared: &Shared,
+    task: &Task,
+    body: &mut BodyStream,
+    from: (u32, u64),
+    end: u64,
+    hasher: &mut Sha256Hasher,
+    storing: &mut Option<StoreJob>,
+) -> Result<(), FetchError> {
+    let meta = &task.meta;
+    let (mut index, mut received) = from;
+    let mut piece: Vec<u8> = Vec::new();
+    // The stream's own watchdog bounds each wait (and its retries' waits).
+    while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         received += chunk.len() as u64;
-        if received > meta.content_length {
+        if received > end {
             return Err(FetchError::Length {
                 got: received,
-                expected: meta.content_length,
+                expected: end,
             });
         }
         shared.metrics.origin_bytes.inc_by(chunk.len() as u64);
@@ -176,21 +205,18 @@ async fn fetch(
                 if let Some(previous) = storing.take() {
                     previous.finish(task).await?;
                 }
-                storing = Some(StoreJob::start(shared, task, index, data, None));
+                *storing = Some(StoreJob::start(shared, task, index, data, None));
                 index += 1;
             }
         }
     }
-    if let Some(last) = storing.take() {
-        last.finish(task).await?;
-    }
-    if received != meta.content_length {
+    if received != end {
         return Err(FetchError::Length {
             got: received,
-            expected: meta.content_length,
+            expected: end,
         });
     }
-    complete(shared, task, hasher).await
+    Ok(())
 }
 
 /// Every piece is stored (in order, hashed into `hasher`): checks the whole-blob digest,

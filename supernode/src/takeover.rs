@@ -36,7 +36,6 @@ use damselfly_common::{Sha256Hasher, vouch::DigestVerifier};
 use damselfly_proto::{PROTOCOL_VERSION, PieceRequest};
 use damselfly_swarm::PeerId;
 use dfget::{fetch::PieceSink, tcp::Link};
-use futures::StreamExt as _;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
@@ -213,46 +212,8 @@ async fn origin_run(
         .get_range(&request.url, &request.headers, start, end - start)
         .await?;
     let mut body = resp.body;
-    let mut index = from;
-    let mut piece: Vec<u8> = Vec::new();
-    let mut received = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        received += chunk.len() as u64;
-        if received > end - start {
-            return Err(FetchError::Length {
-                got: received,
-                expected: end - start,
-            });
-        }
-        shared.metrics.origin_bytes.inc_by(chunk.len() as u64);
-        hasher.update(&chunk);
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let want = meta.piece_len(index).unwrap_or(0) as usize;
-            if piece.capacity() < want {
-                piece.reserve_exact(want - piece.len());
-            }
-            let take = rest.len().min(want - piece.len());
-            piece.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if piece.len() == want {
-                let data = std::mem::take(&mut piece);
-                if let Some(previous) = storing.take() {
-                    previous.finish(task).await?;
-                }
-                *storing = Some(StoreJob::start(shared, task, index, data, None));
-                index += 1;
-            }
-        }
-    }
-    if received != end - start {
-        return Err(FetchError::Length {
-            got: received,
-            expected: end - start,
-        });
-    }
-    Ok(received)
+    cdn::store_body(shared, task, &mut body, (from, start), end, hasher, storing).await?;
+    Ok(end - start)
 }
 
 /// Copies pieces from peers: one pipelined TCP link per peer, a scratch file the pieces
