@@ -234,9 +234,33 @@ def check_promises(values: dict, docs: list[dict]) -> None:
         inits = pod.get("initContainers", [])
         assert bool(inits) == v_df["containerd"]["enabled"]
     check_cluster_secret(merged, docs)
+    check_signing_key(merged, docs)
 
 
 CLUSTER_SECRET_FILE = "/etc/damselfly-cluster/secret"
+SIGNING_KEY_FILE = "/etc/damselfly-signing/signing.key"
+
+
+def check_signing_key(merged: dict, docs: list[dict]) -> None:
+    """With `supernode.signingKey.existingSecret`, every supernode replica's config names the
+    key file and its pod mounts it from that Secret (so the replicas sign alike); without
+    it, neither (each replica makes its own key)."""
+    sk = merged["supernode"]["signingKey"]
+    for sts in find(docs, "StatefulSet"):
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        conf = tomllib.loads(configs(docs)["supernode.toml"])
+        mounted = [m for m in c["volumeMounts"] if m["name"] == "signing-key"]
+        volumes = [v for v in pod["volumes"] if v["name"] == "signing-key"]
+        if not sk.get("existingSecret"):
+            assert "signing_key_file" not in conf.get("cluster", {}) and not mounted and not volumes
+            continue
+        assert conf["cluster"]["signing_key_file"] == SIGNING_KEY_FILE
+        (m,) = mounted
+        assert SIGNING_KEY_FILE.startswith(m["mountPath"] + "/") and m["readOnly"]
+        (v,) = volumes
+        assert v["secret"]["secretName"] == sk["existingSecret"]
+        assert v["secret"]["items"] == [{"key": sk["existingSecretKey"], "path": "signing.key"}]
 
 
 def check_cluster_secret(merged: dict, docs: list[dict]) -> None:
@@ -263,7 +287,7 @@ def check_cluster_secret(merged: dict, docs: list[dict]) -> None:
         mounted = [m for m in c["volumeMounts"] if m["name"] == "cluster-secret"]
         volumes = [v for v in pod["volumes"] if v["name"] == "cluster-secret"]
         if not on:
-            assert "cluster" not in conf and not mounted and not volumes, config
+            assert "secret_file" not in conf.get("cluster", {}) and not mounted and not volumes, config
             continue
         assert conf["cluster"]["secret_file"] == CLUSTER_SECRET_FILE, config
         (m,) = mounted
@@ -288,6 +312,10 @@ def check_refusals() -> None:
             "supernode.config.cluster.secret_file",
         ),
         ({"dfdaemon": {"config": {"cluster": {"secret_file": "/x"}}}}, "dfdaemon.config.cluster.secret_file"),
+        (
+            {"supernode": {"config": {"cluster": {"signing_key_file": "/x"}}}},
+            "supernode.config.cluster.signing_key_file",
+        ),
         ({"clusterSecret": {"secret": "too short"}}, "at least 16 characters"),
         (
             {"dfdaemon": {"registries": [{"host": "r", "ca": "PEM", "ca_file": "/x"}]}},
@@ -420,8 +448,11 @@ def run_rendered_daemons(docs: list[dict], bin_dir: Path) -> None:
             text = text.replace("/etc/damselfly/ca/", f"{etc}/ca/")
             # The cluster secret is mounted from its Secret; here a file with a test secret.
             text = text.replace(CLUSTER_SECRET_FILE, f"{etc}/cluster-secret")
+            # The shared signing key is mounted from its Secret; here one `keygen` made.
+            text = text.replace(SIGNING_KEY_FILE, f"{etc}/signing.key")
             dest.write_text(text.replace("/etc/damselfly-ca/", f"{etc}/ca/"))
         (etc / "cluster-secret").write_text("chart-test-cluster-secret-0123456789\n")
+        subprocess.run([str(bin_dir / "supernode"), "keygen", str(etc / "signing.key")], check=True)
         for sts in find(docs, "StatefulSet"):
             (c,) = sts["spec"]["template"]["spec"]["containers"]
             port = free_port()

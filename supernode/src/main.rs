@@ -26,6 +26,13 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Write a new digest signing key (PKCS#8, mode 0600) to PATH and print its public key,
+    /// for every supernode of a fleet to load as `cluster.signing_key_file` (e.g. from a
+    /// Kubernetes Secret). An existing file is never overwritten.
+    Keygen {
+        /// Where to write the key.
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -42,6 +49,9 @@ fn main() -> ExitCode {
     {
         print!("{}", Config::default_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keygen { path }) = &cli.command {
+        return keygen(path);
     }
     let mut config: Config = match damselfly_common::config::load_or_default(cli.config.as_deref())
     {
@@ -87,4 +97,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     app.run(shutdown).await
+}
+
+/// `supernode keygen PATH`.
+fn keygen(path: &std::path::Path) -> ExitCode {
+    if path.exists() {
+        eprintln!("{} exists; not overwritten", path.display());
+        return ExitCode::FAILURE;
+    }
+    match damselfly_common::vouch::DigestSigner::load_or_create(path) {
+        Ok(key) => {
+            println!(
+                "wrote {}; public key {}",
+                path.display(),
+                hex::encode(key.public_key())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the signing key: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

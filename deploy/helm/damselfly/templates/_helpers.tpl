@@ -144,8 +144,13 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- define "damselfly.supernode.config" -}}
 {{- $v := .Values.supernode -}}
 {{- $c := deepCopy (default (dict) $v.config) -}}
-{{- include "damselfly.refuseManaged" (dict "config" $c "what" "supernode.config" "keys" (list "version" "listen" "data_dir" "storage.capacity" "cdn.upload_rate" "cdn.upload_slots" "preheat.token" "preheat.supernodes" "cluster.secret_file")) -}}
+{{- include "damselfly.refuseManaged" (dict "config" $c "what" "supernode.config" "keys" (list "version" "listen" "data_dir" "storage.capacity" "cdn.upload_rate" "cdn.upload_slots" "preheat.token" "preheat.supernodes" "cluster.secret_file" "cluster.signing_key_file")) -}}
 {{- include "damselfly.setClusterSecret" (dict "ctx" . "config" $c) -}}
+{{- if $v.signingKey.existingSecret -}}
+{{- $cluster := default (dict) (get $c "cluster") -}}
+{{- $_ := set $cluster "signing_key_file" (include "damselfly.signingKeyFile" .) -}}
+{{- $_ := set $c "cluster" $cluster -}}
+{{- end -}}
 {{- $_ := set $c "version" 1 -}}
 {{- $_ := set $c "listen" (include "damselfly.hostPort" (dict "host" $v.bindAddress "port" $v.port)) -}}
 {{- $_ := set $c "data_dir" "/var/lib/damselfly/supernode" -}}
@@ -243,6 +248,9 @@ before sub-tables and arrays of tables, as TOML requires.
 {{- define "damselfly.clusterSecretKey" -}}
 {{- if .Values.clusterSecret.existingSecret -}}{{- .Values.clusterSecret.existingSecretKey -}}{{- else -}}secret{{- end -}}
 {{- end -}}
+
+{{/* Where the supernode pods mount the shared signing key (cluster.signing_key_file). */}}
+{{- define "damselfly.signingKeyFile" -}}/etc/damselfly-signing/signing.key{{- end -}}
 
 {{/* Where the pods mount the cluster secret (cluster.secret_file). */}}
 {{- define "damselfly.clusterSecretFile" -}}/etc/damselfly-cluster/secret{{- end -}}
