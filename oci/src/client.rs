@@ -334,6 +334,15 @@ impl Origin {
         url: &str,
         headers: &[(String, String)],
     ) -> Result<(), OriginError> {
+        self.head(url, headers).await.map(drop)
+    }
+
+    /// A HEAD of `url` with `headers`, its answer 2xx.
+    async fn head(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<reqwest::Response, OriginError> {
         let url = parse_url(url)?;
         self.addresses.check_url(&url)?;
         let resp = self
@@ -343,7 +352,7 @@ impl Origin {
             .send()
             .await
             .map_err(transport)?;
-        check_status(resp).await.map(drop)
+        check_status(resp).await
     }
 
     /// Like [`Origin::check_access`], and returns the blob's length from the HEAD answer's
@@ -357,16 +366,7 @@ impl Origin {
         url: &str,
         headers: &[(String, String)],
     ) -> Result<u64, OriginError> {
-        let url = parse_url(url)?;
-        self.addresses.check_url(&url)?;
-        let resp = self
-            .client
-            .head(url)
-            .headers(header_map(&self.forwarded(headers))?)
-            .send()
-            .await
-            .map_err(transport)?;
-        let resp = check_status(resp).await?;
+        let resp = self.head(url, headers).await?;
         // The header itself: a HEAD answer has no body for the client to size.
         resp.headers()
             .get(reqwest::header::CONTENT_LENGTH)
