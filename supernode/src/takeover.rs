@@ -120,6 +120,8 @@ async fn fill(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), FetchError> 
                 copier = None;
                 copies.clear();
                 next_copy = index;
+                // The origin, from this piece to the end, in one run.
+                continue;
             }
             if let Copied::Piece(data, digest) = copied {
                 let len = data.len() as u64;
