@@ -98,6 +98,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     };
     let snapshotter = Snapshotter::open(cli.root.clone(), remote)
         .with_context(|| format!("cannot open the snapshotter root {}", cli.root.display()))?;
+    snapshotter.recover_remote().await;
     let server = Server::bind(&cli.address, Arc::new(snapshotter))
         .await
         .context("cannot serve the snapshots socket")?;

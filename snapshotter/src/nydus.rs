@@ -22,10 +22,16 @@
 //! before. Provides are serialised (one lock around deciding and mounting): the first layer of
 //! an image mounts it, the following ones find it mounted.
 //!
-//! Not yet: the mounts are not recovered after a restart of the snapshotter (the processes
-//! keep running and serving; the records stay, but this process does not know them and will
-//! not unmount them), and registry credentials come only from the auth file (containerd 1.6
-//! passes none in labels).
+//! A restart of the snapshotter leaves the mounts serving (the `nydus-fs mount` processes are
+//! separate; running containers keep their trees). Each mount has a state file beside it,
+//! `<root>/mnt/<hex>.mount` (its process id and image). At start ([`Remote::recover`]), for
+//! every state file: a mount still served by its process and used by recorded layers is
+//! adopted (the records' layers become its targets again, and the last one's removal stops
+//! it); a mount whose process is gone but whose layers are recorded is mounted again (after
+//! a reboot, say); one no record uses is stopped and its files removed.
+//!
+//! Not yet: registry credentials come only from the auth file (containerd 1.6 passes none in
+//! labels).
 
 pub mod labels;
 pub mod manifest;
@@ -36,8 +42,9 @@ use std::path::{Path, PathBuf};
 
 use containerd_snapshots::tonic;
 use damselfly_common::Digest;
+use damselfly_common::disk::write_replacing;
 use damselfly_oci::registry::{
-    MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, RegistryClient, RegistryError, RegistryOptions,
+    MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, Reference, RegistryClient, RegistryError, RegistryOptions,
     auth_file_credentials,
 };
 use tokio::sync::Mutex;
@@ -188,7 +195,16 @@ impl NydusRemote {
     }
 
     async fn mount(&self, layer: &CriLayer) -> Result<LazyMount, Error> {
-        let hex = layer.manifest.hex();
+        self.mount_image(&layer.image, &layer.manifest).await
+    }
+
+    /// The state file of the mount of manifest `hex`.
+    fn state_file(&self, hex: &str) -> PathBuf {
+        self.mounts_dir.join(format!("{hex}.mount"))
+    }
+
+    async fn mount_image(&self, image: &Reference, manifest: &Digest) -> Result<LazyMount, Error> {
+        let hex = manifest.hex();
         let mountpoint = self.mounts_dir.join(&hex);
         if mount::is_mounted(&mountpoint).await {
             // Left by an earlier run of the snapshotter (whose process may still serve it, or
@@ -210,18 +226,23 @@ impl NydusRemote {
         let via = self.via().await;
         let spec = MountSpec {
             binary: &self.config.binary,
-            image: &layer.image,
+            image,
             mountpoint: &mountpoint,
             log: &log,
             cache_dir: &self.config.cache_dir,
             via,
-            plain_http: self.plain_http(&layer.image.registry),
+            plain_http: self.plain_http(&image.registry),
             timeout: self.config.mount_timeout,
         };
         let started = tokio::time::Instant::now();
         let mount = LazyMount::start(&spec).await?;
+        // For a restarted snapshotter to adopt (or remount) it.
+        let state = format!("pid={}\nimage={image}\n", mount.pid().unwrap_or(0));
+        if let Err(error) = write_replacing(&self.state_file(&hex), state.as_bytes()) {
+            warn!(mountpoint = %mountpoint.display(), %error, "cannot record the mount; a restart of the snapshotter will not adopt it");
+        }
         info!(
-            image = %layer.image,
+            image = %image,
             mountpoint = %mountpoint.display(),
             via = via.unwrap_or("-"),
             elapsed = ?started.elapsed(),
@@ -301,6 +322,42 @@ impl Remote for NydusRemote {
         }
     }
 
+    async fn recover(&self, records: &[Record]) {
+        if !self.config.enabled {
+            return;
+        }
+        // The layers each mount serves, by the mount's directory name (the manifest's hex).
+        let mut users: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for record in records {
+            if let Source::Remote { lower } = &record.source
+                && lower.parent() == Some(self.mounts_dir.as_path())
+                && let Some(hex) = lower.file_name().and_then(|n| n.to_str())
+            {
+                users
+                    .entry(hex.to_owned())
+                    .or_default()
+                    .insert(record.key.clone());
+            }
+        }
+        let Ok(mut entries) = tokio::fs::read_dir(&self.mounts_dir).await else {
+            return;
+        };
+        let mut recorded = BTreeSet::new();
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name();
+            if let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".mount")) {
+                recorded.insert(hex.to_owned());
+            }
+        }
+        for hex in &recorded {
+            let targets = users.remove(hex).unwrap_or_default();
+            self.recover_mount(hex, targets).await;
+        }
+        for (hex, keys) in users {
+            warn!(mount = %hex, layers = keys.len(), "recorded lazy layers whose mount has no record (made by an older snapshotter); a new pull of the image mounts it again");
+        }
+    }
+
     async fn release(&self, record: &Record) -> Result<(), crate::Error> {
         let Source::Remote { lower } = &record.source else {
             return Ok(());
@@ -324,6 +381,7 @@ impl Remote for NydusRemote {
         let result = image.mount.stop().await;
         // The directory is empty once unmounted; a failure leaves it for the next mount.
         let _ = tokio::fs::remove_dir(&mountpoint).await;
+        let _ = tokio::fs::remove_file(self.state_file(&manifest.hex())).await;
         match result {
             Ok(()) => {
                 info!(manifest = %manifest, mountpoint = %mountpoint.display(), "last layer removed; lazy image unmounted");
@@ -334,6 +392,75 @@ impl Remote for NydusRemote {
                 source: Box::new(Error::Mount(error)),
             }),
         }
+    }
+}
+
+impl NydusRemote {
+    /// [`Remote::recover`] for one state file: the mount of manifest `hex`, used by the
+    /// recorded layers `targets` (keys).
+    async fn recover_mount(&self, hex: &str, targets: BTreeSet<String>) {
+        let mountpoint = self.mounts_dir.join(hex);
+        let state_file = self.state_file(hex);
+        let log = self.mounts_dir.join(format!("{hex}.log"));
+        let text = tokio::fs::read_to_string(&state_file)
+            .await
+            .unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let pid: i32 = field("pid").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let image: Option<Reference> = field("image").and_then(|i| i.parse().ok());
+        let manifest: Option<Digest> = format!("sha256:{hex}").parse().ok();
+        let adopted = LazyMount::adopt(pid, &mountpoint, &log).await;
+        let (Some(image), Some(manifest)) = (image, manifest) else {
+            warn!(state = %state_file.display(), "unreadable mount record; leaving the mount alone");
+            return;
+        };
+        if targets.is_empty() {
+            // No layer needs it any more (removed while the snapshotter was down).
+            match adopted {
+                Some(mount) => {
+                    if let Err(error) = mount.stop().await {
+                        warn!(%error, "cannot stop an unused lazy mount left by an earlier run");
+                    }
+                }
+                None if mount::is_mounted(&mountpoint).await => {
+                    let _ = tokio::process::Command::new("umount")
+                        .arg("-l")
+                        .arg(&mountpoint)
+                        .status()
+                        .await;
+                }
+                None => {}
+            }
+            let _ = tokio::fs::remove_dir(&mountpoint).await;
+            let _ = tokio::fs::remove_file(&state_file).await;
+            info!(image = %image, "lazy image unmounted: no snapshot uses it any more");
+            return;
+        }
+        let mount = match adopted {
+            Some(mount) => {
+                info!(image = %image, pid, layers = targets.len(), mountpoint = %mountpoint.display(), "lazy image adopted from an earlier run");
+                mount
+            }
+            None => match self.mount_image(&image, &manifest).await {
+                Ok(mount) => {
+                    info!(image = %image, layers = targets.len(), "lazy image mounted again after a restart");
+                    mount
+                }
+                Err(error) => {
+                    warn!(image = %image, %error, "cannot mount again a lazy image recorded layers use; the next pull of it retries");
+                    return;
+                }
+            },
+        };
+        self.state
+            .lock()
+            .await
+            .images
+            .insert(manifest, Image { mount, targets });
     }
 }
 

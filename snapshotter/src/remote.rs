@@ -69,6 +69,13 @@ pub trait Remote: Send + Sync + 'static {
         let _ = record;
         Ok(())
     }
+
+    /// At start, with the records of the layers it provided before a restart: take back what
+    /// they still need (and let go of what no record needs). Problems are logged, not
+    /// returned: the snapshotter serves either way.
+    async fn recover(&self, records: &[Record]) {
+        let _ = records;
+    }
 }
 
 /// Provides no layer: every image is unpacked into overlay snapshots.

@@ -70,6 +70,19 @@ impl Snapshotter {
         })
     }
 
+    /// Hands the remote layers recorded by an earlier run to the provider ([`Remote::recover`]),
+    /// so it takes back the mounts they need. Call once after [`Snapshotter::open`].
+    pub async fn recover_remote(&self) {
+        let records: Vec<Record> = self
+            .store
+            .lock()
+            .iter()
+            .filter(|r| matches!(r.source, Source::Remote { .. }))
+            .cloned()
+            .collect();
+        self.remote.recover(&records).await;
+    }
+
     /// The layout of the root directory.
     pub fn layout(&self) -> &Layout {
         &self.layout

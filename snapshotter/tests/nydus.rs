@@ -48,7 +48,13 @@ const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 /// Bytes of the image's large random file.
 const LARGE: usize = 64 << 20;
 
-/// Adds containerd's namespace header to every call, as containerd's Go client does.
+/// The lease the test's snapshots are made under, as containerd's unpacker makes them under
+/// one: without it containerd's garbage collector (which also runs shortly after containerd
+/// starts) may remove the committed layers before the image would reference them.
+const LEASE: &str = "damselfly-e2e-unpack";
+
+/// Adds containerd's namespace and lease headers to every call, as containerd's Go client
+/// does.
 #[derive(Clone)]
 struct Namespace(MetadataValue<containerd_snapshots::tonic::metadata::Ascii>);
 
@@ -57,6 +63,9 @@ impl Interceptor for Namespace {
         request
             .metadata_mut()
             .insert("containerd-namespace", self.0.clone());
+        request
+            .metadata_mut()
+            .insert("containerd-lease", MetadataValue::from_static(LEASE));
         Ok(request)
     }
 }
@@ -70,6 +79,8 @@ struct Snapshots {
 
 impl Snapshots {
     async fn connect(containerd: &Containerd) -> Self {
+        // Made once per containerd (a second create fails: it exists).
+        let _ = containerd.ctr_ok(&["leases", "create", "--id", LEASE]);
         let channel = common::channel(containerd.socket()).await.unwrap();
         let namespace = Namespace(containerd.namespace().parse().unwrap());
         Self {
@@ -220,6 +231,8 @@ fn remove_all(
             }
         }
     });
+    // The snapshots are removed: the lease that kept them from the collector goes too.
+    containerd.ctr_ok(&["leases", "delete", LEASE]).unwrap();
     containerd
         .ctr_ok(&["leases", "create", "--id", "collect-now"])
         .unwrap();
@@ -512,4 +525,136 @@ fn a_lazy_mount_reads_through_dfdaemon_when_it_answers() {
     drop(containerd);
     let mut snapshotter = snapshotter;
     snapshotter.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// The pid recorded in the mount's state file beside `mountpoint` (`<hex>.mount`).
+fn recorded_pid(mountpoint: &Path) -> i32 {
+    let state = mountpoint.with_extension("mount");
+    let text = fs::read_to_string(&state).unwrap_or_else(|e| panic!("{}: {e}", state.display()));
+    text.lines()
+        .find_map(|line| line.strip_prefix("pid="))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"))
+}
+
+/// The snapshotter is SIGKILLed while a container runs on a lazy image and started again on
+/// the same root: the container's tree keeps serving (the mount's process is separate), the
+/// new process adopts the mount instead of mounting the image again (a second container gets
+/// the same lower directory), and removing the image's snapshots then stops the adopted
+/// process and unmounts the tree: nothing is left running or mounted.
+#[test]
+fn a_restarted_snapshotter_adopts_its_lazy_mount_and_still_unmounts_it() {
+    if !fuse_available("a_restarted_snapshotter_adopts_its_lazy_mount_and_still_unmounts_it") {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let image = LayeredImage::rich(4 << 20).unwrap();
+    let (_, reference) = image
+        .push_converted(&registry, "lazy/restart", &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut snapshotter, root, socket) =
+        common::spawn_nydus(dir.path(), &registry, "http://127.0.0.1:9");
+    let containerd = Containerd::builder()
+        .proxy_snapshotter(common::NAME, &socket)
+        .snapshotter(common::NAME)
+        .start()
+        .unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let _unmount = Unmount(vec![rootfs.clone()]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (manifest, layers) = runtime.block_on(manifest_of(&reference));
+    let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
+    let mountpoint = root
+        .join("mnt")
+        .join(manifest.trim_start_matches("sha256:"));
+    let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
+    let small = rootfs.join(RICH_SMALL_PATH.trim_start_matches('/'));
+    let expected = image.tree[RICH_SMALL_PATH].content.clone().unwrap();
+
+    let chain = runtime.block_on(async {
+        let mut snapshots = Snapshots::connect(&containerd).await;
+        let chain = prepare_layers(
+            &mut snapshots,
+            &snapshotter,
+            &reference,
+            &manifest,
+            &digests,
+        )
+        .await;
+        let mounts = snapshots
+            .prepare("container-1", chain.last().unwrap(), HashMap::new())
+            .await
+            .unwrap();
+        mount_overlay(&mounts, &rootfs);
+        assert_eq!(fs::read(&small).unwrap(), expected);
+        chain
+    });
+    let pid = recorded_pid(&mountpoint);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    // The snapshotter dies without a word and comes back on the same root.
+    snapshotter.kill();
+    let (restarted, _, _) = common::spawn_nydus(dir.path(), &registry, "http://127.0.0.1:9");
+    let log = restarted.log_text();
+    assert!(
+        log.contains("lazy image adopted from an earlier run"),
+        "{log}"
+    );
+    assert!(!log.contains("lazy image mounted"), "mounted again: {log}");
+    assert_eq!(recorded_pid(&mountpoint), pid);
+    // The running container's tree never stopped serving.
+    assert_eq!(fs::read(&small).unwrap(), expected);
+
+    runtime.block_on(async {
+        let mut snapshots = Snapshots::connect(&containerd).await;
+        // containerd reconnects to the new process (its client backs off after the old
+        // connection broke, so the first calls may find it unavailable); a second container
+        // shares the mount.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mounts = loop {
+            match snapshots
+                .prepare("container-2", chain.last().unwrap(), HashMap::new())
+                .await
+            {
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let lowerdir = format!("lowerdir={}", mountpoint.display());
+        assert!(mounts[0].options.contains(&lowerdir), "{mounts:?}");
+    });
+    assert!(!restarted.log_text().contains("lazy image mounted"));
+    let status = Command::new("umount").arg(&rootfs).status().unwrap();
+    assert!(status.success());
+
+    let mut keys = vec!["container-2", "container-1"];
+    keys.extend(chain.iter().rev().map(String::as_str));
+    remove_all(
+        &runtime,
+        &containerd,
+        &restarted,
+        &socket,
+        &mountpoint,
+        &keys,
+    );
+    // The adopted process was stopped, not left behind.
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{pid}/cmdline"
+        ))
+        .exists()
+            || fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.is_empty())),
+        "nydus-fs {pid} still runs"
+    );
+    assert!(!mountpoint.with_extension("mount").exists());
+    drop(containerd);
+    let mut restarted = restarted;
+    restarted.terminate(Duration::from_secs(10)).unwrap();
 }

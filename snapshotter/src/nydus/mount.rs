@@ -94,9 +94,17 @@ pub enum MountError {
 /// without that, the process is left running (and the tree mounted).
 #[derive(Debug)]
 pub struct LazyMount {
-    child: Child,
+    process: Process,
     mountpoint: PathBuf,
     log: PathBuf,
+}
+
+/// The `nydus-fs mount` process: started by this snapshotter, or by an earlier run of it and
+/// adopted after a restart.
+#[derive(Debug)]
+enum Process {
+    Child(Child),
+    Adopted(Pid),
 }
 
 impl LazyMount {
@@ -134,33 +142,61 @@ impl LazyMount {
             binary: spec.binary.to_owned(),
             source,
         })?;
-        let mut mount = Self {
-            child,
-            mountpoint: spec.mountpoint.to_owned(),
-            log: spec.log.to_owned(),
-        };
+        let mut child = child;
+        let mountpoint = spec.mountpoint.to_owned();
         let deadline = tokio::time::Instant::now() + spec.timeout;
         loop {
-            if is_mounted(&mount.mountpoint).await {
-                return Ok(mount);
+            if is_mounted(&mountpoint).await {
+                return Ok(Self {
+                    process: Process::Child(child),
+                    mountpoint,
+                    log: spec.log.to_owned(),
+                });
             }
-            if let Ok(Some(status)) = mount.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 return Err(MountError::Exited {
                     image: spec.image.to_string(),
                     status,
-                    log: mount.log_tail(),
+                    log: log_tail(spec.log),
                 });
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = mount.child.start_kill();
-                let _ = mount.child.wait().await;
+                let _ = child.start_kill();
+                let _ = child.wait().await;
                 return Err(MountError::Timeout {
                     image: spec.image.to_string(),
                     after: spec.timeout,
-                    log: mount.log_tail(),
+                    log: log_tail(spec.log),
                 });
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A mount an earlier run of the snapshotter started: `pid` must still be a `nydus-fs
+    /// mount` process serving `mountpoint` (its command line names the mount point, so a
+    /// recycled pid is not taken for it), and the mount point must be mounted. `None`
+    /// otherwise.
+    pub async fn adopt(pid: i32, mountpoint: &Path, log: &Path) -> Option<Self> {
+        if pid <= 0 || !is_mounted(mountpoint).await {
+            return None;
+        }
+        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline")).await.ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let serves = args.contains(&&b"mount"[..])
+            && args.contains(&mountpoint.as_os_str().as_encoded_bytes());
+        serves.then(|| Self {
+            process: Process::Adopted(Pid::from_raw(pid)),
+            mountpoint: mountpoint.to_owned(),
+            log: log.to_owned(),
+        })
+    }
+
+    /// The process's id (recorded so that a restarted snapshotter can adopt it).
+    pub fn pid(&self) -> Option<i32> {
+        match &self.process {
+            Process::Child(child) => child.id().and_then(|id| i32::try_from(id).ok()),
+            Process::Adopted(pid) => Some(pid.as_raw()),
         }
     }
 
@@ -171,12 +207,7 @@ impl LazyMount {
 
     /// The end of the process's log (for errors).
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(LOG_TAIL);
-        let start = (start..text.len())
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(text.len());
-        text[start..].trim().to_owned()
+        log_tail(&self.log)
     }
 
     /// Unmounts: SIGTERM (nydus-fs unmounts, detaching lazily if the tree is busy, and
@@ -184,18 +215,34 @@ impl LazyMount {
     ///
     /// # Errors
     /// The mount point is still mounted afterwards.
-    pub async fn stop(mut self) -> Result<(), MountError> {
-        if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-            Ok(status) => {
-                debug!(?status, mountpoint = %self.mountpoint.display(), "nydus-fs exited")
+    pub async fn stop(self) -> Result<(), MountError> {
+        match self.process {
+            Process::Child(mut child) => {
+                if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                    Ok(status) => {
+                        debug!(?status, mountpoint = %self.mountpoint.display(), "nydus-fs exited");
+                    }
+                    Err(_) => {
+                        warn!(mountpoint = %self.mountpoint.display(), "nydus-fs did not exit after SIGTERM; killing it");
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                }
             }
-            Err(_) => {
-                warn!(mountpoint = %self.mountpoint.display(), "nydus-fs did not exit after SIGTERM; killing it");
-                let _ = self.child.start_kill();
-                let _ = self.child.wait().await;
+            Process::Adopted(pid) => {
+                // Not our child: its exit is seen as its /proc entry going (init reaps it).
+                let _ = kill(pid, Signal::SIGTERM);
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while alive(pid) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(POLL).await;
+                }
+                if alive(pid) {
+                    warn!(mountpoint = %self.mountpoint.display(), "adopted nydus-fs did not exit after SIGTERM; killing it");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
             }
         }
         if is_mounted(&self.mountpoint).await {
@@ -225,4 +272,24 @@ pub async fn is_mounted(path: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|line| line.split(' ').nth(4) == Some(&*path))
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// The end of the log at `path`.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(LOG_TAIL);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].trim().to_owned()
 }
