@@ -808,10 +808,12 @@ impl Engine {
         register: &RegisterRequest,
         skip: Option<usize>,
         task: &RegisterResponse,
+        held: bool,
     ) -> Option<(usize, RegisterResponse)> {
-        // The new supernode may fill its copy from the pieces this swarm holds.
+        // Holding pieces, this peer says so: the new supernode may fill its copy from the
+        // pieces the swarm holds (it waits for the first report of them).
         let register = RegisterRequest {
-            takeover: true,
+            takeover: held,
             ..register.clone()
         };
         for index in supernode_order(&register.url, &self.supernodes) {
@@ -1146,7 +1148,8 @@ impl Engine {
                         // A supernode that answers but forgot the task (restarted, or it
                         // dropped this peer) is asked again first; an unreachable one is not.
                         let skip = matches!(why, SyncFailure::Unreachable(_)).then_some(*index);
-                        let Some((next, answer)) = self.take_over(register, skip, task).await
+                        let held = session.have().count() > 0;
+                        let Some((next, answer)) = self.take_over(register, skip, task, held).await
                         else {
                             return Err(SwarmError::SupernodeLost(why.to_string()));
                         };

@@ -2,6 +2,8 @@
 //! demand (a 503 or 429 with `Retry-After`, a body cut or stalled mid-way, a trickle). It
 //! serves one blob at every path, like a registry's blob endpoint: `ETag`, `Range: bytes=N-`
 //! and `If-Range` as distribution's registry answers them, and records every request.
+//! [`FaultyOrigin::image`] also serves the rest of an image (manifest, config, other layers)
+//! without faults, so a runtime can pull it while the largest layer meets the faults.
 
 use std::{
     collections::VecDeque,
@@ -51,8 +53,17 @@ pub struct OriginRequest {
     pub at: Instant,
 }
 
+/// A document served without faults at every path ending in `suffix`.
+#[derive(Debug, Clone)]
+struct Document {
+    suffix: String,
+    media_type: &'static str,
+    bytes: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    documents: Vec<Document>,
     faults: VecDeque<Fault>,
     forever: Option<Fault>,
     requests: Vec<OriginRequest>,
@@ -74,6 +85,48 @@ impl FaultyOrigin {
     /// Binding a loopback port fails.
     pub fn start(body: Vec<u8>, faults: Vec<Fault>) -> Self {
         Self::spawn(body, faults, None)
+    }
+
+    /// Serves `image` as `repo:tag` (and by manifest digest): its largest layer is the blob
+    /// whose first GETs meet `faults` in order; the manifest, config and other layers are
+    /// served as a registry serves them. Returns the origin and the faulted layer's digest.
+    ///
+    /// # Panics
+    /// Binding a loopback port fails.
+    pub fn image(
+        repo: &str,
+        tag: &str,
+        image: &crate::TestImage,
+        faults: Vec<Fault>,
+    ) -> (Self, String) {
+        let layers = image.layer_slices();
+        let big = (0..layers.len())
+            .max_by_key(|&i| layers[i].len())
+            .expect("an image has layers");
+        let manifest =
+            crate::registry::image_manifest(&image.config, &layers).expect("serialising JSON");
+        let origin = Self::start(layers[big].to_vec(), faults);
+        let blob = |bytes: &[u8]| Document {
+            suffix: format!("/v2/{repo}/blobs/{}", sha256_digest(bytes)),
+            media_type: "application/octet-stream",
+            bytes: bytes.to_vec(),
+        };
+        let mut documents = vec![blob(&image.config)];
+        for (i, layer) in layers.iter().enumerate() {
+            if i != big {
+                documents.push(blob(layer));
+            }
+        }
+        for reference in [tag.to_owned(), sha256_digest(&manifest)] {
+            documents.push(Document {
+                suffix: format!("/v2/{repo}/manifests/{reference}"),
+                media_type: crate::registry::OCI_MANIFEST_MEDIA_TYPE,
+                bytes: manifest.clone(),
+            });
+        }
+        origin.lock().documents = documents;
+        let digest = origin.digest.clone();
+        (origin, digest)
     }
 
     /// Serves `body` to no GET: every one meets `fault`.
@@ -157,21 +210,53 @@ impl FaultyOrigin {
         let range = head.header("range").map(str::to_owned);
         let if_range = head.header("if-range").map(str::to_owned);
         let (method, path) = (head.method, head.target);
-        let fault = {
+        let (fault, document) = {
             let mut state = self.lock();
             state.requests.push(OriginRequest {
                 method: method.clone(),
-                path,
+                path: path.clone(),
                 range: range.clone(),
                 if_range: if_range.clone(),
                 at: Instant::now(),
             });
-            if method == "GET" {
-                state.faults.pop_front().or_else(|| state.forever.clone())
+            let bare = path.split('?').next().unwrap_or_default();
+            let document = state
+                .documents
+                .iter()
+                .find(|d| bare.ends_with(&d.suffix))
+                .cloned();
+            let ping = bare == "/v2/" || bare == "/v2";
+            if method == "GET" && document.is_none() && !ping {
+                (
+                    state.faults.pop_front().or_else(|| state.forever.clone()),
+                    None,
+                )
+            } else if ping {
+                (
+                    None,
+                    Some(Document {
+                        suffix: String::new(),
+                        media_type: "application/json",
+                        bytes: b"{}".to_vec(),
+                    }),
+                )
             } else {
-                None
+                (None, document)
             }
         };
+        if let Some(doc) = document {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: {}\r\n\
+                 Docker-Content-Digest: {}\r\nConnection: close\r\n\r\n",
+                doc.bytes.len(),
+                doc.media_type,
+                sha256_digest(&doc.bytes)
+            );
+            if conn.write_all(head.as_bytes()).is_ok() && method != "HEAD" {
+                let _ = conn.write_all(&doc.bytes);
+            }
+            return;
+        }
         if let Some(Fault::Status { code, retry_after }) = &fault {
             let error =
                 format!(r#"{{"errors":[{{"code":"UNAVAILABLE","message":"fault {code}"}}]}}"#);

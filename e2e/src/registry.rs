@@ -494,26 +494,10 @@ impl TestRegistry {
     ) -> Result<PushedImage> {
         let config_digest = self.try_push_blob(repo, config)?;
         let mut layer_digests = Vec::with_capacity(layers.len());
-        let mut layer_descriptors = Vec::with_capacity(layers.len());
         for layer in layers {
-            let digest = self.try_push_blob(repo, layer)?;
-            layer_descriptors.push(serde_json::json!({
-                "mediaType": OCI_LAYER_MEDIA_TYPE,
-                "digest": digest,
-                "size": layer.len(),
-            }));
-            layer_digests.push(digest);
+            layer_digests.push(self.try_push_blob(repo, layer)?);
         }
-        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-            "config": {
-                "mediaType": OCI_CONFIG_MEDIA_TYPE,
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": layer_descriptors,
-        }))?;
+        let manifest = image_manifest(config, layers)?;
         self.put_manifest(repo, tag, &manifest)?;
         Ok(PushedImage {
             manifest_digest: sha256_digest(&manifest),
@@ -622,6 +606,34 @@ fn htpasswd_line(user: &str, pass: &str) -> Result<String> {
 /// A YAML double-quoted string.
 fn yaml_str(value: &str) -> String {
     serde_json::to_string(value).expect("a string always serialises")
+}
+
+/// The OCI image manifest of `config` and the gzip `layers` (bottom first), as
+/// [`TestRegistry::try_push_image`] pushes it.
+///
+/// # Errors
+/// Serialising failed.
+pub(crate) fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Result<Vec<u8>> {
+    let layer_descriptors: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|layer| {
+            serde_json::json!({
+                "mediaType": OCI_LAYER_MEDIA_TYPE,
+                "digest": sha256_digest(layer),
+                "size": layer.len(),
+            })
+        })
+        .collect();
+    Ok(serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": OCI_CONFIG_MEDIA_TYPE,
+            "digest": sha256_digest(config),
+            "size": config.len(),
+        },
+        "layers": layer_descriptors,
+    }))?)
 }
 
 #[cfg(test)]

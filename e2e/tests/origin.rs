@@ -11,8 +11,9 @@ use std::{
 };
 
 use damselfly_e2e::{
-    Dfdaemon, Dfget, Fault, FaultyOrigin, OriginRequest, Supernode, http, metric_sum, num,
-    random_blob, sha256_hex,
+    Containerd, Dfdaemon, Dfget, Fault, FaultyOrigin, OriginRequest, Supernode, TestImage,
+    describe_output, http, metric_sum, num, random_blob, running_as_root, sha256_hex,
+    write_hosts_toml,
 };
 
 /// These tests run several processes and measure time; one at a time.
@@ -501,4 +502,94 @@ fn a_supernode_killed_mid_fetch_resumes_the_fetch_after_a_restart() {
     second.unwrap();
     assert_eq!(file_sha(&again), sha256_hex(&blob));
     assert_eq!(origin.gets().len(), 2);
+}
+
+/// The same faults with a real runtime, default settings: containerd pulls an image through
+/// a node (dfdaemon and its supernode) while the registry fails the first GET of the
+/// image's largest layer with a 503, a 429 with `Retry-After`, a stall half-way or a
+/// 10 KiB/s trickle. Every pull completes within 30 s, the image runs, the node served the
+/// layer (containerd did not fall back to the registry), and the registry sent at most 1.1
+/// times the layer.
+#[test]
+fn containerd_pulls_through_a_node_complete_despite_origin_faults() {
+    if !running_as_root("containerd_pulls_through_a_node_complete_despite_origin_faults") {
+        return;
+    }
+    let _g = serial();
+    let image = TestImage::busybox("through origin faults", 4 << 20, 61).unwrap();
+    let big = image.layers.iter().map(Vec::len).max().unwrap() as u64;
+    let cases = [
+        (
+            "503 once",
+            Fault::Status {
+                code: 503,
+                retry_after: None,
+            },
+        ),
+        (
+            "429 with Retry-After",
+            Fault::Status {
+                code: 429,
+                retry_after: Some("1".into()),
+            },
+        ),
+        ("a stall half-way", Fault::StallAfter(big / 2)),
+        ("a 10 KiB/s trickle", Fault::Trickle(10 << 10)),
+    ];
+    for (case, fault) in cases {
+        let (origin, layer) = FaultyOrigin::image("e2e/faults", "1", &image, vec![fault]);
+        let supernode = Supernode::builder().start();
+        let dfdaemon = Dfdaemon::builder().supernode(supernode.addr()).start();
+        let containerd = Containerd::start().unwrap();
+        let host = origin.addr().to_string();
+        let hosts = tempfile::tempdir().unwrap();
+        write_hosts_toml(
+            hosts.path(),
+            &host,
+            &dfdaemon.url(),
+            Some(&format!("http://{host}")),
+        )
+        .unwrap();
+        let reference = format!("{host}/e2e/faults:1");
+        let started = Instant::now();
+        let pull = containerd.pull(&reference, hosts.path()).unwrap();
+        let took = started.elapsed();
+        assert!(
+            pull.status.success(),
+            "{case}: {}\n{}",
+            describe_output(&pull),
+            supernode.log_text()
+        );
+        let sent = origin.body_bytes_sent();
+        println!(
+            "{case}: pulled in {:.1} s, the registry sent {:.2} x the layer in {} GETs",
+            took.as_secs_f64(),
+            sent as f64 / big as f64,
+            origin
+                .gets()
+                .iter()
+                .filter(|r| r.path.ends_with(&layer))
+                .count()
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "{case}: the pull took {took:?}"
+        );
+        assert!(
+            sent as f64 <= 1.1 * big as f64,
+            "{case}: the registry sent {sent} bytes of a {big}-byte layer"
+        );
+        let served = dfdaemon
+            .metric(
+                "damselfly_dfdaemon_blob_bytes_total",
+                Some("source=\"supernode\""),
+            )
+            .unwrap();
+        assert!(
+            served >= big as f64,
+            "{case}: the node served {served} bytes"
+        );
+        let run = containerd.run(&reference, "faults", &[]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&run.stdout), image.hello, "{case}");
+    }
 }

@@ -285,6 +285,54 @@ fn mount_overlay(mounts: &[Mount], target: &Path) {
     assert!(status.success(), "mount {mount:?}");
 }
 
+/// A snapshotter providing nydus-fs images lazily (reading through `dfdaemon`), a
+/// containerd using it, and what a test needs to know of `reference`'s lazy mount.
+struct Lazy {
+    snapshotter: Daemon,
+    socket: PathBuf,
+    containerd: Containerd,
+    /// Where a test mounts a container's overlay.
+    rootfs: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    manifest: String,
+    /// (digest, media type, size) of the image's layers.
+    layers: Vec<(String, String, u64)>,
+    digests: Vec<String>,
+    mountpoint: PathBuf,
+    /// Unmounts the container's overlay, then the lazy mount, if a test fails half way.
+    _unmount: Unmount,
+}
+
+impl Lazy {
+    fn start(dir: &Path, registry: &TestRegistry, dfdaemon: &str, reference: &str) -> Self {
+        let (snapshotter, root, socket) = common::spawn_nydus(dir, registry, dfdaemon);
+        let containerd = Containerd::builder()
+            .proxy_snapshotter(common::NAME, &socket)
+            .snapshotter(common::NAME)
+            .start()
+            .unwrap();
+        let rootfs = dir.join("rootfs");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (manifest, layers) = runtime.block_on(manifest_of(reference));
+        let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
+        let mountpoint = root
+            .join("mnt")
+            .join(manifest.trim_start_matches("sha256:"));
+        Self {
+            snapshotter,
+            socket,
+            containerd,
+            _unmount: Unmount(vec![rootfs.clone(), mountpoint.clone()]),
+            rootfs,
+            runtime,
+            manifest,
+            layers,
+            digests,
+            mountpoint,
+        }
+    }
+}
+
 #[test]
 fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
     if !fuse_available("a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount") {
@@ -298,28 +346,23 @@ fn a_nydus_image_pulled_with_cri_labels_is_provided_from_one_lazy_mount() {
 
     let dir = tempfile::tempdir().unwrap();
     // Port 9 (discard) on loopback: nothing listens, so the probe fails at once.
-    let (snapshotter, root, socket) =
-        common::spawn_nydus(dir.path(), &registry, "http://127.0.0.1:9");
-    let containerd = Containerd::builder()
-        .proxy_snapshotter(common::NAME, &socket)
-        .snapshotter(common::NAME)
-        .start()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    let _unmount = Unmount(vec![rootfs.clone()]);
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (manifest, layers) = runtime.block_on(manifest_of(&reference));
-    let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
+    let Lazy {
+        snapshotter,
+        socket,
+        containerd,
+        rootfs,
+        runtime,
+        manifest,
+        layers,
+        digests,
+        mountpoint,
+        _unmount,
+    } = Lazy::start(dir.path(), &registry, "http://127.0.0.1:9", &reference);
     assert!(
         layers
             .iter()
             .any(|(_, media_type, _)| media_type == nydus_fs::media::BOOTSTRAP)
     );
-    let mountpoint = root
-        .join("mnt")
-        .join(manifest.trim_start_matches("sha256:"));
-    let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
 
     let chain = runtime.block_on(async {
         let mut snapshots = Snapshots::connect(&containerd).await;
@@ -459,21 +502,18 @@ fn a_lazy_mount_reads_through_dfdaemon_when_it_answers() {
     assert_eq!(blob_requests(&dfdaemon), 0.0);
 
     let dir = tempfile::tempdir().unwrap();
-    let (snapshotter, root, socket) = common::spawn_nydus(dir.path(), &registry, &dfdaemon.url());
-    let containerd = Containerd::builder()
-        .proxy_snapshotter(common::NAME, &socket)
-        .snapshotter(common::NAME)
-        .start()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    let _unmount = Unmount(vec![rootfs.clone()]);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (manifest, layers) = runtime.block_on(manifest_of(&reference));
-    let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
-    let mountpoint = root
-        .join("mnt")
-        .join(manifest.trim_start_matches("sha256:"));
-    let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
+    let Lazy {
+        snapshotter,
+        socket,
+        containerd,
+        rootfs,
+        runtime,
+        manifest,
+        layers: _,
+        digests,
+        mountpoint,
+        _unmount,
+    } = Lazy::start(dir.path(), &registry, &dfdaemon.url(), &reference);
 
     let chain = runtime.block_on(async {
         let mut snapshots = Snapshots::connect(&containerd).await;
@@ -553,22 +593,18 @@ fn a_restarted_snapshotter_adopts_its_lazy_mount_and_still_unmounts_it() {
         .push_converted(&registry, "lazy/restart", &[])
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut snapshotter, root, socket) =
-        common::spawn_nydus(dir.path(), &registry, "http://127.0.0.1:9");
-    let containerd = Containerd::builder()
-        .proxy_snapshotter(common::NAME, &socket)
-        .snapshotter(common::NAME)
-        .start()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    let _unmount = Unmount(vec![rootfs.clone()]);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (manifest, layers) = runtime.block_on(manifest_of(&reference));
-    let digests: Vec<String> = layers.iter().map(|(d, _, _)| d.clone()).collect();
-    let mountpoint = root
-        .join("mnt")
-        .join(manifest.trim_start_matches("sha256:"));
-    let _unmount_lazy = Unmount(vec![mountpoint.clone()]);
+    let Lazy {
+        mut snapshotter,
+        socket,
+        containerd,
+        rootfs,
+        runtime,
+        manifest,
+        layers: _,
+        digests,
+        mountpoint,
+        _unmount,
+    } = Lazy::start(dir.path(), &registry, "http://127.0.0.1:9", &reference);
     let small = rootfs.join(RICH_SMALL_PATH.trim_start_matches('/'));
     let expected = image.tree[RICH_SMALL_PATH].content.clone().unwrap();
 
