@@ -34,6 +34,7 @@ use std::{
 
 use damselfly_common::{Sha256Hasher, vouch::DigestVerifier};
 use damselfly_proto::{PROTOCOL_VERSION, PieceRequest};
+use damselfly_store::TaskMeta;
 use damselfly_swarm::PeerId;
 use dfget::{fetch::PieceSink, tcp::Link};
 use tokio_util::task::AbortOnDropHandle;
@@ -223,8 +224,7 @@ async fn origin_run(
 #[derive(Clone)]
 struct Copier {
     task_id: Arc<str>,
-    piece_size: u64,
-    lengths: Arc<dyn Fn(u32) -> u64 + Send + Sync>,
+    meta: Arc<TaskMeta>,
     /// This supernode as a requester: its id and the token the peers' servers check.
     me: PeerId,
     token: Vec<u8>,
@@ -247,11 +247,9 @@ impl Copier {
                 warn!(task = task.id(), dir = %dir.display(), error = %e, "takeover: no scratch file for copies from peers; every piece from the origin");
             })
             .ok()?;
-        let meta = task.meta.clone();
         Some(Self {
             task_id: Arc::from(task.id()),
-            piece_size: u64::from(task.meta.piece_size),
-            lengths: Arc::new(move |i| meta.piece_len(i).unwrap_or(0)),
+            meta: Arc::new(task.meta.clone()),
             me,
             token,
             verifier,
@@ -264,7 +262,7 @@ impl Copier {
     /// Piece `piece` from the first of `sources` that sends bytes matching a digest this
     /// supernode's key vouched for; `None` when none does.
     async fn copy(self, piece: u32, sources: Vec<(PeerId, SocketAddr)>) -> Copied {
-        let len = (self.lengths)(piece);
+        let len = self.meta.piece_len(piece).unwrap_or(0);
         let Ok(buf_len) = usize::try_from(len) else {
             return Copied::Failed;
         };
@@ -272,7 +270,7 @@ impl Copier {
         let sink = PieceSink {
             file: self.scratch.clone(),
             path: self.scratch_path.clone(),
-            offset: slot * self.piece_size,
+            offset: slot * u64::from(self.meta.piece_size),
             len,
             relay: None,
         };

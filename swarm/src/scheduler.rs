@@ -783,14 +783,8 @@ impl TaskScheduler {
     /// fewest children), ties broken by the scheduler's seeded random order. Empty for an
     /// out-of-range index or a piece nobody holds.
     pub fn copy_sources(&mut self, piece: u32, max: usize) -> Vec<(PeerId, SocketAddr)> {
-        if self.holders(piece) == 0 {
-            return Vec::new();
-        }
         let mut found: Vec<(u32, u32, u64, PeerId, SocketAddr)> = self
-            .live
-            .iter()
-            .map(|&slot| self.state(slot))
-            .filter(|s| !s.demoted && s.pieces.get(piece))
+            .copy_holders(piece)
             .map(|s| (s.uploading, s.children, 0, s.id, s.addr))
             .collect();
         for f in &mut found {
@@ -806,11 +800,17 @@ impl TaskScheduler {
 
     /// Whether [`TaskScheduler::copy_sources`] would find nobody for `piece`.
     pub fn copy_sources_empty(&self, piece: u32) -> bool {
-        self.holders(piece) == 0
-            || !self.live.iter().any(|&slot| {
-                let s = self.state(slot);
-                !s.demoted && s.pieces.get(piece)
-            })
+        self.copy_holders(piece).next().is_none()
+    }
+
+    /// The live, not demoted peers holding `piece` (none at once when nobody holds it).
+    fn copy_holders(&self, piece: u32) -> impl Iterator<Item = &PeerState> {
+        // The holder count skips the scan for a piece nobody holds.
+        (self.holders(piece) > 0)
+            .then(|| self.live.iter().map(|&slot| self.state(slot)))
+            .into_iter()
+            .flatten()
+            .filter(move |s| !s.demoted && s.pieces.get(piece))
     }
 
     /// Pieces in the task.
